@@ -1,0 +1,218 @@
+//! Broker configuration: a TOML file (every field optional, defaults below) that
+//! command-line flags override. Validated on load with errors that name the field.
+
+use serde::Deserialize;
+use std::path::Path;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or names an unknown field / wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// toml's message, which names the field and line.
+        message: String,
+    },
+    /// A field has a value out of range.
+    #[error("invalid config field `{field}`: {reason}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Everything the broker needs to run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// ROUTER socket for clients.
+    pub frontend: String,
+    /// ROUTER socket for workers.
+    pub backend: String,
+    /// XSUB socket workers publish events to.
+    pub xsub: String,
+    /// XPUB socket clients subscribe on.
+    pub xpub: String,
+    /// HTTP address for /metrics, /healthz, /readyz; empty = off.
+    pub http: String,
+    /// Heartbeat interval with workers and on the event side, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Heartbeats a worker may miss before it is dropped.
+    pub liveness: u32,
+    /// How long a request for a service with no worker waits for one, ms (0 = answer at once).
+    pub unknown_service_grace_ms: u64,
+    /// Requests queued per service before new ones are answered `overloaded`.
+    pub max_queue: usize,
+    /// Largest request or reply body, bytes; larger ones are answered `too_large`.
+    pub max_body_bytes: usize,
+    /// On shutdown, how long in-flight requests get to finish, ms.
+    pub shutdown_grace_ms: u64,
+    /// Send high-water mark per subscriber on the XPUB side (messages).
+    pub event_hwm: i32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            frontend: "tcp://*:5555".into(),
+            backend: "tcp://*:5556".into(),
+            xsub: "tcp://*:5557".into(),
+            xpub: "tcp://*:5558".into(),
+            http: "0.0.0.0:9100".into(),
+            heartbeat_ms: 1000,
+            liveness: 3,
+            unknown_service_grace_ms: 0,
+            max_queue: 10_000,
+            max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
+            shutdown_grace_ms: 2000,
+            event_hwm: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, ep) in [
+            ("frontend", &self.frontend),
+            ("backend", &self.backend),
+            ("xsub", &self.xsub),
+            ("xpub", &self.xpub),
+        ] {
+            check_endpoint(field, ep)?;
+        }
+        let field = |field, ok: bool, reason: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Field {
+                    field,
+                    reason: reason.into(),
+                })
+            }
+        };
+        field(
+            "heartbeat_ms",
+            (10..=60_000).contains(&self.heartbeat_ms),
+            "must be 10-60000",
+        )?;
+        field(
+            "liveness",
+            (1..=100).contains(&self.liveness),
+            "must be 1-100",
+        )?;
+        field(
+            "max_queue",
+            (1..=1_000_000).contains(&self.max_queue),
+            "must be 1-1000000",
+        )?;
+        field(
+            "max_body_bytes",
+            (1..=256 << 20).contains(&self.max_body_bytes),
+            "must be 1-268435456",
+        )?;
+        field(
+            "event_hwm",
+            self.event_hwm >= 0,
+            "must be >= 0 (0 = unbounded, not advised)",
+        )?;
+        Ok(())
+    }
+
+    /// How long a worker may stay silent before it is dropped.
+    pub fn liveness_window(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.heartbeat_ms * u64::from(self.liveness))
+    }
+}
+
+/// Accepts `tcp://host:port` (port may be `*`) and `ipc://path`.
+pub fn check_endpoint(field: &'static str, ep: &str) -> Result<(), ConfigError> {
+    let ok = if let Some(rest) = ep.strip_prefix("tcp://") {
+        rest.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && (port == "*" || port.parse::<u16>().is_ok())
+        })
+    } else if let Some(path) = ep.strip_prefix("ipc://") {
+        !path.is_empty()
+    } else {
+        ep.starts_with("inproc://") && ep.len() > 9
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Field {
+            field,
+            reason: format!("{ep:?} is not tcp://HOST:PORT or ipc://PATH"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ports() {
+        let c = Config::default();
+        assert_eq!(c.frontend, "tcp://*:5555");
+        assert_eq!(c.backend, "tcp://*:5556");
+        assert_eq!(c.xsub, "tcp://*:5557");
+        assert_eq!(c.xpub, "tcp://*:5558");
+        assert_eq!(c.http, "0.0.0.0:9100");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_toml("heartbeat_ms = 0").unwrap_err();
+        assert!(e.to_string().contains("heartbeat_ms"), "{e}");
+        let e = Config::from_toml("frontend = \"udp://x\"").unwrap_err();
+        assert!(e.to_string().contains("frontend"), "{e}");
+        let e = Config::from_toml("nonsense = 1").unwrap_err();
+        assert!(e.to_string().contains("nonsense"), "{e}");
+        let e = Config::from_toml("liveness = \"three\"").unwrap_err();
+        assert!(e.to_string().contains("liveness"), "{e}");
+    }
+
+    #[test]
+    fn ipc_endpoints_are_accepted() {
+        let c = Config::from_toml("frontend = \"ipc:///tmp/tpx-fe\"").unwrap();
+        assert_eq!(c.frontend, "ipc:///tmp/tpx-fe");
+    }
+}

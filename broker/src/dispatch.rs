@@ -1,0 +1,1094 @@
+//! The broker's state machine: worker registry, per-service queues, dispatch, deadlines,
+//! heartbeats and failure handling. Plain data driven by plain methods that take a
+//! [`Clock`] and push what must be sent into an outbox, so it is tested without sockets.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tradeplex_proto::client::{self, ErrorHeader, ReplyHeader, RequestHeader};
+use tradeplex_proto::mgmt::{ServiceStatus, StatusReply, WorkerStatus, STATUS_SERVICE};
+use tradeplex_proto::worker::{self, DisconnectHeader, HeartbeatHeader, ReadyHeader};
+use tradeplex_proto::{frame, ErrorCode, JobId, RequestId, ServiceName, WorkerId};
+
+use crate::metrics::{Metrics, ServiceMetrics, UNKNOWN_SERVICE_LABEL};
+
+/// A ROUTER routing id (the peer's connection identity).
+pub type Identity = Vec<u8>;
+/// A message body, forwarded without being decoded.
+pub type Body = zmq::Message;
+
+/// "Now", in both clocks: monotonic for liveness and timers, wall-clock for the absolute
+/// deadlines that travel on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Monotonic now.
+    pub now: Instant,
+    /// Wall-clock now, Unix epoch milliseconds.
+    pub unix_ms: u64,
+}
+
+impl Clock {
+    /// The real current time.
+    pub fn real() -> Clock {
+        Clock {
+            now: Instant::now(),
+            unix_ms: tradeplex_proto::now_unix_ms(),
+        }
+    }
+
+    /// This clock advanced by `d` on both scales.
+    pub fn advance(self, d: Duration) -> Clock {
+        Clock {
+            now: self.now + d,
+            unix_ms: self.unix_ms + d.as_millis() as u64,
+        }
+    }
+}
+
+/// Something the socket loop must send.
+pub enum Out {
+    /// To a client on the frontend.
+    Client {
+        /// Routing id.
+        to: Identity,
+        /// Command byte.
+        cmd: client::Command,
+        /// Encoded header.
+        header: Vec<u8>,
+        /// Body (empty for errors).
+        body: Body,
+    },
+    /// To a worker on the backend.
+    Worker {
+        /// Routing id.
+        to: Identity,
+        /// Command byte.
+        cmd: worker::Command,
+        /// Encoded header.
+        header: Vec<u8>,
+        /// Body (empty except for requests).
+        body: Body,
+        /// The job this message delivers, so a failed send can be undone.
+        job: Option<JobId>,
+    },
+}
+
+/// Dispatch tunables (a subset of the broker config).
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Intervals of silence before a worker is dropped.
+    pub liveness: u32,
+    /// Wait for a worker of an unknown service, ms (0 = answer at once).
+    pub grace_ms: u64,
+    /// Per-service queue bound.
+    pub max_queue: usize,
+}
+
+impl DispatchConfig {
+    fn liveness_window(&self) -> Duration {
+        self.heartbeat * self.liveness
+    }
+}
+
+/// Why a worker leaves the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// Silent past its liveness window.
+    Expired,
+    /// Sent DISCONNECT.
+    Disconnected,
+    /// Replaced by a new registration with the same worker id.
+    Replaced,
+    /// The broker could not send to it.
+    Unreachable,
+}
+
+struct Worker {
+    id: WorkerId,
+    services: Vec<ServiceName>,
+    capacity: u32,
+    in_flight: HashSet<JobId>,
+    last_seen: Instant,
+    last_used: u64,
+    served: u64,
+}
+
+impl Worker {
+    fn has_room(&self) -> bool {
+        (self.in_flight.len() as u32) < self.capacity
+    }
+
+    fn offers(&self, service: &ServiceName) -> bool {
+        self.services.contains(service)
+    }
+}
+
+struct Service {
+    workers: Vec<Identity>,
+    queue: VecDeque<JobId>,
+    /// Queued jobs bound to one worker (target or affinity); while there are none, a scan
+    /// of the queue can stop at the first job no worker can take.
+    pinned: usize,
+    in_flight: usize,
+    /// Set once a worker has offered the service; until then metrics go to `_unknown`.
+    registered: bool,
+    metrics: ServiceMetrics,
+}
+
+struct Job {
+    client: Identity,
+    id: RequestId,
+    service: ServiceName,
+    deadline_ms: u64,
+    idempotent: bool,
+    target: Option<WorkerId>,
+    affinity: Option<String>,
+    /// Held while queued; kept after delivery only for idempotent jobs (for retry).
+    body: Option<Body>,
+    received: Instant,
+    /// The worker executing it, once delivered.
+    worker: Option<Identity>,
+    /// The wall-clock ms at which the timer set looks at this job while queued.
+    timer_ms: Option<u64>,
+}
+
+impl Job {
+    fn pinned(&self) -> bool {
+        self.target.is_some() || self.affinity.is_some()
+    }
+}
+
+enum Choice {
+    Deliver(Identity),
+    Wait,
+    NoRoom,
+    Fail(ErrorCode, String),
+}
+
+/// Most services tracked at once (registered ones plus ones waiting out a grace period).
+const MAX_SERVICES: usize = 4096;
+/// Most client identities tracked for the `tradeplex_clients` gauge.
+const MAX_TRACKED_CLIENTS: usize = 100_000;
+/// Most affinity bindings kept; beyond it, bindings of dead workers are swept first.
+const MAX_AFFINITY: usize = 100_000;
+
+/// The broker's dispatch state.
+pub struct Dispatcher {
+    cfg: DispatchConfig,
+    broker_id: WorkerId,
+    started: Instant,
+    workers: HashMap<Identity, Worker>,
+    by_id: HashMap<WorkerId, Identity>,
+    services: HashMap<ServiceName, Service>,
+    jobs: HashMap<JobId, Job>,
+    timers: BTreeSet<(u64, JobId)>,
+    affinity: HashMap<(ServiceName, String), WorkerId>,
+    clients: HashMap<Identity, Instant>,
+    next_job: u64,
+    use_counter: u64,
+    next_heartbeat: Instant,
+    shutting_down: bool,
+    metrics: Arc<Metrics>,
+    unknown_metrics: ServiceMetrics,
+    /// Messages to send; drained by the socket loop.
+    pub out: Vec<Out>,
+}
+
+impl Dispatcher {
+    /// A dispatcher with no workers.
+    pub fn new(cfg: DispatchConfig, metrics: Arc<Metrics>, now: Instant) -> Dispatcher {
+        let unknown_metrics = metrics.service(UNKNOWN_SERVICE_LABEL);
+        Dispatcher {
+            next_heartbeat: now + cfg.heartbeat,
+            cfg,
+            broker_id: WorkerId::random(),
+            started: now,
+            workers: HashMap::new(),
+            by_id: HashMap::new(),
+            services: HashMap::new(),
+            jobs: HashMap::new(),
+            timers: BTreeSet::new(),
+            affinity: HashMap::new(),
+            clients: HashMap::new(),
+            next_job: 1,
+            use_counter: 0,
+            shutting_down: false,
+            metrics,
+            unknown_metrics,
+            out: Vec::new(),
+        }
+    }
+
+    /// This broker instance's id (new at every start).
+    pub fn broker_id(&self) -> WorkerId {
+        self.broker_id
+    }
+
+    /// Requests queued or in flight.
+    pub fn pending(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Registered workers.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// When [`Dispatcher::tick`] next has work to do.
+    pub fn next_wake(&self, clock: Clock) -> Instant {
+        let timer = self
+            .timers
+            .first()
+            .map(|(ms, _)| clock.now + Duration::from_millis(ms.saturating_sub(clock.unix_ms)));
+        timer.map_or(self.next_heartbeat, |t| t.min(self.next_heartbeat))
+    }
+
+    // ----- client side -------------------------------------------------------------
+
+    /// A REQUEST from a client.
+    pub fn on_request(&mut self, clock: Clock, client: Identity, h: RequestHeader, body: Body) {
+        self.note_client(&client, clock.now);
+        let metrics = self.service_metrics(&h.service);
+        metrics.received();
+        if let Some((code, message)) = self.admission_error(clock, &h) {
+            metrics.answered(Some(code), 0.0);
+            self.send_error(client, ErrorHeader::new(h.id, code, message));
+            return;
+        }
+        if h.service.is_mgmt() {
+            self.answer_mgmt(clock, client, &h, &metrics);
+            return;
+        }
+        let has_workers = self.has_workers(&h.service);
+        let job_id = JobId(self.next_job);
+        self.next_job += 1;
+        let timer_ms = if has_workers {
+            h.deadline_ms
+        } else {
+            h.deadline_ms.min(clock.unix_ms + self.cfg.grace_ms)
+        };
+        let job = Job {
+            client,
+            id: h.id,
+            service: h.service.clone(),
+            deadline_ms: h.deadline_ms,
+            idempotent: h.idempotent,
+            target: h.target,
+            affinity: h.affinity,
+            body: Some(body),
+            received: clock.now,
+            worker: None,
+            timer_ms: Some(timer_ms),
+        };
+        let pinned = job.pinned();
+        self.jobs.insert(job_id, job);
+        self.timers.insert((timer_ms, job_id));
+        let service = self.service_entry(&h.service);
+        service.queue.push_back(job_id);
+        service.pinned += usize::from(pinned);
+        service.metrics.queue_depth.inc();
+        self.pump(&h.service);
+    }
+
+    /// Why a request is refused before it is queued, if it is.
+    fn admission_error(&self, clock: Clock, h: &RequestHeader) -> Option<(ErrorCode, String)> {
+        if self.shutting_down {
+            return Some((ErrorCode::Unavailable, "broker is shutting down".into()));
+        }
+        if h.deadline_ms <= clock.unix_ms {
+            return Some((
+                ErrorCode::DeadlineExceeded,
+                format!(
+                    "deadline passed {} ms before arrival",
+                    clock.unix_ms - h.deadline_ms
+                ),
+            ));
+        }
+        if h.service.is_mgmt() {
+            return (h.service.as_str() != STATUS_SERVICE).then(|| {
+                (
+                    ErrorCode::UnknownService,
+                    format!("no management service {}", h.service),
+                )
+            });
+        }
+        let service = self.services.get(&h.service);
+        if !self.has_workers(&h.service) && self.cfg.grace_ms == 0 {
+            return Some((
+                ErrorCode::UnknownService,
+                format!("no worker offers {}", h.service),
+            ));
+        }
+        if service.is_none() && self.services.len() >= MAX_SERVICES {
+            return Some((
+                ErrorCode::UnknownService,
+                format!("no worker offers {}", h.service),
+            ));
+        }
+        if let Some(target) = h.target {
+            let offered = self
+                .by_id
+                .get(&target)
+                .and_then(|i| self.workers.get(i))
+                .is_some_and(|w| w.offers(&h.service));
+            if !offered {
+                return Some((
+                    ErrorCode::UnknownWorker,
+                    format!("worker {target} is not registered for {}", h.service),
+                ));
+            }
+        }
+        if service.is_some_and(|s| s.queue.len() >= self.cfg.max_queue) {
+            return Some((
+                ErrorCode::Overloaded,
+                format!(
+                    "{} queue is full ({} requests)",
+                    h.service, self.cfg.max_queue
+                ),
+            ));
+        }
+        None
+    }
+
+    fn answer_mgmt(
+        &mut self,
+        clock: Clock,
+        client: Identity,
+        h: &RequestHeader,
+        m: &ServiceMetrics,
+    ) {
+        let status = self.status(clock);
+        let body = rmp_serde::to_vec_named(&status).unwrap_or_default();
+        m.answered(None, 0.0);
+        let header = frame::encode_header(&ReplyHeader {
+            id: h.id,
+            worker: self.broker_id,
+        });
+        self.out.push(Out::Client {
+            to: client,
+            cmd: client::Command::Reply,
+            header,
+            body: Body::from(body),
+        });
+    }
+
+    /// The `tpx.status` reply.
+    pub fn status(&self, clock: Clock) -> StatusReply {
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .values()
+            .map(|w| WorkerStatus {
+                worker: w.id,
+                services: w.services.clone(),
+                capacity: w.capacity,
+                in_flight: w.in_flight.len() as u32,
+                heartbeat_age_ms: clock.now.saturating_duration_since(w.last_seen).as_millis()
+                    as u64,
+                served: w.served,
+            })
+            .collect();
+        workers.sort_by_key(|w| w.worker);
+        let mut services: Vec<ServiceStatus> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.registered)
+            .map(|(name, s)| ServiceStatus {
+                service: name.clone(),
+                workers: s.workers.len() as u32,
+                queued: s.queue.len() as u32,
+                in_flight: s.in_flight as u32,
+            })
+            .collect();
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        StatusReply {
+            broker: self.broker_id,
+            uptime_s: clock.now.saturating_duration_since(self.started).as_secs(),
+            workers,
+            services,
+        }
+    }
+
+    /// Answers a client whose message could not be decoded.
+    pub fn reject_client(
+        &mut self,
+        client: Identity,
+        id: RequestId,
+        code: ErrorCode,
+        message: String,
+    ) {
+        self.send_error(client, ErrorHeader::new(id, code, message));
+    }
+
+    fn note_client(&mut self, client: &Identity, now: Instant) {
+        if let Some(seen) = self.clients.get_mut(client) {
+            *seen = now;
+        } else if self.clients.len() < MAX_TRACKED_CLIENTS {
+            self.clients.insert(client.clone(), now);
+        }
+    }
+
+    // ----- worker side -------------------------------------------------------------
+
+    /// A decoded message from a worker.
+    pub fn on_worker(&mut self, clock: Clock, from: Identity, msg: worker::Message, body: Body) {
+        if let worker::Message::Ready(h) = msg {
+            self.on_ready(clock, from, h);
+            return;
+        }
+        let Some(w) = self.workers.get_mut(&from) else {
+            if !matches!(msg, worker::Message::Disconnect(_)) {
+                // A worker we do not know (e.g. we restarted): ask it to register again.
+                self.send_to_worker(
+                    from,
+                    worker::Command::Disconnect,
+                    &DisconnectHeader {
+                        reason: "not registered".into(),
+                    },
+                );
+            }
+            return;
+        };
+        w.last_seen = clock.now;
+        match msg {
+            worker::Message::Reply(h) => self.complete(&from, h.job, Ok(body)),
+            worker::Message::Error(h) => {
+                let code = ErrorCode::from_u16(h.code).unwrap_or(ErrorCode::WorkerError);
+                self.complete(&from, h.job, Err((code, h.message)))
+            }
+            worker::Message::Heartbeat => {}
+            worker::Message::Disconnect(_) => {
+                self.remove_worker(clock, &from, Departure::Disconnected)
+            }
+            worker::Message::Request(_) | worker::Message::Ready(_) => {
+                self.metrics.bad_frame("backend", "unexpected_command");
+            }
+        }
+    }
+
+    fn on_ready(&mut self, clock: Clock, from: Identity, h: ReadyHeader) {
+        // The worker may have reconnected on a new socket before we noticed it had gone;
+        // the old registration is dropped once the new one is in place, so its jobs can
+        // move straight to the new socket.
+        let replaced = self.by_id.get(&h.worker).filter(|i| **i != from).cloned();
+        if self.workers.get(&from).is_some_and(|w| w.id != h.worker) {
+            self.remove_worker(clock, &from, Departure::Replaced);
+        }
+        let previous = match self.workers.get_mut(&from) {
+            Some(w) => {
+                w.last_seen = clock.now;
+                w.capacity = h.capacity;
+                std::mem::replace(&mut w.services, h.services.clone())
+            }
+            None => {
+                self.metrics.worker_registrations.inc();
+                tracing::info!(worker = %h.worker, services = ?h.services, capacity = h.capacity, "worker registered");
+                self.by_id.insert(h.worker, from.clone());
+                self.workers.insert(
+                    from.clone(),
+                    Worker {
+                        id: h.worker,
+                        services: h.services.clone(),
+                        capacity: h.capacity,
+                        in_flight: HashSet::new(),
+                        last_seen: clock.now,
+                        last_used: 0,
+                        served: 0,
+                    },
+                );
+                Vec::new()
+            }
+        };
+        for gone in previous.iter().filter(|s| !h.services.contains(s)) {
+            self.detach(gone, &from);
+        }
+        for added in h.services.iter().filter(|s| !previous.contains(s)) {
+            self.attach(added, &from);
+        }
+        for s in &h.services {
+            self.pump(s);
+        }
+        if let Some(old) = replaced {
+            self.remove_worker(clock, &old, Departure::Replaced);
+        }
+    }
+
+    fn attach(&mut self, service: &ServiceName, worker: &Identity) {
+        let metrics = &self.metrics;
+        let entry = self
+            .services
+            .entry(service.clone())
+            .or_insert_with(|| new_service(metrics.service(service.as_str())));
+        if !entry.registered {
+            // Move the queued count off the `_unknown` gauge onto the service's own.
+            entry.metrics.queue_depth.sub(entry.queue.len() as i64);
+            entry.registered = true;
+            entry.metrics = metrics.service(service.as_str());
+            entry.metrics.queue_depth.set(entry.queue.len() as i64);
+        }
+        if !entry.workers.contains(worker) {
+            entry.workers.push(worker.clone());
+            entry.metrics.workers.set(entry.workers.len() as i64);
+        }
+    }
+
+    fn detach(&mut self, service: &ServiceName, worker: &Identity) {
+        if let Some(entry) = self.services.get_mut(service) {
+            entry.workers.retain(|w| w != worker);
+            entry.metrics.workers.set(entry.workers.len() as i64);
+        }
+    }
+
+    /// Drops a worker: its idempotent in-flight jobs go back to the front of their queue,
+    /// the others are answered `worker_lost` (they may have executed).
+    pub fn remove_worker(&mut self, clock: Clock, identity: &Identity, why: Departure) {
+        let Some(w) = self.workers.remove(identity) else {
+            return;
+        };
+        if self.by_id.get(&w.id) == Some(identity) {
+            self.by_id.remove(&w.id);
+        }
+        match why {
+            Departure::Expired => self.metrics.workers_expired.inc(),
+            Departure::Disconnected => self.metrics.worker_disconnects.inc(),
+            Departure::Replaced | Departure::Unreachable => {}
+        }
+        tracing::warn!(worker = %w.id, reason = ?why, in_flight = w.in_flight.len(), "worker removed");
+        for s in &w.services {
+            self.detach(s, identity);
+        }
+        let mut jobs: Vec<JobId> = w.in_flight.into_iter().collect();
+        jobs.sort();
+        for job_id in jobs.into_iter().rev() {
+            self.fail_in_flight(job_id, &w.id);
+        }
+        for s in &w.services {
+            self.pump(s);
+            self.fail_unserved(clock, s);
+        }
+    }
+
+    fn fail_in_flight(&mut self, job_id: JobId, worker: &WorkerId) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let service = job.service.clone();
+        if let Some(s) = self.services.get_mut(&service) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.metrics.in_flight.dec();
+        }
+        if job.idempotent && job.body.is_some() {
+            job.worker = None;
+            self.metrics.requests_retried.inc();
+            self.requeue_front(job_id);
+        } else {
+            let msg = format!("worker {worker} lost with the request in flight: outcome unknown");
+            self.finish(job_id, Err((ErrorCode::WorkerLost, msg)), Some(*worker));
+        }
+    }
+
+    /// Queued jobs of a service left with no worker at all are answered at once (or when
+    /// their grace period ends), never left to hang.
+    fn fail_unserved(&mut self, clock: Clock, service: &ServiceName) {
+        if self.has_workers(service) {
+            return;
+        }
+        let queued: Vec<JobId> = self
+            .services
+            .get(service)
+            .map(|s| s.queue.iter().copied().collect())
+            .unwrap_or_default();
+        let grace_end = clock.unix_ms + self.cfg.grace_ms;
+        for job_id in queued {
+            if self.cfg.grace_ms == 0 {
+                self.unqueue(job_id);
+                let msg = format!("no worker offers {service}");
+                self.finish(job_id, Err((ErrorCode::UnknownService, msg)), None);
+            } else if let Some(job) = self.jobs.get(&job_id) {
+                let at = job.deadline_ms.min(grace_end);
+                self.set_timer(job_id, at);
+            }
+        }
+    }
+
+    fn requeue_front(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return;
+        };
+        let (service, pinned, at) = (job.service.clone(), job.pinned(), job.deadline_ms);
+        let entry = self.service_entry(&service);
+        entry.queue.push_front(job_id);
+        entry.pinned += usize::from(pinned);
+        entry.metrics.queue_depth.inc();
+        self.set_timer(job_id, at);
+    }
+
+    fn complete(
+        &mut self,
+        from: &Identity,
+        job_id: JobId,
+        result: Result<Body, (ErrorCode, String)>,
+    ) {
+        let owned = self
+            .jobs
+            .get(&job_id)
+            .is_some_and(|j| j.worker.as_ref() == Some(from));
+        let Some(w) = self.workers.get_mut(from).filter(|_| owned) else {
+            self.metrics.late_replies.inc();
+            return;
+        };
+        w.in_flight.remove(&job_id);
+        w.served += 1;
+        let worker_id = w.id;
+        let Some(service) = self.jobs.get(&job_id).map(|j| j.service.clone()) else {
+            return;
+        };
+        if let Some(s) = self.services.get_mut(&service) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.metrics.in_flight.dec();
+        }
+        match result {
+            Err((ErrorCode::Unavailable, _)) => {
+                // Refused without executing: safe to deliver elsewhere, even an order.
+                if let Some(job) = self.jobs.get_mut(&job_id) {
+                    job.worker = None;
+                }
+                self.metrics.requests_retried.inc();
+                self.requeue_front(job_id);
+            }
+            other => self.finish(job_id, other, Some(worker_id)),
+        }
+        self.pump(&service);
+    }
+
+    /// Undoes a delivery the socket could not make (the worker is gone): the request was
+    /// not delivered, so it is requeued whatever its kind, and the worker dropped.
+    pub fn on_send_failed(&mut self, clock: Clock, job_id: JobId) {
+        let Some(identity) = self.jobs.get(&job_id).and_then(|j| j.worker.clone()) else {
+            return;
+        };
+        if let Some(w) = self.workers.get_mut(&identity) {
+            w.in_flight.remove(&job_id);
+        }
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            job.worker = None;
+            let service = job.service.clone();
+            if let Some(s) = self.services.get_mut(&service) {
+                s.in_flight = s.in_flight.saturating_sub(1);
+                s.metrics.in_flight.dec();
+            }
+        }
+        // Only a job that still holds its body can be re-sent; a non-idempotent body was
+        // moved into the failed send, so that request is answered as not delivered.
+        if self.jobs.get(&job_id).is_some_and(|j| j.body.is_some()) {
+            self.requeue_front(job_id);
+        } else {
+            let msg = "worker unreachable; request not delivered".to_string();
+            self.finish(job_id, Err((ErrorCode::Unavailable, msg)), None);
+        }
+        self.remove_worker(clock, &identity, Departure::Unreachable);
+    }
+
+    // ----- dispatch ----------------------------------------------------------------
+
+    fn pump(&mut self, service: &ServiceName) {
+        let mut i = 0;
+        loop {
+            let Some(s) = self.services.get(service) else {
+                return;
+            };
+            let Some(&job_id) = s.queue.get(i) else {
+                return;
+            };
+            let pinned_left = s.pinned;
+            match self.choose(service, job_id) {
+                Choice::Deliver(worker) => {
+                    self.unqueue_at(service, i);
+                    self.deliver(job_id, worker);
+                }
+                Choice::Fail(code, msg) => {
+                    self.unqueue_at(service, i);
+                    self.finish(job_id, Err((code, msg)), None);
+                }
+                Choice::Wait => i += 1,
+                Choice::NoRoom if pinned_left == 0 => return,
+                Choice::NoRoom => i += 1,
+            }
+        }
+    }
+
+    fn choose(&mut self, service: &ServiceName, job_id: JobId) -> Choice {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return Choice::Wait;
+        };
+        if let Some(target) = job.target {
+            return match self
+                .by_id
+                .get(&target)
+                .and_then(|i| self.workers.get(i).map(|w| (i, w)))
+            {
+                Some((i, w)) if w.offers(service) => {
+                    if w.has_room() {
+                        Choice::Deliver(i.clone())
+                    } else {
+                        Choice::Wait
+                    }
+                }
+                _ => Choice::Fail(
+                    ErrorCode::UnknownWorker,
+                    format!("worker {target} is not registered for {service}"),
+                ),
+            };
+        }
+        if let Some(key) = &job.affinity {
+            let bound = self
+                .affinity
+                .get(&(service.clone(), key.clone()))
+                .and_then(|id| {
+                    let i = self.by_id.get(id)?;
+                    self.workers
+                        .get(i)
+                        .filter(|w| w.offers(service))
+                        .map(|w| (i.clone(), w.has_room()))
+                });
+            return match bound {
+                Some((i, true)) => Choice::Deliver(i),
+                Some((_, false)) => Choice::Wait,
+                None => match self.least_loaded(service) {
+                    Some(i) => {
+                        self.bind_affinity(service.clone(), key.clone(), &i);
+                        Choice::Deliver(i)
+                    }
+                    None => Choice::Wait,
+                },
+            };
+        }
+        self.least_loaded(service)
+            .map_or(Choice::NoRoom, Choice::Deliver)
+    }
+
+    fn bind_affinity(&mut self, service: ServiceName, key: String, worker: &Identity) {
+        let Some(id) = self.workers.get(worker).map(|w| w.id) else {
+            return;
+        };
+        if self.affinity.len() >= MAX_AFFINITY {
+            let live = &self.by_id;
+            self.affinity.retain(|_, w| live.contains_key(w));
+        }
+        if self.affinity.len() < MAX_AFFINITY {
+            self.affinity.insert((service, key), id);
+        }
+    }
+
+    /// The worker of `service` with the fewest requests in flight and room for one more,
+    /// ties to the least recently used.
+    fn least_loaded(&self, service: &ServiceName) -> Option<Identity> {
+        let s = self.services.get(service)?;
+        s.workers
+            .iter()
+            .filter_map(|i| self.workers.get(i).map(|w| (i, w)))
+            .filter(|(_, w)| w.has_room())
+            .min_by_key(|(_, w)| (w.in_flight.len(), w.last_used))
+            .map(|(i, _)| i.clone())
+    }
+
+    fn deliver(&mut self, job_id: JobId, to: Identity) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let body = if job.idempotent {
+            job.body
+                .as_ref()
+                .map_or_else(Body::new, |b| Body::from(&b[..]))
+        } else {
+            job.body.take().unwrap_or_else(Body::new)
+        };
+        job.worker = Some(to.clone());
+        let header = frame::encode_header(&worker::RequestHeader {
+            job: job_id,
+            id: job.id,
+            service: job.service.clone(),
+            deadline_ms: job.deadline_ms,
+            idempotent: job.idempotent,
+        });
+        let service = job.service.clone();
+        self.use_counter += 1;
+        if let Some(w) = self.workers.get_mut(&to) {
+            w.in_flight.insert(job_id);
+            w.last_used = self.use_counter;
+        }
+        if let Some(s) = self.services.get_mut(&service) {
+            s.in_flight += 1;
+            s.metrics.in_flight.inc();
+        }
+        self.out.push(Out::Worker {
+            to,
+            cmd: worker::Command::Request,
+            header,
+            body,
+            job: Some(job_id),
+        });
+    }
+
+    fn unqueue_at(&mut self, service: &ServiceName, i: usize) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        let Some(job_id) = s.queue.remove(i) else {
+            return;
+        };
+        s.metrics.queue_depth.dec();
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            s.pinned = s.pinned.saturating_sub(usize::from(job.pinned()));
+            if let Some(at) = job.timer_ms.take() {
+                self.timers.remove(&(at, job_id));
+            }
+        }
+    }
+
+    fn unqueue(&mut self, job_id: JobId) {
+        let Some(service) = self.jobs.get(&job_id).map(|j| j.service.clone()) else {
+            return;
+        };
+        let pos = self
+            .services
+            .get(&service)
+            .and_then(|s| s.queue.iter().position(|j| *j == job_id));
+        if let Some(i) = pos {
+            self.unqueue_at(&service, i);
+        }
+    }
+
+    fn set_timer(&mut self, job_id: JobId, at: u64) {
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            if let Some(old) = job.timer_ms.replace(at) {
+                self.timers.remove(&(old, job_id));
+            }
+            self.timers.insert((at, job_id));
+        }
+    }
+
+    /// Answers a job and forgets it.
+    fn finish(
+        &mut self,
+        job_id: JobId,
+        result: Result<Body, (ErrorCode, String)>,
+        worker: Option<WorkerId>,
+    ) {
+        let Some(job) = self.jobs.remove(&job_id) else {
+            return;
+        };
+        if let Some(at) = job.timer_ms {
+            self.timers.remove(&(at, job_id));
+        }
+        let elapsed = job.received.elapsed().as_secs_f64();
+        let metrics = self.service_metrics(&job.service);
+        match result {
+            Ok(body) => {
+                metrics.answered(None, elapsed);
+                let header = frame::encode_header(&ReplyHeader {
+                    id: job.id,
+                    worker: worker.unwrap_or(self.broker_id),
+                });
+                self.out.push(Out::Client {
+                    to: job.client,
+                    cmd: client::Command::Reply,
+                    header,
+                    body,
+                });
+            }
+            Err((code, message)) => {
+                metrics.answered(Some(code), elapsed);
+                let mut h = ErrorHeader::new(job.id, code, message);
+                h.worker = worker;
+                self.send_error(job.client, h);
+            }
+        }
+        self.forget_empty_service(&job.service);
+    }
+
+    fn forget_empty_service(&mut self, service: &ServiceName) {
+        if self
+            .services
+            .get(service)
+            .is_some_and(|s| !s.registered && s.queue.is_empty() && s.in_flight == 0)
+        {
+            self.services.remove(service);
+        }
+    }
+
+    // ----- time --------------------------------------------------------------------
+
+    /// Expires silent workers, sends heartbeats, and answers queued requests whose
+    /// deadline (or unknown-service grace) has passed.
+    pub fn tick(&mut self, clock: Clock) {
+        self.expire_workers(clock);
+        if clock.now >= self.next_heartbeat {
+            self.heartbeat(clock);
+        }
+        self.fire_timers(clock);
+    }
+
+    fn expire_workers(&mut self, clock: Clock) {
+        let window = self.cfg.liveness_window();
+        let dead: Vec<Identity> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| clock.now.saturating_duration_since(w.last_seen) > window)
+            .map(|(i, _)| i.clone())
+            .collect();
+        for identity in dead {
+            self.remove_worker(clock, &identity, Departure::Expired);
+        }
+    }
+
+    fn heartbeat(&mut self, clock: Clock) {
+        self.next_heartbeat = clock.now + self.cfg.heartbeat;
+        let interval = self.cfg.heartbeat;
+        // A worker not heard from for one and a half intervals missed a heartbeat.
+        let missed = self
+            .workers
+            .values()
+            .filter(|w| clock.now.saturating_duration_since(w.last_seen) > interval + interval / 2)
+            .count();
+        self.metrics.heartbeats_missed.inc_by(missed as u64);
+        let identities: Vec<Identity> = self.workers.keys().cloned().collect();
+        for identity in identities {
+            self.send_to_worker(identity, worker::Command::Heartbeat, &HeartbeatHeader {});
+        }
+        let window = self.cfg.liveness_window();
+        self.clients
+            .retain(|_, seen| clock.now.saturating_duration_since(*seen) <= window);
+        self.metrics.clients.set(self.clients.len() as i64);
+    }
+
+    fn fire_timers(&mut self, clock: Clock) {
+        while let Some(&(at, job_id)) = self.timers.first() {
+            if at > clock.unix_ms {
+                break;
+            }
+            self.timers.remove(&(at, job_id));
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            job.timer_ms = None;
+            let (deadline, service) = (job.deadline_ms, job.service.clone());
+            if clock.unix_ms >= deadline {
+                self.unqueue(job_id);
+                let msg = "deadline passed while queued; not delivered".to_string();
+                self.finish(job_id, Err((ErrorCode::DeadlineExceeded, msg)), None);
+            } else if !self.has_workers(&service) {
+                self.unqueue(job_id);
+                let msg = format!("no worker offers {service}");
+                self.finish(job_id, Err((ErrorCode::UnknownService, msg)), None);
+            } else {
+                self.set_timer(job_id, deadline);
+            }
+        }
+    }
+
+    // ----- shutdown ----------------------------------------------------------------
+
+    /// Stops accepting requests and answers every queued one `unavailable`.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        let queued: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.worker.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for job_id in queued {
+            self.unqueue(job_id);
+            let msg = "broker is shutting down; not delivered".to_string();
+            self.finish(job_id, Err((ErrorCode::Unavailable, msg)), None);
+        }
+    }
+
+    /// Answers what is still in flight `worker_lost` and tells every worker to go.
+    pub fn finish_shutdown(&mut self) {
+        let left: Vec<(JobId, Option<WorkerId>)> = self
+            .jobs
+            .iter()
+            .map(|(id, j)| {
+                let w = j
+                    .worker
+                    .as_ref()
+                    .and_then(|i| self.workers.get(i))
+                    .map(|w| w.id);
+                (*id, w)
+            })
+            .collect();
+        for (job_id, worker) in left {
+            let msg = "broker shut down with the request in flight: outcome unknown".to_string();
+            self.finish(job_id, Err((ErrorCode::WorkerLost, msg)), worker);
+        }
+        let identities: Vec<Identity> = self.workers.keys().cloned().collect();
+        for identity in identities {
+            self.send_to_worker(
+                identity,
+                worker::Command::Disconnect,
+                &DisconnectHeader {
+                    reason: "broker shutting down".into(),
+                },
+            );
+        }
+    }
+
+    // ----- helpers -----------------------------------------------------------------
+
+    fn has_workers(&self, service: &ServiceName) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|s| !s.workers.is_empty())
+    }
+
+    fn service_metrics(&self, service: &ServiceName) -> ServiceMetrics {
+        self.services
+            .get(service)
+            .filter(|s| s.registered)
+            .map_or_else(|| self.unknown_metrics.clone(), |s| s.metrics.clone())
+    }
+
+    fn service_entry(&mut self, service: &ServiceName) -> &mut Service {
+        let unknown = &self.unknown_metrics;
+        self.services
+            .entry(service.clone())
+            .or_insert_with(|| new_service(unknown.clone()))
+    }
+
+    fn send_error(&mut self, to: Identity, h: ErrorHeader) {
+        self.out.push(Out::Client {
+            to,
+            cmd: client::Command::Error,
+            header: frame::encode_header(&h),
+            body: Body::new(),
+        });
+    }
+
+    fn send_to_worker<T: serde::Serialize>(&mut self, to: Identity, cmd: worker::Command, h: &T) {
+        self.out.push(Out::Worker {
+            to,
+            cmd,
+            header: frame::encode_header(h),
+            body: Body::new(),
+            job: None,
+        });
+    }
+}
+
+fn new_service(metrics: ServiceMetrics) -> Service {
+    Service {
+        workers: Vec::new(),
+        queue: VecDeque::new(),
+        pinned: 0,
+        in_flight: 0,
+        registered: false,
+        metrics,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,465 @@
+//! Dispatcher unit tests: no sockets, no sleeps; time is advanced by hand.
+
+use super::*;
+
+const HB: Duration = Duration::from_millis(100);
+
+struct Harness {
+    d: Dispatcher,
+    clock: Clock,
+    next_id: u64,
+}
+
+fn svc(s: &str) -> ServiceName {
+    ServiceName::new(s).unwrap()
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(0, 100)
+    }
+
+    fn with(grace_ms: u64, max_queue: usize) -> Harness {
+        let clock = Clock::real();
+        let cfg = DispatchConfig {
+            heartbeat: HB,
+            liveness: 3,
+            grace_ms,
+            max_queue,
+        };
+        Harness {
+            d: Dispatcher::new(cfg, Arc::new(Metrics::new()), clock.now),
+            clock,
+            next_id: 1,
+        }
+    }
+
+    fn ready(&mut self, identity: &[u8], services: &[&str], capacity: u32) -> WorkerId {
+        let id = WorkerId::random();
+        self.ready_as(identity, id, services, capacity);
+        id
+    }
+
+    fn ready_as(&mut self, identity: &[u8], id: WorkerId, services: &[&str], capacity: u32) {
+        let h = ReadyHeader {
+            worker: id,
+            services: services.iter().map(|s| svc(s)).collect(),
+            capacity,
+        };
+        self.d.on_worker(
+            self.clock,
+            identity.to_vec(),
+            worker::Message::Ready(h),
+            Body::new(),
+        );
+    }
+
+    fn request(&mut self, service: &str, idempotent: bool) -> RequestId {
+        self.request_with(service, idempotent, None, None, 1000)
+    }
+
+    fn request_with(
+        &mut self,
+        service: &str,
+        idempotent: bool,
+        target: Option<WorkerId>,
+        affinity: Option<&str>,
+        ttl_ms: u64,
+    ) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let h = RequestHeader {
+            id,
+            service: svc(service),
+            deadline_ms: self.clock.unix_ms + ttl_ms,
+            idempotent,
+            target,
+            affinity: affinity.map(String::from),
+        };
+        self.d.on_request(
+            self.clock,
+            b"client".to_vec(),
+            h,
+            Body::from(&b"payload"[..]),
+        );
+        id
+    }
+
+    /// Requests delivered to workers since the last drain: (worker identity, job, body).
+    fn deliveries(&mut self) -> Vec<(Vec<u8>, JobId)> {
+        self.drain()
+            .0
+            .into_iter()
+            .filter_map(|(to, cmd, header, _)| {
+                (cmd == worker::Command::Request).then(|| {
+                    let h: worker::RequestHeader = frame::decode_header(&header).unwrap();
+                    (to, h.job)
+                })
+            })
+            .collect()
+    }
+
+    /// Everything sent: (worker messages, client replies, client errors).
+    #[allow(clippy::type_complexity)]
+    fn drain(
+        &mut self,
+    ) -> (
+        Vec<(Vec<u8>, worker::Command, Vec<u8>, Body)>,
+        Vec<(ReplyHeader, Body)>,
+        Vec<ErrorHeader>,
+    ) {
+        let mut to_workers = Vec::new();
+        let mut replies = Vec::new();
+        let mut errors = Vec::new();
+        for out in std::mem::take(&mut self.d.out) {
+            match out {
+                Out::Worker {
+                    to,
+                    cmd,
+                    header,
+                    body,
+                    ..
+                } => to_workers.push((to, cmd, header, body)),
+                Out::Client {
+                    cmd: client::Command::Reply,
+                    header,
+                    body,
+                    ..
+                } => replies.push((frame::decode_header(&header).unwrap(), body)),
+                Out::Client { header, .. } => errors.push(frame::decode_header(&header).unwrap()),
+            }
+        }
+        (to_workers, replies, errors)
+    }
+
+    fn reply(&mut self, identity: &[u8], job: JobId) {
+        let msg = worker::Message::Reply(worker::ReplyHeader { job });
+        self.d
+            .on_worker(self.clock, identity.to_vec(), msg, Body::from(&b"done"[..]));
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.clock = self.clock.advance(d);
+        self.d.tick(self.clock);
+    }
+}
+
+#[test]
+fn least_loaded_then_least_recently_used() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo"], 4);
+    h.ready(b"B", &["echo"], 4);
+    h.ready(b"C", &["echo"], 4);
+    for _ in 0..6 {
+        h.request("echo", true);
+    }
+    let got: Vec<Vec<u8>> = h.deliveries().into_iter().map(|(w, _)| w).collect();
+    for w in [b"A", b"B", b"C"] {
+        assert_eq!(
+            got.iter().filter(|g| g.as_slice() == w).count(),
+            2,
+            "{got:?}"
+        );
+    }
+}
+
+#[test]
+fn capacity_is_never_exceeded_and_queue_drains_on_reply() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo"], 1);
+    h.request("echo", true);
+    h.request("echo", true);
+    let first = h.deliveries();
+    assert_eq!(
+        first.len(),
+        1,
+        "capacity 1 must hold the second request back"
+    );
+    h.reply(b"A", first[0].1);
+    let (msgs, replies, _) = h.drain();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(&replies[0].1[..], b"done");
+    let second: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.1 == worker::Command::Request)
+        .collect();
+    assert_eq!(second.len(), 1);
+}
+
+#[test]
+fn queued_request_past_deadline_is_answered_and_never_delivered() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo"], 1);
+    h.request("echo", false);
+    let late = h.request_with("echo", false, None, None, 50);
+    let first = h.deliveries();
+    assert_eq!(first.len(), 1);
+    h.advance(Duration::from_millis(60));
+    let (_, _, errors) = h.drain();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].id, late);
+    assert_eq!(errors[0].name, "deadline_exceeded");
+    h.reply(b"A", first[0].1);
+    assert!(
+        h.deliveries().is_empty(),
+        "the expired request must never reach the worker"
+    );
+}
+
+#[test]
+fn expired_deadline_on_arrival_is_refused() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo"], 1);
+    let id = RequestId(42);
+    let hdr = RequestHeader {
+        id,
+        service: svc("echo"),
+        deadline_ms: h.clock.unix_ms - 1,
+        idempotent: true,
+        target: None,
+        affinity: None,
+    };
+    h.d.on_request(h.clock, b"c".to_vec(), hdr, Body::new());
+    let (msgs, _, errors) = h.drain();
+    assert!(msgs.is_empty());
+    assert_eq!(errors[0].name, "deadline_exceeded");
+}
+
+#[test]
+fn unknown_service_is_answered_at_once() {
+    let mut h = Harness::new();
+    h.request("nobody", true);
+    let (_, _, errors) = h.drain();
+    assert_eq!(errors[0].name, "unknown_service");
+    assert_eq!(h.d.pending(), 0);
+}
+
+#[test]
+fn unknown_service_waits_out_its_grace_for_a_worker() {
+    let mut h = Harness::with(200, 100);
+    h.request("late", true);
+    let gone = h.request("never", true);
+    assert!(h.drain().2.is_empty());
+    h.ready(b"A", &["late"], 1);
+    assert_eq!(h.deliveries().len(), 1);
+    h.advance(Duration::from_millis(250));
+    let (_, _, errors) = h.drain();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].id, errors[0].name.as_str()),
+        (gone, "unknown_service")
+    );
+}
+
+#[test]
+fn full_queue_answers_overloaded() {
+    let mut h = Harness::with(0, 2);
+    h.ready(b"A", &["echo"], 1);
+    for _ in 0..4 {
+        h.request("echo", true);
+    }
+    let (_, _, errors) = h.drain();
+    assert_eq!(
+        errors.len(),
+        1,
+        "1 in flight + 2 queued, the 4th is refused"
+    );
+    assert_eq!(errors[0].name, "overloaded");
+}
+
+#[test]
+fn dead_worker_retries_idempotent_and_loses_the_rest() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo"], 2);
+    let query = h.request("echo", true);
+    let order = h.request("echo", false);
+    assert_eq!(h.deliveries().len(), 2);
+    h.ready(b"B", &["echo"], 2);
+    // B keeps heartbeating, A stays silent past 3 intervals.
+    for _ in 0..4 {
+        h.clock = h.clock.advance(HB);
+        h.d.on_worker(
+            h.clock,
+            b"B".to_vec(),
+            worker::Message::Heartbeat,
+            Body::new(),
+        );
+        h.d.tick(h.clock);
+    }
+    let (msgs, _, errors) = h.drain();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].id, errors[0].name.as_str()),
+        (order, "worker_lost")
+    );
+    let retried: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.1 == worker::Command::Request)
+        .map(|m| {
+            (
+                m.0.clone(),
+                frame::decode_header::<worker::RequestHeader>(&m.2).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].0, b"B");
+    assert_eq!(retried[0].1.id, query);
+    assert_eq!(h.d.worker_count(), 1);
+}
+
+#[test]
+fn retried_body_is_the_original() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo"], 1);
+    h.request("echo", true);
+    h.deliveries();
+    h.ready(b"B", &["echo"], 1);
+    h.d.remove_worker(h.clock, &b"A".to_vec(), Departure::Disconnected);
+    let (msgs, _, _) = h.drain();
+    let req = msgs
+        .iter()
+        .find(|m| m.1 == worker::Command::Request)
+        .unwrap();
+    assert_eq!(req.0, b"B");
+    assert_eq!(&req.3[..], b"payload");
+}
+
+#[test]
+fn target_worker_gets_the_request_and_unknown_target_is_refused() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM"], 4);
+    let b = h.ready(b"B", &["SIM"], 4);
+    for _ in 0..3 {
+        h.request_with("SIM", false, Some(b), None, 1000);
+    }
+    assert!(h.deliveries().iter().all(|(w, _)| w == b"B"));
+    h.request_with("SIM", false, Some(WorkerId::random()), None, 1000);
+    assert_eq!(h.drain().2[0].name, "unknown_worker");
+}
+
+#[test]
+fn affinity_sticks_to_one_worker_while_it_lives() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM"], 8);
+    h.ready(b"B", &["SIM"], 8);
+    for _ in 0..4 {
+        h.request_with("SIM", false, None, Some("acct-1"), 1000);
+        h.request("SIM", false);
+    }
+    let got = h.deliveries();
+    let first = got[0].0.clone();
+    let pinned: Vec<_> = got.iter().step_by(2).map(|(w, _)| w.clone()).collect();
+    assert!(pinned.iter().all(|w| *w == first), "{pinned:?}");
+}
+
+#[test]
+fn unavailable_from_worker_is_redelivered_even_for_orders() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM"], 1);
+    let order = h.request("SIM", false);
+    let job = h.deliveries()[0].1;
+    h.ready(b"B", &["SIM"], 1);
+    let err = worker::ErrorHeader::new(job, ErrorCode::Unavailable, "gateway down");
+    h.d.on_worker(
+        h.clock,
+        b"A".to_vec(),
+        worker::Message::Error(err),
+        Body::new(),
+    );
+    let got = h.deliveries();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, b"B");
+    h.reply(b"B", got[0].1);
+    let (_, replies, _) = h.drain();
+    assert_eq!(replies[0].0.id, order);
+}
+
+#[test]
+fn worker_error_reaches_client_with_worker_id() {
+    let mut h = Harness::new();
+    let a = h.ready(b"A", &["SIM"], 1);
+    h.request("SIM", false);
+    let job = h.deliveries()[0].1;
+    let err = worker::ErrorHeader::new(job, ErrorCode::WorkerError, "rejected");
+    h.d.on_worker(
+        h.clock,
+        b"A".to_vec(),
+        worker::Message::Error(err),
+        Body::new(),
+    );
+    let (_, _, errors) = h.drain();
+    assert_eq!(errors[0].name, "worker_error");
+    assert_eq!(errors[0].worker, Some(a));
+}
+
+#[test]
+fn unknown_worker_is_told_to_reregister() {
+    let mut h = Harness::new();
+    h.d.on_worker(
+        h.clock,
+        b"X".to_vec(),
+        worker::Message::Heartbeat,
+        Body::new(),
+    );
+    let (msgs, _, _) = h.drain();
+    assert_eq!(msgs[0].1, worker::Command::Disconnect);
+}
+
+#[test]
+fn late_reply_from_replaced_worker_is_ignored() {
+    let mut h = Harness::new();
+    let a = h.ready(b"A", &["echo"], 1);
+    h.request("echo", true);
+    let job = h.deliveries()[0].1;
+    // The same worker id re-registers on a new socket: the job is retried there.
+    h.ready_as(b"A2", a, &["echo"], 1);
+    let again = h.deliveries();
+    assert_eq!(again, vec![(b"A2".to_vec(), job)]);
+    h.reply(b"A", job);
+    assert!(
+        h.drain().1.is_empty(),
+        "reply from the old socket must not answer the client"
+    );
+    h.reply(b"A2", job);
+    assert_eq!(h.drain().1.len(), 1);
+}
+
+#[test]
+fn heartbeats_are_sent_each_interval() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo"], 1);
+    h.drain();
+    h.advance(HB);
+    let (msgs, _, _) = h.drain();
+    assert!(msgs.iter().any(|m| m.1 == worker::Command::Heartbeat));
+}
+
+#[test]
+fn shutdown_answers_queued_then_in_flight() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo"], 1);
+    h.request("echo", false);
+    h.request("echo", false);
+    h.deliveries();
+    h.d.begin_shutdown();
+    assert_eq!(h.drain().2[0].name, "unavailable");
+    h.request("echo", true);
+    assert_eq!(h.drain().2[0].name, "unavailable");
+    h.d.finish_shutdown();
+    let (msgs, _, errors) = h.drain();
+    assert_eq!(errors[0].name, "worker_lost");
+    assert!(msgs.iter().any(|m| m.1 == worker::Command::Disconnect));
+    assert_eq!(h.d.pending(), 0);
+}
+
+#[test]
+fn status_lists_workers_and_services() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo", "SIM"], 3);
+    h.request("echo", true);
+    let st = h.d.status(h.clock);
+    assert_eq!(st.workers.len(), 1);
+    assert_eq!(st.workers[0].in_flight, 1);
+    assert_eq!(st.services.len(), 2);
+}

@@ -1,0 +1,15 @@
+//! The Tradeplex broker: a ROUTER frontend for clients, a ROUTER backend for workers,
+//! dispatch with per-service queues and deadlines, heartbeats, the XSUB/XPUB event relay
+//! and the `/metrics` endpoint. The binary is a thin wrapper around [`run`].
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod dispatch;
+pub mod metrics;
+pub mod relay;
+pub mod server;
+pub mod wire;
+
+pub use config::Config;
+pub use server::{run, Broker, BrokerError, Endpoints};
+pub use tradeplex_ops::Shutdown;

@@ -1,0 +1,94 @@
+//! `tradeplex-broker`: parses flags over the TOML config, sets up logging and signals,
+//! binds, prints one `ready …` line on stdout with the bound endpoints, and runs.
+
+use anyhow::Context;
+use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
+use tradeplex_broker::{Broker, Config, Shutdown};
+
+/// The Tradeplex broker.
+#[derive(Parser, Debug)]
+#[command(name = "tradeplex-broker", version, about)]
+struct Args {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Clients' ROUTER endpoint (tcp://HOST:PORT or ipc://PATH).
+    #[arg(long)]
+    frontend: Option<String>,
+    /// Workers' ROUTER endpoint.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Workers' event publishing (XSUB) endpoint.
+    #[arg(long)]
+    xsub: Option<String>,
+    /// Clients' event subscribing (XPUB) endpoint.
+    #[arg(long)]
+    xpub: Option<String>,
+    /// HTTP address for /metrics, /healthz, /readyz ("" or "off" disables).
+    #[arg(long)]
+    http: Option<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Heartbeats a worker may miss before it is dropped.
+    #[arg(long)]
+    liveness: Option<u32>,
+    /// How long a request for a service with no worker waits for one (ms).
+    #[arg(long)]
+    grace_ms: Option<u64>,
+    /// Requests queued per service before `overloaded`.
+    #[arg(long)]
+    max_queue: Option<usize>,
+    /// Largest request/reply body in bytes.
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Log filter (e.g. info, debug, tradeplex_broker=debug).
+    #[arg(long, default_value = "info", env = "TRADEPLEX_LOG")]
+    log_level: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident <- $flag:ident),*) => {
+                $(if let Some(v) = self.$flag { c.$field = v; })*
+            };
+        }
+        set!(frontend <- frontend, backend <- backend, xsub <- xsub, xpub <- xpub,
+             heartbeat_ms <- heartbeat_ms, liveness <- liveness,
+             unknown_service_grace_ms <- grace_ms, max_queue <- max_queue,
+             max_body_bytes <- max_body_bytes);
+        if let Some(h) = self.http {
+            c.http = if h == "off" { String::new() } else { h };
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tradeplex_ops::logging::init(&args.log_level, args.log_json);
+    let config = args.into_config()?;
+    let shutdown = Shutdown::new();
+    shutdown
+        .on_signals()
+        .context("installing signal handlers")?;
+    let broker = Broker::bind(config).context("starting broker")?;
+    tracing::info!(endpoints = %broker.endpoints(), "broker ready");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {}", broker.endpoints())?;
+    out.flush()?;
+    drop(out);
+    broker.run(shutdown).context("broker failed")?;
+    Ok(())
+}

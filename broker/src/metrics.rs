@@ -1,0 +1,262 @@
+//! The broker's Prometheus metrics. Label handles for a service are resolved once, when
+//! the service first appears, so the per-message path only bumps atomics.
+//! Label values are bounded: services that no worker registered are counted as `_unknown`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tradeplex_proto::ErrorCode;
+
+/// Label value used for requests to services no worker has offered.
+pub const UNKNOWN_SERVICE_LABEL: &str = "_unknown";
+
+/// Every metric the broker exposes.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    requests_received: IntCounterVec,
+    requests_answered: IntCounterVec,
+    request_duration: HistogramVec,
+    queue_depth: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    workers: IntGaugeVec,
+    /// Worker registrations (READY from a worker not yet registered).
+    pub worker_registrations: IntCounter,
+    /// Workers dropped for silence.
+    pub workers_expired: IntCounter,
+    /// Heartbeat intervals in which a registered worker was not heard from.
+    pub heartbeats_missed: IntCounter,
+    /// Workers that left with DISCONNECT.
+    pub worker_disconnects: IntCounter,
+    /// Idempotent requests re-dispatched after their worker died or refused them.
+    pub requests_retried: IntCounter,
+    bad_frames: IntCounterVec,
+    /// Replies from workers for jobs the broker no longer tracks.
+    pub late_replies: IntCounter,
+    /// Distinct client identities seen on the frontend in the last heartbeat-liveness window.
+    pub clients: IntGauge,
+    /// Events relayed from workers to subscribers, by kind (`tick`, `order`, …).
+    pub events_relayed: IntCounterVec,
+    /// Events the relay dropped (malformed, or refused by a full subscriber queue).
+    pub event_drops: IntCounterVec,
+    /// Current subscriptions (topic prefixes) on the XPUB side.
+    pub subscriptions: IntGauge,
+}
+
+/// Metric handles for one service, resolved once.
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    received: IntCounter,
+    answered: Vec<(Option<ErrorCode>, IntCounter)>,
+    duration: Histogram,
+    /// Requests queued for the service.
+    pub queue_depth: IntGauge,
+    /// Requests executing at workers of the service.
+    pub in_flight: IntGauge,
+    /// Workers offering the service.
+    pub workers: IntGauge,
+}
+
+impl ServiceMetrics {
+    /// Counts a request received for the service.
+    pub fn received(&self) {
+        self.received.inc();
+    }
+
+    /// Counts a request answered with `outcome` (None = ok) after `seconds`.
+    pub fn answered(&self, outcome: Option<ErrorCode>, seconds: f64) {
+        if let Some((_, c)) = self.answered.iter().find(|(o, _)| *o == outcome) {
+            c.inc();
+        }
+        self.duration.observe(seconds);
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric name");
+    c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric name");
+    g
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric name");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric name");
+    g
+}
+
+impl Metrics {
+    /// Creates and registers every broker metric. Panics only on a programming error in
+    /// the static definitions below (duplicate names), never on input.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tradeplex_request_duration_seconds",
+                "Time from the broker receiving a request to it sending the answer",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["service"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(duration.clone()))
+            .expect("unique metric name");
+        Metrics {
+            requests_received: counter_vec(
+                &r,
+                "tradeplex_requests_received_total",
+                "Requests received from clients",
+                &["service"],
+            ),
+            requests_answered: counter_vec(
+                &r,
+                "tradeplex_requests_answered_total",
+                "Requests answered, by outcome (ok or an error code name)",
+                &["service", "outcome"],
+            ),
+            request_duration: duration,
+            queue_depth: gauge_vec(
+                &r,
+                "tradeplex_queue_depth",
+                "Requests waiting for a free worker",
+                &["service"],
+            ),
+            in_flight: gauge_vec(
+                &r,
+                "tradeplex_requests_in_flight",
+                "Requests delivered to workers and not yet answered",
+                &["service"],
+            ),
+            workers: gauge_vec(
+                &r,
+                "tradeplex_workers",
+                "Registered workers offering the service",
+                &["service"],
+            ),
+            worker_registrations: counter(
+                &r,
+                "tradeplex_worker_registrations_total",
+                "Workers registered",
+            ),
+            workers_expired: counter(
+                &r,
+                "tradeplex_workers_expired_total",
+                "Workers dropped after missing their liveness window",
+            ),
+            heartbeats_missed: counter(
+                &r,
+                "tradeplex_heartbeats_missed_total",
+                "Heartbeat intervals in which a worker was silent",
+            ),
+            worker_disconnects: counter(
+                &r,
+                "tradeplex_worker_disconnects_total",
+                "Workers that left with DISCONNECT",
+            ),
+            requests_retried: counter(
+                &r,
+                "tradeplex_requests_retried_total",
+                "Requests re-dispatched to another worker",
+            ),
+            bad_frames: counter_vec(
+                &r,
+                "tradeplex_bad_frames_total",
+                "Malformed or unexpected messages, by socket and reason",
+                &["socket", "reason"],
+            ),
+            late_replies: counter(
+                &r,
+                "tradeplex_late_replies_total",
+                "Worker replies for jobs no longer tracked",
+            ),
+            clients: gauge(
+                &r,
+                "tradeplex_clients",
+                "Client connections seen recently on the frontend",
+            ),
+            events_relayed: counter_vec(
+                &r,
+                "tradeplex_events_relayed_total",
+                "Events relayed to subscribers, by kind",
+                &["kind"],
+            ),
+            event_drops: counter_vec(
+                &r,
+                "tradeplex_event_drops_total",
+                "Events dropped, by reason",
+                &["reason"],
+            ),
+            subscriptions: gauge(
+                &r,
+                "tradeplex_subscriptions",
+                "Topic subscriptions held on the XPUB side",
+            ),
+            registry: r,
+        }
+    }
+
+    /// Resolves the label handles for a service (or `_unknown`).
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        let mut answered = vec![(
+            None,
+            self.requests_answered.with_label_values(&[service, "ok"]),
+        )];
+        for code in ErrorCode::ALL {
+            answered.push((
+                Some(code),
+                self.requests_answered
+                    .with_label_values(&[service, code.name()]),
+            ));
+        }
+        ServiceMetrics {
+            received: self.requests_received.with_label_values(&[service]),
+            answered,
+            duration: self.request_duration.with_label_values(&[service]),
+            queue_depth: self.queue_depth.with_label_values(&[service]),
+            in_flight: self.in_flight.with_label_values(&[service]),
+            workers: self.workers.with_label_values(&[service]),
+        }
+    }
+
+    /// Counts a bad frame on `socket` (`frontend`, `backend`, `xsub`, `xpub`).
+    pub fn bad_frame(&self, socket: &str, reason: &str) {
+        self.bad_frames.with_label_values(&[socket, reason]).inc();
+    }
+
+    /// Renders the registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which we never build.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,476 @@
+//! The broker's socket loop: one thread owns the frontend and backend ROUTER sockets,
+//! drains every ready message per wake-up, feeds the [`Dispatcher`] and sends what it
+//! returns. Bad input is answered where possible, counted and logged (rate-limited).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tradeplex_proto::{client, worker, ErrorCode, ProtoError};
+
+use crate::config::Config;
+use crate::dispatch::{Clock, DispatchConfig, Dispatcher, Out};
+use crate::metrics::Metrics;
+use crate::wire::{self, Frames, LogLimiter};
+use tradeplex_ops::{HttpServer, Shutdown};
+
+/// Why the broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A socket could not be created, configured or bound.
+    #[error("cannot {what} {endpoint}: {source}")]
+    Socket {
+        /// What was being done.
+        what: &'static str,
+        /// The endpoint.
+        endpoint: String,
+        /// libzmq's error.
+        source: zmq::Error,
+    },
+    /// The HTTP endpoint could not start.
+    #[error("cannot serve http on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start thread: {0}")]
+    Thread(std::io::Error),
+    /// A socket failed while running.
+    #[error("socket error: {0}")]
+    Io(#[from] zmq::Error),
+}
+
+/// The endpoints the broker actually bound (wildcard ports resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Clients' ROUTER.
+    pub frontend: String,
+    /// Workers' ROUTER.
+    pub backend: String,
+    /// Workers' event publishing side.
+    pub xsub: String,
+    /// Clients' event subscribing side.
+    pub xpub: String,
+    /// The HTTP address, if serving.
+    pub http: Option<String>,
+}
+
+impl std::fmt::Display for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "frontend={} backend={} xsub={} xpub={} http={}",
+            self.frontend,
+            self.backend,
+            self.xsub,
+            self.xpub,
+            self.http.as_deref().unwrap_or("off")
+        )
+    }
+}
+
+/// A broker whose sockets are bound, ready to [`Broker::run`].
+pub struct Broker {
+    config: Config,
+    frontend: zmq::Socket,
+    backend: zmq::Socket,
+    relay: crate::relay::Relay,
+    http: Option<HttpServer>,
+    endpoints: Endpoints,
+    metrics: Arc<Metrics>,
+    _ctx: zmq::Context,
+}
+
+fn socket(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    endpoint: &str,
+) -> Result<zmq::Socket, BrokerError> {
+    ctx.socket(kind).map_err(|source| BrokerError::Socket {
+        what: "create socket for",
+        endpoint: endpoint.to_string(),
+        source,
+    })
+}
+
+fn bind(s: &zmq::Socket, endpoint: &str) -> Result<String, BrokerError> {
+    s.bind(endpoint).map_err(|source| BrokerError::Socket {
+        what: "bind",
+        endpoint: endpoint.to_string(),
+        source,
+    })?;
+    Ok(wire::bound_endpoint(s, endpoint))
+}
+
+fn configure(
+    s: &zmq::Socket,
+    endpoint: &str,
+    f: impl FnOnce(&zmq::Socket) -> zmq::Result<()>,
+) -> Result<(), BrokerError> {
+    f(s).map_err(|source| BrokerError::Socket {
+        what: "configure socket for",
+        endpoint: endpoint.to_string(),
+        source,
+    })
+}
+
+impl Broker {
+    /// Validates the config and binds every socket (and the HTTP endpoint).
+    pub fn bind(config: Config) -> Result<Broker, BrokerError> {
+        config.validate()?;
+        let ctx = zmq::Context::new();
+        let metrics = Arc::new(Metrics::new());
+        // Frames above this are cut off by libzmq (connection dropped, no reply possible);
+        // bodies between max_body_bytes and this are answered `too_large`.
+        let hard_limit = (config.max_body_bytes as i64).saturating_mul(2) + 64 * 1024;
+
+        let frontend = socket(&ctx, zmq::ROUTER, &config.frontend)?;
+        configure(&frontend, &config.frontend, |s| {
+            wire::common_options(s, hard_limit)?;
+            s.set_sndhwm(100_000)?;
+            s.set_rcvhwm(100_000)
+        })?;
+        let frontend_ep = bind(&frontend, &config.frontend)?;
+
+        let backend = socket(&ctx, zmq::ROUTER, &config.backend)?;
+        configure(&backend, &config.backend, |s| {
+            wire::common_options(s, hard_limit)?;
+            // Capacity bounds what we queue to one worker; leave room for heartbeats.
+            s.set_sndhwm(2 * tradeplex_proto::worker::MAX_CAPACITY as i32 + 1000)?;
+            s.set_rcvhwm(100_000)?;
+            // Report sends to a vanished worker instead of dropping them silently, so the
+            // request can be requeued rather than lost.
+            s.set_router_mandatory(true)
+        })?;
+        let backend_ep = bind(&backend, &config.backend)?;
+
+        let relay = crate::relay::Relay::bind(&ctx, &config, metrics.clone())?;
+        let http = if config.http.is_empty() {
+            None
+        } else {
+            Some(
+                HttpServer::start(&config.http, metrics.registry.clone()).map_err(|source| {
+                    BrokerError::Http {
+                        addr: config.http.clone(),
+                        source,
+                    }
+                })?,
+            )
+        };
+        let endpoints = Endpoints {
+            frontend: frontend_ep,
+            backend: backend_ep,
+            xsub: relay.xsub_endpoint.clone(),
+            xpub: relay.xpub_endpoint.clone(),
+            http: http.as_ref().map(|h| h.addr.to_string()),
+        };
+        Ok(Broker {
+            config,
+            frontend,
+            backend,
+            relay,
+            http,
+            endpoints,
+            metrics,
+            _ctx: ctx,
+        })
+    }
+
+    /// The endpoints bound.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// The broker's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` is triggered, then drains and stops cleanly.
+    pub fn run(self, shutdown: Shutdown) -> Result<(), BrokerError> {
+        let Broker {
+            config,
+            frontend,
+            backend,
+            relay,
+            http,
+            metrics,
+            ..
+        } = self;
+        let dispatch_cfg = DispatchConfig {
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
+            liveness: config.liveness,
+            grace_ms: config.unknown_service_grace_ms,
+            max_queue: config.max_queue,
+        };
+        let dispatcher = Dispatcher::new(dispatch_cfg, metrics.clone(), Instant::now());
+        let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
+        if let Some(h) = &http {
+            h.set_ready(true);
+        }
+        let mut lp = Loop {
+            frontend,
+            backend,
+            dispatcher,
+            metrics,
+            max_body: config.max_body_bytes,
+            frames: Frames::default(),
+            bad_log: LogLimiter::new(10),
+        };
+        let result = lp.serve(&shutdown, Duration::from_millis(config.shutdown_grace_ms));
+        shutdown.trigger();
+        let _ = relay.join();
+        drop(http);
+        result
+    }
+}
+
+/// Binds and runs a broker until `shutdown` (the library entry point the binary calls).
+pub fn run(config: Config, shutdown: Shutdown) -> Result<(), BrokerError> {
+    Broker::bind(config)?.run(shutdown)
+}
+
+/// Most messages read from one socket per wake-up before turning to the other (fairness).
+const BATCH: usize = 1024;
+/// Longest poll, so a shutdown request is seen promptly.
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+struct Loop {
+    frontend: zmq::Socket,
+    backend: zmq::Socket,
+    dispatcher: Dispatcher,
+    metrics: Arc<Metrics>,
+    max_body: usize,
+    frames: Frames,
+    bad_log: LogLimiter,
+}
+
+impl Loop {
+    fn serve(&mut self, shutdown: &Shutdown, grace: Duration) -> Result<(), BrokerError> {
+        let mut draining_until: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if draining_until.is_none() && shutdown.is_triggered() {
+                tracing::info!(
+                    pending = self.dispatcher.pending(),
+                    "shutting down: draining in-flight requests"
+                );
+                self.dispatcher.begin_shutdown();
+                draining_until = Some(now + grace);
+            }
+            if let Some(until) = draining_until {
+                if self.dispatcher.pending() == 0 || now >= until {
+                    self.dispatcher.finish_shutdown();
+                    self.flush();
+                    tracing::info!("broker stopped");
+                    return Ok(());
+                }
+            }
+            let wake = self.dispatcher.next_wake(Clock::real());
+            let timeout = wake.saturating_duration_since(now).min(MAX_POLL);
+            self.poll(timeout)?;
+            self.dispatcher.tick(Clock::real());
+            self.flush();
+        }
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Result<(), BrokerError> {
+        let mut items = [
+            self.frontend.as_poll_item(zmq::POLLIN),
+            self.backend.as_poll_item(zmq::POLLIN),
+        ];
+        // Round up so a sub-millisecond wait does not become a busy loop.
+        let ms = timeout.as_micros().div_ceil(1000) as i64;
+        match zmq::poll(&mut items, ms) {
+            Ok(_) | Err(zmq::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (front_ready, back_ready) = (items[0].is_readable(), items[1].is_readable());
+        // Replies first: they free capacity for the requests read next.
+        if back_ready {
+            self.drain_backend()?;
+        }
+        if front_ready {
+            self.drain_frontend()?;
+        }
+        Ok(())
+    }
+
+    fn drain_frontend(&mut self) -> Result<(), BrokerError> {
+        for _ in 0..BATCH {
+            if !self.frames.recv(&self.frontend)? {
+                break;
+            }
+            self.on_frontend();
+            if self.dispatcher.out.len() >= BATCH {
+                self.flush();
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_backend(&mut self) -> Result<(), BrokerError> {
+        for _ in 0..BATCH {
+            if !self.frames.recv(&self.backend)? {
+                break;
+            }
+            self.on_backend();
+            if self.dispatcher.out.len() >= BATCH {
+                self.flush();
+            }
+        }
+        Ok(())
+    }
+
+    fn on_frontend(&mut self) {
+        let clock = Clock::real();
+        let frames = self.frames.as_slice();
+        let Some((identity, rest)) = frames.split_first() else {
+            return;
+        };
+        let identity = identity.to_vec();
+        let decoded = if self.frames.overflow {
+            Err(ProtoError::FrameCount {
+                expected: client::FRAMES,
+                got: wire::MAX_FRAMES,
+            })
+        } else {
+            client::decode(rest)
+        };
+        let header_frame = rest.get(2).map(|f| f.to_vec()).unwrap_or_default();
+        match decoded {
+            Ok(client::Message::Request(h)) => {
+                let body = self.frames.take(4);
+                if body.len() > self.max_body {
+                    let msg = format!("body is {} bytes, limit {}", body.len(), self.max_body);
+                    self.bad_input("frontend", "too_large", &msg);
+                    self.dispatcher
+                        .reject_client(identity, h.id, ErrorCode::TooLarge, msg);
+                } else {
+                    self.dispatcher.on_request(clock, identity, h, body);
+                }
+            }
+            Ok(_) => {
+                let msg = "clients may only send REQUEST".to_string();
+                self.bad_input("frontend", "unexpected_command", &msg);
+                let id = client::salvage_id(&header_frame);
+                self.dispatcher
+                    .reject_client(identity, id, ErrorCode::BadRequest, msg);
+            }
+            Err(e) => {
+                self.bad_input("frontend", e.reason(), &e.to_string());
+                let id = client::salvage_id(&header_frame);
+                self.dispatcher
+                    .reject_client(identity, id, e.code(), e.to_string());
+            }
+        }
+    }
+
+    fn on_backend(&mut self) {
+        let clock = Clock::real();
+        let frames = self.frames.as_slice();
+        let Some((identity, rest)) = frames.split_first() else {
+            return;
+        };
+        let identity = identity.to_vec();
+        let decoded = if self.frames.overflow {
+            Err(ProtoError::FrameCount {
+                expected: worker::FRAMES,
+                got: wire::MAX_FRAMES,
+            })
+        } else {
+            worker::decode(rest)
+        };
+        match decoded {
+            Ok(worker::Message::Reply(h)) => {
+                let body = self.frames.take(4);
+                if body.len() > self.max_body {
+                    let msg = format!(
+                        "reply body is {} bytes, limit {}",
+                        body.len(),
+                        self.max_body
+                    );
+                    self.bad_input("backend", "too_large", &msg);
+                    let err = worker::ErrorHeader::new(h.job, ErrorCode::TooLarge, msg);
+                    self.dispatcher.on_worker(
+                        clock,
+                        identity,
+                        worker::Message::Error(err),
+                        zmq::Message::new(),
+                    );
+                } else {
+                    self.dispatcher
+                        .on_worker(clock, identity, worker::Message::Reply(h), body);
+                }
+            }
+            Ok(msg) => self
+                .dispatcher
+                .on_worker(clock, identity, msg, zmq::Message::new()),
+            Err(e) => self.bad_input("backend", e.reason(), &e.to_string()),
+        }
+    }
+
+    fn bad_input(&mut self, socket: &'static str, reason: &str, detail: &str) {
+        self.metrics.bad_frame(socket, reason);
+        if let Some(suppressed) = self.bad_log.allow() {
+            tracing::warn!(socket, reason, suppressed, "bad message: {detail}");
+        }
+    }
+
+    fn flush(&mut self) {
+        while !self.dispatcher.out.is_empty() {
+            for out in std::mem::take(&mut self.dispatcher.out) {
+                self.send(out);
+            }
+        }
+    }
+
+    fn send(&mut self, out: Out) {
+        match out {
+            Out::Client {
+                to,
+                cmd,
+                header,
+                body,
+            } => {
+                let r = wire::send_routed(
+                    &self.frontend,
+                    &to,
+                    client::PROTOCOL.frame,
+                    cmd as u8,
+                    &header,
+                    body,
+                );
+                if let Err(e) = r {
+                    // The client is gone or not reading; its reply is dropped.
+                    tracing::debug!(error = %e, "reply to client not sent");
+                }
+            }
+            Out::Worker {
+                to,
+                cmd,
+                header,
+                body,
+                job,
+            } => {
+                let r = wire::send_routed(
+                    &self.backend,
+                    &to,
+                    worker::PROTOCOL.frame,
+                    cmd as u8,
+                    &header,
+                    body,
+                );
+                if let (Err(e), Some(job)) = (r, job) {
+                    tracing::warn!(error = %e, %job, "request could not be sent to its worker; requeued");
+                    self.dispatcher.on_send_failed(Clock::real(), job);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Socket plumbing shared by the broker loops: reading a bounded multipart message into
+//! reusable frames, sending one, and rate-limited logging of bad input.
+
+use std::time::{Duration, Instant};
+
+/// Most frames read from one message; the rest are discarded and the message rejected.
+pub const MAX_FRAMES: usize = 8;
+
+/// A reusable buffer for one multipart message.
+pub struct Frames {
+    parts: Vec<zmq::Message>,
+    len: usize,
+    /// True when the message had more than [`MAX_FRAMES`] frames.
+    pub overflow: bool,
+}
+
+impl Default for Frames {
+    fn default() -> Self {
+        Frames {
+            parts: (0..MAX_FRAMES).map(|_| zmq::Message::new()).collect(),
+            len: 0,
+            overflow: false,
+        }
+    }
+}
+
+impl Frames {
+    /// The frames read.
+    pub fn as_slice(&self) -> &[zmq::Message] {
+        self.parts.get(..self.len).unwrap_or(&[])
+    }
+
+    /// Takes frame `i` out, leaving an empty frame.
+    pub fn take(&mut self, i: usize) -> zmq::Message {
+        match self.parts.get_mut(i) {
+            Some(m) if i < self.len => std::mem::replace(m, zmq::Message::new()),
+            _ => zmq::Message::new(),
+        }
+    }
+
+    /// Reads one whole message without blocking; `Ok(false)` when none is waiting.
+    pub fn recv(&mut self, socket: &zmq::Socket) -> zmq::Result<bool> {
+        self.len = 0;
+        self.overflow = false;
+        loop {
+            let flags = if self.len == 0 { zmq::DONTWAIT } else { 0 };
+            let more = match self.parts.get_mut(self.len) {
+                Some(part) => match socket.recv(part, flags) {
+                    Ok(()) => {
+                        self.len += 1;
+                        part.get_more()
+                    }
+                    Err(zmq::Error::EAGAIN) if self.len == 0 => return Ok(false),
+                    Err(e) => return Err(e),
+                },
+                None => {
+                    // Over the frame limit: drain the rest so the next read starts clean.
+                    self.overflow = true;
+                    let mut scratch = zmq::Message::new();
+                    socket.recv(&mut scratch, 0)?;
+                    scratch.get_more()
+                }
+            };
+            if !more {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// Sends `[to][proto][cmd][header][body]` on a ROUTER without blocking.
+pub fn send_routed(
+    socket: &zmq::Socket,
+    to: &[u8],
+    proto: &[u8],
+    cmd: u8,
+    header: &[u8],
+    body: zmq::Message,
+) -> zmq::Result<()> {
+    socket.send(to, zmq::SNDMORE | zmq::DONTWAIT)?;
+    socket.send(proto, zmq::SNDMORE | zmq::DONTWAIT)?;
+    socket.send(&[cmd][..], zmq::SNDMORE | zmq::DONTWAIT)?;
+    socket.send(header, zmq::SNDMORE | zmq::DONTWAIT)?;
+    socket.send(body, zmq::DONTWAIT)
+}
+
+/// Logs at most `per_second` lines a second; the lines held back are counted into the next.
+pub struct LogLimiter {
+    per_second: u32,
+    window_start: Instant,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// A limiter allowing `per_second` lines a second.
+    pub fn new(per_second: u32) -> LogLimiter {
+        LogLimiter {
+            per_second,
+            window_start: Instant::now(),
+            in_window: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` if a line may be logged now (n lines were suppressed before it).
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.in_window = 0;
+        }
+        if self.in_window < self.per_second {
+            self.in_window += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// Applies the socket options every broker socket shares.
+pub fn common_options(socket: &zmq::Socket, max_msg: i64) -> zmq::Result<()> {
+    socket.set_linger(500)?;
+    socket.set_maxmsgsize(max_msg)?;
+    Ok(())
+}
+
+/// The endpoint a socket actually bound (resolves `*` ports).
+pub fn bound_endpoint(socket: &zmq::Socket, asked: &str) -> String {
+    match socket.get_last_endpoint() {
+        Ok(Ok(ep)) => ep,
+        _ => asked.to_string(),
+    }
+}

@@ -1,0 +1,117 @@
+//! `tradeplex call SERVICE JSON`: one call (reply JSON on stdout), or `--count N --window W`
+//! pipelined copies ending with one summary line.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tradeplex_client::{json, CallOptions, Client, PendingCall};
+use tradeplex_proto::WorkerId;
+
+/// Flags of `tradeplex call`.
+#[derive(Args, Debug)]
+pub struct CallArgs {
+    /// Service name.
+    service: String,
+    /// Request body as JSON (sent as MessagePack).
+    json: String,
+    /// Time to live of each request, ms.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Mark the request safe to execute more than once (retried on worker loss).
+    #[arg(long)]
+    idempotent: bool,
+    /// Send this many copies and print a summary line instead of the reply.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Copies in flight at once with --count.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Deliver only to this worker id.
+    #[arg(long)]
+    target: Option<WorkerId>,
+    /// Affinity key.
+    #[arg(long)]
+    affinity: Option<String>,
+}
+
+impl CallArgs {
+    fn options(&self) -> CallOptions {
+        CallOptions {
+            timeout: Some(Duration::from_millis(self.timeout_ms)),
+            idempotent: self.idempotent,
+            target: self.target,
+            affinity: self.affinity.clone(),
+            retry_every: None,
+        }
+    }
+}
+
+pub fn run(broker: &str, args: CallArgs) -> anyhow::Result<i32> {
+    let value: serde_json::Value = serde_json::from_str(&args.json)
+        .map_err(|e| anyhow::anyhow!("JSON body does not parse: {e}"))?;
+    let body = json::to_msgpack(&value).map_err(|e| anyhow::anyhow!("cannot encode body: {e}"))?;
+    let client = super::connect(broker, args.timeout_ms)?;
+    match args.count {
+        None => single(&client, &args, body),
+        Some(n) => many(&client, &args, body, n),
+    }
+}
+
+fn single(client: &Client, args: &CallArgs, body: Vec<u8>) -> anyhow::Result<i32> {
+    match client.call(&args.service, body, args.options()) {
+        Ok(reply) => {
+            let j = json::from_msgpack(&reply.body)
+                .map_err(|e| anyhow::anyhow!("reply is not MessagePack: {e}"))?;
+            println!("{j}");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(1)
+        }
+    }
+}
+
+/// Pipelines `n` copies, `window` at a time, and prints
+/// `ok: N <code>: N ... calls/s: R p50_us: X p99_us: Y`.
+fn many(client: &Client, args: &CallArgs, body: Vec<u8>, n: u64) -> anyhow::Result<i32> {
+    let window = args.window.max(1);
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut in_flight: VecDeque<(Instant, PendingCall)> = VecDeque::with_capacity(window);
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < n || !in_flight.is_empty() {
+        while sent < n && in_flight.len() < window {
+            in_flight.push_back((
+                Instant::now(),
+                client.send(&args.service, body.clone(), args.options())?,
+            ));
+            sent += 1;
+        }
+        if let Some((t0, call)) = in_flight.pop_front() {
+            let result = call.wait();
+            hist.record(t0.elapsed().as_micros() as u64).ok();
+            let key = match result {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.name().to_string(),
+            };
+            *outcomes.entry(key).or_default() += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ok = outcomes.remove("ok").unwrap_or(0);
+    let mut line = format!("ok: {ok}");
+    for (name, count) in &outcomes {
+        line.push_str(&format!(" {name}: {count}"));
+    }
+    line.push_str(&format!(
+        " calls/s: {:.0} p50_us: {} p99_us: {}",
+        n as f64 / secs.max(1e-9),
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99)
+    ));
+    println!("{line}");
+    Ok(if outcomes.is_empty() { 0 } else { 1 })
+}

@@ -1,0 +1,61 @@
+//! The `tradeplex` subcommands.
+
+mod call;
+mod status;
+
+use clap::{Parser, Subcommand};
+use std::time::Duration;
+use tradeplex_client::{Client, ClientOptions};
+
+/// Tradeplex command-line tool.
+#[derive(Parser, Debug)]
+#[command(name = "tradeplex", version, about)]
+pub struct Args {
+    /// The broker's frontend endpoint.
+    #[arg(
+        long,
+        env = "TRADEPLEX_BROKER",
+        default_value = "tcp://127.0.0.1:5555",
+        global = true
+    )]
+    pub broker: String,
+    /// The broker's XPUB (events) endpoint.
+    #[arg(
+        long,
+        env = "TRADEPLEX_EVENTS",
+        default_value = "tcp://127.0.0.1:5558",
+        global = true
+    )]
+    pub events: String,
+    /// Log filter for stderr.
+    #[arg(long, default_value = "warn", env = "TRADEPLEX_LOG", global = true)]
+    pub log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Call a service with a JSON body; prints the reply body as JSON.
+    Call(call::CallArgs),
+    /// Show the broker's workers and services.
+    Status(status::StatusArgs),
+    /// Same as `status`.
+    Workers(status::StatusArgs),
+}
+
+/// Runs the command; returns the process exit code.
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    match args.command {
+        Command::Call(c) => call::run(&args.broker, c),
+        Command::Status(s) | Command::Workers(s) => status::run(&args.broker, s),
+    }
+}
+
+/// Connects with a default timeout.
+pub fn connect(broker: &str, timeout_ms: u64) -> anyhow::Result<Client> {
+    Ok(Client::connect(
+        broker,
+        ClientOptions::default().timeout(Duration::from_millis(timeout_ms)),
+    )?)
+}

@@ -1,0 +1,214 @@
+//! The client's connection thread: it alone owns the DEALER to the broker's frontend.
+//! Handles hand it calls over a channel (and a wake-up byte on a socketpair it polls
+//! beside the DEALER); it sends them, matches replies by request id, times calls out and
+//! re-sends idempotent calls that got no answer (e.g. lost in a broker restart).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use tradeplex_proto::client::{self as cp, RequestHeader};
+use tradeplex_proto::{ErrorCode, RequestId};
+
+use crate::{ClientError, Reply};
+
+/// What a handle sends to the connection thread.
+pub(crate) struct Call {
+    pub header: RequestHeader,
+    pub body: Vec<u8>,
+    pub deadline: Instant,
+    pub retry_every: Option<Duration>,
+    pub done: Sender<Result<Reply, ClientError>>,
+}
+
+struct Pending {
+    call: Call,
+    next_retry: Option<Instant>,
+    timeout_ms: u64,
+}
+
+/// Extra wait past the request's deadline for the broker's own `deadline_exceeded`
+/// answer, so a request that was never delivered is reported as such, not as a timeout.
+const ANSWER_SLACK: Duration = Duration::from_millis(250);
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+pub(crate) struct Connection {
+    dealer: zmq::Socket,
+    calls: Receiver<Call>,
+    wake: UnixStream,
+    pending: HashMap<RequestId, Pending>,
+    max_body: usize,
+}
+
+impl Connection {
+    pub fn new(
+        dealer: zmq::Socket,
+        calls: Receiver<Call>,
+        wake: UnixStream,
+        max_body: usize,
+    ) -> Connection {
+        Connection {
+            dealer,
+            calls,
+            wake,
+            pending: HashMap::new(),
+            max_body,
+        }
+    }
+
+    /// Runs until every handle is dropped and nothing is pending.
+    pub fn run(mut self) {
+        let mut open = true;
+        while open || !self.pending.is_empty() {
+            let timeout = self.next_timer().map_or(MAX_POLL, |t| {
+                t.saturating_duration_since(Instant::now()).min(MAX_POLL)
+            });
+            let mut items = [
+                self.dealer.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN),
+            ];
+            if let Err(e) = zmq::poll(&mut items, timeout.as_micros().div_ceil(1000) as i64) {
+                if e != zmq::Error::EINTR {
+                    tracing::error!(error = %e, "client poll failed");
+                    break;
+                }
+            }
+            let (replies, woken) = (items[0].is_readable(), items[1].is_readable());
+            if woken {
+                let mut buf = [0u8; 256];
+                while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
+            }
+            open = self.take_calls();
+            if replies {
+                self.read_replies();
+            }
+            self.fire_timers();
+        }
+        for (_, p) in self.pending.drain() {
+            let _ = p.call.done.send(Err(ClientError::Closed));
+        }
+    }
+
+    /// Sends every queued call; false once every handle is gone.
+    fn take_calls(&mut self) -> bool {
+        loop {
+            match self.calls.try_recv() {
+                Ok(call) => self.start(call),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn start(&mut self, call: Call) {
+        let id = call.header.id;
+        self.send(&call);
+        let next_retry = call.retry_every.map(|d| Instant::now() + d);
+        let timeout_ms = call
+            .header
+            .deadline_ms
+            .saturating_sub(tradeplex_proto::now_unix_ms());
+        self.pending.insert(
+            id,
+            Pending {
+                call,
+                next_retry,
+                timeout_ms,
+            },
+        );
+    }
+
+    fn send(&self, call: &Call) {
+        send_request(&self.dealer, call);
+    }
+
+    fn read_replies(&mut self) {
+        loop {
+            let frames = match self.dealer.recv_multipart(zmq::DONTWAIT) {
+                Ok(f) => f,
+                Err(_) => return,
+            };
+            match cp::decode(&frames) {
+                Ok(cp::Message::Reply(h)) => {
+                    let body = frames.into_iter().nth(3).unwrap_or_default();
+                    let result = if body.len() > self.max_body {
+                        Err(ClientError::Decode(format!(
+                            "reply body {} bytes over limit",
+                            body.len()
+                        )))
+                    } else {
+                        Ok(Reply {
+                            body,
+                            worker: h.worker,
+                        })
+                    };
+                    self.answer(h.id, result);
+                }
+                Ok(cp::Message::Error(h)) => {
+                    let err = ClientError::Remote {
+                        code: ErrorCode::from_u16(h.code),
+                        name: h.name,
+                        message: h.message,
+                        worker: h.worker,
+                    };
+                    self.answer(h.id, Err(err));
+                }
+                Ok(cp::Message::Request(_)) => tracing::warn!("broker sent a REQUEST to a client"),
+                Err(e) => tracing::warn!(error = %e, "bad message from broker"),
+            }
+        }
+    }
+
+    /// Delivers an answer; repeats (a retried call answered twice) are dropped.
+    fn answer(&mut self, id: RequestId, result: Result<Reply, ClientError>) {
+        if let Some(p) = self.pending.remove(&id) {
+            let _ = p.call.done.send(result);
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .map(|p| {
+                let end = p.call.deadline + ANSWER_SLACK;
+                p.next_retry.map_or(end, |r| r.min(end))
+            })
+            .min()
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (id, p) in self.pending.iter_mut() {
+            if now >= p.call.deadline + ANSWER_SLACK {
+                expired.push(*id);
+            } else if let (Some(at), Some(every)) = (p.next_retry, p.call.retry_every) {
+                if now >= at && now < p.call.deadline {
+                    p.next_retry = Some(now + every);
+                    send_request(&self.dealer, &p.call);
+                    tracing::debug!(id = %id, "idempotent call re-sent after no answer");
+                }
+            }
+        }
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                let _ = p.call.done.send(Err(ClientError::Timeout(p.timeout_ms)));
+            }
+        }
+    }
+}
+
+fn send_request(dealer: &zmq::Socket, call: &Call) {
+    let [p, c, h] = cp::encode(cp::Command::Request, &call.header);
+    let r = dealer
+        .send(p, zmq::SNDMORE)
+        .and_then(|_| dealer.send(c, zmq::SNDMORE))
+        .and_then(|_| dealer.send(h, zmq::SNDMORE))
+        .and_then(|_| dealer.send(&call.body[..], 0));
+    if let Err(e) = r {
+        tracing::warn!(error = %e, id = %call.header.id, "request not sent");
+    }
+}

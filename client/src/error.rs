@@ -1,0 +1,62 @@
+//! Errors a client call can end with.
+
+use tradeplex_proto::{ErrorCode, WorkerId};
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClientError {
+    /// The broker or a worker answered with an error code.
+    #[error("{name}: {message}")]
+    Remote {
+        /// The code, if this version knows it.
+        code: Option<ErrorCode>,
+        /// The code's stable name as received.
+        name: String,
+        /// Detail.
+        message: String,
+        /// The worker involved, if any.
+        worker: Option<WorkerId>,
+    },
+    /// No answer arrived before the call's timeout. For a non-idempotent request the
+    /// outcome is unknown: it may have executed. Query by id before retrying an order.
+    #[error("timeout: no answer within {0} ms (outcome unknown)")]
+    Timeout(u64),
+    /// Too many calls in flight on this client.
+    #[error("overloaded: {0} calls already in flight on this client")]
+    TooManyInFlight(usize),
+    /// The client's connection thread has stopped.
+    #[error("closed: the client connection has stopped")]
+    Closed,
+    /// The request could not be encoded.
+    #[error("bad_request: {0}")]
+    Encode(String),
+    /// The reply could not be decoded.
+    #[error("bad_reply: {0}")]
+    Decode(String),
+    /// The client could not be set up.
+    #[error("closed: cannot connect: {0}")]
+    Connect(String),
+}
+
+impl ClientError {
+    /// The stable name printed by the CLI: a wire code name, or `timeout` / `closed` /
+    /// `bad_request` / `bad_reply` for client-side failures.
+    pub fn name(&self) -> &str {
+        match self {
+            ClientError::Remote { name, .. } => name,
+            ClientError::Timeout(_) => "timeout",
+            ClientError::TooManyInFlight(_) => "overloaded",
+            ClientError::Closed | ClientError::Connect(_) => "closed",
+            ClientError::Encode(_) => "bad_request",
+            ClientError::Decode(_) => "bad_reply",
+        }
+    }
+
+    /// The wire code, for remote errors.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Remote { code, .. } => *code,
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The Tradeplex client library for strategies: a cloneable [`Client`] handle over a
+//! background connection thread. Many calls may be in flight at once from many threads;
+//! each has a timeout; idempotent calls are re-sent when no answer comes (a broker
+//! restart loses what it held); the connection re-establishes itself (ZeroMQ reconnects).
+//!
+//! ```no_run
+//! use tradeplex_client::{Client, ClientOptions, CallOptions};
+//! let client = Client::connect("tcp://127.0.0.1:5555", ClientOptions::default()).unwrap();
+//! let reply = client.call("echo", b"\x80".to_vec(), CallOptions::query()).unwrap();
+//! ```
+#![deny(missing_docs)]
+
+mod connection;
+pub mod error;
+pub mod json;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+pub use error::ClientError;
+use tradeplex_proto::client::RequestHeader;
+use tradeplex_proto::{RequestId, ServiceName, WorkerId};
+
+use crate::connection::{Call, Connection};
+
+/// How a client connects.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Default call timeout.
+    pub timeout: Duration,
+    /// Largest reply body accepted.
+    pub max_body_bytes: usize,
+    /// Reconnect interval of the underlying socket.
+    pub reconnect: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
+            reconnect: Duration::from_millis(100),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Sets the default call timeout.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+}
+
+/// Per-call options.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Overrides the client's default timeout (the request's time to live).
+    pub timeout: Option<Duration>,
+    /// Safe to execute more than once: retried on worker loss and on silence.
+    pub idempotent: bool,
+    /// Deliver only to this worker.
+    pub target: Option<WorkerId>,
+    /// Keep requests with this key on one worker.
+    pub affinity: Option<String>,
+    /// Re-send an idempotent call after this long without an answer (default: a third
+    /// of the timeout, at least 500 ms). Ignored for non-idempotent calls.
+    pub retry_every: Option<Duration>,
+}
+
+impl CallOptions {
+    /// Options for a query: idempotent.
+    pub fn query() -> CallOptions {
+        CallOptions {
+            idempotent: true,
+            ..CallOptions::default()
+        }
+    }
+
+    /// Options for an order-type request: never repeated.
+    pub fn command() -> CallOptions {
+        CallOptions::default()
+    }
+
+    /// Sets the timeout.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    /// Sets the target worker.
+    pub fn target(mut self, w: WorkerId) -> Self {
+        self.target = Some(w);
+        self
+    }
+
+    /// Sets the affinity key.
+    pub fn affinity(mut self, key: impl Into<String>) -> Self {
+        self.affinity = Some(key.into());
+        self
+    }
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The reply body (MessagePack by convention).
+    pub body: Vec<u8>,
+    /// The worker that served it (the broker's id for `tpx.*` services).
+    pub worker: WorkerId,
+}
+
+/// A call in flight; [`PendingCall::wait`] blocks for its answer.
+pub struct PendingCall {
+    rx: Receiver<Result<Reply, ClientError>>,
+    /// The request id the call was sent with.
+    pub id: RequestId,
+}
+
+impl PendingCall {
+    /// Blocks until the answer (the connection thread enforces the timeout).
+    pub fn wait(self) -> Result<Reply, ClientError> {
+        self.rx.recv().unwrap_or(Err(ClientError::Closed))
+    }
+}
+
+struct Inner {
+    calls: Sender<Call>,
+    wake: Mutex<UnixStream>,
+    next_id: AtomicU64,
+    options: ClientOptions,
+    _ctx: zmq::Context,
+}
+
+/// A handle to a broker connection; clone it freely across threads.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects to the broker's frontend (returns at once; the socket connects and
+    /// reconnects in the background).
+    pub fn connect(endpoint: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let err = |e: zmq::Error| ClientError::Connect(format!("{endpoint}: {e}"));
+        let ctx = zmq::Context::new();
+        let dealer = ctx.socket(zmq::DEALER).map_err(err)?;
+        dealer.set_linger(0).map_err(err)?;
+        dealer.set_sndhwm(100_000).map_err(err)?;
+        dealer.set_rcvhwm(100_000).map_err(err)?;
+        dealer
+            .set_reconnect_ivl(options.reconnect.as_millis() as i32)
+            .map_err(err)?;
+        dealer.set_reconnect_ivl_max(1000).map_err(err)?;
+        dealer
+            .set_maxmsgsize((options.max_body_bytes as i64).saturating_mul(2) + 64 * 1024)
+            .map_err(err)?;
+        dealer.connect(endpoint).map_err(err)?;
+        let (wake_tx, wake_rx) =
+            UnixStream::pair().map_err(|e| ClientError::Connect(e.to_string()))?;
+        for s in [&wake_tx, &wake_rx] {
+            s.set_nonblocking(true)
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let conn = Connection::new(dealer, rx, wake_rx, options.max_body_bytes);
+        std::thread::Builder::new()
+            .name("tpx-client".into())
+            .spawn(move || conn.run())
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                calls: tx,
+                wake: Mutex::new(wake_tx),
+                // Start ids at a random point so a restarted client never reuses the
+                // ids its previous incarnation left in flight.
+                next_id: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0 >> 16),
+                options,
+                _ctx: ctx,
+            }),
+        })
+    }
+
+    /// Calls `service` and blocks for the answer.
+    pub fn call(
+        &self,
+        service: &str,
+        body: Vec<u8>,
+        opts: CallOptions,
+    ) -> Result<Reply, ClientError> {
+        self.send(service, body, opts)?.wait()
+    }
+
+    /// Sends a call without waiting: pipeline many, then `wait` each.
+    pub fn send(
+        &self,
+        service: &str,
+        body: Vec<u8>,
+        opts: CallOptions,
+    ) -> Result<PendingCall, ClientError> {
+        let service = ServiceName::new(service).map_err(|e| ClientError::Encode(e.to_string()))?;
+        if body.len() > self.inner.options.max_body_bytes {
+            return Err(ClientError::Encode(format!(
+                "body is {} bytes, limit {}",
+                body.len(),
+                self.inner.options.max_body_bytes
+            )));
+        }
+        let timeout = opts.timeout.unwrap_or(self.inner.options.timeout);
+        let id = RequestId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let header = RequestHeader {
+            id,
+            service,
+            deadline_ms: tradeplex_proto::now_unix_ms() + timeout.as_millis() as u64,
+            idempotent: opts.idempotent,
+            target: opts.target,
+            affinity: opts.affinity,
+        };
+        let retry_every = opts.idempotent.then(|| {
+            opts.retry_every
+                .unwrap_or((timeout / 3).max(Duration::from_millis(500)))
+        });
+        let (done, rx) = crossbeam_channel::bounded(1);
+        let call = Call {
+            header,
+            body,
+            deadline: Instant::now() + timeout,
+            retry_every,
+            done,
+        };
+        self.inner
+            .calls
+            .send(call)
+            .map_err(|_| ClientError::Closed)?;
+        self.wake();
+        Ok(PendingCall { rx, id })
+    }
+
+    fn wake(&self) {
+        let mut w = self.inner.wake.lock().unwrap_or_else(|p| p.into_inner());
+        // A full socketpair already guarantees a wake-up; nothing to do then.
+        let _ = w.write(&[1]);
+    }
+
+    /// Calls with a serde body (MessagePack map) and decodes the reply.
+    pub fn call_typed<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+        &self,
+        service: &str,
+        req: &Req,
+        opts: CallOptions,
+    ) -> Result<Rep, ClientError> {
+        let body = rmp_serde::to_vec_named(req).map_err(|e| ClientError::Encode(e.to_string()))?;
+        let reply = self.call(service, body, opts)?;
+        rmp_serde::from_slice(&reply.body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// The broker's status (`tpx.status`).
+    pub fn status(&self) -> Result<tradeplex_proto::mgmt::StatusReply, ClientError> {
+        let reply = self.call(
+            tradeplex_proto::mgmt::STATUS_SERVICE,
+            Vec::new(),
+            CallOptions::query(),
+        )?;
+        rmp_serde::from_slice(&reply.body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}

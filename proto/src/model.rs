@@ -1,0 +1,1 @@
+//! Trading data model (filled in by the trading layer).

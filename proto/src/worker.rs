@@ -1,0 +1,279 @@
+//! Worker <-> broker messages on the backend socket (protocol `TPXW01`).
+//!
+//! Frames, as the worker's DEALER sends and receives them:
+//! `["TPXW01"][command: 1 byte][header: MessagePack map][body]` — always four frames;
+//! commands without a body send an empty frame 3.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{self, Protocol};
+use crate::{ErrorCode, JobId, ProtoError, RequestId, ServiceName, WorkerId};
+
+/// Frame 0 of every worker message.
+pub const PROTOCOL: Protocol = Protocol {
+    name: "TPXW",
+    version: "01",
+    frame: b"TPXW01",
+};
+
+/// Frames in every worker message.
+pub const FRAMES: usize = 4;
+
+/// Largest capacity a worker may announce.
+pub const MAX_CAPACITY: u32 = 10_000;
+
+/// Most services one worker may offer.
+pub const MAX_SERVICES: usize = 64;
+
+/// The command byte (frame 1).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Worker -> broker: register, or update the services and capacity offered.
+    Ready = 1,
+    /// Broker -> worker: execute a request.
+    Request = 2,
+    /// Worker -> broker: the reply to a job.
+    Reply = 3,
+    /// Worker -> broker: a job failed.
+    Error = 4,
+    /// Both ways: I am alive.
+    Heartbeat = 5,
+    /// Both ways: I am going away (worker) / re-register or go away (broker).
+    Disconnect = 6,
+}
+
+impl Command {
+    fn from_byte(b: u8) -> Result<Command, ProtoError> {
+        Ok(match b {
+            1 => Command::Ready,
+            2 => Command::Request,
+            3 => Command::Reply,
+            4 => Command::Error,
+            5 => Command::Heartbeat,
+            6 => Command::Disconnect,
+            other => return Err(ProtoError::UnknownCommand(vec![other])),
+        })
+    }
+}
+
+/// Header of READY: who the worker is and what it offers. Sent again whenever that
+/// changes (a gateway disconnects, the worker starts draining with no services).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyHeader {
+    /// The worker's UUID, stable for the life of the process.
+    pub worker: WorkerId,
+    /// Services it serves now (may be empty while draining or with every gateway down).
+    pub services: Vec<ServiceName>,
+    /// How many requests it executes at once.
+    pub capacity: u32,
+}
+
+/// Header of a REQUEST sent to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestHeader {
+    /// Broker-chosen id of this delivery; the reply names it.
+    pub job: JobId,
+    /// The client's request id (for logs and journals).
+    pub id: RequestId,
+    /// The service asked for.
+    pub service: ServiceName,
+    /// Absolute deadline, Unix epoch ms. A worker must not start a job past it.
+    pub deadline_ms: u64,
+    /// Whether the request may be executed more than once.
+    pub idempotent: bool,
+}
+
+/// Header of a REPLY from a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyHeader {
+    /// The job answered.
+    pub job: JobId,
+}
+
+/// Header of an ERROR from a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorHeader {
+    /// The job that failed.
+    pub job: JobId,
+    /// Error number; `unavailable` (10) means "refused without executing" and lets the
+    /// broker deliver the request elsewhere.
+    pub code: u16,
+    /// Detail for the client.
+    pub message: String,
+}
+
+impl ErrorHeader {
+    /// Builds a worker error header.
+    pub fn new(job: JobId, code: ErrorCode, message: impl Into<String>) -> ErrorHeader {
+        ErrorHeader {
+            job,
+            code: code.as_u16(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Header of HEARTBEAT (no fields yet; an empty map).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatHeader {}
+
+/// Header of DISCONNECT.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisconnectHeader {
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A decoded worker-protocol message; the body (if any) is frame 3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// READY.
+    Ready(ReadyHeader),
+    /// REQUEST.
+    Request(RequestHeader),
+    /// REPLY.
+    Reply(ReplyHeader),
+    /// ERROR.
+    Error(ErrorHeader),
+    /// HEARTBEAT.
+    Heartbeat,
+    /// DISCONNECT.
+    Disconnect(DisconnectHeader),
+}
+
+/// Decodes a worker-protocol message (frames after any ROUTER identity).
+pub fn decode<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<Message, ProtoError> {
+    PROTOCOL.check(frame::frame(frames, 0, FRAMES)?)?;
+    frame::expect_frames(frames, FRAMES)?;
+    let cmd = Command::from_byte(frame::command_byte(frame::frame(frames, 1, FRAMES)?)?)?;
+    let header = frame::frame(frames, 2, FRAMES)?;
+    Ok(match cmd {
+        Command::Ready => {
+            let h: ReadyHeader = frame::decode_header(header)?;
+            validate_ready(&h)?;
+            Message::Ready(h)
+        }
+        Command::Request => Message::Request(frame::decode_header(header)?),
+        Command::Reply => Message::Reply(frame::decode_header(header)?),
+        Command::Error => Message::Error(frame::decode_header(header)?),
+        Command::Heartbeat => Message::Heartbeat,
+        Command::Disconnect => Message::Disconnect(frame::decode_header(header)?),
+    })
+}
+
+fn validate_ready(h: &ReadyHeader) -> Result<(), ProtoError> {
+    if h.capacity > MAX_CAPACITY || (h.capacity == 0 && !h.services.is_empty()) {
+        return Err(ProtoError::BadField {
+            field: "capacity",
+            reason: format!("must be 1-{MAX_CAPACITY} when services are offered"),
+        });
+    }
+    if h.services.len() > MAX_SERVICES {
+        return Err(ProtoError::BadField {
+            field: "services",
+            reason: format!("at most {MAX_SERVICES}"),
+        });
+    }
+    if let Some(s) = h.services.iter().find(|s| s.is_mgmt()) {
+        return Err(ProtoError::BadField {
+            field: "services",
+            reason: format!("{s} is reserved for the broker"),
+        });
+    }
+    Ok(())
+}
+
+/// Encodes frames 0–2 of a worker message; the caller sends the body as frame 3.
+pub fn encode<T: Serialize>(cmd: Command, header: &T) -> [Vec<u8>; 3] {
+    [
+        PROTOCOL.frame.to_vec(),
+        vec![cmd as u8],
+        frame::encode_header(header),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn full(frames: [Vec<u8>; 3]) -> Vec<Vec<u8>> {
+        let mut v = frames.to_vec();
+        v.push(Vec::new());
+        v
+    }
+
+    #[test]
+    fn every_command_round_trips() {
+        let ready = ReadyHeader {
+            worker: WorkerId::random(),
+            services: vec![ServiceName::new("echo").unwrap()],
+            capacity: 4,
+        };
+        let req = RequestHeader {
+            job: JobId(1),
+            id: RequestId(2),
+            service: ServiceName::new("SIM").unwrap(),
+            deadline_ms: 5,
+            idempotent: false,
+        };
+        assert_eq!(
+            decode(&full(encode(Command::Ready, &ready))).unwrap(),
+            Message::Ready(ready)
+        );
+        assert_eq!(
+            decode(&full(encode(Command::Request, &req))).unwrap(),
+            Message::Request(req)
+        );
+        let rep = ReplyHeader { job: JobId(3) };
+        assert_eq!(
+            decode(&full(encode(Command::Reply, &rep))).unwrap(),
+            Message::Reply(rep)
+        );
+        let err = ErrorHeader::new(JobId(4), ErrorCode::WorkerError, "boom");
+        assert_eq!(
+            decode(&full(encode(Command::Error, &err))).unwrap(),
+            Message::Error(err)
+        );
+        assert_eq!(
+            decode(&full(encode(Command::Heartbeat, &HeartbeatHeader {}))).unwrap(),
+            Message::Heartbeat
+        );
+        let d = DisconnectHeader {
+            reason: "bye".into(),
+        };
+        assert_eq!(
+            decode(&full(encode(Command::Disconnect, &d))).unwrap(),
+            Message::Disconnect(d)
+        );
+    }
+
+    #[test]
+    fn ready_is_validated() {
+        let mut ready = ReadyHeader {
+            worker: WorkerId::random(),
+            services: vec![ServiceName::new("tpx.status").unwrap()],
+            capacity: 1,
+        };
+        assert!(decode(&full(encode(Command::Ready, &ready))).is_err());
+        ready.services = vec![ServiceName::new("echo").unwrap()];
+        ready.capacity = 0;
+        assert!(decode(&full(encode(Command::Ready, &ready))).is_err());
+        ready.services.clear();
+        assert!(decode(&full(encode(Command::Ready, &ready))).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn random_frames_never_panic(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..6)) {
+            let _ = decode(&frames);
+        }
+
+        #[test]
+        fn random_headers_never_panic(header in proptest::collection::vec(any::<u8>(), 0..256), cmd in 0u8..8) {
+            let _ = decode(&[PROTOCOL.frame.to_vec(), vec![cmd], header, vec![]]);
+        }
+    }
+}

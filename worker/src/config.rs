@@ -1,0 +1,143 @@
+//! Worker configuration: a TOML file (all fields optional) that flags override,
+//! validated on load with errors naming the field.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Malformed TOML, an unknown field or a wrong type (toml's message names it).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// toml's message.
+        message: String,
+    },
+    /// A field is out of range.
+    #[error("invalid config field `{field}`: {reason}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Everything a worker process needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The broker's backend (ROUTER) endpoint.
+    pub broker: String,
+    /// The broker's XSUB endpoint for events.
+    pub events: String,
+    /// Services to serve besides `echo` (which is always served): gateway names such as `SIM`.
+    pub services: Vec<String>,
+    /// Requests executed at once.
+    pub capacity: u32,
+    /// HTTP address for /metrics etc.; empty = off.
+    pub http: String,
+    /// Heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Heartbeats the broker may miss before we reconnect.
+    pub liveness: u32,
+    /// Execution journal file (one JSON line per executed request).
+    pub journal: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            broker: "tcp://127.0.0.1:5556".into(),
+            events: "tcp://127.0.0.1:5557".into(),
+            services: Vec::new(),
+            capacity: 4,
+            http: String::new(),
+            heartbeat_ms: 1000,
+            liveness: 3,
+            journal: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let field = |field, ok: bool, reason: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Field { field, reason })
+            }
+        };
+        field(
+            "broker",
+            valid_endpoint(&self.broker),
+            format!("{:?} is not tcp://HOST:PORT or ipc://PATH", self.broker),
+        )?;
+        field(
+            "events",
+            valid_endpoint(&self.events),
+            format!("{:?} is not tcp://HOST:PORT or ipc://PATH", self.events),
+        )?;
+        field(
+            "capacity",
+            (1..=1024).contains(&self.capacity),
+            "must be 1-1024".into(),
+        )?;
+        field(
+            "heartbeat_ms",
+            (10..=60_000).contains(&self.heartbeat_ms),
+            "must be 10-60000".into(),
+        )?;
+        field(
+            "liveness",
+            (1..=100).contains(&self.liveness),
+            "must be 1-100".into(),
+        )?;
+        for s in &self.services {
+            field(
+                "services",
+                tradeplex_proto::ServiceName::new(s.as_str()).is_ok(),
+                format!("{s:?} is not a valid service name"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `tcp://HOST:PORT` or `ipc://PATH` (or `inproc://NAME` for in-process use).
+pub fn valid_endpoint(ep: &str) -> bool {
+    if let Some(rest) = ep.strip_prefix("tcp://") {
+        rest.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    } else {
+        ep.strip_prefix("ipc://")
+            .or_else(|| ep.strip_prefix("inproc://"))
+            .is_some_and(|p| !p.is_empty())
+    }
+}

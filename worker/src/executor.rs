@@ -1,0 +1,157 @@
+//! Runs handlers on a fixed pool of threads (one per unit of capacity) and hands results
+//! back to the session thread through an inproc PUSH/PULL pair it can poll.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use tradeplex_proto::{worker as wp, ErrorCode, ServiceName};
+
+use crate::handler::{Handler, HandlerError, Request};
+use crate::journal::Journal;
+use crate::metrics::WorkerMetrics;
+
+/// A finished job, as the session thread reads it from the results socket:
+/// `[command][header][body]` ready to send after the protocol frame.
+pub type Finished = (wp::Command, Vec<u8>, Vec<u8>);
+
+/// Shared by the executor threads.
+pub struct Shared {
+    /// Handlers by service.
+    pub handlers: HashMap<ServiceName, Arc<dyn Handler>>,
+    /// Where to journal executions, if anywhere.
+    pub journal: Option<Journal>,
+    /// This worker's id as text (for the journal).
+    pub worker: String,
+    /// Metrics.
+    pub metrics: Arc<WorkerMetrics>,
+}
+
+/// The pool: send requests in, poll `results` for what finished.
+pub struct Executor {
+    jobs: Option<Sender<Request>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Executor {
+    /// Starts `threads` executor threads that push results to `results_endpoint` (inproc).
+    pub fn start(
+        ctx: &zmq::Context,
+        threads: usize,
+        shared: Arc<Shared>,
+        results_endpoint: &str,
+    ) -> std::io::Result<Executor> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let push = ctx.socket(zmq::PUSH).map_err(std::io::Error::other)?;
+            push.connect(results_endpoint)
+                .map_err(std::io::Error::other)?;
+            let (rx, shared) = (rx.clone(), shared.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("tpx-exec-{i}"))
+                    .spawn(move || execute_loop(rx, push, shared))?,
+            );
+        }
+        Ok(Executor {
+            jobs: Some(tx),
+            threads: handles,
+        })
+    }
+
+    /// Queues a request. The broker never sends more than the capacity, so this channel
+    /// holds at most `capacity` requests.
+    pub fn submit(&self, req: Request) {
+        if let Some(tx) = &self.jobs {
+            let _ = tx.send(req);
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn execute_loop(rx: Receiver<Request>, push: zmq::Socket, shared: Arc<Shared>) {
+    while let Ok(req) = rx.recv() {
+        let (cmd, header, body) = execute(&shared, &req);
+        let sent = push
+            .send(&[cmd as u8][..], zmq::SNDMORE)
+            .and_then(|_| push.send(header, zmq::SNDMORE))
+            .and_then(|_| push.send(body, 0));
+        if let Err(e) = sent {
+            tracing::error!(error = %e, job = %req.job, "cannot hand result to session");
+        }
+    }
+}
+
+/// Runs one request through its handler, refusing stale ones before anything executes.
+pub fn execute(shared: &Shared, req: &Request) -> Finished {
+    let started = Instant::now();
+    let result = run_handler(shared, req);
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code.name(),
+    };
+    shared.metrics.observe(
+        req.service.as_str(),
+        outcome,
+        started.elapsed().as_secs_f64(),
+    );
+    match result {
+        Ok(body) => {
+            let header = tradeplex_proto::frame::encode_header(&wp::ReplyHeader { job: req.job });
+            (wp::Command::Reply, header, body)
+        }
+        Err(e) => {
+            let header = tradeplex_proto::frame::encode_header(&wp::ErrorHeader::new(
+                req.job, e.code, e.message,
+            ));
+            (wp::Command::Error, header, Vec::new())
+        }
+    }
+}
+
+fn run_handler(shared: &Shared, req: &Request) -> Result<Vec<u8>, HandlerError> {
+    let now = tradeplex_proto::now_unix_ms();
+    if now >= req.deadline_ms {
+        // Stale: never executed, whatever it is.
+        return Err(HandlerError {
+            code: ErrorCode::DeadlineExceeded,
+            message: format!(
+                "deadline passed {} ms before execution; not executed",
+                now - req.deadline_ms
+            ),
+        });
+    }
+    let Some(handler) = shared.handlers.get(&req.service) else {
+        return Err(HandlerError::unavailable(format!(
+            "this worker does not serve {}",
+            req.service
+        )));
+    };
+    if !handler.available() {
+        return Err(HandlerError::unavailable(format!(
+            "{} is not available on this worker",
+            req.service
+        )));
+    }
+    if let Some(journal) = &shared.journal {
+        if let Err(e) = journal.record(&shared.worker, req) {
+            // Refuse rather than execute something we could not record.
+            tracing::error!(error = %e, "journal write failed; refusing request");
+            return Err(HandlerError::unavailable(format!(
+                "journal write failed: {e}"
+            )));
+        }
+    }
+    handler.handle(req)
+}

@@ -1,0 +1,195 @@
+//! Tradeplex workers: register handlers per service, then [`Worker::run`]. The library
+//! handles registration, heartbeats, reconnection to a restarted broker with backoff and
+//! re-registration, capacity (up to N requests execute at once) and a clean disconnect.
+//!
+//! ```no_run
+//! use tradeplex_worker::{Worker, WorkerOptions, echo::Echo};
+//! let opts = WorkerOptions::new("tcp://127.0.0.1:5556").capacity(4);
+//! Worker::new(opts).service("echo", Echo).unwrap().run(Default::default()).unwrap();
+//! ```
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod echo;
+pub mod executor;
+pub mod handler;
+pub mod journal;
+pub mod metrics;
+pub mod session;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use handler::{Handler, HandlerError, Request};
+pub use tradeplex_ops::Shutdown;
+use tradeplex_proto::{ServiceName, WorkerId};
+
+use crate::executor::{Executor, Shared};
+use crate::metrics::WorkerMetrics;
+
+/// Why a worker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A ZeroMQ call failed.
+    #[error("socket error: {0}")]
+    Socket(#[from] zmq::Error),
+    /// A file or thread could not be set up.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A service name was invalid.
+    #[error("invalid service: {0}")]
+    Service(#[from] tradeplex_proto::ProtoError),
+    /// No service was registered.
+    #[error("a worker needs at least one service")]
+    NoServices,
+    /// An internal invariant broke (a bug).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// How a worker connects and behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The broker's backend endpoint.
+    pub broker: String,
+    /// This worker's id (random by default).
+    pub worker_id: WorkerId,
+    /// Requests executed at once (executor threads).
+    pub capacity: u32,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Heartbeats the broker may miss before we reconnect.
+    pub liveness: u32,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+    /// How long in-flight requests get to finish on shutdown.
+    pub drain_grace: Duration,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Execution journal file, if any.
+    pub journal: Option<PathBuf>,
+}
+
+impl WorkerOptions {
+    /// Defaults: capacity 1, heartbeat 1 s, liveness 3, reconnect 100 ms → 5 s.
+    pub fn new(broker: impl Into<String>) -> WorkerOptions {
+        WorkerOptions {
+            broker: broker.into(),
+            worker_id: WorkerId::random(),
+            capacity: 1,
+            heartbeat: Duration::from_millis(1000),
+            liveness: 3,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            drain_grace: Duration::from_secs(5),
+            max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
+            journal: None,
+        }
+    }
+
+    /// Sets the capacity (1–1024 executor threads).
+    pub fn capacity(mut self, n: u32) -> Self {
+        self.capacity = n.clamp(1, 1024);
+        self
+    }
+
+    /// Sets the heartbeat interval.
+    pub fn heartbeat(mut self, d: Duration) -> Self {
+        self.heartbeat = d;
+        self
+    }
+
+    /// Sets the liveness (missed heartbeats tolerated).
+    pub fn liveness(mut self, n: u32) -> Self {
+        self.liveness = n.max(1);
+        self
+    }
+
+    /// Sets the execution journal file.
+    pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.journal = Some(path.into());
+        self
+    }
+
+    /// Silence from the broker tolerated before reconnecting.
+    pub fn liveness_window(&self) -> Duration {
+        self.heartbeat * self.liveness
+    }
+}
+
+/// A worker under construction: add services, then run.
+pub struct Worker {
+    opts: WorkerOptions,
+    handlers: HashMap<ServiceName, Arc<dyn Handler>>,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl Worker {
+    /// A worker with no services yet.
+    pub fn new(opts: WorkerOptions) -> Worker {
+        Worker {
+            opts,
+            handlers: HashMap::new(),
+            metrics: Arc::new(WorkerMetrics::new()),
+        }
+    }
+
+    /// Adds a service.
+    pub fn service(mut self, name: &str, handler: impl Handler) -> Result<Worker, WorkerError> {
+        self.handlers
+            .insert(ServiceName::new(name)?, Arc::new(handler));
+        Ok(self)
+    }
+
+    /// Adds a service from a shared handler.
+    pub fn service_arc(
+        mut self,
+        name: &str,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Worker, WorkerError> {
+        self.handlers.insert(ServiceName::new(name)?, handler);
+        Ok(self)
+    }
+
+    /// The worker's metrics (serve them with `tradeplex_ops::HttpServer`).
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> WorkerId {
+        self.opts.worker_id
+    }
+
+    /// Serves until `shutdown` is triggered, then drains and disconnects.
+    pub fn run(self, shutdown: Shutdown) -> Result<(), WorkerError> {
+        if self.handlers.is_empty() {
+            return Err(WorkerError::NoServices);
+        }
+        let ctx = zmq::Context::new();
+        let results = ctx.socket(zmq::PULL)?;
+        let endpoint = format!("inproc://tpx-results-{}", self.opts.worker_id);
+        results.bind(&endpoint)?;
+        let journal = match &self.opts.journal {
+            Some(p) => Some(journal::Journal::open(p)?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            handlers: self.handlers,
+            journal,
+            worker: self.opts.worker_id.to_string(),
+            metrics: self.metrics,
+        });
+        let executor =
+            Executor::start(&ctx, self.opts.capacity as usize, shared.clone(), &endpoint)?;
+        tracing::info!(worker = %self.opts.worker_id, broker = %self.opts.broker, capacity = self.opts.capacity, "worker starting");
+        let result =
+            session::Session::new(&self.opts, &ctx, shared, &executor, results).run(&shutdown);
+        drop(executor);
+        result
+    }
+}

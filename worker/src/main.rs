@@ -1,0 +1,123 @@
+//! `tradeplex-worker`: flags over the TOML config, logging, signals, then serves `echo`
+//! and the configured gateways until SIGINT/SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+use tradeplex_ops::{HttpServer, Shutdown};
+use tradeplex_worker::config::Config;
+use tradeplex_worker::{echo::Echo, Worker, WorkerOptions};
+
+/// A Tradeplex worker.
+#[derive(Parser, Debug)]
+#[command(name = "tradeplex-worker", version, about)]
+struct Args {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The broker's backend endpoint.
+    #[arg(long)]
+    broker: Option<String>,
+    /// The broker's XSUB (events) endpoint.
+    #[arg(long)]
+    events: Option<String>,
+    /// A service to serve (repeatable); `echo` is always served.
+    #[arg(long = "service")]
+    services: Vec<String>,
+    /// Requests executed at once.
+    #[arg(long)]
+    capacity: Option<u32>,
+    /// HTTP address for /metrics, /healthz, /readyz ("" or "off" disables; port 0 = any).
+    #[arg(long)]
+    http: Option<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Heartbeats the broker may miss before reconnecting.
+    #[arg(long)]
+    liveness: Option<u32>,
+    /// Execution journal file (one JSON line per executed request, written before it runs).
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// Log filter.
+    #[arg(long, default_value = "info", env = "TRADEPLEX_LOG")]
+    log_level: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.broker {
+            c.broker = v;
+        }
+        if let Some(v) = self.events {
+            c.events = v;
+        }
+        if !self.services.is_empty() {
+            c.services = self.services;
+        }
+        if let Some(v) = self.capacity {
+            c.capacity = v;
+        }
+        if let Some(v) = self.http {
+            c.http = if v == "off" { String::new() } else { v };
+        }
+        if let Some(v) = self.heartbeat_ms {
+            c.heartbeat_ms = v;
+        }
+        if let Some(v) = self.liveness {
+            c.liveness = v;
+        }
+        if self.journal.is_some() {
+            c.journal = self.journal;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tradeplex_ops::logging::init(&args.log_level, args.log_json);
+    let config = args.into_config()?;
+    let shutdown = Shutdown::new();
+    shutdown
+        .on_signals()
+        .context("installing signal handlers")?;
+
+    let mut opts = WorkerOptions::new(&config.broker)
+        .capacity(config.capacity)
+        .heartbeat(Duration::from_millis(config.heartbeat_ms))
+        .liveness(config.liveness);
+    opts.journal = config.journal.clone();
+    let worker = Worker::new(opts).service("echo", Echo)?;
+    if let Some(s) = config.services.iter().find(|s| s.as_str() != "echo") {
+        anyhow::bail!("unknown service {s:?}: this worker serves echo and configured gateways");
+    }
+    let http = match config.http.as_str() {
+        "" => None,
+        addr => {
+            let h = HttpServer::start(addr, worker.metrics().registry.clone())
+                .with_context(|| format!("serving http on {addr}"))?;
+            h.set_ready(true);
+            Some(h)
+        }
+    };
+    println!(
+        "worker {} broker={} http={}",
+        worker.id(),
+        config.broker,
+        http.as_ref()
+            .map_or("off".to_string(), |h| h.addr.to_string())
+    );
+    worker.run(shutdown).context("worker failed")?;
+    drop(http);
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The worker's broker session: one thread owns the DEALER to the broker's backend.
+//! It registers (READY), heartbeats both ways, hands requests to the executor, sends
+//! results back, re-registers when the broker forgets it, reconnects with backoff when
+//! the broker goes silent, and drains cleanly on shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tradeplex_ops::Shutdown;
+use tradeplex_proto::worker::{self as wp, DisconnectHeader, HeartbeatHeader, ReadyHeader};
+use tradeplex_proto::ServiceName;
+
+use crate::executor::{Executor, Shared};
+use crate::handler::{HandlerError, Request};
+use crate::{WorkerError, WorkerOptions};
+
+/// Longest poll, so shutdown is seen promptly.
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+enum SessionEnd {
+    /// The broker went silent: reconnect after a backoff.
+    BrokerSilent,
+    /// Shutdown finished.
+    Stopped,
+}
+
+/// Drives sessions until shutdown.
+pub struct Session<'a> {
+    opts: &'a WorkerOptions,
+    ctx: &'a zmq::Context,
+    shared: Arc<Shared>,
+    executor: &'a Executor,
+    results: zmq::Socket,
+    in_flight: usize,
+    offered: Vec<ServiceName>,
+}
+
+impl<'a> Session<'a> {
+    /// A session driver over a started executor whose results arrive on `results`.
+    pub fn new(
+        opts: &'a WorkerOptions,
+        ctx: &'a zmq::Context,
+        shared: Arc<Shared>,
+        executor: &'a Executor,
+        results: zmq::Socket,
+    ) -> Session<'a> {
+        Session {
+            opts,
+            ctx,
+            shared,
+            executor,
+            results,
+            in_flight: 0,
+            offered: Vec::new(),
+        }
+    }
+
+    /// Connects, serves, and reconnects with exponential backoff until shutdown.
+    pub fn run(&mut self, shutdown: &Shutdown) -> Result<(), WorkerError> {
+        let mut backoff = self.opts.reconnect_min;
+        while !shutdown.is_triggered() {
+            let started = Instant::now();
+            match self.serve_connection(shutdown)? {
+                SessionEnd::Stopped => return Ok(()),
+                SessionEnd::BrokerSilent => {
+                    // A session that lived a while resets the backoff.
+                    if started.elapsed() > self.opts.liveness_window() * 2 {
+                        backoff = self.opts.reconnect_min;
+                    }
+                    tracing::warn!(
+                        backoff_ms = backoff.as_millis() as u64,
+                        "broker silent; reconnecting"
+                    );
+                    self.sleep_unless_shutdown(backoff, shutdown);
+                    backoff = (backoff * 2).min(self.opts.reconnect_max);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sleep_unless_shutdown(&self, d: Duration, shutdown: &Shutdown) {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !shutdown.is_triggered() {
+            std::thread::sleep(MAX_POLL.min(until.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    fn connect(&self) -> Result<zmq::Socket, WorkerError> {
+        let s = self.ctx.socket(zmq::DEALER)?;
+        s.set_linger(500)?;
+        s.set_maxmsgsize((self.opts.max_body_bytes as i64).saturating_mul(2) + 64 * 1024)?;
+        s.set_sndhwm(100_000)?;
+        s.set_rcvhwm(100_000)?;
+        s.connect(&self.opts.broker)?;
+        Ok(s)
+    }
+
+    fn serve_connection(&mut self, shutdown: &Shutdown) -> Result<SessionEnd, WorkerError> {
+        let dealer = self.connect()?;
+        self.offered = self.available_services();
+        self.send_ready(&dealer, false);
+        let mut last_heard = Instant::now();
+        let mut next_heartbeat = Instant::now() + self.opts.heartbeat;
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if drain_until.is_none() && shutdown.is_triggered() {
+                tracing::info!(in_flight = self.in_flight, "draining before shutdown");
+                self.send_ready(&dealer, true);
+                drain_until = Some(now + self.opts.drain_grace);
+            }
+            if let Some(until) = drain_until {
+                if self.in_flight == 0 || now >= until {
+                    send(
+                        &dealer,
+                        wp::Command::Disconnect,
+                        &DisconnectHeader {
+                            reason: "worker shutting down".into(),
+                        },
+                        &[],
+                    );
+                    tracing::info!("worker stopped");
+                    return Ok(SessionEnd::Stopped);
+                }
+            }
+            if now.duration_since(last_heard) > self.opts.liveness_window() {
+                self.shared.metrics.registered.set(0);
+                return Ok(SessionEnd::BrokerSilent);
+            }
+            if now >= next_heartbeat {
+                send(&dealer, wp::Command::Heartbeat, &HeartbeatHeader {}, &[]);
+                next_heartbeat = now + self.opts.heartbeat;
+                if drain_until.is_none() && self.available_services() != self.offered {
+                    self.offered = self.available_services();
+                    tracing::info!(services = ?self.offered, "services changed; updating broker");
+                    self.send_ready(&dealer, false);
+                }
+            }
+            let timeout = next_heartbeat.saturating_duration_since(now).min(MAX_POLL);
+            let mut items = [
+                dealer.as_poll_item(zmq::POLLIN),
+                self.results.as_poll_item(zmq::POLLIN),
+            ];
+            match zmq::poll(&mut items, timeout.as_micros().div_ceil(1000) as i64) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let (from_broker, finished) = (items[0].is_readable(), items[1].is_readable());
+            if finished {
+                self.forward_results(&dealer)?;
+            }
+            if from_broker && self.read_broker(&dealer, drain_until.is_some())? {
+                last_heard = Instant::now();
+            }
+        }
+    }
+
+    fn available_services(&self) -> Vec<ServiceName> {
+        let mut v: Vec<ServiceName> = self
+            .shared
+            .handlers
+            .iter()
+            .filter(|(_, h)| h.available())
+            .map(|(s, _)| s.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn send_ready(&self, dealer: &zmq::Socket, draining: bool) {
+        let ready = ReadyHeader {
+            worker: self.opts.worker_id,
+            services: if draining {
+                Vec::new()
+            } else {
+                self.offered.clone()
+            },
+            capacity: if draining { 0 } else { self.opts.capacity },
+        };
+        if !draining {
+            self.shared.metrics.registrations.inc();
+            self.shared.metrics.registered.set(1);
+        }
+        send(dealer, wp::Command::Ready, &ready, &[]);
+    }
+
+    /// Reads everything waiting from the broker; true if anything arrived.
+    fn read_broker(&mut self, dealer: &zmq::Socket, draining: bool) -> Result<bool, WorkerError> {
+        let mut heard = false;
+        loop {
+            let frames = match dealer.recv_multipart(zmq::DONTWAIT) {
+                Ok(f) => f,
+                Err(zmq::Error::EAGAIN) => return Ok(heard),
+                Err(e) => return Err(e.into()),
+            };
+            heard = true;
+            match wp::decode(&frames) {
+                Ok(wp::Message::Request(h)) => {
+                    let body = frames.into_iter().nth(3).unwrap_or_default();
+                    self.on_request(dealer, h, body, draining);
+                }
+                Ok(wp::Message::Heartbeat) => {}
+                Ok(wp::Message::Disconnect(d)) => {
+                    tracing::info!(reason = %d.reason, "broker asked us to register again");
+                    if !draining {
+                        self.send_ready(dealer, false);
+                    }
+                }
+                Ok(other) => tracing::warn!(?other, "unexpected message from broker"),
+                Err(e) => tracing::warn!(error = %e, "bad message from broker"),
+            }
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        dealer: &zmq::Socket,
+        h: wp::RequestHeader,
+        body: Vec<u8>,
+        draining: bool,
+    ) {
+        if draining {
+            let e = HandlerError::unavailable("worker is draining");
+            send(
+                dealer,
+                wp::Command::Error,
+                &wp::ErrorHeader::new(h.job, e.code, e.message),
+                &[],
+            );
+            return;
+        }
+        self.in_flight += 1;
+        self.shared.metrics.in_flight.set(self.in_flight as i64);
+        self.executor.submit(Request {
+            job: h.job,
+            id: h.id,
+            service: h.service,
+            deadline_ms: h.deadline_ms,
+            idempotent: h.idempotent,
+            body,
+        });
+    }
+
+    fn forward_results(&mut self, dealer: &zmq::Socket) -> Result<(), WorkerError> {
+        loop {
+            let parts = match self.results.recv_multipart(zmq::DONTWAIT) {
+                Ok(p) => p,
+                Err(zmq::Error::EAGAIN) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.shared.metrics.in_flight.set(self.in_flight as i64);
+            let [cmd, header, body] = <[Vec<u8>; 3]>::try_from(parts)
+                .map_err(|_| WorkerError::Internal("bad result frame"))?;
+            let sent = dealer
+                .send(wp::PROTOCOL.frame, zmq::SNDMORE | zmq::DONTWAIT)
+                .and_then(|_| dealer.send(cmd, zmq::SNDMORE | zmq::DONTWAIT))
+                .and_then(|_| dealer.send(header, zmq::SNDMORE | zmq::DONTWAIT))
+                .and_then(|_| dealer.send(body, zmq::DONTWAIT));
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "result not sent: broker unreachable");
+            }
+        }
+    }
+}
+
+/// Sends one worker-protocol message without blocking (a lost heartbeat is harmless).
+fn send<T: serde::Serialize>(dealer: &zmq::Socket, cmd: wp::Command, header: &T, body: &[u8]) {
+    let [p, c, h] = wp::encode(cmd, header);
+    let r = dealer
+        .send(p, zmq::SNDMORE | zmq::DONTWAIT)
+        .and_then(|_| dealer.send(c, zmq::SNDMORE | zmq::DONTWAIT))
+        .and_then(|_| dealer.send(h, zmq::SNDMORE | zmq::DONTWAIT))
+        .and_then(|_| dealer.send(body, zmq::DONTWAIT));
+    if let Err(e) = r {
+        tracing::debug!(error = %e, ?cmd, "message to broker not sent");
+    }
+}
