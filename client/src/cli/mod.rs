@@ -1,5 +1,6 @@
 //! The `tradeplex` subcommands.
 
+mod bench;
 mod call;
 mod status;
 
@@ -42,6 +43,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Same as `status`.
     Workers(status::StatusArgs),
+    /// Benchmark Tradeplex against a bare ZeroMQ baseline (starts its own processes).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command; returns the process exit code.
@@ -49,6 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.command {
         Command::Call(c) => call::run(&args.broker, c),
         Command::Status(s) | Command::Workers(s) => status::run(&args.broker, s),
+        Command::Bench(b) => bench::run(b),
     }
 }
 
