@@ -1,1 +1,559 @@
-//! Trading data model (filled in by the trading layer).
+//! The trading data model — the objects a vn.py user knows (Tick, Order, Trade, Position,
+//! Account, Contract, Bar, Log) and the gateway requests — as serde types sent as
+//! MessagePack maps with field names. Enums travel as snake_case strings. Times are Unix
+//! epoch nanoseconds (`*_ns`). Prices and volumes are `f64` as in vn.py.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{ProtoError, WorkerId};
+
+/// Order direction (vn.py `Direction.LONG` / `SHORT`); `buy` = long, `sell` = short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Buy.
+    Long,
+    /// Sell.
+    Short,
+}
+
+/// Open/close flag for futures (vn.py `Offset`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Offset {
+    /// Not applicable (spot, equities) — net positions.
+    #[default]
+    None,
+    /// Open a position.
+    Open,
+    /// Close a position.
+    Close,
+    /// Close today's position.
+    CloseToday,
+    /// Close yesterday's position.
+    CloseYesterday,
+}
+
+/// Order type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderType {
+    /// Rests in the book at its price.
+    #[default]
+    Limit,
+    /// Takes whatever the book offers now; the rest is cancelled.
+    Market,
+    /// Fill and kill: fills what it can at its price now, cancels the rest.
+    Fak,
+    /// Fill or kill: fills completely at its price now, or not at all.
+    Fok,
+}
+
+/// Order status as an exchange reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Sent, not yet acknowledged.
+    Submitting,
+    /// Accepted, resting, nothing filled.
+    NotTraded,
+    /// Partly filled, rest resting.
+    PartTraded,
+    /// Completely filled (final).
+    AllTraded,
+    /// Cancelled, possibly after partial fills (final).
+    Cancelled,
+    /// Refused; `reason` says why (final).
+    Rejected,
+}
+
+impl Status {
+    /// True for statuses after which the order never changes.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::AllTraded | Status::Cancelled | Status::Rejected)
+    }
+
+    /// True while the order can still fill or be cancelled.
+    pub fn is_active(self) -> bool {
+        !self.is_final()
+    }
+}
+
+/// Product class of a contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Product {
+    /// Futures.
+    Futures,
+    /// Equity.
+    Equity,
+    /// Spot / crypto.
+    Spot,
+    /// Options.
+    Option,
+}
+
+/// Bar interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interval {
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+    /// One day.
+    Daily,
+}
+
+impl Interval {
+    /// Length in nanoseconds.
+    pub fn nanos(self) -> u64 {
+        match self {
+            Interval::Minute => 60_000_000_000,
+            Interval::Hour => 3_600_000_000_000,
+            Interval::Daily => 86_400_000_000_000,
+        }
+    }
+}
+
+/// An order id that says where it belongs: `<gateway>.<worker uuid>.<n>`, e.g.
+/// `SIM.0ff4810d-1a6f-4bb8-913f-a9b4ac206675.17`, so a cancel can be routed to the worker
+/// (gateway session) that placed the order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(pub String);
+
+impl OrderId {
+    /// Builds the id of order `n` placed by `worker` on `gateway`.
+    pub fn new(gateway: &str, worker: WorkerId, n: u64) -> OrderId {
+        OrderId(format!("{gateway}.{worker}.{n}"))
+    }
+
+    /// The gateway (service) that placed the order.
+    pub fn gateway(&self) -> Option<&str> {
+        self.0.split('.').next().filter(|g| !g.is_empty())
+    }
+
+    /// The worker that placed the order.
+    pub fn worker(&self) -> Option<WorkerId> {
+        self.0.split('.').nth(1)?.parse().ok()
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for OrderId {
+    type Err = ProtoError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let id = OrderId(s.to_string());
+        match (id.gateway(), id.worker(), s.rsplit('.').next().map(str::parse::<u64>)) {
+            (Some(_), Some(_), Some(Ok(_))) => Ok(id),
+            _ => Err(ProtoError::BadField {
+                field: "order_id",
+                reason: format!("{s:?} is not GATEWAY.WORKER_UUID.N"),
+            }),
+        }
+    }
+}
+
+/// A tradable instrument.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contract {
+    /// Symbol, e.g. `IF2412`.
+    pub symbol: String,
+    /// Exchange code, e.g. `CFFEX` (`SIM` for the simulator).
+    pub exchange: String,
+    /// Gateway name.
+    pub gateway: String,
+    /// Display name.
+    pub name: String,
+    /// Product class.
+    pub product: Product,
+    /// Contract multiplier.
+    pub size: f64,
+    /// Minimum price increment.
+    pub pricetick: f64,
+    /// Minimum order volume.
+    pub min_volume: f64,
+}
+
+/// Market data snapshot with a 5-level book.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    /// Symbol.
+    pub symbol: String,
+    /// Exchange.
+    pub exchange: String,
+    /// Gateway.
+    pub gateway: String,
+    /// Exchange time, Unix ns.
+    pub datetime_ns: u64,
+    /// Last trade price.
+    pub last_price: f64,
+    /// Last trade volume.
+    pub last_volume: f64,
+    /// Cumulative volume today.
+    pub volume: f64,
+    /// Cumulative turnover today.
+    pub turnover: f64,
+    /// Open interest.
+    pub open_interest: f64,
+    /// Today's open.
+    pub open_price: f64,
+    /// Today's high.
+    pub high_price: f64,
+    /// Today's low.
+    pub low_price: f64,
+    /// Previous close.
+    pub pre_close: f64,
+    /// Bid prices, best first (5 levels).
+    pub bid_price: [f64; 5],
+    /// Bid volumes.
+    pub bid_volume: [f64; 5],
+    /// Ask prices, best first (5 levels).
+    pub ask_price: [f64; 5],
+    /// Ask volumes.
+    pub ask_volume: [f64; 5],
+}
+
+/// A candlestick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bar {
+    /// Symbol.
+    pub symbol: String,
+    /// Exchange.
+    pub exchange: String,
+    /// Gateway.
+    pub gateway: String,
+    /// Interval.
+    pub interval: Interval,
+    /// Bar open time, Unix ns.
+    pub datetime_ns: u64,
+    /// Open.
+    pub open_price: f64,
+    /// High.
+    pub high_price: f64,
+    /// Low.
+    pub low_price: f64,
+    /// Close.
+    pub close_price: f64,
+    /// Volume.
+    pub volume: f64,
+    /// Turnover.
+    pub turnover: f64,
+    /// Open interest at close.
+    pub open_interest: f64,
+}
+
+/// An order and its current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    /// Id (routes cancels).
+    pub order_id: OrderId,
+    /// Symbol.
+    pub symbol: String,
+    /// Exchange.
+    pub exchange: String,
+    /// Gateway.
+    pub gateway: String,
+    /// Account.
+    pub account: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Offset.
+    pub offset: Offset,
+    /// Type.
+    pub order_type: OrderType,
+    /// Limit price (0 for market orders).
+    pub price: f64,
+    /// Ordered volume.
+    pub volume: f64,
+    /// Filled volume.
+    pub traded: f64,
+    /// Status.
+    pub status: Status,
+    /// Why it was rejected or cancelled, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Time of the last change, Unix ns.
+    pub datetime_ns: u64,
+    /// The client's own tag, echoed back.
+    #[serde(default)]
+    pub reference: String,
+}
+
+/// A fill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trade {
+    /// Trade id.
+    pub trade_id: String,
+    /// The order filled.
+    pub order_id: OrderId,
+    /// Symbol.
+    pub symbol: String,
+    /// Exchange.
+    pub exchange: String,
+    /// Gateway.
+    pub gateway: String,
+    /// Account.
+    pub account: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Offset.
+    pub offset: Offset,
+    /// Fill price.
+    pub price: f64,
+    /// Fill volume.
+    pub volume: f64,
+    /// Fill time, Unix ns.
+    pub datetime_ns: u64,
+}
+
+/// A position in one symbol and direction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    /// Symbol.
+    pub symbol: String,
+    /// Exchange.
+    pub exchange: String,
+    /// Gateway.
+    pub gateway: String,
+    /// Account.
+    pub account: String,
+    /// Long or short.
+    pub direction: Direction,
+    /// Volume held.
+    pub volume: f64,
+    /// Volume frozen by closing orders.
+    pub frozen: f64,
+    /// Average entry price.
+    pub price: f64,
+    /// Mark-to-market profit and loss.
+    pub pnl: f64,
+    /// Yesterday's volume.
+    pub yd_volume: f64,
+}
+
+/// Account funds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    /// Account id.
+    pub account: String,
+    /// Gateway.
+    pub gateway: String,
+    /// Balance (cash plus realised P&L).
+    pub balance: f64,
+    /// Funds held by open orders.
+    pub frozen: f64,
+    /// Balance minus frozen.
+    pub available: f64,
+}
+
+/// A gateway log line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Log {
+    /// Gateway.
+    pub gateway: String,
+    /// Level (`info`, `warn`, `error`).
+    pub level: String,
+    /// Message.
+    pub msg: String,
+    /// Time, Unix ns.
+    pub datetime_ns: u64,
+}
+
+/// Start market data for a symbol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscribeRequest {
+    /// Symbol.
+    pub symbol: String,
+    /// Exchange (may be empty: the gateway's default).
+    #[serde(default)]
+    pub exchange: String,
+}
+
+/// Place an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRequest {
+    /// Symbol.
+    pub symbol: String,
+    /// Exchange (may be empty).
+    #[serde(default)]
+    pub exchange: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Type.
+    #[serde(default)]
+    pub order_type: OrderType,
+    /// Volume.
+    pub volume: f64,
+    /// Limit price (ignored for market orders).
+    #[serde(default)]
+    pub price: f64,
+    /// Offset.
+    #[serde(default)]
+    pub offset: Offset,
+    /// Account (may be empty: the gateway's default account).
+    #[serde(default)]
+    pub account: String,
+    /// Client tag, echoed in the order.
+    #[serde(default)]
+    pub reference: String,
+}
+
+/// Cancel an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// The order.
+    pub order_id: OrderId,
+    /// Symbol (optional help for gateways that need it).
+    #[serde(default)]
+    pub symbol: String,
+    /// Exchange.
+    #[serde(default)]
+    pub exchange: String,
+}
+
+/// Ask for historical bars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    /// Symbol.
+    pub symbol: String,
+    /// Exchange.
+    #[serde(default)]
+    pub exchange: String,
+    /// Bar interval.
+    pub interval: Interval,
+    /// First bar time, Unix ns.
+    pub start_ns: u64,
+    /// Last bar time (exclusive), Unix ns; 0 = now.
+    #[serde(default)]
+    pub end_ns: u64,
+}
+
+/// A request body for a gateway service (e.g. `SIM`): a map whose `op` field names the
+/// operation, the other fields being that operation's request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum GatewayRequest {
+    /// Start ticks for a symbol. Reply: [`Contract`]. Idempotent.
+    Subscribe(SubscribeRequest),
+    /// Place an order. Reply: [`Order`] (status `submitting` or already further). Not idempotent.
+    SendOrder(OrderRequest),
+    /// Cancel an order. Reply: [`Order`]. Not idempotent.
+    CancelOrder(CancelRequest),
+    /// Reply: `[Account]`. Idempotent.
+    QueryAccount {
+        /// One account, or all when empty.
+        #[serde(default)]
+        account: String,
+    },
+    /// Reply: `[Position]`. Idempotent.
+    QueryPosition {
+        /// One account, or all when empty.
+        #[serde(default)]
+        account: String,
+    },
+    /// Reply: one [`Order`]. Idempotent (answers "outcome unknown" after `worker_lost`).
+    QueryOrder {
+        /// The order.
+        order_id: OrderId,
+    },
+    /// Reply: `[Order]` — active orders of an account (all accounts when empty). Idempotent.
+    QueryOrders {
+        /// Account filter.
+        #[serde(default)]
+        account: String,
+    },
+    /// Reply: `[Contract]`. Idempotent.
+    QueryContracts,
+    /// Reply: `[Bar]`. Idempotent.
+    QueryHistory(HistoryRequest),
+}
+
+impl GatewayRequest {
+    /// Whether this operation may safely be executed more than once.
+    pub fn idempotent(&self) -> bool {
+        !matches!(self, GatewayRequest::SendOrder(_) | GatewayRequest::CancelOrder(_))
+    }
+}
+
+/// Event topics: `kind.<key>`; subscribe by prefix (`tick.SIM.`, `order.`, …).
+pub mod topic {
+    /// `tick.<gateway>.<symbol>`
+    pub fn tick(gateway: &str, symbol: &str) -> String {
+        format!("tick.{gateway}.{symbol}")
+    }
+    /// `order.<account>`
+    pub fn order(account: &str) -> String {
+        format!("order.{account}")
+    }
+    /// `trade.<account>`
+    pub fn trade(account: &str) -> String {
+        format!("trade.{account}")
+    }
+    /// `position.<account>`
+    pub fn position(account: &str) -> String {
+        format!("position.{account}")
+    }
+    /// `account.<account>`
+    pub fn account(account: &str) -> String {
+        format!("account.{account}")
+    }
+    /// `contract.<gateway>`
+    pub fn contract(gateway: &str) -> String {
+        format!("contract.{gateway}")
+    }
+    /// `log.<gateway>`
+    pub fn log(gateway: &str) -> String {
+        format!("log.{gateway}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_ids_carry_their_worker() {
+        let w = WorkerId::random();
+        let id = OrderId::new("SIM", w, 17);
+        assert_eq!(id.gateway(), Some("SIM"));
+        assert_eq!(id.worker(), Some(w));
+        assert_eq!(id.to_string().parse::<OrderId>().unwrap(), id);
+        assert!("SIM.nope.1".parse::<OrderId>().is_err());
+    }
+
+    #[test]
+    fn gateway_requests_are_tagged_maps() {
+        let req = GatewayRequest::SendOrder(OrderRequest {
+            symbol: "IF2412".into(),
+            exchange: String::new(),
+            direction: Direction::Long,
+            order_type: OrderType::Limit,
+            volume: 2.0,
+            price: 3900.0,
+            offset: Offset::Open,
+            account: "acct".into(),
+            reference: String::new(),
+        });
+        let bytes = rmp_serde::to_vec_named(&req).unwrap();
+        let back: GatewayRequest = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, req);
+        assert!(!back.idempotent());
+        // Another language would send exactly this map:
+        let v: rmpv::Value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        let map = v.as_map().unwrap();
+        assert!(map.iter().any(|(k, v)| k.as_str() == Some("op") && v.as_str() == Some("send_order")));
+        assert!(map.iter().any(|(k, v)| k.as_str() == Some("direction") && v.as_str() == Some("long")));
+        let q = GatewayRequest::QueryContracts;
+        let back: GatewayRequest = rmp_serde::from_slice(&rmp_serde::to_vec_named(&q).unwrap()).unwrap();
+        assert_eq!(back, q);
+    }
+}
