@@ -2,6 +2,8 @@
 //! broker restart, deadlines, bad input.
 
 use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::json;
 use tradeplex_client::CallOptions;
@@ -40,4 +42,328 @@ fn three_workers_answer_3000_pipelined_requests_each_exactly_once() {
         let share = by_worker.get(&w.id).copied().unwrap_or(0);
         assert!(share > 0, "worker {} served nothing: {by_worker:?}", w.id);
     }
+}
+
+fn journal_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn capacity_one_worker_never_holds_two_requests() {
+    let broker = Broker::start(&[]);
+    let journal = temp_path("cap1");
+    let _w = broker.worker(&["--capacity", "1", "--journal", journal.to_str().unwrap()]);
+    let client = broker.client();
+    broker.wait_for_workers(&client, "echo", 1);
+    let calls: Vec<_> = (0..6)
+        .map(|n| {
+            client
+                .send(
+                    "echo",
+                    body(json!({"sleep_ms": 100, "n": n})),
+                    CallOptions::query(),
+                )
+                .unwrap()
+        })
+        .collect();
+    let watcher = broker.client();
+    let mut max_in_flight = 0;
+    let mut saw_queue = false;
+    let mut done = Vec::new();
+    for call in calls {
+        // Sample the broker's view while the requests run.
+        if let Ok(s) = watcher.status() {
+            max_in_flight =
+                max_in_flight.max(s.workers.iter().map(|w| w.in_flight).max().unwrap_or(0));
+            saw_queue |= s.services.iter().any(|x| x.queued > 0);
+        }
+        done.push(call.wait().expect("echo"));
+    }
+    assert_eq!(done.len(), 6);
+    assert!(
+        max_in_flight <= 1,
+        "broker had {max_in_flight} requests at a capacity-1 worker"
+    );
+    assert!(
+        saw_queue,
+        "the other requests should have waited in the broker's queue"
+    );
+    // Each request started only after the previous one (100 ms) finished.
+    let starts: Vec<u64> = journal_lines(&journal)
+        .iter()
+        .map(|l| l["ts_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(starts.len(), 6);
+    for pair in starts.windows(2) {
+        assert!(
+            pair[1] >= pair[0] + 95,
+            "two requests overlapped: {starts:?}"
+        );
+    }
+}
+
+#[test]
+fn killed_worker_retries_idempotent_and_loses_orders_without_executing_twice() {
+    let broker = Broker::start(&[]);
+    let (ja, jb) = (temp_path("kill-a"), temp_path("kill-b"));
+    let mut a = broker.worker(&["--capacity", "8", "--journal", ja.to_str().unwrap()]);
+    let client = broker.client();
+    broker.wait_for_workers(&client, "echo", 1);
+    let opts = |idempotent| CallOptions {
+        idempotent,
+        timeout: Some(Duration::from_secs(10)),
+        retry_every: Some(Duration::from_secs(60)),
+        ..CallOptions::default()
+    };
+    let calls: Vec<_> = (0..8u64)
+        .map(|n| {
+            let idempotent = n % 2 == 0;
+            let c = client
+                .send(
+                    "echo",
+                    body(json!({"sleep_ms": 3000, "n": n})),
+                    opts(idempotent),
+                )
+                .unwrap();
+            (n, idempotent, c)
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(10),
+        "8 requests executing at worker A",
+        || journal_lines(&ja).len() == 8,
+    );
+    let _b = broker.worker(&["--capacity", "8", "--journal", jb.to_str().unwrap()]);
+    broker.wait_for_workers(&client, "echo", 2);
+    a.proc.kill9();
+
+    for (n, idempotent, call) in calls {
+        let result = call.wait();
+        if idempotent {
+            let reply = result.unwrap_or_else(|e| panic!("idempotent request {n} failed: {e}"));
+            assert_ne!(
+                reply.worker.to_string(),
+                a.id,
+                "answered by the dead worker"
+            );
+        } else {
+            let err = result.expect_err("an order in flight at a dead worker must not succeed");
+            assert_eq!(err.name(), "worker_lost", "request {n}: {err}");
+        }
+    }
+    let executions = |n: u64| {
+        [&ja, &jb]
+            .iter()
+            .flat_map(|j| journal_lines(j))
+            .filter(|l| l["body"]["n"] == n)
+            .count()
+    };
+    for n in (1..8).step_by(2) {
+        assert_eq!(
+            executions(n),
+            1,
+            "non-idempotent request {n} executed other than once"
+        );
+    }
+    for n in (0..8).step_by(2) {
+        assert_eq!(
+            executions(n),
+            2,
+            "idempotent request {n}: once at A, once again at B"
+        );
+    }
+}
+
+#[test]
+fn worker_and_client_survive_a_broker_restart_on_the_same_ports() {
+    let mut broker = Broker::start(&[]);
+    let _w = broker.worker(&[]);
+    let client = broker.client();
+    broker.wait_for_workers(&client, "echo", 1);
+    client
+        .call("echo", body(json!({"before": true})), CallOptions::query())
+        .unwrap();
+
+    broker.proc.kill9();
+    let http = broker.http.clone();
+    let restarted = Broker::start_on(
+        &broker.frontend,
+        &broker.backend,
+        &broker.xsub,
+        &broker.xpub,
+        &http,
+        &[],
+    );
+    assert_eq!(restarted.frontend, broker.frontend);
+    // The same client handle, without any help: the worker re-registers, the client's
+    // socket reconnects, and calls succeed again within a few seconds.
+    restarted.wait_for_workers(&client, "echo", 1);
+    let reply = client
+        .call(
+            "echo",
+            body(json!({"after": true})),
+            CallOptions::query().timeout(Duration::from_secs(5)),
+        )
+        .unwrap();
+    let echoed: serde_json::Value = rmp_serde::from_slice(&reply.body).unwrap();
+    assert_eq!(echoed["after"], true);
+}
+
+#[test]
+fn queued_requests_past_deadline_are_refused_and_never_seen_by_the_worker() {
+    let broker = Broker::start(&[]);
+    let journal = temp_path("deadline");
+    let _w = broker.worker(&["--capacity", "1", "--journal", journal.to_str().unwrap()]);
+    let client = broker.client();
+    broker.wait_for_workers(&client, "echo", 1);
+    let busy = client
+        .send(
+            "echo",
+            body(json!({"sleep_ms": 1500, "n": "busy"})),
+            CallOptions::command().timeout(Duration::from_secs(5)),
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(5), "the worker to be busy", || {
+        journal_lines(&journal).len() == 1
+    });
+    let stale: Vec<_> = (0..5)
+        .map(|n| {
+            let opts = CallOptions::command().timeout(Duration::from_millis(300));
+            client.send("echo", body(json!({"n": n})), opts).unwrap()
+        })
+        .collect();
+    for call in stale {
+        let err = call.wait().expect_err("must not be delivered");
+        assert_eq!(err.name(), "deadline_exceeded", "{err}");
+    }
+    busy.wait().expect("the busy request completes");
+    // Give the worker every chance to (wrongly) receive the stale requests: one more call
+    // goes through the same queue after them.
+    client
+        .call("echo", body(json!({"n": "last"})), CallOptions::query())
+        .unwrap();
+    let seen: Vec<serde_json::Value> = journal_lines(&journal)
+        .into_iter()
+        .map(|l| l["body"]["n"].clone())
+        .collect();
+    assert_eq!(
+        seen,
+        vec![json!("busy"), json!("last")],
+        "stale requests reached the worker"
+    );
+}
+
+/// A raw DEALER on the frontend, to send what the client library never would.
+fn raw_dealer(endpoint: &str) -> zmq::Socket {
+    let ctx = zmq::Context::new();
+    let s = ctx.socket(zmq::DEALER).unwrap();
+    s.set_rcvtimeo(5000).unwrap();
+    s.set_linger(0).unwrap();
+    s.connect(endpoint).unwrap();
+    s
+}
+
+fn error_reply(s: &zmq::Socket) -> tradeplex_proto::client::ErrorHeader {
+    let frames = s.recv_multipart(0).expect("an error reply");
+    match tradeplex_proto::client::decode(&frames).expect("a well-formed reply") {
+        tradeplex_proto::client::Message::Error(e) => e,
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+}
+
+fn request_header(id: u64, service: &str) -> Vec<u8> {
+    tradeplex_proto::frame::encode_header(&tradeplex_proto::client::RequestHeader {
+        id: tradeplex_proto::RequestId(id),
+        service: tradeplex_proto::ServiceName::new(service).unwrap(),
+        deadline_ms: tradeplex_proto::now_unix_ms() + 5000,
+        idempotent: true,
+        target: None,
+        affinity: None,
+    })
+}
+
+#[test]
+fn bad_input_gets_its_error_and_the_broker_keeps_serving() {
+    let broker = Broker::start(&["--max-body-bytes", "1024"]);
+    let _w = broker.worker(&[]);
+    let client = broker.client();
+    broker.wait_for_workers(&client, "echo", 1);
+    let raw = raw_dealer(&broker.frontend);
+
+    // Unknown service.
+    let err = client
+        .call("nobody", body(json!({})), CallOptions::query())
+        .unwrap_err();
+    assert_eq!(err.name(), "unknown_service");
+
+    // Garbage: one frame of noise.
+    raw.send(&b"\x00\xffgarbage"[..], 0).unwrap();
+    assert_eq!(error_reply(&raw).name, "bad_request");
+
+    // Wrong protocol version, with a readable id.
+    raw.send_multipart([&b"TPXC99"[..], &[1], &request_header(7, "echo"), b""], 0)
+        .unwrap();
+    let e = error_reply(&raw);
+    assert_eq!((e.name.as_str(), e.id.0), ("unsupported_version", 7));
+
+    // Unknown command byte.
+    raw.send_multipart([&b"TPXC01"[..], &[42], &request_header(8, "echo"), b""], 0)
+        .unwrap();
+    let e = error_reply(&raw);
+    assert_eq!((e.name.as_str(), e.id.0), ("bad_request", 8));
+
+    // Header that is not MessagePack.
+    raw.send_multipart([&b"TPXC01"[..], &[1], b"\xc1\xc1", b""], 0)
+        .unwrap();
+    assert_eq!(error_reply(&raw).name, "bad_request");
+
+    // Too many frames.
+    raw.send_multipart(vec![b"TPXC01".to_vec(); 20], 0).unwrap();
+    assert_eq!(error_reply(&raw).name, "bad_request");
+
+    // Oversized body.
+    raw.send_multipart(
+        [
+            &b"TPXC01"[..],
+            &[1],
+            &request_header(9, "echo"),
+            &vec![0u8; 4096],
+        ],
+        0,
+    )
+    .unwrap();
+    let e = error_reply(&raw);
+    assert_eq!((e.name.as_str(), e.id.0), ("too_large", 9));
+
+    // Garbage on the worker side too (no reply possible there).
+    let ctx = zmq::Context::new();
+    let fake_worker = ctx.socket(zmq::DEALER).unwrap();
+    fake_worker.set_linger(0).unwrap();
+    fake_worker.connect(&broker.backend).unwrap();
+    fake_worker
+        .send_multipart([&b"TPXW01"[..], &[99], b"junk", b""], 0)
+        .unwrap();
+    fake_worker.send(&b"noise"[..], 0).unwrap();
+
+    // The broker still serves everyone.
+    let reply = client
+        .call(
+            "echo",
+            body(json!({"still": "alive"})),
+            CallOptions::query(),
+        )
+        .unwrap();
+    let echoed: serde_json::Value = rmp_serde::from_slice(&reply.body).unwrap();
+    assert_eq!(echoed["still"], "alive");
+    assert!(broker_is_alive(&broker));
+}
+
+fn broker_is_alive(broker: &Broker) -> bool {
+    let mut probe = Command::new("kill");
+    probe.args(["-0", &broker.proc.child.id().to_string()]);
+    probe.status().map(|s| s.success()).unwrap_or(false)
 }
