@@ -12,7 +12,9 @@
 
 mod connection;
 pub mod error;
+pub mod events;
 pub mod json;
+pub mod trading;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;

@@ -34,7 +34,7 @@ pub const KINDS: [&str; 9] = [
 pub struct EventHeader {
     /// Who published it (a worker id, or the broker's instance id for `hb.broker`).
     pub source: WorkerId,
-    /// Per-source sequence number, starting at 1 and contiguous: a jump is a gap.
+    /// Sequence number per source and topic, starting at 1 and contiguous: a jump is a gap.
     pub seq: u64,
     /// Publish time, Unix epoch nanoseconds.
     pub ts_ns: u64,

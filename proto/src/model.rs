@@ -72,7 +72,10 @@ pub enum Status {
 impl Status {
     /// True for statuses after which the order never changes.
     pub fn is_final(self) -> bool {
-        matches!(self, Status::AllTraded | Status::Cancelled | Status::Rejected)
+        matches!(
+            self,
+            Status::AllTraded | Status::Cancelled | Status::Rejected
+        )
     }
 
     /// True while the order can still fill or be cancelled.
@@ -152,7 +155,11 @@ impl FromStr for OrderId {
     type Err = ProtoError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let id = OrderId(s.to_string());
-        match (id.gateway(), id.worker(), s.rsplit('.').next().map(str::parse::<u64>)) {
+        match (
+            id.gateway(),
+            id.worker(),
+            s.rsplit('.').next().map(str::parse::<u64>),
+        ) {
             (Some(_), Some(_), Some(Ok(_))) => Ok(id),
             _ => Err(ProtoError::BadField {
                 field: "order_id",
@@ -480,7 +487,10 @@ pub enum GatewayRequest {
 impl GatewayRequest {
     /// Whether this operation may safely be executed more than once.
     pub fn idempotent(&self) -> bool {
-        !matches!(self, GatewayRequest::SendOrder(_) | GatewayRequest::CancelOrder(_))
+        !matches!(
+            self,
+            GatewayRequest::SendOrder(_) | GatewayRequest::CancelOrder(_)
+        )
     }
 }
 
@@ -550,10 +560,15 @@ mod tests {
         // Another language would send exactly this map:
         let v: rmpv::Value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
         let map = v.as_map().unwrap();
-        assert!(map.iter().any(|(k, v)| k.as_str() == Some("op") && v.as_str() == Some("send_order")));
-        assert!(map.iter().any(|(k, v)| k.as_str() == Some("direction") && v.as_str() == Some("long")));
+        assert!(map
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("op") && v.as_str() == Some("send_order")));
+        assert!(map
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("direction") && v.as_str() == Some("long")));
         let q = GatewayRequest::QueryContracts;
-        let back: GatewayRequest = rmp_serde::from_slice(&rmp_serde::to_vec_named(&q).unwrap()).unwrap();
+        let back: GatewayRequest =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&q).unwrap()).unwrap();
         assert_eq!(back, q);
     }
 }

@@ -3,6 +3,8 @@
 mod bench;
 mod call;
 mod status;
+mod tail;
+mod trade;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -43,6 +45,16 @@ enum Command {
     Status(status::StatusArgs),
     /// Same as `status`.
     Workers(status::StatusArgs),
+    /// Place an order and follow its status until final.
+    Order(trade::OrderArgs),
+    /// Cancel an order (routed to the worker that placed it).
+    Cancel(trade::CancelArgs),
+    /// Show positions.
+    Positions(trade::AccountArgs),
+    /// Show account funds.
+    Account(trade::AccountArgs),
+    /// Print events under a topic prefix, one JSON line each.
+    Tail(tail::TailArgs),
     /// Benchmark Tradeplex against a bare ZeroMQ baseline (starts its own processes).
     Bench(bench::BenchArgs),
 }
@@ -53,6 +65,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Call(c) => call::run(&args.broker, c),
         Command::Status(s) | Command::Workers(s) => status::run(&args.broker, s),
         Command::Bench(b) => bench::run(b),
+        Command::Order(o) => trade::order(&args.broker, &args.events, o),
+        Command::Cancel(c) => trade::cancel(&args.broker, c),
+        Command::Positions(a) => trade::positions(&args.broker, a),
+        Command::Account(a) => trade::account(&args.broker, a),
+        Command::Tail(t) => tail::run(&args.events, t),
     }
 }
 

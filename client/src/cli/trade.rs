@@ -1,0 +1,219 @@
+//! `tradeplex order | cancel | positions | account`: trading from the command line.
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use tradeplex_client::events::{EventOptions, Subscriber};
+use tradeplex_client::{Client, ClientError};
+use tradeplex_proto::model::{Direction, Order, OrderId, OrderRequest, OrderType};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Kind {
+    Limit,
+    Market,
+    Fak,
+    Fok,
+}
+
+/// Flags of `tradeplex order`.
+#[derive(Args, Debug)]
+pub struct OrderArgs {
+    /// Symbol, e.g. IF2412.
+    symbol: String,
+    /// buy or sell.
+    side: Side,
+    /// Volume.
+    volume: f64,
+    /// Limit price.
+    #[arg(long, default_value_t = 0.0)]
+    price: f64,
+    /// Order type.
+    #[arg(long = "type", value_enum, default_value = "limit")]
+    kind: Kind,
+    /// Account ("" = the gateway's default).
+    #[arg(long, default_value = "")]
+    account: String,
+    /// Gateway service.
+    #[arg(long, default_value = "SIM")]
+    service: String,
+    /// Stop following the order after this long, ms.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+/// Flags of `tradeplex cancel`.
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    /// The order id printed by `tradeplex order`.
+    order_id: OrderId,
+    /// Request timeout, ms.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+/// Flags of `tradeplex positions` and `tradeplex account`.
+#[derive(Args, Debug)]
+pub struct AccountArgs {
+    /// Account ("" = the gateway's default).
+    #[arg(long, default_value = "")]
+    account: String,
+    /// Gateway service.
+    #[arg(long, default_value = "SIM")]
+    service: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn status_line(o: &Order) -> String {
+    let mut line = format!(
+        "{} {} {}/{}",
+        o.order_id,
+        serde_plain(&o.status),
+        o.traded,
+        o.volume
+    );
+    if let Some(r) = &o.reason {
+        line.push_str(&format!(" reason: {r}"));
+    }
+    line
+}
+
+/// A serde enum's string form (`part_traded`).
+fn serde_plain<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|j| j.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+fn fail(e: ClientError) -> anyhow::Result<i32> {
+    eprintln!("{e}");
+    Ok(1)
+}
+
+/// Places the order, prints its id, then one line per status change until final.
+pub fn order(broker: &str, events: &str, args: OrderArgs) -> anyhow::Result<i32> {
+    let client = super::connect(broker, args.timeout_ms)?;
+    // Subscribe before sending so no update is missed; a broker heartbeat proves the
+    // subscription is live.
+    let sub = Subscriber::connect(events, &["order."], EventOptions::default())?;
+    sub.wait_connected(Duration::from_secs(3));
+    let req = OrderRequest {
+        symbol: args.symbol,
+        exchange: String::new(),
+        direction: match args.side {
+            Side::Buy => Direction::Long,
+            Side::Sell => Direction::Short,
+        },
+        order_type: match args.kind {
+            Kind::Limit => OrderType::Limit,
+            Kind::Market => OrderType::Market,
+            Kind::Fak => OrderType::Fak,
+            Kind::Fok => OrderType::Fok,
+        },
+        volume: args.volume,
+        price: args.price,
+        offset: Default::default(),
+        account: args.account,
+        reference: "cli".into(),
+    };
+    let placed = match client.send_order(&args.service, req) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    println!("{}", placed.order_id);
+    println!("{}", status_line(&placed));
+    let mut last = placed.clone();
+    let until = Instant::now() + Duration::from_millis(args.timeout_ms);
+    while !last.status.is_final() && Instant::now() < until {
+        let Some(ev) = sub.recv_timeout(Duration::from_millis(50)) else {
+            continue;
+        };
+        let Ok(o) = ev.decode::<Order>() else {
+            continue;
+        };
+        if o.order_id == placed.order_id && (o.status != last.status || o.traded != last.traded) {
+            println!("{}", status_line(&o));
+            last = o;
+        }
+    }
+    if !last.status.is_final() {
+        // Events may have been missed: ask the worker that holds the order.
+        if let Ok(o) = client.query_order(&placed.order_id) {
+            if o.status != last.status || o.traded != last.traded {
+                println!("{}", status_line(&o));
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn cancel(broker: &str, args: CancelArgs) -> anyhow::Result<i32> {
+    let client = super::connect(broker, args.timeout_ms)?;
+    match client.cancel_order(&args.order_id) {
+        Ok(o) => {
+            println!("{}", status_line(&o));
+            Ok(0)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub fn positions(broker: &str, args: AccountArgs) -> anyhow::Result<i32> {
+    let client: Client = super::connect(broker, 5000)?;
+    let positions = match client.query_position(&args.service, &args.account) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&positions)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<12} {:<12} {:<6} {:>10} {:>10} {:>12} {:>12}",
+        "ACCOUNT", "SYMBOL", "DIR", "VOLUME", "FROZEN", "PRICE", "PNL"
+    );
+    for p in positions {
+        println!(
+            "{:<12} {:<12} {:<6} {:>10} {:>10} {:>12.4} {:>12.2}",
+            p.account,
+            p.symbol,
+            serde_plain(&p.direction),
+            p.volume,
+            p.frozen,
+            p.price,
+            p.pnl
+        );
+    }
+    Ok(0)
+}
+
+pub fn account(broker: &str, args: AccountArgs) -> anyhow::Result<i32> {
+    let client: Client = super::connect(broker, 5000)?;
+    let accounts = match client.query_account(&args.service, &args.account) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&accounts)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<12} {:<8} {:>16} {:>16} {:>16}",
+        "ACCOUNT", "GATEWAY", "BALANCE", "FROZEN", "AVAILABLE"
+    );
+    for a in accounts {
+        println!(
+            "{:<12} {:<8} {:>16.2} {:>16.2} {:>16.2}",
+            a.account, a.gateway, a.balance, a.frozen, a.available
+        );
+    }
+    Ok(0)
+}

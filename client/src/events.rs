@@ -1,0 +1,344 @@
+//! Event subscription: a background thread owns a SUB socket on the broker's XPUB,
+//! subscribes to topic prefixes (plus the broker heartbeat), detects gaps and repeats per
+//! source by sequence number, watches the broker's heartbeat, and reconnects when the
+//! broker goes silent. Events reach the caller through a bounded channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde::de::DeserializeOwned;
+use tradeplex_proto::event::{self, BROKER_HEARTBEAT_TOPIC};
+use tradeplex_proto::WorkerId;
+
+use crate::ClientError;
+
+/// One event as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Topic, e.g. `tick.SIM.IF2412`.
+    pub topic: String,
+    /// The publishing worker (or the broker for `hb.broker`).
+    pub source: WorkerId,
+    /// Per-source sequence number.
+    pub seq: u64,
+    /// Publish time, Unix ns.
+    pub ts_ns: u64,
+    /// Kind (`tick`, `order`, …).
+    pub kind: String,
+    /// Body (MessagePack).
+    pub body: Vec<u8>,
+}
+
+impl Event {
+    /// Decodes the body as `T` (e.g. `model::Tick`).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        rmp_serde::from_slice(&self.body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+/// Counters kept by the subscriber thread.
+#[derive(Debug, Default)]
+pub struct EventStats {
+    /// Events delivered to the caller.
+    pub received: AtomicU64,
+    /// Events missing according to sequence numbers (lost upstream or at a high-water mark).
+    pub gaps: AtomicU64,
+    /// Repeats dropped (e.g. last-value re-sends).
+    pub repeats: AtomicU64,
+    /// Events dropped because the caller did not read fast enough (local queue full).
+    pub local_drops: AtomicU64,
+    /// Times the broker went silent and the socket was rebuilt.
+    pub reconnects: AtomicU64,
+    /// Times a new broker instance was seen (broker restarted).
+    pub broker_restarts: AtomicU64,
+    /// Broker heartbeats seen.
+    pub heartbeats: AtomicU64,
+}
+
+/// Subscriber options.
+#[derive(Debug, Clone)]
+pub struct EventOptions {
+    /// The broker's heartbeat interval.
+    pub heartbeat: Duration,
+    /// Heartbeats missed before the broker is considered gone.
+    pub liveness: u32,
+    /// Events buffered for the caller before new ones are dropped (counted).
+    pub queue: usize,
+    /// The SUB socket's receive high-water mark.
+    pub hwm: i32,
+}
+
+impl Default for EventOptions {
+    fn default() -> Self {
+        EventOptions {
+            heartbeat: Duration::from_secs(1),
+            liveness: 3,
+            queue: 100_000,
+            hwm: 100_000,
+        }
+    }
+}
+
+enum Control {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// A live subscription; dropping it stops the thread.
+pub struct Subscriber {
+    events: Receiver<Event>,
+    control: Sender<Control>,
+    stats: Arc<EventStats>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Subscriber {
+    /// Connects to the broker's XPUB and subscribes to `prefixes`.
+    pub fn connect(
+        endpoint: &str,
+        prefixes: &[&str],
+        options: EventOptions,
+    ) -> Result<Subscriber, ClientError> {
+        let ctx = zmq::Context::new();
+        let (tx, rx) = crossbeam_channel::bounded(options.queue.max(1));
+        let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(EventStats::default());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut state = SubState {
+            ctx,
+            endpoint: endpoint.to_string(),
+            prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+            options,
+            out: tx,
+            control: ctl_rx,
+            stats: stats.clone(),
+            last_seq: HashMap::new(),
+            broker: None,
+            last_heartbeat: Instant::now(),
+        };
+        let socket = state
+            .open()
+            .map_err(|e| ClientError::Connect(format!("{endpoint}: {e}")))?;
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tpx-events".into())
+            .spawn(move || state.run(socket, &stop2))
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        Ok(Subscriber {
+            events: rx,
+            control: ctl_tx,
+            stats,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Adds a topic prefix.
+    pub fn subscribe(&self, prefix: &str) {
+        let _ = self.control.send(Control::Subscribe(prefix.to_string()));
+    }
+
+    /// Removes a topic prefix.
+    pub fn unsubscribe(&self, prefix: &str) {
+        let _ = self.control.send(Control::Unsubscribe(prefix.to_string()));
+    }
+
+    /// The next event, waiting up to `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// The subscriber's counters.
+    pub fn stats(&self) -> &EventStats {
+        &self.stats
+    }
+
+    /// Events known missing (sequence gaps).
+    pub fn gaps(&self) -> u64 {
+        self.stats.gaps.load(Ordering::Relaxed)
+    }
+
+    /// Blocks until a broker heartbeat has been seen, proving the subscription is live.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.stats.heartbeats.load(Ordering::Relaxed) > 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Most (source, topic) pairs tracked for gap detection.
+const MAX_SOURCES: usize = 100_000;
+
+struct SubState {
+    ctx: zmq::Context,
+    endpoint: String,
+    prefixes: Vec<String>,
+    options: EventOptions,
+    out: Sender<Event>,
+    control: Receiver<Control>,
+    stats: Arc<EventStats>,
+    last_seq: HashMap<(WorkerId, String), u64>,
+    broker: Option<WorkerId>,
+    last_heartbeat: Instant,
+}
+
+impl SubState {
+    fn open(&self) -> zmq::Result<zmq::Socket> {
+        let s = self.ctx.socket(zmq::SUB)?;
+        s.set_linger(0)?;
+        s.set_rcvhwm(self.options.hwm)?;
+        s.set_maxmsgsize(4 << 20)?;
+        s.set_subscribe(BROKER_HEARTBEAT_TOPIC.as_bytes())?;
+        for p in &self.prefixes {
+            s.set_subscribe(p.as_bytes())?;
+        }
+        s.connect(&self.endpoint)?;
+        Ok(s)
+    }
+
+    fn run(&mut self, mut socket: zmq::Socket, stop: &std::sync::atomic::AtomicBool) {
+        self.last_heartbeat = Instant::now();
+        let silence = self.options.heartbeat * self.options.liveness;
+        while !stop.load(Ordering::SeqCst) {
+            self.apply_control(&socket);
+            match socket.poll(zmq::POLLIN, 50) {
+                Ok(n) if n > 0 => self.drain(&socket),
+                Ok(_) => {}
+                Err(zmq::Error::EINTR) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "event poll failed");
+                    return;
+                }
+            }
+            if self.last_heartbeat.elapsed() > silence {
+                // The broker is gone or the connection is half-open: rebuild the socket;
+                // its subscriptions are sent again on connect.
+                tracing::warn!("broker heartbeat silent; reconnecting event socket");
+                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                match self.open() {
+                    Ok(s) => socket = s,
+                    Err(e) => tracing::error!(error = %e, "cannot reopen event socket"),
+                }
+                self.last_heartbeat = Instant::now();
+            }
+        }
+    }
+
+    fn apply_control(&mut self, socket: &zmq::Socket) {
+        while let Ok(c) = self.control.try_recv() {
+            let r = match c {
+                Control::Subscribe(p) => {
+                    let r = socket.set_subscribe(p.as_bytes());
+                    self.prefixes.push(p);
+                    r
+                }
+                Control::Unsubscribe(p) => {
+                    self.prefixes.retain(|x| *x != p);
+                    socket.set_unsubscribe(p.as_bytes())
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "subscription change failed");
+            }
+        }
+    }
+
+    fn drain(&mut self, socket: &zmq::Socket) {
+        while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+            match event::decode(&frames) {
+                Ok(e) => {
+                    let body = frames.into_iter().nth(3).unwrap_or_default();
+                    self.accept(e, body);
+                }
+                Err(e) => tracing::debug!(error = %e, "malformed event dropped"),
+            }
+        }
+    }
+
+    fn accept(&mut self, e: event::Event, body: Vec<u8>) {
+        let h = e.header;
+        if e.topic == BROKER_HEARTBEAT_TOPIC {
+            self.last_heartbeat = Instant::now();
+            self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+            if self.broker.is_some_and(|b| b != h.source) {
+                self.stats.broker_restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            self.broker = Some(h.source);
+        }
+        if !self.sequence_ok(h.source, &e.topic, h.seq) {
+            return;
+        }
+        if !self
+            .prefixes
+            .iter()
+            .any(|p| e.topic.starts_with(p.as_str()))
+        {
+            return;
+        }
+        let ev = Event {
+            topic: e.topic,
+            source: h.source,
+            seq: h.seq,
+            ts_ns: h.ts_ns,
+            kind: h.kind,
+            body,
+        };
+        match self.out.try_send(ev) {
+            Ok(()) => {
+                self.stats.received.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) => {
+                self.stats.local_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Gap and repeat detection: sequence numbers are contiguous per source and topic,
+    /// so any subscription can tell a loss (a jump) from a repeat (a number already seen).
+    fn sequence_ok(&mut self, source: WorkerId, topic: &str, seq: u64) -> bool {
+        match self.last_seq.get_mut(&(source, topic.to_string())) {
+            Some(last) if seq <= *last => {
+                self.stats.repeats.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Some(last) => {
+                self.stats
+                    .gaps
+                    .fetch_add(seq - *last - 1, Ordering::Relaxed);
+                *last = seq;
+                true
+            }
+            None => {
+                if self.last_seq.len() < MAX_SOURCES {
+                    self.last_seq.insert((source, topic.to_string()), seq);
+                }
+                true
+            }
+        }
+    }
+}

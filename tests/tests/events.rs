@@ -1,0 +1,186 @@
+//! The event relay between real processes, with a raw publisher standing in for a
+//! worker: topic filtering, last value for late subscribers, gap detection, the broker
+//! heartbeat, and a restart of the broker mid-stream.
+
+use std::time::Duration;
+
+use tradeplex_client::events::{EventOptions, Subscriber};
+use tradeplex_proto::event::{self, EventHeader};
+use tradeplex_proto::WorkerId;
+use tradeplex_tests::*;
+
+struct Publisher {
+    socket: zmq::Socket,
+    source: WorkerId,
+    seqs: std::collections::HashMap<String, u64>,
+    _ctx: zmq::Context,
+}
+
+impl Publisher {
+    fn connect(xsub: &str) -> Publisher {
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::PUB).unwrap();
+        socket.set_linger(0).unwrap();
+        socket.connect(xsub).unwrap();
+        Publisher {
+            socket,
+            source: WorkerId::random(),
+            seqs: Default::default(),
+            _ctx: ctx,
+        }
+    }
+
+    /// Publishes on `topic` with the next sequence number, or skips `skip` numbers first.
+    fn publish(&mut self, topic: &str, body: serde_json::Value, skip: u64) -> u64 {
+        let seq = self.seqs.entry(topic.to_string()).or_insert(0);
+        *seq += 1 + skip;
+        let h = EventHeader {
+            source: self.source,
+            seq: *seq,
+            ts_ns: tradeplex_proto::now_unix_ns(),
+            kind: topic.split('.').next().unwrap().to_string(),
+        };
+        let [t, p, hd] = event::encode(topic, &h);
+        self.socket
+            .send_multipart([t, p, hd, tradeplex_tests::body(body)], 0)
+            .unwrap();
+        *seq
+    }
+}
+
+fn options() -> EventOptions {
+    EventOptions {
+        heartbeat: Duration::from_millis(TEST_HEARTBEAT_MS),
+        ..EventOptions::default()
+    }
+}
+
+/// Publishes `topic` until `sub` receives something on it (subscriptions take a moment
+/// to reach the broker and the publisher's connection to come up).
+fn prime(publisher: &mut Publisher, sub: &Subscriber, topic: &str) {
+    wait_until(Duration::from_secs(10), "first event", || {
+        publisher.publish(topic, serde_json::json!({"prime": true}), 0);
+        sub.recv_timeout(Duration::from_millis(20)).is_some()
+    });
+    while sub.recv_timeout(Duration::from_millis(50)).is_some() {}
+}
+
+#[test]
+fn subscribers_get_exactly_their_topics_in_sequence() {
+    let broker = Broker::start(&[]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    let ticks = Subscriber::connect(&broker.xpub, &["tick.SIM."], options()).unwrap();
+    let orders = Subscriber::connect(&broker.xpub, &["order."], options()).unwrap();
+    assert!(
+        ticks.wait_connected(Duration::from_secs(5)),
+        "no broker heartbeat"
+    );
+    prime(&mut publisher, &ticks, "tick.SIM.A");
+    prime(&mut publisher, &orders, "order.acct");
+
+    for i in 0..50 {
+        publisher.publish("tick.SIM.A", serde_json::json!({"i": i}), 0);
+        publisher.publish("order.acct", serde_json::json!({"i": i}), 0);
+        publisher.publish("trade.acct", serde_json::json!({"i": i}), 0);
+    }
+    let mut got_ticks = Vec::new();
+    while got_ticks.len() < 50 {
+        let e = ticks.recv_timeout(Duration::from_secs(5)).expect("tick");
+        assert!(
+            e.topic.starts_with("tick.SIM."),
+            "tick subscriber got {}",
+            e.topic
+        );
+        got_ticks.push(e.seq);
+    }
+    assert!(
+        got_ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "not contiguous: {got_ticks:?}"
+    );
+    let mut got_orders = 0;
+    while got_orders < 50 {
+        let e = orders.recv_timeout(Duration::from_secs(5)).expect("order");
+        assert_eq!(e.topic, "order.acct");
+        got_orders += 1;
+    }
+    assert!(ticks.recv_timeout(Duration::from_millis(100)).is_none());
+    assert!(orders.recv_timeout(Duration::from_millis(100)).is_none());
+    assert_eq!(ticks.gaps() + orders.gaps(), 0);
+}
+
+#[test]
+fn late_subscriber_gets_the_last_tick_at_once() {
+    let broker = Broker::start(&[]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    let early = Subscriber::connect(&broker.xpub, &["tick."], options()).unwrap();
+    prime(&mut publisher, &early, "tick.SIM.X");
+    let last = publisher.publish("tick.SIM.X", serde_json::json!({"price": 42}), 0);
+    let e = early.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(e.seq, last);
+
+    // Nothing is published from now on: the late subscriber must still get the price.
+    let late = Subscriber::connect(&broker.xpub, &["tick.SIM.X"], options()).unwrap();
+    let e = late
+        .recv_timeout(Duration::from_secs(5))
+        .expect("last value at once");
+    assert_eq!(e.seq, last);
+    let v: serde_json::Value = e.decode().unwrap();
+    assert_eq!(v["price"], 42);
+    // The early subscriber saw the re-send as a repeat and dropped it.
+    assert!(early.recv_timeout(Duration::from_millis(200)).is_none());
+    assert!(
+        early
+            .stats()
+            .repeats
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+#[test]
+fn gaps_are_reported() {
+    let broker = Broker::start(&[]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    let sub = Subscriber::connect(&broker.xpub, &["trade."], options()).unwrap();
+    prime(&mut publisher, &sub, "trade.a");
+    publisher.publish("trade.a", serde_json::json!({}), 0);
+    publisher.publish("trade.a", serde_json::json!({}), 3);
+    assert!(sub.recv_timeout(Duration::from_secs(5)).is_some());
+    assert!(sub.recv_timeout(Duration::from_secs(5)).is_some());
+    assert_eq!(sub.gaps(), 3);
+}
+
+#[test]
+fn events_flow_again_after_a_broker_restart() {
+    let mut broker = Broker::start(&[]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    let sub = Subscriber::connect(&broker.xpub, &["tick."], options()).unwrap();
+    // Know the first broker instance, so its successor is recognised as a restart.
+    assert!(sub.wait_connected(Duration::from_secs(5)));
+    prime(&mut publisher, &sub, "tick.SIM.R");
+    broker.proc.kill9();
+    let http = broker.http.clone();
+    let _restarted = Broker::start_on(
+        &broker.frontend,
+        &broker.backend,
+        &broker.xsub,
+        &broker.xpub,
+        &http,
+        &[],
+    );
+    // Same subscriber, same publisher: both reconnect by themselves.
+    wait_until(Duration::from_secs(10), "events after restart", || {
+        publisher.publish("tick.SIM.R", serde_json::json!({"after": true}), 0);
+        sub.recv_timeout(Duration::from_millis(50))
+            .is_some_and(|e| {
+                e.decode::<serde_json::Value>()
+                    .is_ok_and(|v| v["after"] == true)
+            })
+    });
+    wait_until(Duration::from_secs(5), "the new broker's heartbeat", || {
+        sub.stats()
+            .broker_restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    });
+}
