@@ -135,7 +135,7 @@ struct Service {
     in_flight: usize,
     /// Set once a worker has offered the service; until then metrics go to `_unknown`.
     registered: bool,
-    metrics: ServiceMetrics,
+    metrics: Arc<ServiceMetrics>,
 }
 
 struct Job {
@@ -192,7 +192,7 @@ pub struct Dispatcher {
     next_heartbeat: Instant,
     shutting_down: bool,
     metrics: Arc<Metrics>,
-    unknown_metrics: ServiceMetrics,
+    unknown_metrics: Arc<ServiceMetrics>,
     /// Messages to send; drained by the socket loop.
     pub out: Vec<Out>,
 }
@@ -200,7 +200,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher with no workers.
     pub fn new(cfg: DispatchConfig, metrics: Arc<Metrics>, now: Instant) -> Dispatcher {
-        let unknown_metrics = metrics.service(UNKNOWN_SERVICE_LABEL);
+        let unknown_metrics = Arc::new(metrics.service(UNKNOWN_SERVICE_LABEL));
         Dispatcher {
             next_heartbeat: now + cfg.heartbeat,
             cfg,
@@ -520,12 +520,12 @@ impl Dispatcher {
         let entry = self
             .services
             .entry(service.clone())
-            .or_insert_with(|| new_service(metrics.service(service.as_str())));
+            .or_insert_with(|| new_service(Arc::new(metrics.service(service.as_str()))));
         if !entry.registered {
             // Move the queued count off the `_unknown` gauge onto the service's own.
             entry.metrics.queue_depth.sub(entry.queue.len() as i64);
             entry.registered = true;
-            entry.metrics = metrics.service(service.as_str());
+            entry.metrics = Arc::new(metrics.service(service.as_str()));
             entry.metrics.queue_depth.set(entry.queue.len() as i64);
         }
         if !entry.workers.contains(worker) {
@@ -1045,7 +1045,7 @@ impl Dispatcher {
             .is_some_and(|s| !s.workers.is_empty())
     }
 
-    fn service_metrics(&self, service: &ServiceName) -> ServiceMetrics {
+    fn service_metrics(&self, service: &ServiceName) -> Arc<ServiceMetrics> {
         self.services
             .get(service)
             .filter(|s| s.registered)
@@ -1079,7 +1079,7 @@ impl Dispatcher {
     }
 }
 
-fn new_service(metrics: ServiceMetrics) -> Service {
+fn new_service(metrics: Arc<ServiceMetrics>) -> Service {
     Service {
         workers: Vec::new(),
         queue: VecDeque::new(),

@@ -342,7 +342,6 @@ impl Loop {
         } else {
             client::decode(rest)
         };
-        let header_frame = rest.get(2).map(|f| f.to_vec()).unwrap_or_default();
         match decoded {
             Ok(client::Message::Request(h)) => {
                 let body = self.frames.take(4);
@@ -358,17 +357,24 @@ impl Loop {
             Ok(_) => {
                 let msg = "clients may only send REQUEST".to_string();
                 self.bad_input("frontend", "unexpected_command", &msg);
-                let id = client::salvage_id(&header_frame);
+                let id = self.salvage_id();
                 self.dispatcher
                     .reject_client(identity, id, ErrorCode::BadRequest, msg);
             }
             Err(e) => {
                 self.bad_input("frontend", e.reason(), &e.to_string());
-                let id = client::salvage_id(&header_frame);
+                let id = self.salvage_id();
                 self.dispatcher
                     .reject_client(identity, id, e.code(), e.to_string());
             }
         }
+    }
+
+    /// The request id of a message that failed to decode, if its header frame has one.
+    fn salvage_id(&self) -> tradeplex_proto::RequestId {
+        // Frame 0 is the ROUTER identity, so the header is frame 3.
+        let header = self.frames.as_slice().get(3).map_or(&[][..], |f| &f[..]);
+        client::salvage_id(header)
     }
 
     fn on_backend(&mut self) {
