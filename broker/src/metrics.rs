@@ -11,6 +11,9 @@ use tradeplex_proto::ErrorCode;
 /// Label value used for requests to services no worker has offered.
 pub const UNKNOWN_SERVICE_LABEL: &str = "_unknown";
 
+/// The `reason` label values of `tradeplex_event_drops_total` the relay uses.
+pub const EVENT_DROP_REASONS: [&str; 2] = ["malformed", "send_failed"];
+
 /// Every metric the broker exposes.
 pub struct Metrics {
     /// The registry `/metrics` renders.
@@ -124,6 +127,18 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(duration.clone()))
             .expect("unique metric name");
+        let event_drops = counter_vec(
+            &r,
+            "tradeplex_event_drops_total",
+            "Events dropped, by reason",
+            &["reason"],
+        );
+        // Export every known reason at 0 from the start: a series that appears only with
+        // its first drop has no earlier sample, so `increase()`/`rate()` (and the alert on
+        // them) would never see that drop.
+        for reason in EVENT_DROP_REASONS {
+            event_drops.with_label_values(&[reason]);
+        }
         Metrics {
             requests_received: counter_vec(
                 &r,
@@ -203,12 +218,7 @@ impl Metrics {
                 "Events relayed to subscribers, by kind",
                 &["kind"],
             ),
-            event_drops: counter_vec(
-                &r,
-                "tradeplex_event_drops_total",
-                "Events dropped, by reason",
-                &["reason"],
-            ),
+            event_drops,
             subscriptions: gauge(
                 &r,
                 "tradeplex_subscriptions",
@@ -237,7 +247,15 @@ impl Metrics {
             duration: self.request_duration.with_label_values(&[service]),
             queue_depth: self.queue_depth.with_label_values(&[service]),
             in_flight: self.in_flight.with_label_values(&[service]),
-            workers: self.workers.with_label_values(&[service]),
+            workers: if service == UNKNOWN_SERVICE_LABEL {
+                // No worker ever offers `_unknown`: a `tradeplex_workers{service="_unknown"} 0`
+                // series would only trip "no workers for a service" alerts. Keep a gauge
+                // for the dispatcher to update, but do not export it.
+                IntGauge::new("tradeplex_workers_unknown_service", "not exported")
+                    .expect("static metric definition")
+            } else {
+                self.workers.with_label_values(&[service])
+            },
         }
     }
 
@@ -258,5 +276,41 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_drop_reasons_are_exported_before_the_first_drop() {
+        let text = Metrics::new().render();
+        for reason in EVENT_DROP_REASONS {
+            let line = format!("tradeplex_event_drops_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn no_workers_gauge_is_exported_for_the_unknown_service_label() {
+        let m = Metrics::new();
+        let unknown = m.service(UNKNOWN_SERVICE_LABEL);
+        unknown.workers.set(0);
+        m.service("echo").workers.set(2);
+        let text = m.render();
+        assert!(
+            text.contains("tradeplex_workers{service=\"echo\"} 2"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("tradeplex_workers{service=\"_unknown\"}"),
+            "{text}"
+        );
+        // Requests for unknown services are still counted under `_unknown`.
+        unknown.received();
+        assert!(m
+            .render()
+            .contains("tradeplex_requests_received_total{service=\"_unknown\"} 1"));
     }
 }
