@@ -1,11 +1,588 @@
-//! `tradeplex bench`: Tradeplex against a bare ZeroMQ baseline in the same run.
+//! `tradeplex bench`: Tradeplex against a bare ZeroMQ baseline in the same run. Starts a
+//! broker and workers as child processes (binaries next to this one), runs each scenario
+//! on both sides in alternation, and prints the medians as a markdown table.
 
-use clap::Args;
+mod cluster;
+mod events;
+mod raw;
+mod report;
+mod rr;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use tradeplex_ops::Shutdown;
+
+use cluster::{Cluster, ClusterOptions};
+use events::{BaselineProxy, EventRun, EventSpec, Pace};
+use raw::{RawClientPipe, RawWorkers};
+use report::{Report, Side, Unit};
+use rr::{BaselinePipe, BaselineRr, RrConfig, RrRun, TradeplexPipe};
+
+/// Scenarios of the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Request/reply echo calls, window 1 and pipelined.
+    Rr,
+    /// The same through the broker alone: the bench's minimal client and echo worker
+    /// speak the Tradeplex protocols (no client library, no worker process).
+    RrRaw,
+    /// Tick events through the relay: paced, lossless capacity, flat out.
+    Events,
+    /// Broker memory, and a stalled subscriber during flat-out publishing.
+    Memory,
+    /// send_order on SIM to the order-accepted event (needs the SIM gateway).
+    Trading,
+}
 
 /// Flags of `tradeplex bench`.
-#[derive(Args, Debug)]
-pub struct BenchArgs {}
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Repetitions of each measurement, Tradeplex and baseline alternating; medians printed.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Requests per request/reply run (all clients together), after a warm-up.
+    #[arg(long, default_value_t = 50_000)]
+    messages: u64,
+    /// Events per paced or flat-out events run.
+    #[arg(long, default_value_t = 200_000)]
+    event_messages: u64,
+    /// Longest one run may take, seconds (it then stops and reports what it did).
+    #[arg(long, default_value_t = 20.0)]
+    time_cap_s: f64,
+    /// Scenarios to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "rr,rr-raw,events,memory"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Write the results (medians and every run) as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Use ipc:// endpoints in a temporary directory instead of tcp://127.0.0.1.
+    #[arg(long)]
+    ipc: bool,
+    /// Request/reply configurations, CLIENTSxWORKERS.
+    #[arg(long, value_delimiter = ',', default_value = "1x1,1x2,4x2")]
+    configs: Vec<RrConfig>,
+    /// Request/reply windows (requests in flight per client).
+    #[arg(long, value_delimiter = ',', default_value = "1,256")]
+    windows: Vec<usize>,
+    /// Capacity of every worker, Tradeplex and baseline alike (requests it holds at once;
+    /// a Tradeplex worker runs one executor thread per unit).
+    #[arg(long, default_value_t = 64)]
+    capacity: u32,
+    /// Event high-water mark: the broker's event_hwm, the baseline proxy's, and the
+    /// bench publisher's and subscribers'.
+    #[arg(long, default_value_t = 10_000)]
+    hwm: i32,
+    /// Subscriber counts for the events scenario.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    subscribers: Vec<usize>,
+    /// Paced events rate, events/s.
+    #[arg(long, default_value_t = 50_000.0)]
+    rate: f64,
+    /// Length of each step of the lossless-capacity search, ms.
+    #[arg(long, default_value_t = 1000)]
+    step_ms: u64,
+    /// Highest rate the lossless-capacity search tries, events/s.
+    #[arg(long, default_value_t = 4_000_000.0)]
+    max_rate: f64,
+    /// Bisection steps of the lossless-capacity search after the doubling.
+    #[arg(long, default_value_t = 3)]
+    refine: usize,
+    /// How long one subscriber reads nothing during flat-out publishing, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    stall_s: f64,
+    /// Reading subscribers beside the stalled one in the memory scenario.
+    #[arg(long, default_value_t = 3)]
+    stall_others: usize,
+    /// Extra flag for tradeplex-broker (repeatable), e.g. --broker-arg=--max-queue=50000.
+    #[arg(long = "broker-arg", allow_hyphen_values = true)]
+    broker_args: Vec<String>,
+    /// Directory of tradeplex-broker and tradeplex-worker (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Keep the cluster running after the request/reply scenario and wait this many
+    /// seconds first, printing the broker's pid (to attach a profiler).
+    #[arg(long, hide = true)]
+    pause_s: Option<f64>,
+}
 
-pub fn run(_args: BenchArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("bench is not built yet")
+static STOP: OnceLock<Shutdown> = OnceLock::new();
+
+/// True once SIGINT/SIGTERM asked the bench to stop.
+pub(crate) fn interrupted() -> bool {
+    STOP.get().is_some_and(|s| s.is_triggered())
+}
+
+fn check_interrupt() -> anyhow::Result<()> {
+    if interrupted() {
+        anyhow::bail!("interrupted");
+    }
+    Ok(())
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    // Catch Ctrl-C so the child processes are killed by their guards, not orphaned.
+    let stop = STOP.get_or_init(Shutdown::new);
+    stop.on_signals().context("installing signal handlers")?;
+    let bin_dir = cluster::bin_dir(args.bin_dir.as_deref())?;
+    let mut report = Report::default();
+    let started = Instant::now();
+    let result = Bench {
+        args: &args,
+        bin_dir,
+        report: &mut report,
+    }
+    .run();
+    if let Err(e) = &result {
+        report.notes.push(format!("bench stopped early: {e:#}"));
+    }
+    print_report(&args, &report, started.elapsed())?;
+    result.map(|()| 0)
+}
+
+fn print_report(args: &BenchArgs, report: &Report, took: Duration) -> anyhow::Result<()> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let transport = if args.ipc { "ipc" } else { "tcp" };
+    println!(
+        "## tradeplex bench: {transport}, medians of {} repetitions, {nproc} CPUs ({cpu}), {:.0} s\n",
+        args.repeat,
+        took.as_secs_f64()
+    );
+    print!("{}", report.table());
+    for n in &report.notes {
+        println!("\nNote: {n}");
+    }
+    if let Some(path) = &args.json {
+        let context = json!({
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "nproc": nproc,
+            "cpu": cpu,
+            "transport": transport,
+            "repeat": args.repeat,
+            "messages": args.messages,
+            "event_messages": args.event_messages,
+            "capacity": args.capacity,
+            "hwm": args.hwm,
+            "seconds": took.as_secs_f64(),
+        });
+        let text = serde_json::to_string_pretty(&report.json(context))?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    bin_dir: PathBuf,
+    report: &'a mut Report,
+}
+
+impl Bench<'_> {
+    fn has(&self, s: Scenario) -> bool {
+        self.args.scenarios.contains(&s)
+    }
+
+    fn cap(&self) -> Duration {
+        Duration::from_secs_f64(self.args.time_cap_s.max(0.1))
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        let a = self.args;
+        let mut cluster = Cluster::start(&ClusterOptions {
+            bin_dir: &self.bin_dir,
+            ipc: a.ipc,
+            capacity: a.capacity,
+            event_hwm: a.hwm,
+            broker_args: &a.broker_args,
+        })?;
+        if self.has(Scenario::Memory) {
+            let rss = cluster.broker_rss()? as f64 / MIB;
+            self.report.add(
+                "memory",
+                "broker",
+                "RSS at start",
+                Unit::MiB,
+                Side::Tradeplex,
+                rss,
+            );
+        }
+        if self.has(Scenario::Rr) {
+            self.rr(&mut cluster)?;
+            if self.has(Scenario::Memory) {
+                let rss = cluster.broker_rss()? as f64 / MIB;
+                self.report.add(
+                    "memory",
+                    "broker",
+                    "RSS after rr",
+                    Unit::MiB,
+                    Side::Tradeplex,
+                    rss,
+                );
+            }
+        }
+        if self.has(Scenario::RrRaw) {
+            self.rr_raw(&mut cluster)?;
+        }
+        if let Some(s) = a.pause_s {
+            eprintln!("bench: broker pid {} (pausing {s} s)", cluster.broker_pid());
+            std::thread::sleep(Duration::from_secs_f64(s));
+        }
+        if self.has(Scenario::Events) {
+            self.events(&mut cluster)?;
+        }
+        if self.has(Scenario::Memory) {
+            self.memory(&mut cluster)?;
+        }
+        if self.has(Scenario::Trading) {
+            self.report.notes.push(
+                "trading: not available yet (needs `tradeplex-worker --service SIM`); skipped"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn rr(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
+        self.rr_scenario(cluster, "rr", |b, cluster, side, config, window| {
+            b.rr_once(cluster, side, config, window)
+        })
+    }
+
+    fn rr_raw(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
+        self.rr_scenario(cluster, "rr-raw", |b, cluster, side, config, window| {
+            if side == Side::Baseline {
+                return b.rr_once(cluster, side, config, window);
+            }
+            let a = b.args;
+            let workers = RawWorkers::start(&cluster.backend, config.workers, a.capacity)?;
+            let n = config.workers;
+            cluster.wait_workers(raw::SERVICE, &format!("{n} raw workers"), |w| w == n)?;
+            let frontend = cluster.frontend.clone();
+            let run = rr::run_clients(config.clients, window, a.messages, b.cap(), || {
+                RawClientPipe::connect(&frontend)
+            });
+            workers.stop()?;
+            // Gone from the registry before the next run counts its own.
+            cluster.wait_workers(raw::SERVICE, "raw workers leaving", |w| w == 0)?;
+            run
+        })
+    }
+
+    /// Every configuration and window, `repeat` times, the sides alternating.
+    fn rr_scenario(
+        &mut self,
+        cluster: &mut Cluster,
+        scenario: &str,
+        once: impl Fn(&Self, &mut Cluster, Side, RrConfig, usize) -> anyhow::Result<RrRun>,
+    ) -> anyhow::Result<()> {
+        let a = self.args;
+        let mut configs = a.configs.clone();
+        // Tradeplex workers can only be added, so run the configs by worker count.
+        configs.sort_by_key(|c| c.workers);
+        for config in configs {
+            if scenario == "rr" {
+                cluster.ensure_workers(&self.bin_dir, config.workers)?;
+            }
+            for &window in &a.windows {
+                for rep in 0..a.repeat {
+                    for side in Side::order(rep) {
+                        check_interrupt()?;
+                        let run = once(self, cluster, side, config, window)?;
+                        eprintln!(
+                            "bench: {scenario} {config} window {window} {side:?}: {:.0}/s p50 {:.1} µs p99 {:.1} µs ({} calls)",
+                            run.rate, run.p50_us, run.p99_us, run.done
+                        );
+                        let name = format!("{scenario} w{window}");
+                        let rate = if window == 1 { "calls/s" } else { "msgs/s" };
+                        let cfg = config.to_string();
+                        let r = &mut self.report;
+                        r.add(&name, &cfg, rate, Unit::PerSec, side, run.rate);
+                        r.add(&name, &cfg, "p50", Unit::Micros, side, run.p50_us);
+                        r.add(&name, &cfg, "p99", Unit::Micros, side, run.p99_us);
+                        r.add(&name, &cfg, "p99.9", Unit::Micros, side, run.p999_us);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rr_once(
+        &self,
+        cluster: &mut Cluster,
+        side: Side,
+        config: RrConfig,
+        window: usize,
+    ) -> anyhow::Result<RrRun> {
+        let a = self.args;
+        match side {
+            Side::Tradeplex => {
+                let frontend = cluster.frontend.clone();
+                let run = rr::run_clients(config.clients, window, a.messages, self.cap(), || {
+                    TradeplexPipe::connect(&frontend)
+                });
+                cluster.check_alive()?;
+                run
+            }
+            Side::Baseline => {
+                let ipc = a.ipc.then(|| cluster.dir());
+                let hop = BaselineRr::start(config.workers, a.capacity, ipc)?;
+                let frontend = hop.frontend.clone();
+                let run = rr::run_clients(config.clients, window, a.messages, self.cap(), || {
+                    BaselinePipe::connect(&frontend)
+                });
+                hop.stop()?;
+                run
+            }
+        }
+    }
+
+    fn events(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
+        let a = self.args;
+        let ipc = a.ipc.then(|| cluster.dir());
+        let proxy = BaselineProxy::start(a.hwm, ipc)?;
+        let relay = (cluster.xsub.clone(), cluster.xpub.clone());
+        let ends = |side| match side {
+            Side::Tradeplex => relay.clone(),
+            Side::Baseline => (proxy.xsub.clone(), proxy.xpub.clone()),
+        };
+        for &subs in &a.subscribers {
+            let cfg = format!("1 pub × {subs} sub");
+            let base = EventSpec {
+                subscribers: subs,
+                stalled: 0,
+                pace: Pace::Rate(a.rate),
+                count: a.event_messages,
+                duration: self.cap(),
+                hwm: a.hwm,
+            };
+            // (a) paced
+            let name = format!("events paced {}k/s", (a.rate / 1000.0).round());
+            for rep in 0..a.repeat {
+                for side in Side::order(rep) {
+                    check_interrupt()?;
+                    let (xsub, xpub) = ends(side);
+                    let r = events::run(&xsub, &xpub, &base)?;
+                    log_events(&name, &cfg, side, &r);
+                    let rp = &mut self.report;
+                    rp.add(
+                        &name,
+                        &cfg,
+                        "received/s per sub",
+                        Unit::PerSec,
+                        side,
+                        r.mean_rate(),
+                    );
+                    rp.add(&name, &cfg, "p50", Unit::Micros, side, r.latency_us(0.5));
+                    rp.add(&name, &cfg, "p99", Unit::Micros, side, r.latency_us(0.99));
+                    rp.add(&name, &cfg, "lost", Unit::Count, side, r.missing() as f64);
+                }
+            }
+            // (b) lossless capacity
+            for rep in 0..a.repeat {
+                for side in Side::order(rep) {
+                    check_interrupt()?;
+                    let (xsub, xpub) = ends(side);
+                    let rate = events::lossless_capacity(
+                        &xsub,
+                        &xpub,
+                        &base,
+                        a.rate,
+                        a.max_rate,
+                        Duration::from_millis(a.step_ms),
+                        a.refine,
+                    )?;
+                    eprintln!("bench: events lossless {cfg} {side:?}: {rate:.0}/s");
+                    self.report.add(
+                        "events lossless",
+                        &cfg,
+                        "capacity",
+                        Unit::PerSec,
+                        side,
+                        rate,
+                    );
+                }
+            }
+            // (c) flat out
+            let flat = EventSpec {
+                pace: Pace::FlatOut,
+                ..base.clone()
+            };
+            for rep in 0..a.repeat {
+                for side in Side::order(rep) {
+                    check_interrupt()?;
+                    let (xsub, xpub) = ends(side);
+                    let r = events::run(&xsub, &xpub, &flat)?;
+                    log_events("events flat out", &cfg, side, &r);
+                    let rp = &mut self.report;
+                    let n = "events flat out";
+                    rp.add(n, &cfg, "published/s", Unit::PerSec, side, r.publish_rate);
+                    rp.add(
+                        n,
+                        &cfg,
+                        "received/s per sub",
+                        Unit::PerSec,
+                        side,
+                        r.mean_rate(),
+                    );
+                    rp.add(n, &cfg, "loss", Unit::Percent, side, r.loss_pct());
+                    rp.add(n, &cfg, "gaps reported", Unit::Count, side, r.gaps() as f64);
+                    let drops = r.local_drops() as f64;
+                    rp.add(n, &cfg, "client queue drops", Unit::Count, side, drops);
+                    rp.add(
+                        n,
+                        &cfg,
+                        "events missing",
+                        Unit::Count,
+                        side,
+                        r.missing() as f64,
+                    );
+                }
+            }
+            cluster.check_alive()?;
+        }
+        drop(proxy);
+        Ok(())
+    }
+
+    /// A stalled subscriber during flat-out publishing: the broker's memory over time,
+    /// and the other subscribers' rate against a run without the stalled one.
+    fn memory(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
+        let a = self.args;
+        let ipc = a.ipc.then(|| cluster.dir());
+        let proxy = BaselineProxy::start(a.hwm, ipc)?;
+        let duration = Duration::from_secs_f64(a.stall_s.max(0.1));
+        let cfg = format!("{} subs + 1 stalled", a.stall_others);
+        let spec = |stalled| EventSpec {
+            subscribers: a.stall_others,
+            stalled,
+            pace: Pace::FlatOut,
+            count: u64::MAX,
+            duration,
+            hwm: a.hwm,
+        };
+        // One repetition: this scenario is about behaviour over time, and it is long.
+        for side in Side::order(0) {
+            let (xsub, xpub) = match side {
+                Side::Tradeplex => (cluster.xsub.clone(), cluster.xpub.clone()),
+                Side::Baseline => (proxy.xsub.clone(), proxy.xpub.clone()),
+            };
+            check_interrupt()?;
+            let free = events::run(&xsub, &xpub, &spec(0))?;
+            log_events("memory: no stalled sub", &cfg, side, &free);
+            check_interrupt()?;
+            let pid = (side == Side::Tradeplex).then(|| cluster.broker_pid());
+            let (stalled, rss) = with_rss_samples(pid, || events::run(&xsub, &xpub, &spec(1)))?;
+            log_events("memory: stalled sub", &cfg, side, &stalled);
+            let rp = &mut self.report;
+            let (n, without, with) = ("memory", free.mean_rate(), stalled.mean_rate());
+            rp.add(
+                n,
+                &cfg,
+                "others' received/s, no stalled sub",
+                Unit::PerSec,
+                side,
+                without,
+            );
+            rp.add(
+                n,
+                &cfg,
+                "others' received/s, 1 stalled sub",
+                Unit::PerSec,
+                side,
+                with,
+            );
+            rp.add(
+                n,
+                &cfg,
+                "others' rate with stalled sub vs without",
+                Unit::Percent,
+                side,
+                100.0 * with / without.max(1e-9),
+            );
+            if let Some((max, end)) = rss {
+                rp.add(
+                    n,
+                    "broker",
+                    "RSS max during stall",
+                    Unit::MiB,
+                    side,
+                    max / MIB,
+                );
+                rp.add(
+                    n,
+                    "broker",
+                    "RSS at end of stall",
+                    Unit::MiB,
+                    side,
+                    end / MIB,
+                );
+            }
+        }
+        cluster.check_alive()?;
+        Ok(())
+    }
+}
+
+/// Runs `f` while sampling `pid`'s resident memory every 100 ms; returns `f`'s result
+/// and the (max, last) samples, bytes.
+fn with_rss_samples<T>(
+    pid: Option<u32>,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Option<(f64, f64)>)> {
+    let Some(pid) = pid else {
+        return Ok((f()?, None));
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let (mut max, mut last) = (0u64, 0u64);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(v) = cluster::vm_rss(pid) {
+                    max = max.max(v);
+                    last = v;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (max as f64, last as f64)
+        });
+        let r = f();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let samples = sampler.join().ok();
+        Ok((r?, samples))
+    })
+}
+
+fn log_events(name: &str, cfg: &str, side: Side, r: &EventRun) {
+    eprintln!(
+        "bench: {name} {cfg} {side:?}: published {} at {:.0}/s, received/s per sub {:.0}, lost {} ({:.2} %), gaps {} + client drops {}, p50 {:.1} µs p99 {:.1} µs",
+        r.published,
+        r.publish_rate,
+        r.mean_rate(),
+        r.missing(),
+        r.loss_pct(),
+        r.gaps(),
+        r.local_drops(),
+        r.latency_us(0.5),
+        r.latency_us(0.99)
+    );
 }

@@ -1,0 +1,331 @@
+//! The Tradeplex side of the bench: a `tradeplex-broker` and `tradeplex-worker` child
+//! processes on loopback (or ipc:// in a temporary directory), killed when the guard drops.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use tradeplex_client::{Client, ClientOptions};
+
+/// How long a child may take to print its first line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A scratch directory removed on drop (logs, config, ipc sockets).
+pub struct ScratchDir {
+    pub path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new() -> anyhow::Result<ScratchDir> {
+        let path = std::env::temp_dir().join(format!(
+            "tpx-bench-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(ScratchDir { path })
+    }
+
+    /// An endpoint for `name`: `ipc://DIR/name.sock`, or `tcp://127.0.0.1:*`.
+    pub fn endpoint(&self, name: &str, ipc: bool) -> String {
+        if ipc {
+            format!("ipc://{}/{name}.sock", self.path.display())
+        } else {
+            "tcp://127.0.0.1:*".to_string()
+        }
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A child process, SIGKILLed when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin` with `args`, stderr to `log`, and returns it with its first stdout line.
+    fn start(bin: &Path, args: &[String], log: PathBuf) -> anyhow::Result<(Proc, String)> {
+        let name = bin
+            .file_name()
+            .map_or("child".into(), |n| n.to_string_lossy().into_owned());
+        let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("TRADEPLEX_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut proc = Proc { name, child, log };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep reading so the child never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) => Ok((proc, line)),
+            Err(_) => {
+                let status = proc.child.try_wait().ok().flatten();
+                let tail = proc.log_tail();
+                proc.kill();
+                bail!(
+                    "{} printed no ready line (exit: {status:?}); its log:\n{tail}",
+                    proc.name
+                )
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Fails with the child's log if it has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!(
+                "{} exited ({status}); its log:\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What the cluster is started with.
+pub struct ClusterOptions<'a> {
+    pub bin_dir: &'a Path,
+    pub ipc: bool,
+    pub capacity: u32,
+    pub event_hwm: i32,
+    pub broker_args: &'a [String],
+}
+
+/// A broker and its workers. Fields drop in order: workers, broker, then the directory.
+pub struct Cluster {
+    pub frontend: String,
+    pub backend: String,
+    pub xsub: String,
+    pub xpub: String,
+    workers: Vec<Proc>,
+    broker: Proc,
+    capacity: u32,
+    client: Client,
+    dir: ScratchDir,
+}
+
+/// Where the broker and worker binaries are: `--bin-dir`, else next to this executable.
+pub fn bin_dir(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let dir = match flag {
+        Some(d) => d.to_path_buf(),
+        None => std::env::current_exe()
+            .context("finding this executable")?
+            .parent()
+            .context("executable has no directory")?
+            .to_path_buf(),
+    };
+    for name in ["tradeplex-broker", "tradeplex-worker"] {
+        if !dir.join(name).exists() {
+            bail!(
+                "{name} not found in {} (build it, e.g. `cargo build --release --workspace`, \
+                 or pass --bin-dir)",
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+impl Cluster {
+    /// Starts the broker and waits for its `ready` line.
+    pub fn start(opts: &ClusterOptions) -> anyhow::Result<Cluster> {
+        let dir = ScratchDir::new()?;
+        let config = dir.path.join("broker.toml");
+        std::fs::write(&config, format!("event_hwm = {}\n", opts.event_hwm))
+            .context("writing broker config")?;
+        let mut args: Vec<String> = vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--frontend".into(),
+            dir.endpoint("frontend", opts.ipc),
+            "--backend".into(),
+            dir.endpoint("backend", opts.ipc),
+            "--xsub".into(),
+            dir.endpoint("xsub", opts.ipc),
+            "--xpub".into(),
+            dir.endpoint("xpub", opts.ipc),
+            "--http".into(),
+            "off".into(),
+            "--log-level".into(),
+            "warn".into(),
+        ];
+        args.extend(opts.broker_args.iter().cloned());
+        let (broker, line) = Proc::start(
+            &opts.bin_dir.join("tradeplex-broker"),
+            &args,
+            dir.path.join("broker.log"),
+        )?;
+        let field = |name: &str| -> anyhow::Result<String> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("no {name}= in the broker's ready line {line:?}"))
+        };
+        if !line.starts_with("ready ") {
+            bail!("unexpected first line from the broker: {line:?}");
+        }
+        let (frontend, backend, xsub, xpub) = (
+            field("frontend")?,
+            field("backend")?,
+            field("xsub")?,
+            field("xpub")?,
+        );
+        let client = Client::connect(
+            &frontend,
+            ClientOptions::default().timeout(Duration::from_secs(2)),
+        )?;
+        Ok(Cluster {
+            frontend,
+            backend,
+            xsub,
+            xpub,
+            workers: Vec::new(),
+            broker,
+            capacity: opts.capacity,
+            client,
+            dir,
+        })
+    }
+
+    /// Starts workers until `n` serve `echo`, and waits until the broker lists them all.
+    pub fn ensure_workers(&mut self, bin_dir: &Path, n: usize) -> anyhow::Result<()> {
+        while self.workers.len() < n {
+            let i = self.workers.len();
+            let args: Vec<String> = vec![
+                "--broker".into(),
+                self.backend.clone(),
+                "--events".into(),
+                self.xsub.clone(),
+                "--capacity".into(),
+                self.capacity.to_string(),
+                "--http".into(),
+                "off".into(),
+                "--log-level".into(),
+                "warn".into(),
+            ];
+            let (proc, line) = Proc::start(
+                &bin_dir.join("tradeplex-worker"),
+                &args,
+                self.dir.path.join(format!("worker-{i}.log")),
+            )?;
+            if !line.starts_with("worker ") {
+                bail!("unexpected first line from a worker: {line:?}");
+            }
+            self.workers.push(proc);
+        }
+        self.wait_registered(n)
+    }
+
+    /// Polls `tpx.status` until `n` workers serve `echo` (a wait on an observable state,
+    /// not a fixed sleep).
+    fn wait_registered(&mut self, n: usize) -> anyhow::Result<()> {
+        self.wait_workers("echo", &format!("{n} workers for echo"), |w| w >= n)
+    }
+
+    /// Polls `tpx.status` until the number of workers offering `service` satisfies `ok`.
+    pub fn wait_workers(
+        &mut self,
+        service: &str,
+        what: &str,
+        ok: impl Fn(usize) -> bool,
+    ) -> anyhow::Result<()> {
+        let until = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(status) = self.client.status() {
+                let workers = status
+                    .services
+                    .iter()
+                    .find(|s| s.service.as_str() == service)
+                    .map_or(0, |s| s.workers as usize);
+                if ok(workers) {
+                    return Ok(());
+                }
+            }
+            self.check_alive()?;
+            if Instant::now() >= until {
+                bail!("no {what} within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The broker's resident memory, bytes (VmRSS from /proc).
+    pub fn broker_rss(&self) -> anyhow::Result<u64> {
+        vm_rss(self.broker.pid())
+    }
+
+    /// The broker's process id (for profilers).
+    pub fn broker_pid(&self) -> u32 {
+        self.broker.pid()
+    }
+
+    /// Fails if the broker or a worker has died.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.broker.check_alive()?;
+        for w in &mut self.workers {
+            w.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// The scratch directory (for the baseline's ipc endpoints).
+    pub fn dir(&self) -> &ScratchDir {
+        &self.dir
+    }
+}
+
+/// VmRSS of a process, bytes.
+pub fn vm_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kb * 1024)
+}

@@ -1,0 +1,197 @@
+//! The broker alone (`rr-raw`): a minimal client and echo worker written in the bench with
+//! the `zmq` crate, speaking the Tradeplex client and worker protocols straight on a
+//! DEALER each, against the Tradeplex broker. With the client library and the worker
+//! process out of the way, the ratio to the bare hop is the broker's own cost.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use tradeplex_proto::worker::{self as wp, DisconnectHeader, HeartbeatHeader, ReadyHeader};
+use tradeplex_proto::{client as cp, frame, RequestId, ServiceName, WorkerId};
+
+use super::rr::Pipe;
+
+/// The service the raw workers offer (not `echo`, so the cluster's workers stay out).
+pub const SERVICE: &str = "bench.echo";
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A DEALER speaking the client protocol.
+pub struct RawClientPipe {
+    socket: zmq::Socket,
+    service: ServiceName,
+    next_id: u64,
+    _ctx: zmq::Context,
+}
+
+impl RawClientPipe {
+    pub fn connect(frontend: &str) -> anyhow::Result<RawClientPipe> {
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::DEALER)?;
+        socket.set_linger(0)?;
+        socket.set_sndhwm(100_000)?;
+        socket.set_rcvhwm(100_000)?;
+        socket.set_rcvtimeo(CALL_TIMEOUT.as_millis() as i32)?;
+        socket.connect(frontend)?;
+        Ok(RawClientPipe {
+            socket,
+            service: ServiceName::new(SERVICE)?,
+            next_id: 1,
+            _ctx: ctx,
+        })
+    }
+}
+
+impl Pipe for RawClientPipe {
+    fn send(&mut self, body: &[u8]) -> anyhow::Result<()> {
+        let header = cp::RequestHeader {
+            id: RequestId(self.next_id),
+            service: self.service.clone(),
+            deadline_ms: tradeplex_proto::now_unix_ms() + CALL_TIMEOUT.as_millis() as u64,
+            // As the library's queries are: the broker's path for idempotent requests.
+            idempotent: true,
+            target: None,
+            affinity: None,
+        };
+        self.next_id += 1;
+        let [p, c, h] = cp::encode(cp::Command::Request, &header);
+        self.socket.send(p, zmq::SNDMORE)?;
+        self.socket.send(c, zmq::SNDMORE)?;
+        self.socket.send(h, zmq::SNDMORE)?;
+        self.socket.send(body, 0)?;
+        Ok(())
+    }
+
+    fn recv(&mut self) -> anyhow::Result<Vec<u8>> {
+        let frames = self
+            .socket
+            .recv_multipart(0)
+            .map_err(|e| anyhow!("raw client reply: {e}"))?;
+        match cp::decode(&frames)? {
+            cp::Message::Reply(_) => Ok(frames.into_iter().nth(3).unwrap_or_default()),
+            cp::Message::Error(e) => bail!("{}: {}", e.name, e.message),
+            cp::Message::Request(_) => bail!("broker sent a request to a client"),
+        }
+    }
+}
+
+/// Raw echo workers in threads of this process; they say DISCONNECT when stopped.
+pub struct RawWorkers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RawWorkers {
+    pub fn start(backend: &str, n: usize, capacity: u32) -> anyhow::Result<RawWorkers> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for i in 0..n {
+            let (stop, backend) = (stop.clone(), backend.to_string());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("raw-worker-{i}"))
+                    .spawn(move || raw_worker(&backend, capacity, &stop))?,
+            );
+        }
+        Ok(RawWorkers { stop, threads })
+    }
+
+    /// Stops the workers and reports the first error any of them had.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut result = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("raw worker panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+impl Drop for RawWorkers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn send<T: serde::Serialize>(
+    s: &zmq::Socket,
+    cmd: wp::Command,
+    header: &T,
+    body: zmq::Message,
+) -> zmq::Result<()> {
+    s.send(wp::PROTOCOL.frame, zmq::SNDMORE)?;
+    s.send(&[cmd as u8][..], zmq::SNDMORE)?;
+    s.send(frame::encode_header(header), zmq::SNDMORE)?;
+    s.send(body, 0)
+}
+
+/// READY, then echo every REQUEST inline, heartbeat every second, DISCONNECT at the end.
+fn raw_worker(backend: &str, capacity: u32, stop: &AtomicBool) -> anyhow::Result<()> {
+    let ctx = zmq::Context::new();
+    let s = ctx.socket(zmq::DEALER)?;
+    s.set_linger(500)?;
+    s.set_sndhwm(100_000)?;
+    s.set_rcvhwm(100_000)?;
+    s.connect(backend)?;
+    let ready = ReadyHeader {
+        worker: WorkerId::random(),
+        services: vec![ServiceName::new(SERVICE)?],
+        capacity,
+    };
+    send(&s, wp::Command::Ready, &ready, zmq::Message::new())?;
+    let mut next_heartbeat = Instant::now() + HEARTBEAT;
+    let mut frames: Vec<zmq::Message> = (0..wp::FRAMES).map(|_| zmq::Message::new()).collect();
+    while !stop.load(Ordering::Relaxed) {
+        while s.recv(&mut frames[0], zmq::DONTWAIT).is_ok() {
+            let mut n = 1;
+            while frames[n - 1].get_more() {
+                if n == wp::FRAMES {
+                    bail!("raw worker: message of more than {} frames", wp::FRAMES);
+                }
+                s.recv(&mut frames[n], 0)?;
+                n += 1;
+            }
+            match wp::decode(&frames[..n])? {
+                wp::Message::Request(h) => {
+                    let body = std::mem::replace(&mut frames[3], zmq::Message::new());
+                    send(
+                        &s,
+                        wp::Command::Reply,
+                        &wp::ReplyHeader { job: h.job },
+                        body,
+                    )?;
+                }
+                wp::Message::Disconnect(_) => {
+                    send(&s, wp::Command::Ready, &ready, zmq::Message::new())?;
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() >= next_heartbeat {
+            send(
+                &s,
+                wp::Command::Heartbeat,
+                &HeartbeatHeader {},
+                zmq::Message::new(),
+            )?;
+            next_heartbeat = Instant::now() + HEARTBEAT;
+        }
+        s.poll(zmq::POLLIN, 50)?;
+    }
+    let bye = DisconnectHeader {
+        reason: "bench run over".into(),
+    };
+    send(&s, wp::Command::Disconnect, &bye, zmq::Message::new())?;
+    Ok(())
+}
