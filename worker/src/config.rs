@@ -4,6 +4,8 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+use crate::gateway::sim::config::SimConfig;
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +55,8 @@ pub struct Config {
     pub liveness: u32,
     /// Execution journal file (one JSON line per executed request).
     pub journal: Option<PathBuf>,
+    /// The simulated exchange (`SIM` service): market, symbols, accounts.
+    pub sim: SimConfig,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             heartbeat_ms: 1000,
             liveness: 3,
             journal: None,
+            sim: SimConfig::default(),
         }
     }
 }
@@ -126,6 +131,10 @@ impl Config {
                 format!("{s:?} is not a valid service name"),
             )?;
         }
+        self.sim.validate().map_err(|e| ConfigError::Field {
+            field: e.field,
+            reason: e.reason,
+        })?;
         Ok(())
     }
 }
@@ -139,5 +148,48 @@ pub fn valid_endpoint(ep: &str) -> bool {
         ep.strip_prefix("ipc://")
             .or_else(|| ep.strip_prefix("inproc://"))
             .is_some_and(|p| !p.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sim_table_is_read_and_validated() {
+        let c: Config = toml::from_str(
+            "services = [\"SIM\"]\n[sim]\nseed = 9\n[[sim.accounts]]\naccount = \"a1\"\ncash = 5000.0\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sim.seed, 9);
+        assert_eq!(c.sim.accounts[0].account, "a1");
+        assert_eq!(c.sim.symbols, SimConfig::default().symbols);
+        let bad: Config = toml::from_str("[sim]\nvolatility = 2.0\n").unwrap();
+        match bad.validate() {
+            Err(ConfigError::Field { field, .. }) => assert_eq!(field, "sim.volatility"),
+            other => panic!("{other:?}"),
+        }
+        let e = toml::from_str::<Config>("[sim]\nsymbol = []\n").unwrap_err();
+        assert!(e.to_string().contains("symbol"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_its_sim_example_is_the_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/worker.toml");
+        Config::from_file(&path).unwrap();
+        // The commented [sim] example documents the defaults: uncommented, it is them.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text.find("# [sim]").expect("a commented [sim] example");
+        let example: String = text[start..]
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .unwrap_or(if l.starts_with('#') { "" } else { l })
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: Config = toml::from_str(&example).unwrap();
+        assert_eq!(c.sim, SimConfig::default());
     }
 }

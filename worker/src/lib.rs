@@ -12,9 +12,11 @@
 pub mod config;
 pub mod echo;
 pub mod executor;
+pub mod gateway;
 pub mod handler;
 pub mod journal;
 pub mod metrics;
+pub mod publisher;
 pub mod session;
 
 use std::collections::HashMap;
@@ -27,7 +29,9 @@ pub use tradeplex_ops::Shutdown;
 use tradeplex_proto::{ServiceName, WorkerId};
 
 use crate::executor::{Executor, Shared};
+use crate::gateway::{EventSink, Gateway, GatewayContext, GatewayService};
 use crate::metrics::WorkerMetrics;
+use crate::publisher::Publisher;
 
 /// Why a worker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,14 @@ pub enum WorkerError {
     /// An internal invariant broke (a bug).
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// A gateway could not be started.
+    #[error("gateway {gateway} failed to connect: {message}")]
+    Gateway {
+        /// The gateway.
+        gateway: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// How a worker connects and behaves.
@@ -72,6 +84,9 @@ pub struct WorkerOptions {
     pub max_body_bytes: usize,
     /// Execution journal file, if any.
     pub journal: Option<PathBuf>,
+    /// The broker's XSUB endpoint, where gateways' events are published (none: events
+    /// are not published).
+    pub events: Option<String>,
 }
 
 impl WorkerOptions {
@@ -88,6 +103,7 @@ impl WorkerOptions {
             drain_grace: Duration::from_secs(5),
             max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
             journal: None,
+            events: None,
         }
     }
 
@@ -115,6 +131,12 @@ impl WorkerOptions {
         self
     }
 
+    /// Sets the broker's XSUB endpoint for events.
+    pub fn events(mut self, endpoint: impl Into<String>) -> Self {
+        self.events = Some(endpoint.into());
+        self
+    }
+
     /// Silence from the broker tolerated before reconnecting.
     pub fn liveness_window(&self) -> Duration {
         self.heartbeat * self.liveness
@@ -125,6 +147,7 @@ impl WorkerOptions {
 pub struct Worker {
     opts: WorkerOptions,
     handlers: HashMap<ServiceName, Arc<dyn Handler>>,
+    gateways: Vec<Arc<dyn Gateway>>,
     metrics: Arc<WorkerMetrics>,
 }
 
@@ -134,6 +157,7 @@ impl Worker {
         Worker {
             opts,
             handlers: HashMap::new(),
+            gateways: Vec::new(),
             metrics: Arc::new(WorkerMetrics::new()),
         }
     }
@@ -152,6 +176,16 @@ impl Worker {
         handler: Arc<dyn Handler>,
     ) -> Result<Worker, WorkerError> {
         self.handlers.insert(ServiceName::new(name)?, handler);
+        Ok(self)
+    }
+
+    /// Adds a gateway, served as the service named after it (e.g. `SIM`). [`Worker::run`]
+    /// connects it to its events before serving and closes it after.
+    pub fn gateway(mut self, gateway: Arc<dyn Gateway>) -> Result<Worker, WorkerError> {
+        let name = gateway.name().to_string();
+        let service = GatewayService::new(gateway.clone(), Some(self.metrics.clone()));
+        self = self.service_arc(&name, Arc::new(service))?;
+        self.gateways.push(gateway);
         Ok(self)
     }
 
@@ -184,12 +218,50 @@ impl Worker {
             worker: self.opts.worker_id.to_string(),
             metrics: self.metrics,
         });
+        let publisher = match (&self.opts.events, self.gateways.is_empty()) {
+            (Some(ep), false) => Some(Publisher::start(
+                &ctx,
+                ep,
+                self.opts.worker_id,
+                shared.metrics.clone(),
+            )?),
+            _ => None,
+        };
+        let sink = publisher.as_ref().map_or_else(
+            || EventSink::discard(Some(shared.metrics.clone())),
+            Publisher::sink,
+        );
+        let gateways = Gateways(self.gateways);
+        for g in &gateways.0 {
+            g.connect(GatewayContext {
+                worker: self.opts.worker_id,
+                sink: sink.clone(),
+            })
+            .map_err(|e| WorkerError::Gateway {
+                gateway: g.name().to_string(),
+                message: e.to_string(),
+            })?;
+        }
         let executor =
             Executor::start(&ctx, self.opts.capacity as usize, shared.clone(), &endpoint)?;
         tracing::info!(worker = %self.opts.worker_id, broker = %self.opts.broker, capacity = self.opts.capacity, "worker starting");
         let result =
             session::Session::new(&self.opts, &ctx, shared, &executor, results).run(&shutdown);
         drop(executor);
+        // Gateways stop before the publisher, which then sends what they left queued.
+        drop(gateways);
+        drop(publisher);
         result
+    }
+}
+
+/// Gateways connected by [`Worker::run`], closed when dropped (also on early errors).
+struct Gateways(Vec<Arc<dyn Gateway>>);
+
+impl Drop for Gateways {
+    fn drop(&mut self) {
+        for g in &self.0 {
+            g.close();
+        }
     }
 }

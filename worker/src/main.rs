@@ -4,9 +4,11 @@
 use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tradeplex_ops::{HttpServer, Shutdown};
 use tradeplex_worker::config::Config;
+use tradeplex_worker::gateway::sim::{self, SimGateway};
 use tradeplex_worker::{echo::Echo, Worker, WorkerOptions};
 
 /// A Tradeplex worker.
@@ -97,9 +99,21 @@ fn main() -> anyhow::Result<()> {
         .heartbeat(Duration::from_millis(config.heartbeat_ms))
         .liveness(config.liveness);
     opts.journal = config.journal.clone();
-    let worker = Worker::new(opts).service("echo", Echo)?;
-    if let Some(s) = config.services.iter().find(|s| s.as_str() != "echo") {
-        anyhow::bail!("unknown service {s:?}: this worker serves echo and configured gateways");
+    let mut worker = Worker::new(opts.events(&config.events)).service("echo", Echo)?;
+    let mut services = config.services.clone();
+    services.dedup();
+    for s in &services {
+        worker = match s.as_str() {
+            "echo" => worker,
+            sim::NAME => {
+                let gateway = SimGateway::new(config.sim.clone()).context("[sim]")?;
+                worker.gateway(Arc::new(gateway))?
+            }
+            other => anyhow::bail!(
+                "unknown service {other:?}: this worker serves echo and the gateways {:?}",
+                [sim::NAME]
+            ),
+        };
     }
     let http = match config.http.as_str() {
         "" => None,

@@ -22,6 +22,8 @@ pub struct WorkerMetrics {
     pub orders: IntCounterVec,
     /// Events published, by kind.
     pub events_published: IntCounterVec,
+    /// Events dropped before publishing (event queue full or socket error).
+    pub events_dropped: prometheus::IntCounter,
 }
 
 impl WorkerMetrics {
@@ -81,6 +83,11 @@ impl WorkerMetrics {
             &["kind"],
         )
         .expect("static metric");
+        let events_dropped = prometheus::IntCounter::new(
+            "tradeplex_worker_events_dropped_total",
+            "Events dropped before publishing (queue full or socket error); subscribers see gaps",
+        )
+        .expect("static metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -90,6 +97,7 @@ impl WorkerMetrics {
             Box::new(gateway_state.clone()),
             Box::new(orders.clone()),
             Box::new(events_published.clone()),
+            Box::new(events_dropped.clone()),
         ] {
             r.register(m).expect("unique metric name");
         }
@@ -103,6 +111,7 @@ impl WorkerMetrics {
             gateway_state,
             orders,
             events_published,
+            events_dropped,
         }
     }
 

@@ -1,0 +1,1028 @@
+//! The simulated exchange's state and rules — markets, orders, matching, accounts — as
+//! plain data driven by plain methods that take the time and return the events to
+//! publish. No threads, no sockets: unit-tested directly.
+//!
+//! Matching: an order takes liquidity from the current tick's book, best level first, at
+//! its limit or better (a market order: any of the 5 visible levels), each level at most
+//! once per tick (what this worker took is gone until the next tick). A limit order's
+//! remainder rests and fills when a later tick's book crosses its price; `fak` and
+//! `market` cancel their remainder; `fok` fills completely at once or is cancelled.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use tradeplex_proto::model::{
+    Account, CancelRequest, Contract, Direction, Offset, Order, OrderId, OrderRequest, OrderType,
+    Position, Status, Tick, Trade,
+};
+use tradeplex_proto::WorkerId;
+
+use super::account::{opposite, Funds};
+use super::config::SimConfig;
+use super::market::{Clock, Instrument, Market, TickIndex};
+use crate::gateway::GatewayError;
+
+/// Final orders kept for `query_order` before the oldest are forgotten.
+pub const KEEP_FINISHED: usize = 100_000;
+
+/// What the exchange tells the outside world.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimEvent {
+    /// An order changed.
+    Order(Order),
+    /// A fill.
+    Trade(Trade),
+    /// A holding changed.
+    Position(Position),
+    /// An account's funds changed.
+    Account(Account),
+}
+
+/// The stable name of a status (as on the wire).
+pub fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Submitting => "submitting",
+        Status::NotTraded => "not_traded",
+        Status::PartTraded => "part_traded",
+        Status::AllTraded => "all_traded",
+        Status::Cancelled => "cancelled",
+        Status::Rejected => "rejected",
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    order: Order,
+    /// Limit in priceticks; `None` for market orders.
+    limit: Option<i64>,
+    /// Lots still to fill that close the opposite holding (reserved there).
+    close_left: f64,
+    /// Lots still to fill that open or add to a holding.
+    open_left: f64,
+    /// Price per lot the margin of `open_left` is reserved at.
+    freeze_price: f64,
+}
+
+/// How an accepted order will fill: the closing part and the opening part.
+struct Plan {
+    limit: Option<i64>,
+    close: f64,
+    open: f64,
+    freeze_price: f64,
+}
+
+/// The simulated exchange of one worker: the shared market, this worker's orders and
+/// accounts.
+pub struct Exchange {
+    gateway: String,
+    worker: WorkerId,
+    clock: Clock,
+    markets: BTreeMap<String, Market>,
+    accounts: BTreeMap<String, Funds>,
+    default_account: String,
+    orders: HashMap<u64, Entry>,
+    active: BTreeSet<u64>,
+    finished: VecDeque<u64>,
+    next_order: u64,
+    next_trade: u64,
+}
+
+impl Exchange {
+    /// The exchange at `now_ns` for `worker`'s orders (ids `<gateway>.<worker>.<n>`).
+    pub fn new(
+        config: &SimConfig,
+        instruments: &[Arc<Instrument>],
+        gateway: &str,
+        worker: WorkerId,
+        now_ns: u64,
+    ) -> Exchange {
+        let clock = Clock::new(config.tick_interval_ms);
+        Exchange {
+            gateway: gateway.to_string(),
+            worker,
+            clock,
+            markets: instruments
+                .iter()
+                .map(|i| {
+                    (
+                        i.symbol().to_string(),
+                        Market::new(i.clone(), &clock, now_ns),
+                    )
+                })
+                .collect(),
+            accounts: config
+                .accounts
+                .iter()
+                .map(|a| (a.account.clone(), Funds::new(a.cash)))
+                .collect(),
+            default_account: config
+                .accounts
+                .first()
+                .map(|a| a.account.clone())
+                .unwrap_or_default(),
+            orders: HashMap::new(),
+            active: BTreeSet::new(),
+            finished: VecDeque::new(),
+            next_order: 1,
+            next_trade: 1,
+        }
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The default account's name.
+    pub fn default_account(&self) -> &str {
+        &self.default_account
+    }
+
+    /// Moves every market to the tick current at `now_ns`, one tick at a time, filling
+    /// resting orders whose price a book crosses. Returns the symbols whose tick changed.
+    pub fn advance(&mut self, now_ns: u64, out: &mut Vec<SimEvent>) -> Vec<String> {
+        let target = self.clock.index_at(now_ns);
+        let symbols: Vec<String> = self
+            .markets
+            .iter()
+            .filter(|(_, m)| m.index() < target)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for symbol in &symbols {
+            while let Some(m) = self.markets.get_mut(symbol).filter(|m| m.index() < target) {
+                m.step(&self.clock);
+                let t = self.clock.time_of(m.index());
+                if self.active.is_empty() {
+                    continue;
+                }
+                let resting: Vec<u64> = self
+                    .active
+                    .iter()
+                    .copied()
+                    .filter(|n| {
+                        self.orders
+                            .get(n)
+                            .is_some_and(|e| &e.order.symbol == symbol)
+                    })
+                    .collect();
+                for n in resting {
+                    self.match_order(n, t, out);
+                }
+            }
+        }
+        symbols
+    }
+
+    /// The index of `symbol`'s current tick.
+    pub fn index(&self, symbol: &str) -> Option<TickIndex> {
+        self.markets.get(symbol).map(Market::index)
+    }
+
+    /// The current tick of `symbol`.
+    pub fn tick(&self, symbol: &str) -> Option<Tick> {
+        self.markets.get(symbol).map(|m| m.tick(&self.clock))
+    }
+
+    /// The contract of `symbol`.
+    pub fn contract(&self, symbol: &str) -> Option<&Contract> {
+        self.markets.get(symbol).map(|m| &m.inst.contract)
+    }
+
+    /// Every contract.
+    pub fn contracts(&self) -> Vec<Contract> {
+        self.markets
+            .values()
+            .map(|m| m.inst.contract.clone())
+            .collect()
+    }
+
+    /// Places an order at `now_ns`: the returned order is its state after the exchange
+    /// processed it (rejected, cancelled, resting or already filled).
+    pub fn send_order(
+        &mut self,
+        req: &OrderRequest,
+        now_ns: u64,
+        out: &mut Vec<SimEvent>,
+    ) -> Order {
+        let n = self.next_order;
+        self.next_order += 1;
+        let account = if req.account.is_empty() {
+            self.default_account.clone()
+        } else {
+            req.account.clone()
+        };
+        let market_order = req.order_type == OrderType::Market;
+        let mut order = Order {
+            order_id: OrderId::new(&self.gateway, self.worker, n),
+            symbol: req.symbol.clone(),
+            exchange: self.gateway.clone(),
+            gateway: self.gateway.clone(),
+            account,
+            direction: req.direction,
+            offset: req.offset,
+            order_type: req.order_type,
+            price: if market_order { 0.0 } else { req.price },
+            volume: req.volume,
+            traded: 0.0,
+            status: Status::Submitting,
+            reason: None,
+            datetime_ns: now_ns,
+            reference: req.reference.clone(),
+        };
+        let known_account = self.accounts.contains_key(&order.account);
+        if known_account {
+            out.push(SimEvent::Order(order.clone()));
+        }
+        let plan = match self.check(req, &order.account) {
+            Ok(p) => p,
+            Err(reason) => {
+                order.status = Status::Rejected;
+                order.reason = Some(reason);
+                if known_account {
+                    out.push(SimEvent::Order(order.clone()));
+                }
+                self.orders.insert(
+                    n,
+                    Entry {
+                        order: order.clone(),
+                        limit: None,
+                        close_left: 0.0,
+                        open_left: 0.0,
+                        freeze_price: 0.0,
+                    },
+                );
+                self.finish(n);
+                return order;
+            }
+        };
+        order.status = Status::NotTraded;
+        let entry = Entry {
+            order: order.clone(),
+            limit: plan.limit,
+            close_left: plan.close,
+            open_left: plan.open,
+            freeze_price: plan.freeze_price,
+        };
+        let closes = opposite(req.direction);
+        if let Some(f) = self.accounts.get_mut(&order.account) {
+            f.reserve(&req.symbol, closes, plan.close);
+        }
+        self.orders.insert(n, entry);
+        self.active.insert(n);
+        out.push(SimEvent::Order(order.clone()));
+        if plan.close > 0.0 {
+            self.push_position(&order.account, &req.symbol, closes, out);
+        }
+        self.push_account(&order.account, out);
+
+        let fillable = self.markets.get(&req.symbol).map_or(0.0, |m| {
+            m.book().available(&m.taken, req.direction, plan.limit)
+        });
+        match req.order_type {
+            OrderType::Fok if fillable < req.volume => {
+                let why = format!("fok: only {fillable} lots available at the limit now");
+                self.cancel_entry(n, why, now_ns, out);
+            }
+            OrderType::Limit => self.match_order(n, now_ns, out),
+            _ => {
+                self.match_order(n, now_ns, out);
+                if self.active.contains(&n) {
+                    let why = match req.order_type {
+                        OrderType::Market => "market: remainder cancelled (book depth exhausted)",
+                        _ => "fak: remainder cancelled",
+                    };
+                    self.cancel_entry(n, why.into(), now_ns, out);
+                }
+            }
+        }
+        self.orders.get(&n).map_or(order, |e| e.order.clone())
+    }
+
+    /// Why the exchange refuses `req` for `account`, or how it will fill.
+    fn check(&self, req: &OrderRequest, account: &str) -> Result<Plan, String> {
+        if !req.exchange.is_empty() && req.exchange != self.gateway {
+            return Err(format!(
+                "unknown exchange {:?} (this gateway is {})",
+                req.exchange, self.gateway
+            ));
+        }
+        let market = self
+            .markets
+            .get(&req.symbol)
+            .ok_or_else(|| format!("unknown symbol {:?}", req.symbol))?;
+        let funds = self
+            .accounts
+            .get(account)
+            .ok_or_else(|| format!("unknown account {account:?}"))?;
+        if !req.volume.is_finite() || req.volume <= 0.0 || req.volume.fract() != 0.0 {
+            return Err(format!(
+                "bad volume {}: must be a positive whole number of lots",
+                req.volume
+            ));
+        }
+        let inst = &market.inst;
+        let book = market.book();
+        let (limit, freeze_price) = if req.order_type == OrderType::Market {
+            // Margin is reserved at the dearest price the order could pay in the book.
+            let dearest = match req.direction {
+                Direction::Long => book.ask[book.ask.len() - 1],
+                Direction::Short => book.bid[0],
+            };
+            (None, inst.price(dearest))
+        } else {
+            let ticks = inst.ticks_of(req.price).ok_or_else(|| {
+                format!(
+                    "bad price {}: must be a positive multiple of the pricetick {}",
+                    req.price, inst.contract.pricetick
+                )
+            })?;
+            (Some(ticks), inst.price(ticks))
+        };
+        let closable = funds.closable(&req.symbol, opposite(req.direction));
+        let close = match req.offset {
+            Offset::None => closable.min(req.volume),
+            Offset::Open => 0.0,
+            Offset::Close | Offset::CloseToday | Offset::CloseYesterday => {
+                if closable < req.volume {
+                    return Err(format!(
+                        "insufficient position to close: {closable} lots closable, {} wanted",
+                        req.volume
+                    ));
+                }
+                req.volume
+            }
+        };
+        let open = req.volume - close;
+        let needed = inst.margin(freeze_price, open);
+        let available = self.available(account);
+        if needed > available {
+            return Err(format!(
+                "insufficient funds: margin {needed:.2} needed, {available:.2} available"
+            ));
+        }
+        Ok(Plan {
+            limit,
+            close,
+            open,
+            freeze_price,
+        })
+    }
+
+    /// Margin reserved by an active order.
+    fn order_margin(&self, e: &Entry) -> f64 {
+        self.markets
+            .get(&e.order.symbol)
+            .map_or(0.0, |m| m.inst.margin(e.freeze_price, e.open_left))
+    }
+
+    fn frozen(&self, account: &str) -> f64 {
+        let orders: f64 = self
+            .active
+            .iter()
+            .filter_map(|n| self.orders.get(n))
+            .filter(|e| e.order.account == account)
+            .map(|e| self.order_margin(e))
+            .sum();
+        orders
+            + self
+                .accounts
+                .get(account)
+                .map_or(0.0, Funds::position_margin)
+    }
+
+    fn available(&self, account: &str) -> f64 {
+        self.accounts.get(account).map_or(0.0, |f| f.cash) - self.frozen(account)
+    }
+
+    /// Fills what the current book offers an active order.
+    fn match_order(&mut self, n: u64, t: u64, out: &mut Vec<SimEvent>) {
+        let Some(e) = self.orders.get(&n) else { return };
+        let (symbol, dir, limit) = (e.order.symbol.clone(), e.order.direction, e.limit);
+        let left = e.order.volume - e.order.traded;
+        let Some(m) = self.markets.get_mut(&symbol) else {
+            return;
+        };
+        let book = m.book();
+        let fills = book.take(&mut m.taken, dir, limit, left);
+        for f in fills {
+            self.fill(n, f.price, f.volume, t, out);
+        }
+    }
+
+    /// Applies one fill of `lots` at `ticks` to order `n` and its account.
+    fn fill(&mut self, n: u64, ticks: i64, lots: f64, t: u64, out: &mut Vec<SimEvent>) {
+        let Some(e) = self.orders.get_mut(&n) else {
+            return;
+        };
+        let Some(inst) = self.markets.get(&e.order.symbol).map(|m| m.inst.clone()) else {
+            return;
+        };
+        let Some(funds) = self.accounts.get_mut(&e.order.account) else {
+            return;
+        };
+        let price = inst.price(ticks);
+        let dir = e.order.direction;
+        let closing = lots.min(e.close_left);
+        let opening = lots - closing;
+        if closing > 0.0 {
+            funds.close(&inst, &e.order.symbol, opposite(dir), price, closing);
+            e.close_left -= closing;
+        }
+        if opening > 0.0 {
+            funds.open(&inst, &e.order.symbol, dir, price, opening);
+            e.open_left = (e.open_left - opening).max(0.0);
+        }
+        e.order.traded += lots;
+        e.order.status = if e.order.traded >= e.order.volume {
+            Status::AllTraded
+        } else {
+            Status::PartTraded
+        };
+        e.order.datetime_ns = t;
+        let order = e.order.clone();
+        let trade = Trade {
+            trade_id: format!("{}.{}.T{}", self.gateway, self.worker, self.next_trade),
+            order_id: order.order_id.clone(),
+            symbol: order.symbol.clone(),
+            exchange: order.exchange.clone(),
+            gateway: order.gateway.clone(),
+            account: order.account.clone(),
+            direction: dir,
+            offset: order.offset,
+            price,
+            volume: lots,
+            datetime_ns: t,
+        };
+        self.next_trade += 1;
+        out.push(SimEvent::Order(order.clone()));
+        out.push(SimEvent::Trade(trade));
+        if closing > 0.0 {
+            self.push_position(&order.account, &order.symbol, opposite(dir), out);
+        }
+        if opening > 0.0 {
+            self.push_position(&order.account, &order.symbol, dir, out);
+        }
+        if order.status == Status::AllTraded {
+            self.finish(n);
+        }
+        self.push_account(&order.account, out);
+    }
+
+    /// Cancels an active order: its reservations are released.
+    fn cancel_entry(&mut self, n: u64, reason: String, t: u64, out: &mut Vec<SimEvent>) {
+        let Some(e) = self.orders.get_mut(&n) else {
+            return;
+        };
+        let (close_left, symbol, dir) = (e.close_left, e.order.symbol.clone(), e.order.direction);
+        e.close_left = 0.0;
+        e.open_left = 0.0;
+        e.order.status = Status::Cancelled;
+        e.order.reason = Some(reason);
+        e.order.datetime_ns = t;
+        let order = e.order.clone();
+        if let Some(f) = self.accounts.get_mut(&order.account) {
+            f.reserve(&symbol, opposite(dir), -close_left);
+        }
+        self.finish(n);
+        out.push(SimEvent::Order(order.clone()));
+        if close_left > 0.0 {
+            self.push_position(&order.account, &symbol, opposite(dir), out);
+        }
+        self.push_account(&order.account, out);
+    }
+
+    /// Moves order `n` to the finished list, forgetting the oldest beyond [`KEEP_FINISHED`].
+    fn finish(&mut self, n: u64) {
+        self.active.remove(&n);
+        self.finished.push_back(n);
+        while self.finished.len() > KEEP_FINISHED {
+            if let Some(old) = self.finished.pop_front() {
+                self.orders.remove(&old);
+            }
+        }
+    }
+
+    /// The number of one of this worker's orders, or why the id is not one.
+    fn own_order(&self, id: &OrderId) -> Result<u64, GatewayError> {
+        let mine = id.gateway() == Some(self.gateway.as_str()) && id.worker() == Some(self.worker);
+        if !mine {
+            return Err(GatewayError::Failed(format!(
+                "order {id} was not placed by this worker ({} on {})",
+                self.gateway, self.worker
+            )));
+        }
+        id.0.rsplit('.')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|n| self.orders.contains_key(n))
+            .ok_or_else(|| GatewayError::Failed(format!("unknown order {id}")))
+    }
+
+    /// Cancels an order at `now_ns`.
+    pub fn cancel_order(
+        &mut self,
+        req: &CancelRequest,
+        now_ns: u64,
+        out: &mut Vec<SimEvent>,
+    ) -> Result<Order, GatewayError> {
+        let n = self.own_order(&req.order_id)?;
+        let status = self.orders.get(&n).map(|e| e.order.status);
+        if let Some(s) = status.filter(|s| s.is_final()) {
+            return Err(GatewayError::Failed(format!(
+                "order {} is already {}; nothing to cancel",
+                req.order_id,
+                status_name(s)
+            )));
+        }
+        self.cancel_entry(n, "cancelled by request".into(), now_ns, out);
+        self.order(&req.order_id)
+    }
+
+    /// One order by id.
+    pub fn order(&self, id: &OrderId) -> Result<Order, GatewayError> {
+        let n = self.own_order(id)?;
+        self.orders
+            .get(&n)
+            .map(|e| e.order.clone())
+            .ok_or_else(|| GatewayError::Failed(format!("unknown order {id}")))
+    }
+
+    /// Active orders of `account` (all when empty).
+    pub fn active_orders(&self, account: &str) -> Result<Vec<Order>, GatewayError> {
+        self.known(account)?;
+        Ok(self
+            .active
+            .iter()
+            .filter_map(|n| self.orders.get(n))
+            .filter(|e| account.is_empty() || e.order.account == account)
+            .map(|e| e.order.clone())
+            .collect())
+    }
+
+    fn known(&self, account: &str) -> Result<(), GatewayError> {
+        if account.is_empty() || self.accounts.contains_key(account) {
+            Ok(())
+        } else {
+            Err(GatewayError::Failed(format!("unknown account {account:?}")))
+        }
+    }
+
+    fn names<'a>(&'a self, account: &'a str) -> Result<Vec<&'a str>, GatewayError> {
+        self.known(account)?;
+        Ok(if account.is_empty() {
+            self.accounts.keys().map(String::as_str).collect()
+        } else {
+            vec![account]
+        })
+    }
+
+    /// Funds of `account` (all when empty).
+    pub fn accounts(&self, account: &str) -> Result<Vec<Account>, GatewayError> {
+        Ok(self
+            .names(account)?
+            .into_iter()
+            .filter_map(|a| self.account_view(a))
+            .collect())
+    }
+
+    /// Open positions of `account` (all when empty), marked to the current last price.
+    pub fn positions(&self, account: &str) -> Result<Vec<Position>, GatewayError> {
+        let mut v = Vec::new();
+        for a in self.names(account)? {
+            let Some(f) = self.accounts.get(a) else {
+                continue;
+            };
+            for (symbol, dir, h) in f.holdings() {
+                if h.volume > 0.0 {
+                    v.extend(self.position_view(a, symbol, dir));
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    fn account_view(&self, account: &str) -> Option<Account> {
+        let f = self.accounts.get(account)?;
+        let frozen = self.frozen(account);
+        Some(Account {
+            account: account.to_string(),
+            gateway: self.gateway.clone(),
+            balance: f.cash,
+            frozen,
+            available: f.cash - frozen,
+        })
+    }
+
+    fn position_view(&self, account: &str, symbol: &str, dir: Direction) -> Option<Position> {
+        let h = self.accounts.get(account)?.holding(symbol, dir)?;
+        let m = self.markets.get(symbol)?;
+        let per_lot = match dir {
+            Direction::Long => m.last_price() - h.price,
+            Direction::Short => h.price - m.last_price(),
+        };
+        Some(Position {
+            symbol: symbol.to_string(),
+            exchange: self.gateway.clone(),
+            gateway: self.gateway.clone(),
+            account: account.to_string(),
+            direction: dir,
+            volume: h.volume,
+            frozen: h.frozen,
+            price: h.price,
+            pnl: if h.volume > 0.0 {
+                per_lot * h.volume * m.inst.contract.size
+            } else {
+                0.0
+            },
+            yd_volume: 0.0,
+        })
+    }
+
+    fn push_account(&self, account: &str, out: &mut Vec<SimEvent>) {
+        out.extend(self.account_view(account).map(SimEvent::Account));
+    }
+
+    fn push_position(&self, account: &str, symbol: &str, dir: Direction, out: &mut Vec<SimEvent>) {
+        out.extend(
+            self.position_view(account, symbol, dir)
+                .map(SimEvent::Position),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2024-06-03 13:30:00.2 UTC
+    const T0: u64 = 1_717_421_400_200_000_000;
+    const TICK: u64 = 500_000_000;
+
+    fn exchange() -> (Exchange, WorkerId) {
+        let c = SimConfig::default();
+        let inst: Vec<Arc<Instrument>> = c
+            .symbols
+            .iter()
+            .map(|s| Arc::new(Instrument::new(s, &c, "SIM")))
+            .collect();
+        let w = WorkerId::random();
+        (Exchange::new(&c, &inst, "SIM", w, T0), w)
+    }
+
+    fn req(symbol: &str, dir: Direction, t: OrderType, volume: f64, price: f64) -> OrderRequest {
+        OrderRequest {
+            symbol: symbol.into(),
+            exchange: String::new(),
+            direction: dir,
+            order_type: t,
+            volume,
+            price,
+            offset: Offset::None,
+            account: String::new(),
+            reference: "r1".into(),
+        }
+    }
+
+    fn statuses(out: &[SimEvent]) -> Vec<Status> {
+        out.iter()
+            .filter_map(|e| match e {
+                SimEvent::Order(o) => Some(o.status),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn trades(out: &[SimEvent]) -> Vec<Trade> {
+        out.iter()
+            .filter_map(|e| match e {
+                SimEvent::Trade(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_market_buy_fills_against_the_book_and_updates_position_and_funds() {
+        let (mut x, w) = exchange();
+        let tick = x.tick("rb2501").unwrap();
+        let mut out = Vec::new();
+        let o = x.send_order(
+            &req("rb2501", Direction::Long, OrderType::Market, 3.0, 0.0),
+            T0,
+            &mut out,
+        );
+        assert_eq!(o.status, Status::AllTraded);
+        assert_eq!(o.traded, 3.0);
+        assert_eq!(o.price, 0.0);
+        assert_eq!(o.reference, "r1");
+        assert_eq!(o.order_id.worker(), Some(w));
+        assert_eq!(statuses(&out)[..2], [Status::Submitting, Status::NotTraded]);
+        assert_eq!(*statuses(&out).last().unwrap(), Status::AllTraded);
+        let fills = trades(&out);
+        assert_eq!(fills.iter().map(|t| t.volume).sum::<f64>(), 3.0);
+        assert_eq!(fills[0].price, tick.ask_price[0]);
+        let cost: f64 = fills.iter().map(|t| t.price * t.volume).sum();
+        let pos = x.positions("sim").unwrap();
+        assert_eq!(pos.len(), 1);
+        assert_eq!((pos[0].direction, pos[0].volume), (Direction::Long, 3.0));
+        assert!((pos[0].price - cost / 3.0).abs() < 1e-9);
+        let acct = &x.accounts("").unwrap()[0];
+        assert_eq!(acct.balance, 1_000_000.0);
+        assert!((acct.frozen - cost * 10.0 * 0.1).abs() < 1e-6);
+        assert!((acct.available - (acct.balance - acct.frozen)).abs() < 1e-9);
+        // The last account event equals the query.
+        let last_acct = out.iter().rev().find_map(|e| match e {
+            SimEvent::Account(a) => Some(a.clone()),
+            _ => None,
+        });
+        assert_eq!(last_acct.as_ref(), Some(acct));
+        assert!(x.active_orders("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_big_limit_order_fills_partly_then_rests_and_fills_as_the_market_moves() {
+        let (mut x, _) = exchange();
+        let tick = x.tick("rb2501").unwrap();
+        let ask = tick.ask_price[0];
+        let mut out = Vec::new();
+        let vol = tick.ask_volume[0] + 1.0;
+        let o = x.send_order(
+            &req("rb2501", Direction::Long, OrderType::Limit, vol, ask),
+            T0,
+            &mut out,
+        );
+        assert_eq!(o.status, Status::PartTraded);
+        assert_eq!(o.traded, tick.ask_volume[0]);
+        assert!(trades(&out).iter().all(|t| t.price == ask));
+        // The level is used up for this tick: a second order at the same price rests.
+        let o2 = x.send_order(
+            &req("rb2501", Direction::Long, OrderType::Limit, 1.0, ask),
+            T0,
+            &mut out,
+        );
+        assert_eq!(o2.status, Status::NotTraded);
+        assert_eq!(x.active_orders("sim").unwrap().len(), 2);
+        // Later ticks whose asks come down to the limit fill both.
+        let mut t = T0;
+        while !x.active_orders("").unwrap().is_empty() && t < T0 + 20_000 * TICK {
+            t += TICK;
+            let mut ev = Vec::new();
+            x.advance(t, &mut ev);
+            for tr in trades(&ev) {
+                assert!(tr.price <= ask, "filled above the limit");
+                assert_eq!(
+                    tr.datetime_ns % TICK,
+                    0,
+                    "resting fills happen at tick times"
+                );
+            }
+        }
+        assert_eq!(x.order(&o.order_id).unwrap().status, Status::AllTraded);
+        assert_eq!(x.order(&o2.order_id).unwrap().status, Status::AllTraded);
+        let pos = x.positions("").unwrap();
+        assert_eq!(pos[0].volume, vol + 1.0);
+    }
+
+    #[test]
+    fn fak_cancels_its_remainder_and_fok_fills_all_or_nothing() {
+        let (mut x, _) = exchange();
+        let tick = x.tick("AAPL").unwrap();
+        let mut out = Vec::new();
+        let bid = tick.bid_price[0];
+        let vol = tick.bid_volume[0] + 5.0;
+        let o = x.send_order(
+            &req("AAPL", Direction::Short, OrderType::Fak, vol, bid),
+            T0,
+            &mut out,
+        );
+        assert_eq!(o.status, Status::Cancelled);
+        assert_eq!(o.traded, tick.bid_volume[0]);
+        assert!(o.reason.unwrap().contains("fak"));
+        let mut out = Vec::new();
+        let o = x.send_order(
+            &req(
+                "AAPL",
+                Direction::Long,
+                OrderType::Fok,
+                1000.0,
+                tick.ask_price[4],
+            ),
+            T0,
+            &mut out,
+        );
+        assert_eq!(o.status, Status::Cancelled);
+        assert_eq!(o.traded, 0.0);
+        assert!(trades(&out).is_empty());
+        let total: f64 = tick.ask_volume[..2].iter().sum();
+        let o = x.send_order(
+            &req(
+                "AAPL",
+                Direction::Long,
+                OrderType::Fok,
+                total,
+                tick.ask_price[1],
+            ),
+            T0,
+            &mut out,
+        );
+        assert_eq!((o.status, o.traded), (Status::AllTraded, total));
+        // Nothing stays frozen by finished orders.
+        let a = &x.accounts("sim").unwrap()[0];
+        let margin: f64 = x
+            .positions("sim")
+            .unwrap()
+            .iter()
+            .map(|p| p.price * p.volume)
+            .sum();
+        assert!((a.frozen - margin).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rejects_carry_their_reason() {
+        let (mut x, _) = exchange();
+        let cases = [
+            (
+                req("NOPE", Direction::Long, OrderType::Limit, 1.0, 1.0),
+                "unknown symbol",
+            ),
+            (
+                req("IF2412", Direction::Long, OrderType::Limit, 0.0, 3900.0),
+                "bad volume",
+            ),
+            (
+                req("IF2412", Direction::Long, OrderType::Limit, -1.0, 3900.0),
+                "bad volume",
+            ),
+            (
+                req("IF2412", Direction::Long, OrderType::Limit, 1.5, 3900.0),
+                "bad volume",
+            ),
+            (
+                req("IF2412", Direction::Long, OrderType::Limit, 1.0, 3900.1),
+                "bad price",
+            ),
+            (
+                req("IF2412", Direction::Long, OrderType::Limit, 1.0, 0.0),
+                "bad price",
+            ),
+            (
+                req("IF2412", Direction::Long, OrderType::Market, 50.0, 0.0),
+                "insufficient funds",
+            ),
+            (
+                OrderRequest {
+                    offset: Offset::Close,
+                    ..req("IF2412", Direction::Short, OrderType::Limit, 1.0, 3900.0)
+                },
+                "insufficient position",
+            ),
+            (
+                OrderRequest {
+                    account: "other".into(),
+                    ..req("IF2412", Direction::Long, OrderType::Limit, 1.0, 3900.0)
+                },
+                "unknown account",
+            ),
+            (
+                OrderRequest {
+                    exchange: "CFFEX".into(),
+                    ..req("IF2412", Direction::Long, OrderType::Limit, 1.0, 3900.0)
+                },
+                "unknown exchange",
+            ),
+        ];
+        for (r, why) in cases {
+            let mut out = Vec::new();
+            let o = x.send_order(&r, T0, &mut out);
+            assert_eq!(o.status, Status::Rejected, "{why}");
+            assert!(
+                o.reason.as_deref().unwrap_or("").contains(why),
+                "{:?} vs {why}",
+                o.reason
+            );
+            assert!(trades(&out).is_empty());
+            assert_eq!(x.order(&o.order_id).unwrap(), o);
+        }
+        let a = &x.accounts("sim").unwrap()[0];
+        assert_eq!(
+            (a.balance, a.frozen, a.available),
+            (1_000_000.0, 0.0, 1_000_000.0)
+        );
+    }
+
+    #[test]
+    fn cancels_release_reservations_and_refuse_what_cannot_be_cancelled() {
+        let (mut x, _) = exchange();
+        let tick = x.tick("IF2412").unwrap();
+        let mut out = Vec::new();
+        let low = tick.bid_price[4] - 10.0;
+        let o = x.send_order(
+            &req("IF2412", Direction::Long, OrderType::Limit, 2.0, low),
+            T0,
+            &mut out,
+        );
+        assert_eq!(o.status, Status::NotTraded);
+        let a = &x.accounts("sim").unwrap()[0];
+        assert!((a.frozen - low * 2.0 * 300.0 * 0.12).abs() < 1e-6);
+        let cancel = CancelRequest {
+            order_id: o.order_id.clone(),
+            symbol: String::new(),
+            exchange: String::new(),
+        };
+        let mut out = Vec::new();
+        let c = x.cancel_order(&cancel, T0 + 1, &mut out).unwrap();
+        assert_eq!(c.status, Status::Cancelled);
+        assert_eq!(statuses(&out), vec![Status::Cancelled]);
+        assert_eq!(x.accounts("sim").unwrap()[0].frozen, 0.0);
+        let again = x.cancel_order(&cancel, T0 + 2, &mut out).unwrap_err();
+        assert!(again.to_string().contains("already cancelled"), "{again}");
+        let mut unknown = o.order_id.0.clone();
+        unknown.push('9');
+        let e = x
+            .cancel_order(
+                &CancelRequest {
+                    order_id: OrderId(unknown),
+                    ..cancel.clone()
+                },
+                T0,
+                &mut out,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown order"), "{e}");
+        let foreign = OrderId::new("SIM", WorkerId::random(), 1);
+        let e = x
+            .cancel_order(
+                &CancelRequest {
+                    order_id: foreign,
+                    ..cancel
+                },
+                T0,
+                &mut out,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("not placed by this worker"), "{e}");
+    }
+
+    #[test]
+    fn closing_realises_pnl_and_net_orders_flip_the_position() {
+        let (mut x, _) = exchange();
+        let mut out = Vec::new();
+        let buy = x.send_order(
+            &req("rb2501", Direction::Long, OrderType::Market, 2.0, 0.0),
+            T0,
+            &mut out,
+        );
+        assert_eq!(buy.status, Status::AllTraded);
+        let bought: f64 = trades(&out).iter().map(|t| t.price * t.volume).sum();
+        // Closing more than held with an explicit close offset is refused…
+        let close3 = OrderRequest {
+            offset: Offset::Close,
+            ..req("rb2501", Direction::Short, OrderType::Market, 3.0, 0.0)
+        };
+        assert_eq!(x.send_order(&close3, T0, &mut out).status, Status::Rejected);
+        // …a net sell of 3 closes the 2 and opens 1 short.
+        let mut out = Vec::new();
+        let sell = x.send_order(
+            &req("rb2501", Direction::Short, OrderType::Market, 3.0, 0.0),
+            T0,
+            &mut out,
+        );
+        assert_eq!(sell.status, Status::AllTraded);
+        let fills = trades(&out);
+        // Fills take the best bids first; the first 2 lots close the long.
+        let mut left = 2.0;
+        let mut sold_for = 0.0;
+        let mut short_cost = 0.0;
+        for f in &fills {
+            let c = f.volume.min(left);
+            sold_for += c * f.price;
+            short_cost += (f.volume - c) * f.price;
+            left -= c;
+        }
+        let pnl = (sold_for - bought) * 10.0;
+        let a = &x.accounts("sim").unwrap()[0];
+        assert!(
+            (a.balance - (1_000_000.0 + pnl)).abs() < 1e-6,
+            "{} vs {pnl}",
+            a.balance
+        );
+        let pos = x.positions("sim").unwrap();
+        assert_eq!(pos.len(), 1);
+        assert_eq!((pos[0].direction, pos[0].volume), (Direction::Short, 1.0));
+        assert!((pos[0].price - short_cost).abs() < 1e-9);
+        assert!((a.frozen - short_cost * 10.0 * 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn advancing_reports_which_ticks_changed() {
+        let (mut x, _) = exchange();
+        let mut out = Vec::new();
+        assert!(x.advance(T0, &mut out).is_empty());
+        let before = x.tick("BTCUSDT").unwrap();
+        let changed = x.advance(T0 + 3 * TICK, &mut out);
+        assert_eq!(changed.len(), 4);
+        let after = x.tick("BTCUSDT").unwrap();
+        assert_eq!(after.datetime_ns, before.datetime_ns + 3 * TICK);
+        assert!(out.is_empty());
+    }
+}
