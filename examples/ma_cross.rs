@@ -79,7 +79,7 @@ impl Strategy {
         let slow = mean(self.prices.iter().copied(), self.args.slow);
         let bullish = fast > slow;
         if self.last_signal == Some(bullish) {
-            if self.ticks % 25 == 0 && self.resting.is_none() {
+            if self.ticks.is_multiple_of(25) && self.resting.is_none() {
                 self.rest_passive_order(tick);
             }
             return;

@@ -61,6 +61,20 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Send high-water mark per subscriber on the XPUB side (messages).
     pub event_hwm: i32,
+    /// CURVE encryption and key allow-lists; absent = plaintext (trusted networks only).
+    pub curve: Option<CurveConfig>,
+}
+
+/// The `[curve]` table: the broker's key pair and who may connect.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CurveConfig {
+    /// The broker's key file (TOML with `public_key` and `secret_key`, from `tradeplex keygen`).
+    pub key_file: std::path::PathBuf,
+    /// Public keys (z85) of clients allowed on the frontend and XPUB.
+    pub allow_clients: Vec<String>,
+    /// Public keys (z85) of workers allowed on the backend and XSUB.
+    pub allow_workers: Vec<String>,
 }
 
 impl Default for Config {
@@ -78,6 +92,7 @@ impl Default for Config {
             max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
             shutdown_grace_ms: 2000,
             event_hwm: 10_000,
+            curve: None,
         }
     }
 }
@@ -153,6 +168,27 @@ impl Config {
             self.event_hwm >= 0,
             "must be >= 0 (0 = unbounded, not advised)",
         )?;
+        if let Some(curve) = &self.curve {
+            field(
+                "curve.key_file",
+                !curve.key_file.as_os_str().is_empty(),
+                "must name the broker's key file",
+            )?;
+            for (name, keys) in [
+                ("curve.allow_clients", &curve.allow_clients),
+                ("curve.allow_workers", &curve.allow_workers),
+            ] {
+                if let Some(bad) = keys
+                    .iter()
+                    .find(|k| tradeplex_ops::curve::check_key(name, k).is_err())
+                {
+                    return Err(ConfigError::Field {
+                        field: name,
+                        reason: format!("{bad:?} is not a 40-character z85 public key"),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use tradeplex_proto::mgmt::{ServiceStatus, StatusReply, WorkerStatus, STATUS_SER
 use tradeplex_proto::worker::{self, DisconnectHeader, HeartbeatHeader, ReadyHeader};
 use tradeplex_proto::{frame, ErrorCode, JobId, RequestId, ServiceName, WorkerId};
 
-use crate::metrics::{Metrics, ServiceMetrics, UNKNOWN_SERVICE_LABEL};
+use crate::metrics::{Metrics, ServiceMetrics, MGMT_SERVICE_LABEL, UNKNOWN_SERVICE_LABEL};
 
 /// A ROUTER routing id (the peer's connection identity).
 pub type Identity = Vec<u8>;
@@ -193,6 +193,8 @@ pub struct Dispatcher {
     shutting_down: bool,
     metrics: Arc<Metrics>,
     unknown_metrics: Arc<ServiceMetrics>,
+    /// The broker's own `tpx.*` services, counted apart from unknown services.
+    mgmt_metrics: Arc<ServiceMetrics>,
     /// Messages to send; drained by the socket loop.
     pub out: Vec<Out>,
 }
@@ -201,6 +203,7 @@ impl Dispatcher {
     /// A dispatcher with no workers.
     pub fn new(cfg: DispatchConfig, metrics: Arc<Metrics>, now: Instant) -> Dispatcher {
         let unknown_metrics = Arc::new(metrics.service(UNKNOWN_SERVICE_LABEL));
+        let mgmt_metrics = Arc::new(metrics.service(MGMT_SERVICE_LABEL));
         Dispatcher {
             next_heartbeat: now + cfg.heartbeat,
             cfg,
@@ -218,6 +221,7 @@ impl Dispatcher {
             shutting_down: false,
             metrics,
             unknown_metrics,
+            mgmt_metrics,
             out: Vec::new(),
         }
     }
@@ -251,7 +255,11 @@ impl Dispatcher {
     /// A REQUEST from a client.
     pub fn on_request(&mut self, clock: Clock, client: Identity, h: RequestHeader, body: Body) {
         self.note_client(&client, clock.now);
-        let metrics = self.service_metrics(&h.service);
+        let metrics = if h.service.is_mgmt() {
+            self.mgmt_metrics.clone()
+        } else {
+            self.service_metrics(&h.service)
+        };
         metrics.received();
         if let Some((code, message)) = self.admission_error(clock, &h) {
             metrics.answered(Some(code), 0.0);

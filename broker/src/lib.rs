@@ -3,6 +3,7 @@
 //! and the `/metrics` endpoint. The binary is a thin wrapper around [`run`].
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod metrics;

@@ -44,6 +44,9 @@ struct Args {
     /// Largest request/reply body in bytes.
     #[arg(long)]
     max_body_bytes: Option<usize>,
+    /// Enable CURVE with this key file (allow-lists come from the config's [curve] table).
+    #[arg(long)]
+    curve_key_file: Option<PathBuf>,
     /// Log filter (e.g. info, debug, tradeplex_broker=debug).
     #[arg(long, default_value = "info", env = "TRADEPLEX_LOG")]
     log_level: String,
@@ -67,6 +70,9 @@ impl Args {
              heartbeat_ms <- heartbeat_ms, liveness <- liveness,
              unknown_service_grace_ms <- grace_ms, max_queue <- max_queue,
              max_body_bytes <- max_body_bytes);
+        if let Some(key_file) = self.curve_key_file {
+            c.curve.get_or_insert_with(Default::default).key_file = key_file;
+        }
         if let Some(h) = self.http {
             c.http = if h == "off" { String::new() } else { h };
         }

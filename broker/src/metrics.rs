@@ -10,6 +10,8 @@ use tradeplex_proto::ErrorCode;
 
 /// Label value used for requests to services no worker has offered.
 pub const UNKNOWN_SERVICE_LABEL: &str = "_unknown";
+/// Label value for the broker's own management services (`tpx.status`).
+pub const MGMT_SERVICE_LABEL: &str = "tpx";
 
 /// The `reason` label values of `tradeplex_event_drops_total` the relay uses.
 pub const EVENT_DROP_REASONS: [&str; 2] = ["malformed", "send_failed"];
@@ -45,6 +47,8 @@ pub struct Metrics {
     pub event_drops: IntCounterVec,
     /// Current subscriptions (topic prefixes) on the XPUB side.
     pub subscriptions: IntGauge,
+    /// Connections refused by CURVE authentication, by socket.
+    pub auth_failures: IntCounterVec,
 }
 
 /// Metric handles for one service, resolved once.
@@ -223,6 +227,12 @@ impl Metrics {
                 &r,
                 "tradeplex_subscriptions",
                 "Topic subscriptions held on the XPUB side",
+            ),
+            auth_failures: counter_vec(
+                &r,
+                "tradeplex_auth_failures_total",
+                "Connections refused because their CURVE key is not allow-listed, by socket",
+                &["socket"],
             ),
             registry: r,
         }

@@ -41,6 +41,7 @@ impl Relay {
         ctx: &zmq::Context,
         config: &Config,
         metrics: Arc<Metrics>,
+        curve: &crate::server::Curve,
     ) -> Result<Relay, BrokerError> {
         let sock = |kind, ep: &str| {
             ctx.socket(kind).map_err(|source| BrokerError::Socket {
@@ -59,6 +60,7 @@ impl Relay {
         };
         let max_msg = (config.max_body_bytes as i64).saturating_mul(2) + 64 * 1024;
         let xsub = sock(zmq::XSUB, &config.xsub)?;
+        curve.secure(&xsub, crate::auth::DOMAIN_XSUB, &config.xsub)?;
         wire::common_options(&xsub, max_msg).map_err(err("configure", &config.xsub))?;
         xsub.set_rcvhwm(config.event_hwm)
             .map_err(err("configure", &config.xsub))?;
@@ -67,6 +69,7 @@ impl Relay {
         xsub.send(&[1u8][..], 0)
             .map_err(err("subscribe", &config.xsub))?;
         let xpub = sock(zmq::XPUB, &config.xpub)?;
+        curve.secure(&xpub, crate::auth::DOMAIN_XPUB, &config.xpub)?;
         wire::common_options(&xpub, 64 * 1024).map_err(err("configure", &config.xpub))?;
         // Bounded per-subscriber queue: a stalled subscriber loses events (seen by its
         // client as sequence gaps) instead of growing the broker's memory.

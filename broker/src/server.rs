@@ -37,6 +37,9 @@ pub enum BrokerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// CURVE could not be set up (no CURVE in libzmq, bad keys).
+    #[error(transparent)]
+    Curve(#[from] tradeplex_ops::curve::CurveError),
     /// A thread could not be started.
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
@@ -83,6 +86,7 @@ pub struct Broker {
     http: Option<HttpServer>,
     endpoints: Endpoints,
     metrics: Arc<Metrics>,
+    curve: Curve,
     _ctx: zmq::Context,
 }
 
@@ -129,7 +133,9 @@ impl Broker {
         // bodies between max_body_bytes and this are answered `too_large`.
         let hard_limit = (config.max_body_bytes as i64).saturating_mul(2) + 64 * 1024;
 
+        let curve = Curve::start(&ctx, &config, metrics.clone())?;
         let frontend = socket(&ctx, zmq::ROUTER, &config.frontend)?;
+        curve.secure(&frontend, crate::auth::DOMAIN_FRONTEND, &config.frontend)?;
         configure(&frontend, &config.frontend, |s| {
             wire::common_options(s, hard_limit)?;
             s.set_sndhwm(100_000)?;
@@ -138,6 +144,7 @@ impl Broker {
         let frontend_ep = bind(&frontend, &config.frontend)?;
 
         let backend = socket(&ctx, zmq::ROUTER, &config.backend)?;
+        curve.secure(&backend, crate::auth::DOMAIN_BACKEND, &config.backend)?;
         configure(&backend, &config.backend, |s| {
             wire::common_options(s, hard_limit)?;
             // Capacity bounds what we queue to one worker; leave room for heartbeats.
@@ -149,7 +156,7 @@ impl Broker {
         })?;
         let backend_ep = bind(&backend, &config.backend)?;
 
-        let relay = crate::relay::Relay::bind(&ctx, &config, metrics.clone())?;
+        let relay = crate::relay::Relay::bind(&ctx, &config, metrics.clone(), &curve)?;
         let http = if config.http.is_empty() {
             None
         } else {
@@ -162,6 +169,10 @@ impl Broker {
                 })?,
             )
         };
+        // Ready means "sockets bound", which they are from here on.
+        if let Some(h) = &http {
+            h.set_ready(true);
+        }
         let endpoints = Endpoints {
             frontend: frontend_ep,
             backend: backend_ep,
@@ -177,6 +188,7 @@ impl Broker {
             http,
             endpoints,
             metrics,
+            curve,
             _ctx: ctx,
         })
     }
@@ -200,8 +212,13 @@ impl Broker {
             relay,
             http,
             metrics,
+            curve,
             ..
         } = self;
+        let zap = match curve.authenticator {
+            Some(a) => Some(a.spawn(shutdown.clone()).map_err(BrokerError::Thread)?),
+            None => None,
+        };
         let dispatch_cfg = DispatchConfig {
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             liveness: config.liveness,
@@ -210,9 +227,6 @@ impl Broker {
         };
         let dispatcher = Dispatcher::new(dispatch_cfg, metrics.clone(), Instant::now());
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
-        if let Some(h) = &http {
-            h.set_ready(true);
-        }
         let mut lp = Loop {
             frontend,
             backend,
@@ -225,8 +239,62 @@ impl Broker {
         let result = lp.serve(&shutdown, Duration::from_millis(config.shutdown_grace_ms));
         shutdown.trigger();
         let _ = relay.join();
+        if let Some(z) = zap {
+            let _ = z.join();
+        }
         drop(http);
         result
+    }
+}
+
+/// CURVE state while binding: the broker's secret key and the ZAP handler to start.
+pub struct Curve {
+    secret_key: Option<String>,
+    authenticator: Option<crate::auth::Authenticator>,
+}
+
+impl Curve {
+    /// Loads the key and binds the ZAP handler when `[curve]` is configured.
+    fn start(
+        ctx: &zmq::Context,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Curve, BrokerError> {
+        let Some(c) = &config.curve else {
+            return Ok(Curve {
+                secret_key: None,
+                authenticator: None,
+            });
+        };
+        tradeplex_ops::curve::require_curve()?;
+        let keys = tradeplex_ops::curve::KeyPair::from_file(&c.key_file)?;
+        let auth =
+            crate::auth::Authenticator::bind(ctx, &c.allow_clients, &c.allow_workers, metrics)?;
+        tracing::info!(public_key = %keys.public_key, clients = c.allow_clients.len(), workers = c.allow_workers.len(), "CURVE enabled");
+        Ok(Curve {
+            secret_key: Some(keys.secret_key),
+            authenticator: Some(auth),
+        })
+    }
+
+    /// Makes `socket` a CURVE server authenticated under `domain`, if CURVE is on.
+    pub fn secure(
+        &self,
+        socket: &zmq::Socket,
+        domain: &str,
+        endpoint: &str,
+    ) -> Result<(), BrokerError> {
+        let Some(secret) = &self.secret_key else {
+            return Ok(());
+        };
+        tradeplex_ops::curve::make_server(socket, secret, domain).map_err(|e| match e {
+            tradeplex_ops::curve::CurveError::Socket(source) => BrokerError::Socket {
+                what: "enable CURVE on",
+                endpoint: endpoint.to_string(),
+                source,
+            },
+            other => BrokerError::Curve(other),
+        })
     }
 }
 

@@ -26,9 +26,17 @@ pub(crate) struct Call {
 
 struct Pending {
     call: Call,
-    next_retry: Option<Instant>,
+    /// When to send again: an unsent call retries soon; an idempotent one after
+    /// `retry_every` without an answer.
+    next_send: Option<Instant>,
+    /// Whether any copy reached the socket. A call never sent was never delivered, so it
+    /// ends `unavailable` rather than `timeout` (outcome unknown).
+    sent: bool,
     timeout_ms: u64,
 }
+
+/// How soon a call the socket would not take (no connection to the broker) is tried again.
+const UNSENT_RETRY: Duration = Duration::from_millis(20);
 
 /// Extra wait past the request's deadline for the broker's own `deadline_exceeded`
 /// answer, so a request that was never delivered is reported as such, not as a timeout.
@@ -105,24 +113,28 @@ impl Connection {
 
     fn start(&mut self, call: Call) {
         let id = call.header.id;
-        self.send(&call);
-        let next_retry = call.retry_every.map(|d| Instant::now() + d);
         let timeout_ms = call
             .header
             .deadline_ms
             .saturating_sub(tradeplex_proto::now_unix_ms());
-        self.pending.insert(
-            id,
-            Pending {
-                call,
-                next_retry,
-                timeout_ms,
-            },
-        );
+        let mut p = Pending {
+            call,
+            next_send: None,
+            sent: false,
+            timeout_ms,
+        };
+        self.try_send(&mut p, Instant::now());
+        self.pending.insert(id, p);
     }
 
-    fn send(&self, call: &Call) {
-        send_request(&self.dealer, call);
+    /// Sends without blocking and schedules the next attempt.
+    fn try_send(&self, p: &mut Pending, now: Instant) {
+        if send_request(&self.dealer, &p.call) {
+            p.sent = true;
+            p.next_send = p.call.retry_every.map(|d| now + d);
+        } else {
+            p.next_send = Some(now + UNSENT_RETRY);
+        }
     }
 
     fn read_replies(&mut self) {
@@ -174,7 +186,7 @@ impl Connection {
             .values()
             .map(|p| {
                 let end = p.call.deadline + ANSWER_SLACK;
-                p.next_retry.map_or(end, |r| r.min(end))
+                p.next_send.map_or(end, |r| r.min(end))
             })
             .min()
     }
@@ -182,33 +194,52 @@ impl Connection {
     fn fire_timers(&mut self) {
         let now = Instant::now();
         let mut expired = Vec::new();
-        for (id, p) in self.pending.iter_mut() {
-            if now >= p.call.deadline + ANSWER_SLACK {
+        let mut due = Vec::new();
+        for (id, p) in self.pending.iter() {
+            if now >= p.call.deadline + ANSWER_SLACK || (!p.sent && now >= p.call.deadline) {
                 expired.push(*id);
-            } else if let (Some(at), Some(every)) = (p.next_retry, p.call.retry_every) {
-                if now >= at && now < p.call.deadline {
-                    p.next_retry = Some(now + every);
-                    send_request(&self.dealer, &p.call);
+            } else if p.next_send.is_some_and(|at| now >= at) && now < p.call.deadline {
+                due.push(*id);
+            }
+        }
+        for id in due {
+            if let Some(mut p) = self.pending.remove(&id) {
+                if p.sent {
                     tracing::debug!(id = %id, "idempotent call re-sent after no answer");
                 }
+                self.try_send(&mut p, now);
+                self.pending.insert(id, p);
             }
         }
         for id in expired {
             if let Some(p) = self.pending.remove(&id) {
-                let _ = p.call.done.send(Err(ClientError::Timeout(p.timeout_ms)));
+                let err = if p.sent {
+                    ClientError::Timeout(p.timeout_ms)
+                } else {
+                    ClientError::NotSent(p.timeout_ms)
+                };
+                let _ = p.call.done.send(Err(err));
             }
         }
     }
 }
 
-fn send_request(dealer: &zmq::Socket, call: &Call) {
+/// Sends a request without blocking; false when the socket would block (no broker
+/// connection, or its queue is full). The connection thread must never block.
+fn send_request(dealer: &zmq::Socket, call: &Call) -> bool {
     let [p, c, h] = cp::encode(cp::Command::Request, &call.header);
+    // Only the first frame can refuse (EAGAIN); a multipart message is then queued whole.
     let r = dealer
-        .send(p, zmq::SNDMORE)
-        .and_then(|_| dealer.send(c, zmq::SNDMORE))
-        .and_then(|_| dealer.send(h, zmq::SNDMORE))
-        .and_then(|_| dealer.send(&call.body[..], 0));
-    if let Err(e) = r {
-        tracing::warn!(error = %e, id = %call.header.id, "request not sent");
+        .send(p, zmq::SNDMORE | zmq::DONTWAIT)
+        .and_then(|_| dealer.send(c, zmq::SNDMORE | zmq::DONTWAIT))
+        .and_then(|_| dealer.send(h, zmq::SNDMORE | zmq::DONTWAIT))
+        .and_then(|_| dealer.send(&call.body[..], zmq::DONTWAIT));
+    match r {
+        Ok(()) => true,
+        Err(zmq::Error::EAGAIN) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, id = %call.header.id, "request not sent");
+            false
+        }
     }
 }

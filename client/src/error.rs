@@ -21,6 +21,10 @@ pub enum ClientError {
     /// outcome is unknown: it may have executed. Query by id before retrying an order.
     #[error("timeout: no answer within {0} ms (outcome unknown)")]
     Timeout(u64),
+    /// The broker could not be reached before the deadline: the request was never sent,
+    /// so it was certainly not executed.
+    #[error("unavailable: broker not reachable within {0} ms; request not sent")]
+    NotSent(u64),
     /// Too many calls in flight on this client.
     #[error("overloaded: {0} calls already in flight on this client")]
     TooManyInFlight(usize),
@@ -45,6 +49,7 @@ impl ClientError {
         match self {
             ClientError::Remote { name, .. } => name,
             ClientError::Timeout(_) => "timeout",
+            ClientError::NotSent(_) => "unavailable",
             ClientError::TooManyInFlight(_) => "overloaded",
             ClientError::Closed | ClientError::Connect(_) => "closed",
             ClientError::Encode(_) => "bad_request",

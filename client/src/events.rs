@@ -70,6 +70,8 @@ pub struct EventOptions {
     pub queue: usize,
     /// The SUB socket's receive high-water mark.
     pub hwm: i32,
+    /// CURVE settings; None = plaintext.
+    pub curve: Option<tradeplex_ops::curve::ClientCurve>,
 }
 
 impl Default for EventOptions {
@@ -79,6 +81,7 @@ impl Default for EventOptions {
             liveness: 3,
             queue: 100_000,
             hwm: 100_000,
+            curve: None,
         }
     }
 }
@@ -212,6 +215,12 @@ impl SubState {
         s.set_linger(0)?;
         s.set_rcvhwm(self.options.hwm)?;
         s.set_maxmsgsize(4 << 20)?;
+        if let Some(curve) = &self.options.curve {
+            curve.apply(&s).map_err(|e| match e {
+                tradeplex_ops::curve::CurveError::Socket(z) => z,
+                _ => zmq::Error::EINVAL,
+            })?;
+        }
         s.set_subscribe(BROKER_HEARTBEAT_TOPIC.as_bytes())?;
         for p in &self.prefixes {
             s.set_subscribe(p.as_bytes())?;

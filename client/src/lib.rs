@@ -38,6 +38,8 @@ pub struct ClientOptions {
     pub max_body_bytes: usize,
     /// Reconnect interval of the underlying socket.
     pub reconnect: Duration,
+    /// CURVE settings (the broker's public key and ours); None = plaintext.
+    pub curve: Option<tradeplex_ops::curve::ClientCurve>,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +48,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(5),
             max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
             reconnect: Duration::from_millis(100),
+            curve: None,
         }
     }
 }
@@ -54,6 +57,12 @@ impl ClientOptions {
     /// Sets the default call timeout.
     pub fn timeout(mut self, d: Duration) -> Self {
         self.timeout = d;
+        self
+    }
+
+    /// Encrypts and authenticates with CURVE.
+    pub fn curve(mut self, curve: tradeplex_ops::curve::ClientCurve) -> Self {
+        self.curve = Some(curve);
         self
     }
 }
@@ -161,6 +170,11 @@ impl Client {
         dealer
             .set_maxmsgsize((options.max_body_bytes as i64).saturating_mul(2) + 64 * 1024)
             .map_err(err)?;
+        if let Some(curve) = &options.curve {
+            curve
+                .apply(&dealer)
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
+        }
         dealer.connect(endpoint).map_err(err)?;
         let (wake_tx, wake_rx) =
             UnixStream::pair().map_err(|e| ClientError::Connect(e.to_string()))?;

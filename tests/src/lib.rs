@@ -140,7 +140,7 @@ impl Broker {
             "--heartbeat-ms",
             &TEST_HEARTBEAT_MS.to_string(),
             "--liveness",
-            "3",
+            "5",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -173,7 +173,7 @@ impl Broker {
             "--heartbeat-ms".into(),
             TEST_HEARTBEAT_MS.to_string(),
             "--liveness".into(),
-            "3".into(),
+            "5".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let (proc, line) = Proc::start("tradeplex-worker", &args);

@@ -51,6 +51,7 @@ impl Publisher {
 fn options() -> EventOptions {
     EventOptions {
         heartbeat: Duration::from_millis(TEST_HEARTBEAT_MS),
+        liveness: 5,
         ..EventOptions::default()
     }
 }

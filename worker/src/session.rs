@@ -124,10 +124,6 @@ impl<'a> Session<'a> {
                     return Ok(SessionEnd::Stopped);
                 }
             }
-            if now.duration_since(last_heard) > self.opts.liveness_window() {
-                self.shared.metrics.registered.set(0);
-                return Ok(SessionEnd::BrokerSilent);
-            }
             if now >= next_heartbeat {
                 send(&dealer, wp::Command::Heartbeat, &HeartbeatHeader {}, &[]);
                 next_heartbeat = now + self.opts.heartbeat;
@@ -152,6 +148,12 @@ impl<'a> Session<'a> {
             }
             if from_broker && self.read_broker(&dealer, drain_until.is_some())? {
                 last_heard = Instant::now();
+            }
+            // Judged only after reading what is waiting, so a stalled process does not
+            // mistake unread heartbeats for silence.
+            if last_heard.elapsed() > self.opts.liveness_window() {
+                self.shared.metrics.registered.set(0);
+                return Ok(SessionEnd::BrokerSilent);
             }
         }
     }

@@ -47,11 +47,11 @@ impl CallArgs {
     }
 }
 
-pub fn run(broker: &str, args: CallArgs) -> anyhow::Result<i32> {
+pub fn run(conn: &super::Conn, args: CallArgs) -> anyhow::Result<i32> {
     let value: serde_json::Value = serde_json::from_str(&args.json)
         .map_err(|e| anyhow::anyhow!("JSON body does not parse: {e}"))?;
     let body = json::to_msgpack(&value).map_err(|e| anyhow::anyhow!("cannot encode body: {e}"))?;
-    let client = super::connect(broker, args.timeout_ms)?;
+    let client = conn.connect(args.timeout_ms)?;
     match args.count {
         None => single(&client, &args, body),
         Some(n) => many(&client, &args, body, n),

@@ -11,8 +11,8 @@ pub struct StatusArgs {
     json: bool,
 }
 
-pub fn run(broker: &str, args: StatusArgs) -> anyhow::Result<i32> {
-    let client = super::connect(broker, 3000)?;
+pub fn run(conn: &super::Conn, args: StatusArgs) -> anyhow::Result<i32> {
+    let client = conn.connect(3000)?;
     let status = match client.status() {
         Ok(s) => s,
         Err(e) => {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use tradeplex_client::events::{Event, EventOptions, Subscriber};
+use tradeplex_client::events::Event;
 use tradeplex_client::json;
 
 /// Flags of `tradeplex tail`.
@@ -61,8 +61,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-pub fn run(events: &str, args: TailArgs) -> anyhow::Result<i32> {
-    let sub = Subscriber::connect(events, &[args.prefix.as_str()], EventOptions::default())?;
+pub fn run(conn: &super::Conn, args: TailArgs) -> anyhow::Result<i32> {
+    let sub = conn.subscribe(&[args.prefix.as_str()])?;
     let mut seen = 0u64;
     let idle = (args.idle_timeout_ms > 0).then(|| Duration::from_millis(args.idle_timeout_ms));
     let mut quiet = Duration::ZERO;

@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use tradeplex_client::events::{EventOptions, Subscriber};
 use tradeplex_client::{Client, ClientError};
 use tradeplex_proto::model::{Direction, Order, OrderId, OrderRequest, OrderType};
 
@@ -99,11 +98,11 @@ fn fail(e: ClientError) -> anyhow::Result<i32> {
 }
 
 /// Places the order, prints its id, then one line per status change until final.
-pub fn order(broker: &str, events: &str, args: OrderArgs) -> anyhow::Result<i32> {
-    let client = super::connect(broker, args.timeout_ms)?;
+pub fn order(conn: &super::Conn, args: OrderArgs) -> anyhow::Result<i32> {
+    let client = conn.connect(args.timeout_ms)?;
     // Subscribe before sending so no update is missed; a broker heartbeat proves the
     // subscription is live.
-    let sub = Subscriber::connect(events, &["order."], EventOptions::default())?;
+    let sub = conn.subscribe(&["order."])?;
     sub.wait_connected(Duration::from_secs(3));
     let req = OrderRequest {
         symbol: args.symbol,
@@ -155,8 +154,8 @@ pub fn order(broker: &str, events: &str, args: OrderArgs) -> anyhow::Result<i32>
     Ok(0)
 }
 
-pub fn cancel(broker: &str, args: CancelArgs) -> anyhow::Result<i32> {
-    let client = super::connect(broker, args.timeout_ms)?;
+pub fn cancel(conn: &super::Conn, args: CancelArgs) -> anyhow::Result<i32> {
+    let client = conn.connect(args.timeout_ms)?;
     match client.cancel_order(&args.order_id) {
         Ok(o) => {
             println!("{}", status_line(&o));
@@ -166,8 +165,8 @@ pub fn cancel(broker: &str, args: CancelArgs) -> anyhow::Result<i32> {
     }
 }
 
-pub fn positions(broker: &str, args: AccountArgs) -> anyhow::Result<i32> {
-    let client: Client = super::connect(broker, 5000)?;
+pub fn positions(conn: &super::Conn, args: AccountArgs) -> anyhow::Result<i32> {
+    let client: Client = conn.connect(5000)?;
     let positions = match client.query_position(&args.service, &args.account) {
         Ok(p) => p,
         Err(e) => return fail(e),
@@ -195,8 +194,8 @@ pub fn positions(broker: &str, args: AccountArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn account(broker: &str, args: AccountArgs) -> anyhow::Result<i32> {
-    let client: Client = super::connect(broker, 5000)?;
+pub fn account(conn: &super::Conn, args: AccountArgs) -> anyhow::Result<i32> {
+    let client: Client = conn.connect(5000)?;
     let accounts = match client.query_account(&args.service, &args.account) {
         Ok(a) => a,
         Err(e) => return fail(e),
