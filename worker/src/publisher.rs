@@ -33,7 +33,8 @@ pub const DEFAULT_SNDHWM: i32 = 100_000;
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// Assigns per-topic sequence numbers: 1, 2, 3… on each topic, skipping numbers for
-/// events dropped before they were sent.
+/// events dropped before they were sent. Keeps one counter per topic ever published, so
+/// gateways should use a bounded set of topics (per symbol and account, not per order).
 #[derive(Debug, Default)]
 pub struct Sequencer {
     last: HashMap<String, u64>,

@@ -430,29 +430,49 @@ fn turnover(inst: &Instrument, ticks_lots: u128) -> f64 {
     ticks_lots as f64 * inst.contract.pricetick * inst.contract.size
 }
 
+/// How much one history request may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Most ticks simulated (bounds the work).
+    pub max_ticks: u64,
+    /// Most bars returned (bounds the reply: one bar is about 250 bytes of MessagePack).
+    pub max_bars: u64,
+}
+
 /// Why bars could not be made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryTooLong {
-    /// Ticks the request would simulate.
-    pub needed: u64,
-    /// The limit.
-    pub limit: u64,
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    /// The range needs too many ticks simulated.
+    #[error("history range too long: it would simulate {needed} ticks, at most {limit}; ask for a shorter range")]
+    TooManyTicks {
+        /// Ticks needed.
+        needed: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The range holds too many bars for one reply.
+    #[error("history range too long: {count} bars, at most {limit} per request; ask for a shorter range")]
+    TooManyBars {
+        /// Bars in the range.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// Complete bars of `interval` with open times in `[start_ns, end_ns)` (`end_ns` 0: no
 /// bound) that ended by `now_ns`, aggregated from the very ticks the market publishes:
 /// open/high/low/close of their last prices, volume and turnover summed, open interest
 /// of the bar's last tick. Bars are aligned to the interval (daily bars to UTC midnight).
-/// Refuses to simulate more than `max_ticks` ticks.
+/// Refuses ranges beyond `limits`.
 pub fn bars(
     inst: &Instrument,
     clock: &Clock,
     interval: Interval,
-    start_ns: u64,
-    end_ns: u64,
+    (start_ns, end_ns): (u64, u64),
     now_ns: u64,
-    max_ticks: u64,
-) -> Result<Vec<Bar>, HistoryTooLong> {
+    limits: HistoryLimits,
+) -> Result<Vec<Bar>, HistoryError> {
     let len = interval.nanos();
     let first = start_ns.div_ceil(len).saturating_mul(len);
     // Exclusive bound on bar open times: before end_ns, and complete by now.
@@ -464,6 +484,12 @@ pub fn bars(
         return Ok(Vec::new());
     }
     let count = (open_limit - first).div_ceil(len);
+    if count > limits.max_bars {
+        return Err(HistoryError::TooManyBars {
+            count,
+            limit: limits.max_bars,
+        });
+    }
     let ticks_end = first + count * len; // exclusive
     let last_day = (ticks_end - 1) / DAY_NS;
     let last_n = |day: u64| {
@@ -471,10 +497,10 @@ pub fn bars(
         clock.index_at(end_in_day).n
     };
     let needed: u64 = (first / DAY_NS..=last_day).map(|d| last_n(d) + 1).sum();
-    if needed > max_ticks {
-        return Err(HistoryTooLong {
+    if needed > limits.max_ticks {
+        return Err(HistoryError::TooManyTicks {
             needed,
-            limit: max_ticks,
+            limit: limits.max_ticks,
         });
     }
     let mut acc: Vec<Option<BarAcc>> = vec![None; count as usize];
@@ -565,6 +591,10 @@ mod tests {
 
     /// 2024-06-03 13:30:00.2 UTC
     const T0: u64 = 1_717_421_400_200_000_000;
+    const LIMITS: HistoryLimits = HistoryLimits {
+        max_ticks: 1_000_000,
+        max_bars: 1000,
+    };
 
     #[test]
     fn prices_are_decimal_and_on_the_pricetick() {
@@ -674,7 +704,7 @@ mod tests {
         let clock = Clock::new(500);
         let i = inst(0);
         let start = T0 - 3 * 60_000_000_000;
-        let bars = bars(&i, &clock, Interval::Minute, start, 0, T0, 10_000_000).unwrap();
+        let bars = bars(&i, &clock, Interval::Minute, (start, 0), T0, LIMITS).unwrap();
         // 13:27:00.2 → first bar 13:28; complete by 13:30:00.2 → 13:28 and 13:29.
         assert_eq!(bars.len(), 2);
         let m0 = bars[0].datetime_ns;
@@ -707,10 +737,9 @@ mod tests {
             &i,
             &clock,
             Interval::Daily,
-            (day - 2) * DAY_NS,
-            0,
+            ((day - 2) * DAY_NS, 0),
             T0,
-            1_000_000,
+            LIMITS,
         )
         .unwrap();
         assert_eq!(bars.len(), 2);
@@ -720,13 +749,24 @@ mod tests {
         let last = walk_to(&i, &clock, day - 1, u64::MAX);
         assert_eq!(bars[1].high_price, i.price(last.high));
         assert_eq!(bars[1].volume, last.volume as f64);
-        let e = super::bars(&i, &clock, Interval::Daily, 0, 0, T0, 1_000_000).unwrap_err();
-        assert!(e.needed > e.limit);
-        // Nothing complete yet: no bars.
+        let e = super::bars(
+            &i,
+            &clock,
+            Interval::Daily,
+            ((day - 30) * DAY_NS, 0),
+            T0,
+            LIMITS,
+        )
+        .unwrap_err();
+        assert!(matches!(e, HistoryError::TooManyTicks { needed, limit } if needed > limit));
+        let e = super::bars(&i, &clock, Interval::Minute, (T0 - DAY_NS, 0), T0, LIMITS);
         assert!(
-            super::bars(&i, &clock, Interval::Hour, T0, 0, T0, 1_000_000)
-                .unwrap()
-                .is_empty()
+            matches!(e, Err(HistoryError::TooManyBars { count: 1439, .. })),
+            "{e:?}"
         );
+        // Nothing complete yet: no bars.
+        assert!(super::bars(&i, &clock, Interval::Hour, (T0, 0), T0, LIMITS)
+            .unwrap()
+            .is_empty());
     }
 }

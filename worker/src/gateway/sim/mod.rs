@@ -38,8 +38,12 @@ pub const NAME: &str = "SIM";
 pub const DISCONNECT_OP: &str = "sim_disconnect";
 /// Longest simulated disconnect, ms.
 pub const MAX_DISCONNECT_MS: u64 = 600_000;
-/// Most ticks one history request may simulate (about 0.3 s of work).
-pub const MAX_HISTORY_TICKS: u64 = 30_000_000;
+/// What one history request may ask for: at most 30 million ticks simulated (about
+/// 0.3 s of work) and 4000 bars (about 1 MB of reply, the default body limit).
+pub const HISTORY_LIMITS: market::HistoryLimits = market::HistoryLimits {
+    max_ticks: 30_000_000,
+    max_bars: 4000,
+};
 
 /// Body of `sim_disconnect`.
 #[derive(Debug, Deserialize)]
@@ -420,19 +424,11 @@ impl Gateway for SimGateway {
             inst,
             &self.inner.clock,
             req.interval,
-            req.start_ns,
-            req.end_ns,
+            (req.start_ns, req.end_ns),
             now,
-            MAX_HISTORY_TICKS,
+            HISTORY_LIMITS,
         )
-        .map_err(|e| {
-            GatewayError::Failed(format!(
-                "history range too long: it would simulate {} ticks, at most {} (about {} days at this tick interval); ask for a shorter range",
-                e.needed,
-                e.limit,
-                e.limit / self.inner.clock.per_day()
-            ))
-        })
+        .map_err(|e| GatewayError::Failed(e.to_string()))
     }
 
     fn extension(&self, op: &str, body: &[u8]) -> Option<Result<Vec<u8>, GatewayError>> {
