@@ -519,7 +519,16 @@ impl Bench<'_> {
                 side,
                 100.0 * with / without.max(1e-9),
             );
-            if let Some((max, end)) = rss {
+            // Samples at a quarter, half and the end of the stall: a plateau shows the
+            // high-water marks bound the broker's memory.
+            let secs = duration.as_secs_f64();
+            for (label, at) in [("1/4", 0.25), ("1/2", 0.5), ("end", 1.0)] {
+                if let Some(v) = rss_at(&rss, secs * at + 0.05) {
+                    let metric = format!("RSS at {label} of stall");
+                    rp.add(n, "broker", &metric, Unit::MiB, side, v / MIB);
+                }
+            }
+            if let Some(max) = rss.iter().map(|s| s.1).reduce(f64::max) {
                 rp.add(
                     n,
                     "broker",
@@ -527,14 +536,6 @@ impl Bench<'_> {
                     Unit::MiB,
                     side,
                     max / MIB,
-                );
-                rp.add(
-                    n,
-                    "broker",
-                    "RSS at end of stall",
-                    Unit::MiB,
-                    side,
-                    end / MIB,
                 );
             }
         }
@@ -544,32 +545,40 @@ impl Bench<'_> {
 }
 
 /// Runs `f` while sampling `pid`'s resident memory every 100 ms; returns `f`'s result
-/// and the (max, last) samples, bytes.
+/// and the samples (seconds since the start, bytes).
 fn with_rss_samples<T>(
     pid: Option<u32>,
     f: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<(T, Option<(f64, f64)>)> {
+) -> anyhow::Result<(T, Vec<(f64, f64)>)> {
     let Some(pid) = pid else {
-        return Ok((f()?, None));
+        return Ok((f()?, Vec::new()));
     };
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let sampler = s.spawn(|| {
-            let (mut max, mut last) = (0u64, 0u64);
+            let (start, mut samples) = (Instant::now(), Vec::new());
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 if let Ok(v) = cluster::vm_rss(pid) {
-                    max = max.max(v);
-                    last = v;
+                    samples.push((start.elapsed().as_secs_f64(), v as f64));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            (max as f64, last as f64)
+            samples
         });
         let r = f();
         done.store(true, std::sync::atomic::Ordering::SeqCst);
-        let samples = sampler.join().ok();
+        let samples = sampler.join().unwrap_or_default();
         Ok((r?, samples))
     })
+}
+
+/// The last sample taken at or before `at` seconds.
+fn rss_at(samples: &[(f64, f64)], at: f64) -> Option<f64> {
+    samples
+        .iter()
+        .take_while(|(t, _)| *t <= at)
+        .last()
+        .map(|s| s.1)
 }
 
 fn log_events(name: &str, cfg: &str, side: Side, r: &EventRun) {
