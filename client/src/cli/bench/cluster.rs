@@ -233,30 +233,37 @@ impl Cluster {
     /// Starts workers until `n` serve `echo`, and waits until the broker lists them all.
     pub fn ensure_workers(&mut self, bin_dir: &Path, n: usize) -> anyhow::Result<()> {
         while self.workers.len() < n {
-            let i = self.workers.len();
-            let args: Vec<String> = vec![
-                "--broker".into(),
-                self.backend.clone(),
-                "--events".into(),
-                self.xsub.clone(),
-                "--capacity".into(),
-                self.capacity.to_string(),
-                "--http".into(),
-                "off".into(),
-                "--log-level".into(),
-                "warn".into(),
-            ];
-            let (proc, line) = Proc::start(
-                &bin_dir.join("tradeplex-worker"),
-                &args,
-                self.dir.path.join(format!("worker-{i}.log")),
-            )?;
-            if !line.starts_with("worker ") {
-                bail!("unexpected first line from a worker: {line:?}");
-            }
-            self.workers.push(proc);
+            self.start_worker(bin_dir, &[])?;
         }
         self.wait_registered(n)
+    }
+
+    /// Starts a worker with the bench's flags and `extra` ones (it serves `echo` too).
+    pub fn start_worker(&mut self, bin_dir: &Path, extra: &[&str]) -> anyhow::Result<()> {
+        let i = self.workers.len();
+        let mut args: Vec<String> = vec![
+            "--broker".into(),
+            self.backend.clone(),
+            "--events".into(),
+            self.xsub.clone(),
+            "--capacity".into(),
+            self.capacity.to_string(),
+            "--http".into(),
+            "off".into(),
+            "--log-level".into(),
+            "warn".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (proc, line) = Proc::start(
+            &bin_dir.join("tradeplex-worker"),
+            &args,
+            self.dir.path.join(format!("worker-{i}.log")),
+        )?;
+        if !line.starts_with("worker ") {
+            bail!("unexpected first line from a worker: {line:?}");
+        }
+        self.workers.push(proc);
+        Ok(())
     }
 
     /// Polls `tpx.status` until `n` workers serve `echo` (a wait on an observable state,

@@ -7,6 +7,7 @@ mod events;
 mod raw;
 mod report;
 mod rr;
+mod trading;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -59,7 +60,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "rr,rr-raw,events,memory"
+        default_value = "rr,rr-raw,events,memory,trading"
     )]
     scenarios: Vec<Scenario>,
     /// Write the results (medians and every run) as JSON to this file.
@@ -103,6 +104,9 @@ pub struct BenchArgs {
     /// Reading subscribers beside the stalled one in the memory scenario.
     #[arg(long, default_value_t = 3)]
     stall_others: usize,
+    /// Orders per trading run (after a tenth as many for warm-up).
+    #[arg(long, default_value_t = 2_000)]
+    orders: u64,
     /// Extra flag for tradeplex-broker (repeatable), e.g. --broker-arg=--max-queue=50000.
     #[arg(long = "broker-arg", allow_hyphen_values = true)]
     broker_args: Vec<String>,
@@ -253,10 +257,7 @@ impl Bench<'_> {
             self.memory(&mut cluster)?;
         }
         if self.has(Scenario::Trading) {
-            self.report.notes.push(
-                "trading: not available yet (needs `tradeplex-worker --service SIM`); skipped"
-                    .into(),
-            );
+            self.trading(&mut cluster)?;
         }
         Ok(())
     }
@@ -462,6 +463,62 @@ impl Bench<'_> {
         }
         drop(proxy);
         Ok(())
+    }
+
+    /// The trading round trip on a SIM worker started for it (Tradeplex only).
+    fn trading(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
+        let a = self.args;
+        if let Err(e) = cluster.start_worker(&self.bin_dir, &["--service", "SIM"]) {
+            self.report
+                .notes
+                .push(format!("trading: skipped, no SIM worker: {e:#}"));
+            return Ok(());
+        }
+        cluster.wait_workers("SIM", "SIM worker", |w| w >= 1)?;
+        let cfg = "1 client, SIM, window 1";
+        for _ in 0..a.repeat {
+            check_interrupt()?;
+            let warmup = (a.orders / 10).max(10);
+            let r = trading::run(&cluster.frontend, &cluster.xpub, a.orders, warmup)?;
+            eprintln!(
+                "bench: trading {cfg}: accepted event p50 {:.1} µs p99 {:.1} µs, reply p50 {:.1} µs p99 {:.1} µs ({} orders)",
+                r.event_p50_us, r.event_p99_us, r.reply_p50_us, r.reply_p99_us, r.done
+            );
+            let (n, side, rp) = ("trading", Side::Tradeplex, &mut self.report);
+            rp.add(
+                n,
+                cfg,
+                "send_order → accepted event p50",
+                Unit::Micros,
+                side,
+                r.event_p50_us,
+            );
+            rp.add(
+                n,
+                cfg,
+                "send_order → accepted event p99",
+                Unit::Micros,
+                side,
+                r.event_p99_us,
+            );
+            rp.add(
+                n,
+                cfg,
+                "send_order reply p50",
+                Unit::Micros,
+                side,
+                r.reply_p50_us,
+            );
+            rp.add(
+                n,
+                cfg,
+                "send_order reply p99",
+                Unit::Micros,
+                side,
+                r.reply_p99_us,
+            );
+        }
+        cluster.check_alive()
     }
 
     /// A stalled subscriber during flat-out publishing: the broker's memory over time,

@@ -1,0 +1,122 @@
+//! Scenario 3, the trading round trip: `send_order` on the SIM gateway (a limit buy far
+//! below the market, so it rests) until its order-accepted event (status `not_traded`)
+//! arrives on the event side; one order in flight. Each order is cancelled afterwards,
+//! outside the timing, so resting orders do not pile up. No bare baseline: there is no
+//! gateway without Tradeplex.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use tradeplex_client::events::{EventOptions, Subscriber};
+use tradeplex_client::{Client, ClientOptions};
+use tradeplex_proto::model::{Direction, Offset, Order, OrderRequest, OrderType, Status};
+
+/// The SIM gateway's default account, its symbol and a price far below its market.
+const GATEWAY: &str = "SIM";
+const ACCOUNT: &str = "sim";
+const SYMBOL: &str = "AAPL";
+const RESTING_PRICE: f64 = 1.0;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Latencies of one run, µs.
+#[derive(Debug, Clone)]
+pub struct TradingRun {
+    pub done: u64,
+    pub event_p50_us: f64,
+    pub event_p99_us: f64,
+    pub reply_p50_us: f64,
+    pub reply_p99_us: f64,
+}
+
+/// Sends `warmup` then `count` orders one at a time.
+pub fn run(frontend: &str, xpub: &str, count: u64, warmup: u64) -> anyhow::Result<TradingRun> {
+    let client = Client::connect(frontend, ClientOptions::default().timeout(TIMEOUT))?;
+    let sub = Subscriber::connect(
+        xpub,
+        &[&format!("order.{ACCOUNT}")],
+        EventOptions::default(),
+    )?;
+    if !sub.wait_connected(TIMEOUT) {
+        bail!("no broker heartbeat on the event side within {TIMEOUT:?}");
+    }
+    // A reader thread stamps each accepted order as it arrives: the event may come in
+    // before the call's reply, so it must not wait for the caller.
+    let (tx, rx) = mpsc::channel::<(String, Instant)>();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let Some(ev) = sub.recv_timeout(Duration::from_millis(20)) else {
+                    continue;
+                };
+                let at = Instant::now();
+                if let Ok(order) = ev.decode::<Order>() {
+                    if order.status == Status::NotTraded && tx.send((order.reference, at)).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        let result = orders(&client, &rx, count, warmup);
+        stop.store(true, Ordering::SeqCst);
+        let _ = reader.join();
+        result
+    })
+}
+
+fn orders(
+    client: &Client,
+    accepted: &mpsc::Receiver<(String, Instant)>,
+    count: u64,
+    warmup: u64,
+) -> anyhow::Result<TradingRun> {
+    let mut events = super::report::latency_histogram();
+    let mut replies = super::report::latency_histogram();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    for i in 0..warmup + count {
+        let reference = format!("bench-{tag}-{i}");
+        let req = OrderRequest {
+            symbol: SYMBOL.into(),
+            exchange: String::new(),
+            direction: Direction::Long,
+            order_type: OrderType::Limit,
+            volume: 1.0,
+            price: RESTING_PRICE,
+            offset: Offset::Open,
+            account: ACCOUNT.into(),
+            reference: reference.clone(),
+        };
+        let t0 = Instant::now();
+        let order = client.send_order(GATEWAY, req).context("send_order")?;
+        let replied = t0.elapsed();
+        if order.status == Status::Rejected {
+            bail!("SIM rejected the bench order: {:?}", order.reason);
+        }
+        let event_at = loop {
+            let (r, at) = accepted.recv_timeout(TIMEOUT).map_err(|_| {
+                anyhow!("no order-accepted event for {reference} within {TIMEOUT:?}")
+            })?;
+            if r == reference {
+                break at;
+            }
+        };
+        if i >= warmup {
+            replies.saturating_record(replied.as_nanos() as u64);
+            events.saturating_record(event_at.duration_since(t0).as_nanos() as u64);
+        }
+        client
+            .cancel_order(&order.order_id)
+            .context("cancelling the bench order")?;
+    }
+    let us = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(TradingRun {
+        done: count,
+        event_p50_us: us(&events, 0.5),
+        event_p99_us: us(&events, 0.99),
+        reply_p50_us: us(&replies, 0.5),
+        reply_p99_us: us(&replies, 0.99),
+    })
+}
