@@ -18,7 +18,7 @@ trap stop INT TERM EXIT
 $BIN/tradeplex-broker --config deploy/broker.toml &
 pids+=($!)
 for _ in 1 2; do
-  $BIN/tradeplex-worker --config deploy/worker.toml &
+  $BIN/tradeplex-worker --config deploy/worker.toml --service SIM &
   pids+=($!)
 done
 # Wait until both workers are registered.

@@ -506,6 +506,12 @@ impl Dispatcher {
                         served: 0,
                     },
                 );
+                // Acknowledge at once: a heartbeat tells the worker it is registered.
+                self.send_to_worker(
+                    from.clone(),
+                    worker::Command::Heartbeat,
+                    &HeartbeatHeader {},
+                );
                 Vec::new()
             }
         };

@@ -1109,8 +1109,6 @@ fn broker_exports_alertable_series_before_anything_happens() {
 }
 
 #[test]
-#[ignore = "bug: worker/src/main.rs sets /readyz before any registration and \
-            worker/src/session.rs sets tradeplex_worker_registered=1 when it sends READY"]
 fn worker_is_not_ready_until_a_broker_answers() {
     // Nothing listens on this port: the worker cannot be registered.
     let port = free_port();
@@ -1132,5 +1130,45 @@ fn worker_is_not_ready_until_a_broker_answers() {
     assert_eq!(
         scrape(&http).value("tradeplex_worker_registered", &[]),
         Some(0.0)
+    );
+}
+
+#[test]
+fn worker_is_ready_while_registered_and_its_gateway_connected() {
+    let broker = broker_with_liveness(5);
+    let (worker, http) =
+        worker_with_liveness(&broker, 5, &["--http", "127.0.0.1:0", "--service", "SIM"]);
+    let ready = || http_get(&http, "/readyz").map(|r| r.status).unwrap_or(0);
+    wait_until(
+        Duration::from_secs(10),
+        "the worker ready once registered",
+        || ready() == 200,
+    );
+    assert_eq!(
+        scrape(&http).value("tradeplex_worker_registered", &[]),
+        Some(1.0)
+    );
+
+    // A gateway outage makes the worker not ready; it is ready again after reconnecting.
+    let client = broker.client();
+    let outage =
+        tradeplex_tests::body(serde_json::json!({"op": "sim_disconnect", "duration_ms": 1500}));
+    let target = worker.id.parse().unwrap();
+    client
+        .call(
+            "SIM",
+            outage,
+            tradeplex_client::CallOptions::command().target(target),
+        )
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "not ready while SIM is down",
+        || ready() == 503,
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "ready again after SIM reconnects",
+        || ready() == 200,
     );
 }

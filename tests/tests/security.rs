@@ -103,3 +103,65 @@ fn a_bad_allow_list_key_is_refused_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("curve.allow_clients"));
 }
+
+#[test]
+fn only_allow_listed_workers_register_and_serve() {
+    let (server, client_keys, good, bad) = (
+        keygen("broker-key3"),
+        keygen("client3"),
+        keygen("worker-ok"),
+        keygen("worker-bad"),
+    );
+    let config = temp_path("curve-workers.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[curve]\nkey_file = {:?}\nallow_clients = [{:?}]\nallow_workers = [{:?}]\n",
+            server.file.to_str().unwrap(),
+            client_keys.public,
+            good.public
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start(&["--config", config.to_str().unwrap()]);
+    let curve = |k: &Keys| {
+        vec![
+            "--curve-server-key".to_string(),
+            server.public.clone(),
+            "--curve-key-file".to_string(),
+            k.file.to_str().unwrap().to_string(),
+        ]
+    };
+    let (good_args, bad_args) = (curve(&good), curve(&bad));
+    let good_worker = broker.worker(&strs(&good_args));
+    let _bad_worker = broker.worker(&strs(&bad_args));
+
+    let client = client(&broker, &server, Some(&client_keys));
+    broker.wait_for_workers(&client, "echo", 1);
+    // The stranger is refused at the handshake: wait for the broker to count it.
+    wait_until(
+        Duration::from_secs(10),
+        "the refused worker key to be counted",
+        || {
+            scrape(&broker.http)
+                .value("tradeplex_auth_failures_total", &[("socket", "backend")])
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    );
+    let status = client.status().unwrap();
+    assert_eq!(status.workers.len(), 1);
+    assert_eq!(status.workers[0].worker.to_string(), good_worker.id);
+    let reply = client
+        .call(
+            "echo",
+            body(serde_json::json!({"x": 1})),
+            CallOptions::query(),
+        )
+        .unwrap();
+    assert_eq!(reply.worker.to_string(), good_worker.id);
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

@@ -57,6 +57,18 @@ pub struct Config {
     pub journal: Option<PathBuf>,
     /// The simulated exchange (`SIM` service): market, symbols, accounts.
     pub sim: SimConfig,
+    /// CURVE: the broker's public key and this worker's key file; absent = plaintext.
+    pub curve: Option<CurveConfig>,
+}
+
+/// The `[curve]` table of a worker.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CurveConfig {
+    /// The broker's public key (z85, 40 characters).
+    pub server_key: String,
+    /// This worker's key file (TOML with `public_key` and `secret_key`, from `tradeplex keygen`).
+    pub key_file: PathBuf,
 }
 
 impl Default for Config {
@@ -71,6 +83,7 @@ impl Default for Config {
             liveness: 3,
             journal: None,
             sim: SimConfig::default(),
+            curve: None,
         }
     }
 }
@@ -92,6 +105,25 @@ impl Config {
 
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let field = |field, ok: bool, reason: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Field { field, reason })
+            }
+        };
+        if let Some(c) = &self.curve {
+            field(
+                "curve.server_key",
+                tradeplex_ops::curve::check_key("curve.server_key", &c.server_key).is_ok(),
+                "must be the broker's 40-character z85 public key".into(),
+            )?;
+            field(
+                "curve.key_file",
+                !c.key_file.as_os_str().is_empty(),
+                "must name this worker's key file".into(),
+            )?;
+        }
         let field = |field, ok: bool, reason: String| {
             if ok {
                 Ok(())

@@ -27,6 +27,8 @@ pub struct Shared {
     pub worker: String,
     /// Metrics.
     pub metrics: Arc<WorkerMetrics>,
+    /// What `/readyz` reports: registered with a broker and every service available.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The pool: send requests in, poll `results` for what finished.

@@ -42,6 +42,9 @@ pub enum WorkerError {
     /// A file or thread could not be set up.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// CURVE could not be set up.
+    #[error(transparent)]
+    Curve(#[from] tradeplex_ops::curve::CurveError),
     /// A service name was invalid.
     #[error("invalid service: {0}")]
     Service(#[from] tradeplex_proto::ProtoError),
@@ -87,6 +90,8 @@ pub struct WorkerOptions {
     /// The broker's XSUB endpoint, where gateways' events are published (none: events
     /// are not published).
     pub events: Option<String>,
+    /// CURVE settings for the broker link and event socket; None = plaintext.
+    pub curve: Option<tradeplex_ops::curve::ClientCurve>,
 }
 
 impl WorkerOptions {
@@ -104,6 +109,7 @@ impl WorkerOptions {
             max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
             journal: None,
             events: None,
+            curve: None,
         }
     }
 
@@ -149,6 +155,7 @@ pub struct Worker {
     handlers: HashMap<ServiceName, Arc<dyn Handler>>,
     gateways: Vec<Arc<dyn Gateway>>,
     metrics: Arc<WorkerMetrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Worker {
@@ -159,7 +166,15 @@ impl Worker {
             handlers: HashMap::new(),
             gateways: Vec::new(),
             metrics: Arc::new(WorkerMetrics::new()),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// Reports readiness into `flag` (e.g. the HTTP server's `/readyz` flag): true while
+    /// registered with a broker and every service (gateway) is available.
+    pub fn readiness(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Worker {
+        self.ready = flag;
+        self
     }
 
     /// Adds a service.
@@ -217,6 +232,7 @@ impl Worker {
             journal,
             worker: self.opts.worker_id.to_string(),
             metrics: self.metrics,
+            ready: self.ready,
         });
         let publisher = match (&self.opts.events, self.gateways.is_empty()) {
             (Some(ep), false) => Some(Publisher::start(
@@ -224,6 +240,7 @@ impl Worker {
                 ep,
                 self.opts.worker_id,
                 shared.metrics.clone(),
+                self.opts.curve.as_ref(),
             )?),
             _ => None,
         };

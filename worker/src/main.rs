@@ -6,6 +6,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tradeplex_ops::curve::{ClientCurve, KeyPair};
 use tradeplex_ops::{HttpServer, Shutdown};
 use tradeplex_worker::config::Config;
 use tradeplex_worker::gateway::sim::{self, SimGateway};
@@ -42,6 +43,13 @@ struct Args {
     /// Execution journal file (one JSON line per executed request, written before it runs).
     #[arg(long)]
     journal: Option<PathBuf>,
+    /// Log filter.
+    /// The broker's CURVE public key (z85); enables CURVE (with --curve-key-file).
+    #[arg(long, env = "TRADEPLEX_CURVE_SERVER_KEY")]
+    curve_server_key: Option<String>,
+    /// This worker's CURVE key file (from `tradeplex keygen`).
+    #[arg(long, env = "TRADEPLEX_CURVE_KEY_FILE")]
+    curve_key_file: Option<PathBuf>,
     /// Log filter.
     #[arg(long, default_value = "info", env = "TRADEPLEX_LOG")]
     log_level: String,
@@ -80,6 +88,12 @@ impl Args {
         if self.journal.is_some() {
             c.journal = self.journal;
         }
+        if let Some(k) = self.curve_server_key {
+            c.curve.get_or_insert_with(Default::default).server_key = k;
+        }
+        if let Some(f) = self.curve_key_file {
+            c.curve.get_or_insert_with(Default::default).key_file = f;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -99,6 +113,12 @@ fn main() -> anyhow::Result<()> {
         .heartbeat(Duration::from_millis(config.heartbeat_ms))
         .liveness(config.liveness);
     opts.journal = config.journal.clone();
+    if let Some(c) = &config.curve {
+        opts.curve = Some(ClientCurve {
+            server_key: c.server_key.clone(),
+            keys: KeyPair::from_file(&c.key_file).context("[curve] key_file")?,
+        });
+    }
     let mut worker = Worker::new(opts.events(&config.events)).service("echo", Echo)?;
     let mut services = config.services.clone();
     services.dedup();
@@ -120,7 +140,6 @@ fn main() -> anyhow::Result<()> {
         addr => {
             let h = HttpServer::start(addr, worker.metrics().registry.clone())
                 .with_context(|| format!("serving http on {addr}"))?;
-            h.set_ready(true);
             Some(h)
         }
     };
@@ -131,6 +150,11 @@ fn main() -> anyhow::Result<()> {
         http.as_ref()
             .map_or("off".to_string(), |h| h.addr.to_string())
     );
+    let worker = match &http {
+        // /readyz: registered with the broker and every gateway connected.
+        Some(h) => worker.readiness(h.ready_flag()),
+        None => worker,
+    };
     worker.run(shutdown).context("worker failed")?;
     drop(http);
     Ok(())

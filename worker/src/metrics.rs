@@ -55,7 +55,7 @@ impl WorkerMetrics {
         )
         .expect("static metric");
         let registrations = prometheus::IntCounter::new(
-            "tradeplex_worker_registrations_total",
+            "tradeplex_worker_ready_sent_total",
             "READY messages sent after (re)connecting",
         )
         .expect("static metric");

@@ -67,8 +67,12 @@ impl Publisher {
         endpoint: &str,
         source: WorkerId,
         metrics: Arc<WorkerMetrics>,
+        curve: Option<&tradeplex_ops::curve::ClientCurve>,
     ) -> Result<Publisher, WorkerError> {
         let socket = ctx.socket(zmq::PUB)?;
+        if let Some(c) = curve {
+            c.apply(&socket)?;
+        }
         socket.set_sndhwm(DEFAULT_SNDHWM)?;
         // On shutdown, give queued events a moment to reach the broker.
         socket.set_linger(500)?;
@@ -213,7 +217,7 @@ mod tests {
         let ep = sub.get_last_endpoint().unwrap().unwrap();
         let metrics = Arc::new(WorkerMetrics::new());
         let source = WorkerId::random();
-        let publisher = Publisher::start(&ctx, &ep, source, metrics.clone()).unwrap();
+        let publisher = Publisher::start(&ctx, &ep, source, metrics.clone(), None).unwrap();
         let sink = publisher.sink();
         // The PUB socket drops until the subscription has arrived: probe until heard.
         sub.set_rcvtimeo(50).unwrap();

@@ -33,6 +33,8 @@ pub struct Session<'a> {
     results: zmq::Socket,
     in_flight: usize,
     offered: Vec<ServiceName>,
+    /// True once the broker has shown it knows us (a heartbeat or request after READY).
+    registered: bool,
 }
 
 impl<'a> Session<'a> {
@@ -52,6 +54,7 @@ impl<'a> Session<'a> {
             results,
             in_flight: 0,
             offered: Vec::new(),
+            registered: false,
         }
     }
 
@@ -92,12 +95,16 @@ impl<'a> Session<'a> {
         s.set_maxmsgsize((self.opts.max_body_bytes as i64).saturating_mul(2) + 64 * 1024)?;
         s.set_sndhwm(100_000)?;
         s.set_rcvhwm(100_000)?;
+        if let Some(curve) = &self.opts.curve {
+            curve.apply(&s)?;
+        }
         s.connect(&self.opts.broker)?;
         Ok(s)
     }
 
     fn serve_connection(&mut self, shutdown: &Shutdown) -> Result<SessionEnd, WorkerError> {
         let dealer = self.connect()?;
+        self.set_registered(false);
         self.offered = self.available_services();
         self.send_ready(&dealer, false);
         let mut last_heard = Instant::now();
@@ -108,6 +115,7 @@ impl<'a> Session<'a> {
             if drain_until.is_none() && shutdown.is_triggered() {
                 tracing::info!(in_flight = self.in_flight, "draining before shutdown");
                 self.send_ready(&dealer, true);
+                self.set_registered(false);
                 drain_until = Some(now + self.opts.drain_grace);
             }
             if let Some(until) = drain_until {
@@ -131,6 +139,7 @@ impl<'a> Session<'a> {
                     self.offered = self.available_services();
                     tracing::info!(services = ?self.offered, "services changed; updating broker");
                     self.send_ready(&dealer, false);
+                    self.update_readiness();
                 }
             }
             let timeout = next_heartbeat.saturating_duration_since(now).min(MAX_POLL);
@@ -152,7 +161,7 @@ impl<'a> Session<'a> {
             // Judged only after reading what is waiting, so a stalled process does not
             // mistake unread heartbeats for silence.
             if last_heard.elapsed() > self.opts.liveness_window() {
-                self.shared.metrics.registered.set(0);
+                self.set_registered(false);
                 return Ok(SessionEnd::BrokerSilent);
             }
         }
@@ -182,9 +191,25 @@ impl<'a> Session<'a> {
         };
         if !draining {
             self.shared.metrics.registrations.inc();
-            self.shared.metrics.registered.set(1);
         }
         send(dealer, wp::Command::Ready, &ready, &[]);
+    }
+
+    fn set_registered(&mut self, registered: bool) {
+        if registered && !self.registered {
+            tracing::info!(services = ?self.offered, "registered with broker");
+        }
+        self.registered = registered;
+        self.shared.metrics.registered.set(i64::from(registered));
+        self.update_readiness();
+    }
+
+    /// `/readyz`: registered, and every service (gateway) available.
+    fn update_readiness(&self) {
+        let ready = self.registered && self.offered.len() == self.shared.handlers.len();
+        self.shared
+            .ready
+            .store(ready, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Reads everything waiting from the broker; true if anything arrived.
@@ -199,12 +224,21 @@ impl<'a> Session<'a> {
             heard = true;
             match wp::decode(&frames) {
                 Ok(wp::Message::Request(h)) => {
+                    if !draining && !self.registered {
+                        self.set_registered(true);
+                    }
                     let body = frames.into_iter().nth(3).unwrap_or_default();
                     self.on_request(dealer, h, body, draining);
                 }
-                Ok(wp::Message::Heartbeat) => {}
+                Ok(wp::Message::Heartbeat) => {
+                    // The broker only heartbeats workers it has registered.
+                    if !draining && !self.registered {
+                        self.set_registered(true);
+                    }
+                }
                 Ok(wp::Message::Disconnect(d)) => {
                     tracing::info!(reason = %d.reason, "broker asked us to register again");
+                    self.set_registered(false);
                     if !draining {
                         self.send_ready(dealer, false);
                     }

@@ -221,7 +221,7 @@ fn expired_deadline_on_arrival_is_refused() {
     };
     h.d.on_request(h.clock, b"c".to_vec(), hdr, Body::new());
     let (msgs, _, errors) = h.drain();
-    assert!(msgs.is_empty());
+    assert!(msgs.iter().all(|m| m.1 != worker::Command::Request));
     assert_eq!(errors[0].name, "deadline_exceeded");
 }
 
@@ -423,6 +423,23 @@ fn late_reply_from_replaced_worker_is_ignored() {
     );
     h.reply(b"A2", job);
     assert_eq!(h.drain().1.len(), 1);
+}
+
+#[test]
+fn a_new_worker_is_acknowledged_with_a_heartbeat() {
+    let mut h = Harness::new();
+    let id = h.ready(b"A", &["echo"], 1);
+    let (msgs, _, _) = h.drain();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        (msgs[0].0.as_slice(), msgs[0].1),
+        (&b"A"[..], worker::Command::Heartbeat)
+    );
+    h.ready_as(b"A", id, &["echo", "SIM"], 1);
+    assert!(
+        h.drain().0.is_empty(),
+        "an update is not a new registration"
+    );
 }
 
 #[test]
