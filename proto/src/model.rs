@@ -78,6 +78,16 @@ impl Status {
         )
     }
 
+    /// Position in the life of an order: submitting < not_traded < part_traded < final.
+    pub fn stage(self) -> u8 {
+        match self {
+            Status::Submitting => 0,
+            Status::NotTraded => 1,
+            Status::PartTraded => 2,
+            Status::AllTraded | Status::Cancelled | Status::Rejected => 3,
+        }
+    }
+
     /// True while the order can still fill or be cancelled.
     pub fn is_active(self) -> bool {
         !self.is_final()
@@ -293,6 +303,17 @@ pub struct Order {
     /// The client's own tag, echoed back.
     #[serde(default)]
     pub reference: String,
+}
+
+impl Order {
+    /// True if `self` is a later state of the same order than `other`: more filled, or as
+    /// filled and further along. Events can arrive after a reply that already carried a
+    /// later state; this tells which to keep.
+    pub fn supersedes(&self, other: &Order) -> bool {
+        self.order_id == other.order_id
+            && (self.traded > other.traded
+                || (self.traded == other.traded && self.status.stage() > other.status.stage()))
+    }
 }
 
 /// A fill.
@@ -538,6 +559,41 @@ mod tests {
         assert_eq!(id.worker(), Some(w));
         assert_eq!(id.to_string().parse::<OrderId>().unwrap(), id);
         assert!("SIM.nope.1".parse::<OrderId>().is_err());
+    }
+
+    #[test]
+    fn later_order_states_supersede_earlier_ones() {
+        let mut o = Order {
+            order_id: OrderId::new("SIM", WorkerId::random(), 1),
+            symbol: "X".into(),
+            exchange: "SIM".into(),
+            gateway: "SIM".into(),
+            account: "a".into(),
+            direction: Direction::Long,
+            offset: Offset::None,
+            order_type: OrderType::Limit,
+            price: 1.0,
+            volume: 2.0,
+            traded: 0.0,
+            status: Status::Submitting,
+            reason: None,
+            datetime_ns: 0,
+            reference: String::new(),
+        };
+        let submitting = o.clone();
+        o.status = Status::NotTraded;
+        assert!(o.supersedes(&submitting));
+        assert!(
+            !submitting.supersedes(&o),
+            "an old event must not replace a newer reply"
+        );
+        let mut part = o.clone();
+        part.traded = 1.0;
+        part.status = Status::PartTraded;
+        assert!(part.supersedes(&o));
+        let mut other = part.clone();
+        other.order_id = OrderId::new("SIM", WorkerId::random(), 2);
+        assert!(!other.supersedes(&o));
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub fn order(conn: &super::Conn, args: OrderArgs) -> anyhow::Result<i32> {
         let Ok(o) = ev.decode::<Order>() else {
             continue;
         };
-        if o.order_id == placed.order_id && (o.status != last.status || o.traded != last.traded) {
+        if o.supersedes(&last) {
             println!("{}", status_line(&o));
             last = o;
         }
@@ -146,7 +146,7 @@ pub fn order(conn: &super::Conn, args: OrderArgs) -> anyhow::Result<i32> {
     if !last.status.is_final() {
         // Events may have been missed: ask the worker that holds the order.
         if let Ok(o) = client.query_order(&placed.order_id) {
-            if o.status != last.status || o.traded != last.traded {
+            if o.supersedes(&last) {
                 println!("{}", status_line(&o));
             }
         }
