@@ -367,3 +367,83 @@ fn broker_is_alive(broker: &Broker) -> bool {
     probe.args(["-0", &broker.proc.child.id().to_string()]);
     probe.status().map(|s| s.success()).unwrap_or(false)
 }
+
+#[test]
+fn broker_shutdown_drains_in_flight_requests_and_refuses_new_ones() {
+    let mut broker = Broker::start(&[]);
+    let journal = temp_path("drain");
+    let _w = broker.worker(&["--capacity", "2", "--journal", journal.to_str().unwrap()]);
+    let client = broker.client();
+    broker.wait_for_workers(&client, "echo", 1);
+    let slow = client
+        .send(
+            "echo",
+            body(json!({"sleep_ms": 800, "n": "slow"})),
+            CallOptions::command(),
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(5), "the slow request to start", || {
+        journal_lines(&journal).len() == 1
+    });
+
+    // SIGTERM: the broker stops taking requests but lets the one in flight finish.
+    let pid = broker.proc.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let refused = wait_for_refusal(&client);
+    assert_eq!(refused, "unavailable");
+    let reply = slow
+        .wait()
+        .expect("the in-flight request is answered, not dropped");
+    let echoed: serde_json::Value = rmp_serde::from_slice(&reply.body).unwrap();
+    assert_eq!(echoed["n"], "slow");
+    assert_eq!(
+        broker.proc.terminate(Duration::from_secs(10)),
+        Some(0),
+        "clean exit"
+    );
+}
+
+/// Calls until the draining broker refuses; returns the error name.
+fn wait_for_refusal(client: &tradeplex_client::Client) -> String {
+    let mut name = String::new();
+    wait_until(Duration::from_secs(5), "a refusal while draining", || {
+        let opts = CallOptions::query().timeout(Duration::from_millis(500));
+        match client.call("echo", body(json!({"probe": true})), opts) {
+            Err(e) if e.name() == "unavailable" => {
+                name = e.name().to_string();
+                true
+            }
+            _ => false,
+        }
+    });
+    name
+}
+
+#[test]
+fn worker_shutdown_finishes_in_flight_work_and_leaves_cleanly() {
+    let broker = Broker::start(&[]);
+    let journal = temp_path("worker-drain");
+    let mut w = broker.worker(&["--capacity", "2", "--journal", journal.to_str().unwrap()]);
+    let client = broker.client();
+    broker.wait_for_workers(&client, "echo", 1);
+    let slow = client
+        .send(
+            "echo",
+            body(json!({"sleep_ms": 800, "n": "order"})),
+            CallOptions::command(),
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(5), "the request to start", || {
+        journal_lines(&journal).len() == 1
+    });
+    let pid = w.proc.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    // The order in flight completes: not `worker_lost`.
+    slow.wait().expect("the worker drains before leaving");
+    assert_eq!(
+        w.proc.terminate(Duration::from_secs(10)),
+        Some(0),
+        "clean exit"
+    );
+    broker.wait_for_workers(&client, "echo", 0);
+}
