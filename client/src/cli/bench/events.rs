@@ -252,8 +252,9 @@ fn subscriber(xpub: &str, hwm: i32, shared: &Shared, stalled: bool) -> SubResult
     let mut hist = super::report::latency_histogram();
     let mut stats = SubStats::default();
     let (mut seen, mut last_rx) = (false, None::<Instant>);
-    // Trailer events (past the measured range) seen: how many, and the highest.
-    let (mut trailers, mut trailer_max) = (0u64, 0u64);
+    // The library counts every sequence jump; the events it skipped outside the measured
+    // range (lost warm-up or trailer events) are taken off its count below.
+    let (mut prev, mut skipped_outside, mut trailers) = (None::<u64>, 0u64, 0u64);
     loop {
         let Some(ev) = sub.recv_timeout(Duration::from_millis(20)) else {
             // Stop once the publisher is done and the library has nothing more to hand
@@ -270,36 +271,45 @@ fn subscriber(xpub: &str, hwm: i32, shared: &Shared, stalled: bool) -> SubResult
             seen = true;
             shared.seen.fetch_add(1, Ordering::SeqCst);
         }
-        if ev.seq < shared.from.load(Ordering::SeqCst) {
+        let (from, to) = (
+            shared.from.load(Ordering::SeqCst),
+            shared.to.load(Ordering::SeqCst),
+        );
+        if let Some(p) = prev.filter(|p| ev.seq > p + 1) {
+            skipped_outside += skipped_outside_range(p, ev.seq, from, to);
+        }
+        prev = Some(ev.seq);
+        if ev.seq < from {
             continue; // warm-up
         }
-        if ev.seq > shared.to.load(Ordering::SeqCst) {
+        if ev.seq > to {
             if trailers == 0 {
                 shared.finished.fetch_add(1, Ordering::SeqCst);
             }
             trailers += 1;
-            trailer_max = trailer_max.max(ev.seq);
             continue;
         }
         stats.received += 1;
         hist.saturating_record(tradeplex_proto::now_unix_ns().saturating_sub(ev.ts_ns));
         last_rx = Some(Instant::now());
     }
-    // The library counted every jump, trailer events lost included; those are not events
-    // of the measured range.
-    let to = shared.to.load(Ordering::SeqCst);
-    let trailer_lost = if trailers > 0 {
-        (trailer_max - to).saturating_sub(trailers)
-    } else {
-        0
-    };
-    stats.gaps = sub.gaps().saturating_sub(trailer_lost);
+    stats.gaps = sub.gaps().saturating_sub(skipped_outside);
     stats.local_drops = sub.stats().local_drops.load(Ordering::Relaxed);
     if let (Some(started), Some(last_rx)) = (shared.started.get(), last_rx) {
         let secs = last_rx.duration_since(*started).as_secs_f64();
         stats.rate = stats.received as f64 / secs.max(1e-6);
     }
     Ok(Some((stats, hist)))
+}
+
+/// How many of the sequence numbers a jump from `prev` to `seq` skipped lie outside the
+/// measured range `from..=to`.
+fn skipped_outside_range(prev: u64, seq: u64, from: u64, to: u64) -> u64 {
+    let (lo, hi) = (prev + 1, seq - 1);
+    let skipped = hi - lo + 1;
+    let (a, b) = (lo.max(from), hi.min(to));
+    let inside = if a <= b { b - a + 1 } else { 0 };
+    skipped - inside
 }
 
 fn stalled_subscriber(xpub: &str, hwm: i32, shared: &Shared) -> anyhow::Result<()> {
@@ -437,5 +447,21 @@ impl Drop for BaselineProxy {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jumps_are_split_at_the_measured_range() {
+        // Range 10..=20.
+        assert_eq!(skipped_outside_range(3, 6, 10, 20), 2); // warm-up only
+        assert_eq!(skipped_outside_range(8, 13, 10, 20), 1); // 9 outside, 10-12 inside
+        assert_eq!(skipped_outside_range(12, 15, 10, 20), 0); // inside only
+        assert_eq!(skipped_outside_range(18, 24, 10, 20), 3); // 19-20 inside, 21-23 out
+        assert_eq!(skipped_outside_range(21, 25, 10, 20), 3); // trailer only
+        assert_eq!(skipped_outside_range(5, 30, 10, u64::MAX), 4); // range still open
     }
 }
