@@ -4,34 +4,8 @@
 use serde::Deserialize;
 use std::path::Path;
 
-/// Why a configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed or names an unknown field / wrong type.
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// toml's message, which names the field and line.
-        message: String,
-    },
-    /// A field has a value out of range.
-    #[error("invalid config field `{field}`: {reason}")]
-    Field {
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub use tradeplex_ops::config::ConfigError;
+use tradeplex_ops::config::{check, check_endpoint};
 
 /// Everything the broker needs to run.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -100,25 +74,14 @@ impl Default for Config {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                message,
-            },
-            other => other,
-        })
+        let config: Config = tradeplex_ops::config::load(path)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: "<text>".into(),
-            message: e.to_string(),
-        })?;
+        let config: Config = tradeplex_ops::config::parse(text, "<text>")?;
         config.validate()?;
         Ok(config)
     }
@@ -131,18 +94,9 @@ impl Config {
             ("xsub", &self.xsub),
             ("xpub", &self.xpub),
         ] {
-            check_endpoint(field, ep)?;
+            check_endpoint(field, ep, true)?;
         }
-        let field = |field, ok: bool, reason: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Field {
-                    field,
-                    reason: reason.into(),
-                })
-            }
-        };
+        let field = check;
         field(
             "heartbeat_ms",
             (10..=60_000).contains(&self.heartbeat_ms),
@@ -195,27 +149,6 @@ impl Config {
     /// How long a worker may stay silent before it is dropped.
     pub fn liveness_window(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.heartbeat_ms * u64::from(self.liveness))
-    }
-}
-
-/// Accepts `tcp://host:port` (port may be `*`) and `ipc://path`.
-pub fn check_endpoint(field: &'static str, ep: &str) -> Result<(), ConfigError> {
-    let ok = if let Some(rest) = ep.strip_prefix("tcp://") {
-        rest.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && (port == "*" || port.parse::<u16>().is_ok())
-        })
-    } else if let Some(path) = ep.strip_prefix("ipc://") {
-        !path.is_empty()
-    } else {
-        ep.starts_with("inproc://") && ep.len() > 9
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::Field {
-            field,
-            reason: format!("{ep:?} is not tcp://HOST:PORT or ipc://PATH"),
-        })
     }
 }
 

@@ -308,6 +308,12 @@ const BATCH: usize = 1024;
 /// Longest poll, so a shutdown request is seen promptly.
 const MAX_POLL: Duration = Duration::from_millis(50);
 
+#[derive(Clone, Copy)]
+enum Side {
+    Frontend,
+    Backend,
+}
+
 struct Loop {
     frontend: zmq::Socket,
     backend: zmq::Socket,
@@ -361,33 +367,28 @@ impl Loop {
         let (front_ready, back_ready) = (items[0].is_readable(), items[1].is_readable());
         // Replies first: they free capacity for the requests read next.
         if back_ready {
-            self.drain_backend()?;
+            self.drain(Side::Backend)?;
         }
         if front_ready {
-            self.drain_frontend()?;
+            self.drain(Side::Frontend)?;
         }
         Ok(())
     }
 
-    fn drain_frontend(&mut self) -> Result<(), BrokerError> {
+    /// Reads and handles up to [`BATCH`] messages from one side without blocking.
+    fn drain(&mut self, side: Side) -> Result<(), BrokerError> {
         for _ in 0..BATCH {
-            if !self.frames.recv(&self.frontend)? {
+            let socket = match side {
+                Side::Frontend => &self.frontend,
+                Side::Backend => &self.backend,
+            };
+            if !self.frames.recv(socket)? {
                 break;
             }
-            self.on_frontend();
-            if self.dispatcher.out.len() >= BATCH {
-                self.flush();
+            match side {
+                Side::Frontend => self.on_frontend(),
+                Side::Backend => self.on_backend(),
             }
-        }
-        Ok(())
-    }
-
-    fn drain_backend(&mut self) -> Result<(), BrokerError> {
-        for _ in 0..BATCH {
-            if !self.frames.recv(&self.backend)? {
-                break;
-            }
-            self.on_backend();
             if self.dispatcher.out.len() >= BATCH {
                 self.flush();
             }

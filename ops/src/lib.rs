@@ -3,6 +3,7 @@
 //! One copy here instead of one per binary.
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod curve;
 pub mod http;
 pub mod logging;

@@ -163,6 +163,20 @@ impl Broker {
         }
     }
 
+    /// SIGKILLs this broker and starts a new one on the same endpoints (a crash and a
+    /// restart by its supervisor).
+    pub fn kill9_and_restart(&mut self) -> Broker {
+        self.proc.kill9();
+        let (frontend, backend, xsub, xpub, http) = (
+            &self.frontend,
+            &self.backend,
+            &self.xsub,
+            &self.xpub,
+            &self.http,
+        );
+        Broker::start_on(frontend, backend, xsub, xpub, http, &[])
+    }
+
     /// Starts a worker connected to this broker.
     pub fn worker(&self, extra: &[&str]) -> Worker {
         let mut args: Vec<String> = vec![

@@ -159,16 +159,7 @@ fn events_flow_again_after_a_broker_restart() {
     // Know the first broker instance, so its successor is recognised as a restart.
     assert!(sub.wait_connected(Duration::from_secs(5)));
     prime(&mut publisher, &sub, "tick.SIM.R");
-    broker.proc.kill9();
-    let http = broker.http.clone();
-    let _restarted = Broker::start_on(
-        &broker.frontend,
-        &broker.backend,
-        &broker.xsub,
-        &broker.xpub,
-        &http,
-        &[],
-    );
+    let _restarted = broker.kill9_and_restart();
     // Same subscriber, same publisher: both reconnect by themselves.
     wait_until(Duration::from_secs(10), "events after restart", || {
         publisher.publish("tick.SIM.R", serde_json::json!({"after": true}), 0);

@@ -188,16 +188,7 @@ fn worker_and_client_survive_a_broker_restart_on_the_same_ports() {
         .call("echo", body(json!({"before": true})), CallOptions::query())
         .unwrap();
 
-    broker.proc.kill9();
-    let http = broker.http.clone();
-    let restarted = Broker::start_on(
-        &broker.frontend,
-        &broker.backend,
-        &broker.xsub,
-        &broker.xpub,
-        &http,
-        &[],
-    );
+    let restarted = broker.kill9_and_restart();
     assert_eq!(restarted.frontend, broker.frontend);
     // The same client handle, without any help: the worker re-registers, the client's
     // socket reconnects, and calls succeed again within a few seconds.

@@ -299,16 +299,7 @@ fn sim_events_flow_again_after_a_broker_restart() {
     let sub = events(&broker, &["tick.SIM.BTCUSDT"]);
     client.subscribe("SIM", "BTCUSDT").unwrap();
     assert!(sub.recv_timeout(Duration::from_secs(5)).is_some());
-    broker.proc.kill9();
-    let http = broker.http.clone();
-    let restarted = Broker::start_on(
-        &broker.frontend,
-        &broker.backend,
-        &broker.xsub,
-        &broker.xpub,
-        &http,
-        &[],
-    );
+    let restarted = broker.kill9_and_restart();
     restarted.wait_for_workers(&client, "SIM", 1);
     while sub.try_recv().is_some() {}
     // The worker's PUB and the subscriber's SUB reconnect by themselves; the worker still

@@ -6,34 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::gateway::sim::config::SimConfig;
 
-/// Why a configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// Malformed TOML, an unknown field or a wrong type (toml's message names it).
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// toml's message.
-        message: String,
-    },
-    /// A field is out of range.
-    #[error("invalid config field `{field}`: {reason}")]
-    Field {
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub use tradeplex_ops::config::ConfigError;
+use tradeplex_ops::config::{check, check_endpoint};
 
 /// Everything a worker process needs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -91,27 +65,14 @@ impl Default for Config {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let config: Config = tradeplex_ops::config::load(path)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let field = |field, ok: bool, reason: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Field { field, reason })
-            }
-        };
+        let field = check;
         if let Some(c) = &self.curve {
             field(
                 "curve.server_key",
@@ -124,23 +85,8 @@ impl Config {
                 "must name this worker's key file".into(),
             )?;
         }
-        let field = |field, ok: bool, reason: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Field { field, reason })
-            }
-        };
-        field(
-            "broker",
-            valid_endpoint(&self.broker),
-            format!("{:?} is not tcp://HOST:PORT or ipc://PATH", self.broker),
-        )?;
-        field(
-            "events",
-            valid_endpoint(&self.events),
-            format!("{:?} is not tcp://HOST:PORT or ipc://PATH", self.events),
-        )?;
+        check_endpoint("broker", &self.broker, false)?;
+        check_endpoint("events", &self.events, false)?;
         field(
             "capacity",
             (1..=1024).contains(&self.capacity),
@@ -168,18 +114,6 @@ impl Config {
             reason: e.reason,
         })?;
         Ok(())
-    }
-}
-
-/// `tcp://HOST:PORT` or `ipc://PATH` (or `inproc://NAME` for in-process use).
-pub fn valid_endpoint(ep: &str) -> bool {
-    if let Some(rest) = ep.strip_prefix("tcp://") {
-        rest.rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-    } else {
-        ep.strip_prefix("ipc://")
-            .or_else(|| ep.strip_prefix("inproc://"))
-            .is_some_and(|p| !p.is_empty())
     }
 }
 
