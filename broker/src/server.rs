@@ -235,6 +235,7 @@ impl Broker {
             max_body: config.max_body_bytes,
             frames: Frames::default(),
             bad_log: LogLimiter::new(10),
+            spare: Vec::new(),
         };
         let result = lp.serve(&shutdown, Duration::from_millis(config.shutdown_grace_ms));
         shutdown.trigger();
@@ -305,6 +306,8 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), BrokerError> {
 
 /// Most messages read from one socket per wake-up before turning to the other (fairness).
 const BATCH: usize = 1024;
+/// Most rounds of reading both sockets per wake-up before timers get their turn.
+const DRAIN_ROUNDS: usize = 16;
 /// Longest poll, so a shutdown request is seen promptly.
 const MAX_POLL: Duration = Duration::from_millis(50);
 
@@ -322,6 +325,8 @@ struct Loop {
     max_body: usize,
     frames: Frames,
     bad_log: LogLimiter,
+    /// The outbox's twin, swapped in on each flush so neither reallocates.
+    spare: Vec<Out>,
 }
 
 impl Loop {
@@ -365,18 +370,28 @@ impl Loop {
             Err(e) => return Err(e.into()),
         }
         let (front_ready, back_ready) = (items[0].is_readable(), items[1].is_readable());
-        // Replies first: they free capacity for the requests read next.
-        if back_ready {
-            self.drain(Side::Backend)?;
+        if !front_ready && !back_ready {
+            return Ok(());
         }
-        if front_ready {
-            self.drain(Side::Frontend)?;
+        // Keep reading both sockets until neither has anything (bounded, so timers still
+        // run): under load this saves a poll system call per message.
+        for _ in 0..DRAIN_ROUNDS {
+            // Replies first: they free capacity for the requests read next.
+            let n = self.drain(Side::Backend)? + self.drain(Side::Frontend)?;
+            self.flush();
+            if n == 0 {
+                break;
+            }
         }
         Ok(())
     }
 
-    /// Reads and handles up to [`BATCH`] messages from one side without blocking.
-    fn drain(&mut self, side: Side) -> Result<(), BrokerError> {
+    /// Reads and handles up to [`BATCH`] messages from one side without blocking; returns
+    /// how many it read.
+    fn drain(&mut self, side: Side) -> Result<usize, BrokerError> {
+        // One clock read per batch: deadlines are milliseconds, a batch is microseconds.
+        let clock = Clock::real();
+        let mut read = 0;
         for _ in 0..BATCH {
             let socket = match side {
                 Side::Frontend => &self.frontend,
@@ -385,19 +400,19 @@ impl Loop {
             if !self.frames.recv(socket)? {
                 break;
             }
+            read += 1;
             match side {
-                Side::Frontend => self.on_frontend(),
-                Side::Backend => self.on_backend(),
+                Side::Frontend => self.on_frontend(clock),
+                Side::Backend => self.on_backend(clock),
             }
             if self.dispatcher.out.len() >= BATCH {
                 self.flush();
             }
         }
-        Ok(())
+        Ok(read)
     }
 
-    fn on_frontend(&mut self) {
-        let clock = Clock::real();
+    fn on_frontend(&mut self, clock: Clock) {
         let frames = self.frames.as_slice();
         let Some((identity, rest)) = frames.split_first() else {
             return;
@@ -446,8 +461,7 @@ impl Loop {
         client::salvage_id(header)
     }
 
-    fn on_backend(&mut self) {
-        let clock = Clock::real();
+    fn on_backend(&mut self, clock: Clock) {
         let frames = self.frames.as_slice();
         let Some((identity, rest)) = frames.split_first() else {
             return;
@@ -499,9 +513,13 @@ impl Loop {
 
     fn flush(&mut self) {
         while !self.dispatcher.out.is_empty() {
-            for out in std::mem::take(&mut self.dispatcher.out) {
+            // Swap in the spare buffer so both keep their capacity across flushes.
+            std::mem::swap(&mut self.spare, &mut self.dispatcher.out);
+            let mut batch = std::mem::take(&mut self.spare);
+            for out in batch.drain(..) {
                 self.send(out);
             }
+            self.spare = batch;
         }
     }
 

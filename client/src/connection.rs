@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -43,10 +44,22 @@ const UNSENT_RETRY: Duration = Duration::from_millis(20);
 const ANSWER_SLACK: Duration = Duration::from_millis(250);
 const MAX_POLL: Duration = Duration::from_millis(50);
 
+/// Set by the connection thread while it waits in poll; a handle that queues a call
+/// writes a wake-up byte only then, so a busy connection costs no system call per call.
+pub(crate) type Sleeping = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
+/// How often pending calls are scanned for timeouts and re-sends at most.
+const TIMER_PERIOD: Duration = Duration::from_millis(2);
+
 pub(crate) struct Connection {
     dealer: zmq::Socket,
     calls: Receiver<Call>,
     wake: UnixStream,
+    sleeping: Sleeping,
+    /// Earliest time a pending call needs attention (timeout or re-send), cached so the
+    /// loop does not walk every pending call on every message.
+    next_due: Option<Instant>,
+    last_scan: Instant,
     pending: HashMap<RequestId, Pending>,
     max_body: usize,
 }
@@ -56,12 +69,16 @@ impl Connection {
         dealer: zmq::Socket,
         calls: Receiver<Call>,
         wake: UnixStream,
+        sleeping: Sleeping,
         max_body: usize,
     ) -> Connection {
         Connection {
             dealer,
             calls,
             wake,
+            sleeping,
+            next_due: None,
+            last_scan: Instant::now(),
             pending: HashMap::new(),
             max_body,
         }
@@ -71,14 +88,24 @@ impl Connection {
     pub fn run(mut self) {
         let mut open = true;
         while open || !self.pending.is_empty() {
-            let timeout = self.next_timer().map_or(MAX_POLL, |t| {
+            let timeout = self.next_due.map_or(MAX_POLL, |t| {
                 t.saturating_duration_since(Instant::now()).min(MAX_POLL)
             });
+            // Announce the sleep, then look once more for calls queued meanwhile: a handle
+            // that saw `sleeping` false relies on this look.
+            self.sleeping.store(true, Ordering::SeqCst);
+            let wait_ms = if self.calls.is_empty() {
+                timeout.as_micros().div_ceil(1000) as i64
+            } else {
+                0
+            };
             let mut items = [
                 self.dealer.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN),
             ];
-            if let Err(e) = zmq::poll(&mut items, timeout.as_micros().div_ceil(1000) as i64) {
+            let polled = zmq::poll(&mut items, wait_ms);
+            self.sleeping.store(false, Ordering::SeqCst);
+            if let Err(e) = polled {
                 if e != zmq::Error::EINTR {
                     tracing::error!(error = %e, "client poll failed");
                     break;
@@ -93,7 +120,10 @@ impl Connection {
             if replies {
                 self.read_replies();
             }
-            self.fire_timers();
+            let now = Instant::now();
+            if self.next_due.is_some_and(|t| now >= t) || now >= self.last_scan + TIMER_PERIOD {
+                self.fire_timers();
+            }
         }
         for (_, p) in self.pending.drain() {
             let _ = p.call.done.send(Err(ClientError::Closed));
@@ -124,6 +154,7 @@ impl Connection {
             timeout_ms,
         };
         self.try_send(&mut p, Instant::now());
+        self.note_due(&p);
         self.pending.insert(id, p);
     }
 
@@ -181,18 +212,21 @@ impl Connection {
         }
     }
 
-    fn next_timer(&self) -> Option<Instant> {
-        self.pending
-            .values()
-            .map(|p| {
-                let end = p.call.deadline + ANSWER_SLACK;
-                p.next_send.map_or(end, |r| r.min(end))
-            })
-            .min()
+    /// When `p` next needs attention.
+    fn due(p: &Pending) -> Instant {
+        let end = p.call.deadline + ANSWER_SLACK;
+        p.next_send.map_or(end, |r| r.min(end))
     }
 
+    fn note_due(&mut self, p: &Pending) {
+        let due = Self::due(p);
+        self.next_due = Some(self.next_due.map_or(due, |t| t.min(due)));
+    }
+
+    /// Times out, re-sends, and recomputes the earliest due time (one walk of the calls).
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        self.last_scan = now;
         let mut expired = Vec::new();
         let mut due = Vec::new();
         for (id, p) in self.pending.iter() {
@@ -221,6 +255,7 @@ impl Connection {
                 let _ = p.call.done.send(Err(err));
             }
         }
+        self.next_due = self.pending.values().map(Self::due).min();
     }
 }
 

@@ -142,6 +142,7 @@ impl PendingCall {
 struct Inner {
     calls: Sender<Call>,
     wake: Mutex<UnixStream>,
+    sleeping: connection::Sleeping,
     next_id: AtomicU64,
     options: ClientOptions,
     _ctx: zmq::Context,
@@ -183,7 +184,14 @@ impl Client {
                 .map_err(|e| ClientError::Connect(e.to_string()))?;
         }
         let (tx, rx) = crossbeam_channel::unbounded();
-        let conn = Connection::new(dealer, rx, wake_rx, options.max_body_bytes);
+        let sleeping = connection::Sleeping::default();
+        let conn = Connection::new(
+            dealer,
+            rx,
+            wake_rx,
+            sleeping.clone(),
+            options.max_body_bytes,
+        );
         std::thread::Builder::new()
             .name("tpx-client".into())
             .spawn(move || conn.run())
@@ -192,6 +200,7 @@ impl Client {
             inner: Arc::new(Inner {
                 calls: tx,
                 wake: Mutex::new(wake_tx),
+                sleeping,
                 // Start ids at a random point so a restarted client never reuses the
                 // ids its previous incarnation left in flight.
                 next_id: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0 >> 16),
@@ -257,6 +266,11 @@ impl Client {
     }
 
     fn wake(&self) {
+        // Only a sleeping connection thread needs the byte; a busy one sees the call when
+        // it next looks at the channel (it looks once more after announcing a sleep).
+        if !self.inner.sleeping.swap(false, Ordering::SeqCst) {
+            return;
+        }
         let mut w = self.inner.wake.lock().unwrap_or_else(|p| p.into_inner());
         // A full socketpair already guarantees a wake-up; nothing to do then.
         let _ = w.write(&[1]);

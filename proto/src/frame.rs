@@ -62,7 +62,12 @@ pub fn decode_header<T: DeserializeOwned>(frame: &[u8]) -> Result<T, ProtoError>
 pub fn encode_header<T: Serialize>(header: &T) -> Vec<u8> {
     // Serialising our own plain structs to a Vec cannot fail; fall back to an empty map
     // rather than panic so a future type with a failing Serialize impl is still safe.
-    rmp_serde::to_vec_named(header).unwrap_or_else(|_| vec![0x80])
+    // Our headers are small maps: one allocation of this size avoids regrowing the buffer.
+    let mut buf = Vec::with_capacity(128);
+    match rmp_serde::encode::write_named(&mut buf, header) {
+        Ok(()) => buf,
+        Err(_) => vec![0x80],
+    }
 }
 
 /// Returns frame `i` or a frame-count error.

@@ -14,6 +14,11 @@ pub const MAX_SLEEP_MS: u64 = 60_000;
 pub struct Echo;
 
 impl Handler for Echo {
+    /// Echoing is a copy; only a requested sleep needs an executor thread.
+    fn runs_inline(&self, req: &Request) -> bool {
+        sleep_ms(&req.body).is_none()
+    }
+
     fn handle(&self, req: &Request) -> Result<Vec<u8>, HandlerError> {
         if let Some(ms) = sleep_ms(&req.body) {
             std::thread::sleep(Duration::from_millis(ms.min(MAX_SLEEP_MS)));

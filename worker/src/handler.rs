@@ -62,6 +62,14 @@ pub trait Handler: Send + Sync + 'static {
     /// Executes one request. Called from up to `capacity` threads at once.
     fn handle(&self, req: &Request) -> Result<Vec<u8>, HandlerError>;
 
+    /// True if this request is cheap and never blocks (no I/O, no sleeping, no waiting on
+    /// locks held for long): the worker then runs it on its session thread instead of
+    /// handing it to an executor thread and back, which saves two thread wake-ups.
+    /// The default is false: when in doubt, run on the executor.
+    fn runs_inline(&self, _req: &Request) -> bool {
+        false
+    }
+
     /// Whether the service can take requests now (e.g. its gateway is connected). A worker
     /// withdraws an unavailable service from the broker until it is available again.
     fn available(&self) -> bool {

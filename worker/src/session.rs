@@ -266,16 +266,27 @@ impl<'a> Session<'a> {
             );
             return;
         }
-        self.in_flight += 1;
-        self.shared.metrics.in_flight.set(self.in_flight as i64);
-        self.executor.submit(Request {
+        let req = Request {
             job: h.job,
             id: h.id,
             service: h.service,
             deadline_ms: h.deadline_ms,
             idempotent: h.idempotent,
             body,
-        });
+        };
+        let inline = self
+            .shared
+            .handlers
+            .get(&req.service)
+            .is_some_and(|handler| handler.runs_inline(&req));
+        if inline {
+            let (cmd, header, body) = crate::executor::execute(&self.shared, &req);
+            send_result(dealer, cmd, &header, &body);
+            return;
+        }
+        self.in_flight += 1;
+        self.shared.metrics.in_flight.set(self.in_flight as i64);
+        self.executor.submit(req);
     }
 
     fn forward_results(&mut self, dealer: &zmq::Socket) -> Result<(), WorkerError> {
@@ -289,15 +300,24 @@ impl<'a> Session<'a> {
             self.shared.metrics.in_flight.set(self.in_flight as i64);
             let [cmd, header, body] = <[Vec<u8>; 3]>::try_from(parts)
                 .map_err(|_| WorkerError::Internal("bad result frame"))?;
-            let sent = dealer
-                .send(wp::PROTOCOL.frame, zmq::SNDMORE | zmq::DONTWAIT)
-                .and_then(|_| dealer.send(cmd, zmq::SNDMORE | zmq::DONTWAIT))
-                .and_then(|_| dealer.send(header, zmq::SNDMORE | zmq::DONTWAIT))
-                .and_then(|_| dealer.send(body, zmq::DONTWAIT));
-            if let Err(e) = sent {
-                tracing::warn!(error = %e, "result not sent: broker unreachable");
-            }
+            let cmd = match cmd.first() {
+                Some(3) => wp::Command::Reply,
+                _ => wp::Command::Error,
+            };
+            send_result(dealer, cmd, &header, &body);
         }
+    }
+}
+
+/// Sends a finished job's REPLY or ERROR to the broker without blocking.
+fn send_result(dealer: &zmq::Socket, cmd: wp::Command, header: &[u8], body: &[u8]) {
+    let sent = dealer
+        .send(wp::PROTOCOL.frame, zmq::SNDMORE | zmq::DONTWAIT)
+        .and_then(|_| dealer.send(&[cmd as u8][..], zmq::SNDMORE | zmq::DONTWAIT))
+        .and_then(|_| dealer.send(header, zmq::SNDMORE | zmq::DONTWAIT))
+        .and_then(|_| dealer.send(body, zmq::DONTWAIT));
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "result not sent: broker unreachable");
     }
 }
 
