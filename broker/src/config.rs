@@ -37,6 +37,10 @@ pub struct Config {
     pub event_hwm: i32,
     /// CURVE encryption and key allow-lists; absent = plaintext (trusted networks only).
     pub curve: Option<CurveConfig>,
+    /// Idle strategy of the request loop: when nothing is waiting, keep checking the
+    /// sockets for this many microseconds before blocking (0 = block at once). Spinning
+    /// trades a busy core for lower wake-up latency; see docs/performance.md.
+    pub idle_spin_us: u64,
 }
 
 /// The `[curve]` table: the broker's key pair and who may connect.
@@ -67,6 +71,7 @@ impl Default for Config {
             shutdown_grace_ms: 2000,
             event_hwm: 10_000,
             curve: None,
+            idle_spin_us: 0,
         }
     }
 }
@@ -116,6 +121,11 @@ impl Config {
             "max_body_bytes",
             (1..=256 << 20).contains(&self.max_body_bytes),
             "must be 1-268435456",
+        )?;
+        field(
+            "idle_spin_us",
+            self.idle_spin_us <= 1_000_000,
+            "must be 0-1000000",
         )?;
         field(
             "event_hwm",

@@ -44,6 +44,9 @@ struct Args {
     /// Largest request/reply body in bytes.
     #[arg(long)]
     max_body_bytes: Option<usize>,
+    /// Idle strategy: spin this many µs checking the sockets before blocking (0 = block).
+    #[arg(long)]
+    idle_spin_us: Option<u64>,
     /// Enable CURVE with this key file (allow-lists come from the config's [curve] table).
     #[arg(long)]
     curve_key_file: Option<PathBuf>,
@@ -69,7 +72,7 @@ impl Args {
         set!(frontend <- frontend, backend <- backend, xsub <- xsub, xpub <- xpub,
              heartbeat_ms <- heartbeat_ms, liveness <- liveness,
              unknown_service_grace_ms <- grace_ms, max_queue <- max_queue,
-             max_body_bytes <- max_body_bytes);
+             max_body_bytes <- max_body_bytes, idle_spin_us <- idle_spin_us);
         if let Some(key_file) = self.curve_key_file {
             c.curve.get_or_insert_with(Default::default).key_file = key_file;
         }

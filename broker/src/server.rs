@@ -236,6 +236,7 @@ impl Broker {
             frames: Frames::default(),
             bad_log: LogLimiter::new(10),
             spare: Vec::new(),
+            idle_spin: Duration::from_micros(config.idle_spin_us),
         };
         let result = lp.serve(&shutdown, Duration::from_millis(config.shutdown_grace_ms));
         shutdown.trigger();
@@ -327,6 +328,8 @@ struct Loop {
     bad_log: LogLimiter,
     /// The outbox's twin, swapped in on each flush so neither reallocates.
     spare: Vec<Out>,
+    /// How long to spin before blocking when idle.
+    idle_spin: Duration,
 }
 
 impl Loop {
@@ -359,19 +362,32 @@ impl Loop {
     }
 
     fn poll(&mut self, timeout: Duration) -> Result<(), BrokerError> {
-        let mut items = [
-            self.frontend.as_poll_item(zmq::POLLIN),
-            self.backend.as_poll_item(zmq::POLLIN),
-        ];
-        // Round up so a sub-millisecond wait does not become a busy loop.
-        let ms = timeout.as_micros().div_ceil(1000) as i64;
-        match zmq::poll(&mut items, ms) {
-            Ok(_) | Err(zmq::Error::EINTR) => {}
-            Err(e) => return Err(e.into()),
+        // Spin-then-block idle strategy: check without sleeping for `idle_spin`, then block.
+        let spin_until = Instant::now() + self.idle_spin.min(timeout);
+        let mut ready = false;
+        while !self.idle_spin.is_zero() && Instant::now() < spin_until {
+            // ZMQ_EVENTS answers from the socket's own state, without a system call.
+            let has_input = |s: &zmq::Socket| s.get_events().is_ok_and(|e| e.contains(zmq::POLLIN));
+            if has_input(&self.frontend) || has_input(&self.backend) {
+                ready = true;
+                break;
+            }
+            std::hint::spin_loop();
         }
-        let (front_ready, back_ready) = (items[0].is_readable(), items[1].is_readable());
-        if !front_ready && !back_ready {
-            return Ok(());
+        if !ready {
+            let mut items = [
+                self.frontend.as_poll_item(zmq::POLLIN),
+                self.backend.as_poll_item(zmq::POLLIN),
+            ];
+            // Round up so a sub-millisecond wait does not become a busy loop.
+            let ms = timeout.as_micros().div_ceil(1000) as i64;
+            match zmq::poll(&mut items, ms) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if !items[0].is_readable() && !items[1].is_readable() {
+                return Ok(());
+            }
         }
         // Keep reading both sockets until neither has anything (bounded, so timers still
         // run): under load this saves a poll system call per message.
