@@ -109,12 +109,22 @@ pub struct Broker {
 
 /// Fast heartbeats so failure tests finish quickly.
 pub const TEST_HEARTBEAT_MS: u64 = 100;
+/// Missed heartbeats before a peer is dropped (a 500 ms window).
+pub const TEST_LIVENESS: u32 = 5;
 
 impl Broker {
     /// A broker on OS-chosen loopback ports.
     pub fn start(extra: &[&str]) -> Broker {
         let any = "tcp://127.0.0.1:*".to_string();
         Broker::start_on(&any, &any, &any, &any, "127.0.0.1:0", extra)
+    }
+
+    /// A broker on OS-chosen loopback ports that drops workers after `liveness` missed
+    /// heartbeats (tests that measure expiry use a short window, tests that count
+    /// exactly a long one, so a stall of a busy machine cannot expire a worker).
+    pub fn start_with_liveness(liveness: u32, extra: &[&str]) -> Broker {
+        let any = "tcp://127.0.0.1:*";
+        Broker::launch([any, any, any, any, "127.0.0.1:0"], liveness, extra)
     }
 
     /// A broker on the given endpoints (e.g. the same ports again after a restart).
@@ -126,6 +136,11 @@ impl Broker {
         http: &str,
         extra: &[&str],
     ) -> Broker {
+        Broker::launch([frontend, backend, xsub, xpub, http], TEST_LIVENESS, extra)
+    }
+
+    fn launch(endpoints: [&str; 5], liveness: u32, extra: &[&str]) -> Broker {
+        let [frontend, backend, xsub, xpub, http] = endpoints;
         let mut args: Vec<String> = [
             "--frontend",
             frontend,
@@ -140,7 +155,7 @@ impl Broker {
             "--heartbeat-ms",
             &TEST_HEARTBEAT_MS.to_string(),
             "--liveness",
-            "5",
+            &liveness.to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -179,24 +194,7 @@ impl Broker {
 
     /// Starts a worker connected to this broker.
     pub fn worker(&self, extra: &[&str]) -> Worker {
-        let mut args: Vec<String> = vec![
-            "--broker".into(),
-            self.backend.clone(),
-            "--events".into(),
-            self.xsub.clone(),
-            "--heartbeat-ms".into(),
-            TEST_HEARTBEAT_MS.to_string(),
-            "--liveness".into(),
-            "5".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let (proc, line) = Proc::start("tradeplex-worker", &args);
-        let id = line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_string();
-        Worker { proc, id }
+        self.worker_with_liveness(TEST_LIVENESS, extra).0
     }
 
     /// A client of this broker.
@@ -486,6 +484,12 @@ impl Broker {
     /// Starts a worker connected to this broker and returns it with the `http=` address
     /// of its ready line (pass `--http 127.0.0.1:0` in `extra` to get one).
     pub fn worker_http(&self, extra: &[&str]) -> (Worker, String) {
+        self.worker_with_liveness(TEST_LIVENESS, extra)
+    }
+
+    /// A worker that reconnects after `liveness` missed broker heartbeats, with the
+    /// `http=` address of its ready line.
+    pub fn worker_with_liveness(&self, liveness: u32, extra: &[&str]) -> (Worker, String) {
         let mut args: Vec<String> = vec![
             "--broker".into(),
             self.backend.clone(),
@@ -494,7 +498,7 @@ impl Broker {
             "--heartbeat-ms".into(),
             TEST_HEARTBEAT_MS.to_string(),
             "--liveness".into(),
-            "3".into(),
+            liveness.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let (proc, line) = Proc::start("tradeplex-worker", &args);

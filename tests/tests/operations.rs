@@ -50,68 +50,12 @@ fn outcome_name(r: &Result<Reply, ClientError>) -> String {
     }
 }
 
-/// A broker on OS-chosen loopback ports with the harness's 100 ms heartbeat and the
-/// given liveness. The harness's 3 (a 300 ms window) is what the expiry test measures;
-/// tests that count exactly use a long window, so that a stall of a busy machine cannot
-/// expire a worker in the middle of them.
 fn broker_with_liveness(liveness: u32) -> Broker {
-    let any = "tcp://127.0.0.1:*";
-    let args: Vec<String> = [
-        "--frontend",
-        any,
-        "--backend",
-        any,
-        "--xsub",
-        any,
-        "--xpub",
-        any,
-        "--http",
-        "127.0.0.1:0",
-        "--heartbeat-ms",
-        &TEST_HEARTBEAT_MS.to_string(),
-        "--liveness",
-        &liveness.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let (proc, line) = Proc::start("tradeplex-broker", &args);
-    let f = fields(&line);
-    Broker {
-        frontend: f["frontend"].clone(),
-        backend: f["backend"].clone(),
-        xsub: f["xsub"].clone(),
-        xpub: f["xpub"].clone(),
-        http: f["http"].clone(),
-        proc,
-    }
+    Broker::start_with_liveness(liveness, &[])
 }
 
-/// A worker of `broker` with the same heartbeat and `liveness`; returns its `http=`
-/// address (`off` unless `extra` has `--http`).
 fn worker_with_liveness(broker: &Broker, liveness: u32, extra: &[&str]) -> (Worker, String) {
-    let mut args: Vec<String> = [
-        "--broker",
-        &broker.backend,
-        "--events",
-        &broker.xsub,
-        "--heartbeat-ms",
-        &TEST_HEARTBEAT_MS.to_string(),
-        "--liveness",
-        &liveness.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let (proc, line) = Proc::start("tradeplex-worker", &args);
-    let id = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    let http = fields(&line).get("http").cloned().unwrap_or_default();
-    (Worker { proc, id }, http)
+    broker.worker_with_liveness(liveness, extra)
 }
 
 /// Liveness for tests that are not about expiry: a 5 s window.
