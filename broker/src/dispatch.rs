@@ -15,7 +15,9 @@ use tradeplex_proto::mgmt::{ServiceStatus, StatusReply, WorkerStatus, STATUS_SER
 use tradeplex_proto::worker::{self, DisconnectHeader, HeartbeatHeader, ReadyHeader};
 use tradeplex_proto::{frame, ErrorCode, JobId, RequestId, ServiceName, WorkerId};
 
-use crate::metrics::{Metrics, ServiceMetrics, MGMT_SERVICE_LABEL, UNKNOWN_SERVICE_LABEL};
+use crate::metrics::{
+    Metrics, ServiceMetrics, MGMT_SERVICE_LABEL, UNKNOWN_SERVICE_LABEL, WORKER_STATES,
+};
 
 /// A ROUTER routing id (the peer's connection identity).
 pub type Identity = Vec<u8>;
@@ -983,6 +985,31 @@ impl Dispatcher {
         self.clients
             .retain(|_, seen| clock.now.saturating_duration_since(*seen) <= window);
         self.metrics.clients.set(self.clients.len() as i64);
+        self.count_worker_states();
+    }
+
+    /// Refreshes `tradeplex_worker_states` (once per heartbeat interval: a gauge that is
+    /// at most one interval old is enough to see a pool saturate or drain).
+    fn count_worker_states(&self) {
+        let mut counts = [0i64; 4];
+        for w in self.workers.values() {
+            let i = if w.services.is_empty() {
+                3
+            } else if w.in_flight.is_empty() {
+                0
+            } else if w.has_room() {
+                1
+            } else {
+                2
+            };
+            counts[i] += 1;
+        }
+        for (state, n) in WORKER_STATES.iter().zip(counts) {
+            self.metrics
+                .worker_states
+                .with_label_values(&[state])
+                .set(n);
+        }
     }
 
     fn fire_timers(&mut self, clock: Clock) {

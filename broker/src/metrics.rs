@@ -10,6 +10,9 @@ use tradeplex_proto::ErrorCode;
 
 /// Label value used for requests to services no worker has offered.
 pub const UNKNOWN_SERVICE_LABEL: &str = "_unknown";
+/// The `state` label values of `tradeplex_worker_states`.
+pub const WORKER_STATES: [&str; 4] = ["idle", "busy", "full", "draining"];
+
 /// Label value for the broker's own management services (`tpx.status`).
 pub const MGMT_SERVICE_LABEL: &str = "tpx";
 
@@ -49,6 +52,9 @@ pub struct Metrics {
     pub subscriptions: IntGauge,
     /// Connections refused by CURVE authentication, by socket.
     pub auth_failures: IntCounterVec,
+    /// Registered workers by state (`idle`, `busy`, `full`, `draining`), refreshed every
+    /// heartbeat interval.
+    pub worker_states: IntGaugeVec,
 }
 
 /// Metric handles for one service, resolved once.
@@ -234,6 +240,18 @@ impl Metrics {
                 "Connections refused because their CURVE key is not allow-listed, by socket",
                 &["socket"],
             ),
+            worker_states: {
+                let g = gauge_vec(
+                    &r,
+                    "tradeplex_worker_states",
+                    "Registered workers by state: idle (nothing in flight), busy, full (at capacity), draining (offers no service)",
+                    &["state"],
+                );
+                for state in WORKER_STATES {
+                    g.with_label_values(&[state]).set(0);
+                }
+                g
+            },
             registry: r,
         }
     }

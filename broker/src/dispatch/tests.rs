@@ -443,6 +443,28 @@ fn a_new_worker_is_acknowledged_with_a_heartbeat() {
 }
 
 #[test]
+fn worker_states_are_counted_each_heartbeat() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo"], 1);
+    h.ready(b"B", &["echo"], 2);
+    h.ready(b"C", &[], 0);
+    h.request("echo", true);
+    h.request("echo", true);
+    h.advance(HB);
+    let state = |s: &str| h.d.metrics.worker_states.with_label_values(&[s]).get();
+    // A and B each got one request: A (capacity 1) is full, B busy; C drains.
+    assert_eq!(
+        (
+            state("idle"),
+            state("busy"),
+            state("full"),
+            state("draining")
+        ),
+        (0, 1, 1, 1)
+    );
+}
+
+#[test]
 fn heartbeats_are_sent_each_interval() {
     let mut h = Harness::new();
     h.ready(b"A", &["echo"], 1);
