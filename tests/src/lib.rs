@@ -37,6 +37,12 @@ pub struct Proc {
 impl Proc {
     /// Starts `name` with `args`, waits for its first stdout line and returns it.
     pub fn start(name: &str, args: &[String]) -> (Proc, String) {
+        Proc::try_start(name, args).unwrap_or_else(|| panic!("{name} printed no ready line"))
+    }
+
+    /// Like [`Proc::start`], but `None` when the process exits without a ready line
+    /// (e.g. a port taken by another test between choosing and binding it).
+    pub fn try_start(name: &str, args: &[String]) -> Option<(Proc, String)> {
         let mut child = Command::new(bin(name))
             .args(args)
             .env(
@@ -57,10 +63,15 @@ impl Proc {
                 }
             }
         });
-        let first = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("{name} printed no ready line"));
-        (Proc { child, stdout: rx }, first)
+        let mut proc = Proc { child, stdout: rx };
+        // An exit closes stdout, which ends the wait at once.
+        match proc.stdout.recv_timeout(Duration::from_secs(20)) {
+            Ok(first) => Some((proc, first)),
+            Err(_) => {
+                proc.kill9();
+                None
+            }
+        }
     }
 
     /// SIGKILL now.

@@ -699,8 +699,8 @@ fn time_heartbeats(http: &str, n: f64) -> Duration {
     start.elapsed()
 }
 
-#[test]
-fn config_file_sets_ports_and_heartbeat_and_flags_override_it() {
+/// One attempt of the config test's broker part: `None` if a chosen port was taken.
+fn file_ports_then_flag_overrides(_attempt: usize) -> Option<(BTreeMap<String, String>, Proc)> {
     // Five distinct ports: hold them all at once, then release them for the broker.
     let held: Vec<std::net::TcpListener> = (0..5)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -729,7 +729,8 @@ fn config_file_sets_ports_and_heartbeat_and_flags_override_it() {
 
     // The file alone: its ports, its heartbeat.
     {
-        let (_broker, line) = Proc::start("tradeplex-broker", &["--config".into(), config.clone()]);
+        let (_broker, line) =
+            Proc::try_start("tradeplex-broker", &["--config".into(), config.clone()])?;
         let f = fields(&line);
         assert_eq!(f["frontend"], format!("tcp://127.0.0.1:{fe}"), "{line}");
         assert_eq!(f["backend"], format!("tcp://127.0.0.1:{be}"), "{line}");
@@ -760,7 +761,7 @@ fn config_file_sets_ports_and_heartbeat_and_flags_override_it() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let (_broker, line) = Proc::start("tradeplex-broker", &args);
+    let (broker, line) = Proc::try_start("tradeplex-broker", &args)?;
     let f = fields(&line);
     assert_ne!(port_of(&f["frontend"]), fe, "{line}");
     assert_ne!(port_of(&f["http"]), http, "{line}");
@@ -774,6 +775,16 @@ fn config_file_sets_ports_and_heartbeat_and_flags_override_it() {
         took < Duration::from_millis(3000),
         "10 heartbeats took {took:?} with --heartbeat-ms 50"
     );
+    Some((f, broker))
+}
+
+#[test]
+fn config_file_sets_ports_and_heartbeat_and_flags_override_it() {
+    // Ports come from the OS, then are released for the broker to bind: another test may
+    // take one in between, so a start that fails to bind is retried with fresh ports.
+    let (f, _broker) = (0..5)
+        .find_map(file_ports_then_flag_overrides)
+        .expect("a broker started from the config file within 5 attempts");
 
     // A worker config file, once alone and once with a flag overriding its capacity.
     let wfile = temp_path("worker.toml");
