@@ -275,10 +275,11 @@ impl Metrics {
             duration: self.request_duration.with_label_values(&[service]),
             queue_depth: self.queue_depth.with_label_values(&[service]),
             in_flight: self.in_flight.with_label_values(&[service]),
-            workers: if service == UNKNOWN_SERVICE_LABEL {
-                // No worker ever offers `_unknown`: a `tradeplex_workers{service="_unknown"} 0`
-                // series would only trip "no workers for a service" alerts. Keep a gauge
-                // for the dispatcher to update, but do not export it.
+            workers: if service == UNKNOWN_SERVICE_LABEL || service == MGMT_SERVICE_LABEL {
+                // No worker ever offers `_unknown` or the broker's own `tpx`: a
+                // `tradeplex_workers{service="_unknown"} 0` series would only trip "no
+                // workers for a service" alerts. Keep a gauge for the dispatcher to update,
+                // but do not export it.
                 IntGauge::new("tradeplex_workers_unknown_service", "not exported")
                     .expect("static metric definition")
             } else {
@@ -325,6 +326,7 @@ mod tests {
         let m = Metrics::new();
         let unknown = m.service(UNKNOWN_SERVICE_LABEL);
         unknown.workers.set(0);
+        m.service(MGMT_SERVICE_LABEL).workers.set(0);
         m.service("echo").workers.set(2);
         let text = m.render();
         assert!(
@@ -332,7 +334,8 @@ mod tests {
             "{text}"
         );
         assert!(
-            !text.contains("tradeplex_workers{service=\"_unknown\"}"),
+            !text.contains("tradeplex_workers{service=\"_unknown\"}")
+                && !text.contains("tradeplex_workers{service=\"tpx\"}"),
             "{text}"
         );
         // Requests for unknown services are still counted under `_unknown`.
