@@ -7,6 +7,7 @@ mod events;
 mod raw;
 mod report;
 mod rr;
+mod threads;
 mod trading;
 
 use std::path::PathBuf;

@@ -3,9 +3,8 @@
 //! DEALER each, against the Tradeplex broker. With the client library and the worker
 //! process out of the way, the ratio to the bare hop is the broker's own cost.
 
+use super::threads::Threads;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
@@ -80,47 +79,26 @@ impl Pipe for RawClientPipe {
 
 /// Raw echo workers in threads of this process; they say DISCONNECT when stopped.
 pub struct RawWorkers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<anyhow::Result<()>>>,
+    threads: Threads,
 }
 
 impl RawWorkers {
     pub fn start(backend: &str, n: usize, capacity: u32) -> anyhow::Result<RawWorkers> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
+        let mut threads = Threads::default();
         for i in 0..n {
-            let (stop, backend) = (stop.clone(), backend.to_string());
+            let (stop, backend) = (threads.stop_flag(), backend.to_string());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("raw-worker-{i}"))
                     .spawn(move || raw_worker(&backend, capacity, &stop))?,
             );
         }
-        Ok(RawWorkers { stop, threads })
+        Ok(RawWorkers { threads })
     }
 
     /// Stops the workers and reports the first error any of them had.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut result = Ok(());
-        for t in self.threads.drain(..) {
-            let r = t
-                .join()
-                .unwrap_or_else(|_| Err(anyhow!("raw worker panicked")));
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
-    }
-}
-
-impl Drop for RawWorkers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.threads.stop()
     }
 }
 

@@ -2,10 +2,10 @@
 //! Tradeplex broker and through a bare ROUTER–ROUTER hop with per-worker capacity credits.
 //! Both sides are driven by the same client loop ([`drive`]) over a [`Pipe`].
 
+use super::threads::Threads;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
-use std::thread::JoinHandle;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -279,8 +279,7 @@ where
 /// one, its reply gives it back; the frontend is not read while no credit is left.
 pub struct BaselineRr {
     pub frontend: String,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<anyhow::Result<()>>>,
+    threads: Threads,
 }
 
 const READY: &[u8] = b"READY";
@@ -291,7 +290,6 @@ impl BaselineRr {
         capacity: u32,
         ipc: Option<&ScratchDir>,
     ) -> anyhow::Result<BaselineRr> {
-        let stop = Arc::new(AtomicBool::new(false));
         let ctx = zmq::Context::new();
         let front = ctx.socket(zmq::ROUTER)?;
         let back = ctx.socket(zmq::ROUTER)?;
@@ -311,8 +309,8 @@ impl BaselineRr {
                 .map_err(|_| anyhow!("endpoint is not UTF-8"))
         };
         let (frontend, backend) = (bound(&front)?, bound(&back)?);
-        let mut threads = Vec::new();
-        let st = stop.clone();
+        let mut threads = Threads::default();
+        let st = threads.stop_flag();
         threads.push(
             std::thread::Builder::new()
                 .name("base-broker".into())
@@ -322,40 +320,19 @@ impl BaselineRr {
                 })?,
         );
         for i in 0..workers {
-            let (st, backend) = (stop.clone(), backend.clone());
+            let (st, backend) = (threads.stop_flag(), backend.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("base-worker-{i}"))
                     .spawn(move || echo_worker(&backend, capacity, &st))?,
             );
         }
-        Ok(BaselineRr {
-            frontend,
-            stop,
-            threads,
-        })
+        Ok(BaselineRr { frontend, threads })
     }
 
     /// Stops the threads and reports the first error any of them had.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut result = Ok(());
-        for t in self.threads.drain(..) {
-            let r = t.join().unwrap_or_else(|_| Err(anyhow!("thread panicked")));
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
-    }
-}
-
-impl Drop for BaselineRr {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.threads.stop()
     }
 }
 
