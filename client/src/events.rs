@@ -121,6 +121,7 @@ impl Subscriber {
             control: ctl_rx,
             stats: stats.clone(),
             last_seq: HashMap::new(),
+            tracked: 0,
             broker: None,
             last_heartbeat: Instant::now(),
         };
@@ -204,7 +205,11 @@ struct SubState {
     out: Sender<Event>,
     control: Receiver<Control>,
     stats: Arc<EventStats>,
-    last_seq: HashMap<(WorkerId, String), u64>,
+    /// Last sequence number per source, then per topic (nested so that the per-event
+    /// lookup borrows the topic instead of allocating a key).
+    last_seq: HashMap<WorkerId, HashMap<String, u64>>,
+    /// (source, topic) pairs tracked, bounded by [`MAX_SOURCES`].
+    tracked: usize,
     broker: Option<WorkerId>,
     last_heartbeat: Instant,
 }
@@ -330,7 +335,11 @@ impl SubState {
     /// Gap and repeat detection: sequence numbers are contiguous per source and topic,
     /// so any subscription can tell a loss (a jump) from a repeat (a number already seen).
     fn sequence_ok(&mut self, source: WorkerId, topic: &str, seq: u64) -> bool {
-        match self.last_seq.get_mut(&(source, topic.to_string())) {
+        match self
+            .last_seq
+            .get_mut(&source)
+            .and_then(|t| t.get_mut(topic))
+        {
             Some(last) if seq <= *last => {
                 self.stats.repeats.fetch_add(1, Ordering::Relaxed);
                 false
@@ -343,8 +352,12 @@ impl SubState {
                 true
             }
             None => {
-                if self.last_seq.len() < MAX_SOURCES {
-                    self.last_seq.insert((source, topic.to_string()), seq);
+                if self.tracked < MAX_SOURCES {
+                    self.tracked += 1;
+                    self.last_seq
+                        .entry(source)
+                        .or_default()
+                        .insert(topic.to_string(), seq);
                 }
                 true
             }

@@ -135,8 +135,9 @@ impl<'a> Session<'a> {
             if now >= next_heartbeat {
                 send(&dealer, wp::Command::Heartbeat, &HeartbeatHeader {}, &[]);
                 next_heartbeat = now + self.opts.heartbeat;
-                if drain_until.is_none() && self.available_services() != self.offered {
-                    self.offered = self.available_services();
+                let available = self.available_services();
+                if drain_until.is_none() && available != self.offered {
+                    self.offered = available;
                     tracing::info!(services = ?self.offered, "services changed; updating broker");
                     self.send_ready(&dealer, false);
                     self.update_readiness();

@@ -28,13 +28,7 @@ pub struct RawClientPipe {
 
 impl RawClientPipe {
     pub fn connect(frontend: &str) -> anyhow::Result<RawClientPipe> {
-        let ctx = zmq::Context::new();
-        let socket = ctx.socket(zmq::DEALER)?;
-        socket.set_linger(0)?;
-        socket.set_sndhwm(100_000)?;
-        socket.set_rcvhwm(100_000)?;
-        socket.set_rcvtimeo(CALL_TIMEOUT.as_millis() as i32)?;
-        socket.connect(frontend)?;
+        let (ctx, socket) = super::rr::raw_dealer(frontend)?;
         Ok(RawClientPipe {
             socket,
             service: ServiceName::new(SERVICE)?,

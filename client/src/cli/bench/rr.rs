@@ -103,15 +103,22 @@ pub struct BaselinePipe {
 
 impl BaselinePipe {
     pub fn connect(frontend: &str) -> anyhow::Result<BaselinePipe> {
-        let ctx = zmq::Context::new();
-        let socket = ctx.socket(zmq::DEALER)?;
-        socket.set_linger(0)?;
-        socket.set_sndhwm(100_000)?;
-        socket.set_rcvhwm(100_000)?;
-        socket.set_rcvtimeo(CALL_TIMEOUT.as_millis() as i32)?;
-        socket.connect(frontend)?;
+        let (ctx, socket) = raw_dealer(frontend)?;
         Ok(BaselinePipe { socket, _ctx: ctx })
     }
+}
+
+/// A DEALER with its own context, as the bench's raw clients (baseline and raw Tradeplex)
+/// use: unbounded-enough queues, and a receive timeout so a lost reply cannot hang a run.
+pub fn raw_dealer(frontend: &str) -> anyhow::Result<(zmq::Context, zmq::Socket)> {
+    let ctx = zmq::Context::new();
+    let socket = ctx.socket(zmq::DEALER)?;
+    socket.set_linger(0)?;
+    socket.set_sndhwm(100_000)?;
+    socket.set_rcvhwm(100_000)?;
+    socket.set_rcvtimeo(CALL_TIMEOUT.as_millis() as i32)?;
+    socket.connect(frontend)?;
+    Ok((ctx, socket))
 }
 
 impl Pipe for BaselinePipe {
