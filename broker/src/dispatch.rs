@@ -22,7 +22,7 @@ use crate::metrics::{
 /// A ROUTER routing id (the peer's connection identity).
 pub type Identity = Vec<u8>;
 /// A message body, forwarded without being decoded.
-pub type Body = zmq::Message;
+pub use crate::body::Body;
 
 /// "Now", in both clocks: monotonic for liveness and timers, wall-clock for the absolute
 /// deadlines that travel on the wire.
@@ -152,8 +152,15 @@ struct Job {
     idempotent: bool,
     target: Option<WorkerId>,
     affinity: Option<String>,
-    /// Held while queued; kept after delivery only for idempotent jobs (for retry).
-    body: Option<Body>,
+    /// Kept until the job is answered, so a refused, undeliverable or retried request is
+    /// re-dispatched with its own bytes (deliveries share it, they do not copy it).
+    body: Body,
+    /// Workers that refused it without executing (`unavailable`); never offered it again.
+    refused_by: Vec<WorkerId>,
+    /// A send to its worker failed (the connection was gone): it waits for a worker until
+    /// its deadline rather than the unknown-service grace, since the worker is most likely
+    /// re-registering on a new connection.
+    undelivered: bool,
     received: Instant,
     /// The worker executing it, once delivered.
     worker: Option<Identity>,
@@ -162,8 +169,13 @@ struct Job {
 }
 
 impl Job {
+    /// Whether only some workers may take it, so a queue scan must look past it.
     fn pinned(&self) -> bool {
-        self.target.is_some() || self.affinity.is_some()
+        self.target.is_some() || self.affinity.is_some() || !self.refused_by.is_empty()
+    }
+
+    fn refused(&self, worker: &WorkerId) -> bool {
+        self.refused_by.contains(worker)
     }
 }
 
@@ -292,7 +304,9 @@ impl Dispatcher {
             idempotent: h.idempotent,
             target: h.target,
             affinity: h.affinity,
-            body: Some(body),
+            body,
+            refused_by: Vec::new(),
+            undelivered: false,
             received: clock.now,
             worker: None,
             timer_ms: None,
@@ -602,7 +616,7 @@ impl Dispatcher {
             s.in_flight = s.in_flight.saturating_sub(1);
             s.metrics.in_flight.dec();
         }
-        if job.idempotent && job.body.is_some() {
+        if job.idempotent {
             job.worker = None;
             self.metrics.requests_retried.inc();
             self.requeue_front(job_id);
@@ -625,6 +639,9 @@ impl Dispatcher {
             .unwrap_or_default();
         let grace_end = clock.unix_ms + self.cfg.grace_ms;
         for job_id in queued {
+            if self.jobs.get(&job_id).is_some_and(|j| j.undelivered) {
+                continue;
+            }
             if self.cfg.grace_ms == 0 {
                 self.unqueue(job_id);
                 let msg = format!("no worker offers {service}");
@@ -674,9 +691,11 @@ impl Dispatcher {
         }
         match result {
             Err((ErrorCode::Unavailable, _)) => {
-                // Refused without executing: safe to deliver elsewhere, even an order.
+                // Refused without executing: safe to deliver elsewhere, even an order, but
+                // never to the worker that refused it.
                 if let Some(job) = self.jobs.get_mut(&job_id) {
                     job.worker = None;
+                    job.refused_by.push(worker_id);
                 }
                 self.metrics.requests_retried.inc();
                 self.requeue_front(job_id);
@@ -697,20 +716,17 @@ impl Dispatcher {
         }
         if let Some(job) = self.jobs.get_mut(&job_id) {
             job.worker = None;
+            job.undelivered = true;
             let service = job.service.clone();
             if let Some(s) = self.services.get_mut(&service) {
                 s.in_flight = s.in_flight.saturating_sub(1);
                 s.metrics.in_flight.dec();
             }
         }
-        // Only a job that still holds its body can be re-sent; a non-idempotent body was
-        // moved into the failed send, so that request is answered as not delivered.
-        if self.jobs.get(&job_id).is_some_and(|j| j.body.is_some()) {
-            self.requeue_front(job_id);
-        } else {
-            let msg = "worker unreachable; request not delivered".to_string();
-            self.finish(job_id, Err((ErrorCode::Unavailable, msg)), None);
-        }
+        // Not delivered, whatever its kind: back to the queue (until its deadline) for
+        // another worker or this worker's next registration.
+        self.metrics.requests_retried.inc();
+        self.requeue_front(job_id);
         self.remove_worker(clock, &identity, Departure::Unreachable);
     }
 
@@ -747,23 +763,14 @@ impl Dispatcher {
             return Choice::Wait;
         };
         if let Some(target) = job.target {
-            return match self
-                .by_id
-                .get(&target)
-                .and_then(|i| self.workers.get(i).map(|w| (i, w)))
-            {
-                Some((i, w)) if w.offers(service) => {
-                    if w.has_room() {
-                        Choice::Deliver(i.clone())
-                    } else {
-                        Choice::Wait
-                    }
-                }
-                _ => Choice::Fail(
-                    ErrorCode::UnknownWorker,
-                    format!("worker {target} is not registered for {service}"),
-                ),
-            };
+            return self.choose_target(service, job, target);
+        }
+        if !job.refused_by.is_empty() && self.refused_by_all(service, job) {
+            let n = job.refused_by.len();
+            return Choice::Fail(
+                ErrorCode::Unavailable,
+                format!("refused by every worker of {service} ({n}); not executed"),
+            );
         }
         if let Some(key) = &job.affinity {
             let bound = self
@@ -773,23 +780,66 @@ impl Dispatcher {
                     let i = self.by_id.get(id)?;
                     self.workers
                         .get(i)
-                        .filter(|w| w.offers(service))
+                        .filter(|w| w.offers(service) && !job.refused(&w.id))
                         .map(|w| (i.clone(), w.has_room()))
                 });
             return match bound {
                 Some((i, true)) => Choice::Deliver(i),
                 Some((_, false)) => Choice::Wait,
-                None => match self.least_loaded(service) {
+                // Unbound, or bound to a worker that refused it: bind the key afresh.
+                None => match self.least_loaded(service, &job.refused_by) {
                     Some(i) => {
-                        self.bind_affinity(service.clone(), key.clone(), &i);
+                        let key = key.clone();
+                        self.bind_affinity(service.clone(), key, &i);
                         Choice::Deliver(i)
                     }
                     None => Choice::Wait,
                 },
             };
         }
-        self.least_loaded(service)
-            .map_or(Choice::NoRoom, Choice::Deliver)
+        let refused = !job.refused_by.is_empty();
+        match self.least_loaded(service, &job.refused_by) {
+            Some(i) => Choice::Deliver(i),
+            // Other jobs may still go to the workers this one refused.
+            None if refused => Choice::Wait,
+            None => Choice::NoRoom,
+        }
+    }
+
+    fn choose_target(&self, service: &ServiceName, job: &Job, target: WorkerId) -> Choice {
+        if job.refused(&target) {
+            return Choice::Fail(
+                ErrorCode::Unavailable,
+                format!("target worker {target} refused it; not executed"),
+            );
+        }
+        match self
+            .by_id
+            .get(&target)
+            .and_then(|i| self.workers.get(i).map(|w| (i, w)))
+        {
+            Some((i, w)) if w.offers(service) => {
+                if w.has_room() {
+                    Choice::Deliver(i.clone())
+                } else {
+                    Choice::Wait
+                }
+            }
+            _ => Choice::Fail(
+                ErrorCode::UnknownWorker,
+                format!("worker {target} is not registered for {service}"),
+            ),
+        }
+    }
+
+    /// Whether every worker now offering `service` has refused `job`.
+    fn refused_by_all(&self, service: &ServiceName, job: &Job) -> bool {
+        self.services.get(service).is_some_and(|s| {
+            s.workers
+                .iter()
+                .filter_map(|i| self.workers.get(i))
+                .all(|w| job.refused(&w.id))
+        })
     }
 
     fn bind_affinity(&mut self, service: ServiceName, key: String, worker: &Identity) {
@@ -806,13 +856,13 @@ impl Dispatcher {
     }
 
     /// The worker of `service` with the fewest requests in flight and room for one more,
-    /// ties to the least recently used.
-    fn least_loaded(&self, service: &ServiceName) -> Option<Identity> {
+    /// ties to the least recently used, leaving out those in `refused`.
+    fn least_loaded(&self, service: &ServiceName, refused: &[WorkerId]) -> Option<Identity> {
         let s = self.services.get(service)?;
         s.workers
             .iter()
             .filter_map(|i| self.workers.get(i).map(|w| (i, w)))
-            .filter(|(_, w)| w.has_room())
+            .filter(|(_, w)| w.has_room() && !refused.contains(&w.id))
             .min_by_key(|(_, w)| (w.in_flight.len(), w.last_used))
             .map(|(i, _)| i.clone())
     }
@@ -821,13 +871,7 @@ impl Dispatcher {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
-        let body = if job.idempotent {
-            job.body
-                .as_ref()
-                .map_or_else(Body::new, |b| Body::from(&b[..]))
-        } else {
-            job.body.take().unwrap_or_else(Body::new)
-        };
+        let body = job.body.share();
         job.worker = Some(to.clone());
         let header = frame::encode_header(&worker::RequestHeader {
             job: job_id,
@@ -1022,18 +1066,36 @@ impl Dispatcher {
                 continue;
             };
             job.timer_ms = None;
-            let (deadline, service) = (job.deadline_ms, job.service.clone());
+            let (deadline, service, undelivered) =
+                (job.deadline_ms, job.service.clone(), job.undelivered);
             if clock.unix_ms >= deadline {
                 self.unqueue(job_id);
-                let msg = "deadline passed while queued; not delivered".to_string();
-                self.finish(job_id, Err((ErrorCode::DeadlineExceeded, msg)), None);
-            } else if !self.has_workers(&service) {
+                let answer = self.expired_answer(job_id);
+                self.finish(job_id, Err(answer), None);
+            } else if !self.has_workers(&service) && !undelivered {
                 self.unqueue(job_id);
                 let msg = format!("no worker offers {service}");
                 self.finish(job_id, Err((ErrorCode::UnknownService, msg)), None);
             } else {
                 self.set_timer(job_id, deadline);
             }
+        }
+    }
+
+    /// The answer to a job still queued at its deadline: never delivered, or refused by
+    /// the workers it reached and taken by no other in time — not executed either way.
+    fn expired_answer(&self, job_id: JobId) -> (ErrorCode, String) {
+        match self.jobs.get(&job_id).map_or(0, |j| j.refused_by.len()) {
+            0 => (
+                ErrorCode::DeadlineExceeded,
+                "deadline passed while queued; not delivered".to_string(),
+            ),
+            n => (
+                ErrorCode::Unavailable,
+                format!(
+                    "refused by {n} worker(s), no other took it before its deadline; not executed"
+                ),
+            ),
         }
     }
 

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod dispatch;
 pub mod metrics;

@@ -165,7 +165,7 @@ impl RelayLoop {
 
     fn drain_events(&mut self) {
         for _ in 0..BATCH {
-            match self.frames.recv(&self.r.xsub) {
+            match self.frames.recv(&mut self.r.xsub) {
                 Ok(true) => self.forward_event(),
                 Ok(false) => return,
                 Err(e) => {
@@ -201,7 +201,7 @@ impl RelayLoop {
         for i in 0..n {
             let flags = if i + 1 < n { zmq::SNDMORE } else { 0 };
             let part = self.frames.take(i);
-            ok &= self.r.xpub.send(part, flags | zmq::DONTWAIT).is_ok();
+            ok &= part.send(&mut self.r.xpub, flags | zmq::DONTWAIT).is_ok();
         }
         if ok {
             if let Some(c) = self.relayed.get(kind) {

@@ -410,8 +410,8 @@ impl Loop {
         let mut read = 0;
         for _ in 0..BATCH {
             let socket = match side {
-                Side::Frontend => &self.frontend,
-                Side::Backend => &self.backend,
+                Side::Frontend => &mut self.frontend,
+                Side::Backend => &mut self.backend,
             };
             if !self.frames.recv(socket)? {
                 break;
@@ -506,7 +506,7 @@ impl Loop {
                         clock,
                         identity,
                         worker::Message::Error(err),
-                        zmq::Message::new(),
+                        crate::body::Body::new(),
                     );
                 } else {
                     self.dispatcher
@@ -515,7 +515,7 @@ impl Loop {
             }
             Ok(msg) => self
                 .dispatcher
-                .on_worker(clock, identity, msg, zmq::Message::new()),
+                .on_worker(clock, identity, msg, crate::body::Body::new()),
             Err(e) => self.bad_input("backend", e.reason(), &e.to_string()),
         }
     }
@@ -548,7 +548,7 @@ impl Loop {
                 body,
             } => {
                 let r = wire::send_routed(
-                    &self.frontend,
+                    &mut self.frontend,
                     &to,
                     client::PROTOCOL.frame,
                     cmd as u8,
@@ -568,7 +568,7 @@ impl Loop {
                 job,
             } => {
                 let r = wire::send_routed(
-                    &self.backend,
+                    &mut self.backend,
                     &to,
                     worker::PROTOCOL.frame,
                     cmd as u8,

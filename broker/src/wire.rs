@@ -3,12 +3,14 @@
 
 use std::time::{Duration, Instant};
 
+use crate::body::Body;
+
 /// Most frames read from one message; the rest are discarded and the message rejected.
 pub const MAX_FRAMES: usize = 8;
 
 /// A reusable buffer for one multipart message.
 pub struct Frames {
-    parts: Vec<zmq::Message>,
+    parts: Vec<Body>,
     len: usize,
     /// True when the message had more than [`MAX_FRAMES`] frames.
     pub overflow: bool,
@@ -17,7 +19,7 @@ pub struct Frames {
 impl Default for Frames {
     fn default() -> Self {
         Frames {
-            parts: (0..MAX_FRAMES).map(|_| zmq::Message::new()).collect(),
+            parts: (0..MAX_FRAMES).map(|_| Body::new()).collect(),
             len: 0,
             overflow: false,
         }
@@ -26,29 +28,29 @@ impl Default for Frames {
 
 impl Frames {
     /// The frames read.
-    pub fn as_slice(&self) -> &[zmq::Message] {
+    pub fn as_slice(&self) -> &[Body] {
         self.parts.get(..self.len).unwrap_or(&[])
     }
 
     /// Takes frame `i` out, leaving an empty frame.
-    pub fn take(&mut self, i: usize) -> zmq::Message {
+    pub fn take(&mut self, i: usize) -> Body {
         match self.parts.get_mut(i) {
-            Some(m) if i < self.len => std::mem::replace(m, zmq::Message::new()),
-            _ => zmq::Message::new(),
+            Some(m) if i < self.len => std::mem::take(m),
+            _ => Body::new(),
         }
     }
 
     /// Reads one whole message without blocking; `Ok(false)` when none is waiting.
-    pub fn recv(&mut self, socket: &zmq::Socket) -> zmq::Result<bool> {
+    pub fn recv(&mut self, socket: &mut zmq::Socket) -> zmq::Result<bool> {
         self.len = 0;
         self.overflow = false;
         loop {
             let flags = if self.len == 0 { zmq::DONTWAIT } else { 0 };
             let more = match self.parts.get_mut(self.len) {
-                Some(part) => match socket.recv(part, flags) {
+                Some(part) => match part.recv(socket, flags) {
                     Ok(()) => {
                         self.len += 1;
-                        part.get_more()
+                        part.more()
                     }
                     Err(zmq::Error::EAGAIN) if self.len == 0 => return Ok(false),
                     Err(e) => return Err(e),
@@ -56,9 +58,9 @@ impl Frames {
                 None => {
                     // Over the frame limit: drain the rest so the next read starts clean.
                     self.overflow = true;
-                    let mut scratch = zmq::Message::new();
-                    socket.recv(&mut scratch, 0)?;
-                    scratch.get_more()
+                    let mut scratch = Body::new();
+                    scratch.recv(socket, 0)?;
+                    scratch.more()
                 }
             };
             if !more {
@@ -70,18 +72,18 @@ impl Frames {
 
 /// Sends `[to][proto][cmd][header][body]` on a ROUTER without blocking.
 pub fn send_routed(
-    socket: &zmq::Socket,
+    socket: &mut zmq::Socket,
     to: &[u8],
     proto: &[u8],
     cmd: u8,
     header: &[u8],
-    body: zmq::Message,
+    body: Body,
 ) -> zmq::Result<()> {
     socket.send(to, zmq::SNDMORE | zmq::DONTWAIT)?;
     socket.send(proto, zmq::SNDMORE | zmq::DONTWAIT)?;
     socket.send(&[cmd][..], zmq::SNDMORE | zmq::DONTWAIT)?;
     socket.send(header, zmq::SNDMORE | zmq::DONTWAIT)?;
-    socket.send(body, zmq::DONTWAIT)
+    body.send(socket, zmq::DONTWAIT)
 }
 
 /// Logs at most `per_second` lines a second; the lines held back are counted into the next.

@@ -502,3 +502,139 @@ fn status_lists_workers_and_services() {
     assert_eq!(st.workers[0].in_flight, 1);
     assert_eq!(st.services.len(), 2);
 }
+
+fn refuse(h: &mut Harness, identity: &[u8], job: JobId) {
+    let err = worker::ErrorHeader::new(job, ErrorCode::Unavailable, "gateway down");
+    let msg = worker::Message::Error(err);
+    h.d.on_worker(h.clock, identity.to_vec(), msg, Body::new());
+}
+
+/// Requests sent to workers since the last drain: (worker identity, job, body bytes).
+fn requests_sent(h: &mut Harness) -> Vec<(Vec<u8>, JobId, Vec<u8>)> {
+    h.drain()
+        .0
+        .into_iter()
+        .filter(|m| m.1 == worker::Command::Request)
+        .map(|(to, _, header, body)| {
+            let rh: worker::RequestHeader = frame::decode_header(&header).unwrap();
+            (to, rh.job, body.to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn refused_order_is_redispatched_with_its_own_body() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM"], 1);
+    h.ready(b"B", &["SIM"], 1);
+    let order = h.request("SIM", false);
+    let first = requests_sent(&mut h);
+    assert_eq!(first.len(), 1);
+    let (refuser, job, _) = first[0].clone();
+    refuse(&mut h, &refuser, job);
+    let retried = requests_sent(&mut h);
+    assert_eq!(retried.len(), 1, "re-dispatched once");
+    assert_ne!(
+        retried[0].0, refuser,
+        "never back to the worker that refused it"
+    );
+    assert_eq!(retried[0].2, b"payload", "the original body, byte for byte");
+    let other = retried[0].0.clone();
+    h.reply(&other, retried[0].1);
+    let (_, replies, errors) = h.drain();
+    assert!(errors.is_empty());
+    assert_eq!(replies[0].0.id, order);
+}
+
+#[test]
+fn refused_request_never_goes_back_to_the_refusing_worker() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM"], 4);
+    let order = h.request("SIM", false);
+    let job = h.deliveries()[0].1;
+    refuse(&mut h, b"A", job);
+    let (msgs, _, errors) = h.drain();
+    assert!(msgs.iter().all(|m| m.1 != worker::Command::Request));
+    // Every worker of the service refused it: answered at once, not executed.
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].id, order);
+    assert_eq!(errors[0].name, "unavailable");
+}
+
+#[test]
+fn refused_request_nobody_else_takes_before_its_deadline_is_unavailable() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM"], 1);
+    h.ready(b"B", &["SIM"], 1);
+    h.request("SIM", true);
+    let order = h.request_with("SIM", false, None, None, 200);
+    let sent = requests_sent(&mut h);
+    assert_eq!(sent.len(), 2);
+    // The order's worker refuses it; the other stays busy past the order's deadline.
+    let (refuser, job, _) = sent[1].clone();
+    refuse(&mut h, &refuser, job);
+    assert!(
+        requests_sent(&mut h).is_empty(),
+        "the other worker has no room"
+    );
+    // Within the liveness window (300 ms), so both workers stay registered.
+    h.advance(Duration::from_millis(250));
+    let (msgs, _, errors) = h.drain();
+    assert!(msgs.iter().all(|m| m.1 != worker::Command::Request));
+    let e = errors.iter().find(|e| e.id == order).unwrap();
+    assert_eq!(e.name, "unavailable", "{}", e.message);
+}
+
+#[test]
+fn refused_pinned_request_is_unavailable_at_once() {
+    let mut h = Harness::new();
+    let a = h.ready(b"A", &["SIM"], 1);
+    h.ready(b"B", &["SIM"], 1);
+    let order = h.request_with("SIM", false, Some(a), None, 1000);
+    let job = h.deliveries()[0].1;
+    refuse(&mut h, b"A", job);
+    let (msgs, _, errors) = h.drain();
+    assert!(msgs.iter().all(|m| m.1 != worker::Command::Request));
+    assert_eq!(
+        (errors[0].id, errors[0].name.as_str()),
+        (order, "unavailable")
+    );
+}
+
+#[test]
+fn refused_affinity_request_moves_to_another_worker() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM"], 4);
+    h.ready(b"B", &["SIM"], 4);
+    h.request_with("SIM", false, None, Some("acct.x"), 1000);
+    let (first, job, _) = requests_sent(&mut h)[0].clone();
+    refuse(&mut h, &first, job);
+    let retried = requests_sent(&mut h);
+    assert_eq!(retried.len(), 1);
+    assert_ne!(retried[0].0, first);
+    assert_eq!(retried[0].2, b"payload");
+}
+
+#[test]
+fn unreachable_worker_requeues_an_order_for_the_next_registration() {
+    let mut h = Harness::new();
+    let id = WorkerId::random();
+    h.ready_as(b"old", id, &["SIM"], 1);
+    let order = h.request("SIM", false);
+    let job = h.deliveries()[0].1;
+    h.d.on_send_failed(h.clock, job);
+    assert_eq!(h.d.worker_count(), 0);
+    assert!(
+        h.drain().2.is_empty(),
+        "not answered while its deadline allows a retry"
+    );
+    h.ready_as(b"new", id, &["SIM"], 1);
+    let sent = requests_sent(&mut h);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0].0.as_slice(), sent[0].2.as_slice()),
+        (&b"new"[..], &b"payload"[..])
+    );
+    h.reply(b"new", sent[0].1);
+    assert_eq!(h.drain().1[0].0.id, order);
+}

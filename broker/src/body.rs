@@ -1,0 +1,179 @@
+//! Frames held by reference count: a received frame can be delivered to a worker and still
+//! be kept for a re-dispatch (a refusal, an unreachable worker, a retry) without copying
+//! its bytes. The `zmq` crate's `Message` hides its `zmq_msg_t`, so `zmq_msg_copy` — which
+//! shares the buffer of a large message instead of copying it — is reached through
+//! `zmq-sys` here, in one small audited place.
+
+use std::ops::Deref;
+
+use zmq_sys::zmq_msg_t;
+
+/// One message frame owned by the broker.
+pub struct Body {
+    msg: zmq_msg_t,
+}
+
+// SAFETY: a `zmq_msg_t` is plain bytes plus, for large messages, a pointer to a buffer whose
+// reference count libzmq updates atomically, so a frame may move to and be dropped on
+// another thread (the `zmq` crate's `Message` is `Send` for the same reason).
+unsafe impl Send for Body {}
+
+fn last_error() -> zmq::Error {
+    // SAFETY: reads the calling thread's errno as libzmq set it.
+    zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() })
+}
+
+impl Body {
+    /// An empty frame.
+    pub fn new() -> Body {
+        let mut msg = zmq_msg_t::default();
+        // SAFETY: `msg` is fresh storage; zmq_msg_init cannot fail.
+        unsafe { zmq_sys::zmq_msg_init(&mut msg) };
+        Body { msg }
+    }
+
+    /// A frame holding a copy of `bytes` (for replies the broker builds itself).
+    pub fn from_slice(bytes: &[u8]) -> Body {
+        let mut msg = zmq_msg_t::default();
+        // SAFETY: `msg` is fresh storage; on success it owns `bytes.len()` writable bytes.
+        unsafe {
+            if zmq_sys::zmq_msg_init_size(&mut msg, bytes.len()) != 0 {
+                // Only ENOMEM fails here: the same outcome as a failed Vec allocation.
+                std::alloc::handle_alloc_error(
+                    std::alloc::Layout::array::<u8>(bytes.len())
+                        .unwrap_or(std::alloc::Layout::new::<u8>()),
+                );
+            }
+            if !bytes.is_empty() {
+                let data = zmq_sys::zmq_msg_data(&mut msg) as *mut u8;
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
+            }
+        }
+        Body { msg }
+    }
+
+    /// Another handle on the same bytes: libzmq bumps a reference count for a large
+    /// frame and copies a small one (at most 33 bytes, stored inline).
+    pub fn share(&mut self) -> Body {
+        let mut copy = Body::new();
+        // SAFETY: both messages are initialised; zmq_msg_copy only fails (EFAULT) for an
+        // invalid message, which a `Body` never holds.
+        unsafe { zmq_sys::zmq_msg_copy(&mut copy.msg, &mut self.msg) };
+        copy
+    }
+
+    /// Receives one frame from `socket` into this one (its old content is released).
+    pub fn recv(&mut self, socket: &mut zmq::Socket, flags: i32) -> zmq::Result<()> {
+        // SAFETY: the socket pointer is live for the borrow; `msg` is initialised.
+        let rc = unsafe { zmq_sys::zmq_msg_recv(&mut self.msg, socket.as_mut_ptr(), flags) };
+        if rc == -1 {
+            return Err(last_error());
+        }
+        Ok(())
+    }
+
+    /// Whether more frames of the same message follow this one.
+    pub fn more(&self) -> bool {
+        // SAFETY: `msg` is initialised.
+        unsafe { zmq_sys::zmq_msg_more(&self.msg) != 0 }
+    }
+
+    /// Sends this frame on `socket` (consumed whether or not the send succeeds).
+    pub fn send(mut self, socket: &mut zmq::Socket, flags: i32) -> zmq::Result<()> {
+        // SAFETY: on success libzmq takes the content and leaves `msg` empty, which Drop
+        // then closes; on failure `msg` is unchanged and Drop releases it.
+        let rc = unsafe { zmq_sys::zmq_msg_send(&mut self.msg, socket.as_mut_ptr(), flags) };
+        if rc == -1 {
+            return Err(last_error());
+        }
+        Ok(())
+    }
+}
+
+impl Default for Body {
+    fn default() -> Body {
+        Body::new()
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        // SAFETY: `msg` is initialised and closed exactly once.
+        unsafe { zmq_sys::zmq_msg_close(&mut self.msg) };
+    }
+}
+
+impl Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `msg` is initialised; zmq_msg_size/zmq_msg_data only read it. An empty
+        // message may have a null data pointer, which a slice must not be built from.
+        unsafe {
+            let len = zmq_sys::zmq_msg_size(&self.msg);
+            if len == 0 {
+                return &[];
+            }
+            let data = zmq_sys::zmq_msg_data(&self.msg as *const zmq_msg_t as *mut zmq_msg_t);
+            std::slice::from_raw_parts(data as *const u8, len)
+        }
+    }
+}
+
+impl From<&[u8]> for Body {
+    fn from(bytes: &[u8]) -> Body {
+        Body::from_slice(bytes)
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Body {
+        Body::from_slice(&bytes)
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Body({} bytes)", self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_bodies_keep_their_bytes_after_one_is_sent() {
+        let ctx = zmq::Context::new();
+        let mut a = ctx.socket(zmq::PAIR).unwrap();
+        let mut b = ctx.socket(zmq::PAIR).unwrap();
+        a.bind("inproc://body-test").unwrap();
+        b.connect("inproc://body-test").unwrap();
+        for len in [0usize, 5, 33, 34, 4096] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut kept = Body::from_slice(&bytes);
+            let sent = kept.share();
+            sent.send(&mut a, 0).unwrap();
+            let mut got = Body::new();
+            got.recv(&mut b, 0).unwrap();
+            assert_eq!(&got[..], &bytes[..]);
+            assert!(!got.more());
+            // The kept handle still holds the original bytes, and can be sent again.
+            assert_eq!(&kept[..], &bytes[..]);
+            kept.share().send(&mut a, 0).unwrap();
+            got.recv(&mut b, 0).unwrap();
+            assert_eq!(&got[..], &bytes[..]);
+        }
+    }
+
+    #[test]
+    fn a_large_shared_body_is_not_copied() {
+        let mut a = Body::from_slice(&[7u8; 1000]);
+        let b = a.share();
+        assert_eq!(
+            a.as_ptr(),
+            b.as_ptr(),
+            "zmq_msg_copy should share the buffer"
+        );
+    }
+}
