@@ -33,6 +33,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// On shutdown, how long in-flight requests get to finish, ms.
     pub shutdown_grace_ms: u64,
+    /// How long past its deadline a delivered request may stay unanswered by a worker that
+    /// keeps heartbeating, ms; then it is answered `worker_lost` and the slot freed.
+    pub in_flight_grace_ms: u64,
     /// Send high-water mark per subscriber on the XPUB side (messages).
     pub event_hwm: i32,
     /// CURVE encryption and key allow-lists; absent = plaintext (trusted networks only).
@@ -69,6 +72,7 @@ impl Default for Config {
             max_queue: 10_000,
             max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
             shutdown_grace_ms: 2000,
+            in_flight_grace_ms: 30_000,
             event_hwm: 10_000,
             curve: None,
             idle_spin_us: 0,
@@ -116,6 +120,11 @@ impl Config {
             "max_queue",
             (1..=1_000_000).contains(&self.max_queue),
             "must be 1-1000000",
+        )?;
+        field(
+            "in_flight_grace_ms",
+            self.in_flight_grace_ms <= 86_400_000,
+            "must be 0-86400000",
         )?;
         field(
             "max_body_bytes",

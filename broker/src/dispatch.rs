@@ -91,6 +91,8 @@ pub struct DispatchConfig {
     pub grace_ms: u64,
     /// Per-service queue bound.
     pub max_queue: usize,
+    /// How long past its deadline a delivered request may go unanswered.
+    pub in_flight_grace: Duration,
 }
 
 impl DispatchConfig {
@@ -120,6 +122,8 @@ struct Worker {
     last_seen: Instant,
     last_used: u64,
     served: u64,
+    /// The READY `session` it registered with (its connection number).
+    session: u64,
 }
 
 impl Worker {
@@ -476,7 +480,7 @@ impl Dispatcher {
                     from,
                     worker::Command::Disconnect,
                     &DisconnectHeader {
-                        reason: "not registered".into(),
+                        reason: worker::REASON_NOT_REGISTERED.into(),
                     },
                 );
             }
@@ -499,11 +503,53 @@ impl Dispatcher {
         }
     }
 
+    /// A REPLY or ERROR from `from` that failed to decode but names `job`: the job's client
+    /// is answered `worker_error` (what the worker did is not known: query an order) and the
+    /// worker's slot is freed. A job `from` does not hold counts as a late reply.
+    pub fn on_garbled_answer(&mut self, clock: Clock, from: Identity, job: JobId, detail: &str) {
+        let Some(w) = self.workers.get_mut(&from) else {
+            self.metrics.late_replies.inc();
+            return;
+        };
+        w.last_seen = clock.now;
+        let msg = format!("worker sent a malformed answer ({detail}); outcome unknown");
+        self.complete(&from, job, Err((ErrorCode::WorkerError, msg)));
+    }
+
+    /// Tells a worker that one of its messages was refused (`reason` is
+    /// `<code name>: <detail>`); any registration it has stands.
+    pub fn refuse_worker_message(&mut self, to: Identity, code: ErrorCode, detail: &str) {
+        let reason = format!("{}: {detail}", code.name());
+        self.send_to_worker(
+            to,
+            worker::Command::Disconnect,
+            &DisconnectHeader { reason },
+        );
+    }
+
     fn on_ready(&mut self, clock: Clock, from: Identity, h: ReadyHeader) {
         // The worker may have reconnected on a new socket before we noticed it had gone;
         // the old registration is dropped once the new one is in place, so its jobs can
         // move straight to the new socket.
         let replaced = self.by_id.get(&h.worker).filter(|i| **i != from).cloned();
+        let current_session = replaced
+            .as_ref()
+            .and_then(|i| self.workers.get(i))
+            .map(|w| w.session);
+        if current_session.is_some_and(|s| h.session < s) {
+            // Sent on a connection the worker has since abandoned (it arrived late, e.g.
+            // after a network cut healed): it must not shadow the live registration.
+            self.metrics.bad_frame("backend", "stale_session");
+            tracing::info!(worker = %h.worker, session = h.session, "READY from an abandoned connection ignored");
+            self.send_to_worker(
+                from,
+                worker::Command::Disconnect,
+                &DisconnectHeader {
+                    reason: worker::REASON_STALE_SESSION.into(),
+                },
+            );
+            return;
+        }
         if self.workers.get(&from).is_some_and(|w| w.id != h.worker) {
             self.remove_worker(clock, &from, Departure::Replaced);
         }
@@ -511,6 +557,7 @@ impl Dispatcher {
             Some(w) => {
                 w.last_seen = clock.now;
                 w.capacity = h.capacity;
+                w.session = h.session;
                 std::mem::replace(&mut w.services, h.services.clone())
             }
             None => {
@@ -527,6 +574,7 @@ impl Dispatcher {
                         last_seen: clock.now,
                         last_used: 0,
                         served: 0,
+                        session: h.session,
                     },
                 );
                 // Acknowledge at once: a heartbeat tells the worker it is registered.
@@ -1013,6 +1061,7 @@ impl Dispatcher {
 
     fn heartbeat(&mut self, clock: Clock) {
         self.next_heartbeat = clock.now + self.cfg.heartbeat;
+        self.abandon_overdue(clock);
         let interval = self.cfg.heartbeat;
         // A worker not heard from for one and a half intervals missed a heartbeat.
         let missed = self
@@ -1030,6 +1079,48 @@ impl Dispatcher {
             .retain(|_, seen| clock.now.saturating_duration_since(*seen) <= window);
         self.metrics.clients.set(self.clients.len() as i64);
         self.count_worker_states();
+    }
+
+    /// Answers `worker_lost` the delivered requests whose worker keeps heartbeating but has
+    /// not answered by their deadline plus the in-flight grace, and frees their slots. Swept
+    /// once per heartbeat interval rather than timed one by one, so the request path pays
+    /// nothing for it; a reply arriving later is counted as late.
+    fn abandon_overdue(&mut self, clock: Clock) {
+        let grace = self.cfg.in_flight_grace.as_millis() as u64;
+        let overdue: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| {
+                j.worker.is_some() && j.deadline_ms.saturating_add(grace) <= clock.unix_ms
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for job_id in overdue {
+            self.abandon(job_id, grace);
+        }
+    }
+
+    fn abandon(&mut self, job_id: JobId, grace_ms: u64) {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return;
+        };
+        let service = job.service.clone();
+        let worker = job.worker.as_ref().and_then(|i| self.workers.get_mut(i));
+        let worker_id = worker.map(|w| {
+            w.in_flight.remove(&job_id);
+            w.id
+        });
+        if let Some(s) = self.services.get_mut(&service) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.metrics.in_flight.dec();
+        }
+        self.metrics.requests_abandoned.inc();
+        let msg = format!(
+            "worker did not answer within {grace_ms} ms after the deadline: outcome unknown"
+        );
+        tracing::warn!(%job_id, worker = ?worker_id, "in-flight request abandoned");
+        self.finish(job_id, Err((ErrorCode::WorkerLost, msg)), worker_id);
+        self.pump(&service);
     }
 
     /// Refreshes `tradeplex_worker_states` (once per heartbeat interval: a gauge that is
@@ -1141,7 +1232,7 @@ impl Dispatcher {
                 identity,
                 worker::Command::Disconnect,
                 &DisconnectHeader {
-                    reason: "broker shutting down".into(),
+                    reason: worker::REASON_SHUTTING_DOWN.into(),
                 },
             );
         }

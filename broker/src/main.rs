@@ -41,6 +41,10 @@ struct Args {
     /// Requests queued per service before `overloaded`.
     #[arg(long)]
     max_queue: Option<usize>,
+    /// How long past its deadline a delivered, unanswered request is held before it is
+    /// answered `worker_lost` (ms).
+    #[arg(long)]
+    in_flight_grace_ms: Option<u64>,
     /// Largest request/reply body in bytes.
     #[arg(long)]
     max_body_bytes: Option<usize>,
@@ -72,6 +76,7 @@ impl Args {
         set!(frontend <- frontend, backend <- backend, xsub <- xsub, xpub <- xpub,
              heartbeat_ms <- heartbeat_ms, liveness <- liveness,
              unknown_service_grace_ms <- grace_ms, max_queue <- max_queue,
+             in_flight_grace_ms <- in_flight_grace_ms,
              max_body_bytes <- max_body_bytes, idle_spin_us <- idle_spin_us);
         if let Some(key_file) = self.curve_key_file {
             c.curve.get_or_insert_with(Default::default).key_file = key_file;

@@ -42,6 +42,9 @@ pub struct Metrics {
     bad_frames: IntCounterVec,
     /// Replies from workers for jobs the broker no longer tracks.
     pub late_replies: IntCounter,
+    /// Delivered requests answered `worker_lost` because their worker, though alive,
+    /// had not answered by their deadline plus the in-flight grace.
+    pub requests_abandoned: IntCounter,
     /// Distinct client identities seen on the frontend in the last heartbeat-liveness window.
     pub clients: IntGauge,
     /// Events relayed from workers to subscribers, by kind (`tick`, `order`, …).
@@ -216,6 +219,11 @@ impl Metrics {
                 &r,
                 "tradeplex_late_replies_total",
                 "Worker replies for jobs no longer tracked",
+            ),
+            requests_abandoned: counter(
+                &r,
+                "tradeplex_requests_abandoned_total",
+                "Delivered requests given up (answered worker_lost) after deadline + in_flight_grace_ms without a reply",
             ),
             clients: gauge(
                 &r,

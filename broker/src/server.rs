@@ -224,6 +224,7 @@ impl Broker {
             liveness: config.liveness,
             grace_ms: config.unknown_service_grace_ms,
             max_queue: config.max_queue,
+            in_flight_grace: Duration::from_millis(config.in_flight_grace_ms),
         };
         let dispatcher = Dispatcher::new(dispatch_cfg, metrics.clone(), Instant::now());
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
@@ -235,6 +236,7 @@ impl Broker {
             max_body: config.max_body_bytes,
             frames: Frames::default(),
             bad_log: LogLimiter::new(10),
+            backend_refusals: LogLimiter::new(100),
             spare: Vec::new(),
             idle_spin: Duration::from_micros(config.idle_spin_us),
         };
@@ -326,6 +328,8 @@ struct Loop {
     max_body: usize,
     frames: Frames,
     bad_log: LogLimiter,
+    /// Bounds the DISCONNECT answers to bad backend input (per second).
+    backend_refusals: LogLimiter,
     /// The outbox's twin, swapped in on each flush so neither reallocates.
     spare: Vec<Out>,
     /// How long to spin before blocking when idle.
@@ -516,7 +520,21 @@ impl Loop {
             Ok(msg) => self
                 .dispatcher
                 .on_worker(clock, identity, msg, crate::body::Body::new()),
-            Err(e) => self.bad_input("backend", e.reason(), &e.to_string()),
+            Err(e) => {
+                let job = worker::salvage_job(rest);
+                let detail = e.to_string();
+                self.bad_input("backend", e.reason(), &detail);
+                if let Some(job) = job {
+                    self.dispatcher
+                        .on_garbled_answer(clock, identity.clone(), job, &detail);
+                }
+                // Answer the sender too (rate-limited: a peer that resends whatever it is
+                // refused must not turn the backend into a ping-pong).
+                if self.backend_refusals.allow().is_some() {
+                    self.dispatcher
+                        .refuse_worker_message(identity, e.code(), &detail);
+                }
+            }
         }
     }
 

@@ -67,6 +67,12 @@ pub struct ReadyHeader {
     pub services: Vec<ServiceName>,
     /// How many requests it executes at once.
     pub capacity: u32,
+    /// Which connection of this worker process it is (1, 2, … — one more at every
+    /// reconnect). A READY with a lower session than the one registered comes from a
+    /// connection the worker abandoned and is ignored. Optional: absent reads as 0 (the
+    /// broker then trusts the latest READY).
+    #[serde(default)]
+    pub session: u64,
 }
 
 /// Header of a REQUEST sent to a worker.
@@ -117,6 +123,24 @@ impl ErrorHeader {
 /// Header of HEARTBEAT (no fields yet; an empty map).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatHeader {}
+
+/// DISCONNECT reason: the broker does not know this worker (it restarted, or expired the
+/// worker); the worker registers again with READY.
+pub const REASON_NOT_REGISTERED: &str = "not registered";
+/// DISCONNECT reason: the broker is stopping; the worker reconnects with backoff.
+pub const REASON_SHUTTING_DOWN: &str = "broker shutting down";
+/// DISCONNECT reason: a READY arrived on a connection older than the one the worker is
+/// registered on (it was abandoned); ignored by the broker.
+pub const REASON_STALE_SESSION: &str = "stale session";
+
+/// Whether a DISCONNECT `reason` says the broker refused one of the worker's messages
+/// (`<error code name>: <detail>`, e.g. `bad_request: bad field capacity: …`) rather than
+/// asking it to register again. Any registration the worker has stands.
+pub fn is_refusal(reason: &str) -> bool {
+    reason
+        .split_once(':')
+        .is_some_and(|(code, _)| ErrorCode::from_name(code).is_some())
+}
 
 /// Header of DISCONNECT.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +209,36 @@ fn validate_ready(h: &ReadyHeader) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// Best-effort read of the job a malformed REPLY or ERROR answers (frames after any ROUTER
+/// identity), so the broker can still answer that job's client and free the worker's slot.
+/// `None` unless frame 0 is this protocol, frame 1 is REPLY or ERROR and frame 2 is a map
+/// with an unsigned `job`.
+pub fn salvage_job<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Option<JobId> {
+    #[derive(Deserialize)]
+    struct JobOnly {
+        job: Option<u64>,
+    }
+    let proto = frames.first()?;
+    if &proto[..] != PROTOCOL.frame {
+        return None;
+    }
+    let cmd = frames.get(1)?;
+    if ![[Command::Reply as u8], [Command::Error as u8]]
+        .iter()
+        .any(|c| &cmd[..] == c)
+    {
+        return None;
+    }
+    let header = frames.get(2)?;
+    if header.len() > crate::MAX_HEADER_BYTES {
+        return None;
+    }
+    rmp_serde::from_slice::<JobOnly>(header)
+        .ok()
+        .and_then(|h| h.job)
+        .map(JobId)
+}
+
 /// Encodes frames 0–2 of a worker message; the caller sends the body as frame 3.
 pub fn encode<T: Serialize>(cmd: Command, header: &T) -> [Vec<u8>; 3] {
     [
@@ -199,6 +253,36 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn job_is_salvaged_from_an_error_whose_code_does_not_fit_u16() {
+        #[derive(Serialize)]
+        struct WideCode {
+            job: u64,
+            code: u32,
+            message: &'static str,
+        }
+        let header = frame::encode_header(&WideCode {
+            job: 42,
+            code: 70_000,
+            message: "x",
+        });
+        let frames: Vec<Vec<u8>> = vec![
+            PROTOCOL.frame.to_vec(),
+            vec![Command::Error as u8],
+            header,
+            Vec::new(),
+        ];
+        assert!(decode(&frames).is_err());
+        assert_eq!(salvage_job(&frames), Some(JobId(42)));
+        // Only answers (REPLY, ERROR) name a job to salvage.
+        let mut ready = frames.clone();
+        ready[1] = vec![Command::Ready as u8];
+        assert_eq!(salvage_job(&ready), None);
+        let mut other = frames;
+        other[0] = b"TPXW99".to_vec();
+        assert_eq!(salvage_job(&other), None);
+    }
+
     fn full(frames: [Vec<u8>; 3]) -> Vec<Vec<u8>> {
         let mut v = frames.to_vec();
         v.push(Vec::new());
@@ -211,6 +295,7 @@ mod tests {
             worker: WorkerId::random(),
             services: vec![ServiceName::new("echo").unwrap()],
             capacity: 4,
+            session: 0,
         };
         let req = RequestHeader {
             job: JobId(1),
@@ -256,6 +341,7 @@ mod tests {
             worker: WorkerId::random(),
             services: vec![ServiceName::new("tpx.status").unwrap()],
             capacity: 1,
+            session: 0,
         };
         assert!(decode(&full(encode(Command::Ready, &ready))).is_err());
         ready.services = vec![ServiceName::new("echo").unwrap()];

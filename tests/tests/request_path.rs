@@ -438,3 +438,155 @@ fn worker_shutdown_finishes_in_flight_work_and_leaves_cleanly() {
     );
     broker.wait_for_workers(&client, "echo", 0);
 }
+
+/// A hand-driven worker on the backend, to send what `tradeplex-worker` never would.
+struct RawWorker {
+    socket: zmq::Socket,
+    _ctx: zmq::Context,
+}
+
+impl RawWorker {
+    fn connect(backend: &str) -> RawWorker {
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::DEALER).unwrap();
+        socket.set_linger(0).unwrap();
+        socket.set_rcvtimeo(5000).unwrap();
+        socket.connect(backend).unwrap();
+        RawWorker { socket, _ctx: ctx }
+    }
+
+    fn send(&self, cmd: u8, header: &[u8]) {
+        self.socket
+            .send_multipart([&b"TPXW01"[..], &[cmd], header, b""], 0)
+            .unwrap();
+    }
+
+    fn register(&self, service: &str, capacity: u32) {
+        let ready = tradeplex_proto::worker::ReadyHeader {
+            worker: tradeplex_proto::WorkerId::random(),
+            services: vec![tradeplex_proto::ServiceName::new(service).unwrap()],
+            capacity,
+            session: 1,
+        };
+        self.send(1, &tradeplex_proto::frame::encode_header(&ready));
+    }
+
+    /// The next message from the broker that is not a heartbeat.
+    fn next(&self) -> tradeplex_proto::worker::Message {
+        loop {
+            let frames = self.socket.recv_multipart(0).expect("a broker message");
+            match tradeplex_proto::worker::decode(&frames).expect("a well-formed message") {
+                tradeplex_proto::worker::Message::Heartbeat => self.send(
+                    5,
+                    &tradeplex_proto::frame::encode_header(&serde_json::json!({})),
+                ),
+                other => return other,
+            }
+        }
+    }
+
+    fn next_request(&self) -> tradeplex_proto::worker::RequestHeader {
+        match self.next() {
+            tradeplex_proto::worker::Message::Request(h) => h,
+            other => panic!("expected REQUEST, got {other:?}"),
+        }
+    }
+}
+
+fn raw_request(raw: &zmq::Socket, id: u64, service: &str, ttl_ms: u64) {
+    let header = tradeplex_proto::frame::encode_header(&tradeplex_proto::client::RequestHeader {
+        id: tradeplex_proto::RequestId(id),
+        service: tradeplex_proto::ServiceName::new(service).unwrap(),
+        deadline_ms: tradeplex_proto::now_unix_ms() + ttl_ms,
+        idempotent: false,
+        target: None,
+        affinity: None,
+    });
+    raw.send_multipart([&b"TPXC01"[..], &[1], &header, b"order"], 0)
+        .unwrap();
+}
+
+#[test]
+fn hostile_worker_answers_still_reach_the_client_and_bad_input_is_answered_on_the_backend() {
+    let broker = Broker::start_with_liveness(50, &["--in-flight-grace-ms", "300"]);
+    let worker = RawWorker::connect(&broker.backend);
+    worker.register("raw", 1);
+    let client = broker.client();
+    broker.wait_for_workers(&client, "raw", 1);
+    let raw = raw_dealer(&broker.frontend);
+
+    // An ERROR whose code does not fit u16: the client still gets an answer...
+    raw_request(&raw, 1, "raw", 5000);
+    let job = worker.next_request().job;
+    #[derive(serde::Serialize)]
+    struct WideError {
+        job: u64,
+        code: u32,
+        message: &'static str,
+    }
+    let wide = WideError {
+        job: job.0,
+        code: 70_000,
+        message: "boom",
+    };
+    worker.send(4, &tradeplex_proto::frame::encode_header(&wide));
+    let e = error_reply(&raw);
+    assert_eq!((e.name.as_str(), e.id.0), ("worker_error", 1));
+    // ...the worker is told its message was refused...
+    match worker.next() {
+        tradeplex_proto::worker::Message::Disconnect(d) => {
+            assert!(d.reason.starts_with("bad_request: "), "{}", d.reason);
+            assert!(tradeplex_proto::worker::is_refusal(&d.reason));
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    // ...and its slot is free: the next request reaches it.
+    raw_request(&raw, 2, "raw", 300);
+    worker.next_request();
+    // That one it never answers, while heartbeating: after deadline + grace it is lost.
+    let e = error_reply(&raw);
+    assert_eq!(
+        (e.name.as_str(), e.id.0),
+        ("worker_lost", 2),
+        "{}",
+        e.message
+    );
+
+    // Another protocol version on the backend gets an answer naming the broker's.
+    worker
+        .socket
+        .send_multipart([&b"TPXW09"[..], &[5], b"\x80", b""], 0)
+        .unwrap();
+    match worker.next() {
+        tradeplex_proto::worker::Message::Disconnect(d) => {
+            assert!(
+                d.reason.starts_with("unsupported_version: "),
+                "{}",
+                d.reason
+            )
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    // A READY with bad fields too.
+    let bad = tradeplex_proto::worker::ReadyHeader {
+        worker: tradeplex_proto::WorkerId::random(),
+        services: vec![tradeplex_proto::ServiceName::new("raw").unwrap()],
+        capacity: 0,
+        session: 1,
+    };
+    let other = RawWorker::connect(&broker.backend);
+    other.send(1, &tradeplex_proto::frame::encode_header(&bad));
+    match other.next() {
+        tradeplex_proto::worker::Message::Disconnect(d) => {
+            assert!(
+                d.reason.starts_with("bad_request: bad field capacity"),
+                "{}",
+                d.reason
+            )
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    let page = scrape(&broker.http);
+    assert_eq!(page.sum("tradeplex_requests_abandoned_total", &[]), 1.0);
+    assert!(page.sum("tradeplex_bad_frames_total", &[("socket", "backend")]) >= 3.0);
+}

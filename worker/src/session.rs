@@ -35,6 +35,9 @@ pub struct Session<'a> {
     offered: Vec<ServiceName>,
     /// True once the broker has shown it knows us (a heartbeat or request after READY).
     registered: bool,
+    /// Connections made so far; sent in READY so the broker can tell a READY still in
+    /// flight on an abandoned connection from the current one.
+    connection: u64,
 }
 
 impl<'a> Session<'a> {
@@ -55,6 +58,7 @@ impl<'a> Session<'a> {
             in_flight: 0,
             offered: Vec::new(),
             registered: false,
+            connection: 0,
         }
     }
 
@@ -104,6 +108,7 @@ impl<'a> Session<'a> {
 
     fn serve_connection(&mut self, shutdown: &Shutdown) -> Result<SessionEnd, WorkerError> {
         let dealer = self.connect()?;
+        self.connection += 1;
         self.set_registered(false);
         self.offered = self.available_services();
         self.send_ready(&dealer, false);
@@ -189,6 +194,7 @@ impl<'a> Session<'a> {
                 self.offered.clone()
             },
             capacity: if draining { 0 } else { self.opts.capacity },
+            session: self.connection,
         };
         if !draining {
             self.shared.metrics.registrations.inc();
@@ -236,6 +242,10 @@ impl<'a> Session<'a> {
                     if !draining && !self.registered {
                         self.set_registered(true);
                     }
+                }
+                Ok(wp::Message::Disconnect(d)) if wp::is_refusal(&d.reason) => {
+                    // One of our messages was refused; re-sending READY would not fix it.
+                    tracing::error!(reason = %d.reason, "broker refused a message from this worker");
                 }
                 Ok(wp::Message::Disconnect(d)) => {
                     tracing::info!(reason = %d.reason, "broker asked us to register again");

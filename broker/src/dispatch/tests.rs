@@ -26,6 +26,7 @@ impl Harness {
             liveness: 3,
             grace_ms,
             max_queue,
+            in_flight_grace: Duration::from_millis(200),
         };
         Harness {
             d: Dispatcher::new(cfg, Arc::new(Metrics::new()), clock.now),
@@ -41,10 +42,22 @@ impl Harness {
     }
 
     fn ready_as(&mut self, identity: &[u8], id: WorkerId, services: &[&str], capacity: u32) {
+        self.ready_session(identity, id, services, capacity, 0);
+    }
+
+    fn ready_session(
+        &mut self,
+        identity: &[u8],
+        id: WorkerId,
+        services: &[&str],
+        capacity: u32,
+        session: u64,
+    ) {
         let h = ReadyHeader {
             worker: id,
             services: services.iter().map(|s| svc(s)).collect(),
             capacity,
+            session,
         };
         self.d.on_worker(
             self.clock,
@@ -637,4 +650,78 @@ fn unreachable_worker_requeues_an_order_for_the_next_registration() {
     );
     h.reply(b"new", sent[0].1);
     assert_eq!(h.drain().1[0].0.id, order);
+}
+
+#[test]
+fn garbled_worker_error_still_answers_the_client_and_frees_the_slot() {
+    let mut h = Harness::new();
+    let a = h.ready(b"A", &["SIM"], 1);
+    let order = h.request("SIM", false);
+    let queued = h.request("SIM", false);
+    let job = h.deliveries()[0].1;
+    h.d.on_garbled_answer(h.clock, b"A".to_vec(), job, "bad header: code 70000");
+    let (msgs, _, errors) = h.drain();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].id, errors[0].name.as_str()),
+        (order, "worker_error")
+    );
+    assert_eq!(errors[0].worker, Some(a));
+    // The slot is free again: the queued request goes out.
+    let next: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.1 == worker::Command::Request)
+        .collect();
+    assert_eq!(next.len(), 1);
+    let rh: worker::RequestHeader = frame::decode_header(&next[0].2).unwrap();
+    assert_eq!(rh.id, queued);
+}
+
+#[test]
+fn silent_in_flight_request_is_lost_after_deadline_plus_grace() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM"], 1);
+    let order = h.request_with("SIM", false, None, None, 100);
+    let job = h.deliveries()[0].1;
+    // The worker keeps heartbeating; past deadline (100 ms) + grace (200 ms) it is given up.
+    for _ in 0..4 {
+        h.d.on_worker(
+            h.clock,
+            b"A".to_vec(),
+            worker::Message::Heartbeat,
+            Body::new(),
+        );
+        h.advance(Duration::from_millis(100));
+    }
+    let (_, _, errors) = h.drain();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].id, errors[0].name.as_str()),
+        (order, "worker_lost")
+    );
+    assert_eq!(h.d.metrics.requests_abandoned.get(), 1);
+    assert_eq!(h.d.worker_count(), 1, "the worker itself stays registered");
+    // Its slot is free, and its reply, if it ever comes, is late.
+    h.request("SIM", false);
+    assert_eq!(h.deliveries().len(), 1);
+    h.reply(b"A", job);
+    assert_eq!(h.d.metrics.late_replies.get(), 1);
+}
+
+#[test]
+fn ready_from_an_abandoned_connection_does_not_shadow_the_new_one() {
+    let mut h = Harness::new();
+    let id = WorkerId::random();
+    h.ready_session(b"new", id, &["SIM"], 1, 2);
+    h.drain();
+    // The READY of connection 1, delayed by the network, arrives after connection 2's.
+    h.ready_session(b"old", id, &["SIM"], 1, 1);
+    let (msgs, _, _) = h.drain();
+    assert!(msgs
+        .iter()
+        .any(|m| m.0 == b"old" && m.1 == worker::Command::Disconnect));
+    h.request("SIM", false);
+    let sent = h.deliveries();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, b"new");
 }

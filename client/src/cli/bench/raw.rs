@@ -120,6 +120,7 @@ fn raw_worker(backend: &str, capacity: u32, stop: &AtomicBool) -> anyhow::Result
         worker: WorkerId::random(),
         services: vec![ServiceName::new(SERVICE)?],
         capacity,
+        session: 0,
     };
     send(&s, wp::Command::Ready, &ready, zmq::Message::new())?;
     let mut next_heartbeat = Instant::now() + HEARTBEAT;
