@@ -35,6 +35,10 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Send high-water mark per subscriber on the XPUB side (messages).
     pub event_hwm: i32,
+    /// Topic prefixes one subscriber may hold; further ones are refused and counted.
+    pub max_subscriptions_per_subscriber: usize,
+    /// Topic prefixes all subscribers together may hold.
+    pub max_subscriptions: usize,
     /// CURVE encryption and key allow-lists; absent = plaintext (trusted networks only).
     pub curve: Option<CurveConfig>,
     /// Idle strategy of the request loop: when nothing is waiting, keep checking the
@@ -70,6 +74,8 @@ impl Default for Config {
             max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
             shutdown_grace_ms: 2000,
             event_hwm: 10_000,
+            max_subscriptions_per_subscriber: 10_000,
+            max_subscriptions: 100_000,
             curve: None,
             idle_spin_us: 0,
         }
@@ -126,6 +132,16 @@ impl Config {
             "idle_spin_us",
             self.idle_spin_us <= 1_000_000,
             "must be 0-1000000",
+        )?;
+        field(
+            "max_subscriptions_per_subscriber",
+            (1..=1_000_000).contains(&self.max_subscriptions_per_subscriber),
+            "must be 1-1000000",
+        )?;
+        field(
+            "max_subscriptions",
+            (1..=10_000_000).contains(&self.max_subscriptions),
+            "must be 1-10000000",
         )?;
         field(
             "event_hwm",
@@ -187,6 +203,21 @@ mod tests {
         assert!(e.to_string().contains("nonsense"), "{e}");
         let e = Config::from_toml("liveness = \"three\"").unwrap_err();
         assert!(e.to_string().contains("liveness"), "{e}");
+    }
+
+    #[test]
+    fn subscription_limits_are_checked() {
+        let c = Config::from_toml("max_subscriptions = 5\nmax_subscriptions_per_subscriber = 2")
+            .unwrap();
+        assert_eq!(
+            (c.max_subscriptions, c.max_subscriptions_per_subscriber),
+            (5, 2)
+        );
+        let e = Config::from_toml("max_subscriptions_per_subscriber = 0").unwrap_err();
+        assert!(
+            e.to_string().contains("max_subscriptions_per_subscriber"),
+            "{e}"
+        );
     }
 
     #[test]
