@@ -339,3 +339,74 @@ fn relay_keeps_forwarding_events_during_a_subscription_storm() {
     );
     eprintln!("storm: {sent} messages; slowest event {worst:?}");
 }
+
+fn rss_mib(broker: &Broker) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.proc.child.id()))
+        .unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// Measurement, not a timed test (run with `--ignored --nocapture`): broker RSS after
+/// repeated storms of 20,000 distinct prefixes and 10^6 garbage frames from one peer.
+#[test]
+#[ignore]
+fn subscription_storms_give_memory_back() {
+    let broker = Broker::start(&[]);
+    let start = rss_mib(&broker);
+    eprintln!("rss: start {start:.1} MiB");
+    let mut garbage_total = 0.0;
+    for round in 1..=3 {
+        let ctx = zmq::Context::new();
+        let s = ctx.socket(zmq::XSUB).unwrap();
+        s.set_linger(1000).unwrap();
+        s.connect(&broker.xpub).unwrap();
+        for i in 0..20_000u32 {
+            s.send(
+                format!("\x01storm.{round}.{i:08}.{}", "x".repeat(40)).into_bytes(),
+                0,
+            )
+            .unwrap();
+        }
+        for _ in 0..1_000_000u32 {
+            s.send(&[0xffu8; 16][..], 0).unwrap();
+        }
+        // XSUB drops what does not fit its pipe, so wait for the count to settle.
+        let garbage = || {
+            scrape(&broker.http).sum(
+                "tradeplex_bad_frames_total",
+                &[("socket", "xpub"), ("reason", "not_subscription")],
+            )
+        };
+        let mut last = -1.0;
+        wait_until(Duration::from_secs(120), "the storm to be drained", || {
+            let now = garbage();
+            let settled = now == last;
+            last = now;
+            std::thread::sleep(Duration::from_millis(300));
+            settled
+        });
+        eprintln!(
+            "rss: round {round}: {} garbage frames reached the relay",
+            last - garbage_total
+        );
+        garbage_total = last;
+        let peak = rss_mib(&broker);
+        drop(s);
+        drop(ctx);
+        wait_gauge(&broker, "tradeplex_subscriptions", 0.0);
+        // The trim runs on a quiet heartbeat at least 1 s after the previous one.
+        std::thread::sleep(Duration::from_millis(2500));
+        eprintln!(
+            "rss: round {round}: with the peer connected {peak:.1} MiB, after it left {:.1} MiB",
+            rss_mib(&broker)
+        );
+    }
+    let end = rss_mib(&broker);
+    eprintln!("rss: end {end:.1} MiB (+{:.1})", end - start);
+    assert!(end - start < 20.0, "RSS grew {start:.1} -> {end:.1} MiB");
+}
