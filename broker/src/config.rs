@@ -38,6 +38,10 @@ pub struct Config {
     pub in_flight_grace_ms: u64,
     /// Send high-water mark per subscriber on the XPUB side (messages).
     pub event_hwm: i32,
+    /// Topic prefixes one subscriber may hold; further ones are refused and counted.
+    pub max_subscriptions_per_subscriber: usize,
+    /// Topic prefixes all subscribers together may hold.
+    pub max_subscriptions: usize,
     /// CURVE encryption and key allow-lists; absent = plaintext (trusted networks only).
     pub curve: Option<CurveConfig>,
     /// Idle strategy of the request loop: when nothing is waiting, keep checking the
@@ -74,6 +78,8 @@ impl Default for Config {
             shutdown_grace_ms: 2000,
             in_flight_grace_ms: 30_000,
             event_hwm: 10_000,
+            max_subscriptions_per_subscriber: 10_000,
+            max_subscriptions: 100_000,
             curve: None,
             idle_spin_us: 0,
         }
@@ -137,6 +143,16 @@ impl Config {
             "must be 0-1000000",
         )?;
         field(
+            "max_subscriptions_per_subscriber",
+            (1..=1_000_000).contains(&self.max_subscriptions_per_subscriber),
+            "must be 1-1000000",
+        )?;
+        field(
+            "max_subscriptions",
+            (1..=10_000_000).contains(&self.max_subscriptions),
+            "must be 1-10000000",
+        )?;
+        field(
             "event_hwm",
             self.event_hwm >= 0,
             "must be >= 0 (0 = unbounded, not advised)",
@@ -196,6 +212,21 @@ mod tests {
         assert!(e.to_string().contains("nonsense"), "{e}");
         let e = Config::from_toml("liveness = \"three\"").unwrap_err();
         assert!(e.to_string().contains("liveness"), "{e}");
+    }
+
+    #[test]
+    fn subscription_limits_are_checked() {
+        let c = Config::from_toml("max_subscriptions = 5\nmax_subscriptions_per_subscriber = 2")
+            .unwrap();
+        assert_eq!(
+            (c.max_subscriptions, c.max_subscriptions_per_subscriber),
+            (5, 2)
+        );
+        let e = Config::from_toml("max_subscriptions_per_subscriber = 0").unwrap_err();
+        assert!(
+            e.to_string().contains("max_subscriptions_per_subscriber"),
+            "{e}"
+        );
     }
 
     #[test]

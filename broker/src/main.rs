@@ -48,6 +48,12 @@ struct Args {
     /// Largest request/reply body in bytes.
     #[arg(long)]
     max_body_bytes: Option<usize>,
+    /// Topic prefixes one subscriber may hold (more are refused and counted).
+    #[arg(long)]
+    max_subscriptions_per_subscriber: Option<usize>,
+    /// Topic prefixes all subscribers together may hold.
+    #[arg(long)]
+    max_subscriptions: Option<usize>,
     /// Idle strategy: spin this many µs checking the sockets before blocking (0 = block).
     #[arg(long)]
     idle_spin_us: Option<u64>,
@@ -77,7 +83,9 @@ impl Args {
              heartbeat_ms <- heartbeat_ms, liveness <- liveness,
              unknown_service_grace_ms <- grace_ms, max_queue <- max_queue,
              in_flight_grace_ms <- in_flight_grace_ms,
-             max_body_bytes <- max_body_bytes, idle_spin_us <- idle_spin_us);
+             max_body_bytes <- max_body_bytes, idle_spin_us <- idle_spin_us,
+             max_subscriptions_per_subscriber <- max_subscriptions_per_subscriber,
+             max_subscriptions <- max_subscriptions);
         if let Some(key_file) = self.curve_key_file {
             c.curve.get_or_insert_with(Default::default).key_file = key_file;
         }

@@ -17,7 +17,7 @@ pub const WORKER_STATES: [&str; 4] = ["idle", "busy", "full", "draining"];
 pub const MGMT_SERVICE_LABEL: &str = "tpx";
 
 /// The `reason` label values of `tradeplex_event_drops_total` the relay uses.
-pub const EVENT_DROP_REASONS: [&str; 2] = ["malformed", "send_failed"];
+pub const EVENT_DROP_REASONS: [&str; 3] = ["malformed", "send_failed", "forged_heartbeat"];
 
 /// Every metric the broker exposes.
 pub struct Metrics {
@@ -51,8 +51,12 @@ pub struct Metrics {
     pub events_relayed: IntCounterVec,
     /// Events the relay dropped (malformed, or refused by a full subscriber queue).
     pub event_drops: IntCounterVec,
-    /// Current subscriptions (topic prefixes) on the XPUB side.
+    /// Current subscriptions on the XPUB side: (subscriber, prefix) pairs.
     pub subscriptions: IntGauge,
+    /// Subscribers holding at least one subscription.
+    pub subscribers: IntGauge,
+    /// Subscriptions the relay refused, by reason (see `relay::subscriptions`).
+    pub subscriptions_refused: IntCounterVec,
     /// Connections refused by CURVE authentication, by socket.
     pub auth_failures: IntCounterVec,
     /// Registered workers by state (`idle`, `busy`, `full`, `draining`), refreshed every
@@ -152,6 +156,15 @@ impl Metrics {
         for reason in EVENT_DROP_REASONS {
             event_drops.with_label_values(&[reason]);
         }
+        let subscriptions_refused = counter_vec(
+            &r,
+            "tradeplex_subscriptions_refused_total",
+            "Subscriptions the relay refused to keep, by reason",
+            &["reason"],
+        );
+        for reason in crate::relay::subscriptions::REFUSAL_REASONS {
+            subscriptions_refused.with_label_values(&[reason]);
+        }
         Metrics {
             requests_received: counter_vec(
                 &r,
@@ -240,8 +253,14 @@ impl Metrics {
             subscriptions: gauge(
                 &r,
                 "tradeplex_subscriptions",
-                "Topic subscriptions held on the XPUB side",
+                "Topic-prefix subscriptions held on the XPUB side, counted once per subscriber and prefix",
             ),
+            subscribers: gauge(
+                &r,
+                "tradeplex_subscribers",
+                "Subscribers holding at least one subscription",
+            ),
+            subscriptions_refused,
             auth_failures: counter_vec(
                 &r,
                 "tradeplex_auth_failures_total",

@@ -176,3 +176,237 @@ fn events_flow_again_after_a_broker_restart() {
             >= 1
     });
 }
+
+// ----- relay defects (issue 10, items 6-8) ---------------------------------------------
+
+fn gauge(broker: &Broker, name: &str) -> f64 {
+    scrape(&broker.http).sum(name, &[])
+}
+
+fn wait_gauge(broker: &Broker, name: &str, want: f64) {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{name} == {want}"),
+        || gauge(broker, name) == want,
+    );
+}
+
+/// A raw SUB socket on the broker's XPUB with its own context.
+fn raw_sub(xpub: &str, prefixes: &[&str]) -> (zmq::Socket, zmq::Context) {
+    let ctx = zmq::Context::new();
+    let s = ctx.socket(zmq::SUB).unwrap();
+    s.set_linger(0).unwrap();
+    s.connect(xpub).unwrap();
+    for p in prefixes {
+        s.set_subscribe(p.as_bytes()).unwrap();
+    }
+    (s, ctx)
+}
+
+#[test]
+fn subscription_count_returns_to_its_start_when_subscribers_leave() {
+    let broker = Broker::start(&[]);
+    let start = gauge(&broker, "tradeplex_subscriptions");
+    let a = raw_sub(&broker.xpub, &["tick.SIM."]);
+    let b = raw_sub(&broker.xpub, &["tick.SIM."]);
+    // The same prefix 100 times on one socket is one subscription.
+    let c = raw_sub(&broker.xpub, &["order."; 100]);
+    wait_gauge(&broker, "tradeplex_subscriptions", start + 3.0);
+    assert_eq!(gauge(&broker, "tradeplex_subscribers"), 3.0);
+    drop((a, b, c));
+    wait_gauge(&broker, "tradeplex_subscriptions", start);
+    wait_gauge(&broker, "tradeplex_subscribers", 0.0);
+}
+
+#[test]
+fn subscriptions_over_the_per_subscriber_bound_are_refused_and_counted() {
+    let broker = Broker::start(&["--max-subscriptions-per-subscriber", "3"]);
+    let s = raw_sub(&broker.xpub, &["a.", "b.", "c.", "d.", "e."]);
+    wait_gauge(&broker, "tradeplex_subscriptions", 3.0);
+    wait_until(Duration::from_secs(10), "2 refusals", || {
+        scrape(&broker.http).sum(
+            "tradeplex_subscriptions_refused_total",
+            &[("reason", "per_subscriber")],
+        ) == 2.0
+    });
+    drop(s);
+    wait_gauge(&broker, "tradeplex_subscriptions", 0.0);
+}
+
+#[test]
+fn forged_broker_heartbeat_from_a_publisher_is_dropped_and_counted() {
+    let broker = Broker::start(&[]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    let sub = Subscriber::connect(&broker.xpub, &["trade."], options()).unwrap();
+    assert!(sub.wait_connected(Duration::from_secs(5)));
+    prime(&mut publisher, &sub, "trade.a");
+    // The publisher's connection is up: its heartbeats reach the relay.
+    wait_until(
+        Duration::from_secs(10),
+        "a forged heartbeat counted",
+        || {
+            publisher.publish("hb.broker", serde_json::json!({}), 0);
+            scrape(&broker.http).sum(
+                "tradeplex_event_drops_total",
+                &[("reason", "forged_heartbeat")],
+            ) >= 1.0
+        },
+    );
+    // An event published after the forgeries arrives, so they had their chance.
+    prime(&mut publisher, &sub, "trade.a");
+    let restarts = sub
+        .stats()
+        .broker_restarts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(restarts, 0, "a forged hb.broker was taken for a restart");
+}
+
+/// Sends subscription traffic (distinct prefixes, repeats of them, garbage) on the XPUB
+/// from a raw XSUB peer until `stop`; returns how many messages it sent.
+fn storm(xpub: &str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    let ctx = zmq::Context::new();
+    let s = ctx.socket(zmq::XSUB).unwrap();
+    s.set_linger(0).unwrap();
+    s.set_sndhwm(100_000).unwrap();
+    s.connect(xpub).unwrap();
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        for i in 0..1000u64 {
+            let msg = match i % 4 {
+                0 => format!("\x01zz.{n}.{i}").into_bytes(),
+                1 => b"\x01tick.".to_vec(),
+                2 => vec![0xff; 40],
+                _ => Vec::new(),
+            };
+            if s.send(msg, zmq::DONTWAIT).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn relay_keeps_forwarding_events_during_a_subscription_storm() {
+    let broker = Broker::start(&[]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    let sub = Subscriber::connect(&broker.xpub, &["trade.", "tick."], options()).unwrap();
+    prime(&mut publisher, &sub, "trade.a");
+    // Cached ticks make every subscription in the storm cost last-value work.
+    for i in 0..2000 {
+        publisher.publish(&format!("tick.SIM.S{i}"), serde_json::json!({}), 0);
+    }
+    while sub.recv_timeout(Duration::from_millis(200)).is_some() {}
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storm = {
+        let (xpub, stop) = (broker.xpub.clone(), stop.clone());
+        std::thread::spawn(move || storm(&xpub, stop))
+    };
+    let garbage = |b: &Broker| {
+        scrape(&b.http).sum(
+            "tradeplex_bad_frames_total",
+            &[("socket", "xpub"), ("reason", "not_subscription")],
+        )
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the storm to reach the relay",
+        || garbage(&broker) > 0.0,
+    );
+    // Every event published during the storm arrives promptly (not after it).
+    let mut worst = Duration::ZERO;
+    for i in 0..20 {
+        let sent = std::time::Instant::now();
+        publisher.publish("trade.a", serde_json::json!({"i": i}), 0);
+        let e = loop {
+            let e = sub
+                .recv_timeout(Duration::from_secs(2))
+                .expect("an event during the storm");
+            if e.topic == "trade.a" {
+                break e;
+            }
+        };
+        worst = worst.max(sent.elapsed());
+        assert_eq!(e.decode::<serde_json::Value>().unwrap()["i"], i);
+        std::thread::sleep(Duration::from_millis(50)); // pacing, not synchronisation
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = storm.join().unwrap();
+    assert!(
+        garbage(&broker) > 0.0 && sent > 0,
+        "storm of {sent} messages did not reach the relay"
+    );
+    eprintln!("storm: {sent} messages; slowest event {worst:?}");
+}
+
+fn rss_mib(broker: &Broker) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.proc.child.id()))
+        .unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// Measurement, not a timed test (run with `--ignored --nocapture`): broker RSS after
+/// repeated storms of 20,000 distinct prefixes and 10^6 garbage frames from one peer.
+#[test]
+#[ignore]
+fn subscription_storms_give_memory_back() {
+    let broker = Broker::start(&[]);
+    let start = rss_mib(&broker);
+    eprintln!("rss: start {start:.1} MiB");
+    let mut garbage_total = 0.0;
+    for round in 1..=3 {
+        let ctx = zmq::Context::new();
+        let s = ctx.socket(zmq::XSUB).unwrap();
+        s.set_linger(1000).unwrap();
+        s.connect(&broker.xpub).unwrap();
+        for i in 0..20_000u32 {
+            s.send(
+                format!("\x01storm.{round}.{i:08}.{}", "x".repeat(40)).into_bytes(),
+                0,
+            )
+            .unwrap();
+        }
+        for _ in 0..1_000_000u32 {
+            s.send(&[0xffu8; 16][..], 0).unwrap();
+        }
+        // XSUB drops what does not fit its pipe, so wait for the count to settle.
+        let garbage = || {
+            scrape(&broker.http).sum(
+                "tradeplex_bad_frames_total",
+                &[("socket", "xpub"), ("reason", "not_subscription")],
+            )
+        };
+        let mut last = -1.0;
+        wait_until(Duration::from_secs(120), "the storm to be drained", || {
+            let now = garbage();
+            let settled = now == last;
+            last = now;
+            std::thread::sleep(Duration::from_millis(300));
+            settled
+        });
+        eprintln!(
+            "rss: round {round}: {} garbage frames reached the relay",
+            last - garbage_total
+        );
+        garbage_total = last;
+        let peak = rss_mib(&broker);
+        drop(s);
+        drop(ctx);
+        wait_gauge(&broker, "tradeplex_subscriptions", 0.0);
+        // The trim runs on a quiet heartbeat at least 1 s after the previous one.
+        std::thread::sleep(Duration::from_millis(2500));
+        eprintln!(
+            "rss: round {round}: with the peer connected {peak:.1} MiB, after it left {:.1} MiB",
+            rss_mib(&broker)
+        );
+    }
+    let end = rss_mib(&broker);
+    eprintln!("rss: end {end:.1} MiB (+{:.1})", end - start);
+    assert!(end - start < 20.0, "RSS grew {start:.1} -> {end:.1} MiB");
+}
