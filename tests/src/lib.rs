@@ -74,6 +74,15 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, `TERM`, …) and returns at
+    /// once; false if it could not be sent (e.g. the process is gone).
+    pub fn signal(&self, signal: &str) -> bool {
+        Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// SIGKILL now.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -82,8 +91,7 @@ impl Proc {
 
     /// SIGTERM, then wait for exit (SIGKILL after `limit`). Returns the exit status code.
     pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.signal("TERM");
         let until = Instant::now() + limit;
         while Instant::now() < until {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -192,15 +200,21 @@ impl Broker {
     /// SIGKILLs this broker and starts a new one on the same endpoints (a crash and a
     /// restart by its supervisor).
     pub fn kill9_and_restart(&mut self) -> Broker {
+        self.kill9_and_restart_with_liveness(TEST_LIVENESS, &[])
+    }
+
+    /// Like [`Broker::kill9_and_restart`], for a broker started with
+    /// [`Broker::start_with_liveness`]: the new one gets `liveness` and `extra` again.
+    pub fn kill9_and_restart_with_liveness(&mut self, liveness: u32, extra: &[&str]) -> Broker {
         self.proc.kill9();
-        let (frontend, backend, xsub, xpub, http) = (
-            &self.frontend,
+        let endpoints = [
+            self.frontend.as_str(),
             &self.backend,
             &self.xsub,
             &self.xpub,
             &self.http,
-        );
-        Broker::start_on(frontend, backend, xsub, xpub, http, &[])
+        ];
+        Broker::launch(endpoints, liveness, extra)
     }
 
     /// Starts a worker connected to this broker.
