@@ -406,6 +406,7 @@ fn refuse_loop(dealer: &zmq::Socket, id: WorkerId, stop: &AtomicBool) -> Vec<Off
             worker: id,
             services: vec![ServiceName::new("echo").expect("service name")],
             capacity: REFUSER_CAPACITY,
+            session: 1,
         });
         send(wp::Command::Ready, header);
     };
