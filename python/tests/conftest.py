@@ -7,6 +7,7 @@ started here is killed at the end of its test (or module).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -62,8 +63,12 @@ class Proc:
         self.log = log
         self._err = log.open("ab")
         self.p = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL,
-            text=True, env={**os.environ, "NO_COLOR": "1"},
+            args,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "NO_COLOR": "1"},
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -145,22 +150,55 @@ class Cluster:
         eps = ports or Broker(None, *(["tcp://127.0.0.1:*"] * 4))  # type: ignore[arg-type]
         self.n += 1
         proc = Proc(
-            [str(BIN / "tradeplex-broker"), "--frontend", eps.frontend, "--backend",
-             eps.backend, "--xsub", eps.xsub, "--xpub", eps.xpub, "--http", "off",
-             "--heartbeat-ms", str(HEARTBEAT_MS), "--liveness", "3", *extra],
+            [
+                str(BIN / "tradeplex-broker"),
+                "--frontend",
+                eps.frontend,
+                "--backend",
+                eps.backend,
+                "--xsub",
+                eps.xsub,
+                "--xpub",
+                eps.xpub,
+                "--http",
+                "off",
+                "--heartbeat-ms",
+                str(HEARTBEAT_MS),
+                "--liveness",
+                "3",
+                *extra,
+            ],
             self.tmp / f"broker{self.n}.log",
         )
         self.procs.append(proc)
         fields = dict(kv.split("=", 1) for kv in proc.line("ready ").split()[1:])
         return Broker(proc, fields["frontend"], fields["backend"], fields["xsub"], fields["xpub"])
 
-    def worker(self, broker: Broker, *services: str, capacity: int = 4,
-               journal: bool = False, wait: bool = True) -> RustWorker:
+    def worker(
+        self,
+        broker: Broker,
+        *services: str,
+        capacity: int = 4,
+        journal: bool = False,
+        wait: bool = True,
+    ) -> RustWorker:
         """Starts a tradeplex-worker (echo plus `services`) and waits until it serves."""
         self.n += 1
-        args = [str(BIN / "tradeplex-worker"), "--broker", broker.backend, "--events",
-                broker.xsub, "--capacity", str(capacity), "--heartbeat-ms", str(HEARTBEAT_MS),
-                "--liveness", "3", "--http", "off"]
+        args = [
+            str(BIN / "tradeplex-worker"),
+            "--broker",
+            broker.backend,
+            "--events",
+            broker.xsub,
+            "--capacity",
+            str(capacity),
+            "--heartbeat-ms",
+            str(HEARTBEAT_MS),
+            "--liveness",
+            "3",
+            "--http",
+            "off",
+        ]
         for s in services:
             args += ["--service", s]
         path = None
@@ -177,6 +215,7 @@ class Cluster:
 
     def wait_registered(self, broker: Broker, worker_id: str, present: bool = True) -> None:
         with broker.client(timeout_ms=1000) as c:
+
             def seen() -> bool:
                 try:
                     st = c.call("tpx.status", idempotent=True)
@@ -184,14 +223,13 @@ class Cluster:
                     return False
                 ids = {w["worker"] for w in st["workers"] if w["services"]}
                 return (worker_id in ids) == present
+
             wait_for(seen, 15, f"worker {worker_id} {'up' if present else 'gone'}")
 
     def close(self) -> None:
         for f in reversed(self.closers):
-            try:
+            with contextlib.suppress(Exception):
                 f()
-            except Exception:
-                pass
         for p in reversed(self.procs):
             p.stop()
 

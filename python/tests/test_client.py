@@ -87,9 +87,11 @@ def _in_flight(shared: Shared) -> int:
 
 def test_no_broker_means_unavailable_not_sent() -> None:
     # Nothing listens on this ipc path, so the DEALER never has a peer to send to.
-    with tradeplex.Client("ipc:///tmp/tradeplex-nobody-here", timeout_ms=200) as c:
-        with pytest.raises(tradeplex.CallError) as e:
-            c.call("echo", 1)
+    with (
+        tradeplex.Client("ipc:///tmp/tradeplex-nobody-here", timeout_ms=200) as c,
+        pytest.raises(tradeplex.CallError) as e,
+    ):
+        c.call("echo", 1)
     assert e.value.code == "unavailable" and not e.value.outcome_unknown
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+from zmq.utils import z85
 
 _LINE = re.compile(r'^\s*(public_key|secret_key)\s*=\s*"([^"]*)"\s*(#.*)?$')
 
@@ -23,7 +24,7 @@ _LINE = re.compile(r'^\s*(public_key|secret_key)\s*=\s*"([^"]*)"\s*(#.*)?$')
 def check_key(field: str, key: str) -> None:
     """Raises `ValueError` unless `key` is a 40-character z85 key."""
     try:
-        ok = len(key) == 40 and len(zmq.utils.z85.decode(key)) == 32
+        ok = len(key) == 40 and len(z85.decode(key)) == 32
     except Exception:
         ok = False
     if not ok:

@@ -95,7 +95,7 @@ class WireObject:
         if not isinstance(data, dict):
             raise ProtocolError(f"{cls.__name__}: expected a map, got {type(data).__name__}")
         kwargs: dict[str, Any] = {}
-        for f, conv in _converters(cls):
+        for f, conv in _converters(cls):  # type: ignore[arg-type]
             if f.name in data:
                 try:
                     kwargs[f.name] = conv(data[f.name])

@@ -273,5 +273,5 @@ class Subscriber:
             self.repeats += 1
             return False
         self.gaps += seq - last - 1
-        self._last_seq[source][topic] = seq  # type: ignore[index]
+        self._last_seq[source][topic] = seq
         return True
