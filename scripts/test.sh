@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # The test command: set-up, formatting, lints, then every unit, property and end-to-end
-# test (the end-to-end tests start real broker and worker processes on 127.0.0.1).
+# test (the end-to-end tests start real broker and worker processes on 127.0.0.1), then
+# the Python package's lints and tests against the freshly built binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+
+# Python: a venv under target/ (Debian's system Python refuses system-wide pip installs).
+cargo build --workspace --bins
+VENV=target/python-venv
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "./python[test]"
+"$VENV/bin/ruff" check python
+"$VENV/bin/ruff" format --check python
+TRADEPLEX_BIN_DIR="$PWD/target/debug" "$VENV/bin/python" -m pytest python/tests -q
