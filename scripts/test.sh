@@ -15,7 +15,8 @@ VENV=target/python-venv
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "./python[test]"
+# vn.py pinned: the TradeplexGateway tests run against this version.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "./python[test]" "vnpy==4.5.0"
 "$VENV/bin/ruff" check python
 "$VENV/bin/ruff" format --check python
-TRADEPLEX_BIN_DIR="$PWD/target/debug" "$VENV/bin/python" -m pytest python/tests -q
+QT_QPA_PLATFORM=offscreen TRADEPLEX_BIN_DIR="$PWD/target/debug" "$VENV/bin/python" -m pytest python/tests -q
