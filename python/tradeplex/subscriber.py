@@ -126,9 +126,17 @@ class Subscriber:
 
     def recv(self, timeout: float | None = None) -> Event | None:
         """The next event, waiting up to `timeout` seconds (None: forever); None if none."""
-        try:
-            ev = self._queue.get(timeout=timeout)
-        except queue.Empty:
+        until = None if timeout is None else time.monotonic() + timeout
+        while not self._stop.is_set():  # after close(), undelivered events are dropped
+            # Wait in slices so a close() is seen even if its sentinel found the queue full.
+            left = 0.1 if until is None else min(0.1, until - time.monotonic())
+            try:
+                ev = self._queue.get(timeout=max(0.0, left))
+                break
+            except queue.Empty:
+                if until is not None and time.monotonic() >= until:
+                    return None
+        else:
             return None
         if ev is None:  # closed
             self._queue.put_nowait(None)
