@@ -124,3 +124,12 @@ def test_closed_client_fails_calls(shared: Shared) -> None:
     with pytest.raises(tradeplex.CallError) as e:
         c.call("echo", 1)
     assert e.value.code == "closed"
+
+
+def test_acall_awaits_many_calls_at_once(shared: Shared) -> None:
+    import asyncio
+
+    async def many() -> list[int]:
+        return await asyncio.gather(*(shared.client.acall("echo", i) for i in range(100)))
+
+    assert asyncio.run(many()) == list(range(100))

@@ -10,6 +10,7 @@ are never re-sent; without an answer they end ``timeout`` (outcome unknown).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import heapq
 import itertools
@@ -352,6 +353,29 @@ class Client(TradingMixin):
         The future's callbacks run on the client's I/O thread: keep them short.
         """
         return self._submit(service, body, idempotent, timeout_ms, target, affinity, raw, False)
+
+    async def acall(
+        self,
+        service: str,
+        body: Any = None,
+        *,
+        idempotent: bool = False,
+        timeout_ms: int | None = None,
+        target: str | None = None,
+        affinity: str | None = None,
+        raw: bool = False,
+    ) -> Any:
+        """`call` for asyncio: awaits the answer without blocking the event loop."""
+        fut = self.call_async(
+            service,
+            body,
+            idempotent=idempotent,
+            timeout_ms=timeout_ms,
+            target=target,
+            affinity=affinity,
+            raw=raw,
+        )
+        return await asyncio.wrap_future(fut)
 
     def call_reply(
         self,
