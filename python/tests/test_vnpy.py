@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -112,3 +113,25 @@ def test_order_ids_map_to_and_from_the_wire() -> None:
     assert mapping.exchange_from_wire("nowhere") == Exchange.GLOBAL
     assert tradeplex.OrderId.parse(wire).n == 17
     _ = CancelRequest
+
+
+def test_a_shipped_cta_strategy_initialises_from_cluster_history(
+    engine: tuple[MainEngine, Any],
+) -> None:
+    cta_mod = pytest.importorskip("vnpy_ctastrategy")
+    pytest.importorskip("vnpy_sqlite")
+    me, _ = engine
+    k = _contract(me, "IF2412")
+    cta = me.add_app(cta_mod.CtaStrategyApp)
+    cta.init_engine()
+    # A fresh name: CtaEngine restores a known strategy's variables from its data file.
+    name = f"dma_{uuid.uuid4().hex[:8]}"
+    cta.add_strategy("DoubleMaStrategy", name, k.vt_symbol, {})
+    cta.init_strategy(name).result(60)
+    s = cta.strategies[name]
+    # Ten days of minute bars came through query_history (in pages): the averages are set.
+    assert s.inited and s.am.inited and s.fast_ma0 > 0 and s.slow_ma0 > 0
+    cta.start_strategy(name)
+    assert s.trading
+    cta.stop_strategy(name)
+    cta.remove_strategy(name)

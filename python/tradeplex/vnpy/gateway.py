@@ -40,6 +40,14 @@ from . import mapping as m
 
 #: How often accounts and positions are refreshed (vn.py apps expect it), seconds.
 QUERY_INTERVAL_S = 2.0
+#: Bars asked for in one `query_history` request (gateways cap it; SIM at 4000).
+HISTORY_PAGE_BARS = 3000
+INTERVAL_NS = {
+    "minute": 60 * 10**9,
+    "hour": 3600 * 10**9,
+    "daily": 86400 * 10**9,
+    "weekly": 7 * 86400 * 10**9,
+}
 
 
 class TradeplexGateway(BaseGateway):
@@ -273,23 +281,34 @@ class TradeplexGateway(BaseGateway):
         """Bars from the gateway's history (blocking, as vn.py expects)."""
         if self.client is None:
             return []
-        interval = m.INTERVAL_TO_WIRE.get(req.interval) if req.interval else "minute"
-        body = {
-            "op": "query_history",
-            "symbol": req.symbol,
-            "exchange": self._exchange_out(req.symbol, req.exchange),
-            "interval": interval,
-            "start_ns": m.ns_from_datetime(req.start),
-            "end_ns": m.ns_from_datetime(req.end),
-        }
-        try:
-            bars = model.Bar.list_from_wire(
-                self.client.call(self.service, body, idempotent=True, timeout_ms=30_000)
-            )
-        except (tradeplex.CallError, tradeplex.ProtocolError) as e:
-            self.write_log(f"query_history {req.symbol}: {e}")
-            return []
-        return [self._bar(b, req.exchange) for b in bars]
+        interval = (m.INTERVAL_TO_WIRE.get(req.interval) if req.interval else None) or "minute"
+        step = HISTORY_PAGE_BARS * INTERVAL_NS.get(interval, INTERVAL_NS["minute"])
+        start_ns = m.ns_from_datetime(req.start)
+        end_ns = m.ns_from_datetime(req.end) or tradeplex.wire.now_ns()
+        exchange = self._exchange_out(req.symbol, req.exchange)
+        bars: dict[int, model.Bar] = {}
+        # Gateways cap the bars of one request (SIM: 4000) while CtaEngine asks for days
+        # of minutes: ask page by page; pages share their edges, so keep one bar per time.
+        while start_ns < end_ns:
+            page_end = min(start_ns + step, end_ns)
+            body = {
+                "op": "query_history",
+                "symbol": req.symbol,
+                "exchange": exchange,
+                "interval": interval,
+                "start_ns": start_ns,
+                "end_ns": page_end,
+            }
+            try:
+                page = model.Bar.list_from_wire(
+                    self.client.call(self.service, body, idempotent=True, timeout_ms=30_000)
+                )
+            except (tradeplex.CallError, tradeplex.ProtocolError) as e:
+                self.write_log(f"query_history {req.symbol}: {e}")
+                return []
+            bars.update((b.datetime_ns, b) for b in page)
+            start_ns = page_end
+        return [self._bar(bars[t], req.exchange) for t in sorted(bars)]
 
     def _later(self, fut: Future[Any], then: Any, what: str) -> None:
         def done(f: Future[Any]) -> None:
