@@ -58,7 +58,9 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condit
 class Proc:
     """A child process whose stdout lines are collected by a thread; stderr goes to a file."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(
+        self, args: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.args = args
         self.log = log
         self._err = log.open("ab")
@@ -68,7 +70,8 @@ class Proc:
             stderr=self._err,
             stdin=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "NO_COLOR": "1"},
+            env={**os.environ, "NO_COLOR": "1", **(env or {})},
+            cwd=cwd,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -95,3 +95,7 @@ def datetime_from_ns(ns: int) -> datetime:
 def ns_from_datetime(dt: datetime | None) -> int:
     """Unix ns of `dt` (naive means local time); 0 for None."""
     return 0 if dt is None else int(dt.timestamp() * 1_000_000_000)
+
+
+STATUS_TO_WIRE = {v: k for k, v in STATUS_FROM_WIRE.items()}
+PRODUCT_TO_WIRE = {v: k for k, v in PRODUCT_FROM_WIRE.items()}
