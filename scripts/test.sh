@@ -17,7 +17,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # vn.py pinned: the TradeplexGateway tests (and a shipped CTA strategy) run against these.
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "./python[test]" \
-  "vnpy==4.5.0" "vnpy_ctastrategy==1.4.1" "vnpy_sqlite==1.1.3"
+  "vnpy==4.5.0" "vnpy_ctastrategy==1.4.1" "vnpy_sqlite==1.1.3" "vnpy_riskmanager==2.0.0"
 "$VENV/bin/ruff" check python
 "$VENV/bin/ruff" format --check python
 QT_QPA_PLATFORM=offscreen TRADEPLEX_BIN_DIR="$PWD/target/debug" "$VENV/bin/python" -m pytest python/tests -q

@@ -40,6 +40,12 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MainEngin
     ee = EventEngine()
     me = MainEngine(ee)
     me.add_gateway(TradeplexGateway)
+    try:  # vn.py's pre-trade risk manager sits in front of every order, as users run it
+        from vnpy_riskmanager import RiskManagerApp
+
+        me.add_app(RiskManagerApp)
+    except ImportError:
+        pass
     setting = {**TradeplexGateway.default_setting, "broker": b.frontend, "events": b.xpub}
     me.connect(setting, "TRADEPLEX")
     try:
@@ -135,3 +141,17 @@ def test_a_shipped_cta_strategy_initialises_from_cluster_history(
     assert s.trading
     cta.stop_strategy(name)
     cta.remove_strategy(name)
+
+
+def test_the_risk_manager_saw_every_order(engine: tuple[MainEngine, Any]) -> None:
+    pytest.importorskip("vnpy_riskmanager")
+    me, _ = engine
+    k = _contract(me, "AAPL")
+    risk = me.get_engine("RiskManager")
+    daily = next(r for r in risk.rules.values() if hasattr(r, "total_order_count"))
+    before = daily.total_order_count
+    vt = me.send_order(
+        OrderRequest(k.symbol, k.exchange, Direction.LONG, OrderType.MARKET, 1), "TRADEPLEX"
+    )
+    assert vt
+    wait_for(lambda: daily.total_order_count > before, 10, "risk manager counted the order")
