@@ -20,4 +20,5 @@ fi
   "vnpy==4.5.0" "vnpy_ctastrategy==1.4.1" "vnpy_sqlite==1.1.3" "vnpy_riskmanager==2.0.0"
 "$VENV/bin/ruff" check python
 "$VENV/bin/ruff" format --check python
+"$VENV/bin/mypy" --config-file python/pyproject.toml python/tradeplex
 QT_QPA_PLATFORM=offscreen TRADEPLEX_BIN_DIR="$PWD/target/debug" "$VENV/bin/python" -m pytest python/tests -q

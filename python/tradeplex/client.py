@@ -247,8 +247,10 @@ class _Connection:
             log.warning("bad message from broker (%d so far): %s", self.bad_frames, why)
 
     def _fail_all(self, error: CallError) -> None:
+        # Calls still queued (never started) fail too: nobody will send them now.
         while self.calls:
-            self.pending.setdefault(self.calls[0].id, self.calls.popleft())
+            p = self.calls.popleft()
+            self.pending[p.id] = p
         for p in self.pending.values():
             _settle(p.future, error=error)
         self.pending.clear()

@@ -241,10 +241,13 @@ class GatewayHost:
 
     # --- requests (worker pool threads) -----------------------------------------------
 
+    # Queries run on pool threads while the event engine thread inserts into the caches:
+    # they iterate over copies (list() of a dict view copies in one step under the GIL).
+
     def _find_contract(self, symbol: str, exchange: str) -> ContractData:
         found = [
             c
-            for c in self.contracts.values()
+            for c in list(self.contracts.values())
             if c.symbol == symbol and (not exchange or c.exchange.value == exchange)
         ]
         if len(found) != 1:
@@ -309,17 +312,17 @@ class GatewayHost:
 
     def _op_query_orders(self, b: dict[str, Any]) -> Any:
         final = {m.STATUS_TO_WIRE[s] for s in (Status.ALLTRADED, Status.CANCELLED, Status.REJECTED)}
-        return [o for o in self.orders.values() if o["status"] not in final]
+        return [o for o in list(self.orders.values()) if o["status"] not in final]
 
     def _op_query_account(self, b: dict[str, Any]) -> Any:
         acct = b.get("account", "")
-        return [a for a in self.accounts.values() if not acct or a["account"] == acct]
+        return [a for a in list(self.accounts.values()) if not acct or a["account"] == acct]
 
     def _op_query_position(self, b: dict[str, Any]) -> Any:
-        return list(self.positions.values())
+        return list(self.positions.values())  # one copy
 
     def _op_query_contracts(self, b: dict[str, Any]) -> Any:
-        return [self._contract_wire(c) for c in self.contracts.values()]
+        return [self._contract_wire(c) for c in list(self.contracts.values())]
 
     def _op_query_history(self, b: dict[str, Any]) -> Any:
         c = self._find_contract(str(b.get("symbol", "")), str(b.get("exchange", "")))
