@@ -1,0 +1,268 @@
+"""Fixtures that start the real Rust broker and workers on 127.0.0.1 with OS-chosen ports.
+
+Binaries come from ``$TRADEPLEX_BIN_DIR`` or the workspace's ``target/release`` (then
+``target/debug``); build them with ``cargo build --release --workspace``. Every process
+started here is killed at the end of its test (or module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tradeplex
+
+REPO = Path(__file__).resolve().parents[2]
+HEARTBEAT_MS = 100  # fast heartbeats: a killed worker is noticed in 0.3 s
+
+
+def _bin_dir() -> Path:
+    env = os.environ.get("TRADEPLEX_BIN_DIR")
+    candidates = [Path(env)] if env else [REPO / "target" / "release", REPO / "target" / "debug"]
+    for d in candidates:
+        if all((d / b).exists() for b in ("tradeplex-broker", "tradeplex-worker", "tradeplex")):
+            return d
+    pytest.exit(
+        "Rust binaries not found: run `cargo build --release --workspace` "
+        "(or set TRADEPLEX_BIN_DIR)",
+        returncode=2,
+    )
+
+
+BIN = _bin_dir()
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Polls `pred` until it returns something truthy (an awaited state, not a fixed sleep)."""
+    until = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > until:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Proc:
+    """A child process whose stdout lines are collected by a thread; stderr goes to a file."""
+
+    def __init__(
+        self, args: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        self.args = args
+        self.log = log
+        self._err = log.open("ab")
+        self.p = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "NO_COLOR": "1", **(env or {})},
+            cwd=cwd,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def line(self, prefix: str, timeout: float = 15.0) -> str:
+        """The first stdout line starting with `prefix`."""
+        until = time.monotonic() + timeout
+        while True:
+            left = until - time.monotonic()
+            try:
+                line = self.lines.get(timeout=max(0.01, left))
+            except queue.Empty:
+                line = None
+            if line is not None and line.startswith(prefix):
+                return line
+            if time.monotonic() > until or (line is None and self.p.poll() is not None):
+                raise AssertionError(
+                    f"{self.args[0]} printed no {prefix!r} line; stderr:\n"
+                    + self.log.read_text()[-3000:]
+                )
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the broker."""
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        self._err.close()
+
+
+@dataclass
+class Broker:
+    """A running broker and its endpoints."""
+
+    proc: Proc
+    frontend: str
+    backend: str
+    xsub: str
+    xpub: str
+
+    def client(self, **kw: Any) -> tradeplex.Client:
+        return tradeplex.Client(self.frontend, self.xpub, **kw)
+
+
+@dataclass
+class RustWorker:
+    """A running tradeplex-worker."""
+
+    proc: Proc
+    id: str
+    journal: Path | None
+
+
+class Cluster:
+    """Starts brokers and workers for one test (or module) and stops them all after."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+        self.closers: list[Callable[[], None]] = []
+        self.n = 0
+
+    def broker(self, ports: Broker | None = None, *extra: str) -> Broker:
+        """Starts a broker; with `ports`, on the same endpoints as that one (a restart)."""
+        eps = ports or Broker(None, *(["tcp://127.0.0.1:*"] * 4))  # type: ignore[arg-type]
+        self.n += 1
+        proc = Proc(
+            [
+                str(BIN / "tradeplex-broker"),
+                "--frontend",
+                eps.frontend,
+                "--backend",
+                eps.backend,
+                "--xsub",
+                eps.xsub,
+                "--xpub",
+                eps.xpub,
+                "--http",
+                "off",
+                "--heartbeat-ms",
+                str(HEARTBEAT_MS),
+                "--liveness",
+                "3",
+                *extra,
+            ],
+            self.tmp / f"broker{self.n}.log",
+        )
+        self.procs.append(proc)
+        fields = dict(kv.split("=", 1) for kv in proc.line("ready ").split()[1:])
+        return Broker(proc, fields["frontend"], fields["backend"], fields["xsub"], fields["xpub"])
+
+    def worker(
+        self,
+        broker: Broker,
+        *services: str,
+        capacity: int = 4,
+        journal: bool = False,
+        wait: bool = True,
+    ) -> RustWorker:
+        """Starts a tradeplex-worker (echo plus `services`) and waits until it serves."""
+        self.n += 1
+        args = [
+            str(BIN / "tradeplex-worker"),
+            "--broker",
+            broker.backend,
+            "--events",
+            broker.xsub,
+            "--capacity",
+            str(capacity),
+            "--heartbeat-ms",
+            str(HEARTBEAT_MS),
+            "--liveness",
+            "3",
+            "--http",
+            "off",
+        ]
+        for s in services:
+            args += ["--service", s]
+        path = None
+        if journal:
+            path = self.tmp / f"journal{self.n}.jsonl"
+            args += ["--journal", str(path)]
+        proc = Proc(args, self.tmp / f"worker{self.n}.log")
+        self.procs.append(proc)
+        wid = proc.line("worker ").split()[1]
+        w = RustWorker(proc, wid, path)
+        if wait:
+            self.wait_registered(broker, wid)
+        return w
+
+    def wait_registered(self, broker: Broker, worker_id: str, present: bool = True) -> None:
+        with broker.client(timeout_ms=1000) as c:
+
+            def seen() -> bool:
+                try:
+                    st = c.call("tpx.status", idempotent=True)
+                except tradeplex.CallError:
+                    return False
+                ids = {w["worker"] for w in st["workers"] if w["services"]}
+                return (worker_id in ids) == present
+
+            wait_for(seen, 15, f"worker {worker_id} {'up' if present else 'gone'}")
+
+    def close(self) -> None:
+        for f in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                f()
+        for p in reversed(self.procs):
+            p.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A fresh, empty cluster for tests that kill or restart processes."""
+    c = Cluster(tmp_path)
+    yield c
+    c.close()
+
+
+@dataclass
+class Shared:
+    """A broker with one SIM worker, shared by a module's tests that harm nothing."""
+
+    cluster: Cluster
+    broker: Broker
+    worker: RustWorker
+    client: tradeplex.Client
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    c = Cluster(tmp_path_factory.mktemp("shared"))
+    try:
+        b = c.broker()
+        w = c.worker(b, "SIM")
+        client = b.client(timeout_ms=3000)
+        c.closers.append(client.close)
+        yield Shared(c, b, w, client)
+    finally:
+        c.close()

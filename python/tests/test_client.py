@@ -1,0 +1,135 @@
+"""Client calls through the real broker to real Rust workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+import pytest
+from conftest import Shared, wait_for
+
+import tradeplex
+
+
+def test_echo_returns_the_body(shared: Shared) -> None:
+    body = {"hello": "world", "n": [1, 2.5, None], "bin": b"\x00\x01"}
+    assert shared.client.call("echo", body) == body
+
+
+def test_reply_names_the_worker(shared: Shared) -> None:
+    r = shared.client.call_reply("echo", 1)
+    assert r.body == 1 and r.worker == shared.worker.id
+
+
+def test_status_is_served_by_the_broker(shared: Shared) -> None:
+    st = shared.client.call("tpx.status", idempotent=True)
+    assert shared.worker.id in {w["worker"] for w in st["workers"]}
+
+
+def test_unknown_service_is_an_error_at_once(shared: Shared) -> None:
+    t = time.monotonic()
+    with pytest.raises(tradeplex.CallError) as e:
+        shared.client.call("no.such.service", {})
+    assert e.value.code == "unknown_service" and e.value.number == 2
+    assert time.monotonic() - t < 1.0
+
+
+def test_many_calls_in_flight_from_several_threads(shared: Shared) -> None:
+    errors: list[BaseException] = []
+
+    def run(t: int) -> None:
+        try:
+            futs = [shared.client.call_async("echo", {"t": t, "i": i}) for i in range(500)]
+            for i, f in enumerate(futs):
+                assert f.result(10) == {"t": t, "i": i}
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+
+
+def test_call_async_returns_a_future(shared: Shared) -> None:
+    fut = shared.client.call_async("echo", {"sleep_ms": 50, "x": 1})
+    assert isinstance(fut, Future)
+    assert fut.result(5) == {"sleep_ms": 50, "x": 1}
+    failed = shared.client.call_async("nope.nope", {})
+    assert isinstance(failed.exception(5), tradeplex.CallError)
+
+
+def test_a_call_without_answer_in_time_times_out(shared: Shared) -> None:
+    # Delivered at once, but the worker takes longer than the call may wait.
+    with pytest.raises(tradeplex.CallError) as e:
+        shared.client.call("echo", {"sleep_ms": 1500}, timeout_ms=300)
+    assert e.value.code == "timeout" and e.value.outcome_unknown
+
+
+def test_a_request_queued_past_its_deadline_is_never_delivered(shared: Shared) -> None:
+    # Fill the worker's capacity (4), so the next request waits in the broker's queue.
+    busy = [shared.client.call_async("echo", {"sleep_ms": 1000}) for _ in range(4)]
+    wait_for(lambda: _in_flight(shared) == 4, 5, "worker busy")
+    with pytest.raises(tradeplex.CallError) as e:
+        shared.client.call("echo", {"late": True}, timeout_ms=200)
+    assert e.value.code == "deadline_exceeded"
+    for f in busy:
+        f.result(5)
+
+
+def _in_flight(shared: Shared) -> int:
+    st = shared.client.call("tpx.status", idempotent=True)
+    return sum(w["in_flight"] for w in st["workers"])
+
+
+def test_no_broker_means_unavailable_not_sent() -> None:
+    # Nothing listens on this ipc path, so the DEALER never has a peer to send to.
+    with (
+        tradeplex.Client("ipc:///tmp/tradeplex-nobody-here", timeout_ms=200) as c,
+        pytest.raises(tradeplex.CallError) as e,
+    ):
+        c.call("echo", 1)
+    assert e.value.code == "unavailable" and not e.value.outcome_unknown
+
+
+def test_bad_arguments_fail_before_sending(shared: Shared) -> None:
+    with pytest.raises(ValueError):
+        shared.client.call("bad service!", {})
+    with pytest.raises(ValueError):
+        shared.client.call("echo", {}, target="not-a-uuid")
+    with pytest.raises(ValueError):
+        shared.client.call("echo", {}, affinity="")
+    with pytest.raises(tradeplex.CallError) as e:
+        shared.client.call("echo", b"x" * (2 << 20))
+    assert e.value.code == "too_large"
+
+
+def test_raw_bodies_pass_untouched(shared: Shared) -> None:
+    assert shared.client.call("echo", b"\x81\xa1a\x01", raw=True) == b"\x81\xa1a\x01"
+
+
+def test_targeting_an_unknown_worker_is_an_error(shared: Shared) -> None:
+    with pytest.raises(tradeplex.CallError) as e:
+        shared.client.call("echo", 1, target="00000000-0000-4000-8000-000000000000")
+    assert e.value.code == "unknown_worker"
+
+
+def test_closed_client_fails_calls(shared: Shared) -> None:
+    c = shared.broker.client()
+    assert c.call("echo", 1) == 1
+    c.close()
+    with pytest.raises(tradeplex.CallError) as e:
+        c.call("echo", 1)
+    assert e.value.code == "closed"
+
+
+def test_acall_awaits_many_calls_at_once(shared: Shared) -> None:
+    import asyncio
+
+    async def many() -> list[int]:
+        return await asyncio.gather(*(shared.client.acall("echo", i) for i in range(100)))
+
+    assert asyncio.run(many()) == list(range(100))

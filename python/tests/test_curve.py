@@ -1,0 +1,57 @@
+"""CURVE end to end: keys from `tradeplex keygen`, a broker with an allow-list."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import BIN, Cluster
+
+import tradeplex
+from tradeplex.curve import KeyPair
+
+
+def _keygen(path: Path) -> KeyPair:
+    out = subprocess.run(
+        [str(BIN / "tradeplex"), "keygen"], capture_output=True, text=True, check=True, timeout=10
+    )
+    path.write_text(out.stdout)
+    return KeyPair.from_file(path)
+
+
+def test_allow_listed_client_and_worker_talk_others_do_not(cluster: Cluster) -> None:
+    tmp = cluster.tmp
+    broker, client, worker = (_keygen(tmp / f"{n}.key") for n in ("broker", "client", "worker"))
+    (tmp / "broker.toml").write_text(
+        f'[curve]\nkey_file = "{tmp / "broker.key"}"\n'
+        f'allow_clients = ["{client.public_key}"]\nallow_workers = ["{worker.public_key}"]\n'
+    )
+    b = cluster.broker(None, "--config", str(tmp / "broker.toml"))
+    w = tradeplex.Worker(
+        b.backend,
+        b.xsub,
+        {"sec": lambda body: {"secret": body}},
+        heartbeat_ms=100,
+        curve_server_key=broker.public_key,
+        curve_key_file=tmp / "worker.key",
+    )
+    cluster.closers.append(w.stop)
+    w.start()
+    assert w.wait_registered(5)
+    with tradeplex.Client(
+        b.frontend, b.xpub, curve_server_key=broker.public_key, curve_key_file=tmp / "client.key"
+    ) as c:
+        assert c.call("sec", 1) == {"secret": 1}
+        with c.subscriber("hb.") as sub:
+            assert sub.wait_connected(5)
+    # A key the broker does not know gets nowhere: never sent, so `unavailable`.
+    with tradeplex.Client(
+        b.frontend,
+        curve_server_key=broker.public_key,
+        curve_key_file=tmp / "worker.key",
+        timeout_ms=500,
+    ) as c:
+        with pytest.raises(tradeplex.CallError) as e:
+            c.call("sec", 1)
+        assert e.value.code in ("unavailable", "timeout")

@@ -1,0 +1,136 @@
+"""Pure protocol code: decoders never raise anything but ProtocolError; model round trips."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import pytest
+
+import tradeplex
+from tradeplex import ProtocolError, wire
+from tradeplex.curve import KeyPair
+from tradeplex.model import Order, OrderId
+
+
+def test_random_frames_only_ever_raise_protocol_errors() -> None:
+    rng = random.Random(7)
+    decoders = [wire.decode_client_answer, wire.decode_worker_message, wire.decode_event]
+    prefixes = [wire.CLIENT_PROTOCOL, wire.WORKER_PROTOCOL, wire.EVENT_PROTOCOL, b"TPXC02", b""]
+    for _ in range(3000):
+        frames = [rng.randbytes(rng.randrange(0, 40)) for _ in range(rng.randrange(0, 6))]
+        if frames and rng.random() < 0.6:
+            frames[rng.randrange(len(frames))] = rng.choice(prefixes)
+        if len(frames) > 2 and rng.random() < 0.5:
+            frames[2] = wire.pack({"id": rng.choice([1, -1, "x", None, 1.5, 2**64 - 1]), "job": 1})
+        for decode in decoders:
+            with contextlib.suppress(ProtocolError):
+                decode(frames)
+        with contextlib.suppress(ProtocolError):
+            wire.unpack_body(frames[0] if frames else b"")
+
+
+def test_request_frames_match_the_documented_example() -> None:
+    frames = wire.encode_request(7, "echo", 1, True, None, None)
+    assert frames[0] == b"TPXC01" and frames[1] == b"\x01"
+    assert frames[2].startswith(bytes.fromhex("84a2696407a7736572766963"))
+    assert wire.pack({"hi": 1}) == bytes.fromhex("81a2686901")
+
+
+def test_reply_and_error_decode() -> None:
+    ok = wire.decode_client_answer(
+        [b"TPXC01", b"\x02", wire.pack({"id": 3, "worker": "w"}), b"\x01"]
+    )
+    assert ok.ok and ok.id == 3 and ok.body == b"\x01"
+    err = wire.decode_client_answer(
+        [
+            b"TPXC01",
+            b"\x03",
+            wire.pack({"id": 4, "code": 4, "name": "worker_lost", "message": "m"}),
+            b"",
+        ]
+    )
+    assert not err.ok and err.code == 4
+    with pytest.raises(ProtocolError, match="version"):
+        wire.decode_client_answer([b"TPXC02", b"\x02", wire.pack({"id": 1}), b""])
+    with pytest.raises(ProtocolError):
+        wire.decode_client_answer([b"TPXC01", b"\x02", b"\x00" * 5000, b""])
+
+
+def test_error_codes_are_stable() -> None:
+    names = [
+        "bad_request",
+        "unknown_service",
+        "deadline_exceeded",
+        "worker_lost",
+        "worker_error",
+        "unsupported_version",
+        "too_large",
+        "overloaded",
+        "unknown_worker",
+        "unavailable",
+    ]
+    for n, name in enumerate(names, 1):
+        assert wire.ErrorCode(n).wire_name == name
+        assert wire.ErrorCode.from_name(name) == n
+    assert wire.ErrorCode.from_number(99) is None
+
+
+def test_model_round_trips_and_tolerates_new_fields() -> None:
+    d = {
+        "order_id": "SIM.0ff4810d-1a6f-4bb8-913f-a9b4ac206675.17",
+        "symbol": "IF2412",
+        "exchange": "CFFEX",
+        "gateway": "SIM",
+        "account": "sim",
+        "direction": "long",
+        "offset": "open",
+        "order_type": "limit",
+        "price": 3900,
+        "volume": 1.0,
+        "traded": 0.0,
+        "status": "not_traded",
+        "datetime_ns": 5,
+        "reference": "r",
+        "field_from_the_future": 1,
+    }
+    o = Order.from_wire(d)
+    assert o.price == 3900.0 and o.status == tradeplex.Status.NOT_TRADED and o.is_active
+    assert Order.from_wire(o.to_wire()) == o
+    assert Order.from_wire({**d, "status": "a_new_status"}).status == "a_new_status"
+    later = Order.from_wire({**d, "status": "all_traded", "traded": 1.0})
+    assert later.supersedes(o) and not o.supersedes(later)
+    with pytest.raises(ProtocolError):
+        Order.from_wire({**d, "price": "cheap"})
+    with pytest.raises(ProtocolError):
+        Order.from_wire({"symbol": "x"})
+    with pytest.raises(ProtocolError):
+        Order.from_wire([1])
+
+
+def test_order_ids_name_their_worker() -> None:
+    oid = OrderId.parse("SIM.0ff4810d-1a6f-4bb8-913f-a9b4ac206675.17")
+    assert (oid.gateway, oid.worker, oid.n) == ("SIM", "0ff4810d-1a6f-4bb8-913f-a9b4ac206675", 17)
+    assert str(oid) == "SIM.0ff4810d-1a6f-4bb8-913f-a9b4ac206675.17"
+    for bad in [
+        "SIM.nope.1",
+        "SIM",
+        ".0ff4810d-1a6f-4bb8-913f-a9b4ac206675.1",
+        "SIM.0ff4810d-1a6f-4bb8-913f-a9b4ac206675.x",
+    ]:
+        with pytest.raises(ValueError):
+            OrderId.parse(bad)
+
+
+def test_key_files_round_trip(tmp_path: object) -> None:
+    import pathlib
+
+    p = pathlib.Path(str(tmp_path)) / "k.key"
+    pair = KeyPair.generate()
+    p.write_text("# made by a test\n" + pair.to_toml())
+    assert KeyPair.from_file(p) == pair
+    p.write_text('public_key = "short"\nsecret_key = "short"\n')
+    with pytest.raises(ValueError):
+        KeyPair.from_file(p)
+    with pytest.raises(ValueError):
+        tradeplex.Client(curve_server_key=pair.public_key)

@@ -1,0 +1,285 @@
+"""`Subscriber`: events from the broker's XPUB (``TPXE01``).
+
+A background thread owns the SUB socket. It subscribes to the caller's topic prefixes and
+always to ``hb.`` (the broker's heartbeat); drops repeats and counts gaps by sequence
+number per (source, topic); and when the broker's heartbeat goes silent it rebuilds the
+socket, which sends the subscriptions again (mirrors client/src/events.rs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import wire
+from .client import DEFAULT_EVENTS
+from .curve import ClientCurve
+from .errors import ProtocolError
+from .model import EVENT_TYPES, WireObject
+
+log = logging.getLogger("tradeplex.subscriber")
+
+#: Most (source, topic) pairs tracked for gap detection (bounded memory).
+MAX_TRACKED = 100_000
+_POLL_MS = 50
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event. `body` is the decoded MessagePack body (None when empty)."""
+
+    topic: str
+    source: str
+    seq: int
+    ts_ns: int
+    kind: str
+    body: Any
+    raw: bytes = field(repr=False, default=b"")
+
+    def data(self) -> WireObject | None:
+        """The body as its model type (`Tick`, `Order` …), or None for ``hb``/unknown kinds.
+
+        Raises `ProtocolError` if the body does not fit the type.
+        """
+        cls = EVENT_TYPES.get(self.kind)
+        return None if cls is None else cls.from_wire(self.body)
+
+
+class Subscriber:
+    """Subscribes to topic prefixes; iterate it for `Event`s (blocks until closed).
+
+    Args:
+        events: the broker's XPUB endpoint.
+        topics: topic prefixes, e.g. ``["tick.SIM.", "order."]`` (one string is one prefix).
+        heartbeat_ms, liveness: the broker's heartbeat settings; silence for their product
+            makes the subscriber reconnect.
+        queue_size: events buffered for the caller; beyond it new ones are dropped
+            (counted in ``.local_drops``).
+    """
+
+    def __init__(
+        self,
+        events: str = DEFAULT_EVENTS,
+        topics: Iterable[str] | str = (),
+        *,
+        curve_server_key: str | None = None,
+        curve_key_file: str | Path | None = None,
+        curve: ClientCurve | None = None,
+        heartbeat_ms: int = 1000,
+        liveness: int = 3,
+        queue_size: int = 100_000,
+        hwm: int = 100_000,
+    ) -> None:
+        self.endpoint = events
+        self.prefixes: list[str] = [topics] if isinstance(topics, str) else list(topics)
+        self._curve = curve or ClientCurve.from_options(curve_server_key, curve_key_file)
+        self._silence_s = heartbeat_ms * liveness / 1000
+        self._hwm = hwm
+        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=max(1, queue_size))
+        self._control: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
+        self._last_seq: dict[str, dict[str, int]] = {}
+        self._tracked = 0
+        self._broker: str | None = None
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        #: Events known missing (sequence gaps: lost upstream or at a high-water mark).
+        self.gaps = 0
+        #: Repeats dropped (e.g. last-value re-sends of ticks already seen).
+        self.repeats = 0
+        #: Events delivered to the caller's queue.
+        self.received = 0
+        #: Events dropped because the caller read too slowly.
+        self.local_drops = 0
+        #: Malformed messages dropped.
+        self.bad_frames = 0
+        #: Times the broker went silent and the socket was rebuilt.
+        self.reconnects = 0
+        #: Times a new broker instance was seen on ``hb.broker`` (it restarted).
+        self.broker_restarts = 0
+        #: Broker heartbeats seen.
+        self.heartbeats = 0
+        self._ctx = zmq.Context()
+        socket = self._open()  # errors (bad endpoint) surface here, in the caller
+        self._thread = threading.Thread(
+            target=self._run, args=(socket,), name="tpx-events", daemon=True
+        )
+        self._thread.start()
+
+    # --- caller side -----------------------------------------------------------------
+
+    def subscribe(self, prefix: str) -> None:
+        """Adds a topic prefix (the broker then re-sends the last tick of matching topics)."""
+        self._control.put((True, prefix))
+
+    def unsubscribe(self, prefix: str) -> None:
+        """Removes a topic prefix."""
+        self._control.put((False, prefix))
+
+    def recv(self, timeout: float | None = None) -> Event | None:
+        """The next event, waiting up to `timeout` seconds (None: forever); None if none."""
+        until = None if timeout is None else time.monotonic() + timeout
+        while not self._stop.is_set():  # after close(), undelivered events are dropped
+            # Wait in slices so a close() is seen even if its sentinel found the queue full.
+            left = 0.1 if until is None else min(0.1, until - time.monotonic())
+            try:
+                ev = self._queue.get(timeout=max(0.0, left))
+                break
+            except queue.Empty:
+                if until is not None and time.monotonic() >= until:
+                    return None
+        else:
+            return None
+        if ev is None:  # closed
+            self._queue.put_nowait(None)
+            return None
+        return ev
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            ev = self.recv()
+            if ev is None:
+                return
+            yield ev
+
+    def wait_connected(self, timeout: float = 5.0) -> bool:
+        """Waits for a broker heartbeat, which proves the subscription is live."""
+        return self._connected.wait(timeout)
+
+    @property
+    def broker(self) -> str | None:
+        """The broker instance last seen on ``hb.broker``."""
+        return self._broker
+
+    def close(self) -> None:
+        """Stops the thread; iteration ends."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._ctx.term()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the thread ------------------------------------------------------------------
+
+    def _open(self) -> zmq.Socket[bytes]:
+        s = self._ctx.socket(zmq.SUB)
+        s.linger = 0
+        s.rcvhwm = self._hwm
+        s.maxmsgsize = 4 << 20
+        if self._curve is not None:
+            self._curve.apply(s)
+        s.setsockopt(zmq.SUBSCRIBE, b"hb.")
+        for p in self.prefixes:
+            s.setsockopt(zmq.SUBSCRIBE, p.encode())
+        s.connect(self.endpoint)
+        return s
+
+    def _run(self, socket: zmq.Socket[bytes]) -> None:
+        last_heartbeat = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self._apply_control(socket)
+                if socket.poll(_POLL_MS, zmq.POLLIN) and self._drain(socket):
+                    last_heartbeat = time.monotonic()
+                if time.monotonic() - last_heartbeat > self._silence_s:
+                    # The broker is gone or the connection half-open: a new socket
+                    # connects afresh and sends every subscription again.
+                    log.warning("broker heartbeat silent; reconnecting event socket")
+                    self.reconnects += 1
+                    self._connected.clear()
+                    socket.close(linger=0)
+                    socket = self._open()
+                    last_heartbeat = time.monotonic()
+        except Exception:
+            log.exception("subscriber thread failed")
+        finally:
+            socket.close(linger=0)
+
+    def _apply_control(self, socket: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                add, prefix = self._control.get_nowait()
+            except queue.Empty:
+                return
+            if add:
+                self.prefixes.append(prefix)
+                socket.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+            else:
+                if prefix in self.prefixes:
+                    self.prefixes.remove(prefix)
+                socket.setsockopt(zmq.UNSUBSCRIBE, prefix.encode())
+
+    def _drain(self, socket: zmq.Socket[bytes]) -> bool:
+        """Reads what is waiting; true if a broker heartbeat was among it."""
+        heard = False
+        while True:
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return heard
+            try:
+                h = wire.decode_event(frames)
+                body = wire.unpack_body(frames[3])
+            except ProtocolError as e:
+                self.bad_frames += 1
+                if self.bad_frames <= 10 or self.bad_frames % 1000 == 0:
+                    log.warning("malformed event dropped (%d so far): %s", self.bad_frames, e)
+                continue
+            if h.topic == wire.BROKER_HEARTBEAT_TOPIC:
+                heard = True
+                self._on_heartbeat(h.source)
+            self._accept(h, body, frames[3])
+
+    def _on_heartbeat(self, source: str) -> None:
+        self.heartbeats += 1
+        if self._broker is not None and self._broker != source:
+            self.broker_restarts += 1
+        self._broker = source
+        self._connected.set()
+
+    def _accept(self, h: wire.EventHeader, body: Any, raw: bytes) -> None:
+        if not self._sequence_ok(h.source, h.topic, h.seq):
+            return
+        # hb. is always subscribed for liveness; deliver it only if asked for.
+        if not any(h.topic.startswith(p) for p in self.prefixes):
+            return
+        ev = Event(h.topic, h.source, h.seq, h.ts_ns, h.kind, body, raw)
+        try:
+            self._queue.put_nowait(ev)
+            self.received += 1
+        except queue.Full:
+            self.local_drops += 1
+
+    def _sequence_ok(self, source: str, topic: str, seq: int) -> bool:
+        """Sequence numbers are contiguous per (source, topic): a jump is a gap, a number
+        already seen a repeat (dropped)."""
+        topics = self._last_seq.get(source)
+        last = None if topics is None else topics.get(topic)
+        if last is None:
+            if self._tracked < MAX_TRACKED:
+                self._tracked += 1
+                self._last_seq.setdefault(source, {})[topic] = seq
+            return True
+        if seq <= last:
+            self.repeats += 1
+            return False
+        self.gaps += seq - last - 1
+        self._last_seq[source][topic] = seq
+        return True

@@ -1,0 +1,49 @@
+"""A wake-up channel for an I/O thread that polls ZeroMQ sockets.
+
+Other threads hand work over a queue and then write one byte here; the I/O thread polls
+the read end beside its sockets. A socketpair is used because, unlike a ZeroMQ socket, it
+may be written from many threads at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+
+class Wakeup:
+    """One read end (polled by the I/O thread), one write end (any thread)."""
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        #: Set by the I/O thread while it waits in poll: only then is a byte needed, so a
+        #: busy thread costs callers no system call (it looks at its queue before sleeping).
+        self.sleeping = False
+
+    def fileno(self) -> int:
+        """The read end, for `zmq.Poller.register`."""
+        return self._r.fileno()
+
+    def wake(self) -> None:
+        """Wakes the I/O thread if it sleeps (a full buffer means it will wake anyway)."""
+        if self.sleeping:
+            with contextlib.suppress(BlockingIOError, OSError):
+                self._w.send(b"\x01")
+
+    def force(self) -> None:
+        """Wakes the I/O thread whether or not it sleeps (used to stop it)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._w.send(b"\x01")
+
+    def drain(self) -> None:
+        """Reads every pending byte."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._r.recv(4096):
+                pass
+
+    def close(self) -> None:
+        """Closes both ends."""
+        self._r.close()
+        self._w.close()

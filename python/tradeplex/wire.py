@@ -1,0 +1,346 @@
+"""Frames, commands and error codes of docs/protocol.md, with checked decoders.
+
+Everything here is pure (no sockets). Decoders take frames straight from the network and
+raise `ProtocolError` on anything malformed, never another exception, so the I/O threads
+can count and drop bad input without crashing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from .errors import ProtocolError
+
+CLIENT_PROTOCOL = b"TPXC01"
+WORKER_PROTOCOL = b"TPXW01"
+EVENT_PROTOCOL = b"TPXE01"
+
+#: Header frames are at most this long (docs/protocol.md, Conventions).
+MAX_HEADER_BYTES = 4096
+MAX_TOPIC_BYTES = 256
+MAX_AFFINITY_BYTES = 128
+MAX_SERVICES = 64
+MAX_CAPACITY = 10_000
+#: Default body limit of the broker (``max_body_bytes``).
+DEFAULT_MAX_BODY = 1 << 20
+
+BROKER_HEARTBEAT_TOPIC = "hb.broker"
+EVENT_KINDS = frozenset(
+    {"tick", "bar", "order", "trade", "position", "account", "contract", "log", "hb"}
+)
+
+_SERVICE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+class ClientCommand(IntEnum):
+    """Command byte of the client protocol (``TPXC01``)."""
+
+    REQUEST = 0x01
+    REPLY = 0x02
+    ERROR = 0x03
+
+
+class WorkerCommand(IntEnum):
+    """Command byte of the worker protocol (``TPXW01``)."""
+
+    READY = 0x01
+    REQUEST = 0x02
+    REPLY = 0x03
+    ERROR = 0x04
+    HEARTBEAT = 0x05
+    DISCONNECT = 0x06
+
+
+class ErrorCode(IntEnum):
+    """Wire error codes: stable numbers, names are the lowercase member names."""
+
+    BAD_REQUEST = 1
+    UNKNOWN_SERVICE = 2
+    DEADLINE_EXCEEDED = 3
+    WORKER_LOST = 4
+    WORKER_ERROR = 5
+    UNSUPPORTED_VERSION = 6
+    TOO_LARGE = 7
+    OVERLOADED = 8
+    UNKNOWN_WORKER = 9
+    UNAVAILABLE = 10
+
+    @property
+    def wire_name(self) -> str:
+        """The documented name, e.g. ``"worker_lost"``."""
+        return self.name.lower()
+
+    @classmethod
+    def from_name(cls, name: str) -> ErrorCode | None:
+        """The code named `name`, or None."""
+        return cls.__members__.get(name.upper())
+
+    @classmethod
+    def from_number(cls, n: int) -> ErrorCode | None:
+        """The code numbered `n`, or None (unknown numbers are a generic failure)."""
+        try:
+            return cls(n)
+        except ValueError:
+            return None
+
+
+def now_ms() -> int:
+    """Wall-clock Unix time in milliseconds (deadlines are wall-clock)."""
+    return time.time_ns() // 1_000_000
+
+
+def now_ns() -> int:
+    """Wall-clock Unix time in nanoseconds."""
+    return time.time_ns()
+
+
+def valid_service(name: str) -> bool:
+    """Whether `name` is a valid service name (1-64 of ``[A-Za-z0-9_.-]``)."""
+    return _SERVICE_RE.fullmatch(name) is not None
+
+
+def valid_uuid(s: object) -> bool:
+    """Whether `s` is a hyphenated UUID string."""
+    if not isinstance(s, str) or len(s) != 36:
+        return False
+    try:
+        uuid.UUID(s)
+    except ValueError:
+        return False
+    return True
+
+
+def pack(obj: Any) -> bytes:
+    """MessagePack-encodes `obj` (str as str, bytes as bin)."""
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack_body(data: bytes) -> Any:
+    """Decodes a MessagePack body; an empty body is None."""
+    if not data:
+        return None
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises several types on garbage
+        raise ProtocolError(f"body is not MessagePack: {e}") from None
+
+
+def decode_header(frame: bytes) -> dict[str, Any]:
+    """Decodes a header frame: a MessagePack map with string keys, at most 4096 bytes."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(frame)} bytes over {MAX_HEADER_BYTES}")
+    try:
+        h = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as e:
+        raise ProtocolError(f"header is not MessagePack: {e}") from None
+    if not isinstance(h, dict):
+        raise ProtocolError("header is not a map")
+    return h
+
+
+def check_protocol(frame0: bytes, expected: bytes) -> None:
+    """Raises `ProtocolError` unless `frame0` is the protocol id `expected`."""
+    if frame0 == expected:
+        return
+    if frame0[:4] == expected[:4]:
+        raise ProtocolError(f"unsupported protocol version {frame0[4:20]!r}")
+    raise ProtocolError(f"not {expected.decode()}: {frame0[:16]!r}")
+
+
+def _u64(h: dict[str, Any], name: str) -> int:
+    v = h.get(name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v >= 1 << 64:
+        raise ProtocolError(f"field {name!r} is not an unsigned integer")
+    return v
+
+
+def _str(h: dict[str, Any], name: str, default: str | None = None) -> str:
+    v = h.get(name, default)
+    if not isinstance(v, str):
+        raise ProtocolError(f"field {name!r} is not a string")
+    return v
+
+
+def _command(frame: bytes) -> int:
+    if len(frame) != 1:
+        raise ProtocolError(f"command frame of {len(frame)} bytes")
+    return frame[0]
+
+
+# --- client protocol ---------------------------------------------------------------
+
+
+def encode_request(
+    id: int,
+    service: str,
+    deadline_ms: int,
+    idempotent: bool,
+    target: str | None,
+    affinity: str | None,
+) -> list[bytes]:
+    """Frames 0-2 of a client REQUEST (the body is frame 3)."""
+    h: dict[str, Any] = {
+        "id": id,
+        "service": service,
+        "deadline_ms": deadline_ms,
+        "idempotent": idempotent,
+    }
+    if target is not None:
+        h["target"] = target
+    if affinity is not None:
+        h["affinity"] = affinity
+    return [CLIENT_PROTOCOL, bytes([ClientCommand.REQUEST]), pack(h)]
+
+
+@dataclass(frozen=True)
+class ClientAnswer:
+    """A REPLY or ERROR from the broker's frontend."""
+
+    id: int
+    ok: bool
+    worker: str | None
+    body: bytes
+    code: int = 0
+    name: str = ""
+    message: str = ""
+
+
+def decode_client_answer(frames: list[bytes]) -> ClientAnswer:
+    """Decodes a REPLY or ERROR as the client's DEALER receives it."""
+    if len(frames) != 4:
+        raise ProtocolError(f"expected 4 frames, got {len(frames)}")
+    check_protocol(frames[0], CLIENT_PROTOCOL)
+    cmd = _command(frames[1])
+    h = decode_header(frames[2])
+    id = _u64(h, "id")
+    worker = h.get("worker")
+    if worker is not None and not isinstance(worker, str):
+        raise ProtocolError("field 'worker' is not a string")
+    if cmd == ClientCommand.REPLY:
+        return ClientAnswer(id=id, ok=True, worker=worker, body=frames[3])
+    if cmd == ClientCommand.ERROR:
+        code = h.get("code", 0)
+        if not isinstance(code, int):
+            raise ProtocolError("field 'code' is not an integer")
+        return ClientAnswer(
+            id=id,
+            ok=False,
+            worker=worker,
+            body=b"",
+            code=code,
+            name=_str(h, "name", ""),
+            message=_str(h, "message", ""),
+        )
+    raise ProtocolError(f"unexpected command 0x{cmd:02x} from broker")
+
+
+# --- worker protocol ---------------------------------------------------------------
+
+
+def encode_worker(command: WorkerCommand, header: dict[str, Any], body: bytes = b"") -> list[bytes]:
+    """All four frames of a worker-protocol message."""
+    return [WORKER_PROTOCOL, bytes([command]), pack(header), body]
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """A REQUEST the broker sent to a worker."""
+
+    job: int
+    id: int
+    service: str
+    deadline_ms: int
+    idempotent: bool
+    body: bytes
+
+
+@dataclass(frozen=True)
+class WorkerMessage:
+    """A decoded message from the broker's backend."""
+
+    command: WorkerCommand
+    request: WorkerRequest | None = None
+    reason: str = ""
+
+
+def decode_worker_message(frames: list[bytes]) -> WorkerMessage:
+    """Decodes what a worker's DEALER receives from the broker."""
+    if len(frames) != 4:
+        raise ProtocolError(f"expected 4 frames, got {len(frames)}")
+    check_protocol(frames[0], WORKER_PROTOCOL)
+    cmd = _command(frames[1])
+    h = decode_header(frames[2])
+    if cmd == WorkerCommand.REQUEST:
+        idem = h.get("idempotent", False)
+        req = WorkerRequest(
+            job=_u64(h, "job"),
+            id=_u64(h, "id"),
+            service=_str(h, "service"),
+            deadline_ms=_u64(h, "deadline_ms"),
+            idempotent=bool(idem),
+            body=frames[3],
+        )
+        return WorkerMessage(WorkerCommand.REQUEST, request=req)
+    if cmd == WorkerCommand.HEARTBEAT:
+        return WorkerMessage(WorkerCommand.HEARTBEAT)
+    if cmd == WorkerCommand.DISCONNECT:
+        reason = h.get("reason", "")
+        return WorkerMessage(WorkerCommand.DISCONNECT, reason=str(reason))
+    raise ProtocolError(f"unexpected command 0x{cmd:02x} from broker")
+
+
+# --- events ------------------------------------------------------------------------
+
+
+def kind_of(topic: str) -> str | None:
+    """The event kind (first topic segment) if it is a known kind."""
+    first = topic.split(".", 1)[0]
+    return first if first in EVENT_KINDS else None
+
+
+def encode_event(topic: str, source: str, seq: int, ts_ns: int, body: bytes) -> list[bytes]:
+    """The four frames of an event."""
+    kind = topic.split(".", 1)[0]
+    header = {"source": source, "seq": seq, "ts_ns": ts_ns, "kind": kind}
+    return [topic.encode(), EVENT_PROTOCOL, pack(header), body]
+
+
+@dataclass(frozen=True)
+class EventHeader:
+    """The decoded frames 0-2 of an event."""
+
+    topic: str
+    source: str
+    seq: int
+    ts_ns: int
+    kind: str
+
+
+def decode_event(frames: list[bytes]) -> EventHeader:
+    """Decodes an event's topic and header (the body stays bytes)."""
+    if len(frames) != 4:
+        raise ProtocolError(f"expected 4 frames, got {len(frames)}")
+    raw_topic = frames[0]
+    if not raw_topic or len(raw_topic) > MAX_TOPIC_BYTES:
+        raise ProtocolError("topic must be 1-256 bytes")
+    try:
+        topic = raw_topic.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("topic is not UTF-8") from None
+    check_protocol(frames[1], EVENT_PROTOCOL)
+    h = decode_header(frames[2])
+    source = _str(h, "source")
+    return EventHeader(
+        topic=topic,
+        source=source,
+        seq=_u64(h, "seq"),
+        ts_ns=_u64(h, "ts_ns"),
+        kind=_str(h, "kind", topic.split(".", 1)[0]),
+    )
