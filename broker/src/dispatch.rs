@@ -2,7 +2,7 @@
 //! heartbeats and failure handling. Plain data driven by plain methods that take a
 //! [`Clock`] and push what must be sent into an outbox, so it is tested without sockets.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 // FxHash: the keys are our own ids and peer identities, and SipHash's DoS resistance
 // costs ~20% of the broker's per-request CPU here (measured with perf).
@@ -124,6 +124,8 @@ struct Worker {
     served: u64,
     /// The READY `session` it registered with (its connection number).
     session: u64,
+    /// Rotates which of its services gets a freed slot first.
+    next_pump: usize,
 }
 
 impl Worker {
@@ -138,10 +140,7 @@ impl Worker {
 
 struct Service {
     workers: Vec<Identity>,
-    queue: VecDeque<JobId>,
-    /// Queued jobs bound to one worker (target or affinity); while there are none, a scan
-    /// of the queue can stop at the first job no worker can take.
-    pinned: usize,
+    queue: ServiceQueue,
     in_flight: usize,
     /// Set once a worker has offered the service; until then metrics go to `_unknown`.
     registered: bool,
@@ -173,14 +172,15 @@ struct Job {
 }
 
 impl Job {
-    /// Whether only some workers may take it, so a queue scan must look past it.
-    fn pinned(&self) -> bool {
-        self.target.is_some() || self.affinity.is_some() || !self.refused_by.is_empty()
-    }
-
     fn refused(&self, worker: &WorkerId) -> bool {
         self.refused_by.contains(worker)
     }
+}
+
+enum Turn {
+    Delivered,
+    Waiting,
+    NoRoom,
 }
 
 enum Choice {
@@ -315,11 +315,10 @@ impl Dispatcher {
             worker: None,
             timer_ms: None,
         };
-        let pinned = job.pinned();
+        let client = job.client.clone();
         self.jobs.insert(job_id, job);
         let service = self.service_entry(&h.service);
-        service.queue.push_back(job_id);
-        service.pinned += usize::from(pinned);
+        service.queue.push_back(&client, job_id);
         service.metrics.queue_depth.inc();
         self.pump(&h.service);
         // Most requests are delivered at once; only one still queued needs a timer.
@@ -575,6 +574,7 @@ impl Dispatcher {
                         last_used: 0,
                         served: 0,
                         session: h.session,
+                        next_pump: 0,
                     },
                 );
                 // Acknowledge at once: a heartbeat tells the worker it is registered.
@@ -683,7 +683,7 @@ impl Dispatcher {
         let queued: Vec<JobId> = self
             .services
             .get(service)
-            .map(|s| s.queue.iter().copied().collect())
+            .map(|s| s.queue.jobs().collect())
             .unwrap_or_default();
         let grace_end = clock.unix_ms + self.cfg.grace_ms;
         for job_id in queued {
@@ -705,10 +705,9 @@ impl Dispatcher {
         let Some(job) = self.jobs.get(&job_id) else {
             return;
         };
-        let (service, pinned, at) = (job.service.clone(), job.pinned(), job.deadline_ms);
+        let (service, client, at) = (job.service.clone(), job.client.clone(), job.deadline_ms);
         let entry = self.service_entry(&service);
-        entry.queue.push_front(job_id);
-        entry.pinned += usize::from(pinned);
+        entry.queue.push_front(&client, job_id);
         entry.metrics.queue_depth.inc();
         self.set_timer(job_id, at);
     }
@@ -747,10 +746,11 @@ impl Dispatcher {
                 }
                 self.metrics.requests_retried.inc();
                 self.requeue_front(job_id);
+                self.pump(&service);
             }
             other => self.finish(job_id, other, Some(worker_id)),
         }
-        self.pump(&service);
+        self.pump_worker(from);
     }
 
     /// Undoes a delivery the socket could not make (the worker is gone): the request was
@@ -780,29 +780,77 @@ impl Dispatcher {
 
     // ----- dispatch ----------------------------------------------------------------
 
+    /// Delivers what `service`'s queue can deliver now: one job per client per round, the
+    /// clients in turn, until a round delivers nothing or no worker has room.
     fn pump(&mut self, service: &ServiceName) {
+        loop {
+            let clients = self.services.get(service).map_or(0, |s| s.queue.clients());
+            let mut delivered = false;
+            for _ in 0..clients {
+                match self.serve_next_client(service) {
+                    Turn::Delivered => delivered = true,
+                    Turn::Waiting => {}
+                    Turn::NoRoom => return,
+                }
+            }
+            if !delivered {
+                return;
+            }
+        }
+    }
+
+    /// Gives the next client of `service` its turn: its first job some worker can take
+    /// now is delivered (jobs bound to a busy worker are looked past).
+    fn serve_next_client(&mut self, service: &ServiceName) -> Turn {
+        if !self
+            .services
+            .get_mut(service)
+            .is_some_and(|s| s.queue.next_turn())
+        {
+            return Turn::Waiting;
+        }
         let mut i = 0;
         loop {
-            let Some(s) = self.services.get(service) else {
-                return;
+            let next = self.services.get(service).and_then(|s| s.queue.in_turn(i));
+            let Some(job_id) = next else {
+                return Turn::Waiting;
             };
-            let Some(&job_id) = s.queue.get(i) else {
-                return;
-            };
-            let pinned_left = s.pinned;
             match self.choose(service, job_id) {
                 Choice::Deliver(worker) => {
-                    self.unqueue_at(service, i);
+                    self.unqueue(job_id);
                     self.deliver(job_id, worker);
+                    return Turn::Delivered;
                 }
                 Choice::Fail(code, msg) => {
-                    self.unqueue_at(service, i);
+                    self.unqueue(job_id);
                     self.finish(job_id, Err((code, msg)), None);
                 }
                 Choice::Wait => i += 1,
-                Choice::NoRoom if pinned_left == 0 => return,
-                Choice::NoRoom => i += 1,
+                // No worker of the service has room: nothing else can go either.
+                Choice::NoRoom => return Turn::NoRoom,
             }
+        }
+    }
+
+    /// A slot freed on `worker`: each service it offers with queued work gets the chance in
+    /// turn (starting one further each time), so one service's backlog cannot starve
+    /// another's queued requests on a shared worker.
+    fn pump_worker(&mut self, worker: &Identity) {
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
+        let n = w.services.len();
+        w.next_pump = w.next_pump.wrapping_add(1);
+        let start = w.next_pump;
+        let services = &self.services;
+        // Only services with a backlog are cloned: nothing is allocated when none has one.
+        let waiting: Vec<ServiceName> = (0..n)
+            .filter_map(|k| w.services.get((start + k) % n))
+            .filter(|s| services.get(*s).is_some_and(|q| !q.queue.is_empty()))
+            .cloned()
+            .collect();
+        for s in &waiting {
+            self.pump(s);
         }
     }
 
@@ -947,32 +995,19 @@ impl Dispatcher {
         });
     }
 
-    fn unqueue_at(&mut self, service: &ServiceName, i: usize) {
-        let Some(s) = self.services.get_mut(service) else {
-            return;
-        };
-        let Some(job_id) = s.queue.remove(i) else {
-            return;
-        };
-        s.metrics.queue_depth.dec();
-        if let Some(job) = self.jobs.get_mut(&job_id) {
-            s.pinned = s.pinned.saturating_sub(usize::from(job.pinned()));
-            if let Some(at) = job.timer_ms.take() {
-                self.timers.remove(&(at, job_id));
-            }
-        }
-    }
-
+    /// Takes a job out of its service's queue (and its timer off the timer set).
     fn unqueue(&mut self, job_id: JobId) {
-        let Some(service) = self.jobs.get(&job_id).map(|j| j.service.clone()) else {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
-        let pos = self
-            .services
-            .get(&service)
-            .and_then(|s| s.queue.iter().position(|j| *j == job_id));
-        if let Some(i) = pos {
-            self.unqueue_at(&service, i);
+        let Some(s) = self.services.get_mut(&job.service) else {
+            return;
+        };
+        if s.queue.remove(&job.client, job_id) {
+            s.metrics.queue_depth.dec();
+        }
+        if let Some(at) = job.timer_ms.take() {
+            self.timers.remove(&(at, job_id));
         }
     }
 
@@ -1105,6 +1140,7 @@ impl Dispatcher {
             return;
         };
         let service = job.service.clone();
+        let identity = job.worker.clone();
         let worker = job.worker.as_ref().and_then(|i| self.workers.get_mut(i));
         let worker_id = worker.map(|w| {
             w.in_flight.remove(&job_id);
@@ -1120,7 +1156,10 @@ impl Dispatcher {
         );
         tracing::warn!(%job_id, worker = ?worker_id, "in-flight request abandoned");
         self.finish(job_id, Err((ErrorCode::WorkerLost, msg)), worker_id);
-        self.pump(&service);
+        match identity {
+            Some(i) => self.pump_worker(&i),
+            None => self.pump(&service),
+        }
     }
 
     /// Refreshes `tradeplex_worker_states` (once per heartbeat interval: a gauge that is
@@ -1283,13 +1322,15 @@ impl Dispatcher {
 fn new_service(metrics: Arc<ServiceMetrics>) -> Service {
     Service {
         workers: Vec::new(),
-        queue: VecDeque::new(),
-        pinned: 0,
+        queue: ServiceQueue::default(),
         in_flight: 0,
         registered: false,
         metrics,
     }
 }
+
+mod queue;
+use queue::ServiceQueue;
 
 #[cfg(test)]
 mod tests;

@@ -725,3 +725,76 @@ fn ready_from_an_abandoned_connection_does_not_shadow_the_new_one() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].0, b"new");
 }
+
+impl Harness {
+    fn request_from(&mut self, client: &[u8], service: &str) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let h = RequestHeader {
+            id,
+            service: svc(service),
+            deadline_ms: self.clock.unix_ms + 1000,
+            idempotent: false,
+            target: None,
+            affinity: None,
+        };
+        let body = Body::from(&b"payload"[..]);
+        self.d.on_request(self.clock, client.to_vec(), h, body);
+        id
+    }
+}
+
+#[test]
+fn queued_request_of_another_service_gets_the_freed_slot() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM", "echo"], 2);
+    h.request("echo", true);
+    h.request("echo", true);
+    let busy = h.deliveries();
+    assert_eq!(busy.len(), 2);
+    // More echo work queues up, then an order for SIM behind it.
+    for _ in 0..5 {
+        h.request("echo", true);
+    }
+    h.request("SIM", false);
+    assert!(h.deliveries().is_empty());
+    // Freed slots alternate between the worker's services: the order goes within two.
+    h.reply(b"A", busy[0].1);
+    let first = requests_sent(&mut h);
+    h.reply(b"A", busy[1].1);
+    let second = requests_sent(&mut h);
+    let services: Vec<ServiceName> = first
+        .iter()
+        .chain(&second)
+        .map(|(_, job, _)| h.d.jobs[job].service.clone())
+        .collect();
+    assert!(services.contains(&svc("SIM")), "{services:?}");
+}
+
+#[test]
+fn a_flooding_client_cannot_hold_back_another_clients_order() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM"], 1);
+    for _ in 0..50 {
+        h.request_from(b"flood", "SIM");
+    }
+    let order = h.request_from(b"trader", "SIM");
+    let mut job = h.deliveries()[0].1;
+    // Clients take turns at freed slots: the trader's order is among the next two.
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        h.reply(b"A", job);
+        let (msgs, replies, _) = h.drain();
+        served.extend(replies.into_iter().map(|r| r.0.id));
+        let next = msgs
+            .iter()
+            .find(|m| m.1 == worker::Command::Request)
+            .map(|m| frame::decode_header::<worker::RequestHeader>(&m.2).unwrap())
+            .unwrap();
+        if next.id == order {
+            return;
+        }
+        job = next.job;
+    }
+    panic!("the trader's order waited behind the flood: served {served:?}");
+}
