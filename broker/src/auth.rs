@@ -94,12 +94,16 @@ impl Authenticator {
         let field = |i: usize| request.get(i).map_or(&[][..], |f| &f[..]);
         let (version, request_id, domain, mechanism, key) =
             (field(0), field(1), field(2), field(5), field(6));
+        // Each key list admits only on its own sockets: a client key never registers as a
+        // worker nor publishes events; an unknown domain admits nobody.
         let allowed = match domain {
-            b"frontend" | b"xpub" => &self.clients,
-            b"backend" | b"xsub" => &self.workers,
-            _ => &self.clients,
+            b"frontend" | b"xpub" => Some(&self.clients),
+            b"backend" | b"xsub" => Some(&self.workers),
+            _ => None,
         };
-        let ok = version == b"1.0" && mechanism == b"CURVE" && allowed.contains(key);
+        let ok = version == b"1.0"
+            && mechanism == b"CURVE"
+            && allowed.is_some_and(|keys| keys.contains(key));
         let user = zmq::z85_encode(key).unwrap_or_default();
         if !ok {
             let domain = String::from_utf8_lossy(domain).into_owned();
@@ -133,5 +137,67 @@ fn auth_label(domain: &str) -> &'static str {
         "xsub" => DOMAIN_XSUB,
         "xpub" => DOMAIN_XPUB,
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(domain: &str, mechanism: &str, key: &[u8]) -> Vec<Vec<u8>> {
+        let f = |s: &str| s.as_bytes().to_vec();
+        vec![
+            f("1.0"),
+            f("7"),
+            f(domain),
+            f("127.0.0.1"),
+            f(""),
+            f(mechanism),
+            key.to_vec(),
+        ]
+    }
+
+    fn admitted(a: &Authenticator, domain: &str, key: &[u8]) -> bool {
+        a.answer(&request(domain, "CURVE", key))
+            .get(2)
+            .map(Vec::as_slice)
+            == Some(b"200")
+    }
+
+    #[test]
+    fn a_client_key_never_gets_in_as_a_worker_nor_a_worker_key_as_a_client() {
+        let (client, worker) = (
+            zmq::CurveKeyPair::new().unwrap(),
+            zmq::CurveKeyPair::new().unwrap(),
+        );
+        let z = |k: &[u8; 32]| zmq::z85_encode(k).unwrap();
+        let ctx = zmq::Context::new();
+        let metrics = Arc::new(Metrics::new());
+        let a = Authenticator::bind(
+            &ctx,
+            &[z(&client.public_key)],
+            &[z(&worker.public_key)],
+            metrics.clone(),
+        )
+        .unwrap();
+        let (c, w) = (&client.public_key[..], &worker.public_key[..]);
+        assert!(admitted(&a, DOMAIN_FRONTEND, c) && admitted(&a, DOMAIN_XPUB, c));
+        assert!(
+            !admitted(&a, DOMAIN_BACKEND, c),
+            "client key registered as a worker"
+        );
+        assert!(
+            !admitted(&a, DOMAIN_XSUB, c),
+            "client key publishing events"
+        );
+        assert!(admitted(&a, DOMAIN_BACKEND, w) && admitted(&a, DOMAIN_XSUB, w));
+        assert!(!admitted(&a, DOMAIN_FRONTEND, w) && !admitted(&a, DOMAIN_XPUB, w));
+        assert!(!admitted(&a, "elsewhere", c) && !admitted(&a, "elsewhere", w));
+        let plain = a.answer(&request(DOMAIN_FRONTEND, "NULL", c));
+        assert_eq!(plain.get(2).map(Vec::as_slice), Some(&b"400"[..]));
+        assert_eq!(
+            metrics.auth_failures.with_label_values(&["backend"]).get(),
+            1
+        );
     }
 }

@@ -42,8 +42,13 @@ pub struct Config {
     pub max_subscriptions_per_subscriber: usize,
     /// Topic prefixes all subscribers together may hold.
     pub max_subscriptions: usize,
-    /// CURVE encryption and key allow-lists; absent = plaintext (trusted networks only).
+    /// CURVE encryption and key allow-lists; absent = plaintext, which may bind only
+    /// loopback addresses (or ipc://) unless `insecure` is set.
     pub curve: Option<CurveConfig>,
+    /// Allows plaintext (no `[curve]`) sockets on non-loopback addresses, where anyone who
+    /// reaches a port can trade or register as a worker. Logged as a warning and exported
+    /// as `tradeplex_insecure 1`.
+    pub insecure: bool,
     /// Idle strategy of the request loop: when nothing is waiting, keep checking the
     /// sockets for this many microseconds before blocking (0 = block at once). Spinning
     /// trades a busy core for lower wake-up latency; see docs/performance.md.
@@ -65,11 +70,11 @@ pub struct CurveConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            frontend: "tcp://*:5555".into(),
-            backend: "tcp://*:5556".into(),
-            xsub: "tcp://*:5557".into(),
-            xpub: "tcp://*:5558".into(),
-            http: "0.0.0.0:9100".into(),
+            frontend: "tcp://127.0.0.1:5555".into(),
+            backend: "tcp://127.0.0.1:5556".into(),
+            xsub: "tcp://127.0.0.1:5557".into(),
+            xpub: "tcp://127.0.0.1:5558".into(),
+            http: "127.0.0.1:9100".into(),
             heartbeat_ms: 1000,
             liveness: 3,
             unknown_service_grace_ms: 0,
@@ -81,6 +86,7 @@ impl Default for Config {
             max_subscriptions_per_subscriber: 10_000,
             max_subscriptions: 100_000,
             curve: None,
+            insecure: false,
             idle_spin_us: 0,
         }
     }
@@ -94,6 +100,14 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads a TOML file and checks every field's value, but not the rule that needs the
+    /// flags too (plaintext only on loopback); call [`Config::validate`] after overriding.
+    pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = tradeplex_ops::config::load(path)?;
+        config.validate_fields()?;
+        Ok(config)
+    }
+
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = tradeplex_ops::config::parse(text, "<text>")?;
@@ -101,14 +115,52 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every field's range.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        for (field, ep) in [
+    /// The ZeroMQ endpoints by field name.
+    fn zmq_endpoints(&self) -> [(&'static str, &str); 4] {
+        [
             ("frontend", &self.frontend),
             ("backend", &self.backend),
             ("xsub", &self.xsub),
             ("xpub", &self.xpub),
-        ] {
+        ]
+    }
+
+    /// Plaintext endpoints bound on a non-loopback address (empty with CURVE, or when
+    /// everything is loopback or ipc://). Only `insecure = true` lets them start.
+    pub fn exposed_plaintext(&self) -> Vec<(&'static str, String)> {
+        if self.curve.is_some() {
+            return Vec::new();
+        }
+        self.zmq_endpoints()
+            .into_iter()
+            .filter(|(_, ep)| !is_loopback_endpoint(ep))
+            .map(|(field, ep)| (field, ep.to_string()))
+            .collect()
+    }
+
+    /// Checks every field's range, and that plaintext sockets bind only loopback
+    /// addresses unless `insecure`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_fields()?;
+        if !self.insecure {
+            if let Some((field, ep)) = self.exposed_plaintext().into_iter().next() {
+                return Err(ConfigError::Field {
+                    field,
+                    reason: format!(
+                        "{ep} is not a loopback address and CURVE is off: anyone who reaches \
+                         it could trade or register as a worker. Configure [curve] (README, \
+                         Security), bind 127.0.0.1 or ipc://, or accept the risk with \
+                         insecure = true (--insecure)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every field's range and syntax.
+    fn validate_fields(&self) -> Result<(), ConfigError> {
+        for (field, ep) in self.zmq_endpoints() {
             check_endpoint(field, ep, true)?;
         }
         let field = check;
@@ -187,19 +239,75 @@ impl Config {
     }
 }
 
+/// True for `ipc://`, `inproc://` and `tcp://` on a loopback address (`127.0.0.0/8`,
+/// `[::1]`, `localhost`). A wildcard (`*`), `0.0.0.0`, an interface name or any other host
+/// is reachable from elsewhere.
+pub fn is_loopback_endpoint(ep: &str) -> bool {
+    let Some(rest) = ep.strip_prefix("tcp://") else {
+        return ep.starts_with("ipc://") || ep.starts_with("inproc://");
+    };
+    let Some((host, _port)) = rest.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_the_documented_ports() {
+    fn defaults_are_the_documented_ports_on_loopback() {
         let c = Config::default();
-        assert_eq!(c.frontend, "tcp://*:5555");
-        assert_eq!(c.backend, "tcp://*:5556");
-        assert_eq!(c.xsub, "tcp://*:5557");
-        assert_eq!(c.xpub, "tcp://*:5558");
-        assert_eq!(c.http, "0.0.0.0:9100");
+        assert_eq!(c.frontend, "tcp://127.0.0.1:5555");
+        assert_eq!(c.backend, "tcp://127.0.0.1:5556");
+        assert_eq!(c.xsub, "tcp://127.0.0.1:5557");
+        assert_eq!(c.xpub, "tcp://127.0.0.1:5558");
+        assert_eq!(c.http, "127.0.0.1:9100");
+        assert!(!c.insecure);
         c.validate().unwrap();
+        assert!(c.exposed_plaintext().is_empty());
+    }
+
+    #[test]
+    fn a_non_loopback_bind_without_curve_needs_insecure() {
+        for ep in [
+            "tcp://*:5555",
+            "tcp://0.0.0.0:5555",
+            "tcp://10.1.2.3:5555",
+            "tcp://eth0:5555",
+        ] {
+            let text = format!("frontend = \"{ep}\"");
+            let e = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("frontend") && e.contains("insecure"),
+                "{ep}: {e}"
+            );
+            let c = Config::from_toml(&format!("{text}\ninsecure = true")).unwrap();
+            assert_eq!(c.exposed_plaintext(), vec![("frontend", ep.to_string())]);
+        }
+        let e = Config::from_toml("xsub = \"tcp://*:5557\"").unwrap_err();
+        assert!(e.to_string().contains("`xsub`"), "{e}");
+        for ep in [
+            "tcp://127.0.0.1:*",
+            "tcp://127.0.0.2:1",
+            "tcp://[::1]:5555",
+            "tcp://localhost:1",
+            "ipc:///tmp/x",
+        ] {
+            assert!(is_loopback_endpoint(ep), "{ep}");
+            Config::from_toml(&format!("backend = \"{ep}\"")).unwrap();
+        }
+        // With CURVE any address is fine.
+        let c = Config::from_toml(
+            "frontend = \"tcp://*:5555\"\n[curve]\nkey_file = \"/etc/tradeplex/broker.key\"\n",
+        )
+        .unwrap();
+        assert!(c.exposed_plaintext().is_empty());
     }
 
     #[test]

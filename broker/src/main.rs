@@ -60,6 +60,10 @@ struct Args {
     /// Enable CURVE with this key file (allow-lists come from the config's [curve] table).
     #[arg(long)]
     curve_key_file: Option<PathBuf>,
+    /// Allow plaintext sockets on non-loopback addresses (no CURVE): anyone who reaches
+    /// them can trade or register as a worker. Logged and exported as tradeplex_insecure.
+    #[arg(long)]
+    insecure: bool,
     /// Log filter (e.g. info, debug, tradeplex_broker=debug).
     #[arg(long, default_value = "info", env = "TRADEPLEX_LOG")]
     log_level: String,
@@ -71,7 +75,9 @@ struct Args {
 impl Args {
     fn into_config(self) -> anyhow::Result<Config> {
         let mut c = match &self.config {
-            Some(path) => Config::from_file(path)?,
+            // The exposure rule is checked once flags are applied: a file binding tcp://*
+            // with --curve-key-file or --insecure given as a flag is fine.
+            Some(path) => Config::load_file(path)?,
             None => Config::default(),
         };
         macro_rules! set {
@@ -89,6 +95,7 @@ impl Args {
         if let Some(key_file) = self.curve_key_file {
             c.curve.get_or_insert_with(Default::default).key_file = key_file;
         }
+        c.insecure |= self.insecure;
         if let Some(h) = self.http {
             c.http = if h == "off" { String::new() } else { h };
         }
@@ -105,7 +112,15 @@ fn main() -> anyhow::Result<()> {
     shutdown
         .on_signals()
         .context("installing signal handlers")?;
+    let exposed = config.exposed_plaintext();
     let broker = Broker::bind(config).context("starting broker")?;
+    if !exposed.is_empty() {
+        // Only reachable with `insecure` (validation refuses it otherwise).
+        broker.metrics().insecure.set(1);
+        for (socket, endpoint) in &exposed {
+            tracing::warn!(socket, endpoint, "INSECURE: plaintext socket on a non-loopback address; anyone who reaches it can trade or register as a worker (configure [curve])");
+        }
+    }
     tracing::info!(endpoints = %broker.endpoints(), "broker ready");
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready {}", broker.endpoints())?;

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub subscriptions_refused: IntCounterVec,
     /// Connections refused by CURVE authentication, by socket.
     pub auth_failures: IntCounterVec,
+    /// 1 while plaintext sockets are bound on non-loopback addresses (`insecure = true`).
+    pub insecure: IntGauge,
     /// Registered workers by state (`idle`, `busy`, `full`, `draining`), refreshed every
     /// heartbeat interval.
     pub worker_states: IntGaugeVec,
@@ -266,6 +268,11 @@ impl Metrics {
                 "tradeplex_auth_failures_total",
                 "Connections refused because their CURVE key is not allow-listed, by socket",
                 &["socket"],
+            ),
+            insecure: gauge(
+                &r,
+                "tradeplex_insecure",
+                "1 while plaintext sockets are bound on non-loopback addresses (insecure = true)",
             ),
             worker_states: {
                 let g = gauge_vec(

@@ -282,6 +282,44 @@ fn uuid_like() -> u128 {
         .unwrap_or(0)
 }
 
+// ----- the order journal ------------------------------------------------------------------
+
+/// Every line of the worker journal at `path` and its rotated files (`PATH.N` … `PATH.1`,
+/// then `PATH`: oldest first), parsed; a torn last line is skipped.
+pub fn journal_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = (1..=1000)
+        .map(|n| PathBuf::from(format!("{}.{n}", path.display())))
+        .take_while(|p| p.exists())
+        .collect();
+    files.reverse();
+    files.push(path.to_path_buf());
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect()
+}
+
+/// The journal's `start` lines: one per request a worker began to execute.
+pub fn journal_executions(path: &std::path::Path) -> Vec<serde_json::Value> {
+    journal_lines(path)
+        .into_iter()
+        .filter(|l| l["event"] == "start")
+        .collect()
+}
+
+/// The journal's `done` line for `job`, if written.
+pub fn journal_outcome(path: &std::path::Path, job: u64) -> Option<serde_json::Value> {
+    journal_lines(path)
+        .into_iter()
+        .find(|l| l["event"] == "done" && l["job"] == job)
+}
+
 // ----- operations: HTTP scraping, free ports, short-lived runs --------------------------
 
 /// Status and body of an HTTP response read by [`http_get`].

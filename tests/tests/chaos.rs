@@ -119,10 +119,7 @@ fn chaos_orders_execute_at_most_once_and_every_request_is_answered() {
     drop(pool);
 
     let ledger = ledger.lock().unwrap();
-    let executions: Vec<Execution> = journals
-        .iter()
-        .flat_map(|j| journal_executions(j))
-        .collect();
+    let executions: Vec<Execution> = journals.iter().flat_map(|j| journal_starts(j)).collect();
     let report = check(
         &ledger,
         &executions,
@@ -610,55 +607,17 @@ struct Execution {
     line: String,
 }
 
-/// Every execution start in a journal (the one place that knows its format). Today a
-/// journal has one line per executed request, written before executing it; a line with
-/// a phase marker (`phase`/`kind`/`event`/`stage`) counts only when it marks the start,
-/// and a line without one only when it is not an outcome line (`outcome`/`result`/
-/// `status`/`error`). A line that is not JSON is reported as an execution of id 0 so it
-/// cannot hide one.
-fn journal_executions(path: &Path) -> Vec<Execution> {
-    const MARKERS: [&str; 4] = ["phase", "kind", "event", "stage"];
-    const STARTS: [&str; 6] = [
-        "start",
-        "started",
-        "begin",
-        "before",
-        "execute",
-        "executing",
-    ];
-    const OUTCOMES: [&str; 4] = ["outcome", "result", "status", "error"];
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
-                return Some(Execution {
-                    id: 0,
-                    key: None,
-                    ts_ms: 0,
-                    deadline_ms: None,
-                    worker: String::new(),
-                    line: l.to_string(),
-                });
-            };
-            let marker = MARKERS
-                .iter()
-                .find_map(|m| v.get(*m).and_then(|x| x.as_str()));
-            let start = match marker {
-                Some(m) => STARTS.contains(&m),
-                None => v.get("body").is_some() && OUTCOMES.iter().all(|f| v.get(*f).is_none()),
-            };
-            start.then(|| Execution {
-                id: v["id"]
-                    .as_u64()
-                    .or_else(|| v["request_id"].as_u64())
-                    .unwrap_or(0),
-                key: v["body"]["k"].as_str().map(str::to_string),
-                ts_ms: v["ts_ms"].as_u64().unwrap_or(u64::MAX),
-                deadline_ms: v["deadline_ms"].as_u64(),
-                worker: v["worker"].as_str().unwrap_or_default().to_string(),
-                line: l.to_string(),
-            })
+/// Every execution start in a journal (its `start` lines: written before the handler runs).
+fn journal_starts(path: &Path) -> Vec<Execution> {
+    tradeplex_tests::journal_executions(path)
+        .into_iter()
+        .map(|v| Execution {
+            id: v["id"].as_u64().unwrap_or(0),
+            key: v["body"]["k"].as_str().map(str::to_string),
+            ts_ms: v["ts_ms"].as_u64().unwrap_or(u64::MAX),
+            deadline_ms: v["deadline_ms"].as_u64(),
+            worker: v["worker"].as_str().unwrap_or_default().to_string(),
+            line: v.to_string(),
         })
         .collect()
 }

@@ -870,6 +870,11 @@ fn bad_config_is_refused_naming_the_field_with_a_non_zero_exit() {
         ("events = \"127.0.0.1:5557\"\n", &["events"]),
         ("services = [\"bad name!\"]\n", &["services"]),
         ("capacity = \"four\"\n", &["capacity"]),
+        (
+            "journal = \"/tmp/j\"\njournal_fsync = \"sometimes\"\n",
+            &["journal_fsync", "sometimes"],
+        ),
+        ("journal_keep = 0\n", &["journal_keep"]),
     ];
     let any = "tcp://127.0.0.1:*".to_string();
     // Loopback ports from the OS in case a bad file were accepted by mistake.

@@ -44,14 +44,6 @@ fn three_workers_answer_3000_pipelined_requests_each_exactly_once() {
     }
 }
 
-fn journal_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 #[test]
 fn capacity_one_worker_never_holds_two_requests() {
     let broker = Broker::start(&[]);
@@ -93,7 +85,7 @@ fn capacity_one_worker_never_holds_two_requests() {
         "the other requests should have waited in the broker's queue"
     );
     // Each request started only after the previous one (100 ms) finished.
-    let starts: Vec<u64> = journal_lines(&journal)
+    let starts: Vec<u64> = journal_executions(&journal)
         .iter()
         .map(|l| l["ts_ms"].as_u64().unwrap())
         .collect();
@@ -135,7 +127,7 @@ fn killed_worker_retries_idempotent_and_loses_orders_without_executing_twice() {
     wait_until(
         Duration::from_secs(10),
         "8 requests executing at worker A",
-        || journal_lines(&ja).len() == 8,
+        || journal_executions(&ja).len() == 8,
     );
     let _b = broker.worker(&["--capacity", "8", "--journal", jb.to_str().unwrap()]);
     broker.wait_for_workers(&client, "echo", 2);
@@ -158,7 +150,7 @@ fn killed_worker_retries_idempotent_and_loses_orders_without_executing_twice() {
     let executions = |n: u64| {
         [&ja, &jb]
             .iter()
-            .flat_map(|j| journal_lines(j))
+            .flat_map(|j| journal_executions(j))
             .filter(|l| l["body"]["n"] == n)
             .count()
     };
@@ -219,7 +211,7 @@ fn queued_requests_past_deadline_are_refused_and_never_seen_by_the_worker() {
         )
         .unwrap();
     wait_until(Duration::from_secs(5), "the worker to be busy", || {
-        journal_lines(&journal).len() == 1
+        journal_executions(&journal).len() == 1
     });
     let stale: Vec<_> = (0..5)
         .map(|n| {
@@ -237,7 +229,7 @@ fn queued_requests_past_deadline_are_refused_and_never_seen_by_the_worker() {
     client
         .call("echo", body(json!({"n": "last"})), CallOptions::query())
         .unwrap();
-    let seen: Vec<serde_json::Value> = journal_lines(&journal)
+    let seen: Vec<serde_json::Value> = journal_executions(&journal)
         .into_iter()
         .map(|l| l["body"]["n"].clone())
         .collect();
@@ -374,7 +366,7 @@ fn broker_shutdown_drains_in_flight_requests_and_refuses_new_ones() {
         )
         .unwrap();
     wait_until(Duration::from_secs(5), "the slow request to start", || {
-        journal_lines(&journal).len() == 1
+        journal_executions(&journal).len() == 1
     });
 
     // SIGTERM: the broker stops taking requests but lets the one in flight finish.
@@ -425,7 +417,7 @@ fn worker_shutdown_finishes_in_flight_work_and_leaves_cleanly() {
         )
         .unwrap();
     wait_until(Duration::from_secs(5), "the request to start", || {
-        journal_lines(&journal).len() == 1
+        journal_executions(&journal).len() == 1
     });
     let pid = w.proc.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();

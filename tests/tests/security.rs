@@ -132,21 +132,24 @@ fn only_allow_listed_workers_register_and_serve() {
             k.file.to_str().unwrap().to_string(),
         ]
     };
-    let (good_args, bad_args) = (curve(&good), curve(&bad));
+    let (good_args, bad_args, client_args) = (curve(&good), curve(&bad), curve(&client_keys));
     let good_worker = broker.worker(&strs(&good_args));
     let _bad_worker = broker.worker(&strs(&bad_args));
+    // A client's key is allow-listed on the frontend only: it must not register a worker.
+    let _client_key_worker = broker.worker(&strs(&client_args));
 
     let client = client(&broker, &server, Some(&client_keys));
     broker.wait_for_workers(&client, "echo", 1);
-    // The stranger is refused at the handshake: wait for the broker to count it.
+    // The stranger and the client key are refused at the handshake: wait for the broker
+    // to count both.
     wait_until(
         Duration::from_secs(10),
-        "the refused worker key to be counted",
+        "the refused worker keys to be counted",
         || {
             scrape(&broker.http)
                 .value("tradeplex_auth_failures_total", &[("socket", "backend")])
                 .unwrap_or(0.0)
-                >= 1.0
+                >= 2.0
         },
     );
     let status = client.status().unwrap();
@@ -164,4 +167,47 @@ fn only_allow_listed_workers_register_and_serve() {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// Issue 10, item 10: without CURVE a broker binding a non-loopback address refuses to
+/// start, naming the socket and the way out; with `--insecure` it starts, warns, and
+/// exports `tradeplex_insecure 1`. A loopback-only broker exports 0.
+#[test]
+fn a_wildcard_bind_without_curve_refuses_to_start_unless_insecure() {
+    let wild = "tcp://0.0.0.0:*";
+    let any = "tcp://127.0.0.1:*";
+    let args = |frontend: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["--frontend", frontend, "--backend", any, "--xsub", any]
+            .iter()
+            .chain(&["--xpub", any, "--http", "127.0.0.1:0"])
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let out = run_to_exit(
+        "tradeplex-broker",
+        &args(wild, &[]),
+        Duration::from_secs(20),
+    );
+    assert!(matches!(out.code, Some(c) if c != 0), "{out:?}");
+    assert!(out.stdout.is_empty(), "no ready line: {out:?}");
+    for word in ["frontend", "0.0.0.0", "loopback", "CURVE", "--insecure"] {
+        assert!(out.stderr.contains(word), "stderr lacks {word:?}: {out:?}");
+    }
+
+    let insecure = Broker::start_on(wild, any, any, any, "127.0.0.1:0", &["--insecure"]);
+    assert!(
+        insecure.frontend.starts_with("tcp://0.0.0.0:"),
+        "{}",
+        insecure.frontend
+    );
+    let gauge = scrape(&insecure.http).value("tradeplex_insecure", &[]);
+    assert_eq!(gauge, Some(1.0));
+
+    let safe = Broker::start(&[]);
+    assert_eq!(
+        scrape(&safe.http).value("tradeplex_insecure", &[]),
+        Some(0.0)
+    );
 }

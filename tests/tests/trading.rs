@@ -314,3 +314,57 @@ fn sim_events_flow_again_after_a_broker_restart() {
             >= 1
     });
 }
+
+/// Issue 10, item 12: an operator matches a CLI order to the worker's journal by its
+/// reference: a start line (reference, deadline, body) before execution, a done line with
+/// the order id and status after.
+#[test]
+fn cli_order_reference_matches_its_journal_start_and_outcome_lines() {
+    let broker = Broker::start(&[]);
+    let journal = temp_path("cli-order-journal");
+    let j = journal.to_str().unwrap();
+    let _w = broker.worker(&["--service", "SIM", "--journal", j, "--journal-fsync", "5ms"]);
+    let client = broker.client();
+    broker.wait_for_workers(&client, "SIM", 1);
+    let args: Vec<String> = [
+        "--broker",
+        &broker.frontend,
+        "--events",
+        &broker.xpub,
+        "order",
+        "AAPL",
+        "buy",
+        "1",
+        "--price",
+        "1",
+        "--reference",
+        "desk7-42",
+        "--timeout-ms",
+        "200",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run_to_exit("tradeplex", &args, Duration::from_secs(20));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let first = out.stdout.lines().next().unwrap_or_default();
+    let (order_id, reference) = first.split_once(' ').expect("order id and reference");
+    assert_eq!(reference, "reference=desk7-42", "{out:?}");
+
+    let start = journal_executions(&journal)
+        .into_iter()
+        .find(|l| l["reference"] == "desk7-42")
+        .expect("a start line with the order's reference");
+    assert_eq!(start["service"], "SIM");
+    assert_eq!(start["idempotent"], false);
+    assert_eq!(start["body"]["op"], "send_order");
+    assert_eq!(start["body"]["symbol"], "AAPL");
+    let (ts, deadline) = (start["ts_ms"].as_u64(), start["deadline_ms"].as_u64());
+    assert!(deadline > ts, "deadline after the start: {start}");
+    let job = start["job"].as_u64().expect("job");
+    let done = journal_outcome(&journal, job).expect("a done line for the order's job");
+    assert_eq!(done["outcome"], "ok");
+    assert_eq!(done["order_id"], order_id);
+    assert_eq!(done["status"], "not_traded");
+    assert_eq!(done["id"], start["id"]);
+}

@@ -5,6 +5,10 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 use crate::gateway::sim::config::SimConfig;
+use crate::journal::{FsyncPolicy, JournalOptions};
+
+/// Largest journal file before rotation: 64 GiB.
+pub const MAX_JOURNAL_BYTES: u64 = 64 << 30;
 
 pub use tradeplex_ops::config::ConfigError;
 use tradeplex_ops::config::{check, check_endpoint};
@@ -27,8 +31,15 @@ pub struct Config {
     pub heartbeat_ms: u64,
     /// Heartbeats the broker may miss before we reconnect.
     pub liveness: u32,
-    /// Execution journal file (one JSON line per executed request).
+    /// Order journal file: a line before each request executes and one with its outcome.
     pub journal: Option<PathBuf>,
+    /// When journal lines are forced to disk: `off`, `always` (every line of a
+    /// non-idempotent request) or a batch interval such as `10ms`.
+    pub journal_fsync: String,
+    /// The journal is rotated before a line would take it past this many bytes.
+    pub journal_max_bytes: u64,
+    /// Rotated journal files kept (`FILE.1` newest … `FILE.N` oldest).
+    pub journal_keep: u32,
     /// The simulated exchange (`SIM` service): market, symbols, accounts.
     pub sim: SimConfig,
     /// CURVE: the broker's public key and this worker's key file; absent = plaintext.
@@ -56,6 +67,9 @@ impl Default for Config {
             heartbeat_ms: 1000,
             liveness: 3,
             journal: None,
+            journal_fsync: "always".into(),
+            journal_max_bytes: crate::journal::DEFAULT_MAX_BYTES,
+            journal_keep: crate::journal::DEFAULT_KEEP,
             sim: SimConfig::default(),
             curve: None,
         }
@@ -70,9 +84,40 @@ impl Config {
         Ok(config)
     }
 
+    /// The journal's options, when a journal file is set (call after [`Config::validate`]).
+    pub fn journal_options(&self) -> Result<Option<JournalOptions>, ConfigError> {
+        let Some(path) = &self.journal else {
+            return Ok(None);
+        };
+        let fsync = self
+            .journal_fsync
+            .parse::<FsyncPolicy>()
+            .map_err(|reason| ConfigError::Field {
+                field: "journal_fsync",
+                reason,
+            })?;
+        Ok(Some(JournalOptions {
+            path: path.clone(),
+            fsync,
+            max_bytes: self.journal_max_bytes,
+            keep: self.journal_keep,
+        }))
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let field = check;
+        self.journal_options()?;
+        field(
+            "journal_max_bytes",
+            (4096..=MAX_JOURNAL_BYTES).contains(&self.journal_max_bytes),
+            format!("must be 4096-{MAX_JOURNAL_BYTES}"),
+        )?;
+        field(
+            "journal_keep",
+            (1..=1000).contains(&self.journal_keep),
+            "must be 1-1000".into(),
+        )?;
         if let Some(c) = &self.curve {
             field(
                 "curve.server_key",
@@ -138,6 +183,32 @@ mod tests {
         }
         let e = toml::from_str::<Config>("[sim]\nsymbol = []\n").unwrap_err();
         assert!(e.to_string().contains("symbol"), "{e}");
+    }
+
+    #[test]
+    fn journal_fields_are_validated_by_name() {
+        let c: Config = toml::from_str(
+            "journal = \"/tmp/j\"\njournal_fsync = \"5ms\"\njournal_max_bytes = 8192\njournal_keep = 3\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let j = c.journal_options().unwrap().unwrap();
+        assert_eq!(
+            j.fsync,
+            FsyncPolicy::Every(std::time::Duration::from_millis(5))
+        );
+        assert_eq!((j.max_bytes, j.keep), (8192, 3));
+        for (text, name) in [
+            ("journal_fsync = \"sometimes\"", "journal_fsync"),
+            ("journal_max_bytes = 10", "journal_max_bytes"),
+            ("journal_keep = 0", "journal_keep"),
+        ] {
+            let c: Config = toml::from_str(&format!("journal = \"/tmp/j\"\n{text}\n")).unwrap();
+            match c.validate() {
+                Err(ConfigError::Field { field, .. }) => assert_eq!(field, name),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 
     #[test]

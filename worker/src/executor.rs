@@ -147,13 +147,24 @@ fn run_handler(shared: &Shared, req: &Request) -> Result<Vec<u8>, HandlerError> 
         )));
     }
     if let Some(journal) = &shared.journal {
-        if let Err(e) = journal.record(&shared.worker, req) {
+        if let Err(e) = journal.start(&shared.worker, req) {
             // Refuse rather than execute something we could not record.
-            tracing::error!(error = %e, "journal write failed; refusing request");
+            shared.metrics.journal_errors.inc();
+            tracing::error!(error = %e, job = %req.job, "journal write failed; refusing request");
             return Err(HandlerError::unavailable(format!(
-                "journal write failed: {e}"
+                "journal write failed: {e}; not executed"
             )));
         }
     }
-    handler.handle(req)
+    let started = Instant::now();
+    let result = handler.handle(req);
+    if let Some(journal) = &shared.journal {
+        if let Err(e) = journal.done(&shared.worker, req, &result, started.elapsed()) {
+            // Executed: the reply goes out anyway; the start line without its done line
+            // tells reconciliation to query the order.
+            shared.metrics.journal_errors.inc();
+            tracing::error!(error = %e, job = %req.job, "journal: outcome line not written");
+        }
+    }
+    result
 }

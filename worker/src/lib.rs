@@ -85,8 +85,8 @@ pub struct WorkerOptions {
     pub drain_grace: Duration,
     /// Largest body accepted.
     pub max_body_bytes: usize,
-    /// Execution journal file, if any.
-    pub journal: Option<PathBuf>,
+    /// The order journal, if any.
+    pub journal: Option<journal::JournalOptions>,
     /// The broker's XSUB endpoint, where gateways' events are published (none: events
     /// are not published).
     pub events: Option<String>,
@@ -131,9 +131,9 @@ impl WorkerOptions {
         self
     }
 
-    /// Sets the execution journal file.
+    /// Journals to `path` with the default policy (fsync `always`, 64 MiB × 10 files).
     pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
-        self.journal = Some(path.into());
+        self.journal = Some(journal::JournalOptions::new(path));
         self
     }
 
@@ -224,7 +224,7 @@ impl Worker {
         let endpoint = format!("inproc://tpx-results-{}", self.opts.worker_id);
         results.bind(&endpoint)?;
         let journal = match &self.opts.journal {
-            Some(p) => Some(journal::Journal::open(p)?),
+            Some(j) => Some(journal::Journal::open(j.clone())?),
             None => None,
         };
         let shared = Arc::new(Shared {

@@ -40,10 +40,19 @@ struct Args {
     /// Heartbeats the broker may miss before reconnecting.
     #[arg(long)]
     liveness: Option<u32>,
-    /// Execution journal file (one JSON line per executed request, written before it runs).
+    /// Order journal file: a JSON line before each request executes, one with its outcome.
     #[arg(long)]
     journal: Option<PathBuf>,
-    /// Log filter.
+    /// Journal fsync: off, always (each line of a non-idempotent request) or a batch
+    /// interval, e.g. 10ms.
+    #[arg(long)]
+    journal_fsync: Option<String>,
+    /// Rotate the journal before it would exceed this many bytes.
+    #[arg(long)]
+    journal_max_bytes: Option<u64>,
+    /// Rotated journal files kept (FILE.1 … FILE.N).
+    #[arg(long)]
+    journal_keep: Option<u32>,
     /// The broker's CURVE public key (z85); enables CURVE (with --curve-key-file).
     #[arg(long, env = "TRADEPLEX_CURVE_SERVER_KEY")]
     curve_server_key: Option<String>,
@@ -88,6 +97,15 @@ impl Args {
         if self.journal.is_some() {
             c.journal = self.journal;
         }
+        if let Some(v) = self.journal_fsync {
+            c.journal_fsync = v;
+        }
+        if let Some(v) = self.journal_max_bytes {
+            c.journal_max_bytes = v;
+        }
+        if let Some(v) = self.journal_keep {
+            c.journal_keep = v;
+        }
         if let Some(k) = self.curve_server_key {
             c.curve.get_or_insert_with(Default::default).server_key = k;
         }
@@ -112,7 +130,7 @@ fn main() -> anyhow::Result<()> {
         .capacity(config.capacity)
         .heartbeat(Duration::from_millis(config.heartbeat_ms))
         .liveness(config.liveness);
-    opts.journal = config.journal.clone();
+    opts.journal = config.journal_options()?;
     if let Some(c) = &config.curve {
         opts.curve = Some(ClientCurve {
             server_key: c.server_key.clone(),

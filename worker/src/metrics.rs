@@ -24,6 +24,8 @@ pub struct WorkerMetrics {
     pub events_published: IntCounterVec,
     /// Events dropped before publishing (event queue full or socket error).
     pub events_dropped: prometheus::IntCounter,
+    /// Journal lines that could not be written (or synced).
+    pub journal_errors: prometheus::IntCounter,
 }
 
 impl WorkerMetrics {
@@ -88,6 +90,11 @@ impl WorkerMetrics {
             "Events dropped before publishing (queue full or socket error); subscribers see gaps",
         )
         .expect("static metric");
+        let journal_errors = prometheus::IntCounter::new(
+            "tradeplex_worker_journal_errors_total",
+            "Journal lines not written or not synced (a start line failing refuses the request)",
+        )
+        .expect("static metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -98,6 +105,7 @@ impl WorkerMetrics {
             Box::new(orders.clone()),
             Box::new(events_published.clone()),
             Box::new(events_dropped.clone()),
+            Box::new(journal_errors.clone()),
         ] {
             r.register(m).expect("unique metric name");
         }
@@ -112,6 +120,7 @@ impl WorkerMetrics {
             orders,
             events_published,
             events_dropped,
+            journal_errors,
         }
     }
 

@@ -44,6 +44,10 @@ pub struct OrderArgs {
     /// Stop following the order after this long, ms.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// The order's reference (client tag), written in the worker's journal and echoed in
+    /// the order and its events; default `cli-` and 12 random hex digits.
+    #[arg(long)]
+    reference: Option<String>,
 }
 
 /// Flags of `tradeplex cancel`.
@@ -121,13 +125,18 @@ pub fn order(conn: &super::Conn, args: OrderArgs) -> anyhow::Result<i32> {
         price: args.price,
         offset: Default::default(),
         account: args.account,
-        reference: "cli".into(),
+        reference: args
+            .reference
+            .unwrap_or_else(|| format!("cli-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])),
     };
+    let reference = req.reference.clone();
     let placed = match client.send_order(&args.service, req) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
-    println!("{}", placed.order_id);
+    // The reference matches the order to its journal lines (`"reference"` in the start
+    // line, then the done line of the same job carries this order id).
+    println!("{} reference={reference}", placed.order_id);
     println!("{}", status_line(&placed));
     let mut last = placed.clone();
     let until = Instant::now() + Duration::from_millis(args.timeout_ms);

@@ -238,8 +238,9 @@ impl Cluster {
         self.wait_registered(n)
     }
 
-    /// Starts a worker with the bench's flags and `extra` ones (it serves `echo` too).
-    pub fn start_worker(&mut self, bin_dir: &Path, extra: &[&str]) -> anyhow::Result<()> {
+    /// Starts a worker with the bench's flags and `extra` ones (it serves `echo` too);
+    /// returns its id.
+    pub fn start_worker(&mut self, bin_dir: &Path, extra: &[&str]) -> anyhow::Result<String> {
         let i = self.workers.len();
         let mut args: Vec<String> = vec![
             "--broker".into(),
@@ -259,11 +260,15 @@ impl Cluster {
             &args,
             self.dir.path.join(format!("worker-{i}.log")),
         )?;
-        if !line.starts_with("worker ") {
+        let Some(id) = line
+            .strip_prefix("worker ")
+            .and_then(|l| l.split_whitespace().next())
+        else {
             bail!("unexpected first line from a worker: {line:?}");
-        }
+        };
+        let id = id.to_string();
         self.workers.push(proc);
-        Ok(())
+        Ok(id)
     }
 
     /// Polls `tpx.status` until `n` workers serve `echo` (a wait on an observable state,

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod events;
+mod journal;
 mod raw;
 mod report;
 mod rr;
@@ -39,6 +40,9 @@ pub enum Scenario {
     Memory,
     /// send_order on SIM to the order-accepted event (needs the SIM gateway).
     Trading,
+    /// The order journal's cost: send_order and echo with no journal, a journal without
+    /// fsync, fsync always and fsync batched.
+    Journal,
 }
 
 /// Flags of `tradeplex bench`.
@@ -61,7 +65,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "rr,rr-raw,events,memory,trading"
+        default_value = "rr,rr-raw,events,memory,trading,journal"
     )]
     scenarios: Vec<Scenario>,
     /// Write the results (medians and every run) as JSON to this file.
@@ -108,6 +112,10 @@ pub struct BenchArgs {
     /// Orders per trading run (after a tenth as many for warm-up).
     #[arg(long, default_value_t = 2_000)]
     orders: u64,
+    /// Where the journal scenario's workers write their journals (put it on the disk
+    /// production journals use; default: the bench's scratch directory under $TMPDIR).
+    #[arg(long)]
+    journal_dir: Option<PathBuf>,
     /// Extra flag for tradeplex-broker (repeatable), e.g. --broker-arg=--max-queue=50000.
     #[arg(long = "broker-arg", allow_hyphen_values = true)]
     broker_args: Vec<String>,
@@ -259,6 +267,9 @@ impl Bench<'_> {
         }
         if self.has(Scenario::Trading) {
             self.trading(&mut cluster)?;
+        }
+        if self.has(Scenario::Journal) {
+            self.journal(&mut cluster)?;
         }
         Ok(())
     }
@@ -520,6 +531,71 @@ impl Bench<'_> {
             );
         }
         cluster.check_alive()
+    }
+
+    /// The journal's cost: one SIM worker per journal mode, requests pinned to it
+    /// (Tradeplex only; the "no journal" worker is the reference).
+    fn journal(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
+        let a = self.args;
+        let dir = match &a.journal_dir {
+            Some(d) => d.clone(),
+            None => cluster.dir().path.clone(),
+        };
+        let mut workers = Vec::new();
+        for (i, mode) in journal::MODES.iter().enumerate() {
+            let path = dir.join(format!("bench-journal-{}-{i}.jsonl", std::process::id()));
+            let path_text = path.display().to_string();
+            let mut flags = vec!["--service", "SIM"];
+            if let Some(fsync) = mode.fsync {
+                flags.extend(["--journal", &path_text, "--journal-fsync", fsync]);
+            }
+            let id = cluster.start_worker(&self.bin_dir, &flags)?;
+            let id: tradeplex_proto::WorkerId = id
+                .parse()
+                .map_err(|e| anyhow::anyhow!("worker id {id:?}: {e}"))?;
+            workers.push((mode, id, path));
+        }
+        let n = workers.len();
+        cluster.wait_workers("SIM", &format!("{n} journal workers"), |w| w >= n)?;
+        self.report.notes.push(format!(
+            "journal: journals in {}; fsync always syncs each line of a non-idempotent request (two per order)",
+            dir.display()
+        ));
+        let frontend = cluster.frontend.clone();
+        for rep in 0..a.repeat {
+            // Rotate the order of the modes so drift over time does not favour one.
+            for k in 0..n {
+                let (mode, id, _) = &workers[(k + rep) % n];
+                check_interrupt()?;
+                let warmup = (a.orders / 10).max(10);
+                let r = journal::send_orders(&frontend, *id, a.orders, warmup, self.cap())?;
+                self.journal_rows("journal send_order w1", mode.label, "calls/s", &r);
+                for window in [1usize, 64] {
+                    check_interrupt()?;
+                    let r = rr::run_clients(1, window, a.messages, self.cap(), || {
+                        TradeplexPipe::with_options(&frontend, journal::pinned(*id))
+                    })?;
+                    let name = format!("journal echo (not idempotent) w{window}");
+                    let rate = if window == 1 { "calls/s" } else { "msgs/s" };
+                    self.journal_rows(&name, mode.label, rate, &r);
+                }
+            }
+        }
+        for (_, _, path) in &workers {
+            let _ = std::fs::remove_file(path);
+        }
+        cluster.check_alive()
+    }
+
+    fn journal_rows(&mut self, name: &str, cfg: &str, rate: &str, r: &RrRun) {
+        eprintln!(
+            "bench: {name} {cfg}: {:.0}/s p50 {:.1} µs p99 {:.1} µs ({} calls)",
+            r.rate, r.p50_us, r.p99_us, r.done
+        );
+        let (side, rp) = (Side::Tradeplex, &mut self.report);
+        rp.add(name, cfg, rate, Unit::PerSec, side, r.rate);
+        rp.add(name, cfg, "p50", Unit::Micros, side, r.p50_us);
+        rp.add(name, cfg, "p99", Unit::Micros, side, r.p99_us);
     }
 
     /// A stalled subscriber during flat-out publishing: the broker's memory over time,

@@ -68,10 +68,15 @@ pub struct TradeplexPipe {
 
 impl TradeplexPipe {
     pub fn connect(frontend: &str) -> anyhow::Result<TradeplexPipe> {
+        TradeplexPipe::with_options(frontend, CallOptions::query().timeout(CALL_TIMEOUT))
+    }
+
+    /// Echo calls made with `options` (e.g. not idempotent, pinned to one worker).
+    pub fn with_options(frontend: &str, options: CallOptions) -> anyhow::Result<TradeplexPipe> {
         Ok(TradeplexPipe {
             client: Client::connect(frontend, ClientOptions::default().timeout(CALL_TIMEOUT))?,
             in_flight: VecDeque::new(),
-            options: CallOptions::query().timeout(CALL_TIMEOUT),
+            options,
         })
     }
 }
