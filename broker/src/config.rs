@@ -36,6 +36,13 @@ pub struct Config {
     /// How long past its deadline a delivered request may stay unanswered by a worker that
     /// keeps heartbeating, ms; then it is answered `worker_lost` and the slot freed.
     pub in_flight_grace_ms: u64,
+    /// Most services workers may register at once (each is a set of metric series); a READY
+    /// offering more is refused.
+    pub max_services: usize,
+    /// How long a service with no worker (and nothing queued or in flight) is kept, with
+    /// its metric series, before it is forgotten, seconds. Long, so a "no workers" alert
+    /// does not resolve by itself during an outage.
+    pub service_retention_s: u64,
     /// Send high-water mark per subscriber on the XPUB side (messages).
     pub event_hwm: i32,
     /// Topic prefixes one subscriber may hold; further ones are refused and counted.
@@ -82,6 +89,8 @@ impl Default for Config {
             max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
             shutdown_grace_ms: 2000,
             in_flight_grace_ms: 30_000,
+            max_services: 1000,
+            service_retention_s: 86_400,
             event_hwm: 10_000,
             max_subscriptions_per_subscriber: 10_000,
             max_subscriptions: 100_000,
@@ -178,6 +187,16 @@ impl Config {
             "max_queue",
             (1..=1_000_000).contains(&self.max_queue),
             "must be 1-1000000",
+        )?;
+        field(
+            "max_services",
+            (1..=4096).contains(&self.max_services),
+            "must be 1-4096",
+        )?;
+        field(
+            "service_retention_s",
+            self.service_retention_s <= 30 * 86_400,
+            "must be 0-2592000",
         )?;
         field(
             "in_flight_grace_ms",

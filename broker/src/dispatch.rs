@@ -93,6 +93,10 @@ pub struct DispatchConfig {
     pub max_queue: usize,
     /// How long past its deadline a delivered request may go unanswered.
     pub in_flight_grace: Duration,
+    /// Most services registered at once.
+    pub max_services: usize,
+    /// How long a service with no worker is kept before it is forgotten.
+    pub service_retention: Duration,
 }
 
 impl DispatchConfig {
@@ -144,6 +148,8 @@ struct Service {
     in_flight: usize,
     /// Set once a worker has offered the service; until then metrics go to `_unknown`.
     registered: bool,
+    /// Since when it has had no worker (registered services only).
+    orphaned_since: Option<Instant>,
     metrics: Arc<ServiceMetrics>,
 }
 
@@ -531,6 +537,15 @@ impl Dispatcher {
         // the old registration is dropped once the new one is in place, so its jobs can
         // move straight to the new socket.
         let replaced = self.by_id.get(&h.worker).filter(|i| **i != from).cloned();
+        if self.too_many_services(&h.services) {
+            self.metrics.bad_frame("backend", "too_many_services");
+            let detail = format!(
+                "the broker holds its limit of {} services; READY refused",
+                self.cfg.max_services
+            );
+            self.refuse_worker_message(from, ErrorCode::Overloaded, &detail);
+            return;
+        }
         let current_session = replaced
             .as_ref()
             .and_then(|i| self.workers.get(i))
@@ -587,7 +602,7 @@ impl Dispatcher {
             }
         };
         for gone in previous.iter().filter(|s| !h.services.contains(s)) {
-            self.detach(gone, &from);
+            self.detach(clock, gone, &from);
         }
         for added in h.services.iter().filter(|s| !previous.contains(s)) {
             self.attach(added, &from);
@@ -613,16 +628,56 @@ impl Dispatcher {
             entry.metrics = Arc::new(metrics.service(service.as_str()));
             entry.metrics.queue_depth.set(entry.queue.len() as i64);
         }
+        entry.orphaned_since = None;
         if !entry.workers.contains(worker) {
             entry.workers.push(worker.clone());
             entry.metrics.workers.set(entry.workers.len() as i64);
         }
     }
 
-    fn detach(&mut self, service: &ServiceName, worker: &Identity) {
+    fn detach(&mut self, clock: Clock, service: &ServiceName, worker: &Identity) {
         if let Some(entry) = self.services.get_mut(service) {
             entry.workers.retain(|w| w != worker);
             entry.metrics.workers.set(entry.workers.len() as i64);
+            if entry.workers.is_empty() {
+                entry.orphaned_since = Some(clock.now);
+            }
+        }
+    }
+
+    /// Whether registering `offered` would take the broker past `max_services`.
+    fn too_many_services(&self, offered: &[ServiceName]) -> bool {
+        let new = offered
+            .iter()
+            .filter(|s| !self.services.get(*s).is_some_and(|e| e.registered))
+            .count();
+        if new == 0 {
+            return false;
+        }
+        let registered = self.services.values().filter(|s| s.registered).count();
+        registered + new > self.cfg.max_services
+    }
+
+    /// Forgets registered services that have had no worker, queue or in-flight work for
+    /// the retention period, and their metric series.
+    fn forget_orphaned_services(&mut self, clock: Clock) {
+        let retention = self.cfg.service_retention;
+        let gone: Vec<ServiceName> = self
+            .services
+            .iter()
+            .filter(|(_, s)| {
+                s.queue.is_empty()
+                    && s.in_flight == 0
+                    && s.orphaned_since
+                        .is_some_and(|t| clock.now.saturating_duration_since(t) >= retention)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.services.remove(&name);
+            self.metrics.forget_service(name.as_str());
+            self.affinity.retain(|(s, _), _| *s != name);
+            tracing::info!(service = %name, "service forgotten after its retention period without workers");
         }
     }
 
@@ -642,7 +697,7 @@ impl Dispatcher {
         }
         tracing::warn!(worker = %w.id, reason = ?why, in_flight = w.in_flight.len(), "worker removed");
         for s in &w.services {
-            self.detach(s, identity);
+            self.detach(clock, s, identity);
         }
         let mut jobs: Vec<JobId> = w.in_flight.into_iter().collect();
         jobs.sort();
@@ -1097,6 +1152,7 @@ impl Dispatcher {
     fn heartbeat(&mut self, clock: Clock) {
         self.next_heartbeat = clock.now + self.cfg.heartbeat;
         self.abandon_overdue(clock);
+        self.forget_orphaned_services(clock);
         let interval = self.cfg.heartbeat;
         // A worker not heard from for one and a half intervals missed a heartbeat.
         let missed = self
@@ -1325,6 +1381,7 @@ fn new_service(metrics: Arc<ServiceMetrics>) -> Service {
         queue: ServiceQueue::default(),
         in_flight: 0,
         registered: false,
+        orphaned_since: None,
         metrics,
     }
 }

@@ -45,6 +45,9 @@ struct Args {
     /// answered `worker_lost` (ms).
     #[arg(long)]
     in_flight_grace_ms: Option<u64>,
+    /// Most services workers may register at once.
+    #[arg(long)]
+    max_services: Option<usize>,
     /// Largest request/reply body in bytes.
     #[arg(long)]
     max_body_bytes: Option<usize>,
@@ -88,7 +91,7 @@ impl Args {
         set!(frontend <- frontend, backend <- backend, xsub <- xsub, xpub <- xpub,
              heartbeat_ms <- heartbeat_ms, liveness <- liveness,
              unknown_service_grace_ms <- grace_ms, max_queue <- max_queue,
-             in_flight_grace_ms <- in_flight_grace_ms,
+             in_flight_grace_ms <- in_flight_grace_ms, max_services <- max_services,
              max_body_bytes <- max_body_bytes, idle_spin_us <- idle_spin_us,
              max_subscriptions_per_subscriber <- max_subscriptions_per_subscriber,
              max_subscriptions <- max_subscriptions);

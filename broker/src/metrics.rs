@@ -322,6 +322,22 @@ impl Metrics {
         }
     }
 
+    /// Removes every series labelled with `service` (it has had no worker for the
+    /// retention period), so label cardinality follows the services that exist.
+    pub fn forget_service(&self, service: &str) {
+        let _ = self.requests_received.remove_label_values(&[service]);
+        let _ = self.requests_answered.remove_label_values(&[service, "ok"]);
+        for code in ErrorCode::ALL {
+            let _ = self
+                .requests_answered
+                .remove_label_values(&[service, code.name()]);
+        }
+        let _ = self.request_duration.remove_label_values(&[service]);
+        let _ = self.queue_depth.remove_label_values(&[service]);
+        let _ = self.in_flight.remove_label_values(&[service]);
+        let _ = self.workers.remove_label_values(&[service]);
+    }
+
     /// Counts a bad frame on `socket` (`frontend`, `backend`, `xsub`, `xpub`).
     pub fn bad_frame(&self, socket: &str, reason: &str) {
         self.bad_frames.with_label_values(&[socket, reason]).inc();

@@ -225,6 +225,8 @@ impl Broker {
             grace_ms: config.unknown_service_grace_ms,
             max_queue: config.max_queue,
             in_flight_grace: Duration::from_millis(config.in_flight_grace_ms),
+            max_services: config.max_services,
+            service_retention: Duration::from_secs(config.service_retention_s),
         };
         let dispatcher = Dispatcher::new(dispatch_cfg, metrics.clone(), Instant::now());
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;

@@ -27,6 +27,8 @@ impl Harness {
             grace_ms,
             max_queue,
             in_flight_grace: Duration::from_millis(200),
+            max_services: 3,
+            service_retention: Duration::from_millis(500),
         };
         Harness {
             d: Dispatcher::new(cfg, Arc::new(Metrics::new()), clock.now),
@@ -797,4 +799,50 @@ fn a_flooding_client_cannot_hold_back_another_clients_order() {
         job = next.job;
     }
     panic!("the trader's order waited behind the flood: served {served:?}");
+}
+
+#[test]
+fn services_past_the_limit_are_refused() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["s1", "s2", "s3"], 1);
+    h.drain();
+    h.ready(b"B", &["s4"], 1);
+    let (msgs, _, _) = h.drain();
+    let refusal = msgs
+        .iter()
+        .find(|m| m.0 == b"B" && m.1 == worker::Command::Disconnect)
+        .map(|m| frame::decode_header::<DisconnectHeader>(&m.2).unwrap())
+        .expect("READY refused");
+    assert!(
+        refusal.reason.starts_with("overloaded: "),
+        "{}",
+        refusal.reason
+    );
+    assert_eq!(h.d.worker_count(), 1);
+    // A worker offering services already registered is still welcome.
+    h.ready(b"C", &["s1"], 1);
+    assert_eq!(h.d.worker_count(), 2);
+}
+
+#[test]
+fn a_service_without_workers_is_forgotten_with_its_series_after_retention() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["gone"], 1);
+    h.request("gone", true);
+    let job = h.deliveries()[0].1;
+    h.reply(b"A", job);
+    let series = |h: &Harness| {
+        h.d.metrics
+            .render()
+            .lines()
+            .filter(|l| l.contains("service=\"gone\""))
+            .count()
+    };
+    assert!(series(&h) > 0);
+    h.d.remove_worker(h.clock, &b"A".to_vec(), Departure::Disconnected);
+    h.advance(Duration::from_millis(200));
+    assert!(series(&h) > 0, "kept during the retention period");
+    h.advance(Duration::from_millis(400));
+    assert_eq!(series(&h), 0, "series removed after retention");
+    assert!(h.d.status(h.clock).services.is_empty());
 }
