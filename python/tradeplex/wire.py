@@ -58,6 +58,13 @@ class WorkerCommand(IntEnum):
     DISCONNECT = 0x06
 
 
+def is_refusal(reason: str) -> bool:
+    """Whether a broker DISCONNECT `reason` refuses one of the worker's messages
+    (`<error code name>: <detail>`) rather than asking it to register again."""
+    code, sep, _ = reason.partition(":")
+    return bool(sep) and code.upper() in ErrorCode.__members__
+
+
 class ErrorCode(IntEnum):
     """Wire error codes: stable numbers, names are the lowercase member names."""
 

@@ -114,6 +114,7 @@ class Worker:
         self._drain_s = drain_ms / 1000
         self._backoff = (reconnect_min_ms / 1000, reconnect_max_ms / 1000)
         self._max_body = max_body_bytes
+        self._connections = 0
         self._curve = ClientCurve.from_options(curve_server_key, curve_key_file)
         self._available: set[str] = set(self.handlers)
         self._ctx = zmq.Context()
@@ -278,7 +279,14 @@ class Worker:
             log.debug("message to broker not sent: %s", e)
 
     def _ready(self, dealer: zmq.Socket[bytes], services: list[str], capacity: int) -> None:
-        header = {"worker": self.id, "services": services, "capacity": capacity}
+        # `session` (the connection number) lets the broker ignore a READY that arrives late
+        # on a connection this worker has already abandoned.
+        header = {
+            "worker": self.id,
+            "services": services,
+            "capacity": capacity,
+            "session": self._connections,
+        }
         self._send(dealer, wire.encode_worker(WorkerCommand.READY, header))
 
     def _serve_connection(self) -> bool:
@@ -290,6 +298,7 @@ class Worker:
         if self._curve is not None:
             self._curve.apply(dealer)
         dealer.connect(self.broker)
+        self._connections += 1
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(self._wakeup, zmq.POLLIN)
@@ -363,6 +372,9 @@ class Worker:
             if msg.command == WorkerCommand.HEARTBEAT:
                 if not draining:
                     self._registered.set()  # the broker heartbeats only workers it knows
+            elif msg.command == WorkerCommand.DISCONNECT and wire.is_refusal(msg.reason):
+                # One of our messages was refused; sending READY again would not fix it.
+                log.error("broker refused a message from this worker: %s", msg.reason)
             elif msg.command == WorkerCommand.DISCONNECT:
                 # "I do not know you" (it restarted) or "I am shutting down": register again.
                 log.info("broker asked us to register again: %s", msg.reason)
