@@ -59,11 +59,35 @@ pub struct RequestHeader {
     #[serde(default)]
     pub idempotent: bool,
     /// Deliver only to this worker (e.g. a cancel to the worker that placed the order).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_target"
+    )]
     pub target: Option<WorkerId>,
     /// Requests with the same affinity key go to the same worker while it lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<String>,
+}
+
+/// Reads `target` so that a bad value is reported under its own name (a [`WorkerId`]
+/// alone would say "bad field worker").
+fn deserialize_target<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<WorkerId>, D::Error> {
+    use serde::de::Error;
+    let bad = |reason: String| {
+        D::Error::custom(ProtoError::BadField {
+            field: "target",
+            reason,
+        })
+    };
+    match Option::<String>::deserialize(d).map_err(|e| bad(e.to_string()))? {
+        None => Ok(None),
+        Some(s) => uuid::Uuid::parse_str(&s)
+            .map(|u| Some(WorkerId(u)))
+            .map_err(|e| bad(e.to_string())),
+    }
 }
 
 /// Header of a REPLY.
@@ -259,6 +283,51 @@ mod tests {
             decode(&frames),
             Err(ProtoError::FrameCount { .. })
         ));
+    }
+
+    #[test]
+    fn bad_target_is_reported_as_target() {
+        #[derive(Serialize)]
+        struct Raw<T: Serialize> {
+            id: u64,
+            service: &'static str,
+            deadline_ms: u64,
+            target: T,
+        }
+        let cases = [
+            frame::encode_header(&Raw {
+                id: 1,
+                service: "SIM",
+                deadline_ms: 1,
+                target: "not-a-uuid",
+            }),
+            frame::encode_header(&Raw {
+                id: 1,
+                service: "SIM",
+                deadline_ms: 1,
+                target: 42u32,
+            }),
+        ];
+        for header in cases {
+            let frames = vec![PROTOCOL.frame.to_vec(), vec![1], header, vec![]];
+            let err = decode(&frames).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadRequest);
+            let text = err.to_string();
+            assert!(text.contains("bad field target"), "{text}");
+            assert!(!text.contains("worker"), "{text}");
+        }
+        // nil and a missing target both mean none.
+        let nil = frame::encode_header(&Raw {
+            id: 1,
+            service: "SIM",
+            deadline_ms: 1,
+            target: None::<String>,
+        });
+        let frames = vec![PROTOCOL.frame.to_vec(), vec![1], nil, vec![]];
+        match decode(&frames).unwrap() {
+            Message::Request(h) => assert_eq!(h.target, None),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -582,3 +582,75 @@ fn hostile_worker_answers_still_reach_the_client_and_bad_input_is_answered_on_th
     assert_eq!(page.sum("tradeplex_requests_abandoned_total", &[]), 1.0);
     assert!(page.sum("tradeplex_bad_frames_total", &[("socket", "backend")]) >= 3.0);
 }
+
+#[test]
+fn frontend_answers_each_malformed_shape_as_documented() {
+    let broker = Broker::start(&[]);
+    let raw = raw_dealer(&broker.frontend);
+    let header = request_header(11, "echo");
+
+    // Any frame count other than 4 behind a good frame 0 is bad_request: 3, 5 and 7 frames
+    // (within the broker's read limit) and 9 (over it).
+    for n in [3usize, 5, 7, 9] {
+        let mut frames = vec![b"TPXC01".to_vec(), vec![1], header.clone(), Vec::new()];
+        frames.resize(n, Vec::new());
+        raw.send_multipart(frames, 0).unwrap();
+        let e = error_reply(&raw);
+        assert_eq!(e.name, "bad_request", "{n} frames: {}", e.message);
+        assert!(e.message.contains("expected 4 frames"), "{}", e.message);
+    }
+
+    // A header over 4096 bytes is too_large, with id 0 (the broker does not read it).
+    #[derive(serde::Serialize)]
+    struct Padded {
+        id: u64,
+        service: &'static str,
+        deadline_ms: u64,
+        pad: String,
+    }
+    let big = tradeplex_proto::frame::encode_header(&Padded {
+        id: 12,
+        service: "echo",
+        deadline_ms: tradeplex_proto::now_unix_ms() + 5000,
+        pad: "x".repeat(5000),
+    });
+    raw.send_multipart([&b"TPXC01"[..], &[1], &big, b""], 0)
+        .unwrap();
+    let e = error_reply(&raw);
+    assert_eq!((e.name.as_str(), e.id.0), ("too_large", 0), "{}", e.message);
+
+    // Another protocol's id is bad_request; our protocol in another version is
+    // unsupported_version, answered in the broker's own version.
+    raw.send_multipart([&b"TPXW01"[..], &[1], &header, b""], 0)
+        .unwrap();
+    assert_eq!(error_reply(&raw).name, "bad_request");
+    raw.send_multipart([&b"TPXC02"[..], &[1], &header, b""], 0)
+        .unwrap();
+    let frames = raw.recv_multipart(0).unwrap();
+    assert_eq!(frames[0], b"TPXC01");
+    let e = match tradeplex_proto::client::decode(&frames).unwrap() {
+        tradeplex_proto::client::Message::Error(e) => e,
+        other => panic!("expected ERROR, got {other:?}"),
+    };
+    assert_eq!((e.name.as_str(), e.id.0), ("unsupported_version", 11));
+
+    // A bad target is reported under its own name.
+    #[derive(serde::Serialize)]
+    struct Targeted {
+        id: u64,
+        service: &'static str,
+        deadline_ms: u64,
+        target: &'static str,
+    }
+    let targeted = tradeplex_proto::frame::encode_header(&Targeted {
+        id: 13,
+        service: "echo",
+        deadline_ms: tradeplex_proto::now_unix_ms() + 5000,
+        target: "not-a-uuid",
+    });
+    raw.send_multipart([&b"TPXC01"[..], &[1], &targeted, b""], 0)
+        .unwrap();
+    let e = error_reply(&raw);
+    assert_eq!((e.name.as_str(), e.id.0), ("bad_request", 13));
+    assert!(e.message.contains("bad field target"), "{}", e.message);
+}
