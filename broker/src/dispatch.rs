@@ -1153,6 +1153,9 @@ impl Dispatcher {
         self.next_heartbeat = clock.now + self.cfg.heartbeat;
         self.abandon_overdue(clock);
         self.forget_orphaned_services(clock);
+        for s in self.services.values_mut() {
+            s.queue.sweep();
+        }
         let interval = self.cfg.heartbeat;
         // A worker not heard from for one and a half intervals missed a heartbeat.
         let missed = self

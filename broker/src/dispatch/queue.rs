@@ -11,6 +11,9 @@ use super::Identity;
 /// Queued jobs of one service, by client.
 #[derive(Default)]
 pub(super) struct ServiceQueue {
+    /// A lane stays (empty) after its last job leaves, so a client that keeps a window of
+    /// requests in flight does not allocate one per request; [`Self::sweep`] drops empty
+    /// lanes once in a while.
     lanes: HashMap<Identity, VecDeque<JobId>>,
     /// Clients with queued jobs, in the order they are served next.
     turns: VecDeque<Identity>,
@@ -34,26 +37,39 @@ impl ServiceQueue {
 
     /// Queues `job` last in its client's lane.
     pub(super) fn push_back(&mut self, client: &Identity, job: JobId) {
-        self.lane(client, false).push_back(job);
+        self.take_turn(client, false);
+        match self.lanes.get_mut(client) {
+            Some(lane) => lane.push_back(job),
+            None => {
+                self.lanes.insert(client.clone(), VecDeque::from([job]));
+            }
+        }
         self.len += 1;
     }
 
     /// Queues `job` first in its client's lane, and that client first in turn (a job
     /// coming back from a worker has already waited its turn once).
     pub(super) fn push_front(&mut self, client: &Identity, job: JobId) {
-        self.lane(client, true).push_front(job);
+        self.take_turn(client, true);
+        match self.lanes.get_mut(client) {
+            Some(lane) => lane.push_front(job),
+            None => {
+                self.lanes.insert(client.clone(), VecDeque::from([job]));
+            }
+        }
         self.len += 1;
     }
 
-    fn lane(&mut self, client: &Identity, first: bool) -> &mut VecDeque<JobId> {
-        if !self.lanes.contains_key(client) {
-            if first {
-                self.turns.push_front(client.clone());
-            } else {
-                self.turns.push_back(client.clone());
-            }
+    /// Puts a client that had nothing queued into the turn order (first or last).
+    fn take_turn(&mut self, client: &Identity, first: bool) {
+        if self.lanes.get(client).is_some_and(|l| !l.is_empty()) {
+            return;
         }
-        self.lanes.entry(client.clone()).or_default()
+        if first {
+            self.turns.push_front(client.clone());
+        } else {
+            self.turns.push_back(client.clone());
+        }
     }
 
     /// Gives the next client its turn (it moves to the back); false when none is queued.
@@ -84,10 +100,15 @@ impl ServiceQueue {
         lane.remove(pos);
         self.len -= 1;
         if lane.is_empty() {
-            self.lanes.remove(client);
             self.turns.retain(|c| c != client);
         }
         true
+    }
+
+    /// Drops the lanes of clients with nothing queued (bounds the map by the clients that
+    /// queued something since the last sweep).
+    pub(super) fn sweep(&mut self) {
+        self.lanes.retain(|_, lane| !lane.is_empty());
     }
 
     /// Every queued job (any order).
@@ -125,6 +146,8 @@ mod tests {
         assert_eq!(order, [1, 10, 2, 11, 3, 4]);
         assert!(q.is_empty());
         assert_eq!(q.clients(), 0);
+        q.sweep();
+        assert!(q.lanes.is_empty());
     }
 
     #[test]
