@@ -13,12 +13,18 @@ import tradeplex
 
 
 def _journal_ids(*paths: object) -> list[str]:
+    """The `mark` of every request the journals show executed."""
     marks = []
     for p in paths:
         if p is None or not p.exists():  # type: ignore[attr-defined]
             continue
         for line in p.read_text().splitlines():  # type: ignore[attr-defined]
-            body = json.loads(line)["body"]
+            entry = json.loads(line)
+            # One `start` line per execution (written before the handler runs); the `done`
+            # line after it carries the outcome, not the body.
+            if entry.get("event") != "start":
+                continue
+            body = entry.get("body")
             if isinstance(body, dict) and "mark" in body:
                 marks.append(body["mark"])
     return marks
