@@ -321,11 +321,10 @@ impl Dispatcher {
             worker: None,
             timer_ms: None,
         };
-        let client = job.client.clone();
-        self.jobs.insert(job_id, job);
         let service = self.service_entry(&h.service);
-        service.queue.push_back(&client, job_id);
+        service.queue.push_back(&job.client, job_id);
         service.metrics.queue_depth.inc();
+        self.jobs.insert(job_id, job);
         self.pump(&h.service);
         // Most requests are delivered at once; only one still queued needs a timer.
         if self.jobs.get(&job_id).is_some_and(|j| j.worker.is_none()) {
