@@ -894,7 +894,7 @@ impl Dispatcher {
             return;
         };
         let n = w.services.len();
-        w.next_pump = w.next_pump.wrapping_add(1);
+        w.next_pump = (w.next_pump + 1) % n.max(1);
         let start = w.next_pump;
         let services = &self.services;
         // Only services with a backlog are cloned: nothing is allocated when none has one.

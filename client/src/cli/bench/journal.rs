@@ -94,13 +94,9 @@ pub fn send_orders(
             done += 1;
         }
     }
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    Ok(RrRun {
-        rate: done as f64 / secs,
-        p50_us: us(0.5),
-        p99_us: us(0.99),
-        p999_us: us(0.999),
+    Ok(RrRun::from_histogram(
+        &hist,
         done,
-    })
+        started.elapsed().as_secs_f64(),
+    ))
 }

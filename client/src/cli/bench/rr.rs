@@ -233,6 +233,20 @@ pub struct RrRun {
     pub done: u64,
 }
 
+impl RrRun {
+    /// The figures of `done` calls over `secs`, latencies from `hist` (nanoseconds).
+    pub fn from_histogram(hist: &Histogram<u64>, done: u64, secs: f64) -> RrRun {
+        let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        RrRun {
+            rate: done as f64 / secs.max(1e-9),
+            p50_us: us(0.5),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            done,
+        }
+    }
+}
+
 /// Runs `clients` client threads, each with a pipe made by `connect`.
 pub fn run_clients<P, F>(
     clients: usize,
@@ -275,15 +289,8 @@ where
     let started = runs.iter().map(|r| r.started).min().context("no clients")?;
     let ended = runs.iter().map(|r| r.ended).max().context("no clients")?;
     let done: u64 = runs.iter().map(|r| r.done).sum();
-    let secs = ended.duration_since(started).as_secs_f64().max(1e-9);
-    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    Ok(RrRun {
-        rate: done as f64 / secs,
-        p50_us: us(0.5),
-        p99_us: us(0.99),
-        p999_us: us(0.999),
-        done,
-    })
+    let secs = ended.duration_since(started).as_secs_f64();
+    Ok(RrRun::from_histogram(&hist, done, secs))
 }
 
 /// The bare hop: a ROUTER–ROUTER load balancer in its own thread and context, and echo
