@@ -24,6 +24,7 @@ class Direction(str, Enum):
 
     LONG = "long"
     SHORT = "short"
+    NET = "net"
 
 
 class Offset(str, Enum):
@@ -41,8 +42,11 @@ class OrderType(str, Enum):
 
     LIMIT = "limit"
     MARKET = "market"
+    STOP = "stop"
     FAK = "fak"
     FOK = "fok"
+    RFQ = "rfq"
+    ETF = "etf"
 
 
 class Status(str, Enum):
@@ -73,6 +77,22 @@ class Product(str, Enum):
     EQUITY = "equity"
     SPOT = "spot"
     OPTION = "option"
+    INDEX = "index"
+    FOREX = "forex"
+    ETF = "etf"
+    BOND = "bond"
+    WARRANT = "warrant"
+    SPREAD = "spread"
+    FUND = "fund"
+    CFD = "cfd"
+    SWAP = "swap"
+
+
+class OptionType(str, Enum):
+    """Call or put (option contracts)."""
+
+    CALL = "call"
+    PUT = "put"
 
 
 class Interval(str, Enum):
@@ -81,6 +101,8 @@ class Interval(str, Enum):
     MINUTE = "minute"
     HOUR = "hour"
     DAILY = "daily"
+    WEEKLY = "weekly"
+    TICK = "tick"
 
 
 T = TypeVar("T", bound="WireObject")
@@ -208,6 +230,17 @@ class Contract(WireObject):
     size: float = 1.0
     pricetick: float = 0.0
     min_volume: float = 1.0
+    max_volume: float | None = None
+    stop_supported: bool = False
+    net_position: bool = False
+    history_data: bool = False
+    option_strike: float | None = None
+    option_underlying: str | None = None
+    option_type: OptionType | None = None
+    option_listed_ns: int | None = None
+    option_expiry_ns: int | None = None
+    option_portfolio: str | None = None
+    option_index: str | None = None
 
 
 @dataclass
@@ -218,6 +251,7 @@ class Tick(WireObject):
     exchange: str
     gateway: str
     datetime_ns: int = 0
+    name: str = ""
     last_price: float = 0.0
     last_volume: float = 0.0
     volume: float = 0.0
@@ -227,6 +261,9 @@ class Tick(WireObject):
     high_price: float = 0.0
     low_price: float = 0.0
     pre_close: float = 0.0
+    limit_up: float = 0.0
+    limit_down: float = 0.0
+    localtime_ns: int | None = None
     bid_price: list[float] = field(default_factory=list)
     bid_volume: list[float] = field(default_factory=list)
     ask_price: list[float] = field(default_factory=list)

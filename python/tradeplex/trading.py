@@ -24,6 +24,8 @@ from .model import (
     OrderRequest,
     OrderType,
     Position,
+    Tick,
+    Trade,
 )
 
 
@@ -164,6 +166,28 @@ class TradingMixin:
             affinity=account_key(account),
         )
         return _typed(r, Position.list_from_wire)  # type: ignore[no-any-return]
+
+    def query_trades(self, gateway: str, account: str = "") -> list[Trade]:
+        """Today's trades of `account`, oldest first (recovery after a restart)."""
+        r = self.call(
+            gateway,
+            {"op": "query_trades", "account": account},
+            idempotent=True,
+            affinity=account_key(account),
+        )
+        return _typed(r, Trade.list_from_wire)  # type: ignore[no-any-return]
+
+    def query_contract(self, gateway: str, symbol: str, exchange: str = "") -> Contract:
+        """One contract (``exchange=""``: the gateway's only contract with that symbol)."""
+        body = {"op": "query_contract", "symbol": symbol, "exchange": exchange}
+        r = self.call(gateway, body, idempotent=True)
+        return _typed(r, Contract.from_wire)  # type: ignore[no-any-return]
+
+    def query_tick(self, gateway: str, symbol: str, exchange: str = "") -> Tick:
+        """The last tick the gateway has for `symbol` (``worker_error`` before the first)."""
+        body = {"op": "query_tick", "symbol": symbol, "exchange": exchange}
+        r = self.call(gateway, body, idempotent=True, affinity=f"md.{symbol}")
+        return _typed(r, Tick.from_wire)  # type: ignore[no-any-return]
 
     def query_contracts(self, gateway: str) -> list[Contract]:
         """Tradable contracts."""
