@@ -331,7 +331,7 @@ def test_worker_host_process_reached_from_cli_and_a_tradeplex_gateway(cluster: C
     assert _metric(text, "tradeplex_worker_registered") == 1
     assert _metric(text, "tradeplex_worker_ready_sent_total") >= 1
     assert _metric(text, "tradeplex_worker_in_flight") == 0
-    assert _metric(text, 'tradeplex_worker_requests_total{service="FAKE",outcome="ok"}') >= 3
+    assert _metric(text, 'tradeplex_worker_requests_total{outcome="ok",service="FAKE"}') >= 3
     assert _metric(text, 'tradeplex_worker_events_published_total{kind="order"}') >= 2
     assert _metric(text, 'tradeplex_worker_events_published_total{kind="contract"}') == 5
     assert "tradeplex_worker_handler_duration_seconds_bucket" in text

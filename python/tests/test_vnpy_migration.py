@@ -160,3 +160,43 @@ def test_an_rpc_service_joins_the_cluster_through_the_worker_host(cluster: Clust
         old.p.send_signal(signal.SIGUSR2)
         cluster.wait_registered(b, wid)
         assert {x.symbol for x in c.query_contracts("RPC")} >= {"IF2412", "XY2412"}
+
+
+def test_a_silent_rpc_server_withdraws_the_hosted_rpc_gateway(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vnpy.rpc.client
+    from vnpy_rpcservice import RpcGateway
+
+    from tradeplex.vnpy.host import GatewayHost
+
+    # vn.py waits 30 s for heartbeats that come every 10 s: shortened on both sides.
+    monkeypatch.setattr(vnpy.rpc.client, "HEARTBEAT_TOLERANCE", 2)
+    env = {**_env(), "TPX_TEST_RPC_HEARTBEAT_S": "0.1"}
+    home = cluster.tmp / "old"
+    (home / ".vntrader").mkdir(parents=True)
+    server = Proc([sys.executable, str(HERE / "rpc_server.py")], cluster.tmp / "rpc.log", home, env)
+    cluster.procs.append(server)
+    fields = dict(kv.split("=", 1) for kv in server.line("rpc ", 30).split()[1:])
+    b = cluster.broker()
+    setting = {"主动请求地址": fields["rep"], "推送订阅地址": fields["pub"]}
+    host = GatewayHost(RpcGateway, setting, b.backend, b.xsub, heartbeat_ms=100)
+    cluster.closers.append(host.stop)
+    host.start()
+    cluster.wait_registered(b, host.worker.id)
+    server.kill()  # no goodbye: only the missing heartbeats tell
+    wait_for(lambda: not host.connected, 10, "RpcGateway's silence noticed")
+    cluster.wait_registered(b, host.worker.id, present=False)
+    again = Proc(
+        [sys.executable, str(HERE / "rpc_server.py"), fields["rep"], fields["pub"]],
+        cluster.tmp / "rpc2.log",
+        home,
+        env,
+    )
+    cluster.procs.append(again)
+    again.line("rpc ", 30)
+    wait_for(lambda: host.connected, 10, "heartbeats again")
+    cluster.wait_registered(b, host.worker.id)
+    with b.client() as c:
+        o = c.send_order("RPC", symbol="IF2412", direction="long", volume=1, price=100)
+        assert o.order_id.startswith(f"RPC.{host.worker.id}.")

@@ -25,9 +25,10 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vnpy.trader.gateway import BaseGateway
+if TYPE_CHECKING:
+    from vnpy.trader.gateway import BaseGateway
 
 #: The vn.py event type of explicit connection reports.
 EVENT_GATEWAY_CONNECTION = "eTradeplexConnection"
@@ -199,3 +200,50 @@ class ConnectionState:
             self._down.discard(part)
         else:
             self._down.clear()
+
+
+#: The part the RpcClient watch reports on (its log lines start with it).
+RPC_PART = "RpcServer"
+
+
+class RpcClientWatch:
+    """Makes a gateway built on vn.py's `RpcClient` (vnpy_rpcservice's `RpcGateway`, held
+    in its ``client``) say in its log when the RpcServer goes silent and comes back.
+
+    `RpcClient` only ``print``s when no heartbeat came for ``HEARTBEAT_TOLERANCE`` (30 s);
+    the watch turns that into a *down* line, and a heartbeat seen afterwards (checked on
+    vn.py's timer, every second) into a *login* line for the part ``RpcServer``.
+    """
+
+    def __init__(self, gateway: BaseGateway, client: Any) -> None:
+        self.gateway = gateway
+        self.client = client
+        self._down_ping: object = None
+        self._down = False
+        original = client.on_disconnected
+
+        def on_disconnected() -> None:
+            if not self._down:
+                self._down = True
+                # RpcClient keeps the server's last heartbeat time here (no public API).
+                self._down_ping = getattr(client, "_last_received_ping", None)
+                gateway.write_log(f"{RPC_PART}连接断开 (no heartbeat from the RpcServer)")
+            original()
+
+        client.on_disconnected = on_disconnected
+
+    @classmethod
+    def attach(cls, gateway: BaseGateway) -> RpcClientWatch | None:
+        """A watch when `gateway` holds a `vnpy.rpc.RpcClient` as ``client``, else None."""
+        try:
+            from vnpy.rpc import RpcClient
+        except ImportError:  # pragma: no cover (vn.py without its rpc package)
+            return None
+        client = getattr(gateway, "client", None)
+        return cls(gateway, client) if isinstance(client, RpcClient) else None
+
+    def on_timer(self) -> None:
+        """vn.py's timer: a heartbeat since the loss means the server is back."""
+        if self._down and getattr(self.client, "_last_received_ping", None) != self._down_ping:
+            self._down = False
+            self.gateway.write_log(f"{RPC_PART}登录成功 (heartbeats again)")

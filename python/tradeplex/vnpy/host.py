@@ -21,7 +21,7 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
-from vnpy.event import Event, EventEngine
+from vnpy.event import EVENT_TIMER, Event, EventEngine
 from vnpy.trader.constant import Direction, Offset, OptionType, OrderType, Status
 from vnpy.trader.event import (
     EVENT_ACCOUNT,
@@ -51,7 +51,12 @@ import tradeplex
 from tradeplex import HandlerError
 
 from . import mapping as m
-from .connection import EVENT_GATEWAY_CONNECTION, ConnectionRule, ConnectionState
+from .connection import (
+    EVENT_GATEWAY_CONNECTION,
+    ConnectionRule,
+    ConnectionState,
+    RpcClientWatch,
+)
 from .metrics import HostMetrics, HttpServer
 
 log = logging.getLogger("tradeplex.vnpy.host")
@@ -138,6 +143,9 @@ class GatewayHost:
             (EVENT_GATEWAY_CONNECTION, self._on_connection),
         ):
             self.event_engine.register(kind, fn)
+        self._rpc_watch = RpcClientWatch.attach(self.gateway)
+        if self._rpc_watch is not None:
+            self.event_engine.register(EVENT_TIMER, lambda _e: self._rpc_watch_tick())
 
     # --- life -----------------------------------------------------------------------
 
@@ -288,6 +296,10 @@ class GatewayHost:
         self.worker.publish(f"contract.{self.name}", self._contract_wire(c))
         self._apply(self.state.on_contract(), "contracts pushed")
 
+    def _rpc_watch_tick(self) -> None:
+        if self._rpc_watch is not None:
+            self._rpc_watch.on_timer()
+
     def _on_connection(self, e: Event) -> None:
         self._apply(self.state.on_report(e.data), f"reported {e.data!r}")
 
@@ -310,8 +322,9 @@ class GatewayHost:
 
     def _on_trade(self, e: Event) -> None:
         t: TradeData = e.data
-        body = {
-            "trade_id": f"{self.name}.{self.worker.id}.T{t.tradeid}",
+        trade_id = f"{self.name}.{self.worker.id}.T{t.tradeid}"
+        body: dict[str, Any] = {
+            "trade_id": trade_id,
             "order_id": self._wire_id(t.vt_orderid),
             "symbol": t.symbol,
             "exchange": t.exchange.value,
@@ -325,7 +338,7 @@ class GatewayHost:
         }
         with self._lock:
             # A gateway re-pushes the day's trades after a reconnect: one entry per trade.
-            self.trades[body["trade_id"]] = body
+            self.trades[trade_id] = body
             while len(self.trades) > MAX_TRADES:
                 self.trades.popitem(last=False)
         self.worker.publish(f"trade.{self.account_name()}", body)

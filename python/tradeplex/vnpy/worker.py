@@ -246,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         host.stop()
         return 1
     http = host.http.addr if host.http is not None else "off"
-    print(f"worker {host.worker.id} broker={host.worker.broker} http={http}", flush=True)
+    # One write, so that a gateway printing from another thread cannot split the line.
+    sys.stdout.write(f"worker {host.worker.id} broker={host.worker.broker} http={http}\n")
+    sys.stdout.flush()
     done.wait()
     host.stop()
     return 0
