@@ -329,7 +329,8 @@ def test_worker_host_process_reached_from_cli_and_a_tradeplex_gateway(cluster: C
     assert _metric(text, 'tradeplex_gateway_orders_total{gateway="FAKE",result="sent"}') == 1
     assert _metric(text, 'tradeplex_gateway_connected{gateway="FAKE"}') == 1
     assert _metric(text, "tradeplex_worker_registered") == 1
-    assert _metric(text, "tradeplex_worker_ready_sent_total") >= 1
+    # READY with no services at start, then with FAKE once the gateway connected.
+    assert _metric(text, "tradeplex_worker_ready_sent_total") >= 2
     assert _metric(text, "tradeplex_worker_in_flight") == 0
     assert _metric(text, 'tradeplex_worker_requests_total{outcome="ok",service="FAKE"}') >= 3
     assert _metric(text, 'tradeplex_worker_events_published_total{kind="order"}') >= 2

@@ -146,6 +146,8 @@ class Worker:
         self.publish_drops = 0
         #: Events sent to the broker, by kind (first topic segment).
         self.published_by_kind: collections.Counter[str] = collections.Counter()
+        #: READY messages sent (at every connection, change of services and re-register).
+        self.ready_sent = 0
 
     # --- life -----------------------------------------------------------------------
 
@@ -188,11 +190,6 @@ class Worker:
     def registered(self) -> bool:
         """Whether the broker currently knows us."""
         return self._registered.is_set()
-
-    @property
-    def connections(self) -> int:
-        """Connections made to the broker (each starts with a READY)."""
-        return self._connections
 
     @property
     def in_flight(self) -> int:
@@ -301,6 +298,7 @@ class Worker:
             "session": self._connections,
         }
         self._send(dealer, wire.encode_worker(WorkerCommand.READY, header))
+        self.ready_sent += 1
 
     def _serve_connection(self) -> bool:
         """One connection's life; true when stopped, false when the broker went silent."""

@@ -44,8 +44,8 @@ class _WorkerCounters(Collector):
         w = self.worker
         yield CounterMetricFamily(
             "tradeplex_worker_ready_sent",
-            "READY messages sent after (re)connecting",
-            value=w.connections,
+            "READY messages sent: at start, per reconnect or change of services",
+            value=w.ready_sent,
         )
         published = CounterMetricFamily(
             "tradeplex_worker_events_published", "Events published, by kind", labels=["kind"]
