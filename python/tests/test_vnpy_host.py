@@ -407,3 +407,25 @@ def test_worker_host_over_curve_from_a_config_file(cluster: Cluster) -> None:
             o = c.send_order("FAKE", symbol="IF2412", direction="long", volume=1, price=100)
             ev = sub.recv(5)  # events too travel over CURVE
             assert ev is not None and ev.body["order_id"] == o.order_id
+
+
+def test_final_orders_are_forgotten_beyond_the_cap_active_ones_never(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tradeplex.vnpy.host as host_module
+
+    monkeypatch.setattr(host_module, "MAX_ORDERS", 10)
+    b = cluster.broker()
+    _host(cluster, b)
+    with b.client() as c:
+        resting = c.send_order("FAKE", symbol="IF2412", direction="long", volume=1, price=90)
+        filled = [
+            c.send_order("FAKE", symbol="IF2412", direction="long", volume=1, price=100)
+            for _ in range(15)
+        ]
+        wait_for(lambda: c.query_order(filled[-1].order_id).status == "all_traded", 5, "fill")
+        assert c.query_order(resting.order_id).status == "not_traded"
+        with pytest.raises(tradeplex.CallError) as e:
+            c.query_order(filled[0].order_id)
+        assert e.value.code == "worker_error" and "unknown order" in e.value.message
+        assert c.query_order(filled[-1].order_id).status == "all_traded"

@@ -66,6 +66,8 @@ _FINAL = {Status.ALLTRADED: "filled", Status.CANCELLED: "cancelled", Status.REJE
 _FINAL_WIRE = {m.STATUS_TO_WIRE[s] for s in _FINAL}
 #: Today's trades kept for `query_trades` (the oldest go first beyond this).
 MAX_TRADES = 100_000
+#: Orders kept; beyond this the oldest final ones are forgotten (active ones never are).
+MAX_ORDERS = 100_000
 
 
 def _ns(dt: datetime | None) -> int:
@@ -318,7 +320,20 @@ class GatewayHost:
         if result is not None and (before is None or before["status"] not in _FINAL_WIRE):
             self.metrics.order(result)
         self.orders[wid] = body
+        if len(self.orders) > MAX_ORDERS:
+            self._forget_final_orders()
         self.worker.publish(f"order.{self.account_name()}", body)
+
+    def _forget_final_orders(self) -> None:
+        """Drops the oldest final orders (and their id mappings) down to 90 % of the cap."""
+        with self._lock:
+            excess = len(self.orders) - MAX_ORDERS * 9 // 10
+            old = [w for w, o in list(self.orders.items()) if o["status"] in _FINAL_WIRE]
+            for wid in old[:excess]:
+                self.orders.pop(wid, None)
+                vt = self._wire_to_vt.pop(wid, None)
+                if vt is not None:
+                    self._vt_to_wire.pop(vt, None)
 
     def _on_trade(self, e: Event) -> None:
         t: TradeData = e.data
