@@ -15,9 +15,11 @@ VENV=target/python-venv
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-# vn.py pinned: the TradeplexGateway tests (and a shipped CTA strategy) run against these.
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "./python[test]" \
-  "vnpy==4.5.0" "vnpy_ctastrategy==1.4.1" "vnpy_sqlite==1.1.3" "vnpy_riskmanager==2.0.0"
+# vn.py pinned: the TradeplexGateway tests (and a shipped CTA strategy) run against these;
+# vnpy_rpcservice 1.1.0 (the newest, for vnpy >= 4.0) is what the migration test hosts.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "./python[test,vnpy]" \
+  "vnpy==4.5.0" "vnpy_ctastrategy==1.4.1" "vnpy_sqlite==1.1.3" "vnpy_riskmanager==2.0.0" \
+  "vnpy_rpcservice==1.1.0"
 "$VENV/bin/ruff" check python
 "$VENV/bin/ruff" format --check python
 "$VENV/bin/mypy" --config-file python/pyproject.toml python/tradeplex

@@ -76,6 +76,9 @@ class Worker:
         heartbeat_ms, liveness: heartbeat interval, and intervals of broker silence before
             reconnecting.
         drain_ms: how long `stop` waits for in-flight requests.
+        observer: called after each request a handler thread finished, with the service,
+            the outcome (``"ok"`` or the error code name, e.g. ``"deadline_exceeded"``) and
+            the seconds it took (for metrics; it must not block).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Worker:
         curve_server_key: str | None = None,
         curve_key_file: str | Path | None = None,
         max_body_bytes: int = wire.DEFAULT_MAX_BODY,
+        observer: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.handlers: dict[str, Handler] = dict(services or {})
         if len(self.handlers) > wire.MAX_SERVICES:
@@ -114,6 +118,7 @@ class Worker:
         self._drain_s = drain_ms / 1000
         self._backoff = (reconnect_min_ms / 1000, reconnect_max_ms / 1000)
         self._max_body = max_body_bytes
+        self._observer = observer
         self._connections = 0
         self._curve = ClientCurve.from_options(curve_server_key, curve_key_file)
         self._available: set[str] = set(self.handlers)
@@ -139,6 +144,10 @@ class Worker:
         self.reconnects = 0
         self.published = 0
         self.publish_drops = 0
+        #: Events sent to the broker, by kind (first topic segment).
+        self.published_by_kind: collections.Counter[str] = collections.Counter()
+        #: READY messages sent (at every connection, change of services and re-register).
+        self.ready_sent = 0
 
     # --- life -----------------------------------------------------------------------
 
@@ -242,6 +251,7 @@ class Worker:
                 try:
                     pub.send_multipart(frames, zmq.NOBLOCK)
                     self.published += 1
+                    self.published_by_kind[frames[0].split(b".", 1)[0].decode()] += 1
                 except zmq.ZMQError:
                     self.publish_drops += 1
         finally:
@@ -288,6 +298,7 @@ class Worker:
             "session": self._connections,
         }
         self._send(dealer, wire.encode_worker(WorkerCommand.READY, header))
+        self.ready_sent += 1
 
     def _serve_connection(self) -> bool:
         """One connection's life; true when stopped, false when the broker went silent."""
@@ -417,10 +428,16 @@ class Worker:
             self._send(dealer, self._error(req.job, ErrorCode.UNAVAILABLE, "worker stopping"))
 
     def _execute(self, req: wire.WorkerRequest) -> None:
+        started = time.monotonic()
         try:
             frames = self._run_handler(req)
         except Exception as e:  # never lose an answer
             frames = self._error(req.job, ErrorCode.WORKER_ERROR, f"internal: {e}")
+        if self._observer is not None:
+            try:
+                self._observer(req.service, _outcome(frames), time.monotonic() - started)
+            except Exception:
+                log.exception("request observer failed")
         self._results.append(frames)
         # `+=` is not atomic across threads, even under the GIL.
         with self._count_lock:
@@ -455,3 +472,15 @@ class Worker:
         if len(data) > self._max_body:
             return self._error(req.job, ErrorCode.TOO_LARGE, f"reply of {len(data)} bytes")
         return wire.encode_worker(WorkerCommand.REPLY, {"job": req.job}, data)
+
+
+def _outcome(frames: list[bytes]) -> str:
+    """``"ok"`` for a REPLY, else the ERROR's code name (frames we encoded ourselves)."""
+    if frames[1] == bytes([WorkerCommand.REPLY]):
+        return "ok"
+    try:
+        code = wire.decode_header(frames[2]).get("code")
+    except ProtocolError:  # a header over the limit (a long message)
+        code = None
+    known = ErrorCode.from_number(code) if isinstance(code, int) else None
+    return known.wire_name if known is not None else "worker_error"
