@@ -24,7 +24,8 @@ import pytest
 import tradeplex
 
 REPO = Path(__file__).resolve().parents[2]
-HEARTBEAT_MS = 100  # fast heartbeats: a killed worker is noticed in 0.3 s
+HEARTBEAT_MS = 100  # fast heartbeats, and a killed worker is noticed within 1 s ...
+LIVENESS = 10  # ... not 0.3 s: on a loaded 2-core machine a thread can stall that long
 
 
 def _bin_dir() -> Path:
@@ -168,7 +169,7 @@ class Cluster:
                 "--heartbeat-ms",
                 str(HEARTBEAT_MS),
                 "--liveness",
-                "3",
+                str(LIVENESS),
                 *extra,
             ],
             self.tmp / f"broker{self.n}.log",
@@ -198,7 +199,7 @@ class Cluster:
             "--heartbeat-ms",
             str(HEARTBEAT_MS),
             "--liveness",
-            "3",
+            str(LIVENESS),
             "--http",
             "off",
         ]

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Cluster
+from conftest import BIN, LIVENESS, Cluster
 
 import tradeplex
 from tradeplex.curve import KeyPair
@@ -33,6 +33,7 @@ def test_allow_listed_client_and_worker_talk_others_do_not(cluster: Cluster) -> 
         b.xsub,
         {"sec": lambda body: {"secret": body}},
         heartbeat_ms=100,
+        liveness=LIVENESS,
         curve_server_key=broker.public_key,
         curve_key_file=tmp / "worker.key",
     )

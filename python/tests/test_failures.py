@@ -7,7 +7,7 @@ import threading
 import uuid
 
 import pytest
-from conftest import Cluster, wait_for
+from conftest import LIVENESS, Cluster, wait_for
 
 import tradeplex
 
@@ -77,7 +77,9 @@ def test_unanswered_order_is_outcome_unknown_and_settled_by_reference(cluster: C
             return list(orders.values())
         raise tradeplex.HandlerError("bad_request", "unsupported op")
 
-    worker = tradeplex.Worker(b.backend, b.xsub, {"SLOW": gateway}, heartbeat_ms=100).start()
+    worker = tradeplex.Worker(
+        b.backend, b.xsub, {"SLOW": gateway}, heartbeat_ms=100, liveness=LIVENESS
+    ).start()
     cluster.closers.append(worker.stop)
     assert worker.wait_registered(5)
     with b.client(timeout_ms=3000) as c:
@@ -100,7 +102,7 @@ def test_idempotent_call_survives_a_broker_restart_but_an_order_does_not(
     w = cluster.worker(b1, journal=True)
     c = b1.client(timeout_ms=4500)
     cluster.closers.append(c.close)
-    sub = tradeplex.Subscriber(b1.xpub, ["hb."], heartbeat_ms=100)
+    sub = tradeplex.Subscriber(b1.xpub, ["hb."], heartbeat_ms=100, liveness=LIVENESS)
     cluster.closers.append(sub.close)
     assert sub.wait_connected(5)
     first_broker = sub.broker

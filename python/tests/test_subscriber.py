@@ -6,7 +6,7 @@ import time
 import uuid
 
 import zmq
-from conftest import Shared, wait_for
+from conftest import LIVENESS, Shared, wait_for
 
 import tradeplex
 from tradeplex import wire
@@ -66,7 +66,7 @@ def test_gaps_repeats_and_garbage_are_counted(shared: Shared) -> None:
 
 
 def test_unsubscribe_stops_delivery_and_iteration_ends_on_close(shared: Shared) -> None:
-    sub = tradeplex.Subscriber(shared.broker.xpub, ["hb."], heartbeat_ms=100)
+    sub = tradeplex.Subscriber(shared.broker.xpub, ["hb."], heartbeat_ms=100, liveness=LIVENESS)
     ev = next(iter(sub))
     assert ev.topic == "hb.broker" and ev.kind == "hb" and ev.body is None
     sub.close()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Broker, Cluster, Proc, wait_for
+from conftest import BIN, LIVENESS, Broker, Cluster, Proc, wait_for
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("vnpy")
@@ -67,6 +67,8 @@ def _host(cluster: Cluster, b: Broker, rep: str, pub: str) -> tuple[Proc, str]:
             b.xsub,
             "--heartbeat-ms",
             "100",
+            "--liveness",
+            str(LIVENESS),
         ],
         cluster.tmp / "host.log",
         home,
@@ -180,7 +182,7 @@ def test_a_silent_rpc_server_withdraws_the_hosted_rpc_gateway(
     fields = dict(kv.split("=", 1) for kv in server.line("rpc ", 30).split()[1:])
     b = cluster.broker()
     setting = {"主动请求地址": fields["rep"], "推送订阅地址": fields["pub"]}
-    host = GatewayHost(RpcGateway, setting, b.backend, b.xsub, heartbeat_ms=100)
+    host = GatewayHost(RpcGateway, setting, b.backend, b.xsub, heartbeat_ms=100, liveness=LIVENESS)
     cluster.closers.append(host.stop)
     host.start()
     cluster.wait_registered(b, host.worker.id)

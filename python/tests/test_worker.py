@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import BIN, Broker, Cluster, wait_for
+from conftest import BIN, LIVENESS, Broker, Cluster, wait_for
 
 import tradeplex
 
@@ -77,7 +77,9 @@ def test_runs_capacity_handlers_at_once(cluster: Cluster) -> None:
     def meet(body: Any) -> int:
         return barrier.wait()  # passes only when 3 handlers run at the same time
 
-    with tradeplex.Worker(b.backend, b.xsub, {"meet": meet}, capacity=3, heartbeat_ms=100) as w:
+    with tradeplex.Worker(
+        b.backend, b.xsub, {"meet": meet}, capacity=3, heartbeat_ms=100, liveness=LIVENESS
+    ) as w:
         assert w.wait_registered(5)
         with b.client() as c:
             futs = [c.call_async("meet", None) for _ in range(3)]
@@ -92,8 +94,12 @@ def test_drain_finishes_in_flight_and_sends_new_work_elsewhere(cluster: Cluster)
         release.wait(10)
         return "slow done"
 
-    a = tradeplex.Worker(b.backend, b.xsub, {"svc": slow}, heartbeat_ms=100).start()
-    other = tradeplex.Worker(b.backend, b.xsub, {"svc": lambda body: "other"}, heartbeat_ms=100)
+    a = tradeplex.Worker(
+        b.backend, b.xsub, {"svc": slow}, heartbeat_ms=100, liveness=LIVENESS
+    ).start()
+    other = tradeplex.Worker(
+        b.backend, b.xsub, {"svc": lambda body: "other"}, heartbeat_ms=100, liveness=LIVENESS
+    )
     cluster.closers += [a.stop, other.stop]
     assert a.wait_registered(5)
     with b.client() as c:
@@ -135,7 +141,9 @@ def test_published_events_carry_per_topic_sequence_numbers(
 
 def test_reregisters_after_a_broker_restart(cluster: Cluster) -> None:
     b1 = cluster.broker()
-    w = tradeplex.Worker(b1.backend, b1.xsub, {"svc": lambda body: body}, heartbeat_ms=100)
+    w = tradeplex.Worker(
+        b1.backend, b1.xsub, {"svc": lambda body: body}, heartbeat_ms=100, liveness=LIVENESS
+    )
     cluster.closers.append(w.stop)
     w.start()
     assert w.wait_registered(5)
