@@ -737,4 +737,85 @@ mod tests {
             rmp_serde::from_slice(&rmp_serde::to_vec_named(&q).unwrap()).unwrap();
         assert_eq!(back, q);
     }
+
+    #[test]
+    fn objects_from_older_peers_decode_and_optional_fields_stay_off_the_wire() {
+        // A Contract and a Tick as a peer before the vn.py fields sent them.
+        let old_contract = serde_json::json!({
+            "symbol": "IF2412", "exchange": "CFFEX", "gateway": "SIM", "name": "IF",
+            "product": "futures", "size": 300.0, "pricetick": 0.2, "min_volume": 1.0
+        });
+        let c: Contract =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&old_contract).unwrap()).unwrap();
+        assert!(!c.history_data && !c.stop_supported && !c.net_position);
+        assert_eq!((c.max_volume, c.option_type), (None, None));
+        let bytes = rmp_serde::to_vec_named(&c).unwrap();
+        let v: rmpv::Value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        let keys: Vec<&str> = v
+            .as_map()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, _)| k.as_str())
+            .collect();
+        assert!(keys.contains(&"history_data"));
+        assert!(!keys
+            .iter()
+            .any(|k| k.starts_with("option_") || *k == "max_volume"));
+        let option = Contract {
+            option_type: Some(OptionType::Put),
+            option_strike: Some(3800.0),
+            product: Product::Option,
+            ..c
+        };
+        let back: Contract =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&option).unwrap()).unwrap();
+        assert_eq!(back, option);
+        let five = [1.0; 5];
+        let old_tick = serde_json::json!({
+            "symbol": "IF2412", "exchange": "CFFEX", "gateway": "SIM", "datetime_ns": 1,
+            "last_price": 1.0, "last_volume": 1.0, "volume": 1.0, "turnover": 1.0,
+            "open_interest": 0.0, "open_price": 1.0, "high_price": 1.0, "low_price": 1.0,
+            "pre_close": 1.0, "bid_price": five, "bid_volume": five,
+            "ask_price": five, "ask_volume": five
+        });
+        let t: Tick = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old_tick).unwrap()).unwrap();
+        assert_eq!((t.limit_up, t.limit_down, t.localtime_ns), (0.0, 0.0, None));
+        assert_eq!(t.name, "");
+    }
+
+    #[test]
+    fn enum_members_travel_as_vnpy_member_names() {
+        let names = |v: &[serde_json::Value]| -> Vec<String> {
+            v.iter()
+                .map(|x| x.as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(&[
+                serde_json::to_value(Direction::Net).unwrap(),
+                serde_json::to_value(OrderType::Rfq).unwrap(),
+                serde_json::to_value(Product::Cfd).unwrap(),
+                serde_json::to_value(Interval::Weekly).unwrap(),
+                serde_json::to_value(OptionType::Call).unwrap(),
+            ]),
+            ["net", "rfq", "cfd", "weekly", "call"]
+        );
+        assert_eq!(Interval::Weekly.nanos(), Some(7 * 86_400_000_000_000));
+        assert_eq!(Interval::Tick.nanos(), None);
+        for op in ["query_trades", "query_contracts"] {
+            let body = rmp_serde::to_vec_named(&serde_json::json!({"op": op})).unwrap();
+            let req: GatewayRequest = rmp_serde::from_slice(&body).unwrap();
+            assert!(req.idempotent());
+        }
+        let body =
+            rmp_serde::to_vec_named(&serde_json::json!({"op": "query_tick", "symbol": "AAPL"}))
+                .unwrap();
+        assert_eq!(
+            rmp_serde::from_slice::<GatewayRequest>(&body).unwrap(),
+            GatewayRequest::QueryTick(SymbolRequest {
+                symbol: "AAPL".into(),
+                exchange: String::new()
+            })
+        );
+    }
 }

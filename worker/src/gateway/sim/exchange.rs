@@ -95,7 +95,11 @@ pub fn resolve<'a>(
         .into_iter()
         .filter(|i| i.symbol() == symbol)
         .collect();
-    let exchanges = || listed.iter().map(|i| i.contract.exchange.clone()).collect();
+    let exchanges = || {
+        let mut v: Vec<String> = listed.iter().map(|i| i.contract.exchange.clone()).collect();
+        v.sort();
+        v
+    };
     if exchange.is_empty() {
         return match listed.as_slice() {
             [] => Err(Unresolved::UnknownSymbol(symbol.to_string())),
@@ -1218,5 +1222,194 @@ mod tests {
         let after = x.tick("BTCUSDT.GLOBAL").unwrap();
         assert_eq!(after.datetime_ns, before.datetime_ns + 3 * TICK);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_buy_at_limit_up_fills_one_at_limit_down_rests_and_outside_the_band_is_rejected() {
+        let (mut x, _) = exchange();
+        let tick = x.tick("IF2412.CFFEX").unwrap();
+        assert!(tick.limit_down > 0.0 && tick.limit_down < tick.bid_price[4]);
+        assert!(tick.ask_price[4] < tick.limit_up);
+        let mut out = Vec::new();
+        let up = x
+            .send_order(
+                &req(
+                    "IF2412",
+                    Direction::Long,
+                    OrderType::Limit,
+                    1.0,
+                    tick.limit_up,
+                ),
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(up.status, Status::AllTraded, "{:?}", up.reason);
+        assert_eq!(trades(&out)[0].price, tick.ask_price[0]);
+        let down = x
+            .send_order(
+                &req(
+                    "IF2412",
+                    Direction::Long,
+                    OrderType::Limit,
+                    1.0,
+                    tick.limit_down,
+                ),
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(down.status, Status::NotTraded, "{:?}", down.reason);
+        for (dir, price) in [
+            (Direction::Long, tick.limit_up + 0.2),
+            (Direction::Short, tick.limit_down - 0.2),
+        ] {
+            let o = x
+                .send_order(
+                    &req("IF2412", dir, OrderType::Limit, 1.0, price),
+                    T0,
+                    &mut out,
+                )
+                .unwrap();
+            assert_eq!(o.status, Status::Rejected);
+            let why = o.reason.unwrap_or_default();
+            assert!(why.starts_with("price outside the limits"), "{why}");
+            assert!(why.contains(&tick.limit_up.to_string()), "{why}");
+        }
+        // No limits on NASDAQ: any positive price on the tick is accepted.
+        let aapl = x
+            .send_order(
+                &req("AAPL", Direction::Long, OrderType::Limit, 1.0, 1.0),
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(aapl.status, Status::NotTraded);
+    }
+
+    #[test]
+    fn an_empty_exchange_names_the_only_listing_and_an_ambiguous_one_is_refused() {
+        let mut c = SimConfig::default();
+        let mut twin = c.symbols[0].clone();
+        twin.exchange = "SGX".into();
+        c.symbols.push(twin);
+        let inst: Vec<Arc<Instrument>> = c
+            .symbols
+            .iter()
+            .map(|s| Arc::new(Instrument::new(s, &c, "SIM")))
+            .collect();
+        let mut x = Exchange::new(&c, &inst, "SIM", WorkerId::random(), T0);
+        let mut out = Vec::new();
+        let e = x
+            .send_order(
+                &req("IF2412", Direction::Long, OrderType::Market, 1.0, 0.0),
+                T0,
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(
+            e,
+            GatewayError::Ambiguous {
+                symbol: "IF2412".into(),
+                exchanges: vec!["CFFEX".into(), "SGX".into()]
+            }
+        );
+        assert!(out.is_empty(), "no order exists: {out:?}");
+        let sgx = x
+            .send_order(
+                &OrderRequest {
+                    exchange: "SGX".into(),
+                    ..req("IF2412", Direction::Long, OrderType::Market, 1.0, 0.0)
+                },
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(
+            (sgx.status, sgx.exchange.as_str()),
+            (Status::AllTraded, "SGX")
+        );
+        assert!(
+            sgx.order_id.0.ends_with(".1"),
+            "the refused order took no number"
+        );
+        assert!(trades(&out).iter().all(|t| t.exchange == "SGX"));
+        let rb = x
+            .send_order(
+                &req("rb2501", Direction::Long, OrderType::Market, 1.0, 0.0),
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(rb.exchange, "SHFE");
+        let pos = x.positions("sim").unwrap();
+        let listed: Vec<(&str, &str)> = pos
+            .iter()
+            .map(|p| (p.symbol.as_str(), p.exchange.as_str()))
+            .collect();
+        assert_eq!(listed, [("IF2412", "SGX"), ("rb2501", "SHFE")]);
+        assert!(matches!(
+            x.resolve("IF2412", ""),
+            Err(Unresolved::Ambiguous { .. })
+        ));
+        assert_eq!(
+            x.resolve("IF2412", "CFFEX").unwrap().inst.contract.exchange,
+            "CFFEX"
+        );
+        let e = x.resolve("IF2412", "SIM").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown exchange \"SIM\" for IF2412 (listed on CFFEX, SGX)"
+        );
+        assert_eq!(
+            x.resolve("NOPE", "").unwrap_err(),
+            Unresolved::UnknownSymbol("NOPE".into())
+        );
+    }
+
+    #[test]
+    fn todays_trades_are_kept_oldest_first_per_account() {
+        let mut c = SimConfig::default();
+        c.accounts.push(super::super::config::SimAccount {
+            account: "b".into(),
+            cash: 1_000_000.0,
+        });
+        let inst: Vec<Arc<Instrument>> = c
+            .symbols
+            .iter()
+            .map(|s| Arc::new(Instrument::new(s, &c, "SIM")))
+            .collect();
+        let mut x = Exchange::new(&c, &inst, "SIM", WorkerId::random(), T0);
+        let mut out = Vec::new();
+        x.send_order(
+            &req("rb2501", Direction::Long, OrderType::Market, 2.0, 0.0),
+            T0,
+            &mut out,
+        )
+        .unwrap();
+        x.send_order(
+            &OrderRequest {
+                account: "b".into(),
+                ..req("AAPL", Direction::Short, OrderType::Market, 1.0, 0.0)
+            },
+            T0 + TICK,
+            &mut out,
+        )
+        .unwrap();
+        let published = trades(&out);
+        assert!(published.len() >= 2);
+        assert_eq!(x.trades("", T0 + TICK).unwrap(), published, "oldest first");
+        let b = x.trades("b", T0 + TICK).unwrap();
+        assert!(!b.is_empty() && b.iter().all(|t| t.account == "b" && t.symbol == "AAPL"));
+        assert!(b.iter().all(|t| t.exchange == "NASDAQ"));
+        assert!(x
+            .trades("sim", T0)
+            .unwrap()
+            .iter()
+            .all(|t| t.account == "sim"));
+        // A new UTC day starts with none.
+        assert!(x.trades("", T0 + DAY_NS).unwrap().is_empty());
+        let e = x.trades("nobody", T0).unwrap_err();
+        assert!(e.to_string().contains("unknown account"), "{e}");
     }
 }

@@ -900,4 +900,104 @@ mod tests {
             .unwrap()
             .is_empty());
     }
+
+    #[test]
+    fn limits_are_rounded_inwards_to_the_pricetick_and_ticks_carry_them() {
+        let i = inst(0); // IF2412, 10 %, 0.2 a tick
+                         // 3900.2 × 1.1 = 4290.22 → 4290.2; × 0.9 = 3510.18 → 3510.2.
+        let (down, up) = i.limits(19_501).unwrap();
+        assert_eq!((i.price(down), i.price(up)), (3510.2, 4290.2));
+        // An exact product stays on its tick: 3900 × 1.1 = 4290.
+        assert_eq!(i.limits(19_500), Some((17_550, 21_450)));
+        assert_eq!(inst(2).limits(19_000), None, "AAPL has no price limits");
+        let clock = Clock::new(500);
+        let t = Market::new(i.clone(), &clock, T0).tick(&clock);
+        let pre = i.ticks_of(t.pre_close).unwrap();
+        let (down, up) = i.limits(pre).unwrap();
+        assert_eq!((t.limit_down, t.limit_up), (i.price(down), i.price(up)));
+        assert_eq!(t.name, "CSI 300 index future");
+        assert_eq!(t.exchange, "CFFEX");
+        let t = Market::new(inst(3), &clock, T0).tick(&clock);
+        assert_eq!(
+            (t.limit_down, t.limit_up, t.exchange.as_str()),
+            (0.0, 0.0, "GLOBAL")
+        );
+    }
+
+    /// Every tick of several whole days, with ten times the default volatility (a free walk
+    /// would leave a 10 % band within hours): the last price and all five levels of the
+    /// book stay inside the day's limits around the previous close.
+    #[test]
+    fn price_limited_walks_and_books_stay_inside_the_limits_all_day() {
+        let mut c = SimConfig {
+            tick_interval_ms: 5000,
+            volatility: 0.002,
+            ..SimConfig::default()
+        };
+        // The narrowest bands validation allows, at both ends of the limit_pct range.
+        c.symbols[2].limit_pct = Some(0.3);
+        c.symbols[2].price = 3.34; // 334 ticks: 30 % ≈ 100 ticks, the minimum
+        c.symbols[3].product = Some(Product::Futures);
+        c.symbols[3].limit_pct = Some(0.01);
+        c.symbols[3].price = 1000.0; // 10000 ticks: 1 % = 100 ticks, the minimum
+        c.validate().unwrap();
+        let clock = Clock::new(c.tick_interval_ms);
+        let day0 = T0 / DAY_NS;
+        for sym in &c.symbols {
+            let i = Arc::new(Instrument::new(sym, &c, "SIM"));
+            let (mut lowest, mut highest) = (f64::MAX, f64::MIN);
+            for day in day0..day0 + 4 {
+                let mut m = Market::new(i.clone(), &clock, day * DAY_NS);
+                let (down, up) = m.limits().unwrap();
+                let (down, up) = (i.price(down), i.price(up));
+                for _ in 0..clock.per_day() {
+                    let t = m.tick(&clock);
+                    assert_eq!((t.limit_down, t.limit_up), (down, up), "{}", sym.symbol);
+                    assert!(
+                        down <= t.bid_price[4] && t.ask_price[4] <= up,
+                        "{} day {day}: book {:?}/{:?} outside {down}-{up}",
+                        sym.symbol,
+                        t.bid_price,
+                        t.ask_price
+                    );
+                    lowest = lowest.min(t.last_price);
+                    highest = highest.max(t.last_price);
+                    m.step(&clock);
+                }
+            }
+            // The walk moved: it is confined, not frozen.
+            assert!(
+                (highest - lowest) / sym.price > 0.005,
+                "{}: {lowest}-{highest}",
+                sym.symbol
+            );
+        }
+    }
+
+    #[test]
+    fn weekly_bars_start_on_mondays_and_tick_history_is_refused() {
+        let clock = Clock::new(60_000);
+        let i = inst(1);
+        let limits = HistoryLimits {
+            max_ticks: 1_000_000,
+            max_bars: 100,
+        };
+        let bars = bars(
+            &i,
+            &clock,
+            Interval::Weekly,
+            (T0 - 21 * DAY_NS, 0),
+            T0,
+            limits,
+        )
+        .unwrap();
+        assert!(!bars.is_empty());
+        for b in &bars {
+            // 1970-01-05, day 4 since the epoch, was a Monday.
+            assert_eq!((b.datetime_ns / DAY_NS) % 7, 4, "{b:?}");
+            assert_eq!(b.interval, Interval::Weekly);
+        }
+        let e = super::bars(&i, &clock, Interval::Tick, (T0 - DAY_NS, 0), T0, limits);
+        assert_eq!(e, Err(HistoryError::NoBars));
+    }
 }
