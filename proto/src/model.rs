@@ -676,7 +676,7 @@ mod tests {
         let mut o = Order {
             order_id: OrderId::new("SIM", WorkerId::random(), 1),
             symbol: "X".into(),
-            exchange: "SIM".into(),
+            exchange: "CFFEX".into(),
             gateway: "SIM".into(),
             account: "a".into(),
             direction: Direction::Long,
