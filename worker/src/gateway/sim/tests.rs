@@ -247,6 +247,9 @@ fn history_bars_come_back_for_known_symbols() {
     assert!((9..=10).contains(&bars.len()), "{}", bars.len());
     assert!(bars
         .iter()
+        .all(|b| b.exchange == "CFFEX" && b.gateway == "SIM"));
+    assert!(bars
+        .iter()
         .all(|b| b.low_price <= b.open_price && b.open_price <= b.high_price));
     let e = f
         .call(
