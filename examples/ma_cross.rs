@@ -177,6 +177,8 @@ impl Strategy {
         self.position += match t.direction {
             Direction::Long => t.volume,
             Direction::Short => -t.volume,
+            // A fill is a buy or a sell; `net` is only ever a position's direction.
+            Direction::Net => 0.0,
         };
         println!(
             "fill {} {:?} {} @ {:.2} -> position {}",

@@ -5,7 +5,7 @@
 
 use tradeplex_proto::model::{
     Account, Bar, CancelRequest, Contract, GatewayRequest, HistoryRequest, Order, OrderId,
-    OrderRequest, Position, SubscribeRequest,
+    OrderRequest, Position, SubscribeRequest, SymbolRequest, Tick, Trade,
 };
 
 use crate::{CallOptions, Client, ClientError};
@@ -118,6 +118,53 @@ impl Client {
             gateway,
             &req,
             CallOptions::default().affinity(account_key(account)),
+        )
+    }
+
+    /// Today's trades of an account ("" = all), oldest first — what a strategy needs to
+    /// recover after a restart. Affinity `acct.<account>`, like the account's orders.
+    pub fn query_trades(&self, gateway: &str, account: &str) -> Result<Vec<Trade>, ClientError> {
+        let req = GatewayRequest::QueryTrades {
+            account: account.to_string(),
+        };
+        self.gateway_call(
+            gateway,
+            &req,
+            CallOptions::default().affinity(account_key(account)),
+        )
+    }
+
+    /// One contract; `exchange` "" = the gateway's only contract with that symbol
+    /// (`bad_request` when it lists the symbol on several exchanges).
+    pub fn query_contract(
+        &self,
+        gateway: &str,
+        symbol: &str,
+        exchange: &str,
+    ) -> Result<Contract, ClientError> {
+        let req = GatewayRequest::QueryContract(SymbolRequest {
+            symbol: symbol.to_string(),
+            exchange: exchange.to_string(),
+        });
+        self.gateway_call(gateway, &req, CallOptions::default())
+    }
+
+    /// The last tick the gateway has for `symbol` (`worker_error` "no tick for …" before
+    /// the first). Affinity `md.<symbol>`, so it asks the worker that `subscribe` reached.
+    pub fn query_tick(
+        &self,
+        gateway: &str,
+        symbol: &str,
+        exchange: &str,
+    ) -> Result<Tick, ClientError> {
+        let req = GatewayRequest::QueryTick(SymbolRequest {
+            symbol: symbol.to_string(),
+            exchange: exchange.to_string(),
+        });
+        self.gateway_call(
+            gateway,
+            &req,
+            CallOptions::default().affinity(format!("md.{symbol}")),
         )
     }
 

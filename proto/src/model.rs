@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use crate::{ProtoError, WorkerId};
 
-/// Order direction (vn.py `Direction.LONG` / `SHORT`); `buy` = long, `sell` = short.
+/// Direction (vn.py `Direction`); `buy` = long, `sell` = short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
@@ -17,6 +17,9 @@ pub enum Direction {
     Long,
     /// Sell.
     Short,
+    /// A net position (venues that net long and short, vn.py `Direction.NET`); not an
+    /// order direction.
+    Net,
 }
 
 /// Open/close flag for futures (vn.py `Offset`).
@@ -45,10 +48,16 @@ pub enum OrderType {
     Limit,
     /// Takes whatever the book offers now; the rest is cancelled.
     Market,
+    /// A stop order (vn.py `OrderType.STOP`): becomes active when the price reaches it.
+    Stop,
     /// Fill and kill: fills what it can at its price now, cancels the rest.
     Fak,
     /// Fill or kill: fills completely at its price now, or not at all.
     Fok,
+    /// Request for quote (vn.py `OrderType.RFQ`).
+    Rfq,
+    /// ETF creation/redemption (vn.py `OrderType.ETF`).
+    Etf,
 }
 
 /// Order status as an exchange reports it.
@@ -106,6 +115,34 @@ pub enum Product {
     Spot,
     /// Options.
     Option,
+    /// Index.
+    Index,
+    /// Foreign exchange.
+    Forex,
+    /// Exchange-traded fund.
+    Etf,
+    /// Bond.
+    Bond,
+    /// Warrant.
+    Warrant,
+    /// Spread.
+    Spread,
+    /// Fund.
+    Fund,
+    /// Contract for difference.
+    Cfd,
+    /// Swap (e.g. a perpetual swap).
+    Swap,
+}
+
+/// Call or put (option contracts, vn.py `OptionType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptionType {
+    /// Call.
+    Call,
+    /// Put.
+    Put,
 }
 
 /// Bar interval.
@@ -118,15 +155,21 @@ pub enum Interval {
     Hour,
     /// One day.
     Daily,
+    /// One week.
+    Weekly,
+    /// Tick data (vn.py `Interval.TICK`): no fixed length.
+    Tick,
 }
 
 impl Interval {
-    /// Length in nanoseconds.
-    pub fn nanos(self) -> u64 {
+    /// Length in nanoseconds; `None` for `tick`, which has no fixed length.
+    pub fn nanos(self) -> Option<u64> {
         match self {
-            Interval::Minute => 60_000_000_000,
-            Interval::Hour => 3_600_000_000_000,
-            Interval::Daily => 86_400_000_000_000,
+            Interval::Minute => Some(60_000_000_000),
+            Interval::Hour => Some(3_600_000_000_000),
+            Interval::Daily => Some(86_400_000_000_000),
+            Interval::Weekly => Some(7 * 86_400_000_000_000),
+            Interval::Tick => None,
         }
     }
 }
@@ -184,7 +227,7 @@ impl FromStr for OrderId {
 pub struct Contract {
     /// Symbol, e.g. `IF2412`.
     pub symbol: String,
-    /// Exchange code, e.g. `CFFEX` (`SIM` for the simulator).
+    /// Exchange, a vn.py `Exchange` value, e.g. `CFFEX`.
     pub exchange: String,
     /// Gateway name.
     pub gateway: String,
@@ -198,6 +241,39 @@ pub struct Contract {
     pub pricetick: f64,
     /// Minimum order volume.
     pub min_volume: f64,
+    /// Maximum order volume, when the venue has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_volume: Option<f64>,
+    /// The gateway handles stop orders itself (else vn.py keeps them local).
+    #[serde(default)]
+    pub stop_supported: bool,
+    /// Positions are net (one per symbol) rather than long and short apart.
+    #[serde(default)]
+    pub net_position: bool,
+    /// `query_history` answers for this contract.
+    #[serde(default)]
+    pub history_data: bool,
+    /// Option strike price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_strike: Option<f64>,
+    /// Option underlying symbol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_underlying: Option<String>,
+    /// Call or put.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_type: Option<OptionType>,
+    /// Option listing time, Unix ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_listed_ns: Option<u64>,
+    /// Option expiry time, Unix ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_expiry_ns: Option<u64>,
+    /// Option portfolio (vn.py `option_portfolio`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_portfolio: Option<String>,
+    /// Option index within its portfolio (vn.py `option_index`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_index: Option<String>,
 }
 
 /// Market data snapshot with a 5-level book.
@@ -211,6 +287,9 @@ pub struct Tick {
     pub gateway: String,
     /// Exchange time, Unix ns.
     pub datetime_ns: u64,
+    /// The contract's display name.
+    #[serde(default)]
+    pub name: String,
     /// Last trade price.
     pub last_price: f64,
     /// Last trade volume.
@@ -229,6 +308,15 @@ pub struct Tick {
     pub low_price: f64,
     /// Previous close.
     pub pre_close: f64,
+    /// Highest price allowed today (0: the venue has no price limits).
+    #[serde(default)]
+    pub limit_up: f64,
+    /// Lowest price allowed today (0: the venue has no price limits).
+    #[serde(default)]
+    pub limit_down: f64,
+    /// When the gateway received the tick, Unix ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub localtime_ns: Option<u64>,
     /// Bid prices, best first (5 levels).
     pub bid_price: [f64; 5],
     /// Bid volumes.
@@ -401,7 +489,18 @@ pub struct Log {
 pub struct SubscribeRequest {
     /// Symbol.
     pub symbol: String,
-    /// Exchange (may be empty: the gateway's default).
+    /// Exchange (may be empty: the gateway's only contract with that symbol).
+    #[serde(default)]
+    pub exchange: String,
+}
+
+/// Names one instrument: `exchange` `""` means the gateway's only contract with that
+/// symbol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymbolRequest {
+    /// Symbol.
+    pub symbol: String,
+    /// Exchange (may be empty).
     #[serde(default)]
     pub exchange: String,
 }
@@ -499,8 +598,19 @@ pub enum GatewayRequest {
         #[serde(default)]
         account: String,
     },
+    /// Reply: `[Trade]` — today's trades of an account (all accounts when empty), oldest
+    /// first. Idempotent.
+    QueryTrades {
+        /// Account filter.
+        #[serde(default)]
+        account: String,
+    },
     /// Reply: `[Contract]`. Idempotent.
     QueryContracts,
+    /// Reply: one [`Contract`]. Idempotent.
+    QueryContract(SymbolRequest),
+    /// Reply: the last [`Tick`] the gateway has for the symbol. Idempotent.
+    QueryTick(SymbolRequest),
     /// Reply: `[Bar]`. Idempotent.
     QueryHistory(HistoryRequest),
 }
@@ -566,7 +676,7 @@ mod tests {
         let mut o = Order {
             order_id: OrderId::new("SIM", WorkerId::random(), 1),
             symbol: "X".into(),
-            exchange: "SIM".into(),
+            exchange: "CFFEX".into(),
             gateway: "SIM".into(),
             account: "a".into(),
             direction: Direction::Long,
@@ -626,5 +736,86 @@ mod tests {
         let back: GatewayRequest =
             rmp_serde::from_slice(&rmp_serde::to_vec_named(&q).unwrap()).unwrap();
         assert_eq!(back, q);
+    }
+
+    #[test]
+    fn objects_from_older_peers_decode_and_optional_fields_stay_off_the_wire() {
+        // A Contract and a Tick as a peer before the vn.py fields sent them.
+        let old_contract = serde_json::json!({
+            "symbol": "IF2412", "exchange": "CFFEX", "gateway": "SIM", "name": "IF",
+            "product": "futures", "size": 300.0, "pricetick": 0.2, "min_volume": 1.0
+        });
+        let c: Contract =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&old_contract).unwrap()).unwrap();
+        assert!(!c.history_data && !c.stop_supported && !c.net_position);
+        assert_eq!((c.max_volume, c.option_type), (None, None));
+        let bytes = rmp_serde::to_vec_named(&c).unwrap();
+        let v: rmpv::Value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        let keys: Vec<&str> = v
+            .as_map()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, _)| k.as_str())
+            .collect();
+        assert!(keys.contains(&"history_data"));
+        assert!(!keys
+            .iter()
+            .any(|k| k.starts_with("option_") || *k == "max_volume"));
+        let option = Contract {
+            option_type: Some(OptionType::Put),
+            option_strike: Some(3800.0),
+            product: Product::Option,
+            ..c
+        };
+        let back: Contract =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&option).unwrap()).unwrap();
+        assert_eq!(back, option);
+        let five = [1.0; 5];
+        let old_tick = serde_json::json!({
+            "symbol": "IF2412", "exchange": "CFFEX", "gateway": "SIM", "datetime_ns": 1,
+            "last_price": 1.0, "last_volume": 1.0, "volume": 1.0, "turnover": 1.0,
+            "open_interest": 0.0, "open_price": 1.0, "high_price": 1.0, "low_price": 1.0,
+            "pre_close": 1.0, "bid_price": five, "bid_volume": five,
+            "ask_price": five, "ask_volume": five
+        });
+        let t: Tick = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old_tick).unwrap()).unwrap();
+        assert_eq!((t.limit_up, t.limit_down, t.localtime_ns), (0.0, 0.0, None));
+        assert_eq!(t.name, "");
+    }
+
+    #[test]
+    fn enum_members_travel_as_vnpy_member_names() {
+        let names = |v: &[serde_json::Value]| -> Vec<String> {
+            v.iter()
+                .map(|x| x.as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(&[
+                serde_json::to_value(Direction::Net).unwrap(),
+                serde_json::to_value(OrderType::Rfq).unwrap(),
+                serde_json::to_value(Product::Cfd).unwrap(),
+                serde_json::to_value(Interval::Weekly).unwrap(),
+                serde_json::to_value(OptionType::Call).unwrap(),
+            ]),
+            ["net", "rfq", "cfd", "weekly", "call"]
+        );
+        assert_eq!(Interval::Weekly.nanos(), Some(7 * 86_400_000_000_000));
+        assert_eq!(Interval::Tick.nanos(), None);
+        for op in ["query_trades", "query_contracts"] {
+            let body = rmp_serde::to_vec_named(&serde_json::json!({"op": op})).unwrap();
+            let req: GatewayRequest = rmp_serde::from_slice(&body).unwrap();
+            assert!(req.idempotent());
+        }
+        let body =
+            rmp_serde::to_vec_named(&serde_json::json!({"op": "query_tick", "symbol": "AAPL"}))
+                .unwrap();
+        assert_eq!(
+            rmp_serde::from_slice::<GatewayRequest>(&body).unwrap(),
+            GatewayRequest::QueryTick(SymbolRequest {
+                symbol: "AAPL".into(),
+                exchange: String::new()
+            })
+        );
     }
 }

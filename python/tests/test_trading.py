@@ -57,11 +57,15 @@ def test_market_order_fills_and_reports_events(shared: Shared) -> None:
 def test_resting_limit_order_is_cancelled_at_its_worker(shared: Shared) -> None:
     c = shared.client
     contract = c.subscribe("SIM", "rb2501")
+    assert contract.exchange == "SHFE"
+    # A buy at the day's lowest allowed price rests (SHFE has price limits: below the
+    # band the order would be rejected).
+    tick = c.query_tick("SIM", "rb2501")
     req = tradeplex.OrderRequest(
         symbol="rb2501",
         direction=Direction.LONG,
         volume=1,
-        price=contract.pricetick,
+        price=tick.limit_down,
         order_type=OrderType.LIMIT,
     )
     order = c.send_order("SIM", req)
@@ -104,3 +108,33 @@ def test_queries_return_typed_objects(shared: Shared) -> None:
 def test_order_on_an_unknown_symbol_is_rejected(shared: Shared) -> None:
     o = shared.client.send_order("SIM", symbol="NOPE", direction="long", volume=1, price=1)
     assert o.status == Status.REJECTED and o.reason
+
+
+def test_vnpy_exchanges_price_limits_and_the_one_object_queries(shared: Shared) -> None:
+    c = shared.client
+    exchanges = {k.symbol: k.exchange for k in c.query_contracts("SIM")}
+    assert exchanges == {"IF2412": "CFFEX", "rb2501": "SHFE", "AAPL": "NASDAQ", "BTCUSDT": "GLOBAL"}
+    k = c.query_contract("SIM", "IF2412")
+    assert k.exchange == "CFFEX" and k.history_data and not k.stop_supported
+    assert c.query_contract("SIM", "IF2412", "CFFEX") == k
+    try:
+        c.query_contract("SIM", "IF2412", "SIM")
+    except tradeplex.CallError as e:
+        assert e.code == "worker_error" and "unknown exchange" in e.message
+    else:
+        raise AssertionError("SIM is no longer an exchange")
+    c.subscribe("SIM", "IF2412")
+    tick = c.query_tick("SIM", "IF2412")
+    assert tick.exchange == "CFFEX" and tick.name == "CSI 300 index future"
+    assert 0 < tick.limit_down < tick.last_price < tick.limit_up
+    up = c.send_order(
+        "SIM", symbol="IF2412", exchange="CFFEX", direction="long", volume=1, price=tick.limit_up
+    )
+    assert up.status == Status.ALL_TRADED and up.exchange == "CFFEX"
+    above = c.send_order(
+        "SIM", symbol="IF2412", direction="long", volume=1, price=tick.limit_up + k.pricetick
+    )
+    assert above.status == Status.REJECTED and (above.reason or "").startswith("price outside")
+    trades = [t for t in c.query_trades("SIM") if t.order_id == up.order_id]
+    assert trades and all(isinstance(t, tradeplex.Trade) and t.exchange == "CFFEX" for t in trades)
+    assert sum(t.volume for t in trades) == 1

@@ -89,9 +89,14 @@ def test_ticks_orders_fills_and_cancels(engine: tuple[MainEngine, Any]) -> None:
         10,
         "position",
     )
-    # A limit order far below the market rests, then is cancelled at its worker.
+    # A limit order far below the market rests, then is cancelled at its worker. On
+    # NASDAQ (no price limits, unlike SIM's CFFEX and SHFE futures, which reject orders
+    # outside their band) any price on the tick is accepted.
+    aapl = _contract(me, "AAPL")
     vt2 = me.send_order(
-        OrderRequest(k.symbol, k.exchange, Direction.LONG, OrderType.LIMIT, 1, price=k.pricetick),
+        OrderRequest(
+            aapl.symbol, aapl.exchange, Direction.LONG, OrderType.LIMIT, 1, price=aapl.pricetick
+        ),
         "TRADEPLEX",
     )
     # OmsEngine records orders on the event engine thread: wait for it, not for the call.

@@ -61,6 +61,8 @@ enum Command {
     Positions(trade::AccountArgs),
     /// Show account funds.
     Account(trade::AccountArgs),
+    /// Show today's trades, oldest first.
+    Trades(trade::AccountArgs),
     /// Print events under a topic prefix, one JSON line each.
     Tail(tail::TailArgs),
     /// Benchmark Tradeplex against a bare ZeroMQ baseline (starts its own processes).
@@ -124,6 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Cancel(c) => trade::cancel(&conn, c),
         Command::Positions(a) => trade::positions(&conn, a),
         Command::Account(a) => trade::account(&conn, a),
+        Command::Trades(a) => trade::trades(&conn, a),
         Command::Tail(t) => tail::run(&conn, t),
         Command::Keygen => {
             print!("{}", KeyPair::generate()?.to_toml());

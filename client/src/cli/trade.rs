@@ -1,10 +1,12 @@
-//! `tradeplex order | cancel | positions | account`: trading from the command line.
+//! `tradeplex order | cancel | positions | account | trades`: trading from the command line.
 
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use tradeplex_client::{Client, ClientError};
 use tradeplex_proto::model::{Direction, Order, OrderId, OrderRequest, OrderType};
+
+use super::tail::format_ns;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Side {
@@ -27,6 +29,10 @@ pub struct OrderArgs {
     symbol: String,
     /// buy or sell.
     side: Side,
+    /// Exchange, a vn.py Exchange value, e.g. CFFEX ("" = the gateway's only contract with
+    /// that symbol).
+    #[arg(long, default_value = "")]
+    exchange: String,
     /// Volume.
     volume: f64,
     /// Limit price.
@@ -60,7 +66,7 @@ pub struct CancelArgs {
     timeout_ms: u64,
 }
 
-/// Flags of `tradeplex positions` and `tradeplex account`.
+/// Flags of `tradeplex positions`, `tradeplex account` and `tradeplex trades`.
 #[derive(Args, Debug)]
 pub struct AccountArgs {
     /// Account ("" = the gateway's default).
@@ -110,7 +116,7 @@ pub fn order(conn: &super::Conn, args: OrderArgs) -> anyhow::Result<i32> {
     sub.wait_connected(Duration::from_secs(3));
     let req = OrderRequest {
         symbol: args.symbol,
-        exchange: String::new(),
+        exchange: args.exchange,
         direction: match args.side {
             Side::Buy => Direction::Long,
             Side::Sell => Direction::Short,
@@ -198,6 +204,37 @@ pub fn positions(conn: &super::Conn, args: AccountArgs) -> anyhow::Result<i32> {
             p.frozen,
             p.price,
             p.pnl
+        );
+    }
+    Ok(0)
+}
+
+pub fn trades(conn: &super::Conn, args: AccountArgs) -> anyhow::Result<i32> {
+    let client: Client = conn.connect(5000)?;
+    let trades = match client.query_trades(&args.service, &args.account) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&trades)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<27} {:<12} {:<12} {:<8} {:<6} {:>10} {:>12}  {:<28} ORDER",
+        "TIME", "ACCOUNT", "SYMBOL", "EXCHANGE", "DIR", "VOLUME", "PRICE", "TRADE"
+    );
+    for t in trades {
+        println!(
+            "{:<27} {:<12} {:<12} {:<8} {:<6} {:>10} {:>12.4}  {:<28} {}",
+            format_ns(t.datetime_ns),
+            t.account,
+            t.symbol,
+            t.exchange,
+            serde_plain(&t.direction),
+            t.volume,
+            t.price,
+            t.trade_id,
+            t.order_id
         );
     }
     Ok(0)

@@ -10,7 +10,7 @@ use std::fmt;
 
 use tradeplex_proto::model::{
     Account, Bar, CancelRequest, Contract, HistoryRequest, Order, OrderId, OrderRequest, Position,
-    SubscribeRequest,
+    SubscribeRequest, SymbolRequest, Tick, Trade,
 };
 use tradeplex_proto::WorkerId;
 
@@ -70,6 +70,15 @@ pub enum GatewayError {
     /// A business failure: unknown order, unknown symbol, nothing to cancel… (`worker_error`).
     #[error("{0}")]
     Failed(String),
+    /// `exchange` `""` names no single contract: the symbol is listed on several exchanges
+    /// (wire code `bad_request`: the request must name one).
+    #[error("{symbol} is listed on {}: name the exchange", exchanges.join(", "))]
+    Ambiguous {
+        /// The symbol asked for.
+        symbol: String,
+        /// The exchanges it is listed on.
+        exchanges: Vec<String>,
+    },
 }
 
 impl From<GatewayError> for HandlerError {
@@ -78,6 +87,7 @@ impl From<GatewayError> for HandlerError {
             GatewayError::Invalid(m) => HandlerError::bad_request(m),
             GatewayError::Unavailable(m) => HandlerError::unavailable(m),
             GatewayError::Failed(m) => HandlerError::failed(m),
+            e @ GatewayError::Ambiguous { .. } => HandlerError::bad_request(e.to_string()),
         }
     }
 }
@@ -133,8 +143,20 @@ pub trait Gateway: Send + Sync + 'static {
     /// Active orders of one account, or of all when `account` is empty.
     fn query_orders(&self, account: &str) -> Result<Vec<Order>, GatewayError>;
 
+    /// Today's trades of one account, or of all when `account` is empty, oldest first
+    /// (what a strategy needs to recover after a restart).
+    fn query_trades(&self, account: &str) -> Result<Vec<Trade>, GatewayError>;
+
     /// Every tradable contract.
     fn query_contracts(&self) -> Result<Vec<Contract>, GatewayError>;
+
+    /// One contract (`exchange` `""`: the only one with that symbol, else
+    /// [`GatewayError::Ambiguous`]).
+    fn query_contract(&self, req: &SymbolRequest) -> Result<Contract, GatewayError>;
+
+    /// The last tick the gateway has for a symbol; `Failed("no tick for <symbol>…")`
+    /// before the first.
+    fn query_tick(&self, req: &SymbolRequest) -> Result<Tick, GatewayError>;
 
     /// Historical bars.
     fn query_history(&self, req: &HistoryRequest) -> Result<Vec<Bar>, GatewayError>;

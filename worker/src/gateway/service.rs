@@ -46,7 +46,10 @@ impl GatewayService {
             GatewayRequest::QueryPosition { account } => encode(&g.query_position(account)?),
             GatewayRequest::QueryOrder { order_id } => encode(&g.query_order(order_id)?),
             GatewayRequest::QueryOrders { account } => encode(&g.query_orders(account)?),
+            GatewayRequest::QueryTrades { account } => encode(&g.query_trades(account)?),
             GatewayRequest::QueryContracts => encode(&g.query_contracts()?),
+            GatewayRequest::QueryContract(r) => encode(&g.query_contract(r)?),
+            GatewayRequest::QueryTick(r) => encode(&g.query_tick(r)?),
             GatewayRequest::QueryHistory(r) => encode(&g.query_history(r)?),
         }
     }

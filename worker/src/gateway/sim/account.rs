@@ -8,7 +8,7 @@ use tradeplex_proto::model::Direction;
 
 use super::market::Instrument;
 
-/// One holding: a symbol held long or short.
+/// One holding: an instrument (its `symbol.EXCHANGE`) held long or short.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Holding {
     /// Lots held.
@@ -31,14 +31,6 @@ pub struct Funds {
 
 fn key(symbol: &str, dir: Direction) -> (String, bool) {
     (symbol.to_string(), dir == Direction::Long)
-}
-
-/// The other direction.
-pub fn opposite(dir: Direction) -> Direction {
-    match dir {
-        Direction::Long => Direction::Short,
-        Direction::Short => Direction::Long,
-    }
 }
 
 impl Funds {
@@ -91,8 +83,10 @@ impl Funds {
         };
         let lots = lots.min(h.volume);
         let per_lot = match dir {
-            Direction::Long => price - h.price,
             Direction::Short => h.price - price,
+            // SIM keeps longs and shorts apart (never a net holding); a net one would be
+            // long while positive, as in vn.py.
+            Direction::Long | Direction::Net => price - h.price,
         };
         let pnl = per_lot * lots * inst.contract.size;
         h.volume -= lots;
@@ -163,6 +157,5 @@ mod tests {
         let mut f = Funds::new(0.0);
         f.open(&i, "rb2501", Direction::Short, 3500.0, 1.0);
         assert_eq!(f.close(&i, "rb2501", Direction::Short, 3490.0, 1.0), 100.0);
-        assert_eq!(opposite(Direction::Short), Direction::Long);
     }
 }

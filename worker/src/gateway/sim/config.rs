@@ -45,6 +45,10 @@ pub struct SimConfig {
 pub struct SimSymbol {
     /// Symbol, e.g. `IF2412` (letters, digits, `_` and `-`; at most 32).
     pub symbol: String,
+    /// Exchange, a vn.py `Exchange` value, e.g. `CFFEX` (default `LOCAL`; 1–16 of
+    /// `[A-Z0-9_]`).
+    #[serde(default = "local")]
+    pub exchange: String,
     /// Display name (defaults to the symbol).
     #[serde(default)]
     pub name: String,
@@ -61,6 +65,29 @@ pub struct SimSymbol {
     /// Margin ratio (default: `[sim] margin_ratio`).
     #[serde(default)]
     pub margin_ratio: Option<f64>,
+    /// Daily price limit as a fraction of the previous close, like a Chinese futures
+    /// exchange (0.01–0.3; 0 = no limits). Default: [`FUTURES_LIMIT_PCT`] for futures,
+    /// none for other products.
+    #[serde(default)]
+    pub limit_pct: Option<f64>,
+}
+
+/// The price limit of futures that set no `limit_pct`.
+pub const FUTURES_LIMIT_PCT: f64 = 0.1;
+/// Smallest and largest `limit_pct`.
+pub const LIMIT_PCT_RANGE: (f64, f64) = (0.01, 0.3);
+/// A limit band must be at least this many priceticks each side of the price.
+pub const MIN_LIMIT_TICKS: f64 = 100.0;
+
+impl SimSymbol {
+    /// The price limit this symbol trades with (`None`: no limits).
+    pub fn limit_pct(&self, product: Product) -> Option<f64> {
+        match self.limit_pct {
+            Some(p) if p > 0.0 => Some(p),
+            Some(_) => None,
+            None => (product == Product::Futures).then_some(FUTURES_LIMIT_PCT),
+        }
+    }
 }
 
 /// One simulated account.
@@ -77,23 +104,32 @@ fn one() -> f64 {
     1.0
 }
 
+fn local() -> String {
+    "LOCAL".into()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn symbol(
     symbol: &str,
+    exchange: &str,
     name: &str,
     product: Product,
     price: f64,
     pricetick: f64,
     size: f64,
     margin_ratio: f64,
+    limit_pct: Option<f64>,
 ) -> SimSymbol {
     SimSymbol {
         symbol: symbol.into(),
+        exchange: exchange.into(),
         name: name.into(),
         price,
         pricetick,
         size,
         product: Some(product),
         margin_ratio: Some(margin_ratio),
+        limit_pct,
     }
 }
 
@@ -109,31 +145,47 @@ impl Default for SimConfig {
             symbols: vec![
                 symbol(
                     "IF2412",
+                    "CFFEX",
                     "CSI 300 index future",
                     Product::Futures,
                     3900.0,
                     0.2,
                     300.0,
                     0.12,
+                    Some(0.1),
                 ),
                 symbol(
                     "rb2501",
+                    "SHFE",
                     "Rebar future",
                     Product::Futures,
                     3500.0,
                     1.0,
                     10.0,
                     0.1,
+                    Some(0.08),
                 ),
-                symbol("AAPL", "Apple Inc.", Product::Equity, 190.0, 0.01, 1.0, 1.0),
+                symbol(
+                    "AAPL",
+                    "NASDAQ",
+                    "Apple Inc.",
+                    Product::Equity,
+                    190.0,
+                    0.01,
+                    1.0,
+                    1.0,
+                    None,
+                ),
                 symbol(
                     "BTCUSDT",
+                    "GLOBAL",
                     "Bitcoin / Tether",
                     Product::Spot,
                     60000.0,
                     0.1,
                     1.0,
                     1.0,
+                    None,
                 ),
             ],
             accounts: vec![SimAccount {
@@ -146,6 +198,13 @@ impl Default for SimConfig {
 
 /// Smallest start price in priceticks (keeps the random walk's floor far below it).
 pub const MIN_START_TICKS: f64 = 50.0;
+
+fn valid_exchange(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 16
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
 
 fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
@@ -203,9 +262,16 @@ impl SimConfig {
                 format!("{sym:?}: 1-32 letters, digits, `_` or `-`"),
             )?;
             check(
+                "sim.symbols.exchange",
+                valid_exchange(&s.exchange),
+                format!("{sym}: {:?} is not 1-16 of `A-Z`, `0-9`, `_` (a vn.py Exchange value, e.g. CFFEX)", s.exchange),
+            )?;
+            check(
                 "sim.symbols.symbol",
-                !self.symbols[..i].iter().any(|o| &o.symbol == sym),
-                format!("{sym:?} is listed twice"),
+                !self.symbols[..i]
+                    .iter()
+                    .any(|o| &o.symbol == sym && o.exchange == s.exchange),
+                format!("{sym}.{} is listed twice", s.exchange),
             )?;
             check(
                 "sim.symbols.pricetick",
@@ -230,6 +296,24 @@ impl SimConfig {
                 s.size.is_finite() && s.size > 0.0,
                 format!("{sym}: must be > 0"),
             )?;
+            if let Some(p) = s.limit_pct {
+                let (min, max) = LIMIT_PCT_RANGE;
+                check(
+                    "sim.symbols.limit_pct",
+                    p == 0.0 || (min..=max).contains(&p),
+                    format!("{sym}: must be 0 (no limits) or {min}-{max}"),
+                )?;
+            }
+            if let Some(p) = s.limit_pct(s.product.unwrap_or(Product::Futures)) {
+                check(
+                    "sim.symbols.limit_pct",
+                    s.price * p >= MIN_LIMIT_TICKS * s.pricetick,
+                    format!(
+                        "{sym}: a {p} band around {} is under {MIN_LIMIT_TICKS} priceticks; widen it or set 0",
+                        s.price
+                    ),
+                )?;
+            }
             if let Some(r) = s.margin_ratio {
                 check(
                     "sim.symbols.margin_ratio",
@@ -294,7 +378,7 @@ mod tests {
     #[test]
     fn partial_tables_keep_the_other_defaults() {
         let c: SimConfig = toml::from_str(
-            "seed = 7\n[[symbols]]\nsymbol = \"X\"\nprice = 100.0\npricetick = 0.5\n",
+            "seed = 7\n[[symbols]]\nsymbol = \"X\"\nprice = 1000.0\npricetick = 0.5\n",
         )
         .unwrap();
         assert_eq!(c.seed, 7);
@@ -304,5 +388,43 @@ mod tests {
         assert_eq!(c.accounts, SimConfig::default().accounts);
         c.validate().unwrap();
         assert!(toml::from_str::<SimConfig>("sed = 7").is_err());
+        assert_eq!(c.symbols[0].exchange, "LOCAL");
+        assert_eq!(c.symbols[0].limit_pct(Product::Futures), Some(0.1));
+    }
+
+    #[test]
+    fn exchanges_and_price_limits_are_checked() {
+        let d = SimConfig::default();
+        let ex: Vec<&str> = d.symbols.iter().map(|s| s.exchange.as_str()).collect();
+        assert_eq!(ex, ["CFFEX", "SHFE", "NASDAQ", "GLOBAL"]);
+        let mut c = d.clone();
+        c.symbols[0].exchange = "cffex".into();
+        assert_eq!(c.validate().unwrap_err().field, "sim.symbols.exchange");
+        // The same symbol on another exchange is another contract; on the same, a repeat.
+        let mut c = d.clone();
+        let mut twin = c.symbols[0].clone();
+        twin.exchange = "SGX".into();
+        c.symbols.push(twin.clone());
+        c.validate().unwrap();
+        c.symbols.push(twin);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .reason
+            .contains("IF2412.SGX is listed twice"));
+        let mut c = d.clone();
+        c.symbols[1].limit_pct = Some(0.5);
+        assert_eq!(c.validate().unwrap_err().field, "sim.symbols.limit_pct");
+        // rb2501 at 3500 with a 1-point tick: 2 % is 70 ticks, too narrow a band.
+        c.symbols[1].limit_pct = Some(0.02);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .reason
+            .contains("under 100 priceticks"));
+        c.symbols[1].limit_pct = Some(0.0);
+        c.validate().unwrap();
+        assert_eq!(c.symbols[1].limit_pct(Product::Futures), None);
+        assert_eq!(d.symbols[2].limit_pct(Product::Equity), None);
     }
 }

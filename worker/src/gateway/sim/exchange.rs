@@ -17,13 +17,109 @@ use tradeplex_proto::model::{
 };
 use tradeplex_proto::WorkerId;
 
-use super::account::{opposite, Funds};
+use super::account::Funds;
+use super::book::Side;
 use super::config::SimConfig;
-use super::market::{Clock, Instrument, Market, TickIndex};
+use super::market::{Clock, Instrument, Market, TickIndex, DAY_NS};
 use crate::gateway::GatewayError;
 
 /// Final orders kept for `query_order` before the oldest are forgotten.
 pub const KEEP_FINISHED: usize = 100_000;
+/// Trades kept for `query_trades` before the oldest are forgotten.
+pub const KEEP_TRADES: usize = 100_000;
+
+/// Why a (symbol, exchange) pair names no single contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unresolved {
+    /// No contract has the symbol.
+    UnknownSymbol(String),
+    /// The symbol is listed, but not on that exchange.
+    UnknownExchange {
+        /// The symbol.
+        symbol: String,
+        /// The exchange asked for.
+        exchange: String,
+        /// Where the symbol is listed.
+        listed: Vec<String>,
+    },
+    /// `exchange` `""` and the symbol is listed on several exchanges.
+    Ambiguous {
+        /// The symbol.
+        symbol: String,
+        /// Its exchanges.
+        exchanges: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unresolved::UnknownSymbol(s) => write!(f, "unknown symbol {s:?}"),
+            Unresolved::UnknownExchange {
+                symbol,
+                exchange,
+                listed,
+            } => write!(
+                f,
+                "unknown exchange {exchange:?} for {symbol} (listed on {})",
+                listed.join(", ")
+            ),
+            Unresolved::Ambiguous { symbol, exchanges } => write!(
+                f,
+                "{symbol} is listed on {}: name the exchange",
+                exchanges.join(", ")
+            ),
+        }
+    }
+}
+
+impl From<Unresolved> for GatewayError {
+    fn from(u: Unresolved) -> GatewayError {
+        match u {
+            Unresolved::Ambiguous { symbol, exchanges } => {
+                GatewayError::Ambiguous { symbol, exchanges }
+            }
+            other => GatewayError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// The instrument `symbol` on `exchange` among `instruments`; `exchange` `""` means the
+/// only one with that symbol.
+pub fn resolve<'a>(
+    instruments: impl IntoIterator<Item = &'a Arc<Instrument>>,
+    symbol: &str,
+    exchange: &str,
+) -> Result<&'a Arc<Instrument>, Unresolved> {
+    let listed: Vec<&'a Arc<Instrument>> = instruments
+        .into_iter()
+        .filter(|i| i.symbol() == symbol)
+        .collect();
+    let exchanges = || {
+        let mut v: Vec<String> = listed.iter().map(|i| i.contract.exchange.clone()).collect();
+        v.sort();
+        v
+    };
+    if exchange.is_empty() {
+        return match listed.as_slice() {
+            [] => Err(Unresolved::UnknownSymbol(symbol.to_string())),
+            [one] => Ok(one),
+            _ => Err(Unresolved::Ambiguous {
+                symbol: symbol.to_string(),
+                exchanges: exchanges(),
+            }),
+        };
+    }
+    match listed.iter().find(|i| i.contract.exchange == exchange) {
+        Some(i) => Ok(i),
+        None if listed.is_empty() => Err(Unresolved::UnknownSymbol(symbol.to_string())),
+        None => Err(Unresolved::UnknownExchange {
+            symbol: symbol.to_string(),
+            exchange: exchange.to_string(),
+            listed: exchanges(),
+        }),
+    }
+}
 
 /// What the exchange tells the outside world.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +132,19 @@ pub enum SimEvent {
     Position(Position),
     /// An account's funds changed.
     Account(Account),
+}
+
+/// The wire name of an order type (`fak`).
+pub fn type_name(t: OrderType) -> &'static str {
+    match t {
+        OrderType::Limit => "limit",
+        OrderType::Market => "market",
+        OrderType::Stop => "stop",
+        OrderType::Fak => "fak",
+        OrderType::Fok => "fok",
+        OrderType::Rfq => "rfq",
+        OrderType::Etf => "etf",
+    }
 }
 
 /// The stable name of a status (as on the wire).
@@ -53,6 +162,10 @@ pub fn status_name(s: Status) -> &'static str {
 #[derive(Debug, Clone)]
 struct Entry {
     order: Order,
+    /// `symbol.EXCHANGE` of its market.
+    vt: String,
+    /// Buy or sell (`None` only for a rejected `net` order).
+    side: Option<Side>,
     /// Limit in priceticks; `None` for market orders.
     limit: Option<i64>,
     /// Lots still to fill that close the opposite holding (reserved there).
@@ -65,6 +178,7 @@ struct Entry {
 
 /// How an accepted order will fill: the closing part and the opening part.
 struct Plan {
+    side: Side,
     limit: Option<i64>,
     close: f64,
     open: f64,
@@ -80,6 +194,7 @@ pub struct Exchange {
     markets: BTreeMap<String, Market>,
     accounts: BTreeMap<String, Funds>,
     default_account: String,
+    trades: VecDeque<Trade>,
     orders: HashMap<u64, Entry>,
     active: BTreeSet<u64>,
     finished: VecDeque<u64>,
@@ -103,12 +218,7 @@ impl Exchange {
             clock,
             markets: instruments
                 .iter()
-                .map(|i| {
-                    (
-                        i.symbol().to_string(),
-                        Market::new(i.clone(), &clock, now_ns),
-                    )
-                })
+                .map(|i| (i.vt_symbol.clone(), Market::new(i.clone(), &clock, now_ns)))
                 .collect(),
             accounts: config
                 .accounts
@@ -123,6 +233,7 @@ impl Exchange {
             orders: HashMap::new(),
             active: BTreeSet::new(),
             finished: VecDeque::new(),
+            trades: VecDeque::new(),
             next_order: 1,
             next_trade: 1,
         }
@@ -139,7 +250,8 @@ impl Exchange {
     }
 
     /// Moves every market to the tick current at `now_ns`, one tick at a time, filling
-    /// resting orders whose price a book crosses. Returns the symbols whose tick changed.
+    /// resting orders whose price a book crosses. Returns the `symbol.EXCHANGE`s whose tick
+    /// changed.
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<SimEvent>) -> Vec<String> {
         let target = self.clock.index_at(now_ns);
         let symbols: Vec<String> = self
@@ -159,11 +271,7 @@ impl Exchange {
                     .active
                     .iter()
                     .copied()
-                    .filter(|n| {
-                        self.orders
-                            .get(n)
-                            .is_some_and(|e| &e.order.symbol == symbol)
-                    })
+                    .filter(|n| self.orders.get(n).is_some_and(|e| &e.vt == symbol))
                     .collect();
                 for n in resting {
                     self.match_order(n, t, out);
@@ -173,19 +281,27 @@ impl Exchange {
         symbols
     }
 
-    /// The index of `symbol`'s current tick.
-    pub fn index(&self, symbol: &str) -> Option<TickIndex> {
-        self.markets.get(symbol).map(Market::index)
+    /// The index of the current tick of `vt` (`symbol.EXCHANGE`).
+    pub fn index(&self, vt: &str) -> Option<TickIndex> {
+        self.markets.get(vt).map(Market::index)
     }
 
-    /// The current tick of `symbol`.
-    pub fn tick(&self, symbol: &str) -> Option<Tick> {
-        self.markets.get(symbol).map(|m| m.tick(&self.clock))
+    /// The current tick of `vt` (`symbol.EXCHANGE`).
+    pub fn tick(&self, vt: &str) -> Option<Tick> {
+        self.markets.get(vt).map(|m| m.tick(&self.clock))
     }
 
-    /// The contract of `symbol`.
-    pub fn contract(&self, symbol: &str) -> Option<&Contract> {
-        self.markets.get(symbol).map(|m| &m.inst.contract)
+    /// The contract of `vt` (`symbol.EXCHANGE`).
+    pub fn contract(&self, vt: &str) -> Option<&Contract> {
+        self.markets.get(vt).map(|m| &m.inst.contract)
+    }
+
+    /// The market of `symbol` on `exchange` (`""`: its only one).
+    pub fn resolve(&self, symbol: &str, exchange: &str) -> Result<&Market, Unresolved> {
+        let inst = resolve(self.markets.values().map(|m| &m.inst), symbol, exchange)?;
+        self.markets
+            .get(&inst.vt_symbol)
+            .ok_or_else(|| Unresolved::UnknownSymbol(symbol.to_string()))
     }
 
     /// Every contract.
@@ -197,13 +313,20 @@ impl Exchange {
     }
 
     /// Places an order at `now_ns`: the returned order is its state after the exchange
-    /// processed it (rejected, cancelled, resting or already filled).
+    /// processed it (rejected, cancelled, resting or already filled). An `exchange` `""`
+    /// that fits several contracts is refused before the order exists
+    /// ([`GatewayError::Ambiguous`]); every other refusal is a rejected order.
     pub fn send_order(
         &mut self,
         req: &OrderRequest,
         now_ns: u64,
         out: &mut Vec<SimEvent>,
-    ) -> Order {
+    ) -> Result<Order, GatewayError> {
+        let resolved = match self.resolve(&req.symbol, &req.exchange) {
+            Ok(m) => Ok(m.inst.clone()),
+            Err(e @ Unresolved::Ambiguous { .. }) => return Err(e.into()),
+            Err(e) => Err(e.to_string()),
+        };
         let n = self.next_order;
         self.next_order += 1;
         let account = if req.account.is_empty() {
@@ -212,10 +335,14 @@ impl Exchange {
             req.account.clone()
         };
         let market_order = req.order_type == OrderType::Market;
+        let (vt, exchange) = match &resolved {
+            Ok(i) => (i.vt_symbol.clone(), i.contract.exchange.clone()),
+            Err(_) => (String::new(), req.exchange.clone()),
+        };
         let mut order = Order {
             order_id: OrderId::new(&self.gateway, self.worker, n),
             symbol: req.symbol.clone(),
-            exchange: self.gateway.clone(),
+            exchange,
             gateway: self.gateway.clone(),
             account,
             direction: req.direction,
@@ -233,7 +360,7 @@ impl Exchange {
         if known_account {
             out.push(SimEvent::Order(order.clone()));
         }
-        let plan = match self.check(req, &order.account) {
+        let plan = match resolved.and_then(|inst| self.check(req, &inst, &order.account)) {
             Ok(p) => p,
             Err(reason) => {
                 order.status = Status::Rejected;
@@ -245,6 +372,8 @@ impl Exchange {
                     n,
                     Entry {
                         order: order.clone(),
+                        vt,
+                        side: Side::of(req.direction),
                         limit: None,
                         close_left: 0.0,
                         open_left: 0.0,
@@ -252,32 +381,35 @@ impl Exchange {
                     },
                 );
                 self.finish(n);
-                return order;
+                return Ok(order);
             }
         };
         order.status = Status::NotTraded;
         let entry = Entry {
             order: order.clone(),
+            vt: vt.clone(),
+            side: Some(plan.side),
             limit: plan.limit,
             close_left: plan.close,
             open_left: plan.open,
             freeze_price: plan.freeze_price,
         };
-        let closes = opposite(req.direction);
+        let closes = plan.side.closes();
         if let Some(f) = self.accounts.get_mut(&order.account) {
-            f.reserve(&req.symbol, closes, plan.close);
+            f.reserve(&vt, closes, plan.close);
         }
         self.orders.insert(n, entry);
         self.active.insert(n);
         out.push(SimEvent::Order(order.clone()));
         if plan.close > 0.0 {
-            self.push_position(&order.account, &req.symbol, closes, out);
+            self.push_position(&order.account, &vt, closes, out);
         }
         self.push_account(&order.account, out);
 
-        let fillable = self.markets.get(&req.symbol).map_or(0.0, |m| {
-            m.book().available(&m.taken, req.direction, plan.limit)
-        });
+        let fillable = self
+            .markets
+            .get(&vt)
+            .map_or(0.0, |m| m.book().available(&m.taken, plan.side, plan.limit));
         match req.order_type {
             OrderType::Fok if fillable < req.volume => {
                 let why = format!("fok: only {fillable} lots available at the limit now");
@@ -295,20 +427,14 @@ impl Exchange {
                 }
             }
         }
-        self.orders.get(&n).map_or(order, |e| e.order.clone())
+        Ok(self.orders.get(&n).map_or(order, |e| e.order.clone()))
     }
 
-    /// Why the exchange refuses `req` for `account`, or how it will fill.
-    fn check(&self, req: &OrderRequest, account: &str) -> Result<Plan, String> {
-        if !req.exchange.is_empty() && req.exchange != self.gateway {
-            return Err(format!(
-                "unknown exchange {:?} (this gateway is {})",
-                req.exchange, self.gateway
-            ));
-        }
+    /// Why the exchange refuses `req` on `inst` for `account`, or how it will fill.
+    fn check(&self, req: &OrderRequest, inst: &Instrument, account: &str) -> Result<Plan, String> {
         let market = self
             .markets
-            .get(&req.symbol)
+            .get(&inst.vt_symbol)
             .ok_or_else(|| format!("unknown symbol {:?}", req.symbol))?;
         let funds = self
             .accounts
@@ -320,13 +446,25 @@ impl Exchange {
                 req.volume
             ));
         }
+        let side = Side::of(req.direction).ok_or_else(|| {
+            "bad direction net: an order is long (buy) or short (sell)".to_string()
+        })?;
+        if !matches!(
+            req.order_type,
+            OrderType::Limit | OrderType::Market | OrderType::Fak | OrderType::Fok
+        ) {
+            return Err(format!(
+                "unsupported order type {}: SIM takes limit, market, fak and fok",
+                type_name(req.order_type)
+            ));
+        }
         let inst = &market.inst;
         let book = market.book();
         let (limit, freeze_price) = if req.order_type == OrderType::Market {
             // Margin is reserved at the dearest price the order could pay in the book.
-            let dearest = match req.direction {
-                Direction::Long => book.ask[book.ask.len() - 1],
-                Direction::Short => book.bid[0],
+            let dearest = match side {
+                Side::Buy => book.ask[book.ask.len() - 1],
+                Side::Sell => book.bid[0],
             };
             (None, inst.price(dearest))
         } else {
@@ -336,9 +474,19 @@ impl Exchange {
                     req.price, inst.contract.pricetick
                 )
             })?;
+            if let Some((down, up)) = market.limits() {
+                if ticks > up || ticks < down {
+                    return Err(format!(
+                        "price outside the limits: {} is not within {} (limit_down) - {} (limit_up)",
+                        req.price,
+                        inst.price(down),
+                        inst.price(up)
+                    ));
+                }
+            }
             (Some(ticks), inst.price(ticks))
         };
-        let closable = funds.closable(&req.symbol, opposite(req.direction));
+        let closable = funds.closable(&inst.vt_symbol, side.closes());
         let close = match req.offset {
             Offset::None => closable.min(req.volume),
             Offset::Open => 0.0,
@@ -361,6 +509,7 @@ impl Exchange {
             ));
         }
         Ok(Plan {
+            side,
             limit,
             close,
             open,
@@ -371,7 +520,7 @@ impl Exchange {
     /// Margin reserved by an active order.
     fn order_margin(&self, e: &Entry) -> f64 {
         self.markets
-            .get(&e.order.symbol)
+            .get(&e.vt)
             .map_or(0.0, |m| m.inst.margin(e.freeze_price, e.open_left))
     }
 
@@ -397,13 +546,14 @@ impl Exchange {
     /// Fills what the current book offers an active order.
     fn match_order(&mut self, n: u64, t: u64, out: &mut Vec<SimEvent>) {
         let Some(e) = self.orders.get(&n) else { return };
-        let (symbol, dir, limit) = (e.order.symbol.clone(), e.order.direction, e.limit);
+        let Some(side) = e.side else { return };
+        let (vt, limit) = (e.vt.clone(), e.limit);
         let left = e.order.volume - e.order.traded;
-        let Some(m) = self.markets.get_mut(&symbol) else {
+        let Some(m) = self.markets.get_mut(&vt) else {
             return;
         };
         let book = m.book();
-        let fills = book.take(&mut m.taken, dir, limit, left);
+        let fills = book.take(&mut m.taken, side, limit, left);
         for f in fills {
             self.fill(n, f.price, f.volume, t, out);
         }
@@ -414,22 +564,24 @@ impl Exchange {
         let Some(e) = self.orders.get_mut(&n) else {
             return;
         };
-        let Some(inst) = self.markets.get(&e.order.symbol).map(|m| m.inst.clone()) else {
+        let Some(inst) = self.markets.get(&e.vt).map(|m| m.inst.clone()) else {
             return;
         };
+        let Some(side) = e.side else { return };
         let Some(funds) = self.accounts.get_mut(&e.order.account) else {
             return;
         };
         let price = inst.price(ticks);
         let dir = e.order.direction;
+        let vt = e.vt.clone();
         let closing = lots.min(e.close_left);
         let opening = lots - closing;
         if closing > 0.0 {
-            funds.close(&inst, &e.order.symbol, opposite(dir), price, closing);
+            funds.close(&inst, &vt, side.closes(), price, closing);
             e.close_left -= closing;
         }
         if opening > 0.0 {
-            funds.open(&inst, &e.order.symbol, dir, price, opening);
+            funds.open(&inst, &vt, side.opens(), price, opening);
             e.open_left = (e.open_left - opening).max(0.0);
         }
         e.order.traded += lots;
@@ -455,12 +607,16 @@ impl Exchange {
         };
         self.next_trade += 1;
         out.push(SimEvent::Order(order.clone()));
-        out.push(SimEvent::Trade(trade));
+        out.push(SimEvent::Trade(trade.clone()));
+        self.trades.push_back(trade);
+        while self.trades.len() > KEEP_TRADES {
+            self.trades.pop_front();
+        }
         if closing > 0.0 {
-            self.push_position(&order.account, &order.symbol, opposite(dir), out);
+            self.push_position(&order.account, &vt, side.closes(), out);
         }
         if opening > 0.0 {
-            self.push_position(&order.account, &order.symbol, dir, out);
+            self.push_position(&order.account, &vt, side.opens(), out);
         }
         if order.status == Status::AllTraded {
             self.finish(n);
@@ -473,20 +629,21 @@ impl Exchange {
         let Some(e) = self.orders.get_mut(&n) else {
             return;
         };
-        let (close_left, symbol, dir) = (e.close_left, e.order.symbol.clone(), e.order.direction);
+        let (close_left, vt, side) = (e.close_left, e.vt.clone(), e.side);
         e.close_left = 0.0;
         e.open_left = 0.0;
         e.order.status = Status::Cancelled;
         e.order.reason = Some(reason);
         e.order.datetime_ns = t;
         let order = e.order.clone();
-        if let Some(f) = self.accounts.get_mut(&order.account) {
-            f.reserve(&symbol, opposite(dir), -close_left);
+        let closes = side.map(Side::closes);
+        if let (Some(f), Some(closes)) = (self.accounts.get_mut(&order.account), closes) {
+            f.reserve(&vt, closes, -close_left);
         }
         self.finish(n);
         out.push(SimEvent::Order(order.clone()));
-        if close_left > 0.0 {
-            self.push_position(&order.account, &symbol, opposite(dir), out);
+        if let (true, Some(closes)) = (close_left > 0.0, closes) {
+            self.push_position(&order.account, &vt, closes, out);
         }
         self.push_account(&order.account, out);
     }
@@ -576,6 +733,20 @@ impl Exchange {
         })
     }
 
+    /// Today's (since UTC midnight at `now_ns`) trades of `account` (all when empty),
+    /// oldest first — at most the last [`KEEP_TRADES`] of the session.
+    pub fn trades(&self, account: &str, now_ns: u64) -> Result<Vec<Trade>, GatewayError> {
+        self.known(account)?;
+        let midnight = now_ns / DAY_NS * DAY_NS;
+        Ok(self
+            .trades
+            .iter()
+            .filter(|t| t.datetime_ns >= midnight)
+            .filter(|t| account.is_empty() || t.account == account)
+            .cloned()
+            .collect())
+    }
+
     /// Funds of `account` (all when empty).
     pub fn accounts(&self, account: &str) -> Result<Vec<Account>, GatewayError> {
         Ok(self
@@ -592,9 +763,9 @@ impl Exchange {
             let Some(f) = self.accounts.get(a) else {
                 continue;
             };
-            for (symbol, dir, h) in f.holdings() {
+            for (vt, dir, h) in f.holdings() {
                 if h.volume > 0.0 {
-                    v.extend(self.position_view(a, symbol, dir));
+                    v.extend(self.position_view(a, vt, dir));
                 }
             }
         }
@@ -613,16 +784,17 @@ impl Exchange {
         })
     }
 
-    fn position_view(&self, account: &str, symbol: &str, dir: Direction) -> Option<Position> {
-        let h = self.accounts.get(account)?.holding(symbol, dir)?;
-        let m = self.markets.get(symbol)?;
+    fn position_view(&self, account: &str, vt: &str, dir: Direction) -> Option<Position> {
+        let h = self.accounts.get(account)?.holding(vt, dir)?;
+        let m = self.markets.get(vt)?;
         let per_lot = match dir {
-            Direction::Long => m.last_price() - h.price,
             Direction::Short => h.price - m.last_price(),
+            // SIM never holds a net position (`net_position` false).
+            Direction::Long | Direction::Net => m.last_price() - h.price,
         };
         Some(Position {
-            symbol: symbol.to_string(),
-            exchange: self.gateway.clone(),
+            symbol: m.inst.contract.symbol.clone(),
+            exchange: m.inst.contract.exchange.clone(),
             gateway: self.gateway.clone(),
             account: account.to_string(),
             direction: dir,
@@ -642,11 +814,8 @@ impl Exchange {
         out.extend(self.account_view(account).map(SimEvent::Account));
     }
 
-    fn push_position(&self, account: &str, symbol: &str, dir: Direction, out: &mut Vec<SimEvent>) {
-        out.extend(
-            self.position_view(account, symbol, dir)
-                .map(SimEvent::Position),
-        );
+    fn push_position(&self, account: &str, vt: &str, dir: Direction, out: &mut Vec<SimEvent>) {
+        out.extend(self.position_view(account, vt, dir).map(SimEvent::Position));
     }
 }
 
@@ -704,13 +873,15 @@ mod tests {
     #[test]
     fn a_market_buy_fills_against_the_book_and_updates_position_and_funds() {
         let (mut x, w) = exchange();
-        let tick = x.tick("rb2501").unwrap();
+        let tick = x.tick("rb2501.SHFE").unwrap();
         let mut out = Vec::new();
-        let o = x.send_order(
-            &req("rb2501", Direction::Long, OrderType::Market, 3.0, 0.0),
-            T0,
-            &mut out,
-        );
+        let o = x
+            .send_order(
+                &req("rb2501", Direction::Long, OrderType::Market, 3.0, 0.0),
+                T0,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(o.status, Status::AllTraded);
         assert_eq!(o.traded, 3.0);
         assert_eq!(o.price, 0.0);
@@ -742,24 +913,28 @@ mod tests {
     #[test]
     fn a_big_limit_order_fills_partly_then_rests_and_fills_as_the_market_moves() {
         let (mut x, _) = exchange();
-        let tick = x.tick("rb2501").unwrap();
+        let tick = x.tick("rb2501.SHFE").unwrap();
         let ask = tick.ask_price[0];
         let mut out = Vec::new();
         let vol = tick.ask_volume[0] + 1.0;
-        let o = x.send_order(
-            &req("rb2501", Direction::Long, OrderType::Limit, vol, ask),
-            T0,
-            &mut out,
-        );
+        let o = x
+            .send_order(
+                &req("rb2501", Direction::Long, OrderType::Limit, vol, ask),
+                T0,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(o.status, Status::PartTraded);
         assert_eq!(o.traded, tick.ask_volume[0]);
         assert!(trades(&out).iter().all(|t| t.price == ask));
         // The level is used up for this tick: a second order at the same price rests.
-        let o2 = x.send_order(
-            &req("rb2501", Direction::Long, OrderType::Limit, 1.0, ask),
-            T0,
-            &mut out,
-        );
+        let o2 = x
+            .send_order(
+                &req("rb2501", Direction::Long, OrderType::Limit, 1.0, ask),
+                T0,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(o2.status, Status::NotTraded);
         assert_eq!(x.active_orders("sim").unwrap().len(), 2);
         // Later ticks whose asks come down to the limit fill both.
@@ -786,45 +961,51 @@ mod tests {
     #[test]
     fn fak_cancels_its_remainder_and_fok_fills_all_or_nothing() {
         let (mut x, _) = exchange();
-        let tick = x.tick("AAPL").unwrap();
+        let tick = x.tick("AAPL.NASDAQ").unwrap();
         let mut out = Vec::new();
         let bid = tick.bid_price[0];
         let vol = tick.bid_volume[0] + 5.0;
-        let o = x.send_order(
-            &req("AAPL", Direction::Short, OrderType::Fak, vol, bid),
-            T0,
-            &mut out,
-        );
+        let o = x
+            .send_order(
+                &req("AAPL", Direction::Short, OrderType::Fak, vol, bid),
+                T0,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(o.status, Status::Cancelled);
         assert_eq!(o.traded, tick.bid_volume[0]);
         assert!(o.reason.unwrap().contains("fak"));
         let mut out = Vec::new();
-        let o = x.send_order(
-            &req(
-                "AAPL",
-                Direction::Long,
-                OrderType::Fok,
-                1000.0,
-                tick.ask_price[4],
-            ),
-            T0,
-            &mut out,
-        );
+        let o = x
+            .send_order(
+                &req(
+                    "AAPL",
+                    Direction::Long,
+                    OrderType::Fok,
+                    1000.0,
+                    tick.ask_price[4],
+                ),
+                T0,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(o.status, Status::Cancelled);
         assert_eq!(o.traded, 0.0);
         assert!(trades(&out).is_empty());
         let total: f64 = tick.ask_volume[..2].iter().sum();
-        let o = x.send_order(
-            &req(
-                "AAPL",
-                Direction::Long,
-                OrderType::Fok,
-                total,
-                tick.ask_price[1],
-            ),
-            T0,
-            &mut out,
-        );
+        let o = x
+            .send_order(
+                &req(
+                    "AAPL",
+                    Direction::Long,
+                    OrderType::Fok,
+                    total,
+                    tick.ask_price[1],
+                ),
+                T0,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!((o.status, o.traded), (Status::AllTraded, total));
         // Nothing stays frozen by finished orders.
         let a = &x.accounts("sim").unwrap()[0];
@@ -885,15 +1066,23 @@ mod tests {
             ),
             (
                 OrderRequest {
-                    exchange: "CFFEX".into(),
+                    exchange: "SIM".into(),
                     ..req("IF2412", Direction::Long, OrderType::Limit, 1.0, 3900.0)
                 },
                 "unknown exchange",
             ),
+            (
+                req("IF2412", Direction::Net, OrderType::Limit, 1.0, 3900.0),
+                "bad direction net",
+            ),
+            (
+                req("IF2412", Direction::Long, OrderType::Stop, 1.0, 3900.0),
+                "unsupported order type stop",
+            ),
         ];
         for (r, why) in cases {
             let mut out = Vec::new();
-            let o = x.send_order(&r, T0, &mut out);
+            let o = x.send_order(&r, T0, &mut out).unwrap();
             assert_eq!(o.status, Status::Rejected, "{why}");
             assert!(
                 o.reason.as_deref().unwrap_or("").contains(why),
@@ -913,14 +1102,16 @@ mod tests {
     #[test]
     fn cancels_release_reservations_and_refuse_what_cannot_be_cancelled() {
         let (mut x, _) = exchange();
-        let tick = x.tick("IF2412").unwrap();
+        let tick = x.tick("IF2412.CFFEX").unwrap();
         let mut out = Vec::new();
         let low = tick.bid_price[4] - 10.0;
-        let o = x.send_order(
-            &req("IF2412", Direction::Long, OrderType::Limit, 2.0, low),
-            T0,
-            &mut out,
-        );
+        let o = x
+            .send_order(
+                &req("IF2412", Direction::Long, OrderType::Limit, 2.0, low),
+                T0,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(o.status, Status::NotTraded);
         let a = &x.accounts("sim").unwrap()[0];
         assert!((a.frozen - low * 2.0 * 300.0 * 0.12).abs() < 1e-6);
@@ -967,11 +1158,13 @@ mod tests {
     fn closing_realises_pnl_and_net_orders_flip_the_position() {
         let (mut x, _) = exchange();
         let mut out = Vec::new();
-        let buy = x.send_order(
-            &req("rb2501", Direction::Long, OrderType::Market, 2.0, 0.0),
-            T0,
-            &mut out,
-        );
+        let buy = x
+            .send_order(
+                &req("rb2501", Direction::Long, OrderType::Market, 2.0, 0.0),
+                T0,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(buy.status, Status::AllTraded);
         let bought: f64 = trades(&out).iter().map(|t| t.price * t.volume).sum();
         // Closing more than held with an explicit close offset is refused…
@@ -979,14 +1172,19 @@ mod tests {
             offset: Offset::Close,
             ..req("rb2501", Direction::Short, OrderType::Market, 3.0, 0.0)
         };
-        assert_eq!(x.send_order(&close3, T0, &mut out).status, Status::Rejected);
+        assert_eq!(
+            x.send_order(&close3, T0, &mut out).unwrap().status,
+            Status::Rejected
+        );
         // …a net sell of 3 closes the 2 and opens 1 short.
         let mut out = Vec::new();
-        let sell = x.send_order(
-            &req("rb2501", Direction::Short, OrderType::Market, 3.0, 0.0),
-            T0,
-            &mut out,
-        );
+        let sell = x
+            .send_order(
+                &req("rb2501", Direction::Short, OrderType::Market, 3.0, 0.0),
+                T0,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(sell.status, Status::AllTraded);
         let fills = trades(&out);
         // Fills take the best bids first; the first 2 lots close the long.
@@ -1018,11 +1216,200 @@ mod tests {
         let (mut x, _) = exchange();
         let mut out = Vec::new();
         assert!(x.advance(T0, &mut out).is_empty());
-        let before = x.tick("BTCUSDT").unwrap();
+        let before = x.tick("BTCUSDT.GLOBAL").unwrap();
         let changed = x.advance(T0 + 3 * TICK, &mut out);
         assert_eq!(changed.len(), 4);
-        let after = x.tick("BTCUSDT").unwrap();
+        let after = x.tick("BTCUSDT.GLOBAL").unwrap();
         assert_eq!(after.datetime_ns, before.datetime_ns + 3 * TICK);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_buy_at_limit_up_fills_one_at_limit_down_rests_and_outside_the_band_is_rejected() {
+        let (mut x, _) = exchange();
+        let tick = x.tick("IF2412.CFFEX").unwrap();
+        assert!(tick.limit_down > 0.0 && tick.limit_down < tick.bid_price[4]);
+        assert!(tick.ask_price[4] < tick.limit_up);
+        let mut out = Vec::new();
+        let up = x
+            .send_order(
+                &req(
+                    "IF2412",
+                    Direction::Long,
+                    OrderType::Limit,
+                    1.0,
+                    tick.limit_up,
+                ),
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(up.status, Status::AllTraded, "{:?}", up.reason);
+        assert_eq!(trades(&out)[0].price, tick.ask_price[0]);
+        let down = x
+            .send_order(
+                &req(
+                    "IF2412",
+                    Direction::Long,
+                    OrderType::Limit,
+                    1.0,
+                    tick.limit_down,
+                ),
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(down.status, Status::NotTraded, "{:?}", down.reason);
+        for (dir, price) in [
+            (Direction::Long, tick.limit_up + 0.2),
+            (Direction::Short, tick.limit_down - 0.2),
+        ] {
+            let o = x
+                .send_order(
+                    &req("IF2412", dir, OrderType::Limit, 1.0, price),
+                    T0,
+                    &mut out,
+                )
+                .unwrap();
+            assert_eq!(o.status, Status::Rejected);
+            let why = o.reason.unwrap_or_default();
+            assert!(why.starts_with("price outside the limits"), "{why}");
+            assert!(why.contains(&tick.limit_up.to_string()), "{why}");
+        }
+        // No limits on NASDAQ: any positive price on the tick is accepted.
+        let aapl = x
+            .send_order(
+                &req("AAPL", Direction::Long, OrderType::Limit, 1.0, 1.0),
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(aapl.status, Status::NotTraded);
+    }
+
+    #[test]
+    fn an_empty_exchange_names_the_only_listing_and_an_ambiguous_one_is_refused() {
+        let mut c = SimConfig::default();
+        let mut twin = c.symbols[0].clone();
+        twin.exchange = "SGX".into();
+        c.symbols.push(twin);
+        let inst: Vec<Arc<Instrument>> = c
+            .symbols
+            .iter()
+            .map(|s| Arc::new(Instrument::new(s, &c, "SIM")))
+            .collect();
+        let mut x = Exchange::new(&c, &inst, "SIM", WorkerId::random(), T0);
+        let mut out = Vec::new();
+        let e = x
+            .send_order(
+                &req("IF2412", Direction::Long, OrderType::Market, 1.0, 0.0),
+                T0,
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(
+            e,
+            GatewayError::Ambiguous {
+                symbol: "IF2412".into(),
+                exchanges: vec!["CFFEX".into(), "SGX".into()]
+            }
+        );
+        assert!(out.is_empty(), "no order exists: {out:?}");
+        let sgx = x
+            .send_order(
+                &OrderRequest {
+                    exchange: "SGX".into(),
+                    ..req("IF2412", Direction::Long, OrderType::Market, 1.0, 0.0)
+                },
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(
+            (sgx.status, sgx.exchange.as_str()),
+            (Status::AllTraded, "SGX")
+        );
+        assert!(
+            sgx.order_id.0.ends_with(".1"),
+            "the refused order took no number"
+        );
+        assert!(trades(&out).iter().all(|t| t.exchange == "SGX"));
+        let rb = x
+            .send_order(
+                &req("rb2501", Direction::Long, OrderType::Market, 1.0, 0.0),
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(rb.exchange, "SHFE");
+        let pos = x.positions("sim").unwrap();
+        let listed: Vec<(&str, &str)> = pos
+            .iter()
+            .map(|p| (p.symbol.as_str(), p.exchange.as_str()))
+            .collect();
+        assert_eq!(listed, [("IF2412", "SGX"), ("rb2501", "SHFE")]);
+        assert!(matches!(
+            x.resolve("IF2412", ""),
+            Err(Unresolved::Ambiguous { .. })
+        ));
+        assert_eq!(
+            x.resolve("IF2412", "CFFEX").unwrap().inst.contract.exchange,
+            "CFFEX"
+        );
+        let e = x.resolve("IF2412", "SIM").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown exchange \"SIM\" for IF2412 (listed on CFFEX, SGX)"
+        );
+        assert_eq!(
+            x.resolve("NOPE", "").unwrap_err(),
+            Unresolved::UnknownSymbol("NOPE".into())
+        );
+    }
+
+    #[test]
+    fn todays_trades_are_kept_oldest_first_per_account() {
+        let mut c = SimConfig::default();
+        c.accounts.push(super::super::config::SimAccount {
+            account: "b".into(),
+            cash: 1_000_000.0,
+        });
+        let inst: Vec<Arc<Instrument>> = c
+            .symbols
+            .iter()
+            .map(|s| Arc::new(Instrument::new(s, &c, "SIM")))
+            .collect();
+        let mut x = Exchange::new(&c, &inst, "SIM", WorkerId::random(), T0);
+        let mut out = Vec::new();
+        x.send_order(
+            &req("rb2501", Direction::Long, OrderType::Market, 2.0, 0.0),
+            T0,
+            &mut out,
+        )
+        .unwrap();
+        x.send_order(
+            &OrderRequest {
+                account: "b".into(),
+                ..req("AAPL", Direction::Short, OrderType::Market, 1.0, 0.0)
+            },
+            T0 + TICK,
+            &mut out,
+        )
+        .unwrap();
+        let published = trades(&out);
+        assert!(published.len() >= 2);
+        assert_eq!(x.trades("", T0 + TICK).unwrap(), published, "oldest first");
+        let b = x.trades("b", T0 + TICK).unwrap();
+        assert!(!b.is_empty() && b.iter().all(|t| t.account == "b" && t.symbol == "AAPL"));
+        assert!(b.iter().all(|t| t.exchange == "NASDAQ"));
+        assert!(x
+            .trades("sim", T0)
+            .unwrap()
+            .iter()
+            .all(|t| t.account == "sim"));
+        // A new UTC day starts with none.
+        assert!(x.trades("", T0 + DAY_NS).unwrap().is_empty());
+        let e = x.trades("nobody", T0).unwrap_err();
+        assert!(e.to_string().contains("unknown account"), "{e}");
     }
 }

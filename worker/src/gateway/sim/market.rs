@@ -21,6 +21,11 @@ pub const DAY_NS: u64 = 86_400_000_000_000;
 const FLOOR_TICKS: i64 = 10;
 /// Overnight gap: standard deviation of a day's start around the reference price.
 const DAY_GAP: f64 = 0.01;
+/// `unit_normal`'s bound, a little over √12.
+const NORMAL_BOUND: f64 = 3.47;
+/// Priceticks kept between the walk and a price limit, so the whole 5-level book (the
+/// spread is at most 2 ticks, then 4 more levels) stays inside the band.
+const BOOK_MARGIN: i64 = 6;
 const SQRT_3: f64 = 1.732_050_807_568_877_2;
 const SALT_STEP: u64 = 0x5354_4550;
 const SALT_FLOW: u64 = 0x464c_4f57;
@@ -57,6 +62,18 @@ fn reflect(p: i64) -> i64 {
     } else {
         p
     }
+}
+
+/// Reflects `p` into `[lo, hi]` (clamped when a step overshoots the whole band).
+fn reflect_in(p: i64, (lo, hi): (i64, i64)) -> i64 {
+    let r = if p > hi {
+        2 * hi - p
+    } else if p < lo {
+        2 * lo - p
+    } else {
+        p
+    };
+    r.clamp(lo, hi)
 }
 
 /// A position in time: the UTC day (days since the Unix epoch) and the tick's index
@@ -130,6 +147,10 @@ impl Clock {
 pub struct Instrument {
     /// The contract as published.
     pub contract: Contract,
+    /// `symbol.EXCHANGE` (vn.py's `vt_symbol`): the key of its market and holdings.
+    pub vt_symbol: String,
+    /// Daily price limit as a fraction of the previous close (`None`: no limits).
+    pub limit_pct: Option<f64>,
     /// Margin ratio (position margin = price × volume × size × ratio).
     pub margin_ratio: f64,
     /// Pricetick in units of 10^-decimals, and that scale: prices are shown as
@@ -158,27 +179,49 @@ impl Instrument {
         let d = decimals(sym.pricetick);
         let scale = 10f64.powi(d);
         let start_ticks = (sym.price / sym.pricetick).round() as i64;
+        let product = sym.product.unwrap_or(Product::Futures);
+        let limit_pct = sym.limit_pct(product);
+        // With price limits the overnight gap stays within a quarter of the band, so every
+        // day's walk fits inside the limits around any close the previous day can have
+        // (see `DayWalk::start`).
+        let day_gap = match limit_pct {
+            Some(p) => DAY_GAP.min(p / 4.0 / NORMAL_BOUND),
+            None => DAY_GAP,
+        };
         Instrument {
+            vt_symbol: format!("{}.{}", sym.symbol, sym.exchange),
+            limit_pct,
             contract: Contract {
                 symbol: sym.symbol.clone(),
-                exchange: gateway.to_string(),
+                exchange: sym.exchange.clone(),
                 gateway: gateway.to_string(),
                 name: if sym.name.is_empty() {
                     sym.symbol.clone()
                 } else {
                     sym.name.clone()
                 },
-                product: sym.product.unwrap_or(Product::Futures),
+                product,
                 size: sym.size,
                 pricetick: sym.pricetick,
                 min_volume: 1.0,
+                max_volume: None,
+                stop_supported: false,
+                net_position: false,
+                history_data: true,
+                option_strike: None,
+                option_underlying: None,
+                option_type: None,
+                option_listed_ns: None,
+                option_expiry_ns: None,
+                option_portfolio: None,
+                option_index: None,
             },
             margin_ratio: sym.margin_ratio.unwrap_or(sim.margin_ratio),
             tick_units: (sym.pricetick * scale).round() as i64,
             scale,
             start_ticks,
             sigma_ticks: sim.volatility * start_ticks as f64,
-            day_sigma_ticks: DAY_GAP * start_ticks as f64,
+            day_sigma_ticks: day_gap * start_ticks as f64,
             key: splitmix(sim.seed) ^ fnv1a(&sym.symbol),
             depth: sim.depth.max(1),
         }
@@ -213,6 +256,59 @@ impl Instrument {
     fn futures(&self) -> bool {
         self.contract.product == Product::Futures
     }
+
+    /// The day's price limits `(limit_down, limit_up)` in priceticks around the previous
+    /// close `pre_close` (priceticks), rounded inwards to the pricetick; `None` without
+    /// limits.
+    pub fn limits(&self, pre_close: i64) -> Option<(i64, i64)> {
+        let p = self.limit_pct?;
+        let c = pre_close as f64;
+        // The small epsilon keeps exact products (19500 × 1.1) on their tick.
+        let up = (c * (1.0 + p) + 1e-6).floor() as i64;
+        let down = (c * (1.0 - p) - 1e-6).ceil() as i64;
+        Some((down.max(1), up))
+    }
+
+    /// Where day `day` starts, before any band: the reference price plus the seeded
+    /// overnight gap, in priceticks.
+    fn anchor(&self, day: u64) -> i64 {
+        let gap = (self.day_sigma_ticks * unit_normal(self.day_key(day, SALT_OPEN))).round();
+        reflect(self.start_ticks + gap as i64)
+    }
+
+    fn day_key(&self, day: u64, salt: u64) -> u64 {
+        splitmix(splitmix(self.key ^ salt) ^ day)
+    }
+
+    /// The band day `day`'s walk stays in, `(low, high)` priceticks, for a limited
+    /// instrument. It depends on the day and the day before only — never on the previous
+    /// close itself, which would chain every day back to the epoch — and is chosen so it
+    /// lies inside the price limits around *any* close the previous day's band allows,
+    /// [`BOOK_MARGIN`] ticks in, so the whole book stays inside the limits too.
+    fn band(&self, day: u64) -> Option<(i64, i64)> {
+        let p = self.limit_pct?;
+        let own = |d: u64| {
+            let a = self.anchor(d);
+            let w = (a as f64 * p / 4.0).floor() as i64;
+            (a - w, a + w)
+        };
+        let (lo, hi) = own(day);
+        // The previous day's closes lie in its own band (day 0: around the start price).
+        let (prev_lo, prev_hi) = match day.checked_sub(1) {
+            Some(d) => own(d),
+            None => {
+                let w = (self.start_ticks as f64 * p / 4.0).floor() as i64;
+                (self.start_ticks - w, self.start_ticks + w)
+            }
+        };
+        let (down, _) = self.limits(prev_hi)?;
+        let (_, up) = self.limits(prev_lo)?;
+        let lo = lo.max(down + BOOK_MARGIN);
+        let hi = hi.min(up - BOOK_MARGIN);
+        // Validation (price × limit_pct ≥ 100 priceticks) keeps this non-empty; a config
+        // that slipped through still gets a valid, if frozen, band.
+        Some(if lo <= hi { (lo, hi) } else { (hi, hi) })
+    }
 }
 
 /// The path of one symbol through one UTC day, walked tick by tick from its first tick.
@@ -242,6 +338,8 @@ pub struct DayWalk {
     pub turnover_ticks: u128,
     /// Open interest, lots (0 except for futures).
     pub open_interest: i64,
+    /// The band the walk stays in (price-limited instruments), priceticks.
+    pub band: Option<(i64, i64)>,
     step_base: u64,
     flow_base: u64,
     book_base: u64,
@@ -250,9 +348,12 @@ pub struct DayWalk {
 impl DayWalk {
     /// The first tick of `day`.
     pub fn start(inst: &Instrument, day: u64) -> DayWalk {
-        let day_key = |salt: u64| splitmix(splitmix(inst.key ^ salt) ^ day);
-        let gap = (inst.day_sigma_ticks * unit_normal(day_key(SALT_OPEN))).round() as i64;
-        let price = reflect(inst.start_ticks + gap);
+        let day_key = |salt: u64| inst.day_key(day, salt);
+        let band = inst.band(day);
+        let price = match band {
+            Some((lo, hi)) => inst.anchor(day).clamp(lo, hi),
+            None => inst.anchor(day),
+        };
         let open_interest = if inst.futures() {
             50_000 + (day_key(SALT_OI) % 50_000) as i64
         } else {
@@ -271,6 +372,7 @@ impl DayWalk {
             volume: 0,
             turnover_ticks: 0,
             open_interest,
+            band,
             step_base: day_key(SALT_STEP),
             flow_base: day_key(SALT_FLOW),
             book_base: day_key(SALT_BOOK),
@@ -283,7 +385,11 @@ impl DayWalk {
     pub fn advance(&mut self, inst: &Instrument) {
         self.n += 1;
         let z = unit_normal(splitmix(self.step_base ^ self.n));
-        self.price = reflect(self.price + (inst.sigma_ticks * z).round() as i64);
+        let next = self.price + (inst.sigma_ticks * z).round() as i64;
+        self.price = match self.band {
+            Some(band) => reflect_in(next, band),
+            None => reflect(next),
+        };
         self.high = self.high.max(self.price);
         self.low = self.low.min(self.price);
         self.trade(inst);
@@ -398,17 +504,26 @@ impl Market {
         self.inst.price(self.walk.price)
     }
 
+    /// Today's price limits `(limit_down, limit_up)`, priceticks (`None`: no limits).
+    pub fn limits(&self) -> Option<(i64, i64)> {
+        self.inst.limits(self.pre_close)
+    }
+
     /// The current tick as published.
     pub fn tick(&self, clock: &Clock) -> Tick {
         let inst = &self.inst;
         let w = &self.walk;
         let book = self.book();
         let px = |a: [i64; LEVELS]| a.map(|t| inst.price(t));
+        let (limit_down, limit_up) = self
+            .limits()
+            .map_or((0.0, 0.0), |(d, u)| (inst.price(d), inst.price(u)));
         Tick {
             symbol: inst.contract.symbol.clone(),
             exchange: inst.contract.exchange.clone(),
             gateway: inst.contract.gateway.clone(),
             datetime_ns: clock.time_of(self.index()),
+            name: inst.contract.name.clone(),
             last_price: inst.price(w.price),
             last_volume: w.last_volume as f64,
             volume: w.volume as f64,
@@ -418,6 +533,9 @@ impl Market {
             high_price: inst.price(w.high),
             low_price: inst.price(w.low),
             pre_close: inst.price(self.pre_close),
+            limit_up,
+            limit_down,
+            localtime_ns: None,
             bid_price: px(book.bid),
             bid_volume: book.bid_volume,
             ask_price: px(book.ask),
@@ -442,6 +560,9 @@ pub struct HistoryLimits {
 /// Why bars could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HistoryError {
+    /// `tick` history: SIM keeps bars only.
+    #[error("interval tick: SIM serves bars (minute, hour, daily, weekly), not tick history")]
+    NoBars,
     /// The range needs too many ticks simulated.
     #[error("history range too long: it would simulate {needed} ticks, at most {limit}; ask for a shorter range")]
     TooManyTicks {
@@ -463,8 +584,8 @@ pub enum HistoryError {
 /// Complete bars of `interval` with open times in `[start_ns, end_ns)` (`end_ns` 0: no
 /// bound) that ended by `now_ns`, aggregated from the very ticks the market publishes:
 /// open/high/low/close of their last prices, volume and turnover summed, open interest
-/// of the bar's last tick. Bars are aligned to the interval (daily bars to UTC midnight).
-/// Refuses ranges beyond `limits`.
+/// of the bar's last tick. Bars are aligned to the interval (daily bars to UTC midnight,
+/// weekly bars to Monday 00:00 UTC). Refuses ranges beyond `limits`.
 pub fn bars(
     inst: &Instrument,
     clock: &Clock,
@@ -473,8 +594,18 @@ pub fn bars(
     now_ns: u64,
     limits: HistoryLimits,
 ) -> Result<Vec<Bar>, HistoryError> {
-    let len = interval.nanos();
-    let first = start_ns.div_ceil(len).saturating_mul(len);
+    let len = interval.nanos().ok_or(HistoryError::NoBars)?;
+    // Weeks start on Mondays: 1970-01-05 was the first.
+    let origin = if interval == Interval::Weekly {
+        4 * DAY_NS
+    } else {
+        0
+    };
+    let first = start_ns
+        .saturating_sub(origin)
+        .div_ceil(len)
+        .saturating_mul(len)
+        .saturating_add(origin);
     // Exclusive bound on bar open times: before end_ns, and complete by now.
     let mut open_limit = now_ns.saturating_sub(len).saturating_add(1);
     if end_ns != 0 {
@@ -768,5 +899,105 @@ mod tests {
         assert!(super::bars(&i, &clock, Interval::Hour, (T0, 0), T0, LIMITS)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn limits_are_rounded_inwards_to_the_pricetick_and_ticks_carry_them() {
+        let i = inst(0); // IF2412, 10 %, 0.2 a tick
+                         // 3900.2 × 1.1 = 4290.22 → 4290.2; × 0.9 = 3510.18 → 3510.2.
+        let (down, up) = i.limits(19_501).unwrap();
+        assert_eq!((i.price(down), i.price(up)), (3510.2, 4290.2));
+        // An exact product stays on its tick: 3900 × 1.1 = 4290.
+        assert_eq!(i.limits(19_500), Some((17_550, 21_450)));
+        assert_eq!(inst(2).limits(19_000), None, "AAPL has no price limits");
+        let clock = Clock::new(500);
+        let t = Market::new(i.clone(), &clock, T0).tick(&clock);
+        let pre = i.ticks_of(t.pre_close).unwrap();
+        let (down, up) = i.limits(pre).unwrap();
+        assert_eq!((t.limit_down, t.limit_up), (i.price(down), i.price(up)));
+        assert_eq!(t.name, "CSI 300 index future");
+        assert_eq!(t.exchange, "CFFEX");
+        let t = Market::new(inst(3), &clock, T0).tick(&clock);
+        assert_eq!(
+            (t.limit_down, t.limit_up, t.exchange.as_str()),
+            (0.0, 0.0, "GLOBAL")
+        );
+    }
+
+    /// Every tick of several whole days, with ten times the default volatility (a free walk
+    /// would leave a 10 % band within hours): the last price and all five levels of the
+    /// book stay inside the day's limits around the previous close.
+    #[test]
+    fn price_limited_walks_and_books_stay_inside_the_limits_all_day() {
+        let mut c = SimConfig {
+            tick_interval_ms: 5000,
+            volatility: 0.002,
+            ..SimConfig::default()
+        };
+        // The narrowest bands validation allows, at both ends of the limit_pct range.
+        c.symbols[2].limit_pct = Some(0.3);
+        c.symbols[2].price = 3.34; // 334 ticks: 30 % ≈ 100 ticks, the minimum
+        c.symbols[3].product = Some(Product::Futures);
+        c.symbols[3].limit_pct = Some(0.01);
+        c.symbols[3].price = 1000.0; // 10000 ticks: 1 % = 100 ticks, the minimum
+        c.validate().unwrap();
+        let clock = Clock::new(c.tick_interval_ms);
+        let day0 = T0 / DAY_NS;
+        for sym in &c.symbols {
+            let i = Arc::new(Instrument::new(sym, &c, "SIM"));
+            let (mut lowest, mut highest) = (f64::MAX, f64::MIN);
+            for day in day0..day0 + 4 {
+                let mut m = Market::new(i.clone(), &clock, day * DAY_NS);
+                let (down, up) = m.limits().unwrap();
+                let (down, up) = (i.price(down), i.price(up));
+                for _ in 0..clock.per_day() {
+                    let t = m.tick(&clock);
+                    assert_eq!((t.limit_down, t.limit_up), (down, up), "{}", sym.symbol);
+                    assert!(
+                        down <= t.bid_price[4] && t.ask_price[4] <= up,
+                        "{} day {day}: book {:?}/{:?} outside {down}-{up}",
+                        sym.symbol,
+                        t.bid_price,
+                        t.ask_price
+                    );
+                    lowest = lowest.min(t.last_price);
+                    highest = highest.max(t.last_price);
+                    m.step(&clock);
+                }
+            }
+            // The walk moved: it is confined, not frozen.
+            assert!(
+                (highest - lowest) / sym.price > 0.005,
+                "{}: {lowest}-{highest}",
+                sym.symbol
+            );
+        }
+    }
+
+    #[test]
+    fn weekly_bars_start_on_mondays_and_tick_history_is_refused() {
+        let clock = Clock::new(60_000);
+        let i = inst(1);
+        let limits = HistoryLimits {
+            max_ticks: 1_000_000,
+            max_bars: 100,
+        };
+        let bars = bars(
+            &i,
+            &clock,
+            Interval::Weekly,
+            (T0 - 21 * DAY_NS, 0),
+            T0,
+            limits,
+        )
+        .unwrap();
+        assert!(!bars.is_empty());
+        for b in &bars {
+            // 1970-01-05, day 4 since the epoch, was a Monday.
+            assert_eq!((b.datetime_ns / DAY_NS) % 7, 4, "{b:?}");
+            assert_eq!(b.interval, Interval::Weekly);
+        }
+        let e = super::bars(&i, &clock, Interval::Tick, (T0 - DAY_NS, 0), T0, limits);
+        assert_eq!(e, Err(HistoryError::NoBars));
     }
 }

@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use tradeplex_proto::model::{
     Account, Bar, CancelRequest, Contract, HistoryRequest, Order, OrderId, OrderRequest, Position,
-    SubscribeRequest,
+    SubscribeRequest, SymbolRequest, Tick, Trade,
 };
 
 use self::config::SimConfig;
@@ -66,8 +66,9 @@ pub struct DisconnectReply {
 struct Core {
     exchange: Exchange,
     sink: EventSink,
+    /// Subscribed instruments, by `symbol.EXCHANGE`.
     subscribed: BTreeSet<String>,
-    /// Tick last published per subscribed symbol.
+    /// Tick last published per subscribed instrument.
     published: HashMap<String, TickIndex>,
 }
 
@@ -175,17 +176,13 @@ impl SimGateway {
         &self.inner.config
     }
 
+    /// The instrument `symbol` on `exchange` (`""`: its only one; several → `Ambiguous`).
     fn instrument(&self, symbol: &str, exchange: &str) -> Result<&Arc<Instrument>, GatewayError> {
-        if !exchange.is_empty() && exchange != NAME {
-            return Err(GatewayError::Failed(format!(
-                "unknown exchange {exchange:?} (this gateway is {NAME})"
-            )));
-        }
-        self.inner
-            .instruments
-            .iter()
-            .find(|i| i.symbol() == symbol)
-            .ok_or_else(|| GatewayError::Failed(format!("unknown symbol {symbol:?}")))
+        Ok(exchange::resolve(
+            &self.inner.instruments,
+            symbol,
+            exchange,
+        )?)
     }
 
     /// Runs `f` on the connected core after moving the market to now; refuses with
@@ -357,17 +354,14 @@ impl Gateway for SimGateway {
     }
 
     fn subscribe(&self, req: &SubscribeRequest) -> Result<Contract, GatewayError> {
-        let contract = self
-            .instrument(&req.symbol, &req.exchange)?
-            .contract
-            .clone();
+        let inst = self.instrument(&req.symbol, &req.exchange)?;
+        let (vt, contract) = (inst.vt_symbol.clone(), inst.contract.clone());
         self.with_core(|core, _| {
-            if core.subscribed.insert(req.symbol.clone()) {
-                core.sink
-                    .log(NAME, "info", format!("subscribed {}", req.symbol));
+            if core.subscribed.insert(vt.clone()) {
+                core.sink.log(NAME, "info", format!("subscribed {vt}"));
             }
             // The subscriber gets the current tick at once (and the broker caches it).
-            core.published.remove(&req.symbol);
+            core.published.remove(&vt);
             core.publish_ticks();
             contract
         })
@@ -379,7 +373,7 @@ impl Gateway for SimGateway {
             let order = core.exchange.send_order(req, now, &mut out);
             core.emit(out);
             order
-        })
+        })?
     }
 
     fn cancel_order(&self, req: &CancelRequest) -> Result<Order, GatewayError> {
@@ -405,6 +399,37 @@ impl Gateway for SimGateway {
 
     fn query_orders(&self, account: &str) -> Result<Vec<Order>, GatewayError> {
         self.with_core(|core, _| core.exchange.active_orders(account))?
+    }
+
+    fn query_trades(&self, account: &str) -> Result<Vec<Trade>, GatewayError> {
+        self.with_core(|core, now| core.exchange.trades(account, now))?
+    }
+
+    fn query_contract(&self, req: &SymbolRequest) -> Result<Contract, GatewayError> {
+        Ok(self
+            .instrument(&req.symbol, &req.exchange)?
+            .contract
+            .clone())
+    }
+
+    /// The current tick of a symbol subscribed on this worker: like vn.py's OmsEngine, the
+    /// gateway has ticks only of what it streams, so before `subscribe` there is none.
+    fn query_tick(&self, req: &SymbolRequest) -> Result<Tick, GatewayError> {
+        let vt = self
+            .instrument(&req.symbol, &req.exchange)?
+            .vt_symbol
+            .clone();
+        self.with_core(|core, _| {
+            if !core.subscribed.contains(&vt) {
+                return Err(GatewayError::Failed(format!(
+                    "no tick for {}: not subscribed on this worker (send subscribe first, with the same affinity md.{})",
+                    req.symbol, req.symbol
+                )));
+            }
+            core.exchange
+                .tick(&vt)
+                .ok_or_else(|| GatewayError::Failed(format!("no tick for {}", req.symbol)))
+        })?
     }
 
     fn query_contracts(&self) -> Result<Vec<Contract>, GatewayError> {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tradeplex_proto::model::{Account, Contract, Order, Position, Status, Tick};
+use tradeplex_proto::model::{Account, Contract, Order, Position, Status, Tick, Trade};
 use tradeplex_proto::{ErrorCode, JobId, RequestId, ServiceName, WorkerId};
 
 use super::config::SimConfig;
@@ -247,6 +247,9 @@ fn history_bars_come_back_for_known_symbols() {
     assert!((9..=10).contains(&bars.len()), "{}", bars.len());
     assert!(bars
         .iter()
+        .all(|b| b.exchange == "CFFEX" && b.gateway == "SIM"));
+    assert!(bars
+        .iter()
         .all(|b| b.low_price <= b.open_price && b.open_price <= b.high_price));
     let e = f
         .call(
@@ -256,4 +259,141 @@ fn history_bars_come_back_for_known_symbols() {
     assert!(e.message.contains("too long"), "{}", e.message);
     let accounts: Vec<Account> = f.typed(json!({"op": "query_account", "account": "sim"}));
     assert_eq!(accounts[0].balance, 1_000_000.0);
+}
+
+#[test]
+fn contracts_ticks_and_orders_carry_vnpy_exchanges_and_fields() {
+    let f = fixture(SimConfig::default());
+    let contracts: Vec<Contract> = f.typed(json!({"op": "query_contracts"}));
+    let listed: Vec<(&str, &str)> = contracts
+        .iter()
+        .map(|c| (c.symbol.as_str(), c.exchange.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("IF2412", "CFFEX"),
+            ("rb2501", "SHFE"),
+            ("AAPL", "NASDAQ"),
+            ("BTCUSDT", "GLOBAL")
+        ]
+    );
+    assert!(contracts
+        .iter()
+        .all(|c| c.history_data && !c.stop_supported && !c.net_position));
+    assert!(contracts.iter().all(|c| c.gateway == "SIM"));
+    // Option fields are left out, not sent as nil.
+    let raw = f
+        .call(json!({"op": "query_contract", "symbol": "IF2412"}))
+        .unwrap();
+    let v = rmpv::decode::read_value(&mut &raw[..]).unwrap();
+    let keys: Vec<&str> = v
+        .as_map()
+        .unwrap()
+        .iter()
+        .filter_map(|(k, _)| k.as_str())
+        .collect();
+    assert!(keys.contains(&"history_data") && !keys.iter().any(|k| k.starts_with("option_")));
+    let one: Contract = rmp_serde::from_slice(&raw).unwrap();
+    assert_eq!(one, contracts[0]);
+    let by_exchange: Contract =
+        f.typed(json!({"op": "query_contract", "symbol": "IF2412", "exchange": "CFFEX"}));
+    assert_eq!(by_exchange, one);
+    for (body, why) in [
+        (
+            json!({"op": "query_contract", "symbol": "IF2412", "exchange": "SIM"}),
+            "unknown exchange",
+        ),
+        (
+            json!({"op": "query_contract", "symbol": "NOPE"}),
+            "unknown symbol",
+        ),
+        (
+            json!({"op": "query_tick", "symbol": "AAPL"}),
+            "no tick for AAPL",
+        ),
+    ] {
+        let e = f.call(body).unwrap_err();
+        assert_eq!(e.code, ErrorCode::WorkerError);
+        assert!(e.message.starts_with(why), "{}", e.message);
+    }
+    f.drain();
+    let _: Contract = f.typed(json!({"op": "subscribe", "symbol": "IF2412", "exchange": "CFFEX"}));
+    let tick: Tick = f.typed(json!({"op": "query_tick", "symbol": "IF2412"}));
+    assert_eq!(
+        (tick.exchange.as_str(), tick.name.as_str()),
+        ("CFFEX", "CSI 300 index future")
+    );
+    assert!(
+        tick.limit_down > 0.0
+            && tick.limit_down < tick.last_price
+            && tick.last_price < tick.limit_up
+    );
+    let published: Vec<Tick> = f
+        .drain()
+        .into_iter()
+        .filter(|e| e.topic == "tick.SIM.IF2412")
+        .map(|e| rmp_serde::from_slice(&e.body).unwrap())
+        .collect();
+    assert!(
+        !published.is_empty(),
+        "subscribe publishes the current tick"
+    );
+    assert!(published
+        .iter()
+        .all(|t| t.limit_up == tick.limit_up && t.exchange == "CFFEX"));
+
+    let order: Order = f.typed(json!({
+        "op": "send_order", "symbol": "rb2501", "exchange": "", "direction": "long",
+        "order_type": "market", "volume": 2.0
+    }));
+    assert_eq!(
+        (order.status, order.exchange.as_str()),
+        (Status::AllTraded, "SHFE")
+    );
+    let trades: Vec<Trade> = f.typed(json!({"op": "query_trades", "account": ""}));
+    assert_eq!(trades.iter().map(|t| t.volume).sum::<f64>(), 2.0);
+    assert!(trades
+        .iter()
+        .all(|t| t.order_id == order.order_id && t.exchange == "SHFE"));
+    let positions: Vec<Position> = f.typed(json!({"op": "query_position"}));
+    assert_eq!(positions[0].exchange, "SHFE");
+    let e = f
+        .call(json!({"op": "query_trades", "account": "nobody"}))
+        .unwrap_err();
+    assert!(e.message.contains("unknown account"), "{}", e.message);
+}
+
+#[test]
+fn an_ambiguous_empty_exchange_is_a_bad_request() {
+    let mut config = SimConfig::default();
+    let mut twin = config.symbols[3].clone();
+    twin.exchange = "BINANCE".into();
+    config.symbols.push(twin);
+    let f = fixture(config);
+    for body in [
+        json!({"op": "subscribe", "symbol": "BTCUSDT"}),
+        json!({"op": "query_contract", "symbol": "BTCUSDT", "exchange": ""}),
+        json!({"op": "query_tick", "symbol": "BTCUSDT"}),
+        json!({"op": "query_history", "symbol": "BTCUSDT", "interval": "minute", "start_ns": 0}),
+        json!({"op": "send_order", "symbol": "BTCUSDT", "direction": "long", "order_type": "market", "volume": 1.0}),
+    ] {
+        let e = f.call(body.clone()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest, "{body}");
+        assert_eq!(
+            e.message, "BTCUSDT is listed on BINANCE, GLOBAL: name the exchange",
+            "{body}"
+        );
+    }
+    let c: Contract =
+        f.typed(json!({"op": "subscribe", "symbol": "BTCUSDT", "exchange": "BINANCE"}));
+    assert_eq!(c.exchange, "BINANCE");
+    let o: Order = f.typed(json!({
+        "op": "send_order", "symbol": "BTCUSDT", "exchange": "GLOBAL", "direction": "long",
+        "order_type": "market", "volume": 1.0
+    }));
+    assert_eq!(
+        (o.status, o.exchange.as_str()),
+        (Status::AllTraded, "GLOBAL")
+    );
 }
