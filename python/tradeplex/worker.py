@@ -39,8 +39,6 @@ Handler = Callable[[Any], Any]
 
 _MAX_POLL_MS = 50
 _PUBLISH_QUEUE = 65_536
-#: How long the first READY waits for the relay's subscription to our events.
-_EVENTS_LIVE_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -132,8 +130,6 @@ class Worker:
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._registered = threading.Event()
-        # Set once the broker's relay has subscribed to our events (see `_publish_loop`).
-        self._events_live = threading.Event()
         self._seq: dict[str, int] = {}
         self._seq_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -239,19 +235,15 @@ class Worker:
         return seq
 
     def _publish_loop(self) -> None:
-        # XPUB, not PUB: a PUB drops what it sends before the relay's subscription has
-        # arrived, so the first events after start (a fill right after READY) could be lost
-        # without a gap to show it. The XPUB sees the subscription; READY waits for it.
-        pub = self._ctx.socket(zmq.XPUB)
+        pub = self._ctx.socket(zmq.PUB)
         pub.sndhwm = 100_000
         if self._curve is not None:
             self._curve.apply(pub)
         pub.connect(self.events)
         try:
             while not (self._stopped.is_set() and self._outbox.empty()):
-                self._read_subscriptions(pub)
                 try:
-                    frames = self._outbox.get(timeout=0.05 if self._events_live.is_set() else 0.005)
+                    frames = self._outbox.get(timeout=0.05)
                 except queue.Empty:
                     if self._stop.is_set() and not (self._session and self._session.is_alive()):
                         break
@@ -265,29 +257,10 @@ class Worker:
         finally:
             pub.close(linger=500)  # give queued events a moment to reach the broker
 
-    def _read_subscriptions(self, pub: zmq.Socket[bytes]) -> None:
-        """Reads the relay's (un)subscriptions, which an XPUB queues; the first one proves
-        our events reach the broker."""
-        while True:
-            try:
-                msg = pub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if msg[:1] == b"\x01":
-                self._events_live.set()
-
     # --- the session ----------------------------------------------------------------
 
     def _session_loop(self) -> None:
         backoff = self._backoff[0]
-        # Offer services only once our events reach the relay (bounded: a broker whose
-        # event port is unreachable still gets our READY, and its subscribers see gaps).
-        deadline = time.monotonic() + _EVENTS_LIVE_WAIT_S
-        while not self._events_live.wait(0.02):
-            if self._stop.is_set() or time.monotonic() > deadline:
-                break
-        if not self._events_live.is_set() and not self._stop.is_set():
-            log.warning("events endpoint %s not subscribed yet; registering anyway", self.events)
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
