@@ -65,6 +65,33 @@ _IDLE, _IO, _DIRECT, _CLOSED = 0, 1, 2, 3
 _REPLY_COMMAND = bytes([wire.ClientCommand.REPLY])
 _REQUEST_COMMAND = bytes([wire.ClientCommand.REQUEST])
 _unpackb = msgpack.unpackb
+# Plain ints: pyzmq's flag enums cost an enum operation per frame when or-ed.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+#: Frames kept of one message; a longer one is drained and then rejected as malformed.
+_MAX_FRAMES = 8
+
+
+def _send_request(dealer: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    """Sends a request's four frames without waiting (raises `zmq.Again` if the socket
+    will not take it; once the first frame is taken, the rest of the message is)."""
+    send = dealer.send
+    send(frames[0], _MORE_NOBLOCK)
+    send(frames[1], _MORE_NOBLOCK)
+    send(frames[2], _MORE_NOBLOCK)
+    send(frames[3], _NOBLOCK)
+
+
+def _recv_message(dealer: zmq.Socket[bytes]) -> list[bytes]:
+    """One whole message, without waiting (raises `zmq.Again` if none is there)."""
+    recv = dealer.recv
+    parts = [recv(_NOBLOCK)]
+    while dealer.getsockopt(_RCVMORE):
+        part = recv(_NOBLOCK)
+        if len(parts) < _MAX_FRAMES:
+            parts.append(part)
+    return parts
 
 
 @dataclass(frozen=True)
@@ -287,7 +314,7 @@ class _Connection:
             dealer = self.dealer
             now = time.monotonic()
             try:
-                dealer.send_multipart(p.frames, zmq.NOBLOCK)
+                _send_request(dealer, p.frames)
             except zmq.ZMQError as e:
                 if not isinstance(e, zmq.Again):
                     log.warning("request %d not sent: %s", p.id, e)
@@ -311,7 +338,7 @@ class _Connection:
                     break  # another call queued, or close(): let the I/O thread run
                 while True:
                     try:
-                        frames = dealer.recv_multipart(zmq.NOBLOCK)
+                        frames = _recv_message(dealer)
                     except zmq.Again:
                         break
                     try:
@@ -472,7 +499,7 @@ class _Connection:
 
     def _send(self, p: _Pending, now: float) -> None:
         try:
-            self.dealer.send_multipart(p.frames, zmq.NOBLOCK)
+            _send_request(self.dealer, p.frames)
         except zmq.Again:
             # No broker connection (or its queue is full): try again shortly.
             self._push_timer((now + UNSENT_RETRY_S, p.id, _SEND))
@@ -521,7 +548,7 @@ class _Connection:
         pending = self.pending
         while True:
             try:
-                frames = dealer.recv_multipart(zmq.NOBLOCK)
+                frames = _recv_message(dealer)
             except zmq.Again:
                 return
             try:

@@ -29,6 +29,8 @@ class Wakeup:
     def wake(self) -> None:
         """Wakes the I/O thread if it sleeps (a full buffer means it will wake anyway)."""
         if self.sleeping:
+            # One byte per sleep is enough: later callers see the flag down.
+            self.sleeping = False
             with contextlib.suppress(BlockingIOError, OSError):
                 self._w.send(b"\x01")
 
@@ -38,10 +40,10 @@ class Wakeup:
             self._w.send(b"\x01")
 
     def drain(self) -> None:
-        """Reads every pending byte."""
+        """Reads the pending bytes (one read: writers send one byte per sleep, so more
+        than 4096 only makes the next poll return at once, which drains them)."""
         with contextlib.suppress(BlockingIOError, OSError):
-            while self._r.recv(4096):
-                pass
+            self._r.recv(4096)
 
     def close(self) -> None:
         """Closes both ends."""
