@@ -326,7 +326,8 @@ class _Connection:
             if p.retry_every is not None and now + p.retry_every < p.deadline:
                 first = now + p.retry_every
             poll = self.direct_poller.poll
-            wake = self.direct_wake
+            # zmq.Poller reports a plain file descriptor by its number.
+            wake_fd = self.direct_wake.fileno()
             while True:
                 left = first - time.monotonic()
                 if left <= 0:
@@ -334,7 +335,7 @@ class _Connection:
                 ready = poll(math.ceil(left * 1000))
                 if not ready:
                     continue
-                if any(s is wake for s, _ in ready):
+                if any(s == wake_fd for s, _ in ready):
                     break  # another call queued, or close(): let the I/O thread run
                 while True:
                     try:

@@ -26,6 +26,17 @@ class Wakeup:
         """The read end, for `zmq.Poller.register`."""
         return self._r.fileno()
 
+    # zmq.Poller reports a registered plain file descriptor by its number, not by this
+    # object: comparing equal to that number makes `wakeup in dict(poller.poll())` true
+    # when it is ready (without this, a poll loop never drains it and then spins).
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, int):
+            return other == self.fileno()
+        return other is self
+
+    def __hash__(self) -> int:
+        return hash(self.fileno())
+
     def wake(self) -> None:
         """Wakes the I/O thread if it sleeps (a full buffer means it will wake anyway)."""
         if self.sleeping:
