@@ -131,5 +131,8 @@ fn python_scenario_without_an_interpreter_is_skipped_with_a_note() {
         stdout.contains("Note: python: client rows skipped, cannot start /nonexistent/"),
         "no skip note:\n{stdout}"
     );
-    assert!(!stdout.contains("| python w1 |"), "rows without a run:\n{stdout}");
+    assert!(
+        !stdout.contains("| python w1 |"),
+        "rows without a run:\n{stdout}"
+    );
 }
