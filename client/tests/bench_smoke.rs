@@ -104,3 +104,35 @@ fn bench_prints_a_table_and_writes_json() {
     assert_eq!(v["context"]["repeat"], 1);
     assert!(v["notes"].is_array());
 }
+
+#[test]
+fn python_scenario_without_an_interpreter_is_skipped_with_a_note() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_tradeplex"));
+    let dir = exe.parent().expect("binary directory");
+    if !dir.join("tradeplex-broker").exists() || !dir.join("tradeplex-worker").exists() {
+        eprintln!("SKIPPED: broker/worker not built next to {}", exe.display());
+        return;
+    }
+    let out = Command::new(exe)
+        .args([
+            "bench",
+            "--repeat",
+            "1",
+            "--scenarios",
+            "python",
+            "--python",
+            "/nonexistent/python-for-tradeplex-bench",
+        ])
+        .output()
+        .expect("run tradeplex bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}");
+    assert!(
+        stdout.contains("Note: python: client rows skipped, cannot start /nonexistent/"),
+        "no skip note:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains("| python w1 |"),
+        "rows without a run:\n{stdout}"
+    );
+}

@@ -133,3 +133,94 @@ def test_acall_awaits_many_calls_at_once(shared: Shared) -> None:
         return await asyncio.gather(*(shared.client.acall("echo", i) for i in range(100)))
 
     assert asyncio.run(many()) == list(range(100))
+
+
+# --- direct calls (the caller's thread owns the socket while nothing else is in flight) ---
+
+
+def test_sync_calls_on_an_idle_client_are_answered_on_the_calling_thread(shared: Shared) -> None:
+    with shared.broker.client() as c:
+        # Until the DEALER is connected, calls are handed to the I/O thread (it retries).
+        wait_for(lambda: c.call("echo", 0) == 0 and c.stats["direct"] > 0, 5, "a direct call")
+        st = c.stats
+        for i in range(5):
+            assert c.call("echo", {"i": i}) == {"i": i}
+        r = c.call_reply("echo", 7)
+        assert r.body == 7 and r.worker == shared.worker.id
+        after = c.stats
+        assert after["direct"] == st["direct"] + 6 and after["handovers"] == st["handovers"]
+        assert after["in_flight"] == 0
+        # Errors come back the same way.
+        with pytest.raises(tradeplex.CallError) as e:
+            c.call("no.such.service", {})
+        assert e.value.code == "unknown_service" and c.stats["direct"] == after["direct"] + 1
+
+
+def test_a_call_queued_during_a_slow_direct_call_is_not_held_behind_it(shared: Shared) -> None:
+    with shared.broker.client(timeout_ms=5000) as c:
+        slow: list[object] = []
+        t = threading.Thread(target=lambda: slow.append(c.call("echo", {"sleep_ms": 1500})))
+        t.start()
+        wait_for(lambda: _in_flight(shared) == 1, 5, "slow direct call in flight")
+        started = time.monotonic()
+        assert c.call_async("echo", {"quick": 1}).result(5) == {"quick": 1}
+        assert c.call("echo", {"quick": 2}) == {"quick": 2}
+        assert time.monotonic() - started < 1.0  # not behind the 1.5 s call
+        t.join(5)
+        assert slow == [{"sleep_ms": 1500}]
+        assert c.stats["handovers"] >= 1 and c.stats["in_flight"] == 0
+        # Idle again (once the I/O thread has seen nothing left): sync calls are direct.
+        before = c.stats["direct"]
+        wait_for(lambda: c.call("echo", 3) == 3 and c.stats["direct"] > before, 5, "direct")
+
+
+def test_many_threads_mixing_sync_and_async_calls(shared: Shared) -> None:
+    errors: list[BaseException] = []
+    with shared.broker.client(timeout_ms=5000) as c:
+
+        def run(t: int) -> None:
+            try:
+                for i in range(150):
+                    body = {"t": t, "i": i}
+                    if (i + t) % 3 == 0:
+                        assert c.call_async("echo", body).result(5) == body
+                    elif (i + t) % 3 == 1:
+                        assert c.call_reply("echo", body).body == body
+                    else:
+                        assert c.call("echo", body, idempotent=True) == body
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(t,)) for t in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert not errors, errors[:3]
+        st = c.stats
+        assert st["in_flight"] == 0 and st["bad_frames"] == 0
+        # Quiet again: sync calls go direct.
+        wait_for(lambda: c.call("echo", 1) == 1 and c.stats["direct"] > st["direct"], 5, "direct")
+
+
+def test_close_ends_a_direct_call_promptly(shared: Shared) -> None:
+    c = shared.broker.client(timeout_ms=5000)
+    got: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            c.call("echo", {"sleep_ms": 3000})
+        except BaseException as e:
+            got.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_for(lambda: _in_flight(shared) == 1, 5, "direct call in flight")
+    started = time.monotonic()
+    c.close()
+    t.join(5)
+    assert time.monotonic() - started < 1.0
+    assert len(got) == 1 and isinstance(got[0], tradeplex.CallError)
+    assert got[0].code == "closed"
+    # Let the worker finish the abandoned call before the next test counts in-flight calls.
+    wait_for(lambda: _in_flight(shared) == 0, 5, "worker idle")

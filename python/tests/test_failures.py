@@ -129,3 +129,41 @@ def test_idempotent_call_survives_a_broker_restart_but_an_order_does_not(
 def test_outcome_unknown_codes(code: str) -> None:
     assert tradeplex.CallError(code).outcome_unknown
     assert not tradeplex.CallError("unknown_service").outcome_unknown
+
+
+def test_broker_restart_during_direct_sync_calls(cluster: Cluster) -> None:
+    # Sync calls on idle clients are sent and awaited on the caller's thread; a broker
+    # restart meanwhile hands them to the I/O thread, which re-sends only the idempotent one.
+    b1 = cluster.broker()
+    w = cluster.worker(b1, journal=True)
+    results: dict[str, object] = {}
+    clients = {m: b1.client(timeout_ms=4500) for m in ("query", "order")}
+    for c in clients.values():
+        cluster.closers.append(c.close)
+        wait_for(lambda c=c: c.call("echo", 0) == 0 and c.stats["direct"] > 0, 5, "direct")
+
+    def run(mark: str) -> None:
+        c = clients[mark]
+        try:
+            results[mark] = c.call(
+                "echo", {"sleep_ms": 600, "mark": mark}, idempotent=mark == "query"
+            )
+        except tradeplex.CallError as e:
+            results[mark] = e
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in clients]
+    for t in threads:
+        t.start()
+    with b1.client(timeout_ms=1000) as probe:
+        wait_for(lambda: _in_flight(probe) == 2, 5, "both calls in flight")
+    b1.proc.kill()
+    cluster.broker(b1)  # same endpoints
+    for t in threads:
+        t.join(10)
+    assert results["query"] == {"sleep_ms": 600, "mark": "query"}
+    err = results["order"]
+    assert isinstance(err, tradeplex.CallError) and err.code == "timeout"
+    marks = _journal_ids(w.journal)
+    assert marks.count("order") == 1 and marks.count("query") == 2
+    assert clients["query"].stats["resends"] >= 1 and clients["order"].stats["resends"] == 0
+    assert clients["query"].stats["handovers"] >= 1

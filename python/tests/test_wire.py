@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 
+import msgpack
 import pytest
 
 import tradeplex
@@ -134,3 +135,40 @@ def test_key_files_round_trip(tmp_path: object) -> None:
         KeyPair.from_file(p)
     with pytest.raises(ValueError):
         tradeplex.Client(curve_server_key=pair.public_key)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (1, "echo", 1_764_633_600_000, False, None, None),
+        ((1 << 64) - 1, "SIM", 0, True, None, None),
+        (300, "a.b-c_d", 2**40, False, None, "acct.x"),
+        (5, "SIM", 7, True, "00000000-0000-4000-8000-000000000000", None),
+    ],
+)
+def test_pre_encoded_request_header_is_the_wire_header(args: tuple) -> None:  # type: ignore[type-arg]
+    from tradeplex.client import request_header
+
+    fast = msgpack.unpackb(request_header(*args), raw=False)
+    assert fast == msgpack.unpackb(wire.encode_request(*args)[2], raw=False)
+
+
+def test_answer_fast_path_agrees_with_the_decoder() -> None:
+    from tradeplex.client import parse_answer
+
+    worker = "00000000-0000-4000-8000-000000000001"
+    ok = [wire.CLIENT_PROTOCOL, b"\x02", wire.pack({"id": 9, "worker": worker}), b"\x01"]
+    assert parse_answer(ok) == (9, worker, b"\x01", None)
+    err = [wire.CLIENT_PROTOCOL, b"\x03", wire.pack({"id": 4, "code": 2, "message": "m"}), b""]
+    id, _, _, e = parse_answer(err)
+    assert id == 4 and e is not None and e.code == "unknown_service"
+    for bad in (
+        [wire.CLIENT_PROTOCOL, b"\x02", wire.pack({"id": -1}), b""],
+        [wire.CLIENT_PROTOCOL, b"\x02", wire.pack({"id": 1, "worker": 5}), b""],
+        [wire.CLIENT_PROTOCOL, b"\x02", wire.pack([1]), b""],
+        [wire.CLIENT_PROTOCOL, b"\x02", b"\xc1", b""],
+        [b"TPXC02", b"\x02", wire.pack({"id": 1}), b""],
+        [wire.CLIENT_PROTOCOL, b"\x02", wire.pack({"id": 1})],
+    ):
+        with pytest.raises(ProtocolError):
+            parse_answer(bad)

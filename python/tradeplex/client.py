@@ -1,17 +1,28 @@
 """`Client`: calls services through the broker's frontend (``TPXC01``).
 
-One background I/O thread owns the DEALER socket (ZeroMQ sockets are not thread-safe).
-Caller threads hand it calls through a deque plus a wake-up byte; it sends them, matches
-answers by request id (many calls in flight), times calls out, and re-sends idempotent
-calls that got no answer — which is how a broker restart is survived: the new broker
-never saw the request, so only a re-send gets it answered. Non-idempotent calls (orders)
-are never re-sent; without an answer they end ``timeout`` (outcome unknown).
+ZeroMQ sockets are not thread-safe, so exactly one thread at a time owns the DEALER; the
+owner changes only under a lock (whose acquire/release is the full memory barrier libzmq
+asks for when a socket moves between threads). Two ways to call:
+
+- **Direct** (`call` / `call_reply` while nothing else is in flight): the calling thread
+  takes the socket, sends, and waits for its own answer on it — no hand-off to another
+  thread and back (each costs a thread wake-up). If anything else happens meanwhile
+  (another thread submits a call, `close()`, the socket will not take the request, or the
+  call's first timer is due: an idempotent re-send or its timeout), the caller hands its
+  call to the I/O thread, which does everything below, and waits there like any caller.
+- **Through the I/O thread** (`call_async`, and sync calls while others are in flight):
+  callers queue calls (a deque plus a wake-up byte); the background thread sends them,
+  matches answers by request id (many calls in flight), times calls out, and re-sends
+  idempotent calls that got no answer — which is how a broker restart is survived: the new
+  broker never saw the request, so only a re-send gets it answered. Non-idempotent calls
+  (orders) are never re-sent; without an answer they end ``timeout`` (outcome unknown).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import heapq
 import itertools
 import logging
@@ -23,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import zmq
 
 from . import wire
@@ -46,6 +58,41 @@ MAX_POLL_MS = 100
 
 _SEND, _EXPIRE = 0, 1
 
+# Who uses the DEALER: nobody (a caller may take it), the I/O thread, one direct caller;
+# closed once the I/O thread has closed it.
+_IDLE, _IO, _DIRECT, _CLOSED = 0, 1, 2, 3
+
+_REPLY_COMMAND = bytes([wire.ClientCommand.REPLY])
+_REQUEST_COMMAND = bytes([wire.ClientCommand.REQUEST])
+_unpackb = msgpack.unpackb
+# Plain ints: pyzmq's flag enums cost an enum operation per frame when or-ed.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+#: Frames kept of one message; a longer one is drained and then rejected as malformed.
+_MAX_FRAMES = 8
+
+
+def _send_request(dealer: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    """Sends a request's four frames without waiting (raises `zmq.Again` if the socket
+    will not take it; once the first frame is taken, the rest of the message is)."""
+    send = dealer.send
+    send(frames[0], _MORE_NOBLOCK)
+    send(frames[1], _MORE_NOBLOCK)
+    send(frames[2], _MORE_NOBLOCK)
+    send(frames[3], _NOBLOCK)
+
+
+def _recv_message(dealer: zmq.Socket[bytes]) -> list[bytes]:
+    """One whole message, without waiting (raises `zmq.Again` if none is there)."""
+    recv = dealer.recv
+    parts = [recv(_NOBLOCK)]
+    while dealer.getsockopt(_RCVMORE):
+        part = recv(_NOBLOCK)
+        if len(parts) < _MAX_FRAMES:
+            parts.append(part)
+    return parts
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -55,9 +102,93 @@ class Reply:
     worker: str | None
 
 
+# --- the request header, pre-encoded ---------------------------------------------------
+
+#: Cached header prefixes (service, idempotent) → bytes; cleared when it reaches this size.
+_PREFIX_CACHE_MAX = 256
+_prefixes: dict[tuple[str, bool], bytes] = {}
+_ID_KEY = wire.pack("id") + b"\xcf"  # "id": uint 64
+_DEADLINE_KEY = wire.pack("deadline_ms") + b"\xcf"  # "deadline_ms": uint 64
+_valid_services: set[str] = set()
+
+
+def request_header(
+    id: int,
+    service: str,
+    deadline_ms: int,
+    idempotent: bool,
+    target: str | None = None,
+    affinity: str | None = None,
+) -> bytes:
+    """Frame 2 of a client REQUEST: the same MessagePack map as `wire.encode_request`.
+
+    The common case (no target, no affinity) joins a cached prefix with the two numbers
+    as fixed-width uint 64 (valid MessagePack; every decoder takes any integer width),
+    instead of building and packing a dict per call.
+    """
+    if target is not None or affinity is not None:
+        return wire.encode_request(id, service, deadline_ms, idempotent, target, affinity)[2]
+    prefix = _prefixes.get((service, idempotent))
+    if prefix is None:
+        prefix = (
+            b"\x84"  # fixmap, 4 entries
+            + wire.pack("service")
+            + wire.pack(service)
+            + wire.pack("idempotent")
+            + wire.pack(idempotent)
+            + _ID_KEY
+        )
+        if len(_prefixes) >= _PREFIX_CACHE_MAX:
+            _prefixes.clear()
+        _prefixes[(service, idempotent)] = prefix
+    return prefix + id.to_bytes(8, "big") + _DEADLINE_KEY + deadline_ms.to_bytes(8, "big")
+
+
+def _check_service(service: str) -> None:
+    if service in _valid_services:
+        return
+    if not wire.valid_service(service):
+        raise ValueError(f"invalid service name {service!r}")
+    if len(_valid_services) >= _PREFIX_CACHE_MAX:
+        _valid_services.clear()
+    _valid_services.add(service)
+
+
+# --- answers ---------------------------------------------------------------------------
+
+
+def parse_answer(frames: list[bytes]) -> tuple[int, str | None, bytes, CallError | None]:
+    """An answer's request id, worker, body and (for an ERROR) the error to raise.
+
+    A well-formed REPLY is checked here directly (the hot path); anything else goes
+    through `wire.decode_client_answer`, which raises `ProtocolError` on bad input.
+    """
+    if len(frames) == 4 and frames[1] == _REPLY_COMMAND and frames[0] == wire.CLIENT_PROTOCOL:
+        header = frames[2]
+        if len(header) <= wire.MAX_HEADER_BYTES:
+            try:
+                h = _unpackb(header, raw=False, strict_map_key=False)
+            except Exception:
+                h = None
+            if type(h) is dict:
+                id = h.get("id")
+                worker = h.get("worker")
+                if (
+                    type(id) is int
+                    and 0 <= id < 1 << 64
+                    and (worker is None or type(worker) is str)
+                ):
+                    return id, worker, frames[3], None
+    ans = wire.decode_client_answer(frames)
+    if ans.ok:
+        return ans.id, ans.worker, ans.body, None
+    code = wire.ErrorCode.from_number(ans.code)
+    name = code.wire_name if code else (ans.name or f"error_{ans.code}")
+    return ans.id, ans.worker, b"", CallError(name, ans.message, ans.worker, ans.code)
+
+
 class _Pending:
     __slots__ = (
-        "body",
         "deadline",
         "frames",
         "full",
@@ -66,6 +197,7 @@ class _Pending:
         "raw",
         "retry_every",
         "sent",
+        "sent_at",
         "timeout_ms",
     )
 
@@ -75,7 +207,7 @@ class _Pending:
         frames: list[bytes],
         deadline: float,
         retry_every: float | None,
-        future: Future[Any],
+        future: Future[Any] | None,
         raw: bool,
         full: bool,
         timeout_ms: int,
@@ -84,11 +216,13 @@ class _Pending:
         self.frames = frames
         self.deadline = deadline
         self.retry_every = retry_every
+        #: None while a direct caller waits for it itself.
         self.future = future
         self.raw = raw
         self.full = full
         self.timeout_ms = timeout_ms
         self.sent = False
+        self.sent_at = 0.0
 
 
 def _settle(future: Future[Any], result: Any = None, error: BaseException | None = None) -> None:
@@ -103,38 +237,225 @@ def _settle(future: Future[Any], result: Any = None, error: BaseException | None
 
 
 class _Connection:
-    """The I/O thread's state: the DEALER, pending calls and their timers."""
+    """The DEALER, who owns it, the pending calls and their timers.
 
-    def __init__(
-        self,
-        dealer: zmq.Socket[bytes],
-        calls: collections.deque[_Pending],
-        wakeup: Wakeup,
-        max_body: int,
-    ) -> None:
+    `pending` and `timers` belong to the socket's owner of the moment: the I/O thread in
+    `_IO`, a direct caller handing its call over in `_DIRECT` (the I/O thread does not
+    touch them then).
+    """
+
+    def __init__(self, dealer: zmq.Socket[bytes], max_body: int) -> None:
         self.dealer = dealer
-        self.calls = calls
-        self.wakeup = wakeup
         self.max_body = max_body
+        self.mu = threading.Lock()
+        self.mode = _IDLE
+        self.stopping = False
+        #: Calls waiting for the I/O thread.
+        self.calls: collections.deque[_Pending] = collections.deque()
+        #: Wakes the I/O thread (it polls the read end beside the DEALER).
+        self.wakeup = Wakeup()
+        #: Wakes a direct caller (it polls the read end beside the DEALER); at most one
+        #: byte is written per direct call (`direct_signalled`).
+        self.direct_wake = Wakeup()
+        self.direct_signalled = False
+        self.direct_poller = zmq.Poller()
+        self.direct_poller.register(dealer, zmq.POLLIN)
+        self.direct_poller.register(self.direct_wake, zmq.POLLIN)
         self.pending: dict[int, _Pending] = {}
         self.timers: list[tuple[float, int, int]] = []
-        self.stopping = False
         self.bad_frames = 0
         self.late_answers = 0
         self.resends = 0
+        self.direct_calls = 0
+        self.handovers = 0
+
+    # --- submitting ---------------------------------------------------------------------
+
+    def enqueue(self, p: _Pending) -> bool:
+        """Queues `p` for the I/O thread; False if the client is closing."""
+        with self.mu:
+            if self.stopping:
+                return False
+            self.calls.append(p)
+            mode = self.mode
+            signal = mode == _DIRECT and not self.direct_signalled
+            if signal:
+                self.direct_signalled = True
+        if mode == _DIRECT:
+            if signal:
+                # The direct caller hands its call over and lets the I/O thread run.
+                self.direct_wake.force()
+        else:
+            self.wakeup.wake()
+        return True
+
+    def claim(self) -> bool:
+        """Takes the socket for a direct call if nobody uses it and nothing is queued."""
+        with self.mu:
+            if self.mode != _IDLE or self.calls or self.stopping:
+                return False
+            self.mode = _DIRECT
+            stale = self.direct_signalled
+            self.direct_signalled = False
+        if stale:
+            self.direct_wake.drain()
+        return True
+
+    # --- a direct call (the caller's thread owns the socket) ----------------------------
+
+    def call_direct(self, p: _Pending) -> Any:
+        """Sends `p` and waits for its answer on this thread; needs a successful `claim`.
+
+        Returns the result or raises its `CallError`; whatever else happens (see the
+        module doc) the call is handed to the I/O thread and awaited through a future.
+        """
+        owned = True
+        try:
+            dealer = self.dealer
+            now = time.monotonic()
+            try:
+                _send_request(dealer, p.frames)
+            except zmq.ZMQError as e:
+                if not isinstance(e, zmq.Again):
+                    log.warning("request %d not sent: %s", p.id, e)
+                owned = False
+                return self._hand_over(p, now)
+            p.sent = True
+            p.sent_at = now
+            first = p.deadline + ANSWER_SLACK_S
+            if p.retry_every is not None and now + p.retry_every < p.deadline:
+                first = now + p.retry_every
+            poll = self.direct_poller.poll
+            # zmq.Poller reports a plain file descriptor by its number.
+            wake_fd = self.direct_wake.fileno()
+            while True:
+                left = first - time.monotonic()
+                if left <= 0:
+                    break  # a timer is due: the I/O thread fires it
+                ready = poll(math.ceil(left * 1000))
+                if not ready:
+                    continue
+                if any(s == wake_fd for s, _ in ready):
+                    break  # another call queued, or close(): let the I/O thread run
+                while True:
+                    try:
+                        frames = _recv_message(dealer)
+                    except zmq.Again:
+                        break
+                    try:
+                        id, worker, body, err = parse_answer(frames)
+                    except ProtocolError as e:
+                        self._bad_frame(str(e))
+                        continue
+                    if id != p.id:
+                        self.late_answers += 1  # a duplicate, or an answer after a timeout
+                        continue
+                    owned = False
+                    self._release()
+                    self.direct_calls += 1
+                    if err is not None:
+                        raise err
+                    return self._result(p, worker, body)
+            owned = False
+            return self._hand_over(p, time.monotonic())
+        finally:
+            if owned:
+                # Interrupted (KeyboardInterrupt …): the I/O thread settles the call.
+                with contextlib.suppress(CallError):
+                    self._hand_over(p, time.monotonic(), wait=False)
+
+    def _release(self) -> None:
+        """Gives the socket back after a direct call."""
+        with self.mu:
+            wake = bool(self.calls) or self.stopping
+            self.mode = _IO if wake else _IDLE
+        if wake:
+            self.wakeup.force()
+
+    def _hand_over(self, p: _Pending, now: float, wait: bool = True) -> Any:
+        """Gives the socket and `p` to the I/O thread, then waits for `p`'s future."""
+        future: Future[Any] = Future()
+        p.future = future
+        with self.mu:
+            stopping = self.stopping
+            if not stopping:
+                self.pending[p.id] = p
+                heapq.heappush(self.timers, (p.deadline + ANSWER_SLACK_S, p.id, _EXPIRE))
+                if not p.sent:
+                    heapq.heappush(self.timers, (now, p.id, _SEND))
+                elif p.retry_every is not None and p.sent_at + p.retry_every < p.deadline:
+                    heapq.heappush(self.timers, (p.sent_at + p.retry_every, p.id, _SEND))
+            self.mode = _IO
+            self.handovers += 1
+        self.wakeup.force()
+        if stopping:
+            raise CallError(CLOSED, "client closed")
+        return future.result() if wait else None
+
+    # --- the I/O thread -----------------------------------------------------------------
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.dealer, zmq.POLLIN)
-        poller.register(self.wakeup, zmq.POLLIN)
+        io_poller = zmq.Poller()
+        io_poller.register(self.dealer, zmq.POLLIN)
+        io_poller.register(self.wakeup, zmq.POLLIN)
+        idle_poller = zmq.Poller()
+        idle_poller.register(self.wakeup, zmq.POLLIN)
         try:
-            while not self.stopping:
-                self._round(poller)
+            while True:
+                with self.mu:
+                    if self.stopping and self.mode != _DIRECT:
+                        break
+                    if self.mode == _IDLE and self.calls:
+                        self.mode = _IO
+                    mode = self.mode
+                if mode == _IO:
+                    self._round(io_poller)
+                    if not self.pending and not self.calls:
+                        self._go_idle()
+                else:
+                    self._sleep(idle_poller)
         except Exception:  # never leave callers hanging on a dead thread
             log.exception("client I/O thread failed")
         finally:
-            self.dealer.close(linger=0)
-            self._fail_all(CallError(CLOSED, "client closed"))
+            self._shut(idle_poller)
+
+    def _go_idle(self) -> None:
+        with self.mu:
+            if self.pending or self.calls or self.mode != _IO or self.stopping:
+                return
+            # Only timers of answered calls are left; cleared before a direct caller can
+            # hand a call over and push its own.
+            self.timers.clear()
+            self.mode = _IDLE
+
+    def _sleep(self, poller: zmq.Poller) -> None:
+        """Waits for the socket to come back (or work for it) without touching it."""
+        self.wakeup.sleeping = True
+        with self.mu:
+            go = (
+                self.mode == _IO
+                or (self.mode == _IDLE and self.calls)
+                or (self.stopping and self.mode != _DIRECT)
+            )
+        ready = [] if go else poller.poll(MAX_POLL_MS)
+        self.wakeup.sleeping = False
+        if ready:
+            self.wakeup.drain()
+
+    def _shut(self, poller: zmq.Poller) -> None:
+        with self.mu:
+            self.stopping = True
+        # A direct caller may hold the socket still: it lets go at once when woken.
+        self.direct_wake.force()
+        while True:
+            with self.mu:
+                if self.mode != _DIRECT:
+                    self.mode = _CLOSED
+                    break
+            if poller.poll(MAX_POLL_MS):
+                self.wakeup.drain()
+        self.dealer.close(linger=0)
+        self._fail_all(CallError(CLOSED, "client closed"))
 
     def _round(self, poller: zmq.Poller) -> None:
         timeout = MAX_POLL_MS
@@ -145,61 +466,78 @@ class _Connection:
         self.wakeup.sleeping = True
         if self.calls:
             timeout = 0
-        ready = dict(poller.poll(timeout))
+        ready = poller.poll(timeout)
         self.wakeup.sleeping = False
-        if self.wakeup in ready:
-            self.wakeup.drain()
-        while self.calls:
-            self._start(self.calls.popleft())
-        if self.dealer in ready:
+        dealer_ready = False
+        for sock, _ in ready:
+            if sock is self.dealer:
+                dealer_ready = True
+            else:
+                self.wakeup.drain()
+        calls = self.calls
+        if calls:
+            now = time.monotonic()
+            while calls:
+                self._start(calls.popleft(), now)
+        if dealer_ready:
             self._read_answers()
         self._fire_timers()
 
-    def _start(self, p: _Pending) -> None:
+    def _start(self, p: _Pending, now: float) -> None:
         self.pending[p.id] = p
-        heapq.heappush(self.timers, (p.deadline + ANSWER_SLACK_S, p.id, _EXPIRE))
-        self._send(p, time.monotonic())
+        self._push_timer((p.deadline + ANSWER_SLACK_S, p.id, _EXPIRE))
+        self._send(p, now)
+
+    def _push_timer(self, timer: tuple[float, int, int]) -> None:
+        timers = self.timers
+        heapq.heappush(timers, timer)
+        # Answered calls leave their timers behind (removing them from a heap costs more
+        # than skipping them); drop them once they outnumber the live ones.
+        if len(timers) > 2 * len(self.pending) + 64:
+            pending = self.pending
+            timers[:] = [t for t in timers if t[1] in pending]
+            heapq.heapify(timers)
 
     def _send(self, p: _Pending, now: float) -> None:
         try:
-            self.dealer.send_multipart(p.frames, zmq.NOBLOCK)
+            _send_request(self.dealer, p.frames)
         except zmq.Again:
             # No broker connection (or its queue is full): try again shortly.
-            heapq.heappush(self.timers, (now + UNSENT_RETRY_S, p.id, _SEND))
+            self._push_timer((now + UNSENT_RETRY_S, p.id, _SEND))
             return
         except zmq.ZMQError as e:
             log.warning("request %d not sent: %s", p.id, e)
-            heapq.heappush(self.timers, (now + UNSENT_RETRY_S, p.id, _SEND))
+            self._push_timer((now + UNSENT_RETRY_S, p.id, _SEND))
             return
         if p.sent:
             self.resends += 1
         p.sent = True
+        p.sent_at = now
         if p.retry_every is not None and now + p.retry_every < p.deadline:
-            heapq.heappush(self.timers, (now + p.retry_every, p.id, _SEND))
+            self._push_timer((now + p.retry_every, p.id, _SEND))
 
     def _fire_timers(self) -> None:
+        timers = self.timers
+        if not timers:
+            return
         now = time.monotonic()
-        while self.timers and self.timers[0][0] <= now:
-            _, id, kind = heapq.heappop(self.timers)
+        while timers and timers[0][0] <= now:
+            _, id, kind = heapq.heappop(timers)
             p = self.pending.get(id)
             if p is None:
                 continue  # answered already
             if kind == _EXPIRE:
                 del self.pending[id]
-                _settle(
-                    p.future,
-                    error=CallError(
-                        TIMEOUT,
-                        f"no answer within {p.timeout_ms} ms (outcome unknown)",
-                    ),
+                self._fail(
+                    p, CallError(TIMEOUT, f"no answer within {p.timeout_ms} ms (outcome unknown)")
                 )
             elif now >= p.deadline:
                 if not p.sent:
                     # Never reached a socket, so never delivered: safe to say so.
                     del self.pending[id]
-                    _settle(
-                        p.future,
-                        error=CallError(
+                    self._fail(
+                        p,
+                        CallError(
                             UNAVAILABLE, f"broker unreachable for {p.timeout_ms} ms; not sent"
                         ),
                     )
@@ -207,38 +545,52 @@ class _Connection:
                 self._send(p, now)
 
     def _read_answers(self) -> None:
+        dealer = self.dealer
+        pending = self.pending
         while True:
             try:
-                frames = self.dealer.recv_multipart(zmq.NOBLOCK)
+                frames = _recv_message(dealer)
             except zmq.Again:
                 return
             try:
-                ans = wire.decode_client_answer(frames)
+                id, worker, body, err = parse_answer(frames)
             except ProtocolError as e:
                 self._bad_frame(str(e))
                 continue
-            p = self.pending.pop(ans.id, None)
+            p = pending.pop(id, None)
             if p is None:
                 # A second answer to a re-sent idempotent call, or one after its timeout.
                 self.late_answers += 1
                 continue
-            self._answer(p, ans)
+            future = p.future
+            if future is None:  # cannot happen: only handed-over calls are pending
+                continue
+            if err is not None:
+                _settle(future, error=err)
+                continue
+            try:
+                result = self._result(p, worker, body)
+            except CallError as e:
+                _settle(future, error=e)
+                continue
+            _settle(future, result)
 
-    def _answer(self, p: _Pending, ans: wire.ClientAnswer) -> None:
-        if not ans.ok:
-            code = wire.ErrorCode.from_number(ans.code)
-            name = code.wire_name if code else (ans.name or f"error_{ans.code}")
-            _settle(p.future, error=CallError(name, ans.message, ans.worker, ans.code))
-            return
-        if len(ans.body) > self.max_body:
-            _settle(p.future, error=CallError(BAD_REPLY, f"reply of {len(ans.body)} bytes"))
-            return
-        try:
-            body = ans.body if p.raw else wire.unpack_body(ans.body)
-        except ProtocolError as e:
-            _settle(p.future, error=CallError(BAD_REPLY, str(e), ans.worker))
-            return
-        _settle(p.future, Reply(body, ans.worker) if p.full else body)
+    def _result(self, p: _Pending, worker: str | None, body: bytes) -> Any:
+        """A REPLY's result for `p`: its body (decoded unless raw), or a `Reply`."""
+        if len(body) > self.max_body:
+            raise CallError(BAD_REPLY, f"reply of {len(body)} bytes")
+        if p.raw:
+            value: Any = body
+        else:
+            try:
+                value = wire.unpack_body(body)
+            except ProtocolError as e:
+                raise CallError(BAD_REPLY, str(e), worker) from None
+        return Reply(value, worker) if p.full else value
+
+    def _fail(self, p: _Pending, error: CallError) -> None:
+        if p.future is not None:
+            _settle(p.future, error=error)
 
     def _bad_frame(self, why: str) -> None:
         self.bad_frames += 1
@@ -248,11 +600,12 @@ class _Connection:
 
     def _fail_all(self, error: CallError) -> None:
         # Calls still queued (never started) fail too: nobody will send them now.
-        while self.calls:
-            p = self.calls.popleft()
-            self.pending[p.id] = p
+        with self.mu:
+            while self.calls:
+                p = self.calls.popleft()
+                self.pending[p.id] = p
         for p in self.pending.values():
-            _settle(p.future, error=error)
+            self._fail(p, error)
         self.pending.clear()
 
 
@@ -300,9 +653,7 @@ class Client(TradingMixin):
             self._curve.apply(dealer)
         dealer.connect(broker)
         self._ids = itertools.count(1)
-        self._calls: collections.deque[_Pending] = collections.deque()
-        self._wakeup = Wakeup()
-        self._conn = _Connection(dealer, self._calls, self._wakeup, max_body_bytes)
+        self._conn = _Connection(dealer, max_body_bytes)
         self._closed = False
         self._thread = threading.Thread(target=self._conn.run, name="tpx-client", daemon=True)
         self._thread.start()
@@ -327,17 +678,11 @@ class Client(TradingMixin):
         broker was unreachable; not sent) or ``closed``. `idempotent` calls are re-sent
         when unanswered (a third of the timeout, at least 500 ms) and retried by the
         broker on another worker if theirs dies. With ``raw=True`` the body is bytes
-        sent as is and the reply comes back as bytes.
+        sent as is and the reply comes back as bytes. While no other call is in flight,
+        the calling thread sends and waits for the answer itself (see the module doc).
         """
-        return self.call_async(
-            service,
-            body,
-            idempotent=idempotent,
-            timeout_ms=timeout_ms,
-            target=target,
-            affinity=affinity,
-            raw=raw,
-        ).result()
+        p = self._prepare(service, body, idempotent, timeout_ms, target, affinity, raw, False)
+        return self._call_sync(p)
 
     def call_async(
         self,
@@ -391,9 +736,19 @@ class Client(TradingMixin):
         raw: bool = False,
     ) -> Reply:
         """Like `call`, but returns a `Reply` that also names the worker that served it."""
-        fut = self._submit(service, body, idempotent, timeout_ms, target, affinity, raw, True)
-        reply: Reply = fut.result()
+        p = self._prepare(service, body, idempotent, timeout_ms, target, affinity, raw, True)
+        reply: Reply = self._call_sync(p)
         return reply
+
+    def _call_sync(self, p: _Pending) -> Any:
+        conn = self._conn
+        if conn.claim():
+            return conn.call_direct(p)
+        future: Future[Any] = Future()
+        p.future = future
+        if not conn.enqueue(p):
+            raise CallError(CLOSED, "client closed")
+        return future.result()
 
     def _submit(
         self,
@@ -406,8 +761,31 @@ class Client(TradingMixin):
         raw: bool,
         full: bool,
     ) -> Future[Any]:
-        if not wire.valid_service(service):
-            raise ValueError(f"invalid service name {service!r}")
+        future: Future[Any] = Future()
+        try:
+            p = self._prepare(service, body, idempotent, timeout_ms, target, affinity, raw, full)
+        except CallError as e:
+            future.set_exception(e)
+            return future
+        p.future = future
+        if not self._conn.enqueue(p):
+            future.set_exception(CallError(CLOSED, "client closed"))
+        return future
+
+    def _prepare(
+        self,
+        service: str,
+        body: Any,
+        idempotent: bool,
+        timeout_ms: int | None,
+        target: str | None,
+        affinity: str | None,
+        raw: bool,
+        full: bool,
+    ) -> _Pending:
+        """Checks and encodes a call (ValueError/TypeError for bad arguments, CallError
+        for ``closed`` and ``too_large``)."""
+        _check_service(service)
         if target is not None and not wire.valid_uuid(target):
             raise ValueError(f"target {target!r} is not a worker uuid")
         if affinity is not None and not 1 <= len(affinity.encode()) <= wire.MAX_AFFINITY_BYTES:
@@ -418,25 +796,18 @@ class Client(TradingMixin):
             data = bytes(body)
         else:
             data = b"" if body is None else wire.pack(body)
-        future: Future[Any] = Future()
         if self._closed:
-            future.set_exception(CallError(CLOSED, "client closed"))
-            return future
+            raise CallError(CLOSED, "client closed")
         if len(data) > self.max_body_bytes:
-            future.set_exception(CallError("too_large", f"body of {len(data)} bytes"))
-            return future
+            raise CallError("too_large", f"body of {len(data)} bytes")
         ttl = self.timeout_ms if timeout_ms is None else timeout_ms
         if ttl <= 0:
             raise ValueError("timeout_ms must be positive")
         id = next(self._ids)
-        frames = wire.encode_request(id, service, wire.now_ms() + ttl, idempotent, target, affinity)
-        frames.append(data)
+        header = request_header(id, service, wire.now_ms() + ttl, idempotent, target, affinity)
+        frames = [wire.CLIENT_PROTOCOL, _REQUEST_COMMAND, header, data]
         retry = max(ttl / 3000, 0.5) if idempotent else None
-        self._calls.append(
-            _Pending(id, frames, time.monotonic() + ttl / 1000, retry, future, raw, full, ttl)
-        )
-        self._wakeup.wake()
-        return future
+        return _Pending(id, frames, time.monotonic() + ttl / 1000, retry, None, raw, full, ttl)
 
     # --- events ---------------------------------------------------------------------
 
@@ -450,25 +821,33 @@ class Client(TradingMixin):
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: bad frames dropped, late (duplicate) answers, re-sends, in flight."""
+        """Counters: bad frames dropped, late (duplicate) answers, re-sends, calls in
+        flight through the I/O thread, calls answered on the caller's thread (`direct`)
+        and direct calls handed to the I/O thread (`handovers`)."""
         c = self._conn
         return {
             "bad_frames": c.bad_frames,
             "late_answers": c.late_answers,
             "resends": c.resends,
             "in_flight": len(c.pending),
+            "direct": c.direct_calls,
+            "handovers": c.handovers,
         }
 
     def close(self) -> None:
-        """Stops the I/O thread; calls still pending fail with ``closed``."""
+        """Stops the I/O thread; calls still pending (direct ones too) fail with ``closed``."""
         if self._closed:
             return
         self._closed = True
-        self._conn.stopping = True
-        self._wakeup.force()
+        conn = self._conn
+        with conn.mu:
+            conn.stopping = True
+        conn.direct_wake.force()
+        conn.wakeup.force()
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
-            self._wakeup.close()
+            conn.wakeup.close()
+            conn.direct_wake.close()
             self._ctx.term()
 
     def __enter__(self) -> Client:

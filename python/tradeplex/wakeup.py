@@ -26,9 +26,22 @@ class Wakeup:
         """The read end, for `zmq.Poller.register`."""
         return self._r.fileno()
 
+    # zmq.Poller reports a registered plain file descriptor by its number, not by this
+    # object: comparing equal to that number makes `wakeup in dict(poller.poll())` true
+    # when it is ready (without this, a poll loop never drains it and then spins).
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, int):
+            return other == self.fileno()
+        return other is self
+
+    def __hash__(self) -> int:
+        return hash(self.fileno())
+
     def wake(self) -> None:
         """Wakes the I/O thread if it sleeps (a full buffer means it will wake anyway)."""
         if self.sleeping:
+            # One byte per sleep is enough: later callers see the flag down.
+            self.sleeping = False
             with contextlib.suppress(BlockingIOError, OSError):
                 self._w.send(b"\x01")
 
@@ -38,10 +51,10 @@ class Wakeup:
             self._w.send(b"\x01")
 
     def drain(self) -> None:
-        """Reads every pending byte."""
+        """Reads the pending bytes (one read: writers send one byte per sleep, so more
+        than 4096 only makes the next poll return at once, which drains them)."""
         with contextlib.suppress(BlockingIOError, OSError):
-            while self._r.recv(4096):
-                pass
+            self._r.recv(4096)
 
     def close(self) -> None:
         """Closes both ends."""

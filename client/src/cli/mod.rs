@@ -66,7 +66,7 @@ enum Command {
     /// Print events under a topic prefix, one JSON line each.
     Tail(tail::TailArgs),
     /// Benchmark Tradeplex against a bare ZeroMQ baseline (starts its own processes).
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Generate a CURVE key pair (TOML key file on stdout).
     Keygen,
 }
@@ -121,7 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.command {
         Command::Call(c) => call::run(&conn, c),
         Command::Status(s) | Command::Workers(s) => status::run(&conn, s),
-        Command::Bench(b) => bench::run(b),
+        Command::Bench(b) => bench::run(*b),
         Command::Order(o) => trade::order(&conn, o),
         Command::Cancel(c) => trade::cancel(&conn, c),
         Command::Positions(a) => trade::positions(&conn, a),

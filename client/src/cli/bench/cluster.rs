@@ -238,6 +238,11 @@ impl Cluster {
         self.wait_registered(n)
     }
 
+    /// How many workers the bench started.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Starts a worker with the bench's flags and `extra` ones (it serves `echo` too);
     /// returns its id.
     pub fn start_worker(&mut self, bin_dir: &Path, extra: &[&str]) -> anyhow::Result<String> {

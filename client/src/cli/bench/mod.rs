@@ -5,6 +5,7 @@
 mod cluster;
 mod events;
 mod journal;
+mod python;
 mod raw;
 mod report;
 mod rr;
@@ -43,6 +44,9 @@ pub enum Scenario {
     /// The order journal's cost: send_order and echo with no journal, a journal without
     /// fsync, fsync always and fsync batched.
     Journal,
+    /// The Python client (window 1 and pipelined) through the broker and an echo worker,
+    /// against vn.py's RpcClient/RpcServer.
+    Python,
 }
 
 /// Flags of `tradeplex bench`.
@@ -65,7 +69,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "rr,rr-raw,events,memory,trading,journal"
+        default_value = "python,rr,rr-raw,events,memory,trading,journal"
     )]
     scenarios: Vec<Scenario>,
     /// Write the results (medians and every run) as JSON to this file.
@@ -116,6 +120,16 @@ pub struct BenchArgs {
     /// production journals use; default: the bench's scratch directory under $TMPDIR).
     #[arg(long)]
     journal_dir: Option<PathBuf>,
+    /// Python interpreter of the python scenario (default: the repository's
+    /// target/python-venv/bin/python if it exists, else python3).
+    #[arg(long, env = "TRADEPLEX_BENCH_PYTHON")]
+    python: Option<PathBuf>,
+    /// Timed calls per Python run (each of window 1 and pipelined), after a warm-up.
+    #[arg(long, default_value_t = 10_000)]
+    python_calls: u64,
+    /// Calls in flight in the pipelined Python run.
+    #[arg(long, default_value_t = 256)]
+    python_window: usize,
     /// Extra flag for tradeplex-broker (repeatable), e.g. --broker-arg=--max-queue=50000.
     #[arg(long = "broker-arg", allow_hyphen_values = true)]
     broker_args: Vec<String>,
@@ -238,6 +252,9 @@ impl Bench<'_> {
                 rss,
             );
         }
+        if self.has(Scenario::Python) {
+            self.python(&mut cluster)?;
+        }
         if self.has(Scenario::Rr) {
             self.rr(&mut cluster)?;
             if self.has(Scenario::Memory) {
@@ -270,6 +287,90 @@ impl Bench<'_> {
         }
         if self.has(Scenario::Journal) {
             self.journal(&mut cluster)?;
+        }
+        Ok(())
+    }
+
+    /// The Python client against vn.py's RPC, `repeat` times, the sides alternating.
+    fn python(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
+        let a = self.args;
+        let py = match python::PythonSetup::find(a.python.as_deref(), &self.bin_dir) {
+            Ok(py) => py,
+            Err(python::Missing::All(why) | python::Missing::Side(why)) => {
+                self.report.notes.push(format!("python: skipped, {why}"));
+                return Ok(());
+            }
+        };
+        cluster.ensure_workers(&self.bin_dir, 1)?;
+        let workers = cluster.worker_count();
+        let cfg = format!("1c×{workers}w");
+        let w1 = "python w1";
+        let piped = format!("python w{}", a.python_window);
+        // A run is a few seconds; the cap only stops a hung child.
+        let cap = Duration::from_secs_f64(a.time_cap_s.max(0.1) * 3.0 + 30.0);
+        let (mut skip_client, mut skip_vnpy) = (None, None);
+        for rep in 0..a.repeat {
+            for side in Side::order(rep) {
+                check_interrupt()?;
+                match side {
+                    Side::Tradeplex if skip_client.is_none() => {
+                        let run =
+                            py.client(&cluster.frontend, a.python_calls, a.python_window, cap);
+                        match run {
+                            Ok(r) => {
+                                eprintln!(
+                                    "bench: python client {cfg}: window 1 {:.0}/s p50 {:.1} µs p99 {:.1} µs, window {} {:.0}/s",
+                                    r.w1_rate, r.w1_p50_us, r.w1_p99_us, a.python_window, r.piped_rate
+                                );
+                                let rp = &mut self.report;
+                                rp.add(w1, &cfg, "calls/s", Unit::PerSec, side, r.w1_rate);
+                                rp.add(w1, &cfg, "p50", Unit::Micros, side, r.w1_p50_us);
+                                rp.add(w1, &cfg, "p99", Unit::Micros, side, r.w1_p99_us);
+                                rp.add(&piped, &cfg, "calls/s", Unit::PerSec, side, r.piped_rate);
+                            }
+                            Err(python::Missing::All(why) | python::Missing::Side(why)) => {
+                                skip_client = Some(why);
+                            }
+                        }
+                        cluster.check_alive()?;
+                    }
+                    Side::Baseline if skip_vnpy.is_none() => match py.vnpy(a.python_calls, cap) {
+                        Ok(r) => {
+                            eprintln!(
+                                "bench: vn.py RpcClient window 1: {:.0}/s p50 {:.1} µs p99 {:.1} µs",
+                                r.rate, r.p50_us, r.p99_us
+                            );
+                            let rp = &mut self.report;
+                            rp.add(w1, &cfg, "calls/s", Unit::PerSec, side, r.rate);
+                            rp.add(w1, &cfg, "p50", Unit::Micros, side, r.p50_us);
+                            rp.add(w1, &cfg, "p99", Unit::Micros, side, r.p99_us);
+                            // vn.py cannot pipeline: its best is one call in flight.
+                            rp.add(&piped, &cfg, "calls/s", Unit::PerSec, side, r.rate);
+                        }
+                        Err(python::Missing::All(why) | python::Missing::Side(why)) => {
+                            skip_vnpy = Some(why);
+                        }
+                    },
+                    _ => {}
+                }
+            }
+        }
+        let notes = &mut self.report.notes;
+        let version = py.vnpy_version().unwrap_or_else(|| "?".into());
+        notes.push(format!(
+            "python: Tradeplex = the Python client ({}) through broker + {workers} echo worker(s); \
+             baseline = vn.py {version} RpcClient/RpcServer on tcp://127.0.0.1 (REQ/REP, one call \
+             in flight: it cannot pipeline, so the w{} ratio is against its window-1 rate); \
+             {} calls per run",
+            py.python.display(),
+            a.python_window,
+            a.python_calls
+        ));
+        if let Some(why) = skip_client {
+            notes.push(format!("python: client rows skipped, {why}"));
+        }
+        if let Some(why) = skip_vnpy {
+            notes.push(format!("python: vn.py rows skipped, {why}"));
         }
         Ok(())
     }
