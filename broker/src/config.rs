@@ -60,6 +60,8 @@ pub struct Config {
     /// sockets for this many microseconds before blocking (0 = block at once). Spinning
     /// trades a busy core for lower wake-up latency; see docs/performance.md.
     pub idle_spin_us: u64,
+    /// Pre-trade risk (docs/risk.md); absent = off and no request body is decoded.
+    pub risk: Option<crate::risk::RiskConfig>,
 }
 
 /// The `[curve]` table: the broker's key pair and who may connect.
@@ -97,6 +99,7 @@ impl Default for Config {
             curve: None,
             insecure: false,
             idle_spin_us: 0,
+            risk: None,
         }
     }
 }
@@ -228,6 +231,9 @@ impl Config {
             self.event_hwm >= 0,
             "must be >= 0 (0 = unbounded, not advised)",
         )?;
+        if let Some(risk) = &self.risk {
+            risk.validate()?;
+        }
         if let Some(curve) = &self.curve {
             field(
                 "curve.key_file",

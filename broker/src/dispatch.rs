@@ -18,6 +18,7 @@ use tradeplex_proto::{frame, ErrorCode, JobId, RequestId, ServiceName, WorkerId}
 use crate::metrics::{
     Metrics, ServiceMetrics, MGMT_SERVICE_LABEL, UNKNOWN_SERVICE_LABEL, WORKER_STATES,
 };
+use crate::risk;
 
 /// A ROUTER routing id (the peer's connection identity).
 pub type Identity = Vec<u8>;
@@ -223,6 +224,8 @@ pub struct Dispatcher {
     unknown_metrics: Arc<ServiceMetrics>,
     /// The broker's own `tpx.*` services, counted apart from unknown services.
     mgmt_metrics: Arc<ServiceMetrics>,
+    /// The pre-trade risk stage (`[risk]` configured); every request passes it.
+    risk: Option<risk::Stage>,
     /// Messages to send; drained by the socket loop.
     pub out: Vec<Out>,
 }
@@ -250,8 +253,15 @@ impl Dispatcher {
             metrics,
             unknown_metrics,
             mgmt_metrics,
+            risk: None,
             out: Vec::new(),
         }
+    }
+
+    /// Puts the risk stage in the order path: from now on every request passes
+    /// [`risk::Stage::check`] after admission and before it is queued.
+    pub fn set_risk(&mut self, stage: risk::Stage) {
+        self.risk = Some(stage);
     }
 
     /// This broker instance's id (new at every start).
@@ -296,6 +306,13 @@ impl Dispatcher {
         }
         if h.service.is_mgmt() {
             self.answer_mgmt(clock, client, &h, &metrics);
+            return;
+        }
+        if let Some(risk::Verdict::Refuse(code, message)) =
+            self.risk.as_ref().map(|r| r.check(clock.unix_ms, &body))
+        {
+            metrics.answered(Some(code), 0.0);
+            self.send_error(client, ErrorHeader::new(h.id, code, message));
             return;
         }
         let has_workers = self.has_workers(&h.service);
