@@ -93,6 +93,8 @@ pub enum Verdict {
 
 struct Shared {
     cfg: RiskConfig,
+    /// Index of `cfg.account` by name.
+    by_name: rustc_hash::FxHashMap<String, usize>,
     day_start_ms: u64,
     state: Mutex<State>,
     metrics: RiskMetrics,
@@ -106,6 +108,14 @@ impl Shared {
 
     fn caps(&self) -> (usize, usize) {
         (self.cfg.max_accounts, self.cfg.max_symbols_per_account)
+    }
+
+    /// The limits that apply to `account`, if any.
+    fn limits_for(&self, account: &str) -> Option<&config::Limits> {
+        match self.by_name.get(account) {
+            Some(i) => self.cfg.account.get(*i),
+            None => self.cfg.default.as_ref(),
+        }
     }
 
     fn account_name<'a>(&'a self, account: &'a str) -> &'a str {
@@ -154,6 +164,12 @@ impl Stage {
         let day_start_ms = cfg.day_start_ms()?;
         Ok(Stage {
             shared: Arc::new(Shared {
+                by_name: cfg
+                    .account
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (a.name.clone(), i))
+                    .collect(),
                 cfg,
                 day_start_ms,
                 state: Mutex::new(State::default()),
@@ -219,7 +235,7 @@ impl Stage {
     fn decide(&self, now_ms: u64, o: &OrderRequest) -> Result<(), Reject> {
         let s = &*self.shared;
         let account = s.account_name(&o.account);
-        let Some(limits) = s.cfg.limits_for(account) else {
+        let Some(limits) = s.limits_for(account) else {
             return Ok(());
         };
         let mut st = s.lock();
@@ -233,6 +249,9 @@ impl Stage {
                 .or_else(|| st.contracts.get(&o.symbol).copied()),
             quote: st.quotes.get(&o.symbol).copied(),
         };
+        if let Some(a) = st.accounts.get_mut(account) {
+            rules::expire(limits, a, now_ms);
+        }
         {
             let a = st.accounts.get(account);
             let counters = Counters {
@@ -258,9 +277,7 @@ impl Stage {
                 n + 1,
             ));
         }
-        let mut sym = a.symbols.remove(&o.symbol).unwrap_or_default();
-        rules::admit(limits, a, &mut sym, o, now_ms);
-        a.symbols.insert(o.symbol.clone(), sym);
+        rules::admit(limits, a, o, now_ms);
         Ok(())
     }
 
@@ -280,13 +297,9 @@ impl Stage {
             None if !c.symbol.is_empty() => (s.cfg.default_account.clone(), c.symbol),
             None => return,
         };
-        let cfg = &s.cfg;
-        if let Some(sym) = st.symbol_mut(
-            &account,
-            &symbol,
-            &|a| cfg.limits_for(a).is_some(),
-            s.caps(),
-        ) {
+        if let Some(sym) =
+            st.symbol_mut(&account, &symbol, &|a| s.limits_for(a).is_some(), s.caps())
+        {
             sym.cancels = sym.cancels.saturating_add(1);
         }
     }
@@ -305,10 +318,9 @@ impl Feed {
             return;
         }
         let s = &*self.shared;
-        let cfg = &s.cfg;
         let mut st = s.lock();
         st.roll(state::trading_day(now_ms, s.day_start_ms));
-        if !st.on_event(kind, body, &|a| cfg.limits_for(a).is_some(), s.caps()) {
+        if !st.on_event(kind, body, &|a| s.limits_for(a).is_some(), s.caps()) {
             s.metrics.bad_events.inc();
         }
     }

@@ -134,30 +134,23 @@ fn account_rules(
     o: &OrderRequest,
     now_ms: u64,
 ) -> Result<(), Reject> {
-    for (limit, window, _) in [
-        (l.order_flow_limit_per_s, 1000, ()),
-        (l.order_flow_limit_per_min, 60_000, ()),
+    for (limit, window, per) in [
+        (l.order_flow_limit_per_s, 1000, "/s"),
+        (l.order_flow_limit_per_min, 60_000, "/min"),
     ] {
         if let Some(max) = limit {
+            // Admission times are in order: count those inside the window by bisection.
             let since = now_ms.saturating_sub(window);
-            let n = a.flow.iter().rev().take_while(|t| **t > since).count() as u64 + 1;
+            let n = (a.flow.len() - a.flow.partition_point(|t| *t <= since)) as u64 + 1;
             if n > u64::from(max) {
-                let per = if window == 1000 { "/s" } else { "/min" };
                 return Err(reject("order_flow_limit", format_args!("{max}{per}"), n));
             }
         }
     }
     if let Some(window) = l.duplicate_order_window_ms {
+        // `expire` has dropped what fell out of the window.
         let max = l.duplicate_order_limit.unwrap_or(1);
-        let since = now_ms.saturating_sub(window);
-        let n = a
-            .recent
-            .iter()
-            .rev()
-            .take_while(|(t, _)| *t > since)
-            .filter(|(_, k)| same(k, o))
-            .count() as u64
-            + 1;
+        let n = u64::from(a.recent_count.get(&key(o)).copied().unwrap_or(0)) + 1;
         if n > u64::from(max) {
             return Err(reject(
                 "duplicate_order",
@@ -181,8 +174,41 @@ fn account_rules(
     Ok(())
 }
 
-fn same(k: &OrderKey, o: &OrderRequest) -> bool {
-    k.direction == o.direction && k.price == o.price && k.volume == o.volume && k.symbol == o.symbol
+fn key(o: &OrderRequest) -> OrderKey {
+    OrderKey {
+        symbol: o.symbol.clone(),
+        direction: o.direction,
+        price: o.price.to_bits(),
+        volume: o.volume.to_bits(),
+    }
+}
+
+fn pop_recent(a: &mut AccountState) {
+    if let Some((_, k)) = a.recent.pop_front() {
+        if let Some(n) = a.recent_count.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                a.recent_count.remove(&k);
+            }
+        }
+    }
+}
+
+/// Drops what has slid out of the flow and duplicate windows (before [`check`]).
+pub fn expire(l: &Limits, a: &mut AccountState, now_ms: u64) {
+    let flow_window = if l.order_flow_limit_per_min.is_some() {
+        60_000
+    } else {
+        1000
+    };
+    let since = now_ms.saturating_sub(flow_window);
+    while a.flow.front().is_some_and(|t| *t <= since) {
+        a.flow.pop_front();
+    }
+    let since = now_ms.saturating_sub(l.duplicate_order_window_ms.unwrap_or(0));
+    while a.recent.front().is_some_and(|(t, _)| *t <= since) {
+        pop_recent(a);
+    }
 }
 
 fn validity(m: Market, o: &OrderRequest, market: bool) -> Result<(), Reject> {
@@ -257,33 +283,26 @@ fn value(max: f64, m: Market, o: &OrderRequest, market: bool) -> Result<(), Reje
 }
 
 /// Records an admitted order in the account's and symbol's counters.
-pub fn admit(l: &Limits, a: &mut AccountState, s: &mut SymbolState, o: &OrderRequest, now_ms: u64) {
-    s.orders = s.orders.saturating_add(1);
-    if l.order_flow_limit_per_s.is_some() || l.order_flow_limit_per_min.is_some() {
-        let window = if l.order_flow_limit_per_min.is_some() {
-            60_000
-        } else {
-            1000
-        };
-        let since = now_ms.saturating_sub(window);
-        while a.flow.front().is_some_and(|t| *t <= since) {
-            a.flow.pop_front();
+pub fn admit(l: &Limits, a: &mut AccountState, o: &OrderRequest, now_ms: u64) {
+    match a.symbols.get_mut(&o.symbol) {
+        Some(s) => s.orders = s.orders.saturating_add(1),
+        None => {
+            let s = SymbolState {
+                orders: 1,
+                ..SymbolState::default()
+            };
+            a.symbols.insert(o.symbol.clone(), s);
         }
+    }
+    if l.order_flow_limit_per_s.is_some() || l.order_flow_limit_per_min.is_some() {
         a.flow.push_back(now_ms);
     }
-    if let Some(window) = l.duplicate_order_window_ms {
-        let since = now_ms.saturating_sub(window);
-        while a.recent.front().is_some_and(|(t, _)| *t <= since) || a.recent.len() >= MAX_RECENT {
-            a.recent.pop_front();
+    if l.duplicate_order_window_ms.is_some() {
+        if a.recent.len() >= MAX_RECENT {
+            pop_recent(a);
         }
-        a.recent.push_back((
-            now_ms,
-            OrderKey {
-                symbol: o.symbol.clone(),
-                direction: o.direction,
-                price: o.price,
-                volume: o.volume,
-            },
-        ));
+        let k = key(o);
+        *a.recent_count.entry(k.clone()).or_insert(0) += 1;
+        a.recent.push_back((now_ms, k));
     }
 }

@@ -43,17 +43,18 @@ pub struct SymbolState {
     pub working: [f64; 2],
 }
 
-/// An order identical to another for the duplicate rule.
-#[derive(Debug, Clone, PartialEq)]
+/// What makes two orders identical for the duplicate rule: symbol, direction, and the
+/// bits of price and volume (so it can be hashed; `-0.0` and `0.0` differ, harmlessly).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OrderKey {
     /// Symbol.
     pub symbol: String,
     /// Direction.
     pub direction: Direction,
-    /// Price.
-    pub price: f64,
-    /// Volume.
-    pub volume: f64,
+    /// Price bits.
+    pub price: u64,
+    /// Volume bits.
+    pub volume: u64,
 }
 
 /// Per account.
@@ -62,8 +63,10 @@ pub struct AccountState {
     /// Admission times (Unix ms) within the last minute, oldest first; at most the
     /// larger flow limit long (a rejected order is not added).
     pub flow: VecDeque<u64>,
-    /// Recent admitted orders (Unix ms, key) within the duplicate window.
+    /// Recent admitted orders (Unix ms, key) within the duplicate window, oldest first.
     pub recent: VecDeque<(u64, OrderKey)>,
+    /// How many of `recent` each key has.
+    pub recent_count: HashMap<OrderKey, u32>,
     /// By symbol.
     pub symbols: HashMap<String, SymbolState>,
     /// Working orders (not final).
