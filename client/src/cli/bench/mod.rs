@@ -7,6 +7,7 @@ mod events;
 mod journal;
 mod raw;
 mod report;
+mod risk;
 mod rr;
 mod threads;
 mod trading;
@@ -43,6 +44,8 @@ pub enum Scenario {
     /// The order journal's cost: send_order and echo with no journal, a journal without
     /// fsync, fsync always and fsync batched.
     Journal,
+    /// The latency the broker's pre-trade risk stage adds to send_order (all rules on).
+    Risk,
 }
 
 /// Flags of `tradeplex bench`.
@@ -65,7 +68,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "rr,rr-raw,events,memory,trading,journal"
+        default_value = "rr,rr-raw,events,memory,trading,journal,risk"
     )]
     scenarios: Vec<Scenario>,
     /// Write the results (medians and every run) as JSON to this file.
@@ -270,6 +273,9 @@ impl Bench<'_> {
         }
         if self.has(Scenario::Journal) {
             self.journal(&mut cluster)?;
+        }
+        if self.has(Scenario::Risk) {
+            self.risk()?;
         }
         Ok(())
     }
