@@ -363,6 +363,45 @@ mod tests {
     }
 
     #[test]
+    fn the_risk_section_is_off_unless_present_and_checked_when_it_is() {
+        assert!(Config::default().risk.is_none());
+        let c =
+            Config::from_toml("[risk]\n[[risk.account]]\nname = \"sim\"\norder_size_limit = 10\n")
+                .unwrap();
+        let risk = c.risk.unwrap();
+        assert_eq!(risk.account[0].order_size_limit, Some(10.0));
+        for (text, field) in [
+            ("[risk]\nsurprise = 1", "surprise"),
+            (
+                "[risk.default]\norder_value_limit = -5",
+                "order_value_limit",
+            ),
+            (
+                "[[risk.account]]\nname = \"a\"\n[[risk.account]]\nname = \"a\"",
+                "listed twice",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let text = include_str!("../../deploy/broker.toml");
+        Config::from_toml(text).unwrap();
+        // Its commented [risk] example is valid too.
+        let uncommented: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# Pre-trade risk"))
+            .skip(1)
+            .map(|l| l.trim_start_matches("# ").to_string() + "\n")
+            .collect();
+        let c = Config::from_toml(&uncommented).unwrap();
+        assert_eq!(c.risk.unwrap().account[0].name, "sim");
+    }
+
+    #[test]
     fn ipc_endpoints_are_accepted() {
         let c = Config::from_toml("frontend = \"ipc:///tmp/tpx-fe\"").unwrap();
         assert_eq!(c.frontend, "ipc:///tmp/tpx-fe");
