@@ -176,6 +176,8 @@ struct Job {
     worker: Option<Identity>,
     /// The wall-clock ms at which the timer set looks at this job while queued.
     timer_ms: Option<u64>,
+    /// An order the risk stage admitted: counted as in flight until the job is answered.
+    risk_ticket: Option<risk::Ticket>,
 }
 
 impl Job {
@@ -308,13 +310,15 @@ impl Dispatcher {
             self.answer_mgmt(clock, client, &h, &metrics);
             return;
         }
-        if let Some(risk::Verdict::Refuse(code, message)) =
-            self.risk.as_ref().map(|r| r.check(clock.unix_ms, &body))
-        {
-            metrics.answered(Some(code), 0.0);
-            self.send_error(client, ErrorHeader::new(h.id, code, message));
-            return;
-        }
+        let risk_ticket = match self.risk.as_ref().map(|r| r.check(clock.unix_ms, &body)) {
+            Some(risk::Verdict::Refuse(code, message)) => {
+                metrics.answered(Some(code), 0.0);
+                self.send_error(client, ErrorHeader::new(h.id, code, message));
+                return;
+            }
+            Some(risk::Verdict::Admitted(ticket)) => Some(ticket),
+            Some(risk::Verdict::Pass) | None => None,
+        };
         let has_workers = self.has_workers(&h.service);
         let job_id = JobId(self.next_job);
         self.next_job += 1;
@@ -337,6 +341,7 @@ impl Dispatcher {
             received: clock.now,
             worker: None,
             timer_ms: None,
+            risk_ticket,
         };
         let service = self.service_entry(&h.service);
         service.queue.push_back(&job.client, job_id);
@@ -1103,6 +1108,9 @@ impl Dispatcher {
         };
         if let Some(at) = job.timer_ms {
             self.timers.remove(&(at, job_id));
+        }
+        if let (Some(ticket), Some(stage)) = (job.risk_ticket, &self.risk) {
+            stage.settle(ticket);
         }
         let elapsed = job.received.elapsed().as_secs_f64();
         let metrics = self.service_metrics(&job.service);

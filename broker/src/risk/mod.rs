@@ -85,10 +85,22 @@ impl RiskMetrics {
 /// What the stage says of a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Not an order, or an order within every limit (now counted).
+    /// Not an order, or an order of an account without limits.
     Pass,
+    /// An order within every limit, now counted; it counts as in flight (working, for
+    /// `active_order_limit` and `position_limit`) until [`Stage::settle`] gets the ticket.
+    Admitted(Ticket),
     /// Answer the client with this error; never deliver.
     Refuse(ErrorCode, String),
+}
+
+/// An admitted order in flight between the stage and its worker's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ticket {
+    account: String,
+    symbol: String,
+    side: usize,
+    open_volume: f64,
 }
 
 struct Shared {
@@ -224,7 +236,8 @@ impl Stage {
             return bad_order(format!("bad field price: {} (must be >= 0)", o.price));
         }
         match self.decide(now_ms, &o) {
-            Ok(()) => Verdict::Pass,
+            Ok(None) => Verdict::Pass,
+            Ok(Some(ticket)) => Verdict::Admitted(ticket),
             Err(r) => {
                 s.metrics.rejected(r.rule);
                 Verdict::Refuse(ErrorCode::RiskRejected, r.message)
@@ -232,11 +245,11 @@ impl Stage {
         }
     }
 
-    fn decide(&self, now_ms: u64, o: &OrderRequest) -> Result<(), Reject> {
+    fn decide(&self, now_ms: u64, o: &OrderRequest) -> Result<Option<Ticket>, Reject> {
         let s = &*self.shared;
         let account = s.account_name(&o.account);
         let Some(limits) = s.limits_for(account) else {
-            return Ok(());
+            return Ok(None);
         };
         let mut st = s.lock();
         st.roll(state::trading_day(now_ms, s.day_start_ms));
@@ -277,8 +290,31 @@ impl Stage {
                 n + 1,
             ));
         }
+        let ticket = Ticket {
+            account: account.to_string(),
+            symbol: o.symbol.clone(),
+            side: state::side(o.direction),
+            open_volume: if rules::opening(o) { o.volume } else { 0.0 },
+        };
         rules::admit(limits, a, o, now_ms);
-        Ok(())
+        a.in_flight = a.in_flight.saturating_add(1);
+        if let Some(sym) = a.symbols.get_mut(&o.symbol) {
+            sym.in_flight[ticket.side] += ticket.open_volume;
+        }
+        Ok(Some(ticket))
+    }
+
+    /// The worker answered an admitted order (or it was answered without one): from now
+    /// on its order events alone count it.
+    pub fn settle(&self, t: Ticket) {
+        let mut st = self.shared.lock();
+        let Some(a) = st.accounts.get_mut(&t.account) else {
+            return;
+        };
+        a.in_flight = a.in_flight.saturating_sub(1);
+        if let Some(sym) = a.symbols.get_mut(&t.symbol) {
+            sym.in_flight[t.side] = (sym.in_flight[t.side] - t.open_volume).max(0.0);
+        }
     }
 
     fn count_cancel(&self, now_ms: u64, body: &[u8]) {

@@ -69,7 +69,8 @@ fn is_multiple(v: f64, step: f64) -> bool {
     n >= 1.0 && (n * step - v).abs() <= step * 1e-6
 }
 
-fn opening(o: &OrderRequest) -> bool {
+/// Whether the order opens (or, net, adds to) a position.
+pub fn opening(o: &OrderRequest) -> bool {
     matches!(o.offset, Offset::None | Offset::Open)
 }
 
@@ -115,7 +116,7 @@ pub fn check(
     if let Some(max) = l.position_limit {
         if opening(o) {
             let i = side(o.direction);
-            let held = sym.map_or(0.0, |s| s.position[i] + s.working[i]);
+            let held = sym.map_or(0.0, |s| s.position[i] + s.working[i] + s.in_flight[i]);
             let v = held + o.volume;
             if v > max {
                 return Err(reject("position_limit", max, v));
@@ -160,7 +161,7 @@ fn account_rules(
         }
     }
     if let Some(max) = l.active_order_limit {
-        let n = u64::from(a.active) + 1;
+        let n = u64::from(a.active) + u64::from(a.in_flight) + 1;
         if n > u64::from(max) {
             return Err(reject("active_order_limit", max, n));
         }

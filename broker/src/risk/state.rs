@@ -41,6 +41,8 @@ pub struct SymbolState {
     pub position: [f64; 2],
     /// Unfilled volume of working opening orders, long and short.
     pub working: [f64; 2],
+    /// Volume of opening orders admitted and not yet answered by their worker.
+    pub in_flight: [f64; 2],
 }
 
 /// What makes two orders identical for the duplicate rule: symbol, direction, and the
@@ -69,8 +71,10 @@ pub struct AccountState {
     pub recent_count: HashMap<OrderKey, u32>,
     /// By symbol.
     pub symbols: HashMap<String, SymbolState>,
-    /// Working orders (not final).
+    /// Working orders (not final), from order events.
     pub active: u32,
+    /// Orders admitted and not yet answered by their worker.
+    pub in_flight: u32,
     /// First balance seen this trading day, and the latest.
     pub first_balance: Option<f64>,
     /// Latest balance.

@@ -37,8 +37,16 @@ fn body(o: &OrderRequest) -> Vec<u8> {
     .unwrap()
 }
 
+/// Checks an order and, as the worker's answer would, settles it at once (the tests of
+/// in-flight orders call `check` themselves).
 fn send(s: &Stage, t: u64, o: &OrderRequest) -> Verdict {
-    s.check(t, &body(o))
+    match s.check(t, &body(o)) {
+        Verdict::Admitted(ticket) => {
+            s.settle(ticket);
+            Verdict::Pass
+        }
+        v => v,
+    }
 }
 
 fn rejected(v: &Verdict) -> String {
@@ -347,4 +355,29 @@ fn at_the_account_cap_new_accounts_are_rejected() {
         rejected(&send(&s, T0, &b)),
         "risk_capacity: limit 1 symbols per account, value 2"
     );
+}
+
+#[test]
+fn orders_in_flight_count_as_working_until_settled() {
+    let s = stage_for("active_order_limit = 2\nposition_limit = 10");
+    let Verdict::Admitted(first) = s.check(T0, &body(&order(2.0, 3900.0))) else {
+        panic!("first order refused");
+    };
+    let Verdict::Admitted(second) = s.check(T0, &body(&order(3.0, 3900.0))) else {
+        panic!("second order refused");
+    };
+    // Two in flight: a third is the third working order.
+    assert_eq!(
+        rejected(&send(&s, T0, &order(1.0, 3900.0))),
+        "active_order_limit: limit 2, value 3"
+    );
+    s.settle(first);
+    // 3 in flight + 8 = 11 > 10.
+    assert_eq!(
+        rejected(&send(&s, T0, &order(8.0, 3900.0))),
+        "position_limit: limit 10, value 11"
+    );
+    assert_eq!(send(&s, T0, &order(7.0, 3900.0)), Verdict::Pass);
+    s.settle(second);
+    assert_eq!(send(&s, T0, &order(10.0, 3900.0)), Verdict::Pass);
 }

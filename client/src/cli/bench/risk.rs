@@ -1,6 +1,7 @@
 //! Scenario `risk`: what the broker's pre-trade risk stage adds to a `send_order`. The
 //! stage is one synchronous call in the broker's loop (`risk::Stage::check`), so its cost
-//! is measured in process, on the broker's own code: every rule on with limits the orders
+//! is measured in process, on the broker's own code (`check`, then `settle` as when the
+//! worker answers): every rule on with limits the orders
 //! stay under (each check runs every rule and records the order), the state loaded with
 //! contracts, ticks, positions, a balance and working orders, once quiet and once with a
 //! thread feeding tick events at the same time (the relay's lock traffic).
@@ -98,12 +99,15 @@ fn run(stage: &Stage, count: u64) -> anyhow::Result<RrRun> {
     let started = Instant::now();
     for (i, body) in (0..count).zip(bodies.iter().cycle()) {
         let now_ms = tradeplex_proto::now_unix_ms();
+        // The check on the way in and the settle when the worker answers: what the stage
+        // adds to one order.
         let t0 = Instant::now();
         let v = stage.check(now_ms, body);
+        let Verdict::Admitted(ticket) = v else {
+            bail!("order {i} was not admitted under the bench's limits: {v:?}");
+        };
+        stage.settle(ticket);
         let took = t0.elapsed();
-        if v != Verdict::Pass {
-            bail!("order {i} was refused by the bench's limits: {v:?}");
-        }
         hist.saturating_record(took.as_nanos() as u64);
     }
     Ok(RrRun::from_histogram(
