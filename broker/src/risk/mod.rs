@@ -9,12 +9,12 @@
 //! [`Feed::on_event`] for every event. Both lock one `Mutex<State>`, each briefly.
 
 pub mod config;
+mod peek;
 pub mod rules;
 pub mod state;
 #[cfg(test)]
 mod tests;
 
-use serde::Deserialize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
@@ -151,12 +151,6 @@ pub struct Feed {
     shared: Arc<Shared>,
 }
 
-#[derive(Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow, default)]
-    op: Option<&'a str>,
-}
-
 /// True when `body` starts a MessagePack map.
 fn is_map(body: &[u8]) -> bool {
     matches!(body.first(), Some(0x80..=0x8f | 0xde | 0xdf))
@@ -203,17 +197,19 @@ impl Stage {
         if !is_map(body) {
             return Verdict::Pass;
         }
-        let op = match rmp_serde::from_slice::<Peek>(body) {
-            Ok(p) => p.op,
-            Err(_) => return Verdict::Pass,
-        };
-        match op {
-            Some("send_order") => self.check_order(now_ms, body),
-            Some("cancel_order") => {
-                self.count_cancel(now_ms, body);
+        match peek::ops(body) {
+            // A map the stage cannot read might be one a worker reads as an order.
+            Err(e) => Verdict::Refuse(
+                ErrorCode::BadRequest,
+                format!("body is not valid MessagePack: {e}"),
+            ),
+            Ok(ops) if ops.send_order => self.check_order(now_ms, body),
+            Ok(ops) => {
+                if ops.cancel_order {
+                    self.count_cancel(now_ms, body);
+                }
                 Verdict::Pass
             }
-            _ => Verdict::Pass,
         }
     }
 

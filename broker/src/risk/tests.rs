@@ -309,6 +309,10 @@ fn undecodable_orders_are_bad_requests_and_other_bodies_pass() {
     assert!(
         matches!(s.check(T0, &neg), Verdict::Refuse(ErrorCode::BadRequest, m) if m.contains("volume"))
     );
+    assert!(matches!(
+        s.check(T0, b"\x82\xa2op"),
+        Verdict::Refuse(ErrorCode::BadRequest, _)
+    ));
     for pass in [
         &b""[..],
         b"\xc1garbage",
