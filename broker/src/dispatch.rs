@@ -516,7 +516,10 @@ impl Dispatcher {
         match msg {
             worker::Message::Reply(h) => self.complete(&from, h.job, Ok(body)),
             worker::Message::Error(h) => {
-                let code = ErrorCode::from_u16(h.code).unwrap_or(ErrorCode::WorkerError);
+                // `risk_rejected` is the broker's own answer: a worker cannot claim it.
+                let code = ErrorCode::from_u16(h.code)
+                    .filter(|c| *c != ErrorCode::RiskRejected)
+                    .unwrap_or(ErrorCode::WorkerError);
                 self.complete(&from, h.job, Err((code, h.message)))
             }
             worker::Message::Heartbeat => {}
