@@ -147,8 +147,22 @@ struct PositionEvent {
     symbol: String,
     #[serde(default)]
     account: String,
-    direction: Direction,
+    /// `long`, `short` or `net` (net-position venues: a signed volume).
+    direction: String,
     volume: f64,
+}
+
+impl PositionEvent {
+    /// The `[long, short]` entries this event sets.
+    fn sides(&self) -> Vec<(usize, f64)> {
+        let v = finite(self.volume);
+        match self.direction.as_str() {
+            "long" => vec![(0, v.max(0.0))],
+            "short" => vec![(1, v.max(0.0))],
+            "net" => vec![(0, v.max(0.0)), (1, (-v).max(0.0))],
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -226,8 +240,11 @@ impl State {
                 .is_ok(),
             "position" => rmp_serde::from_slice::<PositionEvent>(body)
                 .map(|p| {
+                    let sides = p.sides();
                     if let Some(s) = self.symbol_mut(&p.account, &p.symbol, limits, caps) {
-                        s.position[side(p.direction)] = finite(p.volume).max(0.0);
+                        for (i, v) in sides {
+                            s.position[i] = v;
+                        }
                     }
                 })
                 .is_ok(),

@@ -280,6 +280,17 @@ fn position_limit_counts_holdings_and_working_opening_orders() {
     let mut short = order(10.0, 3900.0);
     short.direction = Direction::Short;
     assert_eq!(send(&s, T0, &short), Verdict::Pass);
+    // A net-position venue reports one signed volume.
+    event(
+        &s,
+        "position",
+        &serde_json::json!({"symbol": "IF2412", "account": "a", "direction": "net", "volume": -8.0}),
+    );
+    assert_eq!(
+        rejected(&send(&s, T0, &short)),
+        "position_limit: limit 10, value 18"
+    );
+    assert_eq!(send(&s, T0, &order(7.0, 3900.0)), Verdict::Pass); // long now 0 + 3 working + 7
 }
 
 #[test]
