@@ -161,7 +161,7 @@ fn bad_order(detail: String) -> Verdict {
 }
 
 impl Stage {
-    /// A stage with `cfg` (validated by the caller) registering metrics in `registry`.
+    /// A stage with `cfg` (validated here too) registering its metrics in `registry`.
     pub fn new(
         cfg: RiskConfig,
         registry: &Registry,
