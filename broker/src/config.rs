@@ -60,6 +60,8 @@ pub struct Config {
     /// sockets for this many microseconds before blocking (0 = block at once). Spinning
     /// trades a busy core for lower wake-up latency; see docs/performance.md.
     pub idle_spin_us: u64,
+    /// Pre-trade risk (docs/risk.md); absent = off and no request body is decoded.
+    pub risk: Option<crate::risk::RiskConfig>,
 }
 
 /// The `[curve]` table: the broker's key pair and who may connect.
@@ -97,6 +99,7 @@ impl Default for Config {
             curve: None,
             insecure: false,
             idle_spin_us: 0,
+            risk: None,
         }
     }
 }
@@ -228,6 +231,9 @@ impl Config {
             self.event_hwm >= 0,
             "must be >= 0 (0 = unbounded, not advised)",
         )?;
+        if let Some(risk) = &self.risk {
+            risk.validate()?;
+        }
         if let Some(curve) = &self.curve {
             field(
                 "curve.key_file",
@@ -354,6 +360,45 @@ mod tests {
             e.to_string().contains("max_subscriptions_per_subscriber"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_risk_section_is_off_unless_present_and_checked_when_it_is() {
+        assert!(Config::default().risk.is_none());
+        let c =
+            Config::from_toml("[risk]\n[[risk.account]]\nname = \"sim\"\norder_size_limit = 10\n")
+                .unwrap();
+        let risk = c.risk.unwrap();
+        assert_eq!(risk.account[0].order_size_limit, Some(10.0));
+        for (text, field) in [
+            ("[risk]\nsurprise = 1", "surprise"),
+            (
+                "[risk.default]\norder_value_limit = -5",
+                "order_value_limit",
+            ),
+            (
+                "[[risk.account]]\nname = \"a\"\n[[risk.account]]\nname = \"a\"",
+                "listed twice",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let text = include_str!("../../deploy/broker.toml");
+        Config::from_toml(text).unwrap();
+        // Its commented [risk] example is valid too.
+        let uncommented: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# Pre-trade risk"))
+            .skip(1)
+            .map(|l| l.trim_start_matches("# ").to_string() + "\n")
+            .collect();
+        let c = Config::from_toml(&uncommented).unwrap();
+        assert_eq!(c.risk.unwrap().account[0].name, "sim");
     }
 
     #[test]

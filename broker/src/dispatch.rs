@@ -18,6 +18,7 @@ use tradeplex_proto::{frame, ErrorCode, JobId, RequestId, ServiceName, WorkerId}
 use crate::metrics::{
     Metrics, ServiceMetrics, MGMT_SERVICE_LABEL, UNKNOWN_SERVICE_LABEL, WORKER_STATES,
 };
+use crate::risk;
 
 /// A ROUTER routing id (the peer's connection identity).
 pub type Identity = Vec<u8>;
@@ -175,6 +176,8 @@ struct Job {
     worker: Option<Identity>,
     /// The wall-clock ms at which the timer set looks at this job while queued.
     timer_ms: Option<u64>,
+    /// An order the risk stage admitted: counted as in flight until the job is answered.
+    risk_ticket: Option<risk::Ticket>,
 }
 
 impl Job {
@@ -223,6 +226,8 @@ pub struct Dispatcher {
     unknown_metrics: Arc<ServiceMetrics>,
     /// The broker's own `tpx.*` services, counted apart from unknown services.
     mgmt_metrics: Arc<ServiceMetrics>,
+    /// The pre-trade risk stage (`[risk]` configured); every request passes it.
+    risk: Option<risk::Stage>,
     /// Messages to send; drained by the socket loop.
     pub out: Vec<Out>,
 }
@@ -250,8 +255,15 @@ impl Dispatcher {
             metrics,
             unknown_metrics,
             mgmt_metrics,
+            risk: None,
             out: Vec::new(),
         }
+    }
+
+    /// Puts the risk stage in the order path: from now on every request passes
+    /// [`risk::Stage::check`] after admission and before it is queued.
+    pub fn set_risk(&mut self, stage: risk::Stage) {
+        self.risk = Some(stage);
     }
 
     /// This broker instance's id (new at every start).
@@ -298,6 +310,15 @@ impl Dispatcher {
             self.answer_mgmt(clock, client, &h, &metrics);
             return;
         }
+        let risk_ticket = match self.risk.as_ref().map(|r| r.check(clock.unix_ms, &body)) {
+            Some(risk::Verdict::Refuse(code, message)) => {
+                metrics.answered(Some(code), 0.0);
+                self.send_error(client, ErrorHeader::new(h.id, code, message));
+                return;
+            }
+            Some(risk::Verdict::Admitted(ticket)) => Some(ticket),
+            Some(risk::Verdict::Pass) | None => None,
+        };
         let has_workers = self.has_workers(&h.service);
         let job_id = JobId(self.next_job);
         self.next_job += 1;
@@ -320,6 +341,7 @@ impl Dispatcher {
             received: clock.now,
             worker: None,
             timer_ms: None,
+            risk_ticket,
         };
         let service = self.service_entry(&h.service);
         service.queue.push_back(&job.client, job_id);
@@ -494,7 +516,10 @@ impl Dispatcher {
         match msg {
             worker::Message::Reply(h) => self.complete(&from, h.job, Ok(body)),
             worker::Message::Error(h) => {
-                let code = ErrorCode::from_u16(h.code).unwrap_or(ErrorCode::WorkerError);
+                // `risk_rejected` is the broker's own answer: a worker cannot claim it.
+                let code = ErrorCode::from_u16(h.code)
+                    .filter(|c| *c != ErrorCode::RiskRejected)
+                    .unwrap_or(ErrorCode::WorkerError);
                 self.complete(&from, h.job, Err((code, h.message)))
             }
             worker::Message::Heartbeat => {}
@@ -1086,6 +1111,9 @@ impl Dispatcher {
         };
         if let Some(at) = job.timer_ms {
             self.timers.remove(&(at, job_id));
+        }
+        if let (Some(ticket), Some(stage)) = (job.risk_ticket, &self.risk) {
+            stage.settle(ticket);
         }
         let elapsed = job.received.elapsed().as_secs_f64();
         let metrics = self.service_metrics(&job.service);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dispatch;
 pub mod metrics;
 pub mod relay;
+pub mod risk;
 pub mod server;
 pub mod wire;
 

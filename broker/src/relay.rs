@@ -52,6 +52,8 @@ pub struct Relay {
     heartbeat: Duration,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// The risk stage's event side (with `[risk]`): fed the kinds it reads.
+    risk: Option<crate::risk::Feed>,
     /// Bound XSUB endpoint.
     pub xsub_endpoint: String,
     /// Bound XPUB endpoint.
@@ -124,7 +126,13 @@ impl Relay {
                 total: config.max_subscriptions,
             },
             metrics,
+            risk: None,
         })
+    }
+
+    /// Feeds every event the risk stage reads to `feed` (before it is forwarded).
+    pub fn set_risk(&mut self, feed: crate::risk::Feed) {
+        self.risk = Some(feed);
     }
 
     /// Starts the relay thread; it stops when `shutdown` is triggered.
@@ -264,6 +272,9 @@ impl RelayLoop {
         }
         if kind == "tick" {
             self.cache_tick();
+        }
+        if let (Some(feed), Some(body)) = (&self.r.risk, self.frames.as_slice().get(3)) {
+            feed.on_event(tradeplex_proto::now_unix_ms(), kind, body);
         }
         let n = self.frames.as_slice().len();
         let mut ok = true;

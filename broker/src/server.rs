@@ -228,7 +228,14 @@ impl Broker {
             max_services: config.max_services,
             service_retention: Duration::from_secs(config.service_retention_s),
         };
-        let dispatcher = Dispatcher::new(dispatch_cfg, metrics.clone(), Instant::now());
+        let mut dispatcher = Dispatcher::new(dispatch_cfg, metrics.clone(), Instant::now());
+        let mut relay = relay;
+        if let Some(risk) = &config.risk {
+            let stage = crate::risk::Stage::new(risk.clone(), &metrics.registry)
+                .map_err(BrokerError::Config)?;
+            relay.set_risk(stage.feed());
+            dispatcher.set_risk(stage);
+        }
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
         let mut lp = Loop {
             frontend,

@@ -20,6 +20,26 @@ fn bad_config_field_is_named_and_exits_non_zero() {
     let out = broker().arg("--config").arg(&file).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("frontend"));
+    for (text, field) in [
+        (
+            "[risk]\n[[risk.account]]\nname = \"a\"\norder_size_limit = -1\n",
+            "order_size_limit",
+        ),
+        (
+            "[risk]\n[[risk.account]]\nname = \"a\"\nmax_loss = 5\n",
+            "max_loss",
+        ),
+        (
+            "[risk]\n[[risk.account]]\nname = \"a\"\n[[risk.account]]\nname = \"a\"\n",
+            "listed twice",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = broker().arg("--config").arg(&file).output().unwrap();
+        assert!(!out.status.success(), "{text} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field), "{text}: stderr: {err}");
+    }
 }
 
 #[test]

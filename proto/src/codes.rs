@@ -28,11 +28,14 @@ pub enum ErrorCode {
     UnknownWorker = 9,
     /// Refused without executing (broker shutting down, worker draining or gateway down).
     Unavailable = 10,
+    /// The broker's pre-trade risk stage refused the order; the message names the rule,
+    /// its limit and the order's value (`<rule>: limit <L>, value <V>`). Never delivered.
+    RiskRejected = 11,
 }
 
 impl ErrorCode {
     /// Every code, in number order.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownService,
         ErrorCode::DeadlineExceeded,
@@ -43,6 +46,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::UnknownWorker,
         ErrorCode::Unavailable,
+        ErrorCode::RiskRejected,
     ];
 
     /// The stable name printed by the CLI and used as a metric label.
@@ -58,6 +62,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::UnknownWorker => "unknown_worker",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RiskRejected => "risk_rejected",
         }
     }
 
@@ -100,6 +105,7 @@ mod tests {
             (8, "overloaded"),
             (9, "unknown_worker"),
             (10, "unavailable"),
+            (11, "risk_rejected"),
         ];
         for (n, name) in expected {
             let code = ErrorCode::from_u16(n).unwrap();

@@ -70,6 +70,7 @@ def test_error_codes_are_stable() -> None:
         "overloaded",
         "unknown_worker",
         "unavailable",
+        "risk_rejected",
     ]
     for n, name in enumerate(names, 1):
         assert wire.ErrorCode(n).wire_name == name

@@ -13,6 +13,10 @@ UNAVAILABLE = "unavailable"
 CLOSED = "closed"
 BAD_REPLY = "bad_reply"
 
+#: The broker's pre-trade risk stage refused an order (message: ``<rule>: limit <L>, value <V>``);
+#: it never reached a worker (docs/risk.md).
+RISK_REJECTED = "risk_rejected"
+
 #: Codes after which an order's outcome is unknown: it may have reached the exchange.
 OUTCOME_UNKNOWN = frozenset({"worker_lost", TIMEOUT})
 

@@ -78,6 +78,7 @@ class ErrorCode(IntEnum):
     OVERLOADED = 8
     UNKNOWN_WORKER = 9
     UNAVAILABLE = 10
+    RISK_REJECTED = 11
 
     @property
     def wire_name(self) -> str:

@@ -409,6 +409,23 @@ fn worker_error_reaches_client_with_worker_id() {
 }
 
 #[test]
+fn a_worker_cannot_answer_risk_rejected() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["SIM"], 1);
+    h.request("SIM", false);
+    let job = h.deliveries()[0].1;
+    let err = worker::ErrorHeader::new(job, ErrorCode::RiskRejected, "order_size_limit: forged");
+    h.d.on_worker(
+        h.clock,
+        b"A".to_vec(),
+        worker::Message::Error(err),
+        Body::new(),
+    );
+    let (_, _, errors) = h.drain();
+    assert_eq!(errors[0].name, "worker_error");
+}
+
+#[test]
 fn unknown_worker_is_told_to_reregister() {
     let mut h = Harness::new();
     h.d.on_worker(

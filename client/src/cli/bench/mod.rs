@@ -8,6 +8,7 @@ mod journal;
 mod python;
 mod raw;
 mod report;
+mod risk;
 mod rr;
 mod threads;
 mod trading;
@@ -47,6 +48,8 @@ pub enum Scenario {
     /// The Python client (window 1 and pipelined) through the broker and an echo worker,
     /// against vn.py's RpcClient/RpcServer.
     Python,
+    /// The latency the broker's pre-trade risk stage adds to send_order (all rules on).
+    Risk,
 }
 
 /// Flags of `tradeplex bench`.
@@ -69,7 +72,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "python,rr,rr-raw,events,memory,trading,journal"
+        default_value = "python,rr,rr-raw,events,memory,trading,journal,risk"
     )]
     scenarios: Vec<Scenario>,
     /// Write the results (medians and every run) as JSON to this file.
@@ -287,6 +290,9 @@ impl Bench<'_> {
         }
         if self.has(Scenario::Journal) {
             self.journal(&mut cluster)?;
+        }
+        if self.has(Scenario::Risk) {
+            self.risk()?;
         }
         Ok(())
     }

@@ -1,0 +1,363 @@
+//! Pre-trade risk: one stage in the broker's order path that every `send_order` of every
+//! client passes before any worker sees it, with limits per account shared cluster-wide.
+//!
+//! - [`config`]: the `[risk]` TOML section (limits per account, contracts, day boundary).
+//! - [`rules`]: the checks, pure functions of (limits, counters, market, order, now).
+//! - [`state`]: counters and market facts, fed by admitted orders and workers' events.
+//!
+//! The main loop calls [`Stage::check`] once per request; the relay thread calls
+//! [`Feed::on_event`] for every event. Both lock one `Mutex<State>`, each briefly.
+
+pub mod config;
+mod peek;
+pub mod rules;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use tradeplex_proto::model::{CancelRequest, OrderRequest};
+use tradeplex_proto::ErrorCode;
+
+pub use config::RiskConfig;
+use rules::{Counters, Market, Reject};
+use state::State;
+
+/// The event kinds the stage reads; others are not decoded.
+pub const EVENT_KINDS: [&str; 6] = ["order", "trade", "position", "account", "tick", "contract"];
+
+/// The stage's metrics.
+#[derive(Clone)]
+pub struct RiskMetrics {
+    checked: IntCounter,
+    rejected: Vec<(&'static str, IntCounter)>,
+    bad_events: IntCounter,
+}
+
+impl RiskMetrics {
+    /// Registers `tradeplex_risk_*` in `registry`.
+    pub fn new(registry: &Registry) -> RiskMetrics {
+        let checked = IntCounter::new(
+            "tradeplex_risk_checked_total",
+            "Order requests (send_order) checked by the risk stage",
+        )
+        .expect("static metric definition");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "tradeplex_risk_rejected_total",
+                "Order requests answered risk_rejected, by rule",
+            ),
+            &["rule"],
+        )
+        .expect("static metric definition");
+        let bad_events = IntCounter::new(
+            "tradeplex_risk_bad_events_total",
+            "Events of a kind the risk stage reads whose body did not decode (ignored)",
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(checked.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rejected.clone()),
+            Box::new(bad_events.clone()),
+        ] {
+            // A second broker in one process (tests) shares nothing: each has its registry.
+            let _ = registry.register(c);
+        }
+        RiskMetrics {
+            checked,
+            rejected: rules::RULES
+                .iter()
+                .map(|r| (*r, rejected.with_label_values(&[r])))
+                .collect(),
+            bad_events,
+        }
+    }
+
+    fn rejected(&self, rule: &str) {
+        if let Some((_, c)) = self.rejected.iter().find(|(r, _)| *r == rule) {
+            c.inc();
+        }
+    }
+}
+
+/// What the stage says of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Not an order, or an order of an account without limits.
+    Pass,
+    /// An order within every limit, now counted; it counts as in flight (working, for
+    /// `active_order_limit` and `position_limit`) until [`Stage::settle`] gets the ticket.
+    Admitted(Ticket),
+    /// Answer the client with this error; never deliver.
+    Refuse(ErrorCode, String),
+}
+
+/// An admitted order in flight between the stage and its worker's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ticket {
+    account: String,
+    symbol: String,
+    side: usize,
+    open_volume: f64,
+}
+
+struct Shared {
+    cfg: RiskConfig,
+    /// Index of `cfg.account` by name.
+    by_name: rustc_hash::FxHashMap<String, usize>,
+    day_start_ms: u64,
+    state: Mutex<State>,
+    metrics: RiskMetrics,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counters that are still counters.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn caps(&self) -> (usize, usize) {
+        (self.cfg.max_accounts, self.cfg.max_symbols_per_account)
+    }
+
+    /// The limits that apply to `account`, if any.
+    fn limits_for(&self, account: &str) -> Option<&config::Limits> {
+        match self.by_name.get(account) {
+            Some(i) => self.cfg.account.get(*i),
+            None => self.cfg.default.as_ref(),
+        }
+    }
+
+    fn account_name<'a>(&'a self, account: &'a str) -> &'a str {
+        if account.is_empty() {
+            &self.cfg.default_account
+        } else {
+            account
+        }
+    }
+}
+
+/// The stage, held by the dispatcher (cheap to clone).
+#[derive(Clone)]
+pub struct Stage {
+    shared: Arc<Shared>,
+}
+
+/// The stage's event side, held by the relay thread.
+#[derive(Clone)]
+pub struct Feed {
+    shared: Arc<Shared>,
+}
+
+/// True when `body` starts a MessagePack map.
+fn is_map(body: &[u8]) -> bool {
+    matches!(body.first(), Some(0x80..=0x8f | 0xde | 0xdf))
+}
+
+fn bad_order(detail: String) -> Verdict {
+    Verdict::Refuse(ErrorCode::BadRequest, format!("send_order: {detail}"))
+}
+
+impl Stage {
+    /// A stage with `cfg` (validated here too) registering its metrics in `registry`.
+    pub fn new(
+        cfg: RiskConfig,
+        registry: &Registry,
+    ) -> Result<Stage, tradeplex_ops::config::ConfigError> {
+        cfg.validate()?;
+        let day_start_ms = cfg.day_start_ms()?;
+        Ok(Stage {
+            shared: Arc::new(Shared {
+                by_name: cfg
+                    .account
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (a.name.clone(), i))
+                    .collect(),
+                cfg,
+                day_start_ms,
+                state: Mutex::new(State::default()),
+                metrics: RiskMetrics::new(registry),
+            }),
+        })
+    }
+
+    /// The event side for the relay.
+    pub fn feed(&self) -> Feed {
+        Feed {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Checks one request body at `now_ms` (Unix ms): a `send_order` is decoded and
+    /// checked (and counted if it passes), a `cancel_order` counted; anything else passes.
+    pub fn check(&self, now_ms: u64, body: &[u8]) -> Verdict {
+        if !is_map(body) {
+            return Verdict::Pass;
+        }
+        match peek::ops(body) {
+            // A map the stage cannot read might be one a worker reads as an order.
+            Err(e) => Verdict::Refuse(
+                ErrorCode::BadRequest,
+                format!("body is not valid MessagePack: {e}"),
+            ),
+            Ok(ops) if ops.send_order => self.check_order(now_ms, body),
+            Ok(ops) => {
+                if ops.cancel_order {
+                    self.count_cancel(now_ms, body);
+                }
+                Verdict::Pass
+            }
+        }
+    }
+
+    fn check_order(&self, now_ms: u64, body: &[u8]) -> Verdict {
+        let s = &*self.shared;
+        s.metrics.checked.inc();
+        let o: OrderRequest = match rmp_serde::from_slice(body) {
+            Ok(o) => o,
+            Err(e) => {
+                s.metrics.rejected("bad_order");
+                return bad_order(format!("cannot decode the order: {e}"));
+            }
+        };
+        if !(o.volume.is_finite() && o.volume > 0.0) {
+            s.metrics.rejected("bad_order");
+            return bad_order(format!("bad field volume: {} (must be > 0)", o.volume));
+        }
+        if !(o.price.is_finite() && o.price >= 0.0) {
+            s.metrics.rejected("bad_order");
+            return bad_order(format!("bad field price: {} (must be >= 0)", o.price));
+        }
+        match self.decide(now_ms, &o) {
+            Ok(None) => Verdict::Pass,
+            Ok(Some(ticket)) => Verdict::Admitted(ticket),
+            Err(r) => {
+                s.metrics.rejected(r.rule);
+                Verdict::Refuse(ErrorCode::RiskRejected, r.message)
+            }
+        }
+    }
+
+    fn decide(&self, now_ms: u64, o: &OrderRequest) -> Result<Option<Ticket>, Reject> {
+        let s = &*self.shared;
+        let account = s.account_name(&o.account);
+        let Some(limits) = s.limits_for(account) else {
+            return Ok(None);
+        };
+        let mut st = s.lock();
+        st.roll(state::trading_day(now_ms, s.day_start_ms));
+        let market = Market {
+            contract: s
+                .cfg
+                .contract
+                .get(&o.symbol)
+                .copied()
+                .or_else(|| st.contracts.get(&o.symbol).copied()),
+            quote: st.quotes.get(&o.symbol).copied(),
+        };
+        if let Some(a) = st.accounts.get_mut(account) {
+            rules::expire(limits, a, now_ms);
+        }
+        {
+            let a = st.accounts.get(account);
+            let counters = Counters {
+                account: a,
+                symbol: a.and_then(|a| a.symbols.get(&o.symbol)),
+            };
+            rules::check(limits, &counters, market, o, now_ms)?;
+        }
+        // `net` is a position's side, never an order's: no counter side to hold it.
+        let Some(side) = state::side(o.direction) else {
+            return Err(rules::reject("order_validity", "long or short", "net"));
+        };
+        let (max_accounts, max_symbols) = s.caps();
+        let accounts = st.accounts.len();
+        let Some(a) = st.account_mut(account, &|_| true, max_accounts) else {
+            return Err(rules::reject(
+                "risk_capacity",
+                format_args!("{max_accounts} accounts"),
+                accounts + 1,
+            ));
+        };
+        let n = a.symbols.len();
+        if !a.symbols.contains_key(&o.symbol) && n >= max_symbols {
+            return Err(rules::reject(
+                "risk_capacity",
+                format_args!("{max_symbols} symbols per account"),
+                n + 1,
+            ));
+        }
+        let ticket = Ticket {
+            account: account.to_string(),
+            symbol: o.symbol.clone(),
+            side,
+            open_volume: if rules::opening(o) { o.volume } else { 0.0 },
+        };
+        rules::admit(limits, a, o, now_ms);
+        a.in_flight = a.in_flight.saturating_add(1);
+        if let Some(sym) = a.symbols.get_mut(&o.symbol) {
+            sym.in_flight[ticket.side] += ticket.open_volume;
+        }
+        Ok(Some(ticket))
+    }
+
+    /// The worker answered an admitted order (or it was answered without one): from now
+    /// on its order events alone count it.
+    pub fn settle(&self, t: Ticket) {
+        let mut st = self.shared.lock();
+        let Some(a) = st.accounts.get_mut(&t.account) else {
+            return;
+        };
+        a.in_flight = a.in_flight.saturating_sub(1);
+        if let Some(sym) = a.symbols.get_mut(&t.symbol) {
+            sym.in_flight[t.side] = (sym.in_flight[t.side] - t.open_volume).max(0.0);
+        }
+    }
+
+    fn count_cancel(&self, now_ms: u64, body: &[u8]) {
+        let s = &*self.shared;
+        let Ok(c) = rmp_serde::from_slice::<CancelRequest>(body) else {
+            // The gateway answers a malformed cancel; there is nothing to count.
+            return;
+        };
+        let mut st = s.lock();
+        st.roll(state::trading_day(now_ms, s.day_start_ms));
+        let id = c.order_id.0.as_str();
+        // The order's account and symbol as its events told; a cancel of an order the
+        // stage has not seen counts for the default account when it names its symbol.
+        let (account, symbol) = match st.working_of(id) {
+            Some((a, sym)) => (a.to_string(), sym.to_string()),
+            None if !c.symbol.is_empty() => (s.cfg.default_account.clone(), c.symbol),
+            None => return,
+        };
+        if let Some(sym) =
+            st.symbol_mut(&account, &symbol, &|a| s.limits_for(a).is_some(), s.caps())
+        {
+            sym.cancels = sym.cancels.saturating_add(1);
+        }
+    }
+
+    /// A copy of the counters for `account` and `symbol` (tests, status).
+    pub fn counters(&self, account: &str, symbol: &str) -> Option<state::SymbolState> {
+        let st = self.shared.lock();
+        st.accounts.get(account)?.symbols.get(symbol).cloned()
+    }
+}
+
+impl Feed {
+    /// Applies one event of `kind` (the topic's first segment) received at `now_ms`.
+    pub fn on_event(&self, now_ms: u64, kind: &str, body: &[u8]) {
+        if !EVENT_KINDS.contains(&kind) {
+            return;
+        }
+        let s = &*self.shared;
+        let mut st = s.lock();
+        st.roll(state::trading_day(now_ms, s.day_start_ms));
+        if !st.on_event(kind, body, &|a| s.limits_for(a).is_some(), s.caps()) {
+            s.metrics.bad_events.inc();
+        }
+    }
+}

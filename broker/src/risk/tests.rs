@@ -1,0 +1,410 @@
+//! Every rule at, just under and just over its limit, with a fake clock (Unix ms values).
+
+use super::*;
+use tradeplex_proto::model::{Direction, Offset, OrderType};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn stage(toml: &str) -> Stage {
+    let cfg: RiskConfig = tradeplex_ops::config::parse(toml, "<test>").unwrap();
+    Stage::new(cfg, &Registry::new()).unwrap()
+}
+
+fn stage_for(limits: &str) -> Stage {
+    stage(&format!(
+        "[[account]]\nname = \"a\"\n{limits}\n[contract.IF2412]\nsize = 300\npricetick = 0.2\nmin_volume = 1\n"
+    ))
+}
+
+fn order(volume: f64, price: f64) -> OrderRequest {
+    OrderRequest {
+        symbol: "IF2412".into(),
+        exchange: "CFFEX".into(),
+        direction: Direction::Long,
+        order_type: OrderType::Limit,
+        volume,
+        price,
+        offset: Offset::Open,
+        account: "a".into(),
+        reference: String::new(),
+    }
+}
+
+fn body(o: &OrderRequest) -> Vec<u8> {
+    rmp_serde::to_vec_named(&tradeplex_proto::model::GatewayRequest::SendOrder(
+        o.clone(),
+    ))
+    .unwrap()
+}
+
+/// Checks an order and, as the worker's answer would, settles it at once (the tests of
+/// in-flight orders call `check` themselves).
+fn send(s: &Stage, t: u64, o: &OrderRequest) -> Verdict {
+    match s.check(t, &body(o)) {
+        Verdict::Admitted(ticket) => {
+            s.settle(ticket);
+            Verdict::Pass
+        }
+        v => v,
+    }
+}
+
+fn rejected(v: &Verdict) -> String {
+    match v {
+        Verdict::Refuse(ErrorCode::RiskRejected, m) => m.clone(),
+        other => panic!("expected risk_rejected, got {other:?}"),
+    }
+}
+
+fn event<T: serde::Serialize>(s: &Stage, kind: &str, body: &T) {
+    s.feed()
+        .on_event(T0, kind, &rmp_serde::to_vec_named(body).unwrap());
+}
+
+#[test]
+fn order_size_limit_passes_at_the_limit_and_rejects_above() {
+    let s = stage_for("order_size_limit = 10");
+    assert_eq!(send(&s, T0, &order(9.0, 3900.0)), Verdict::Pass);
+    assert_eq!(send(&s, T0, &order(10.0, 3900.0)), Verdict::Pass);
+    let m = rejected(&send(&s, T0, &order(12.0, 3900.0)));
+    assert_eq!(m, "order_size_limit: limit 10, value 12");
+}
+
+#[test]
+fn order_value_limit_uses_the_contract_size_and_the_last_price_for_market_orders() {
+    // 3900 × 2 × 300 = 2_340_000
+    let s = stage_for("order_value_limit = 2340000");
+    assert_eq!(send(&s, T0, &order(2.0, 3900.0)), Verdict::Pass);
+    let m = rejected(&send(&s, T0, &order(2.0, 3900.2)));
+    assert!(
+        m.starts_with("order_value_limit: limit 2340000, value 2340120"),
+        "{m}"
+    );
+    let mut mkt = order(1.0, 0.0);
+    mkt.order_type = OrderType::Market;
+    let m = rejected(&send(&s, T0, &mkt));
+    assert!(m.contains("no last price"), "{m}");
+    event(
+        &s,
+        "tick",
+        &serde_json::json!({"symbol": "IF2412", "last_price": 7800.0}),
+    );
+    assert_eq!(send(&s, T0, &mkt), Verdict::Pass); // 7800 × 1 × 300 = 2_340_000
+    mkt.volume = 2.0;
+    assert!(rejected(&send(&s, T0, &mkt)).contains("value 4680000"));
+}
+
+#[test]
+fn order_flow_limit_slides_per_second_and_per_minute() {
+    let s = stage_for("order_flow_limit_per_s = 3\norder_flow_limit_per_min = 5");
+    for i in 0..3 {
+        assert_eq!(send(&s, T0 + i, &order(1.0, 3900.0)), Verdict::Pass);
+    }
+    let m = rejected(&send(&s, T0 + 999, &order(1.0, 3900.0)));
+    assert_eq!(m, "order_flow_limit: limit 3/s, value 4");
+    // One second after the first: it has slid out of the window.
+    assert_eq!(send(&s, T0 + 1000, &order(1.0, 3900.0)), Verdict::Pass);
+    assert_eq!(send(&s, T0 + 2000, &order(1.0, 3900.0)), Verdict::Pass);
+    let m = rejected(&send(&s, T0 + 3000, &order(1.0, 3900.0)));
+    assert_eq!(m, "order_flow_limit: limit 5/min, value 6");
+    assert_eq!(send(&s, T0 + 60_000, &order(1.0, 3900.0)), Verdict::Pass);
+}
+
+#[test]
+fn duplicate_orders_within_the_window_are_rejected() {
+    let s = stage_for("duplicate_order_window_ms = 1000");
+    assert_eq!(send(&s, T0, &order(1.0, 3900.0)), Verdict::Pass);
+    assert_eq!(send(&s, T0 + 1, &order(2.0, 3900.0)), Verdict::Pass);
+    let m = rejected(&send(&s, T0 + 999, &order(1.0, 3900.0)));
+    assert_eq!(m, "duplicate_order: limit 1 in 1000 ms, value 2");
+    assert_eq!(send(&s, T0 + 1000, &order(1.0, 3900.0)), Verdict::Pass);
+    let s = stage_for("duplicate_order_window_ms = 1000\nduplicate_order_limit = 2");
+    assert_eq!(send(&s, T0, &order(1.0, 3900.0)), Verdict::Pass);
+    assert_eq!(send(&s, T0, &order(1.0, 3900.0)), Verdict::Pass);
+    assert!(matches!(
+        send(&s, T0, &order(1.0, 3900.0)),
+        Verdict::Refuse(..)
+    ));
+}
+
+#[test]
+fn contract_order_limit_counts_per_symbol_per_trading_day() {
+    let s = stage_for("contract_order_limit = 2");
+    assert_eq!(send(&s, T0, &order(1.0, 3900.0)), Verdict::Pass);
+    assert_eq!(send(&s, T0, &order(1.0, 3900.0)), Verdict::Pass);
+    let m = rejected(&send(&s, T0, &order(1.0, 3900.0)));
+    assert_eq!(m, "contract_order_limit: limit 2, value 3");
+    let mut other = order(1.0, 190.0);
+    other.symbol = "AAPL".into();
+    assert_eq!(send(&s, T0, &other), Verdict::Pass);
+    // The next trading day starts at midnight UTC.
+    let next_day = (T0 / state::DAY_MS + 1) * state::DAY_MS;
+    assert!(matches!(
+        send(&s, next_day - 1, &order(1.0, 3900.0)),
+        Verdict::Refuse(..)
+    ));
+    assert_eq!(send(&s, next_day, &order(1.0, 3900.0)), Verdict::Pass);
+}
+
+#[test]
+fn the_trading_day_boundary_is_configurable() {
+    let s = stage(
+        "trading_day_start_utc = \"13:00\"\n[[account]]\nname = \"a\"\ncontract_order_limit = 1",
+    );
+    let midnight = (T0 / state::DAY_MS + 1) * state::DAY_MS;
+    assert_eq!(send(&s, midnight, &order(1.0, 1.0)), Verdict::Pass);
+    assert!(matches!(
+        send(&s, midnight + 13 * 3_600_000 - 1, &order(1.0, 1.0)),
+        Verdict::Refuse(..)
+    ));
+    assert_eq!(
+        send(&s, midnight + 13 * 3_600_000, &order(1.0, 1.0)),
+        Verdict::Pass
+    );
+}
+
+#[test]
+fn order_validity_checks_tick_min_volume_band_and_contract() {
+    let s = stage_for("order_validity = true");
+    assert_eq!(send(&s, T0, &order(1.0, 3900.2)), Verdict::Pass);
+    let m = rejected(&send(&s, T0, &order(1.0, 3900.1)));
+    assert_eq!(m, "order_validity: limit pricetick 0.2, value price 3900.1");
+    let m = rejected(&send(&s, T0, &order(1.5, 3900.0)));
+    assert_eq!(m, "order_validity: limit min_volume 1, value volume 1.5");
+    event(
+        &s,
+        "tick",
+        &serde_json::json!({"symbol": "IF2412", "last_price": 3900.0, "limit_up": 4000.0, "limit_down": 3800.0}),
+    );
+    assert_eq!(send(&s, T0, &order(1.0, 4000.0)), Verdict::Pass);
+    assert_eq!(send(&s, T0, &order(1.0, 3800.0)), Verdict::Pass);
+    assert_eq!(
+        rejected(&send(&s, T0, &order(1.0, 4000.2))),
+        "order_validity: limit limit_up 4000, value price 4000.2"
+    );
+    assert_eq!(
+        rejected(&send(&s, T0, &order(1.0, 3799.8))),
+        "order_validity: limit limit_down 3800, value price 3799.8"
+    );
+    let mut unknown = order(1.0, 1.0);
+    unknown.symbol = "NOPE".into();
+    assert!(rejected(&send(&s, T0, &unknown)).contains("unknown symbol NOPE"));
+}
+
+#[test]
+fn contracts_come_from_events_when_the_config_has_none() {
+    let s = stage("[[account]]\nname = \"a\"\norder_validity = true");
+    assert!(matches!(
+        send(&s, T0, &order(1.0, 3900.2)),
+        Verdict::Refuse(..)
+    ));
+    event(
+        &s,
+        "contract",
+        &serde_json::json!({"symbol": "IF2412", "exchange": "CFFEX", "size": 300.0, "pricetick": 0.2, "min_volume": 1.0, "extra": [1, 2]}),
+    );
+    assert_eq!(send(&s, T0, &order(1.0, 3900.2)), Verdict::Pass);
+    assert!(matches!(
+        send(&s, T0, &order(1.0, 3900.1)),
+        Verdict::Refuse(..)
+    ));
+}
+
+fn order_event(id: &str, volume: f64, traded: f64, status: &str) -> serde_json::Value {
+    serde_json::json!({"order_id": id, "symbol": "IF2412", "account": "a", "direction": "long",
+        "offset": "open", "volume": volume, "traded": traded, "status": status, "price": 3900.0})
+}
+
+#[test]
+fn active_order_limit_follows_order_events_until_final() {
+    let s = stage_for("active_order_limit = 2");
+    event(&s, "order", &order_event("SIM.w.1", 1.0, 0.0, "not_traded"));
+    assert_eq!(send(&s, T0, &order(1.0, 3900.0)), Verdict::Pass); // 2nd active
+    event(&s, "order", &order_event("SIM.w.2", 1.0, 0.0, "submitting"));
+    let m = rejected(&send(&s, T0, &order(1.0, 3900.0)));
+    assert_eq!(m, "active_order_limit: limit 2, value 3");
+    event(&s, "order", &order_event("SIM.w.2", 1.0, 0.0, "not_traded")); // same order again
+    assert!(matches!(
+        send(&s, T0, &order(1.0, 3900.0)),
+        Verdict::Refuse(..)
+    ));
+    event(&s, "order", &order_event("SIM.w.1", 1.0, 1.0, "all_traded"));
+    assert_eq!(send(&s, T0, &order(1.0, 3900.0)), Verdict::Pass);
+}
+
+#[test]
+fn cancel_and_trade_caps_stop_new_orders_in_the_symbol() {
+    let s = stage_for("contract_cancel_limit = 2\ncontract_trade_limit = 3");
+    event(&s, "order", &order_event("SIM.w.1", 5.0, 0.0, "not_traded"));
+    let cancel = |id: &str| {
+        rmp_serde::to_vec_named(&serde_json::json!({"op": "cancel_order", "order_id": id})).unwrap()
+    };
+    assert_eq!(s.check(T0, &cancel("SIM.w.1")), Verdict::Pass);
+    assert_eq!(send(&s, T0, &order(1.0, 3900.0)), Verdict::Pass); // 1 cancel < 2
+    assert_eq!(s.check(T0, &cancel("SIM.w.1")), Verdict::Pass); // cancels always pass
+    let m = rejected(&send(&s, T0, &order(1.0, 3900.0)));
+    assert_eq!(m, "contract_cancel_limit: limit 2, value 2");
+
+    let s = stage_for("contract_trade_limit = 2");
+    let trade = serde_json::json!({"trade_id": "t", "order_id": "SIM.w.1", "symbol": "IF2412", "account": "a"});
+    event(&s, "trade", &trade);
+    assert_eq!(send(&s, T0, &order(1.0, 3900.0)), Verdict::Pass);
+    event(&s, "trade", &trade);
+    assert_eq!(
+        rejected(&send(&s, T0, &order(1.0, 3900.0))),
+        "contract_trade_limit: limit 2, value 2"
+    );
+}
+
+#[test]
+fn position_limit_counts_holdings_and_working_opening_orders() {
+    let s = stage_for("position_limit = 10");
+    event(
+        &s,
+        "position",
+        &serde_json::json!({"symbol": "IF2412", "account": "a", "direction": "long", "volume": 4.0}),
+    );
+    event(
+        &s,
+        "order",
+        &order_event("SIM.w.1", 5.0, 2.0, "part_traded"),
+    ); // 3 working
+    assert_eq!(send(&s, T0, &order(3.0, 3900.0)), Verdict::Pass); // 4 + 3 + 3 = 10
+    assert_eq!(
+        rejected(&send(&s, T0, &order(4.0, 3900.0))),
+        "position_limit: limit 10, value 11"
+    );
+    let mut close = order(4.0, 3900.0);
+    close.offset = Offset::Close;
+    assert_eq!(send(&s, T0, &close), Verdict::Pass);
+    let mut short = order(10.0, 3900.0);
+    short.direction = Direction::Short;
+    assert_eq!(send(&s, T0, &short), Verdict::Pass);
+    // A net-position venue reports one signed volume.
+    event(
+        &s,
+        "position",
+        &serde_json::json!({"symbol": "IF2412", "account": "a", "direction": "net", "volume": -8.0}),
+    );
+    assert_eq!(
+        rejected(&send(&s, T0, &short)),
+        "position_limit: limit 10, value 18"
+    );
+    assert_eq!(send(&s, T0, &order(7.0, 3900.0)), Verdict::Pass); // long now 0 + 3 working + 7
+}
+
+#[test]
+fn daily_loss_limit_compares_with_the_first_balance_of_the_day() {
+    let s = stage_for("daily_loss_limit = 1000");
+    let acct = |b: f64| serde_json::json!({"account": "a", "gateway": "SIM", "balance": b, "frozen": 0.0, "available": b});
+    event(&s, "account", &acct(100_000.0));
+    event(&s, "account", &acct(99_000.0));
+    assert_eq!(send(&s, T0, &order(1.0, 3900.0)), Verdict::Pass); // loss 1000 = limit
+    event(&s, "account", &acct(98_999.5));
+    assert_eq!(
+        rejected(&send(&s, T0, &order(1.0, 3900.0))),
+        "daily_loss_limit: limit 1000, value 1000.5"
+    );
+}
+
+#[test]
+fn undecodable_orders_are_bad_requests_and_other_bodies_pass() {
+    let s = stage_for("order_size_limit = 10");
+    let bad =
+        rmp_serde::to_vec_named(&serde_json::json!({"op": "send_order", "symbol": 5})).unwrap();
+    assert!(matches!(
+        s.check(T0, &bad),
+        Verdict::Refuse(ErrorCode::BadRequest, _)
+    ));
+    let neg = rmp_serde::to_vec_named(&serde_json::json!({"op": "send_order", "symbol": "X", "direction": "long", "volume": -1.0})).unwrap();
+    assert!(
+        matches!(s.check(T0, &neg), Verdict::Refuse(ErrorCode::BadRequest, m) if m.contains("volume"))
+    );
+    assert!(matches!(
+        s.check(T0, b"\x82\xa2op"),
+        Verdict::Refuse(ErrorCode::BadRequest, _)
+    ));
+    for pass in [
+        &b""[..],
+        b"\xc1garbage",
+        &rmp_serde::to_vec_named(&serde_json::json!({"sleep_ms": 1})).unwrap(),
+        &rmp_serde::to_vec_named(&serde_json::json!({"op": 7})).unwrap(),
+        &rmp_serde::to_vec_named(&serde_json::json!(["send_order", 1])).unwrap(),
+    ] {
+        assert_eq!(s.check(T0, pass), Verdict::Pass);
+    }
+}
+
+#[test]
+fn unlisted_accounts_get_the_default_or_nothing() {
+    let s =
+        stage("[default]\norder_size_limit = 1\n[[account]]\nname = \"a\"\norder_size_limit = 10");
+    let mut b = order(2.0, 1.0);
+    b.account = "b".into();
+    assert!(matches!(send(&s, T0, &b), Verdict::Refuse(..)));
+    assert_eq!(send(&s, T0, &order(2.0, 1.0)), Verdict::Pass);
+    let s = stage("[[account]]\nname = \"a\"\norder_size_limit = 10");
+    b.volume = 1000.0;
+    assert_eq!(send(&s, T0, &b), Verdict::Pass);
+    // An empty account is checked as default_account.
+    let s = stage("default_account = \"a\"\n[[account]]\nname = \"a\"\norder_size_limit = 10");
+    b.account = String::new();
+    assert!(matches!(send(&s, T0, &b), Verdict::Refuse(..)));
+}
+
+#[test]
+fn at_the_account_cap_new_accounts_are_rejected() {
+    let s = stage("max_accounts = 1\n[default]\ncontract_order_limit = 100");
+    assert_eq!(send(&s, T0, &order(1.0, 1.0)), Verdict::Pass);
+    let mut b = order(1.0, 1.0);
+    b.account = "b".into();
+    assert_eq!(
+        rejected(&send(&s, T0, &b)),
+        "risk_capacity: limit 1 accounts, value 2"
+    );
+    let s = stage("max_symbols_per_account = 1\n[default]\ncontract_order_limit = 100");
+    assert_eq!(send(&s, T0, &order(1.0, 1.0)), Verdict::Pass);
+    b.account = "a".into();
+    b.symbol = "AAPL".into();
+    assert_eq!(
+        rejected(&send(&s, T0, &b)),
+        "risk_capacity: limit 1 symbols per account, value 2"
+    );
+}
+
+#[test]
+fn orders_in_flight_count_as_working_until_settled() {
+    let s = stage_for("active_order_limit = 2\nposition_limit = 10");
+    let Verdict::Admitted(first) = s.check(T0, &body(&order(2.0, 3900.0))) else {
+        panic!("first order refused");
+    };
+    let Verdict::Admitted(second) = s.check(T0, &body(&order(3.0, 3900.0))) else {
+        panic!("second order refused");
+    };
+    // Two in flight: a third is the third working order.
+    assert_eq!(
+        rejected(&send(&s, T0, &order(1.0, 3900.0))),
+        "active_order_limit: limit 2, value 3"
+    );
+    s.settle(first);
+    // 3 in flight + 8 = 11 > 10.
+    assert_eq!(
+        rejected(&send(&s, T0, &order(8.0, 3900.0))),
+        "position_limit: limit 10, value 11"
+    );
+    assert_eq!(send(&s, T0, &order(7.0, 3900.0)), Verdict::Pass);
+    s.settle(second);
+    assert_eq!(send(&s, T0, &order(10.0, 3900.0)), Verdict::Pass);
+}
+
+#[test]
+fn an_order_with_direction_net_is_refused_as_invalid() {
+    // `net` names a position's side; as an order's side no counter could hold it.
+    let s = stage_for("order_size_limit = 10");
+    let mut o = order(1.0, 3900.0);
+    o.direction = Direction::Net;
+    assert_eq!(
+        rejected(&send(&s, T0, &o)),
+        "order_validity: limit long or short, value net"
+    );
+}

@@ -1,0 +1,80 @@
+"""The broker's pre-trade risk stage seen from Python: a rejected order raises
+CallError("risk_rejected") naming the rule, its limit and the order's value."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Cluster, wait_for
+
+import tradeplex
+from tradeplex import Direction
+
+
+def test_an_order_over_the_size_limit_raises_risk_rejected(cluster: Cluster) -> None:
+    config = cluster.tmp / "risk.toml"
+    config.write_text('[risk]\n[[risk.account]]\nname = "sim"\norder_size_limit = 10\n')
+    broker = cluster.broker(None, "--config", str(config))
+    cluster.worker(broker, "SIM")
+    with broker.client() as c:
+        ok = c.send_order(
+            "SIM",
+            symbol="AAPL",
+            direction=Direction.LONG,
+            volume=10,
+            order_type="market",
+            account="sim",
+        )
+        assert ok.volume == 10
+        with pytest.raises(tradeplex.CallError) as e:
+            c.send_order(
+                "SIM",
+                symbol="AAPL",
+                direction=Direction.LONG,
+                volume=12,
+                order_type="market",
+                account="sim",
+            )
+        assert e.value.code == tradeplex.errors.RISK_REJECTED == "risk_rejected"
+        assert e.value.message == "order_size_limit: limit 10, value 12"
+        assert e.value.number == 11
+
+
+def test_tradeplex_gateway_gets_a_risk_reject_as_a_rejected_order_with_the_reason(
+    cluster: Cluster,
+) -> None:
+    pytest.importorskip("vnpy")
+    from vnpy.event import EventEngine
+    from vnpy.trader.constant import Direction as VnDirection
+    from vnpy.trader.constant import Exchange, OrderType, Status
+    from vnpy.trader.engine import MainEngine
+    from vnpy.trader.event import EVENT_LOG
+    from vnpy.trader.object import OrderRequest
+
+    from tradeplex.vnpy import TradeplexGateway
+
+    config = cluster.tmp / "risk.toml"
+    config.write_text("[risk]\n[risk.default]\norder_size_limit = 10\n")
+    broker = cluster.broker(None, "--config", str(config))
+    cluster.worker(broker, "SIM")
+    ee = EventEngine()
+    logs: list[str] = []
+    ee.register(EVENT_LOG, lambda e: logs.append(e.data.msg))
+    me = MainEngine(ee)
+    try:
+        me.add_gateway(TradeplexGateway)
+        setting = {**TradeplexGateway.default_setting, "broker": broker.frontend}
+        setting["events"] = broker.xpub
+        me.connect(setting, "TRADEPLEX")
+        wait_for(lambda: me.get_all_contracts(), 10, "contracts")
+        req = OrderRequest("AAPL", Exchange.NASDAQ, VnDirection.LONG, OrderType.MARKET, 12)
+        vt = me.send_order(req, "TRADEPLEX")
+        order = wait_for(
+            lambda: (o := me.get_order(vt)) is not None and o.status == Status.REJECTED and o,
+            10,
+            "rejected order",
+        )
+        assert order.volume == 12
+        reason = "risk_rejected: order_size_limit: limit 10, value 12"
+        wait_for(lambda: any(reason in m for m in logs), 10, "the reason in the log")
+    finally:
+        me.close()
