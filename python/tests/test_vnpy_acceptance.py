@@ -147,17 +147,22 @@ def test_a_shipped_cta_strategy_trades_through_the_cluster(tmp_path: Path) -> No
 
         # Market test (buy at limit_up) filled, limit test (buy at limit_down) rested
         # and was cancelled by cancel_all; the local stop order may have triggered.
+        cta.stop_strategy(test)  # no new orders from here on (a local stop is cancelled)
+        cta.stop_strategy(dma)
         first = sent()
         assert len(first) >= 2
-        wait_for(lambda: all(not me.get_order(vt).is_active() for vt in sent()), 20, "final")
+
+        def final(vt: str) -> bool:  # OmsEngine records orders on vn.py's event thread
+            o = me.get_order(vt)
+            return o is not None and not o.is_active()
+
+        wait_for(lambda: all(final(vt) for vt in sent()), 20, "the strategy's orders final")
         market, limit = me.get_order(first[0]), me.get_order(first[1])
         assert market.status == Status.ALLTRADED and market.traded == 1
         assert limit.status == Status.CANCELLED and limit.traded == 0
         assert limit.reference == f"CtaStrategy_{test}"
         for vt in sent()[2:]:  # the stop order, triggered: a limit order at limit_up
             assert me.get_order(vt).status == Status.ALLTRADED
-        cta.stop_strategy(test)
-        cta.stop_strategy(dma)
         wait_for(lambda: not me.get_all_active_orders(), 20, "no active orders")
 
         # OmsEngine agrees with the Rust CLI: positions, account, each order, trades.
