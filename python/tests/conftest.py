@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import tradeplex
+from tradeplex.curve import KeyPair
 
 REPO = Path(__file__).resolve().parents[2]
 HEARTBEAT_MS = 100  # fast heartbeats, and a killed worker is noticed within 1 s ...
@@ -140,6 +141,24 @@ class RustWorker:
     journal: Path | None
 
 
+def keygen(path: Path) -> KeyPair:
+    """A key pair from `tradeplex keygen`, written to `path`."""
+    out = subprocess.run(
+        [str(BIN / "tradeplex"), "keygen"], capture_output=True, text=True, check=True, timeout=10
+    )
+    path.write_text(out.stdout)
+    return KeyPair.from_file(path)
+
+
+@dataclass
+class CurveKeys:
+    """The key pairs of `Cluster.curve_broker`."""
+
+    broker: KeyPair
+    client: KeyPair
+    worker: KeyPair
+
+
 class Cluster:
     """Starts brokers and workers for one test (or module) and stops them all after."""
 
@@ -148,6 +167,17 @@ class Cluster:
         self.procs: list[Proc] = []
         self.closers: list[Callable[[], None]] = []
         self.n = 0
+
+    def curve_broker(self) -> tuple[Broker, CurveKeys]:
+        """A broker with CURVE on and an allow-list of one client key and one worker key
+        (keys from `tradeplex keygen`, files ``broker.key``/``client.key``/``worker.key``)."""
+        keys = CurveKeys(*(keygen(self.tmp / f"{n}.key") for n in ("broker", "client", "worker")))
+        (self.tmp / "broker.toml").write_text(
+            f'[curve]\nkey_file = "{self.tmp / "broker.key"}"\n'
+            f'allow_clients = ["{keys.client.public_key}"]\n'
+            f'allow_workers = ["{keys.worker.public_key}"]\n'
+        )
+        return self.broker(None, "--config", str(self.tmp / "broker.toml")), keys
 
     def broker(self, ports: Broker | None = None, *extra: str) -> Broker:
         """Starts a broker; with `ports`, on the same endpoints as that one (a restart)."""

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import pytest
-from conftest import BIN, LIVENESS, Cluster
+from conftest import LIVENESS, Cluster
 
 import tradeplex
-from tradeplex.curve import KeyPair
-
-
-def _keygen(path: Path) -> KeyPair:
-    out = subprocess.run(
-        [str(BIN / "tradeplex"), "keygen"], capture_output=True, text=True, check=True, timeout=10
-    )
-    path.write_text(out.stdout)
-    return KeyPair.from_file(path)
 
 
 def test_allow_listed_client_and_worker_talk_others_do_not(cluster: Cluster) -> None:
     tmp = cluster.tmp
-    broker, client, worker = (_keygen(tmp / f"{n}.key") for n in ("broker", "client", "worker"))
-    (tmp / "broker.toml").write_text(
-        f'[curve]\nkey_file = "{tmp / "broker.key"}"\n'
-        f'allow_clients = ["{client.public_key}"]\nallow_workers = ["{worker.public_key}"]\n'
-    )
-    b = cluster.broker(None, "--config", str(tmp / "broker.toml"))
+    b, keys = cluster.curve_broker()
+    broker = keys.broker
     w = tradeplex.Worker(
         b.backend,
         b.xsub,

@@ -25,7 +25,6 @@ from vnpy.trader.engine import MainEngine
 from vnpy.trader.object import OrderRequest
 
 import tradeplex
-from tradeplex.curve import KeyPair
 from tradeplex.vnpy import TradeplexGateway
 from tradeplex.vnpy.connection import ConnectionRule, ConnectionState
 from tradeplex.vnpy.host import GatewayHost
@@ -388,24 +387,12 @@ def test_worker_host_flags_are_validated_by_name(cluster: Cluster) -> None:
     assert out.returncode == 2 and "unknown field 'journal'" in out.stderr, out.stderr
 
 
-def _keygen(path: Path) -> KeyPair:
-    out = subprocess.run(
-        [str(BIN / "tradeplex"), "keygen"], capture_output=True, text=True, check=True, timeout=10
-    )
-    path.write_text(out.stdout)
-    return KeyPair.from_file(path)
-
-
 def test_worker_host_over_curve_from_a_config_file(cluster: Cluster) -> None:
     tmp = cluster.tmp
-    broker, client, worker = (_keygen(tmp / f"{n}.key") for n in ("broker", "client", "worker"))
-    (tmp / "broker.toml").write_text(
-        f'[curve]\nkey_file = "{tmp / "broker.key"}"\n'
-        f'allow_clients = ["{client.public_key}"]\nallow_workers = ["{worker.public_key}"]\n'
-    )
-    b = cluster.broker(None, "--config", str(tmp / "broker.toml"))
+    b, keys = cluster.curve_broker()
+    broker = keys.broker
     (tmp / "host.toml").write_text(
-        f'broker = "{b.backend}"\nevents = "{b.xsub}"\nheartbeat_ms = 100\nliveness = 3\n'
+        f'broker = "{b.backend}"\nevents = "{b.xsub}"\nheartbeat_ms = 100\nliveness = 10\n'
         f'gateway = "fake_gateway:FakeGateway"\n'
         f'[curve]\nserver_key = "{broker.public_key}"\nkey_file = "{tmp / "worker.key"}"\n'
     )
