@@ -211,10 +211,12 @@ fn active_order_limit_follows_the_workers_order_events() {
         sub.wait_connected(Duration::from_secs(10)),
         "no broker heartbeat"
     );
-    // Far below the market: the orders rest.
+    // At the day's lower price limit: the orders rest (SIM's walk stays inside the band).
+    client.subscribe("SIM", "IF2412").unwrap();
+    let floor = client.query_tick("SIM", "IF2412", "").unwrap().limit_down;
     let resting = || OrderRequest {
         order_type: OrderType::Limit,
-        price: 3000.0,
+        price: floor,
         ..market_order("IF2412", 1.0)
     };
     let a = client.send_order("SIM", resting()).unwrap();
