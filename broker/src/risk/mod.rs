@@ -216,7 +216,7 @@ impl Stage {
         registry: &Registry,
     ) -> Result<Stage, tradeplex_ops::config::ConfigError> {
         cfg.validate()?;
-        Ok(Stage::build(cfg, true, registry)?)
+        Stage::build(cfg, true, registry)
     }
 
     /// A stage with no rules (no `[risk]` section): it keeps the book of working orders
