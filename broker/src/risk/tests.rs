@@ -424,10 +424,10 @@ fn book_event(s: &Stage, id: &str, account: &str, status: &str) {
 
 #[test]
 fn a_halt_is_checked_before_the_rules_and_resume_restores_them() {
-    let s = stage(&format!(
+    let s = stage(
         "default_account = \"a\"\n[[account]]\nname = \"a\"\norder_size_limit = 10\n\
-         [contract.IF2412]\nsize = 300\n"
-    ));
+         [contract.IF2412]\nsize = 300\n",
+    );
     let (h, orders, skipped) = s.halt(T0, Some("a"), "why").unwrap();
     assert_eq!((h.account.as_str(), h.since_ms), ("a", T0));
     assert!(orders.is_empty() && skipped == 0);
