@@ -230,12 +230,15 @@ impl Broker {
         };
         let mut dispatcher = Dispatcher::new(dispatch_cfg, metrics.clone(), Instant::now());
         let mut relay = relay;
-        if let Some(risk) = &config.risk {
-            let stage = crate::risk::Stage::new(risk.clone(), &metrics.registry)
-                .map_err(BrokerError::Config)?;
-            relay.set_risk(stage.feed());
-            dispatcher.set_risk(stage);
-        }
+        // Always in the order path: without [risk] it runs no rule but keeps the book of
+        // working orders and answers the kill switch (tpx.halt / tpx.resume).
+        let stage = match &config.risk {
+            Some(risk) => crate::risk::Stage::new(risk.clone(), &metrics.registry)
+                .map_err(BrokerError::Config)?,
+            None => crate::risk::Stage::without_rules(&metrics.registry),
+        };
+        relay.set_risk(stage.feed());
+        dispatcher.set_risk(stage);
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
         let mut lp = Loop {
             frontend,

@@ -288,6 +288,39 @@ impl Client {
         rmp_serde::from_slice(&reply.body).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// Halts `account` (None = every account): the broker refuses its new orders
+    /// (`risk_rejected`, `halted: <reason>`) and cancels its working orders (`tpx.halt`).
+    pub fn halt(
+        &self,
+        account: Option<&str>,
+        reason: &str,
+    ) -> Result<tradeplex_proto::mgmt::HaltReply, ClientError> {
+        let req = tradeplex_proto::mgmt::HaltRequest {
+            account: account.unwrap_or_default().to_string(),
+            reason: reason.to_string(),
+        };
+        self.call_typed(
+            tradeplex_proto::mgmt::HALT_SERVICE,
+            &req,
+            CallOptions::default(),
+        )
+    }
+
+    /// Lifts the halt of `account`, or every halt (None) (`tpx.resume`).
+    pub fn resume(
+        &self,
+        account: Option<&str>,
+    ) -> Result<tradeplex_proto::mgmt::ResumeReply, ClientError> {
+        let req = tradeplex_proto::mgmt::ResumeRequest {
+            account: account.unwrap_or_default().to_string(),
+        };
+        self.call_typed(
+            tradeplex_proto::mgmt::RESUME_SERVICE,
+            &req,
+            CallOptions::default(),
+        )
+    }
+
     /// The broker's status (`tpx.status`).
     pub fn status(&self) -> Result<tradeplex_proto::mgmt::StatusReply, ClientError> {
         let reply = self.call(

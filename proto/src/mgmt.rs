@@ -1,5 +1,6 @@
 //! The broker's own management services, called like any other service over the
-//! frontend: `tpx.status` answers with [`StatusReply`].
+//! frontend: `tpx.status` answers with [`StatusReply`], `tpx.halt` / `tpx.resume` (the kill
+//! switch) with [`HaltReply`] / [`ResumeReply`].
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,9 @@ pub struct StatusReply {
     pub workers: Vec<WorkerStatus>,
     /// Every known service.
     pub services: Vec<ServiceStatus>,
+    /// Halts in force (`tpx.halt`); absent from brokers before the kill switch.
+    #[serde(default)]
+    pub halts: Vec<HaltStatus>,
 }
 
 /// One worker as the broker sees it.
@@ -49,4 +53,70 @@ pub struct ServiceStatus {
     pub queued: u32,
     /// Requests being executed.
     pub in_flight: u32,
+}
+
+/// Service name of the kill switch (`tradeplex halt`): answered with [`HaltReply`].
+pub const HALT_SERVICE: &str = "tpx.halt";
+/// Service name that lifts a halt (`tradeplex resume`): answered with [`ResumeReply`].
+pub const RESUME_SERVICE: &str = "tpx.resume";
+/// The account name that stands for every account in halts.
+pub const ALL_ACCOUNTS: &str = "*";
+/// Longest `reason` a halt takes, in bytes.
+pub const MAX_HALT_REASON: usize = 256;
+/// Longest account name a halt or resume takes, in bytes.
+pub const MAX_HALT_ACCOUNT: usize = 128;
+
+/// Request body of `tpx.halt` (an empty body = every account, no reason).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HaltRequest {
+    /// The account to halt; `""` = every account.
+    #[serde(default)]
+    pub account: String,
+    /// Why (shown in rejects as `halted: <reason>`, in status and logs).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Reply body of `tpx.halt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HaltReply {
+    /// The account halted (`"*"` = every account).
+    pub account: String,
+    /// The reason recorded.
+    pub reason: String,
+    /// When the halt began (Unix ms; an earlier halt of the same account keeps its time).
+    pub since_ms: u64,
+    /// Cancel requests the broker sent for the account's working orders.
+    pub cancels_sent: u32,
+    /// Working orders not cancelled now: a cancel was already sent for them by an earlier
+    /// halt (never sent twice), or their worker is not registered.
+    pub cancels_skipped: u32,
+}
+
+/// Request body of `tpx.resume` (an empty body = every account).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResumeRequest {
+    /// The account to resume; `""` = every halt is lifted.
+    #[serde(default)]
+    pub account: String,
+}
+
+/// Reply body of `tpx.resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeReply {
+    /// The halts lifted (account names, `"*"` for the all-accounts halt).
+    pub resumed: Vec<String>,
+    /// The halts still in force.
+    pub halts: Vec<HaltStatus>,
+}
+
+/// One halt in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HaltStatus {
+    /// The account (`"*"` = every account).
+    pub account: String,
+    /// Why.
+    pub reason: String,
+    /// Since when (Unix ms).
+    pub since_ms: u64,
 }

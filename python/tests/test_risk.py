@@ -78,3 +78,70 @@ def test_tradeplex_gateway_gets_a_risk_reject_as_a_rejected_order_with_the_reaso
         wait_for(lambda: any(reason in m for m in logs), 10, "the reason in the log")
     finally:
         me.close()
+
+
+def test_a_halt_refuses_orders_and_tradeplex_gateway_gets_them_as_rejected(
+    cluster: Cluster,
+) -> None:
+    pytest.importorskip("vnpy")
+    from vnpy.event import EventEngine
+    from vnpy.trader.constant import Direction as VnDirection
+    from vnpy.trader.constant import Exchange, OrderType, Status
+    from vnpy.trader.engine import MainEngine
+    from vnpy.trader.event import EVENT_LOG
+    from vnpy.trader.object import OrderRequest
+
+    from tradeplex.vnpy import TradeplexGateway
+
+    # No [risk] section: the kill switch works without one.
+    broker = cluster.broker(None)
+    cluster.worker(broker, "SIM")
+    ee = EventEngine()
+    logs: list[str] = []
+    ee.register(EVENT_LOG, lambda e: logs.append(e.data.msg))
+    me = MainEngine(ee)
+    try:
+        me.add_gateway(TradeplexGateway)
+        setting = {**TradeplexGateway.default_setting, "broker": broker.frontend}
+        setting["events"] = broker.xpub
+        setting["account"] = "sim"
+        me.connect(setting, "TRADEPLEX")
+        wait_for(lambda: me.get_all_contracts(), 10, "contracts")
+        with broker.client() as c:
+            reply = c.halt("sim", reason="end of day")
+            assert reply["account"] == "sim"
+            assert reply["reason"] == "end of day"
+            assert [h["account"] for h in c.status()["halts"]] == ["sim"]
+            with pytest.raises(tradeplex.CallError) as e:
+                c.send_order(
+                    "SIM",
+                    symbol="AAPL",
+                    direction=Direction.LONG,
+                    volume=1,
+                    order_type="market",
+                    account="sim",
+                )
+            assert e.value.code == "risk_rejected"
+            assert e.value.message == "halted: end of day"
+        req = OrderRequest("AAPL", Exchange.NASDAQ, VnDirection.LONG, OrderType.MARKET, 1)
+        vt = me.send_order(req, "TRADEPLEX")
+        wait_for(
+            lambda: (o := me.get_order(vt)) is not None and o.status == Status.REJECTED,
+            10,
+            "rejected order",
+        )
+        reason = "risk_rejected: halted: end of day"
+        wait_for(lambda: any(reason in m for m in logs), 10, "the reason in the log")
+        with broker.client() as c:
+            assert c.resume()["resumed"] == ["sim"]
+        vt = me.send_order(req, "TRADEPLEX")
+        wait_for(
+            lambda: (
+                (o := me.get_order(vt)) is not None
+                and o.status not in (Status.REJECTED, Status.SUBMITTING)
+            ),
+            10,
+            "an accepted order after resume",
+        )
+    finally:
+        me.close()

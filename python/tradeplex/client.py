@@ -809,6 +809,26 @@ class Client(TradingMixin):
         retry = max(ttl / 3000, 0.5) if idempotent else None
         return _Pending(id, frames, time.monotonic() + ttl / 1000, retry, None, raw, full, ttl)
 
+    # --- management (the broker's own tpx.* services) --------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The broker's workers, services and halts (`tpx.status`)."""
+        reply: dict[str, Any] = self.call("tpx.status", None, idempotent=True)
+        return reply
+
+    def halt(self, account: str | None = None, reason: str = "") -> dict[str, Any]:
+        """The kill switch (`tpx.halt`): the broker refuses every new order of `account`
+        (None = every account) with ``risk_rejected`` ``halted: <reason>`` and cancels its
+        working orders; the reply counts ``cancels_sent`` and ``cancels_skipped``."""
+        reply: dict[str, Any] = self.call("tpx.halt", {"account": account or "", "reason": reason})
+        return reply
+
+    def resume(self, account: str | None = None) -> dict[str, Any]:
+        """Lifts the halt of `account`, or every halt (None) (`tpx.resume`); the reply
+        lists the halts ``resumed`` and those still in force (``halts``)."""
+        reply: dict[str, Any] = self.call("tpx.resume", {"account": account or ""})
+        return reply
+
     # --- events ---------------------------------------------------------------------
 
     def subscriber(self, topics: list[str] | tuple[str, ...] | str) -> Any:

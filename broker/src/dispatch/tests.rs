@@ -863,3 +863,256 @@ fn a_service_without_workers_is_forgotten_with_its_series_after_retention() {
     assert_eq!(series(&h), 0, "series removed after retention");
     assert!(h.d.status(h.clock).services.is_empty());
 }
+
+// ----- kill switch (tpx.halt / tpx.resume) -----------------------------------------
+
+fn order_event(order_id: &str, account: &str, status: &str) -> Vec<u8> {
+    rmp_serde::to_vec_named(&serde_json::json!({
+        "order_id": order_id, "symbol": "AAPL", "exchange": "NASDAQ", "account": account,
+        "direction": "long", "offset": "none", "volume": 1.0, "traded": 0.0, "status": status,
+    }))
+    .unwrap()
+}
+
+fn order_body(account: &str) -> Vec<u8> {
+    rmp_serde::to_vec_named(&serde_json::json!({
+        "op": "send_order", "symbol": "AAPL", "exchange": "", "direction": "long",
+        "order_type": "limit", "volume": 1.0, "price": 100.0, "account": account,
+    }))
+    .unwrap()
+}
+
+impl Harness {
+    /// A harness whose dispatcher has a stage without rules (a broker without [risk]).
+    fn with_stage() -> (Harness, risk::Stage) {
+        let mut h = Harness::new();
+        let stage = risk::Stage::without_rules(&h.d.metrics.registry);
+        h.d.set_risk(stage.clone());
+        (h, stage)
+    }
+
+    fn call_body(&mut self, service: &str, body: Vec<u8>) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let h = RequestHeader {
+            id,
+            service: svc(service),
+            deadline_ms: self.clock.unix_ms + 1000,
+            idempotent: false,
+            target: None,
+            affinity: None,
+        };
+        self.d
+            .on_request(self.clock, b"client".to_vec(), h, Body::from(body));
+        id
+    }
+
+    fn metric(&self, name: &str, label: &str) -> f64 {
+        for fam in self.d.metrics.registry.gather() {
+            if fam.get_name() != name {
+                continue;
+            }
+            for m in fam.get_metric() {
+                if m.get_label().iter().any(|l| l.get_value() == label) {
+                    return if fam.get_field_type() == prometheus::proto::MetricType::GAUGE {
+                        m.get_gauge().get_value()
+                    } else {
+                        m.get_counter().get_value()
+                    };
+                }
+            }
+        }
+        0.0
+    }
+}
+
+#[test]
+fn halt_refuses_the_accounts_orders_and_cancels_its_working_orders_on_each_worker() {
+    let (mut h, stage) = Harness::with_stage();
+    let a = h.ready(b"A", &["SIM"], 4);
+    let b = h.ready(b"B", &["SIM"], 4);
+    h.drain();
+    let feed = stage.feed();
+    let now = h.clock.unix_ms;
+    feed.on_event(
+        now,
+        "order",
+        &order_event(&format!("SIM.{a}.1"), "acc1", "not_traded"),
+    );
+    feed.on_event(
+        now,
+        "order",
+        &order_event(&format!("SIM.{b}.2"), "acc1", "submitting"),
+    );
+    feed.on_event(
+        now,
+        "order",
+        &order_event(&format!("SIM.{a}.3"), "acc2", "not_traded"),
+    );
+    // Final: not to be cancelled.
+    feed.on_event(
+        now,
+        "order",
+        &order_event(&format!("SIM.{b}.4"), "acc1", "not_traded"),
+    );
+    feed.on_event(
+        now,
+        "order",
+        &order_event(&format!("SIM.{b}.4"), "acc1", "all_traded"),
+    );
+    assert_eq!(stage.booked_orders(), 3);
+
+    let req = rmp_serde::to_vec_named(&HaltRequest {
+        account: "acc1".into(),
+        reason: "desk closed".into(),
+    })
+    .unwrap();
+    h.call_body(HALT_SERVICE, req);
+    let (to_workers, replies, errors) = h.drain();
+    assert!(errors.is_empty(), "{errors:?}");
+    let reply: HaltReply = rmp_serde::from_slice(&replies[0].1).unwrap();
+    assert_eq!((reply.account.as_str(), reply.cancels_sent), ("acc1", 2));
+    assert_eq!(reply.reason, "desk closed");
+    let mut cancels: Vec<(Vec<u8>, String, JobId)> = to_workers
+        .iter()
+        .filter(|m| m.1 == worker::Command::Request)
+        .map(|(to, _, header, body)| {
+            let rh: worker::RequestHeader = frame::decode_header(header).unwrap();
+            assert!(!rh.idempotent, "a cancel is not idempotent");
+            let GatewayRequest::CancelOrder(c) = rmp_serde::from_slice(body).unwrap() else {
+                panic!("not a cancel");
+            };
+            (to.clone(), c.order_id.0, rh.job)
+        })
+        .collect();
+    cancels.sort();
+    assert_eq!(
+        cancels
+            .iter()
+            .map(|(to, id, _)| (to.clone(), id.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (b"A".to_vec(), format!("SIM.{a}.1")),
+            (b"B".to_vec(), format!("SIM.{b}.2"))
+        ]
+    );
+    assert_eq!(h.metric("tradeplex_halted", "acc1"), 1.0);
+    assert_eq!(h.metric("tradeplex_halt_cancels_total", "sent"), 2.0);
+
+    // New orders of the halted account are refused; another account's go through.
+    h.call_body("SIM", order_body("acc1"));
+    let (_, _, errors) = h.drain();
+    assert_eq!(errors[0].name, "risk_rejected");
+    assert_eq!(errors[0].message, "halted: desk closed");
+    assert_eq!(h.metric("tradeplex_risk_rejected_total", "halted"), 1.0);
+    h.call_body("SIM", order_body("acc2"));
+    assert_eq!(h.deliveries().len(), 1);
+
+    // The cancels' answers are the broker's: none reaches a client.
+    h.reply(b"A", cancels[0].2);
+    h.d.remove_worker(h.clock, &b"B".to_vec(), Departure::Expired);
+    let (_, replies, errors) = h.drain();
+    assert!(
+        replies.is_empty() && errors.is_empty(),
+        "{replies:?} {errors:?}"
+    );
+    assert_eq!(h.metric("tradeplex_halt_cancels_total", "ok"), 1.0);
+    assert_eq!(h.metric("tradeplex_halt_cancels_total", "worker_lost"), 1.0);
+
+    // A second halt never re-sends a cancel (the lost one's outcome is unknown).
+    let req = rmp_serde::to_vec_named(&HaltRequest {
+        account: "acc1".into(),
+        reason: String::new(),
+    })
+    .unwrap();
+    h.call_body(HALT_SERVICE, req);
+    let (to_workers, replies, _) = h.drain();
+    let reply: HaltReply = rmp_serde::from_slice(&replies[0].1).unwrap();
+    assert_eq!((reply.cancels_sent, reply.cancels_skipped), (0, 2));
+    assert!(to_workers.iter().all(|m| m.1 != worker::Command::Request));
+    let status = h.d.status(h.clock);
+    assert_eq!(status.halts.len(), 1);
+    assert_eq!(status.halts[0].account, "acc1");
+
+    // Resume: orders flow again.
+    h.call_body(RESUME_SERVICE, Vec::new());
+    let (_, replies, _) = h.drain();
+    let reply: ResumeReply = rmp_serde::from_slice(&replies[0].1).unwrap();
+    assert_eq!(reply.resumed, vec!["acc1".to_string()]);
+    assert!(reply.halts.is_empty());
+    assert_eq!(h.metric("tradeplex_halted", "acc1"), 0.0);
+    h.call_body("SIM", order_body("acc1"));
+    assert_eq!(h.deliveries().len(), 1);
+}
+
+#[test]
+fn halt_of_every_account_refuses_any_order_but_lets_cancels_through() {
+    let (mut h, _stage) = Harness::with_stage();
+    h.ready(b"A", &["SIM"], 4);
+    h.drain();
+    h.call_body(HALT_SERVICE, Vec::new());
+    let (_, replies, _) = h.drain();
+    let reply: HaltReply = rmp_serde::from_slice(&replies[0].1).unwrap();
+    assert_eq!(reply.account, "*");
+    assert_eq!(reply.reason, risk::halt::DEFAULT_REASON);
+    assert_eq!(h.metric("tradeplex_halted", "*"), 1.0);
+    h.call_body("SIM", order_body("whoever"));
+    let (_, _, errors) = h.drain();
+    assert_eq!(errors[0].message, "halted: halted by operator");
+    let cancel = rmp_serde::to_vec_named(&serde_json::json!({
+        "op": "cancel_order", "order_id": "SIM.x.1",
+    }))
+    .unwrap();
+    h.call_body("SIM", cancel);
+    assert_eq!(h.deliveries().len(), 1, "cancel_order stays allowed");
+}
+
+#[test]
+fn without_risk_and_without_a_halt_no_body_is_decoded() {
+    let (mut h, _stage) = Harness::with_stage();
+    h.ready(b"A", &["SIM"], 4);
+    h.drain();
+    // A map that is not valid MessagePack: passed untouched while nothing is halted...
+    h.call_body("SIM", vec![0x81, 0xc1]);
+    assert_eq!(h.deliveries().len(), 1);
+    // ...and refused while a halt is in force (it cannot be told from an order).
+    let req = rmp_serde::to_vec_named(&HaltRequest {
+        account: "acc1".into(),
+        reason: String::new(),
+    })
+    .unwrap();
+    h.call_body(HALT_SERVICE, req);
+    h.drain();
+    h.call_body("SIM", vec![0x81, 0xc1]);
+    let (_, _, errors) = h.drain();
+    assert_eq!(errors[0].name, "bad_request");
+    // An order naming no account could be the halted one's (the gateway's default).
+    h.call_body("SIM", order_body(""));
+    let (_, _, errors) = h.drain();
+    assert_eq!(errors[0].name, "risk_rejected");
+    assert!(
+        errors[0].message.starts_with("halted: "),
+        "{}",
+        errors[0].message
+    );
+}
+
+#[test]
+fn a_halt_body_that_does_not_decode_is_bad_request() {
+    let (mut h, _stage) = Harness::with_stage();
+    h.call_body(HALT_SERVICE, vec![0x81, 0xc1]);
+    h.call_body(
+        HALT_SERVICE,
+        rmp_serde::to_vec_named(&serde_json::json!({"reason": "x".repeat(300)})).unwrap(),
+    );
+    let (_, replies, errors) = h.drain();
+    assert!(replies.is_empty());
+    assert_eq!(errors.len(), 2);
+    assert!(errors.iter().all(|e| e.name == "bad_request"), "{errors:?}");
+    assert!(
+        errors[1].message.contains("reason"),
+        "{}",
+        errors[1].message
+    );
+    assert!(h.d.status(h.clock).halts.is_empty());
+}

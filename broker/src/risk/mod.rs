@@ -3,27 +3,42 @@
 //!
 //! - [`config`]: the `[risk]` TOML section (limits per account, contracts, day boundary).
 //! - [`rules`]: the checks, pure functions of (limits, counters, market, order, now).
-//! - [`state`]: counters and market facts, fed by admitted orders and workers' events.
+//! - [`state`]: counters and market facts, fed by admitted orders and workers' events;
+//!   also the kill switch's book of every account's working orders.
+//! - [`halt`]: the kill switch (`tpx.halt` / `tpx.resume`): halted accounts, checked first.
+//!
+//! The stage always exists: without `[risk]` it runs no rules and decodes no body unless
+//! a halt is in force, but keeps the book of working orders (from `order.` events) so a
+//! halt can cancel them.
 //!
 //! The main loop calls [`Stage::check`] once per request; the relay thread calls
 //! [`Feed::on_event`] for every event. Both lock one `Mutex<State>`, each briefly.
 
 pub mod config;
+pub mod halt;
 mod peek;
 pub mod rules;
 pub mod state;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::Deserialize;
+use tradeplex_proto::mgmt::{HaltStatus, ALL_ACCOUNTS};
 use tradeplex_proto::model::{CancelRequest, OrderRequest};
 use tradeplex_proto::ErrorCode;
 
 pub use config::RiskConfig;
+use halt::Halts;
 use rules::{Counters, Market, Reject};
+pub use state::Booked;
 use state::State;
+
+/// The rule name of a refusal by the kill switch.
+pub const HALTED: &str = "halted";
 
 /// The event kinds the stage reads; others are not decoded.
 pub const EVENT_KINDS: [&str; 6] = ["order", "trade", "position", "account", "tick", "contract"];
@@ -34,6 +49,8 @@ pub struct RiskMetrics {
     checked: IntCounter,
     rejected: Vec<(&'static str, IntCounter)>,
     bad_events: IntCounter,
+    halted: IntGaugeVec,
+    halt_cancels: IntCounterVec,
 }
 
 impl RiskMetrics {
@@ -57,10 +74,30 @@ impl RiskMetrics {
             "Events of a kind the risk stage reads whose body did not decode (ignored)",
         )
         .expect("static metric definition");
+        let halted = IntGaugeVec::new(
+            Opts::new(
+                "tradeplex_halted",
+                "1 while the account is halted by the kill switch (\"*\" = every account), else 0",
+            ),
+            &["account"],
+        )
+        .expect("static metric definition");
+        halted.with_label_values(&[ALL_ACCOUNTS]).set(0);
+        let halt_cancels = IntCounterVec::new(
+            Opts::new(
+                "tradeplex_halt_cancels_total",
+                "Cancels of working orders sent by a halt (result=sent), and their answers \
+                 by outcome (ok or the error code name)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(checked.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rejected.clone()),
             Box::new(bad_events.clone()),
+            Box::new(halted.clone()),
+            Box::new(halt_cancels.clone()),
         ] {
             // A second broker in one process (tests) shares nothing: each has its registry.
             let _ = registry.register(c);
@@ -69,9 +106,12 @@ impl RiskMetrics {
             checked,
             rejected: rules::RULES
                 .iter()
+                .chain([HALTED].iter())
                 .map(|r| (*r, rejected.with_label_values(&[r])))
                 .collect(),
             bad_events,
+            halted,
+            halt_cancels,
         }
     }
 
@@ -104,6 +144,11 @@ pub struct Ticket {
 }
 
 struct Shared {
+    /// False without `[risk]`: no rule runs, only halts and the book.
+    rules: bool,
+    /// Set while any halt is in force, so an order check without one reads no lock.
+    any_halt: AtomicBool,
+    halts: Mutex<Halts>,
     cfg: RiskConfig,
     /// Index of `cfg.account` by name.
     by_name: rustc_hash::FxHashMap<String, usize>,
@@ -116,6 +161,10 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves counters that are still counters.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn halts(&self) -> MutexGuard<'_, Halts> {
+        self.halts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn caps(&self) -> (usize, usize) {
@@ -167,9 +216,33 @@ impl Stage {
         registry: &Registry,
     ) -> Result<Stage, tradeplex_ops::config::ConfigError> {
         cfg.validate()?;
+        Stage::build(cfg, true, registry)
+    }
+
+    /// A stage with no rules (no `[risk]` section): it keeps the book of working orders
+    /// and answers halts, and decodes no order body unless a halt is in force.
+    pub fn without_rules(registry: &Registry) -> Stage {
+        let cfg = RiskConfig::default();
+        // The default config is valid: its day start is "00:00".
+        let day_start_ms = cfg.day_start_ms().unwrap_or(0);
+        Stage::with_day(cfg, false, day_start_ms, registry)
+    }
+
+    fn build(
+        cfg: RiskConfig,
+        rules: bool,
+        registry: &Registry,
+    ) -> Result<Stage, tradeplex_ops::config::ConfigError> {
         let day_start_ms = cfg.day_start_ms()?;
-        Ok(Stage {
+        Ok(Stage::with_day(cfg, rules, day_start_ms, registry))
+    }
+
+    fn with_day(cfg: RiskConfig, rules: bool, day_start_ms: u64, registry: &Registry) -> Stage {
+        Stage {
             shared: Arc::new(Shared {
+                rules,
+                any_halt: AtomicBool::new(false),
+                halts: Mutex::new(Halts::default()),
                 by_name: cfg
                     .account
                     .iter()
@@ -181,7 +254,7 @@ impl Stage {
                 state: Mutex::new(State::default()),
                 metrics: RiskMetrics::new(registry),
             }),
-        })
+        }
     }
 
     /// The event side for the relay.
@@ -195,6 +268,14 @@ impl Stage {
     /// checked (and counted if it passes), a `cancel_order` counted; anything else passes.
     pub fn check(&self, now_ms: u64, body: &[u8]) -> Verdict {
         if !is_map(body) {
+            return Verdict::Pass;
+        }
+        if self.shared.any_halt.load(Ordering::Acquire) {
+            if let Some(v) = self.check_halt(body) {
+                return v;
+            }
+        }
+        if !self.shared.rules {
             return Verdict::Pass;
         }
         match peek::ops(body) {
@@ -211,6 +292,123 @@ impl Stage {
                 Verdict::Pass
             }
         }
+    }
+
+    /// With a halt in force: the refusal of a `send_order` of a halted account (or a body
+    /// that cannot be read), None when the request goes on to the rules.
+    fn check_halt(&self, body: &[u8]) -> Option<Verdict> {
+        let s = &*self.shared;
+        let ops = match peek::ops(body) {
+            Ok(ops) => ops,
+            Err(e) => {
+                return Some(Verdict::Refuse(
+                    ErrorCode::BadRequest,
+                    format!("body is not valid MessagePack: {e}"),
+                ))
+            }
+        };
+        if !ops.send_order {
+            return None;
+        }
+        let refuse = |reason: &str| {
+            s.metrics.checked.inc();
+            s.metrics.rejected(HALTED);
+            Some(Verdict::Refuse(
+                ErrorCode::RiskRejected,
+                format!("{HALTED}: {reason}"),
+            ))
+        };
+        let halts = s.halts();
+        if let Some(reason) = halts.all() {
+            return refuse(reason);
+        }
+        #[derive(Deserialize)]
+        struct AccountOf {
+            #[serde(default)]
+            account: String,
+        }
+        let account = match rmp_serde::from_slice::<AccountOf>(body) {
+            Ok(a) => a.account,
+            Err(e) => {
+                s.metrics.checked.inc();
+                s.metrics.rejected("bad_order");
+                return Some(bad_order(format!("cannot decode the order: {e}")));
+            }
+        };
+        let account = s.account_name(&account);
+        if account.is_empty() {
+            // The gateway resolves "" to its default account, which may be a halted one:
+            // refuse rather than guess ([risk] default_account names it).
+            return refuse(&format!(
+                "the order names no account while {} account(s) are halted \
+                 (name the account, or set [risk] default_account)",
+                halts.accounts()
+            ));
+        }
+        if let Some(reason) = halts.reason_for(account) {
+            return refuse(reason);
+        }
+        if !s.rules {
+            s.metrics.checked.inc();
+        }
+        None
+    }
+
+    /// Halts `account` (None = every account) at `now_ms`: from now on its orders are
+    /// refused `risk_rejected` (`halted: <reason>`). Returns the halt, the working orders
+    /// to cancel (each returned once only, ever: a cancel is never sent twice) and how
+    /// many working orders were passed over because a cancel was already sent for them.
+    pub fn halt(
+        &self,
+        now_ms: u64,
+        account: Option<&str>,
+        reason: &str,
+    ) -> Result<(HaltStatus, Vec<Booked>, u32), String> {
+        let s = &*self.shared;
+        let status = {
+            let mut halts = s.halts();
+            let status = halts.halt(account, reason, now_ms)?;
+            s.any_halt.store(true, Ordering::Release);
+            status
+        };
+        s.metrics
+            .halted
+            .with_label_values(&[&status.account])
+            .set(1);
+        let (orders, skipped) = s.lock().take_cancels(account);
+        Ok((status, orders, skipped))
+    }
+
+    /// Lifts the halt of `account`, or every halt (None). Returns the names lifted and
+    /// the halts still in force.
+    pub fn resume(&self, account: Option<&str>) -> (Vec<String>, Vec<HaltStatus>) {
+        let s = &*self.shared;
+        let mut halts = s.halts();
+        let gone = halts.resume(account);
+        s.any_halt.store(!halts.is_empty(), Ordering::Release);
+        for a in &gone {
+            s.metrics.halted.with_label_values(&[a]).set(0);
+        }
+        (gone, halts.list())
+    }
+
+    /// The halts in force.
+    pub fn halts(&self) -> Vec<HaltStatus> {
+        self.shared.halts().list()
+    }
+
+    /// Counts a halt's cancel: `sent`, then its outcome (`ok` or an error code name).
+    pub fn count_halt_cancel(&self, result: &str) {
+        self.shared
+            .metrics
+            .halt_cancels
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    /// Working orders in the kill switch's book (all accounts).
+    pub fn booked_orders(&self) -> usize {
+        self.shared.lock().booked_orders()
     }
 
     fn check_order(&self, now_ms: u64, body: &[u8]) -> Verdict {
@@ -350,10 +548,11 @@ impl Stage {
 impl Feed {
     /// Applies one event of `kind` (the topic's first segment) received at `now_ms`.
     pub fn on_event(&self, now_ms: u64, kind: &str, body: &[u8]) {
-        if !EVENT_KINDS.contains(&kind) {
+        let s = &*self.shared;
+        // Without rules only order events are read (the kill switch's book).
+        if !EVENT_KINDS.contains(&kind) || (!s.rules && kind != "order") {
             return;
         }
-        let s = &*self.shared;
         let mut st = s.lock();
         st.roll(state::trading_day(now_ms, s.day_start_ms));
         if !st.on_event(kind, body, &|a| s.limits_for(a).is_some(), s.caps()) {

@@ -91,6 +91,19 @@ struct Working {
     open_volume: f64,
 }
 
+/// A working order in the kill switch's book.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Booked {
+    /// The order id (`<gateway>.<worker>.<n>`).
+    pub order_id: String,
+    /// Its account as the gateway resolved it.
+    pub account: String,
+    /// Symbol.
+    pub symbol: String,
+    /// Exchange.
+    pub exchange: String,
+}
+
 /// Everything the stage keeps.
 #[derive(Debug, Default)]
 pub struct State {
@@ -103,6 +116,11 @@ pub struct State {
     /// Last quote from `tick.` events, by symbol.
     pub quotes: HashMap<String, Quote>,
     working: HashMap<String, Working>,
+    /// Every working order of every account (limited or not), for the kill switch.
+    book: HashMap<String, Booked>,
+    /// Orders a halt has sent a cancel for: never sent a second one (its outcome may be
+    /// unknown). Forgotten when the order is final.
+    cancel_sent: rustc_hash::FxHashSet<String>,
     /// Events that could not be decoded (counted, ignored).
     pub bad_events: u64,
 }
@@ -126,6 +144,8 @@ pub fn trading_day(unix_ms: u64, start_ms: u64) -> u64 {
 struct OrderEvent {
     order_id: String,
     symbol: String,
+    #[serde(default)]
+    exchange: String,
     #[serde(default)]
     account: String,
     direction: Direction,
@@ -296,6 +316,7 @@ impl State {
     }
 
     fn on_order(&mut self, o: OrderEvent, limits: &dyn Fn(&str) -> bool, caps: (usize, usize)) {
+        self.book_order(&o);
         // Take the order's previous contribution out, then put its new one in.
         if let Some(w) = self.working.remove(&o.order_id) {
             if let Some(a) = self.accounts.get_mut(&w.account) {
@@ -337,6 +358,59 @@ impl State {
                 open_volume,
             },
         );
+    }
+
+    /// Keeps the kill switch's book: every account's working orders, at most
+    /// [`MAX_WORKING_ORDERS`] (further ones are not booked, and a halt cannot see them).
+    fn book_order(&mut self, o: &OrderEvent) {
+        let active = matches!(
+            o.status,
+            Status::Submitting | Status::NotTraded | Status::PartTraded
+        );
+        if !active {
+            self.book.remove(&o.order_id);
+            self.cancel_sent.remove(&o.order_id);
+            return;
+        }
+        if self.book.contains_key(&o.order_id) || self.book.len() < MAX_WORKING_ORDERS {
+            self.book.insert(
+                o.order_id.clone(),
+                Booked {
+                    order_id: o.order_id.clone(),
+                    account: o.account.clone(),
+                    symbol: o.symbol.clone(),
+                    exchange: o.exchange.clone(),
+                },
+            );
+        }
+    }
+
+    /// The booked working orders of `account` (None = every account) that no halt has
+    /// sent a cancel for yet, now marked as sent; and how many were passed over because
+    /// one was already sent.
+    pub fn take_cancels(&mut self, account: Option<&str>) -> (Vec<Booked>, u32) {
+        let mut out = Vec::new();
+        let mut skipped = 0u32;
+        for b in self.book.values() {
+            if account.is_some_and(|a| a != b.account) {
+                continue;
+            }
+            if self.cancel_sent.contains(&b.order_id) {
+                skipped = skipped.saturating_add(1);
+            } else {
+                out.push(b.clone());
+            }
+        }
+        for b in &out {
+            self.cancel_sent.insert(b.order_id.clone());
+        }
+        out.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+        (out, skipped)
+    }
+
+    /// Working orders in the kill switch's book (all accounts).
+    pub fn booked_orders(&self) -> usize {
+        self.book.len()
     }
 
     /// The account's entry, created if it is limited and fits.

@@ -408,3 +408,82 @@ fn an_order_with_direction_net_is_refused_as_invalid() {
         "order_validity: limit long or short, value net"
     );
 }
+
+// ----- kill switch ------------------------------------------------------------------
+
+fn book_event(s: &Stage, id: &str, account: &str, status: &str) {
+    event(
+        s,
+        "order",
+        &serde_json::json!({
+            "order_id": id, "symbol": "IF2412", "exchange": "CFFEX", "account": account,
+            "direction": "long", "offset": "open", "volume": 1.0, "traded": 0.0, "status": status,
+        }),
+    );
+}
+
+#[test]
+fn a_halt_is_checked_before_the_rules_and_resume_restores_them() {
+    let s = stage(
+        "default_account = \"a\"\n[[account]]\nname = \"a\"\norder_size_limit = 10\n\
+         [contract.IF2412]\nsize = 300\n",
+    );
+    let (h, orders, skipped) = s.halt(T0, Some("a"), "why").unwrap();
+    assert_eq!((h.account.as_str(), h.since_ms), ("a", T0));
+    assert!(orders.is_empty() && skipped == 0);
+    // Within the limits or not, a halted account's order is refused as halted.
+    assert_eq!(rejected(&send(&s, T0, &order(1.0, 4000.0))), "halted: why");
+    assert_eq!(rejected(&send(&s, T0, &order(50.0, 4000.0))), "halted: why");
+    // "" is read as default_account.
+    let mut empty = order(1.0, 4000.0);
+    empty.account.clear();
+    assert_eq!(rejected(&send(&s, T0, &empty)), "halted: why");
+    // Another account is not halted.
+    let mut other = order(1.0, 4000.0);
+    other.account = "b".into();
+    assert!(matches!(send(&s, T0, &other), Verdict::Pass));
+    // A second halt keeps its start, takes the new reason.
+    let (h, _, _) = s.halt(T0 + 5, Some("a"), "").unwrap();
+    assert_eq!((h.since_ms, h.reason.as_str()), (T0, halt::DEFAULT_REASON));
+    let (gone, left) = s.resume(Some("a"));
+    assert_eq!(gone, vec!["a".to_string()]);
+    assert!(left.is_empty());
+    assert!(matches!(send(&s, T0, &order(1.0, 4000.0)), Verdict::Pass));
+    assert_eq!(
+        rejected(&send(&s, T0, &order(12.0, 4000.0))),
+        "order_size_limit: limit 10, value 12"
+    );
+}
+
+#[test]
+fn the_book_holds_every_accounts_working_orders_and_each_is_handed_out_once() {
+    let s = Stage::without_rules(&Registry::new());
+    book_event(&s, "SIM.w.1", "a", "not_traded");
+    book_event(&s, "SIM.w.2", "a", "part_traded");
+    book_event(&s, "SIM.w.3", "b", "submitting");
+    book_event(&s, "SIM.w.4", "a", "not_traded");
+    book_event(&s, "SIM.w.4", "a", "cancelled");
+    // Without rules no other kind is read, and nothing is counted.
+    event(
+        &s,
+        "trade",
+        &serde_json::json!({"symbol": "IF2412", "account": "a"}),
+    );
+    assert_eq!(s.booked_orders(), 3);
+    let (_, orders, skipped) = s.halt(T0, Some("a"), "x").unwrap();
+    let ids: Vec<&str> = orders.iter().map(|b| b.order_id.as_str()).collect();
+    assert_eq!(ids, ["SIM.w.1", "SIM.w.2"]);
+    assert_eq!(orders[0].exchange, "CFFEX");
+    assert_eq!(skipped, 0);
+    // A halt of all: a's orders were handed out already, only b's is new.
+    let (h, orders, skipped) = s.halt(T0, None, "y").unwrap();
+    assert_eq!(h.account, "*");
+    let ids: Vec<&str> = orders.iter().map(|b| b.order_id.as_str()).collect();
+    assert_eq!((ids, skipped), (vec!["SIM.w.3"], 2));
+    // Final orders leave the book.
+    book_event(&s, "SIM.w.1", "a", "cancelled");
+    assert_eq!(s.booked_orders(), 2);
+    let (gone, left) = s.resume(None);
+    assert_eq!(gone, vec!["*".to_string(), "a".to_string()]);
+    assert!(left.is_empty());
+}

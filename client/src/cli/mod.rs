@@ -2,6 +2,7 @@
 
 mod bench;
 mod call;
+mod halt;
 mod status;
 mod tail;
 mod trade;
@@ -67,6 +68,11 @@ enum Command {
     Tail(tail::TailArgs),
     /// Benchmark Tradeplex against a bare ZeroMQ baseline (starts its own processes).
     Bench(Box<bench::BenchArgs>),
+    /// Halt trading: refuse every new order of the account (or of all) and cancel its
+    /// working orders on every worker.
+    Halt(halt::HaltArgs),
+    /// Lift a halt (of the account, or every halt).
+    Resume(halt::ResumeArgs),
     /// Generate a CURVE key pair (TOML key file on stdout).
     Keygen,
 }
@@ -128,6 +134,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Account(a) => trade::account(&conn, a),
         Command::Trades(a) => trade::trades(&conn, a),
         Command::Tail(t) => tail::run(&conn, t),
+        Command::Halt(h) => halt::halt(&conn, h),
+        Command::Resume(r) => halt::resume(&conn, r),
         Command::Keygen => {
             print!("{}", KeyPair::generate()?.to_toml());
             Ok(0)
