@@ -20,3 +20,74 @@ pub fn init(level: &str, json: bool) {
         builder.try_init()
     };
 }
+
+/// Checks a log filter (`info`, `tradeplex_broker=debug,info`) without installing it:
+/// the parser's message when it does not parse, so a binary can refuse it as a usage error.
+pub fn check_filter(level: &str) -> Result<(), String> {
+    EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// An error and its causes as one line for stderr: `outer: cause: root`, leaving out a
+/// cause whose text the line already holds (a `#[error("…: {source}")]` repeats it) and
+/// the source-snippet lines of TOML parse errors, so a script sees one line per failure.
+pub fn error_line<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = flatten(&cause.to_string());
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Joins a multi-line message into one, dropping `  |` / `1 | …` snippet lines.
+fn flatten(text: &str) -> String {
+    let snippet = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !snippet(l))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read config file x.toml: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_line_drops_repeated_causes_and_snippets() {
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file",
+        ));
+        let chain: Vec<&(dyn std::error::Error + 'static)> =
+            vec![&e, std::error::Error::source(&e).unwrap()];
+        assert_eq!(
+            error_line(chain),
+            "cannot read config file x.toml: no such file"
+        );
+        let toml = "TOML parse error at line 1, column 16\n  |\n1 | heartbeat_ms = \"x\"\n  |                ^^^\ninvalid type: string \"x\", expected u64\n";
+        assert_eq!(
+            flatten(toml),
+            "TOML parse error at line 1, column 16 invalid type: string \"x\", expected u64"
+        );
+    }
+}
