@@ -142,15 +142,17 @@ fn every_flag_the_readme_shows_for_tradeplex_exists() {
     );
     let global = help(None);
     let mut missing = Vec::new();
+    let has = |h: &str, f: &str| h.split_whitespace().any(|w| w.trim_end_matches(',') == f);
     for (cmd, fl, text) in &shown {
-        let h = if cmd.is_empty() {
-            global.clone()
-        } else {
-            help(Some(cmd))
-        };
         for f in fl {
-            // A `tradeplex X --help` lists the global flags too.
-            let known = h.split_whitespace().any(|w| w.trim_end_matches(',') == f);
+            // A `tradeplex X --help` lists the global flags too. A flag the README names
+            // outside any command ("every command takes `--json`") must be global or
+            // taken by every command.
+            let known = if cmd.is_empty() {
+                has(&global, f) || commands.iter().all(|c| has(&help(Some(c)), f))
+            } else {
+                has(&help(Some(cmd)), f)
+            };
             if !known {
                 missing.push(format!("{cmd} {f} (README: {text})"));
             }
