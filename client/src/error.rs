@@ -25,9 +25,12 @@ pub enum ClientError {
     /// so it was certainly not executed.
     #[error("unavailable: broker not reachable within {0} ms; request not sent")]
     NotSent(u64),
-    /// The broker refused the connection (nothing listens there) and the client was set
+    /// A connection attempt to the broker failed (refused: nothing listens there; or no
+    /// route) and the client was set
     /// to fail fast ([`crate::ClientOptions::fail_fast`]): the request was never sent.
-    #[error("unavailable: broker refused the connection; request not sent")]
+    #[error(
+        "unavailable: connecting to the broker failed (refused, or no route); request not sent"
+    )]
     Refused,
     /// Too many calls in flight on this client.
     #[error("overloaded: {0} calls already in flight on this client")]

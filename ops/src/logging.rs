@@ -49,19 +49,22 @@ pub fn error_line<'a>(
     line
 }
 
-/// Joins a multi-line message into one, dropping `  |` / `1 | …` snippet lines.
+/// Joins a multi-line message into one: TOML's snippet `1 | key = "x"` becomes
+/// `` `key = "x"` `` (it names the field) and its `|` / `^^^` lines are dropped.
 fn flatten(text: &str) -> String {
-    let snippet = |l: &str| {
-        let t = l.trim_start();
-        t.starts_with('|')
-            || t.split_once(" |")
-                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    };
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !snippet(l))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut parts = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with('|') {
+            continue; // blank snippet margin or the `^^^` marker
+        }
+        match line.split_once(" | ") {
+            Some((n, source)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                parts.push(format!("`{}`", source.trim()));
+            }
+            _ => parts.push(line.to_string()),
+        }
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]
@@ -87,7 +90,7 @@ mod tests {
         let toml = "TOML parse error at line 1, column 16\n  |\n1 | heartbeat_ms = \"x\"\n  |                ^^^\ninvalid type: string \"x\", expected u64\n";
         assert_eq!(
             flatten(toml),
-            "TOML parse error at line 1, column 16 invalid type: string \"x\", expected u64"
+            "TOML parse error at line 1, column 16: `heartbeat_ms = \"x\"`: invalid type: string \"x\", expected u64"
         );
     }
 }
