@@ -237,6 +237,7 @@ fn an_unreachable_broker_is_unavailable_at_once_not_a_timeout() {
         &["call", "echo", "{}", "--timeout-ms", "10000"],
         &["call", "echo", "{}", "--timeout-ms", "10000", "--json"],
         &["status", "--json"],
+        &["order", "AAPL", "buy", "1", "--price", "1", "--json"],
         &["positions", "--json"],
         &[
             "cancel",

@@ -137,7 +137,14 @@ pub fn order(conn: &super::Conn, args: OrderArgs) -> anyhow::Result<i32> {
     // Subscribe before sending so no update is missed; a broker heartbeat proves the
     // subscription is live.
     let sub = conn.subscribe(&["order."])?;
-    sub.wait_connected(Duration::from_secs(3));
+    if !sub.wait_connected(Duration::from_millis(200)) {
+        // No broker heartbeat yet: ask the broker (a query, safe to send) so that an
+        // unreachable one answers `unavailable` now, not after the 3 s wait below.
+        if let Err(e) = client.status() {
+            return Ok(order_failed(&e, args.json));
+        }
+        sub.wait_connected(Duration::from_secs(3));
+    }
     let req = OrderRequest {
         symbol: args.symbol,
         exchange: args.exchange,
