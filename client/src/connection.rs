@@ -51,8 +51,19 @@ pub(crate) type Sleeping = std::sync::Arc<std::sync::atomic::AtomicBool>;
 /// How often pending calls are scanned for timeouts and re-sends at most.
 const TIMER_PERIOD: Duration = Duration::from_millis(2);
 
+/// The DEALER's monitor: tells whether the last connection attempt was refused.
+pub(crate) struct Monitor {
+    /// PAIR connected to the DEALER's monitor endpoint.
+    pub socket: zmq::Socket,
+    /// Fail unsent calls at once while the broker refuses connections.
+    pub fail_fast: bool,
+}
+
 pub(crate) struct Connection {
     dealer: zmq::Socket,
+    monitor: Monitor,
+    /// The last connection attempt was refused and none has succeeded since.
+    refused: bool,
     calls: Receiver<Call>,
     wake: UnixStream,
     sleeping: Sleeping,
@@ -67,6 +78,7 @@ pub(crate) struct Connection {
 impl Connection {
     pub fn new(
         dealer: zmq::Socket,
+        monitor: Monitor,
         calls: Receiver<Call>,
         wake: UnixStream,
         sleeping: Sleeping,
@@ -74,6 +86,8 @@ impl Connection {
     ) -> Connection {
         Connection {
             dealer,
+            monitor,
+            refused: false,
             calls,
             wake,
             sleeping,
@@ -102,6 +116,7 @@ impl Connection {
             let mut items = [
                 self.dealer.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN),
+                self.monitor.socket.as_poll_item(zmq::POLLIN),
             ];
             let polled = zmq::poll(&mut items, wait_ms);
             self.sleeping.store(false, Ordering::SeqCst);
@@ -112,6 +127,9 @@ impl Connection {
                 }
             }
             let (replies, woken) = (items[0].is_readable(), items[1].is_readable());
+            if items[2].is_readable() {
+                self.read_monitor();
+            }
             if woken {
                 let mut buf = [0u8; 256];
                 while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
@@ -154,6 +172,10 @@ impl Connection {
             timeout_ms,
         };
         self.try_send(&mut p, Instant::now());
+        if !p.sent && self.refused && self.monitor.fail_fast {
+            let _ = p.call.done.send(Err(ClientError::Refused));
+            return;
+        }
         self.note_due(&p);
         self.pending.insert(id, p);
     }
@@ -165,6 +187,36 @@ impl Connection {
             p.next_send = p.call.retry_every.map(|d| now + d);
         } else {
             p.next_send = Some(now + UNSENT_RETRY);
+        }
+    }
+
+    /// Follows the DEALER's connection state; with `fail_fast`, a refused attempt ends
+    /// every call not sent yet `unavailable` (it never reached a socket).
+    fn read_monitor(&mut self) {
+        while let Ok(frames) = self.monitor.socket.recv_multipart(zmq::DONTWAIT) {
+            let event = frames
+                .first()
+                .and_then(|f| f.get(0..2))
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .map(u16::from_le_bytes);
+            match event {
+                Some(e) if e == zmq::SocketEvent::CONNECT_RETRIED.to_raw() => self.refused = true,
+                Some(e) if e == zmq::SocketEvent::CONNECTED.to_raw() => self.refused = false,
+                _ => {}
+            }
+        }
+        if self.refused && self.monitor.fail_fast {
+            let unsent: Vec<RequestId> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| !p.sent)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in unsent {
+                if let Some(p) = self.pending.remove(&id) {
+                    let _ = p.call.done.send(Err(ClientError::Refused));
+                }
+            }
         }
     }
 

@@ -25,6 +25,13 @@ pub enum ClientError {
     /// so it was certainly not executed.
     #[error("unavailable: broker not reachable within {0} ms; request not sent")]
     NotSent(u64),
+    /// A connection attempt to the broker failed (refused: nothing listens there; or no
+    /// route) and the client was set
+    /// to fail fast ([`crate::ClientOptions::fail_fast`]): the request was never sent.
+    #[error(
+        "unavailable: connecting to the broker failed (refused, or no route); request not sent"
+    )]
+    Refused,
     /// Too many calls in flight on this client.
     #[error("overloaded: {0} calls already in flight on this client")]
     TooManyInFlight(usize),
@@ -43,13 +50,13 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The stable name printed by the CLI: a wire code name, or `timeout` / `closed` /
-    /// `bad_request` / `bad_reply` for client-side failures.
+    /// The stable name printed by the CLI: a wire code name, or `timeout` / `unavailable` /
+    /// `overloaded` / `closed` / `bad_request` / `bad_reply` for client-side failures.
     pub fn name(&self) -> &str {
         match self {
             ClientError::Remote { name, .. } => name,
             ClientError::Timeout(_) => "timeout",
-            ClientError::NotSent(_) => "unavailable",
+            ClientError::NotSent(_) | ClientError::Refused => "unavailable",
             ClientError::TooManyInFlight(_) => "overloaded",
             ClientError::Closed | ClientError::Connect(_) => "closed",
             ClientError::Encode(_) => "bad_request",

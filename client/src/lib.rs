@@ -40,6 +40,11 @@ pub struct ClientOptions {
     pub reconnect: Duration,
     /// CURVE settings (the broker's public key and ours); None = plaintext.
     pub curve: Option<tradeplex_ops::curve::ClientCurve>,
+    /// End a call that could not be sent `unavailable` as soon as a connection attempt
+    /// to the broker is refused, instead of retrying the send until the call's deadline.
+    /// Off by default: a strategy's calls then ride out a broker restart; the CLI turns
+    /// it on so a script learns at once that nothing listens.
+    pub fail_fast: bool,
 }
 
 impl Default for ClientOptions {
@@ -49,6 +54,7 @@ impl Default for ClientOptions {
             max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
             reconnect: Duration::from_millis(100),
             curve: None,
+            fail_fast: false,
         }
     }
 }
@@ -57,6 +63,12 @@ impl ClientOptions {
     /// Sets the default call timeout.
     pub fn timeout(mut self, d: Duration) -> Self {
         self.timeout = d;
+        self
+    }
+
+    /// Sets [`ClientOptions::fail_fast`].
+    pub fn fail_fast(mut self, on: bool) -> Self {
+        self.fail_fast = on;
         self
     }
 
@@ -162,6 +174,10 @@ impl Client {
         let ctx = zmq::Context::new();
         let dealer = ctx.socket(zmq::DEALER).map_err(err)?;
         dealer.set_linger(0).map_err(err)?;
+        // Queue nothing on a connection that is not complete: with no broker a send fails
+        // (EAGAIN), so a call never handed to a connection ends `unavailable` (certainly
+        // not executed), not `timeout` (outcome unknown).
+        dealer.set_immediate(true).map_err(err)?;
         dealer.set_sndhwm(100_000).map_err(err)?;
         dealer.set_rcvhwm(100_000).map_err(err)?;
         dealer
@@ -176,6 +192,19 @@ impl Client {
                 .apply(&dealer)
                 .map_err(|e| ClientError::Connect(e.to_string()))?;
         }
+        // The connection thread learns of refused connection attempts from the socket's
+        // monitor (local inproc events, not network input).
+        let monitor_ep = format!(
+            "inproc://tpx-client-monitor-{}",
+            uuid::Uuid::new_v4().simple()
+        );
+        let events = zmq::SocketEvent::CONNECTED as i32
+            | zmq::SocketEvent::CONNECT_RETRIED as i32
+            | zmq::SocketEvent::DISCONNECTED as i32;
+        dealer.monitor(&monitor_ep, events).map_err(err)?;
+        let monitor = ctx.socket(zmq::PAIR).map_err(err)?;
+        monitor.set_linger(0).map_err(err)?;
+        monitor.connect(&monitor_ep).map_err(err)?;
         dealer.connect(endpoint).map_err(err)?;
         let (wake_tx, wake_rx) =
             UnixStream::pair().map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -187,6 +216,10 @@ impl Client {
         let sleeping = connection::Sleeping::default();
         let conn = Connection::new(
             dealer,
+            connection::Monitor {
+                socket: monitor,
+                fail_fast: options.fail_fast,
+            },
             rx,
             wake_rx,
             sleeping.clone(),

@@ -7,12 +7,19 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Args::parse();
-    tradeplex_ops::logging::init(&args.log_level, false);
+    tradeplex_ops::logging::init(&args.log_level, args.log_json);
     match cli::run(args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(2);
+            // One line, causes not repeated. A usage error (bad body, unreadable file) is
+            // 2 like clap's; anything else failed after parsing and is 1.
+            eprintln!("error: {}", tradeplex_ops::logging::error_line(e.chain()));
+            let usage = e.downcast_ref::<cli::UsageError>().is_some();
+            std::process::exit(if usage {
+                cli::exit::USAGE
+            } else {
+                cli::exit::FAILED
+            });
         }
     }
 }

@@ -1,34 +1,165 @@
 //! The `tradeplex` command line without a broker: errors go to stderr with their code
-//! name and a non-zero exit; stdout stays empty.
+//! name and a non-zero exit; stdout stays empty. And the README's `tradeplex` command
+//! lines against `--help`: every flag the README shows exists.
 
+use std::collections::BTreeSet;
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn tradeplex(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tradeplex"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
 
 #[test]
-fn call_without_broker_times_out_cleanly() {
-    // Port 9 (discard) on loopback: nothing listens, the call must time out, not hang.
-    let out = Command::new(env!("CARGO_BIN_EXE_tradeplex"))
-        .args([
-            "--broker",
-            "tcp://127.0.0.1:9",
-            "call",
-            "echo",
-            "{}",
-            "--timeout-ms",
-            "200",
-        ])
-        .output()
-        .unwrap();
+fn call_without_broker_is_unavailable_at_once() {
+    // Nothing listens on the port: the connection is refused, the request never sent.
+    let ep = format!("tcp://127.0.0.1:{}", free_port());
+    let t0 = Instant::now();
+    let out = tradeplex(&[
+        "--broker",
+        &ep,
+        "call",
+        "echo",
+        "{}",
+        "--timeout-ms",
+        "8000",
+    ]);
+    let took = t0.elapsed();
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("timeout"));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("unavailable"));
+    assert!(took < Duration::from_secs(3), "took {took:?}");
 }
 
 #[test]
 fn bad_json_is_refused() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tradeplex"))
-        .args(["--broker", "tcp://127.0.0.1:9", "call", "echo", "{nope"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let out = tradeplex(&["--broker", "tcp://127.0.0.1:9", "call", "echo", "{nope"]);
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("JSON"));
+}
+
+/// `--flag` words in `text`.
+fn flags(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("--") {
+        let tail = &rest[i + 2..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or(tail.len());
+        if end > 0 {
+            found.insert(format!("--{}", &tail[..end]));
+        }
+        rest = &tail[end..];
+    }
+    found
+}
+
+/// Backtick spans of `text`.
+fn code_spans(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+fn help(command: Option<&str>) -> String {
+    let mut args: Vec<&str> = command.into_iter().collect();
+    args.push("--help");
+    let out = tradeplex(&args);
+    assert!(out.status.success(), "tradeplex {args:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_flag_the_readme_shows_for_tradeplex_exists() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let commands: Vec<String> = {
+        let top = help(None);
+        let after = top.split("Commands:").nth(1).expect("a Commands: section");
+        let list = after.split("Options:").next().unwrap_or_default();
+        list.lines()
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .filter(|c| c != "help")
+            .collect()
+    };
+    assert!(commands.iter().any(|c| c == "call"), "{commands:?}");
+    // (command or "" for the global flags, the flags shown with it)
+    let mut shown: Vec<(String, BTreeSet<String>, String)> = Vec::new();
+    let mut note = |cmd: &str, text: &str| {
+        let cmd = if commands.iter().any(|c| c == cmd) {
+            cmd
+        } else {
+            ""
+        };
+        shown.push((cmd.to_string(), flags(text), text.to_string()));
+    };
+    // The shell block: `target/release/tradeplex COMMAND …` lines.
+    for line in readme.lines() {
+        for part in line.split(';') {
+            if let Some(rest) = part.trim().strip_prefix("target/release/tradeplex ") {
+                let rest = rest.split('#').next().unwrap_or_default();
+                let cmd = rest.split_whitespace().next().unwrap_or_default();
+                note(cmd, rest);
+            }
+        }
+    }
+    // The command-line bullets: the `tradeplex [...] COMMAND` line and its sub-bullets.
+    let block = readme
+        .split("- `tradeplex [")
+        .nth(1)
+        .expect("the tradeplex bullet in README's Command lines");
+    let block = block.split("\n\n").next().unwrap_or_default();
+    let mut lines = block.lines();
+    let first = lines.next().unwrap_or_default();
+    note("", first.split('`').next().unwrap_or_default());
+    // A span without a command name (`--exchange`, `[--json]`) belongs to the command
+    // its bullet is about.
+    let mut current = String::new();
+    for line in lines {
+        if line.starts_with("  - ") {
+            current.clear();
+        }
+        for span in code_spans(line) {
+            let word = span.split_whitespace().next().unwrap_or_default();
+            if commands.iter().any(|c| c == word) {
+                current = word.to_string();
+            }
+            note(&current, span);
+        }
+    }
+    assert!(
+        shown.len() > 10,
+        "found the README's command lines: {shown:?}"
+    );
+    let global = help(None);
+    let mut missing = Vec::new();
+    let has = |h: &str, f: &str| h.split_whitespace().any(|w| w.trim_end_matches(',') == f);
+    for (cmd, fl, text) in &shown {
+        for f in fl {
+            // A `tradeplex X --help` lists the global flags too. A flag the README names
+            // outside any command ("every command takes `--json`") must be global or
+            // taken by every command.
+            let known = if cmd.is_empty() {
+                has(&global, f) || commands.iter().all(|c| has(&help(Some(c)), f))
+            } else {
+                has(&help(Some(cmd)), f)
+            };
+            if !known {
+                missing.push(format!("{cmd} {f} (README: {text})"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README flags tradeplex does not take: {missing:#?}"
+    );
 }

@@ -20,3 +20,77 @@ pub fn init(level: &str, json: bool) {
         builder.try_init()
     };
 }
+
+/// Checks a log filter (`info`, `tradeplex_broker=debug,info`) without installing it:
+/// the parser's message when it does not parse, so a binary can refuse it as a usage error.
+pub fn check_filter(level: &str) -> Result<(), String> {
+    EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// An error and its causes as one line for stderr: `outer: cause: root`, leaving out a
+/// cause whose text the line already holds (a `#[error("…: {source}")]` repeats it) and
+/// the source-snippet lines of TOML parse errors, so a script sees one line per failure.
+pub fn error_line<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = flatten(&cause.to_string());
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Joins a multi-line message into one: TOML's snippet `1 | key = "x"` becomes
+/// `` `key = "x"` `` (it names the field) and its `|` / `^^^` lines are dropped.
+fn flatten(text: &str) -> String {
+    let mut parts = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with('|') {
+            continue; // blank snippet margin or the `^^^` marker
+        }
+        match line.split_once(" | ") {
+            Some((n, source)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                parts.push(format!("`{}`", source.trim()));
+            }
+            _ => parts.push(line.to_string()),
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read config file x.toml: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_line_drops_repeated_causes_and_snippets() {
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file",
+        ));
+        let chain: Vec<&(dyn std::error::Error + 'static)> =
+            vec![&e, std::error::Error::source(&e).unwrap()];
+        assert_eq!(
+            error_line(chain),
+            "cannot read config file x.toml: no such file"
+        );
+        let toml = "TOML parse error at line 1, column 16\n  |\n1 | heartbeat_ms = \"x\"\n  |                ^^^\ninvalid type: string \"x\", expected u64\n";
+        assert_eq!(
+            flatten(toml),
+            "TOML parse error at line 1, column 16: `heartbeat_ms = \"x\"`: invalid type: string \"x\", expected u64"
+        );
+    }
+}

@@ -596,10 +596,25 @@ pub struct Exited {
 /// Runs `name` with `args` and waits for it to exit on its own; kills it after `limit`
 /// (then `code` is None). For commands expected to stop, e.g. on a bad config.
 pub fn run_to_exit(name: &str, args: &[String], limit: Duration) -> Exited {
-    use std::io::Read;
+    run_with_stdin(name, args, None, limit)
+}
+
+/// Like [`run_to_exit`], with `stdin` written to the process's standard input (then
+/// closed); `None` gives it no input at all.
+pub fn run_with_stdin(
+    name: &str,
+    args: &[String],
+    stdin: Option<Vec<u8>>,
+    limit: Duration,
+) -> Exited {
+    use std::io::{Read, Write};
     let mut child = Command::new(bin(name))
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -611,6 +626,12 @@ pub fn run_to_exit(name: &str, args: &[String], limit: Duration) -> Exited {
             s
         })
     };
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A writer thread, so a child that reads slowly cannot block the wait below.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
     let out = reader(Box::new(child.stdout.take().expect("piped stdout")));
     let err = reader(Box::new(child.stderr.take().expect("piped stderr")));
     let until = Instant::now() + limit;

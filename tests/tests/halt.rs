@@ -213,4 +213,22 @@ fn halt_cancels_the_accounts_orders_on_both_workers_and_refuses_new_ones_until_r
     assert_eq!(m.value("tradeplex_halted", &[("account", "A")]), Some(0.0));
     let status = cli(&broker, &["status"]);
     assert!(status.stdout.contains("HALTS: none"), "{}", status.stdout);
+
+    // The same through --json, as scripts use it: the broker's reply as one document.
+    let out = cli(
+        &broker,
+        &["halt", "--account", "B", "--reason", "eod", "--json"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let j: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(
+        (j["account"].as_str(), j["reason"].as_str()),
+        (Some("B"), Some("eod"))
+    );
+    assert_eq!(j["cancels_sent"].as_u64(), Some(1), "{j}"); // B's resting order
+    let out = cli(&broker, &["resume", "--account", "B", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(j["resumed"], serde_json::json!(["B"]), "{j}");
+    // A usage error is exit 2 and sends nothing.
+    assert_eq!(cli(&broker, &["halt", "--account", ""]).code, Some(2));
 }

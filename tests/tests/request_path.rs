@@ -654,3 +654,60 @@ fn frontend_answers_each_malformed_shape_as_documented() {
     assert_eq!((e.name.as_str(), e.id.0), ("bad_request", 13));
     assert!(e.message.contains("bad field target"), "{}", e.message);
 }
+
+/// Issue 14: with no broker, the client library queues nothing on a dead pipe
+/// (`ZMQ_IMMEDIATE`): a call ends `unavailable` (never sent) at its deadline, not
+/// `timeout` (outcome unknown) 250 ms later; with `fail_fast` it ends at the refused
+/// connection attempt.
+#[test]
+fn a_call_to_an_unreachable_broker_is_unavailable_not_timeout() {
+    use std::time::Instant;
+    use tradeplex_client::{Client, ClientError, ClientOptions};
+    let ep = format!("tcp://127.0.0.1:{}", free_port());
+    let timeout = Duration::from_millis(400);
+    let client = Client::connect(&ep, ClientOptions::default().timeout(timeout)).unwrap();
+    let t0 = Instant::now();
+    let r = client.call("echo", body(json!({})), CallOptions::command());
+    let took = t0.elapsed();
+    assert_eq!(r, Err(ClientError::NotSent(400)), "after {took:?}");
+    assert_eq!(r.unwrap_err().name(), "unavailable");
+    assert!(took >= timeout, "waited for the deadline: {took:?}");
+
+    let opts = ClientOptions::default()
+        .timeout(Duration::from_secs(10))
+        .fail_fast(true);
+    let client = Client::connect(&ep, opts).unwrap();
+    let t0 = Instant::now();
+    let r = client.call("echo", body(json!({})), CallOptions::query());
+    let took = t0.elapsed();
+    assert_eq!(r, Err(ClientError::Refused), "after {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "at the refused connect: {took:?}"
+    );
+}
+
+/// A call made before the broker is up is sent once it is (the send is retried until
+/// the deadline), and answered.
+#[test]
+fn a_call_made_before_the_broker_starts_is_sent_when_it_is_up() {
+    use tradeplex_client::{Client, ClientOptions};
+    let port = free_port();
+    let ep = format!("tcp://127.0.0.1:{port}");
+    let opts = ClientOptions::default().timeout(Duration::from_secs(20));
+    let client = Client::connect(&ep, opts).unwrap();
+    // `tpx.status` is served by the broker itself, so no worker registration can race it.
+    let pending = client
+        .send(
+            tradeplex_proto::mgmt::STATUS_SERVICE,
+            Vec::new(),
+            CallOptions::command(),
+        )
+        .unwrap();
+    let any = "tcp://127.0.0.1:*";
+    let _broker = Broker::start_on(&ep, any, any, any, "127.0.0.1:0", &[]);
+    let reply = pending.wait().expect("answered once the broker is up");
+    let status: tradeplex_proto::mgmt::StatusReply =
+        rmp_serde::from_slice(&reply.body).expect("a status reply");
+    assert!(status.workers.is_empty(), "{status:?}");
+}

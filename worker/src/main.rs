@@ -117,8 +117,15 @@ impl Args {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// Errors (a bad config, a port taken) end the process with one line on stderr and exit 1.
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {}", tradeplex_ops::logging::error_line(e.chain()));
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     tradeplex_ops::logging::init(&args.log_level, args.log_json);
     let config = args.into_config()?;
     let shutdown = Shutdown::new();

@@ -12,6 +12,10 @@ pub struct HaltArgs {
     /// Why (shown in every reject as `halted: <reason>`, in status and in the log).
     #[arg(long, default_value = "")]
     reason: String,
+    /// Print the broker's reply as JSON (`account`, `reason`, `cancels_sent`,
+    /// `cancels_skipped`, …).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `tradeplex resume`.
@@ -20,11 +24,16 @@ pub struct ResumeArgs {
     /// The account to resume; omit to lift every halt.
     #[arg(long)]
     account: Option<String>,
+    /// Print the broker's reply as JSON (`resumed`, `halts`).
+    #[arg(long)]
+    json: bool,
 }
 
-fn account_arg(a: &Option<String>) -> anyhow::Result<Option<&str>> {
+fn account_arg(a: &Option<String>) -> Result<Option<&str>, super::UsageError> {
     match a.as_deref() {
-        Some("") => anyhow::bail!("--account needs a name (omit it for every account)"),
+        Some("") => Err(super::UsageError(
+            "--account needs a name (omit it for every account)".into(),
+        )),
         other => Ok(other),
     }
 }
@@ -33,17 +42,18 @@ pub fn halt(conn: &super::Conn, args: HaltArgs) -> anyhow::Result<i32> {
     let account = account_arg(&args.account)?;
     let client = conn.connect(5000)?;
     match client.halt(account, &args.reason) {
+        Ok(r) if args.json => {
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(super::exit::OK)
+        }
         Ok(r) => {
             println!(
                 "halted {} ({}): {} cancels sent, {} skipped",
                 r.account, r.reason, r.cancels_sent, r.cancels_skipped
             );
-            Ok(0)
+            Ok(super::exit::OK)
         }
-        Err(e) => {
-            eprintln!("{e}");
-            Ok(1)
-        }
+        Err(e) => Ok(super::fail(&e, args.json)),
     }
 }
 
@@ -51,6 +61,10 @@ pub fn resume(conn: &super::Conn, args: ResumeArgs) -> anyhow::Result<i32> {
     let account = account_arg(&args.account)?;
     let client = conn.connect(5000)?;
     match client.resume(account) {
+        Ok(r) if args.json => {
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(super::exit::OK)
+        }
         Ok(r) => {
             let resumed = if r.resumed.is_empty() {
                 "nothing was halted".to_string()
@@ -63,11 +77,8 @@ pub fn resume(conn: &super::Conn, args: ResumeArgs) -> anyhow::Result<i32> {
             } else {
                 println!("{resumed}; still halted: {}", still.join(","));
             }
-            Ok(0)
+            Ok(super::exit::OK)
         }
-        Err(e) => {
-            eprintln!("{e}");
-            Ok(1)
-        }
+        Err(e) => Ok(super::fail(&e, args.json)),
     }
 }

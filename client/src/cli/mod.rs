@@ -39,9 +39,19 @@ pub struct Args {
     /// Our CURVE key file (from `tradeplex keygen`), needed with --curve-server-key.
     #[arg(long, env = "TRADEPLEX_CURVE_KEY_FILE", global = true)]
     pub curve_key_file: Option<std::path::PathBuf>,
-    /// Log filter for stderr.
-    #[arg(long, default_value = "warn", env = "TRADEPLEX_LOG", global = true)]
+    /// Log filter for stderr (`warn`, `debug`, `tradeplex_client=debug,warn`, …); a filter
+    /// that does not parse is a usage error (exit 2).
+    #[arg(
+        long,
+        default_value = "warn",
+        env = "TRADEPLEX_LOG",
+        global = true,
+        value_parser = parse_log_level
+    )]
     pub log_level: String,
+    /// Log to stderr as one JSON object per line.
+    #[arg(long, global = true)]
+    pub log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,7 +84,77 @@ enum Command {
     /// Lift a halt (of the account, or every halt).
     Resume(halt::ResumeArgs),
     /// Generate a CURVE key pair (TOML key file on stdout).
-    Keygen,
+    Keygen(KeygenArgs),
+}
+
+/// Flags of `tradeplex keygen`.
+#[derive(clap::Args, Debug)]
+struct KeygenArgs {
+    /// Print `{"public_key", "secret_key"}` instead of the TOML key file.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit codes, one per outcome (README and docs/operations.md list them).
+pub mod exit {
+    /// Success (an order: placed and not rejected).
+    pub const OK: i32 = 0;
+    /// The call failed: a wire error code or a client-side one (`timeout`, `unavailable`,
+    /// …), named on stderr (and in `--json` output).
+    pub const FAILED: i32 = 1;
+    /// Usage: bad flags (clap), a body that is not JSON, an unreadable `@file` or key file;
+    /// nothing was sent.
+    pub const USAGE: i32 = 2;
+    /// The order was rejected: answered with status `rejected`, or refused by the broker's
+    /// risk stage (`risk_rejected`). It is certainly not working.
+    pub const REJECTED: i32 = 3;
+}
+
+/// A usage error found after parsing (exit 2, one line on stderr).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    tradeplex_ops::logging::check_filter(s)
+        .map(|()| s.to_string())
+        .map_err(|e| format!("not a log filter: {e}"))
+}
+
+/// A failed call's outcome: the `name: message` line on stderr, and with `json` the
+/// `{"error": {...}}` object on stdout. Returns the exit code.
+pub fn fail(e: &tradeplex_client::ClientError, json: bool) -> i32 {
+    eprintln!("{e}");
+    if json {
+        println!("{}", error_json(e));
+    }
+    exit::FAILED
+}
+
+/// `{"error": {"name", "code", "message", "worker"}}`: `code` is the wire number (null for
+/// client-side failures), `message` the text after `name: `.
+pub fn error_json(e: &tradeplex_client::ClientError) -> serde_json::Value {
+    let (message, worker) = match e {
+        tradeplex_client::ClientError::Remote {
+            message, worker, ..
+        } => (message.clone(), worker.map(|w| w.to_string())),
+        other => {
+            let text = other.to_string();
+            let rest = text
+                .strip_prefix(other.name())
+                .and_then(|r| r.strip_prefix(": "))
+                .map(String::from);
+            (rest.unwrap_or(text), None)
+        }
+    };
+    serde_json::json!({
+        "error": {
+            "name": e.name(),
+            "code": e.code().map(|c| c as u16),
+            "message": message,
+            "worker": worker,
+        }
+    })
 }
 
 /// Where and how to reach the broker.
@@ -93,9 +173,14 @@ impl Conn {
             (None, None) => None,
             (Some(server_key), Some(file)) => Some(ClientCurve {
                 server_key: server_key.clone(),
-                keys: KeyPair::from_file(file)?,
+                keys: KeyPair::from_file(file).map_err(|e| UsageError(e.to_string()))?,
             }),
-            _ => anyhow::bail!("CURVE needs both --curve-server-key and --curve-key-file"),
+            _ => {
+                return Err(UsageError(
+                    "CURVE needs both --curve-server-key and --curve-key-file".into(),
+                )
+                .into())
+            }
         };
         Ok(Conn {
             broker: args.broker.clone(),
@@ -104,9 +189,12 @@ impl Conn {
         })
     }
 
-    /// A client with a default call timeout.
+    /// A client with a default call timeout. It fails fast: a call that cannot be sent
+    /// because the broker refuses connections ends `unavailable` at once.
     pub fn connect(&self, timeout_ms: u64) -> anyhow::Result<Client> {
-        let mut opts = ClientOptions::default().timeout(Duration::from_millis(timeout_ms));
+        let mut opts = ClientOptions::default()
+            .timeout(Duration::from_millis(timeout_ms))
+            .fail_fast(true);
         opts.curve = self.curve.clone();
         Ok(Client::connect(&self.broker, opts)?)
     }
@@ -136,9 +224,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Tail(t) => tail::run(&conn, t),
         Command::Halt(h) => halt::halt(&conn, h),
         Command::Resume(r) => halt::resume(&conn, r),
-        Command::Keygen => {
-            print!("{}", KeyPair::generate()?.to_toml());
-            Ok(0)
+        Command::Keygen(k) => {
+            let keys = KeyPair::generate()?;
+            if k.json {
+                let out = serde_json::json!({
+                    "public_key": keys.public_key,
+                    "secret_key": keys.secret_key,
+                });
+                println!("{out}");
+            } else {
+                print!("{}", keys.to_toml());
+            }
+            Ok(exit::OK)
         }
     }
 }

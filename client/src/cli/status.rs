@@ -6,7 +6,7 @@ use clap::Args;
 /// Flags of `tradeplex status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Print the raw status as JSON instead of tables.
+    /// Print the raw status as JSON instead of tables (a failure: `{"error": {...}}`).
     #[arg(long)]
     json: bool,
 }
@@ -15,10 +15,7 @@ pub fn run(conn: &super::Conn, args: StatusArgs) -> anyhow::Result<i32> {
     let client = conn.connect(3000)?;
     let status = match client.status() {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(1);
-        }
+        Err(e) => return Ok(super::fail(&e, args.json)),
     };
     if args.json {
         println!("{}", serde_json::to_string(&status)?);

@@ -18,6 +18,10 @@ pub struct TailArgs {
     /// Exit after this long without an event, ms (0 = never).
     #[arg(long, default_value_t = 0)]
     idle_timeout_ms: u64,
+    /// Accepted for symmetry with the other commands: `tail` always prints one JSON
+    /// object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The JSON line printed for an event.

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use tradeplex_client::{Client, ClientError};
-use tradeplex_proto::model::{Direction, Order, OrderId, OrderRequest, OrderType};
+use tradeplex_proto::model::{Direction, Order, OrderId, OrderRequest, OrderType, Status};
+use tradeplex_proto::ErrorCode;
 
 use super::tail::format_ns;
 
@@ -54,6 +55,10 @@ pub struct OrderArgs {
     /// the order and its events; default `cli-` and 12 random hex digits.
     #[arg(long)]
     reference: Option<String>,
+    /// Print one JSON object at the end instead of lines: `{"order_id", "reference",
+    /// "final", "order"}` (`order`: the last state seen); a failure prints `{"error": {...}}`.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `tradeplex cancel`.
@@ -64,6 +69,9 @@ pub struct CancelArgs {
     /// Request timeout, ms.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Print the order after the cancel as a JSON object; a failure prints `{"error": {...}}`.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `tradeplex positions`, `tradeplex account` and `tradeplex trades`.
@@ -75,7 +83,8 @@ pub struct AccountArgs {
     /// Gateway service.
     #[arg(long, default_value = "SIM")]
     service: String,
-    /// Print JSON instead of a table.
+    /// Print JSON (the list of records) instead of a table; a failure prints
+    /// `{"error": {...}}`.
     #[arg(long)]
     json: bool,
 }
@@ -102,9 +111,24 @@ fn serde_plain<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-fn fail(e: ClientError) -> anyhow::Result<i32> {
-    eprintln!("{e}");
-    Ok(1)
+/// A failed order call: `risk_rejected` (refused before any worker saw it) exits like a
+/// rejected order, anything else like any failed call.
+fn order_failed(e: &ClientError, json: bool) -> i32 {
+    let code = super::fail(e, json);
+    if e.code() == Some(ErrorCode::RiskRejected) {
+        super::exit::REJECTED
+    } else {
+        code
+    }
+}
+
+/// The exit code of an order in state `o`.
+fn order_exit(o: &Order) -> i32 {
+    if o.status == Status::Rejected {
+        super::exit::REJECTED
+    } else {
+        super::exit::OK
+    }
 }
 
 /// Places the order, prints its id, then one line per status change until final.
@@ -113,7 +137,14 @@ pub fn order(conn: &super::Conn, args: OrderArgs) -> anyhow::Result<i32> {
     // Subscribe before sending so no update is missed; a broker heartbeat proves the
     // subscription is live.
     let sub = conn.subscribe(&["order."])?;
-    sub.wait_connected(Duration::from_secs(3));
+    if !sub.wait_connected(Duration::from_millis(200)) {
+        // No broker heartbeat yet: ask the broker (a query, safe to send) so that an
+        // unreachable one answers `unavailable` now, not after the 3 s wait below.
+        if let Err(e) = client.status() {
+            return Ok(order_failed(&e, args.json));
+        }
+        sub.wait_connected(Duration::from_secs(3));
+    }
     let req = OrderRequest {
         symbol: args.symbol,
         exchange: args.exchange,
@@ -138,12 +169,15 @@ pub fn order(conn: &super::Conn, args: OrderArgs) -> anyhow::Result<i32> {
     let reference = req.reference.clone();
     let placed = match client.send_order(&args.service, req) {
         Ok(o) => o,
-        Err(e) => return fail(e),
+        Err(e) => return Ok(order_failed(&e, args.json)),
     };
+    let lines = !args.json;
     // The reference matches the order to its journal lines (`"reference"` in the start
     // line, then the done line of the same job carries this order id).
-    println!("{} reference={reference}", placed.order_id);
-    println!("{}", status_line(&placed));
+    if lines {
+        println!("{} reference={reference}", placed.order_id);
+        println!("{}", status_line(&placed));
+    }
     let mut last = placed.clone();
     let until = Instant::now() + Duration::from_millis(args.timeout_ms);
     while !last.status.is_final() && Instant::now() < until {
@@ -154,7 +188,9 @@ pub fn order(conn: &super::Conn, args: OrderArgs) -> anyhow::Result<i32> {
             continue;
         };
         if o.supersedes(&last) {
-            println!("{}", status_line(&o));
+            if lines {
+                println!("{}", status_line(&o));
+            }
             last = o;
         }
     }
@@ -162,21 +198,37 @@ pub fn order(conn: &super::Conn, args: OrderArgs) -> anyhow::Result<i32> {
         // Events may have been missed: ask the worker that holds the order.
         if let Ok(o) = client.query_order(&placed.order_id) {
             if o.supersedes(&last) {
-                println!("{}", status_line(&o));
+                if lines {
+                    println!("{}", status_line(&o));
+                }
+                last = o;
             }
         }
     }
-    Ok(0)
+    if args.json {
+        let out = serde_json::json!({
+            "order_id": last.order_id.to_string(),
+            "reference": reference,
+            "final": last.status.is_final(),
+            "order": last,
+        });
+        println!("{out}");
+    }
+    Ok(order_exit(&last))
 }
 
 pub fn cancel(conn: &super::Conn, args: CancelArgs) -> anyhow::Result<i32> {
     let client = conn.connect(args.timeout_ms)?;
     match client.cancel_order(&args.order_id) {
         Ok(o) => {
-            println!("{}", status_line(&o));
-            Ok(0)
+            if args.json {
+                println!("{}", serde_json::to_string(&o)?);
+            } else {
+                println!("{}", status_line(&o));
+            }
+            Ok(super::exit::OK)
         }
-        Err(e) => fail(e),
+        Err(e) => Ok(super::fail(&e, args.json)),
     }
 }
 
@@ -184,7 +236,7 @@ pub fn positions(conn: &super::Conn, args: AccountArgs) -> anyhow::Result<i32> {
     let client: Client = conn.connect(5000)?;
     let positions = match client.query_position(&args.service, &args.account) {
         Ok(p) => p,
-        Err(e) => return fail(e),
+        Err(e) => return Ok(super::fail(&e, args.json)),
     };
     if args.json {
         println!("{}", serde_json::to_string(&positions)?);
@@ -213,7 +265,7 @@ pub fn trades(conn: &super::Conn, args: AccountArgs) -> anyhow::Result<i32> {
     let client: Client = conn.connect(5000)?;
     let trades = match client.query_trades(&args.service, &args.account) {
         Ok(t) => t,
-        Err(e) => return fail(e),
+        Err(e) => return Ok(super::fail(&e, args.json)),
     };
     if args.json {
         println!("{}", serde_json::to_string(&trades)?);
@@ -244,7 +296,7 @@ pub fn account(conn: &super::Conn, args: AccountArgs) -> anyhow::Result<i32> {
     let client: Client = conn.connect(5000)?;
     let accounts = match client.query_account(&args.service, &args.account) {
         Ok(a) => a,
-        Err(e) => return fail(e),
+        Err(e) => return Ok(super::fail(&e, args.json)),
     };
     if args.json {
         println!("{}", serde_json::to_string(&accounts)?);
