@@ -669,7 +669,12 @@ fn a_call_to_an_unreachable_broker_is_unavailable_not_timeout() {
     let t0 = Instant::now();
     let r = client.call("echo", body(json!({})), CallOptions::command());
     let took = t0.elapsed();
-    assert_eq!(r, Err(ClientError::NotSent(400)), "after {took:?}");
+    // NotSent carries the time the call had left when the connection thread took it up
+    // (a millisecond may have passed since the call was made).
+    assert!(
+        matches!(r, Err(ClientError::NotSent(ms)) if (350..=400).contains(&ms)),
+        "{r:?} after {took:?}"
+    );
     assert_eq!(r.unwrap_err().name(), "unavailable");
     assert!(took >= timeout, "waited for the deadline: {took:?}");
 
