@@ -145,7 +145,7 @@ impl<'a> Session<'a> {
                 let available = self.available_services();
                 if drain_until.is_none() && available != self.offered {
                     self.offered = available;
-                    tracing::info!(services = ?self.offered, "services changed; updating broker");
+                    tracing::info!(services = %tradeplex_ops::logging::list(&self.offered), "services changed; updating broker");
                     self.send_ready(&dealer, false);
                     self.update_readiness();
                 }
@@ -206,7 +206,7 @@ impl<'a> Session<'a> {
 
     fn set_registered(&mut self, registered: bool) {
         if registered && !self.registered {
-            tracing::info!(services = ?self.offered, "registered with broker");
+            tracing::info!(services = %tradeplex_ops::logging::list(&self.offered), "registered with broker");
         }
         self.registered = registered;
         self.shared.metrics.registered.set(i64::from(registered));
