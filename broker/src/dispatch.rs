@@ -732,7 +732,7 @@ impl Dispatcher {
             }
             None => {
                 self.metrics.worker_registrations.inc();
-                tracing::info!(worker = %h.worker, services = ?h.services, capacity = h.capacity, "worker registered");
+                tracing::info!(worker = %h.worker, services = %tradeplex_ops::logging::list(&h.services), capacity = h.capacity, "worker registered");
                 self.by_id.insert(h.worker, from.clone());
                 self.workers.insert(
                     from.clone(),

@@ -1,10 +1,17 @@
 //! Structured logs through `tracing`, to stderr (stdout is for command output):
 //! human-readable by default, one JSON object per line with `json = true`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `level` is a filter such as `info` or
 /// `tradeplex_broker=debug,info`; `RUST_LOG` overrides it when set.
+///
+/// Human lines are coloured only when stderr is a terminal (a pipe, a file or journald
+/// gets no escape codes). JSON lines carry the event's `message` and fields at the top
+/// level (`{"timestamp":…,"level":"INFO","message":"worker registered","worker":…}`), so
+/// log stores index `message` without digging into a nested object.
 pub fn init(level: &str, json: bool) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
@@ -12,13 +19,34 @@ pub fn init(level: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .with_target(true);
     // A second init (e.g. from a test) is harmless: keep the first subscriber.
     let _ = if json {
-        builder.json().try_init()
+        builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// Colour only on a terminal, and not when `NO_COLOR` is set (<https://no-color.org>):
+/// `with_ansi(true)` would override tracing-subscriber's own `NO_COLOR` check.
+fn colour() -> bool {
+    let no_color = matches!(std::env::var_os("NO_COLOR"), Some(v) if !v.is_empty());
+    std::io::stderr().is_terminal() && !no_color
+}
+
+/// Items as one plain comma-separated string (`echo,SIM`), for a log field that lists
+/// names: logged with `%`, it is a JSON string rather than a Rust `Debug` rendering.
+pub fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&item.to_string());
+    }
+    out
 }
 
 /// Checks a log filter (`info`, `tradeplex_broker=debug,info`) without installing it:
@@ -74,6 +102,12 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("cannot read config file x.toml: {0}")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn list_joins_names_with_commas() {
+        assert_eq!(list(&["SIM", "echo"]), "SIM,echo");
+        assert_eq!(list::<&str>(&[]), "");
+    }
 
     #[test]
     fn error_line_drops_repeated_causes_and_snippets() {

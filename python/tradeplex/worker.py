@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 
 from . import wire
+from .backoff import Backoff
 from .curve import ClientCurve
 from .errors import HandlerError, ProtocolError
 from .model import WireObject
@@ -75,6 +76,9 @@ class Worker:
         worker_id: a uuid string; random by default (stable for the life of the object).
         heartbeat_ms, liveness: heartbeat interval, and intervals of broker silence before
             reconnecting.
+        reconnect_min_ms, reconnect_max_ms: the reconnect schedule's first and highest
+            ceiling; each delay is drawn uniformly in ``[0, ceiling]`` and the ceiling doubles
+            per attempt (full jitter, so workers do not all return at once).
         drain_ms: how long `stop` waits for in-flight requests.
         observer: called after each request a handler thread finished, with the service,
             the outcome (``"ok"`` or the error code name, e.g. ``"deadline_exceeded"``) and
@@ -260,19 +264,19 @@ class Worker:
     # --- the session ----------------------------------------------------------------
 
     def _session_loop(self) -> None:
-        backoff = self._backoff[0]
+        backoff = Backoff(*self._backoff)
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
                 if self._serve_connection():
                     break
                 if time.monotonic() - started > self._window_s * 2:
-                    backoff = self._backoff[0]  # a session that lived a while resets it
-                log.warning("broker silent; reconnecting in %.1f s", backoff)
+                    backoff.reset()  # a session that lived a while resets it
+                delay = backoff.next_delay()
+                log.warning("broker silent; reconnecting in %.2f s", delay)
                 self.reconnects += 1
-                if self._stop.wait(backoff):
+                if self._stop.wait(delay):
                     break
-                backoff = min(backoff * 2, self._backoff[1])
         except Exception:
             log.exception("worker session failed")
         finally:

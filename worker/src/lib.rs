@@ -9,6 +9,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod config;
 pub mod echo;
 pub mod executor;
@@ -77,9 +78,10 @@ pub struct WorkerOptions {
     pub heartbeat: Duration,
     /// Heartbeats the broker may miss before we reconnect.
     pub liveness: u32,
-    /// First reconnect delay.
+    /// Ceiling of the first reconnect delay; each delay is drawn uniformly below a ceiling
+    /// that doubles per attempt (full jitter, see [`backoff`]).
     pub reconnect_min: Duration,
-    /// Longest reconnect delay.
+    /// Highest reconnect ceiling.
     pub reconnect_max: Duration,
     /// How long in-flight requests get to finish on shutdown.
     pub drain_grace: Duration,

@@ -10,6 +10,7 @@ use tradeplex_ops::Shutdown;
 use tradeplex_proto::worker::{self as wp, DisconnectHeader, HeartbeatHeader, ReadyHeader};
 use tradeplex_proto::ServiceName;
 
+use crate::backoff::Backoff;
 use crate::executor::{Executor, Shared};
 use crate::handler::{HandlerError, Request};
 use crate::{WorkerError, WorkerOptions};
@@ -62,9 +63,10 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Connects, serves, and reconnects with exponential backoff until shutdown.
+    /// Connects, serves, and reconnects with jittered exponential backoff until shutdown.
     pub fn run(&mut self, shutdown: &Shutdown) -> Result<(), WorkerError> {
-        let mut backoff = self.opts.reconnect_min;
+        let mut backoff = Backoff::new(self.opts.reconnect_min, self.opts.reconnect_max);
+        let mut rng = rand::thread_rng();
         while !shutdown.is_triggered() {
             let started = Instant::now();
             match self.serve_connection(shutdown)? {
@@ -72,14 +74,14 @@ impl<'a> Session<'a> {
                 SessionEnd::BrokerSilent => {
                     // A session that lived a while resets the backoff.
                     if started.elapsed() > self.opts.liveness_window() * 2 {
-                        backoff = self.opts.reconnect_min;
+                        backoff.reset();
                     }
+                    let delay = backoff.next_delay(&mut rng);
                     tracing::warn!(
-                        backoff_ms = backoff.as_millis() as u64,
+                        backoff_ms = delay.as_millis() as u64,
                         "broker silent; reconnecting"
                     );
-                    self.sleep_unless_shutdown(backoff, shutdown);
-                    backoff = (backoff * 2).min(self.opts.reconnect_max);
+                    self.sleep_unless_shutdown(delay, shutdown);
                 }
             }
         }
@@ -143,7 +145,7 @@ impl<'a> Session<'a> {
                 let available = self.available_services();
                 if drain_until.is_none() && available != self.offered {
                     self.offered = available;
-                    tracing::info!(services = ?self.offered, "services changed; updating broker");
+                    tracing::info!(services = %tradeplex_ops::logging::list(&self.offered), "services changed; updating broker");
                     self.send_ready(&dealer, false);
                     self.update_readiness();
                 }
@@ -204,7 +206,7 @@ impl<'a> Session<'a> {
 
     fn set_registered(&mut self, registered: bool) {
         if registered && !self.registered {
-            tracing::info!(services = ?self.offered, "registered with broker");
+            tracing::info!(services = %tradeplex_ops::logging::list(&self.offered), "registered with broker");
         }
         self.registered = registered;
         self.shared.metrics.registered.set(i64::from(registered));
