@@ -541,7 +541,10 @@ impl Stage {
                 error,
                 worker,
             },
-            true,
+            // The order went out once its decision line was synced; its outcome is in
+            // the worker's journal too, so it rides with the next sync (one fsync per
+            // order on the main loop, not two).
+            false,
         );
     }
 
