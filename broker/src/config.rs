@@ -380,6 +380,11 @@ mod tests {
                 "[[risk.account]]\nname = \"a\"\n[[risk.account]]\nname = \"a\"",
                 "listed twice",
             ),
+            (
+                "[risk]\njournal_fsync = \"sometimes\"",
+                "risk.journal_fsync",
+            ),
+            ("[risk]\njournal_keep = 0", "risk.journal_keep"),
         ] {
             let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

@@ -185,6 +185,8 @@ struct Job {
     /// A cancel the broker sent itself for a halt (the order id): its answer is logged
     /// and counted, never sent to a client.
     halt_cancel: Option<String>,
+    /// The audit id of a journaled order or cancel: its outcome is journaled too.
+    audit_rid: Option<String>,
 }
 
 impl Job {
@@ -321,7 +323,22 @@ impl Dispatcher {
             self.answer_mgmt(clock, client, &h, &body, &metrics);
             return;
         }
-        let risk_ticket = match self.risk.as_ref().map(|r| r.check(clock.unix_ms, &body)) {
+        let mut verdict = self.risk.as_ref().map(|r| r.check(clock.unix_ms, &body));
+        let mut audit_rid = None;
+        if let (Some(stage), Some(v)) = (&self.risk, &verdict) {
+            match stage.audit_request(clock.unix_ms, &client, h.id.0, &body, v) {
+                Ok(rid) => audit_rid = rid,
+                // An order the journal cannot record is not sent.
+                Err(message) => {
+                    if let Some(risk::Verdict::Admitted(t)) = verdict.take() {
+                        stage.settle(t);
+                    }
+                    tracing::error!(%message, "request refused");
+                    verdict = Some(risk::Verdict::Refuse(ErrorCode::Unavailable, message));
+                }
+            }
+        }
+        let risk_ticket = match verdict {
             Some(risk::Verdict::Refuse(code, message)) => {
                 metrics.answered(Some(code), 0.0);
                 self.send_error(client, ErrorHeader::new(h.id, code, message));
@@ -354,6 +371,7 @@ impl Dispatcher {
             timer_ms: None,
             risk_ticket,
             halt_cancel: None,
+            audit_rid,
         };
         let service = self.service_entry(&h.service);
         service.queue.push_back(&job.client, job_id);
@@ -553,6 +571,7 @@ impl Dispatcher {
             timer_ms: None,
             risk_ticket: None,
             halt_cancel: Some(b.order_id.clone()),
+            audit_rid: None,
         };
         let entry = self.service_entry(&service);
         entry.queue.push_back(&job.client, job_id);
@@ -1246,6 +1265,18 @@ impl Dispatcher {
         }
         if let (Some(ticket), Some(stage)) = (job.risk_ticket, &self.risk) {
             stage.settle(ticket);
+        }
+        if let (Some(rid), Some(stage)) = (job.audit_rid, &self.risk) {
+            let r = match &result {
+                Ok(body) => Ok(&body[..]),
+                Err((code, message)) => Err((*code, message.as_str())),
+            };
+            stage.audit_outcome(
+                tradeplex_proto::now_unix_ms(),
+                rid,
+                r,
+                worker.map(|w| w.to_string()),
+            );
         }
         if let Some(order) = &job.halt_cancel {
             // The broker's own cancel: consumed here, never delivered to a client.

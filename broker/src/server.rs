@@ -40,6 +40,14 @@ pub enum BrokerError {
     /// CURVE could not be set up (no CURVE in libzmq, bad keys).
     #[error(transparent)]
     Curve(#[from] tradeplex_ops::curve::CurveError),
+    /// The audit journal could not be read (replay) or opened.
+    #[error("audit journal {path}: {source}")]
+    Audit {
+        /// The journal's path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A thread could not be started.
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
@@ -237,6 +245,9 @@ impl Broker {
                 .map_err(BrokerError::Config)?,
             None => crate::risk::Stage::without_rules(&metrics.registry),
         };
+        if let Some(risk) = &config.risk {
+            open_audit(risk, &stage)?;
+        }
         relay.set_risk(stage.feed());
         dispatcher.set_risk(stage);
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
@@ -612,4 +623,45 @@ impl Loop {
             }
         }
     }
+}
+
+/// Replays the audit journal into `stage` (today's counters, the halts in force), then
+/// opens it for appending. Without `journal` in `[risk]`, nothing.
+fn open_audit(
+    risk: &crate::risk::RiskConfig,
+    stage: &crate::risk::Stage,
+) -> Result<(), BrokerError> {
+    use crate::risk::audit;
+    let Some(opts) = risk.journal_options().map_err(BrokerError::Config)? else {
+        return Ok(());
+    };
+    let err = |source| BrokerError::Audit {
+        path: opts.path.display().to_string(),
+        source,
+    };
+    let started = Instant::now();
+    let read = audit::read(&opts.path, opts.keep, audit::MAX_REPLAY_BYTES).map_err(err)?;
+    let now_ms = tradeplex_proto::now_unix_ms();
+    let r = stage.replay(now_ms, &read.lines);
+    tracing::info!(
+        journal = %opts.path.display(),
+        lines = read.lines.len(),
+        bad_lines = read.bad,
+        truncated = read.truncated,
+        orders = r.orders,
+        cancels = r.cancels,
+        trades = r.trades,
+        halts_in_force = r.halts_in_force,
+        ms = started.elapsed().as_millis() as u64,
+        "audit journal replayed"
+    );
+    if read.truncated {
+        tracing::warn!(
+            budget_bytes = audit::MAX_REPLAY_BYTES,
+            "audit journal: older files not replayed (over the replay budget)"
+        );
+    }
+    let a = audit::Audit::open(opts.clone(), now_ms).map_err(err)?;
+    stage.set_audit(a);
+    Ok(())
 }

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod curve;
 pub mod http;
+pub mod journal;
 pub mod logging;
 pub mod shutdown;
 

@@ -29,6 +29,15 @@ pub struct RiskConfig {
     pub account: Vec<Limits>,
     /// Contract facts by symbol, overriding what `contract.` events say.
     pub contract: BTreeMap<String, ContractSpec>,
+    /// The audit journal (docs/risk.md, "Audit journal"): every order request, decision,
+    /// outcome, trade and halt, one JSON line each; replayed on start. Empty = none.
+    pub journal: String,
+    /// When audit lines are forced to disk: `off`, `always` or `Nms` (as the worker's).
+    pub journal_fsync: String,
+    /// The audit journal is rotated before a line would take it past this size.
+    pub journal_max_bytes: u64,
+    /// Rotated audit files kept.
+    pub journal_keep: u32,
 }
 
 impl Default for RiskConfig {
@@ -41,6 +50,10 @@ impl Default for RiskConfig {
             default: None,
             account: Vec::new(),
             contract: BTreeMap::new(),
+            journal: String::new(),
+            journal_fsync: "always".into(),
+            journal_max_bytes: tradeplex_ops::journal::DEFAULT_MAX_BYTES,
+            journal_keep: tradeplex_ops::journal::DEFAULT_KEEP,
         }
     }
 }
@@ -103,9 +116,38 @@ fn bad(field: &'static str, reason: String) -> ConfigError {
 }
 
 impl RiskConfig {
+    /// The audit journal's options, None without `journal`.
+    pub fn journal_options(
+        &self,
+    ) -> Result<Option<tradeplex_ops::journal::JournalOptions>, ConfigError> {
+        let fsync = self
+            .journal_fsync
+            .parse::<tradeplex_ops::journal::FsyncPolicy>()
+            .map_err(|e| bad("risk.journal_fsync", e))?;
+        check(
+            "risk.journal_max_bytes",
+            self.journal_max_bytes >= 4096,
+            "must be at least 4096",
+        )?;
+        check(
+            "risk.journal_keep",
+            self.journal_keep >= 1,
+            "must be at least 1",
+        )?;
+        if self.journal.is_empty() {
+            return Ok(None);
+        }
+        let mut o = tradeplex_ops::journal::JournalOptions::new(&self.journal);
+        o.fsync = fsync;
+        o.max_bytes = self.journal_max_bytes;
+        o.keep = self.journal_keep;
+        Ok(Some(o))
+    }
+
     /// Checks every value; errors name the field (and the account or symbol).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.day_start_ms()?;
+        self.journal_options()?;
         check(
             "risk.max_accounts",
             (1..=1_000_000).contains(&self.max_accounts),

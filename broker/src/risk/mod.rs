@@ -14,6 +14,7 @@
 //! The main loop calls [`Stage::check`] once per request; the relay thread calls
 //! [`Feed::on_event`] for every event. Both lock one `Mutex<State>`, each briefly.
 
+pub mod audit;
 pub mod config;
 pub mod halt;
 mod peek;
@@ -155,6 +156,8 @@ struct Shared {
     day_start_ms: u64,
     state: Mutex<State>,
     metrics: RiskMetrics,
+    /// The audit journal, when configured.
+    audit: std::sync::OnceLock<audit::Audit>,
 }
 
 impl Shared {
@@ -186,6 +189,21 @@ impl Shared {
             account
         }
     }
+}
+
+/// What a replay of the audit journal restored.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Today's admitted orders counted again.
+    pub orders: u64,
+    /// Today's cancels counted again.
+    pub cancels: u64,
+    /// Today's trades counted again.
+    pub trades: u64,
+    /// Halt lines applied (any day).
+    pub halts: u64,
+    /// Halts in force after the replay.
+    pub halts_in_force: usize,
 }
 
 /// The stage, held by the dispatcher (cheap to clone).
@@ -253,6 +271,7 @@ impl Stage {
                 day_start_ms,
                 state: Mutex::new(State::default()),
                 metrics: RiskMetrics::new(registry),
+                audit: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -371,6 +390,14 @@ impl Stage {
             s.any_halt.store(true, Ordering::Release);
             status
         };
+        self.journal(
+            &audit::Line::Halt {
+                ts_ms: now_ms,
+                account: status.account.clone(),
+                reason: status.reason.clone(),
+            },
+            true,
+        );
         s.metrics
             .halted
             .with_label_values(&[&status.account])
@@ -386,10 +413,244 @@ impl Stage {
         let mut halts = s.halts();
         let gone = halts.resume(account);
         s.any_halt.store(!halts.is_empty(), Ordering::Release);
+        self.journal(
+            &audit::Line::Resume {
+                ts_ms: tradeplex_proto::now_unix_ms(),
+                account: account.unwrap_or(ALL_ACCOUNTS).to_string(),
+            },
+            true,
+        );
         for a in &gone {
             s.metrics.halted.with_label_values(&[a]).set(0);
         }
         (gone, halts.list())
+    }
+
+    /// Writes `line` to the audit journal if there is one; a failure is logged (halts,
+    /// resumes and trades happen whether or not the journal takes them).
+    fn journal(&self, line: &audit::Line, sync: bool) {
+        if let Some(a) = self.shared.audit.get() {
+            if let Err(e) = a.write(line, sync) {
+                tracing::error!(error = %e, "audit journal: write failed");
+            }
+        }
+    }
+
+    /// Puts the audit journal in place (once; false if one already is).
+    pub fn set_audit(&self, a: audit::Audit) -> bool {
+        self.shared.audit.set(a).is_ok()
+    }
+
+    /// Whether an audit journal is in place.
+    pub fn audits(&self) -> bool {
+        self.shared.audit.get().is_some()
+    }
+
+    /// Journals a request the stage checked and its verdict when it is an order or a
+    /// cancel: returns its audit id (for [`Stage::audit_outcome`]), None when not
+    /// journaled. Err when the journal cannot take it: the request must then be refused.
+    pub fn audit_request(
+        &self,
+        now_ms: u64,
+        client: &[u8],
+        id: u64,
+        body: &[u8],
+        verdict: &Verdict,
+    ) -> Result<Option<String>, String> {
+        let Some(a) = self.shared.audit.get() else {
+            return Ok(None);
+        };
+        if !is_map(body) {
+            return Ok(None);
+        }
+        let (op, order, cancel) = match peek::ops(body) {
+            Ok(ops) if ops.send_order => ("send_order", rmp_serde::from_slice(body).ok(), None),
+            Ok(ops) if ops.cancel_order => ("cancel_order", None, rmp_serde::from_slice(body).ok()),
+            Ok(_) => return Ok(None),
+            // Refused bad_request by the check: journal it as an order request.
+            Err(_) => ("send_order", None, None),
+        };
+        let rid = a.rid();
+        let request = audit::Line::Request {
+            ts_ms: now_ms,
+            rid: rid.clone(),
+            client: client.iter().map(|b| format!("{b:02x}")).collect(),
+            id,
+            op: op.to_string(),
+            order,
+            cancel,
+        };
+        let decision = match verdict {
+            Verdict::Refuse(code, message) => audit::Line::Decision {
+                ts_ms: now_ms,
+                rid: rid.clone(),
+                decision: "reject".into(),
+                code: Some(code.name().to_string()),
+                rule: audit::rule_of(*code, message),
+                message: Some(message.clone()),
+            },
+            _ => audit::Line::Decision {
+                ts_ms: now_ms,
+                rid: rid.clone(),
+                decision: "pass".into(),
+                code: None,
+                rule: None,
+                message: None,
+            },
+        };
+        a.write(&request, false)
+            .and_then(|()| a.write(&decision, true))
+            .map_err(|e| format!("the audit journal cannot be written: {e}"))?;
+        Ok(Some(rid))
+    }
+
+    /// Journals the answer to the journaled request `rid` at `now_ms`.
+    pub fn audit_outcome(
+        &self,
+        now_ms: u64,
+        rid: String,
+        result: Result<&[u8], (ErrorCode, &str)>,
+        worker: Option<String>,
+    ) {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct OrderFields {
+            order_id: Option<String>,
+            status: Option<String>,
+        }
+        let (outcome, fields, error) = match result {
+            Ok(reply) if is_map(reply) => (
+                "ok".to_string(),
+                rmp_serde::from_slice::<OrderFields>(reply).unwrap_or_default(),
+                None,
+            ),
+            Ok(_) => ("ok".to_string(), OrderFields::default(), None),
+            Err((code, message)) => (
+                code.name().to_string(),
+                OrderFields::default(),
+                Some(message.to_string()),
+            ),
+        };
+        self.journal(
+            &audit::Line::Outcome {
+                ts_ms: now_ms,
+                rid,
+                outcome,
+                order_id: fields.order_id,
+                status: fields.status,
+                error,
+                worker,
+            },
+            // The order went out once its decision line was synced; its outcome is in
+            // the worker's journal too, so it rides with the next sync (one fsync per
+            // order on the main loop, not two).
+            false,
+        );
+    }
+
+    /// Rebuilds today's (`now_ms`) daily counters and flow windows from journal lines
+    /// (oldest first), and the halts in force from every line. Call before
+    /// [`Stage::set_audit`], on a stage that has seen no order yet.
+    pub fn replay(&self, now_ms: u64, lines: &[audit::Line]) -> Replayed {
+        let s = &*self.shared;
+        let today = state::trading_day(now_ms, s.day_start_ms);
+        let mut out = Replayed::default();
+        let mut orders: rustc_hash::FxHashMap<&str, &OrderRequest> = Default::default();
+        let mut placed: rustc_hash::FxHashMap<&str, (&str, &str)> = Default::default();
+        let limited = |a: &str| s.limits_for(a).is_some();
+        {
+            let mut halts = s.halts();
+            let mut st = s.lock();
+            st.roll(today);
+            for line in lines {
+                if let audit::Line::Halt {
+                    ts_ms,
+                    account,
+                    reason,
+                } = line
+                {
+                    let a = (account != ALL_ACCOUNTS).then_some(account.as_str());
+                    if halts.halt(a, reason, *ts_ms).is_ok() {
+                        out.halts += 1;
+                    }
+                    continue;
+                }
+                if let audit::Line::Resume { account, .. } = line {
+                    halts.resume((account != ALL_ACCOUNTS).then_some(account.as_str()));
+                    continue;
+                }
+                if state::trading_day(line.ts_ms(), s.day_start_ms) != today || !s.rules {
+                    continue;
+                }
+                match line {
+                    audit::Line::Request {
+                        rid,
+                        order: Some(o),
+                        ..
+                    } => {
+                        orders.insert(rid, o);
+                    }
+                    audit::Line::Request {
+                        cancel: Some(c), ..
+                    } => {
+                        let (account, symbol) = match placed.get(c.order_id.0.as_str()) {
+                            Some((a, sym)) => (*a, *sym),
+                            None if !c.symbol.is_empty() => {
+                                (s.cfg.default_account.as_str(), c.symbol.as_str())
+                            }
+                            None => continue,
+                        };
+                        if let Some(sym) = st.symbol_mut(account, symbol, &limited, s.caps()) {
+                            sym.cancels = sym.cancels.saturating_add(1);
+                            out.cancels += 1;
+                        }
+                    }
+                    audit::Line::Decision {
+                        ts_ms,
+                        rid,
+                        decision,
+                        ..
+                    } if decision == "pass" => {
+                        let Some(o) = orders.get(rid.as_str()) else {
+                            continue;
+                        };
+                        let account = s.account_name(&o.account);
+                        let Some(limits) = s.limits_for(account) else {
+                            continue;
+                        };
+                        if let Some(a) = st.account_mut(account, &limited, s.cfg.max_accounts) {
+                            rules::expire(limits, a, *ts_ms);
+                            rules::admit(limits, a, o, *ts_ms);
+                            out.orders += 1;
+                        }
+                    }
+                    audit::Line::Outcome {
+                        rid,
+                        order_id: Some(id),
+                        ..
+                    } => {
+                        if let Some(o) = orders.get(rid.as_str()) {
+                            placed.insert(id, (s.account_name(&o.account), &o.symbol));
+                        }
+                    }
+                    audit::Line::Trade {
+                        account, symbol, ..
+                    } => {
+                        if let Some(sym) = st.symbol_mut(account, symbol, &limited, s.caps()) {
+                            sym.trades = sym.trades.saturating_add(1);
+                            out.trades += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            s.any_halt.store(!halts.is_empty(), Ordering::Release);
+            for h in halts.list() {
+                s.metrics.halted.with_label_values(&[&h.account]).set(1);
+            }
+            out.halts_in_force = halts.list().len();
+        }
+        out
     }
 
     /// The halts in force.
@@ -553,10 +814,38 @@ impl Feed {
         if !EVENT_KINDS.contains(&kind) || (!s.rules && kind != "order") {
             return;
         }
+        if kind == "trade" {
+            self.journal_trade(now_ms, body);
+        }
         let mut st = s.lock();
         st.roll(state::trading_day(now_ms, s.day_start_ms));
         if !st.on_event(kind, body, &|a| s.limits_for(a).is_some(), s.caps()) {
             s.metrics.bad_events.inc();
+        }
+    }
+}
+
+impl Feed {
+    fn journal_trade(&self, now_ms: u64, body: &[u8]) {
+        #[derive(Deserialize)]
+        struct TradeOf {
+            symbol: String,
+            #[serde(default)]
+            account: String,
+        }
+        let Some(a) = self.shared.audit.get() else {
+            return;
+        };
+        let Ok(t) = rmp_serde::from_slice::<TradeOf>(body) else {
+            return;
+        };
+        let line = audit::Line::Trade {
+            ts_ms: now_ms,
+            account: t.account,
+            symbol: t.symbol,
+        };
+        if let Err(e) = a.write(&line, false) {
+            tracing::error!(error = %e, "audit journal: write failed");
         }
     }
 }

@@ -487,3 +487,198 @@ fn the_book_holds_every_accounts_working_orders_and_each_is_handed_out_once() {
     assert_eq!(gone, vec!["*".to_string(), "a".to_string()]);
     assert!(left.is_empty());
 }
+
+fn temp_journal(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tpx-audit-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("audit.jsonl")
+}
+
+fn with_audit(s: &Stage, path: &std::path::Path) {
+    let opts = tradeplex_ops::journal::JournalOptions::new(path);
+    assert!(s.set_audit(audit::Audit::open(opts, T0).unwrap()));
+}
+
+/// What the dispatcher does for one request: check, journal, and answer as the worker.
+fn audited(
+    s: &Stage,
+    t: u64,
+    o: &OrderRequest,
+    answer: Result<&[u8], (ErrorCode, &str)>,
+) -> Verdict {
+    let b = body(o);
+    let v = s.check(t, &b);
+    let rid = s.audit_request(t, &[0xab, 0x01], 7, &b, &v).unwrap();
+    match v {
+        Verdict::Admitted(ticket) => {
+            s.settle(ticket);
+            s.audit_outcome(t + 1, rid.unwrap(), answer, Some("w1".into()));
+            Verdict::Pass
+        }
+        Verdict::Pass => {
+            s.audit_outcome(t + 1, rid.unwrap(), answer, Some("w1".into()));
+            Verdict::Pass
+        }
+        v => v,
+    }
+}
+
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_audit_journal_has_a_request_decision_and_outcome_line_per_order_and_halt_lines() {
+    let path = temp_journal("format");
+    let s = stage_for("contract_order_limit = 1");
+    with_audit(&s, &path);
+    let mut o = order(1.0, 3900.0);
+    o.reference = "ref-1".into();
+    let reply = rmp_serde::to_vec_named(
+        &serde_json::json!({"order_id": "SIM.w1.5", "status": "not_traded"}),
+    )
+    .unwrap();
+    assert_eq!(audited(&s, T0, &o, Ok(&reply)), Verdict::Pass);
+    rejected(&audited(&s, T0 + 10, &o, Ok(&reply)));
+    s.halt(T0 + 20, Some("a"), "desk closed").unwrap();
+    s.resume(Some("a"));
+    let l = json_lines(&path);
+    assert_eq!(l.len(), 7, "{l:?}");
+    let events: Vec<&str> = l.iter().map(|x| x["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["request", "decision", "outcome", "request", "decision", "halt", "resume"]
+    );
+    assert_eq!(l[0]["ts_ms"], T0);
+    assert_eq!(l[0]["client"], "ab01");
+    assert_eq!(l[0]["id"], 7);
+    assert_eq!(l[0]["op"], "send_order");
+    assert_eq!(l[0]["order"]["account"], "a");
+    assert_eq!(l[0]["order"]["symbol"], "IF2412");
+    assert_eq!(l[0]["order"]["direction"], "long");
+    assert_eq!(l[0]["order"]["price"], 3900.0);
+    assert_eq!(l[0]["order"]["volume"], 1.0);
+    assert_eq!(l[0]["order"]["reference"], "ref-1");
+    assert_eq!(l[1]["decision"], "pass");
+    assert_eq!(l[1]["rid"], l[0]["rid"]);
+    assert_eq!(l[2]["rid"], l[0]["rid"]);
+    assert_eq!(l[2]["outcome"], "ok");
+    assert_eq!(l[2]["order_id"], "SIM.w1.5");
+    assert_eq!(l[2]["status"], "not_traded");
+    assert_eq!(l[2]["worker"], "w1");
+    assert_ne!(l[3]["rid"], l[0]["rid"]);
+    assert_eq!(l[4]["decision"], "reject");
+    assert_eq!(l[4]["code"], "risk_rejected");
+    assert_eq!(l[4]["rule"], "contract_order_limit");
+    assert!(l[4]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("contract_order_limit: limit 1"));
+    assert_eq!(l[5]["account"], "a");
+    assert_eq!(l[5]["reason"], "desk closed");
+    assert_eq!(l[6]["account"], "a");
+}
+
+#[test]
+fn an_error_outcome_names_its_code_and_message() {
+    let path = temp_journal("error");
+    let s = stage_for("contract_order_limit = 5");
+    with_audit(&s, &path);
+    audited(
+        &s,
+        T0,
+        &order(1.0, 3900.0),
+        Err((ErrorCode::WorkerLost, "gone")),
+    );
+    let l = json_lines(&path);
+    assert_eq!(l[2]["outcome"], "worker_lost");
+    assert_eq!(l[2]["error"], "gone");
+    assert!(l[2].get("order_id").is_none());
+}
+
+#[test]
+fn replay_restores_todays_counters_and_halts_ignoring_other_days_and_a_torn_line() {
+    let path = temp_journal("replay");
+    let limits = "contract_order_limit = 3\ncontract_trade_limit = 10";
+    {
+        let s = stage_for(limits);
+        with_audit(&s, &path);
+        // Yesterday: two orders, which must not count today.
+        let yesterday = T0 - state::DAY_MS;
+        audited(&s, yesterday, &order(1.0, 3900.0), Ok(&[]));
+        audited(&s, yesterday, &order(1.0, 3900.2), Ok(&[]));
+        // Today: two orders admitted, a halt of account b, a trade.
+        audited(&s, T0, &order(1.0, 3900.0), Ok(&[]));
+        audited(&s, T0 + 1, &order(1.0, 3900.4), Ok(&[]));
+        s.halt(T0 + 2, Some("b"), "why not").unwrap();
+        s.feed().on_event(
+            T0 + 3,
+            "trade",
+            &rmp_serde::to_vec_named(&serde_json::json!({"symbol": "IF2412", "account": "a"}))
+                .unwrap(),
+        );
+    }
+    // A crash mid-write leaves a torn last line.
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"{\"ts_ms\":1800000000005,\"event\":\"req")
+        .unwrap();
+    let read = audit::read(&path, 10, audit::MAX_REPLAY_BYTES).unwrap();
+    assert_eq!(read.bad, 1, "the torn line is skipped");
+    let s = stage_for(limits);
+    let r = s.replay(T0 + 10, &read.lines);
+    assert_eq!((r.orders, r.trades, r.halts_in_force), (2, 1, 1), "{r:?}");
+    let c = s.counters("a", "IF2412").unwrap();
+    assert_eq!((c.orders, c.trades), (2, 1));
+    assert_eq!(s.halts()[0].account, "b");
+    assert_eq!(s.halts()[0].reason, "why not");
+    assert_eq!(s.halts()[0].since_ms, T0 + 2);
+    // The third order of the day passes, the fourth is over the cap.
+    assert_eq!(send(&s, T0 + 20, &order(1.0, 3900.6)), Verdict::Pass);
+    let m = rejected(&send(&s, T0 + 21, &order(1.0, 3900.8)));
+    assert!(m.starts_with("contract_order_limit: limit 3"), "{m}");
+    // Reopening ends the torn line, so the next line is whole.
+    with_audit(&s, &path);
+    s.resume(None);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last = text.lines().last().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(last).unwrap()["event"],
+        "resume"
+    );
+}
+
+#[test]
+fn a_resume_in_the_journal_lifts_the_replayed_halt() {
+    let lines = vec![
+        audit::Line::Halt {
+            ts_ms: T0,
+            account: "*".into(),
+            reason: "r".into(),
+        },
+        audit::Line::Resume {
+            ts_ms: T0 + 1,
+            account: "*".into(),
+        },
+        audit::Line::Halt {
+            ts_ms: T0 + 2,
+            account: "a".into(),
+            reason: "r2".into(),
+        },
+    ];
+    let s = stage_for("contract_order_limit = 3");
+    let r = s.replay(T0 + 5, &lines);
+    assert_eq!(r.halts_in_force, 1);
+    assert!(rejected(&send(&s, T0 + 6, &order(1.0, 3900.0))).starts_with("halted: r2"));
+}

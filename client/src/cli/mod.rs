@@ -1,5 +1,6 @@
 //! The `tradeplex` subcommands.
 
+mod audit;
 mod bench;
 mod call;
 mod halt;
@@ -85,6 +86,9 @@ enum Command {
     Resume(halt::ResumeArgs),
     /// Generate a CURVE key pair (TOML key file on stdout).
     Keygen(KeygenArgs),
+    /// What happened to an order: its request, risk decision and outcome from the
+    /// broker's audit journal.
+    Audit(audit::AuditArgs),
 }
 
 /// Flags of `tradeplex keygen`.
@@ -224,6 +228,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Tail(t) => tail::run(&conn, t),
         Command::Halt(h) => halt::halt(&conn, h),
         Command::Resume(r) => halt::resume(&conn, r),
+        Command::Audit(a) => audit::run(a),
         Command::Keygen(k) => {
             let keys = KeyPair::generate()?;
             if k.json {

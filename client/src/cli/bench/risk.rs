@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use prometheus::Registry;
-use tradeplex_broker::risk::{RiskConfig, Stage, Verdict};
+use tradeplex_broker::risk::{audit, RiskConfig, Stage, Verdict};
 use tradeplex_proto::model::{Direction, GatewayRequest, Offset, OrderRequest, OrderType};
 
 use super::report::{Side, Unit};
@@ -39,6 +39,13 @@ size = 1
 pricetick = 0.01
 min_volume = 1
 "#;
+
+/// A worker's Order reply as the audit's outcome line reads it (order id and status).
+const REPLY: &[u8] = &[
+    0x82, 0xa8, b'o', b'r', b'd', b'e', b'r', b'_', b'i', b'd', 0xa9, b'S', b'I', b'M', b'.', b'b',
+    b'.', b'1', b'2', b'3', 0xa6, b's', b't', b'a', b't', b'u', b's', 0xaa, b'n', b'o', b't', b'_',
+    b't', b'r', b'a', b'd', b'e', b'd',
+];
 
 fn event(stage: &Stage, kind: &str, v: serde_json::Value) -> anyhow::Result<()> {
     let body = rmp_serde::to_vec_named(&v).context("encoding an event")?;
@@ -77,7 +84,19 @@ fn loaded_stage() -> anyhow::Result<Stage> {
     Ok(stage)
 }
 
-/// `count` checks of distinct orders (1000 prices), each timed alone.
+/// The stage with an audit journal at `path` (fsync `fsync`), as `[risk] journal` sets it.
+fn audited_stage(path: &std::path::Path, fsync: &str) -> anyhow::Result<Stage> {
+    let stage = loaded_stage()?;
+    let mut opts = tradeplex_ops::journal::JournalOptions::new(path);
+    opts.fsync = fsync.parse().map_err(anyhow::Error::msg)?;
+    let audit = audit::Audit::open(opts, tradeplex_proto::now_unix_ms())
+        .with_context(|| format!("opening {}", path.display()))?;
+    stage.set_audit(audit);
+    Ok(stage)
+}
+
+/// `count` checks of distinct orders (1000 prices), each timed alone; with an audit
+/// journal, each also writes its request, decision and outcome lines as the broker does.
 fn run(stage: &Stage, count: u64) -> anyhow::Result<RrRun> {
     let bodies = (0..1000)
         .map(|i| {
@@ -103,10 +122,16 @@ fn run(stage: &Stage, count: u64) -> anyhow::Result<RrRun> {
         // adds to one order.
         let t0 = Instant::now();
         let v = stage.check(now_ms, body);
+        let rid = stage
+            .audit_request(now_ms, b"bench-client", i, body, &v)
+            .map_err(anyhow::Error::msg)?;
         let Verdict::Admitted(ticket) = v else {
             bail!("order {i} was not admitted under the bench's limits: {v:?}");
         };
         stage.settle(ticket);
+        if let Some(rid) = rid {
+            stage.audit_outcome(now_ms, rid, Ok(REPLY), Some("bench".into()));
+        }
         let took = t0.elapsed();
         hist.saturating_record(took.as_nanos() as u64);
     }
@@ -143,9 +168,25 @@ impl super::Bench<'_> {
                 r.map(|r| (r, ticks))
             })?;
             self.risk_row("all rules, ticks fed meanwhile", &fed.0);
+            let dir = match &self.args.journal_dir {
+                Some(d) => d.clone(),
+                None => std::env::temp_dir(),
+            };
+            for fsync in ["off", "10ms", "always"] {
+                let path = dir.join(format!("bench-audit-{}-{fsync}.jsonl", std::process::id()));
+                // The audited run is slower with fsync: fewer orders keep it short.
+                let n = if fsync == "always" {
+                    count.min(2000)
+                } else {
+                    count
+                };
+                let r = run(&audited_stage(&path, fsync)?, n);
+                let _ = std::fs::remove_file(&path);
+                self.risk_row(&format!("all rules + audit journal, fsync {fsync}"), &r?);
+            }
             if rep == 0 {
                 self.report.notes.push(format!(
-                    "risk: the stage's check in process (broker code, no sockets), {count} orders a run; {} ticks fed during the second run",
+                    "risk: the stage's check in process (broker code, no sockets), {count} orders a run; {} ticks fed during the second run; the audit runs add the journal's request, decision and outcome lines (files under --journal-dir or $TMPDIR)",
                     fed.1
                 ));
             }
