@@ -3,11 +3,41 @@ CallError("risk_rejected") naming the rule, its limit and the order's value."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
-from conftest import Cluster, wait_for
+from conftest import Broker, Cluster, wait_for
 
 import tradeplex
 from tradeplex import Direction
+
+
+@contextlib.contextmanager
+def _vnpy_engine(broker: Broker, account: str = "") -> Iterator[tuple[Any, list[str]]]:
+    """A vn.py MainEngine with TradeplexGateway connected to `broker`, its log lines
+    collected; closed on exit."""
+    from vnpy.event import EventEngine
+    from vnpy.trader.engine import MainEngine
+    from vnpy.trader.event import EVENT_LOG
+
+    from tradeplex.vnpy import TradeplexGateway
+
+    ee = EventEngine()
+    logs: list[str] = []
+    ee.register(EVENT_LOG, lambda e: logs.append(e.data.msg))
+    me = MainEngine(ee)
+    try:
+        me.add_gateway(TradeplexGateway)
+        setting = {**TradeplexGateway.default_setting, "broker": broker.frontend}
+        setting["events"] = broker.xpub
+        setting["account"] = account
+        me.connect(setting, "TRADEPLEX")
+        wait_for(lambda: me.get_all_contracts(), 10, "contracts")
+        yield me, logs
+    finally:
+        me.close()
 
 
 def test_an_order_over_the_size_limit_raises_risk_rejected(cluster: Cluster) -> None:
@@ -43,29 +73,15 @@ def test_tradeplex_gateway_gets_a_risk_reject_as_a_rejected_order_with_the_reaso
     cluster: Cluster,
 ) -> None:
     pytest.importorskip("vnpy")
-    from vnpy.event import EventEngine
     from vnpy.trader.constant import Direction as VnDirection
     from vnpy.trader.constant import Exchange, OrderType, Status
-    from vnpy.trader.engine import MainEngine
-    from vnpy.trader.event import EVENT_LOG
     from vnpy.trader.object import OrderRequest
-
-    from tradeplex.vnpy import TradeplexGateway
 
     config = cluster.tmp / "risk.toml"
     config.write_text("[risk]\n[risk.default]\norder_size_limit = 10\n")
     broker = cluster.broker(None, "--config", str(config))
     cluster.worker(broker, "SIM")
-    ee = EventEngine()
-    logs: list[str] = []
-    ee.register(EVENT_LOG, lambda e: logs.append(e.data.msg))
-    me = MainEngine(ee)
-    try:
-        me.add_gateway(TradeplexGateway)
-        setting = {**TradeplexGateway.default_setting, "broker": broker.frontend}
-        setting["events"] = broker.xpub
-        me.connect(setting, "TRADEPLEX")
-        wait_for(lambda: me.get_all_contracts(), 10, "contracts")
+    with _vnpy_engine(broker) as (me, logs):
         req = OrderRequest("AAPL", Exchange.NASDAQ, VnDirection.LONG, OrderType.MARKET, 12)
         vt = me.send_order(req, "TRADEPLEX")
         order = wait_for(
@@ -76,37 +92,20 @@ def test_tradeplex_gateway_gets_a_risk_reject_as_a_rejected_order_with_the_reaso
         assert order.volume == 12
         reason = "risk_rejected: order_size_limit: limit 10, value 12"
         wait_for(lambda: any(reason in m for m in logs), 10, "the reason in the log")
-    finally:
-        me.close()
 
 
 def test_a_halt_refuses_orders_and_tradeplex_gateway_gets_them_as_rejected(
     cluster: Cluster,
 ) -> None:
     pytest.importorskip("vnpy")
-    from vnpy.event import EventEngine
     from vnpy.trader.constant import Direction as VnDirection
     from vnpy.trader.constant import Exchange, OrderType, Status
-    from vnpy.trader.engine import MainEngine
-    from vnpy.trader.event import EVENT_LOG
     from vnpy.trader.object import OrderRequest
-
-    from tradeplex.vnpy import TradeplexGateway
 
     # No [risk] section: the kill switch works without one.
     broker = cluster.broker(None)
     cluster.worker(broker, "SIM")
-    ee = EventEngine()
-    logs: list[str] = []
-    ee.register(EVENT_LOG, lambda e: logs.append(e.data.msg))
-    me = MainEngine(ee)
-    try:
-        me.add_gateway(TradeplexGateway)
-        setting = {**TradeplexGateway.default_setting, "broker": broker.frontend}
-        setting["events"] = broker.xpub
-        setting["account"] = "sim"
-        me.connect(setting, "TRADEPLEX")
-        wait_for(lambda: me.get_all_contracts(), 10, "contracts")
+    with _vnpy_engine(broker, "sim") as (me, logs):
         with broker.client() as c:
             reply = c.halt("sim", reason="end of day")
             assert reply["account"] == "sim"
@@ -143,5 +142,3 @@ def test_a_halt_refuses_orders_and_tradeplex_gateway_gets_them_as_rejected(
             10,
             "an accepted order after resume",
         )
-    finally:
-        me.close()
