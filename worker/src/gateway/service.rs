@@ -56,8 +56,8 @@ impl GatewayService {
 
     /// The order path: every order reaches the gateway through here and nowhere else.
     ///
-    /// This is where the shared pre-trade risk stage (per-account limits, kill switch; see
-    /// DESIGN.md) will refuse orders before any gateway sees them.
+    /// The shared pre-trade risk stage (per-account limits, kill switch) sits earlier, in
+    /// the broker's order path (docs/risk.md): what is checked here is this gateway's own.
     pub fn send_order(&self, req: &OrderRequest) -> Result<Order, GatewayError> {
         // Checked here as well as by the executor: the gateway may have dropped since.
         let state = self.gateway.state();
