@@ -49,6 +49,11 @@ pub struct Config {
     pub max_subscriptions_per_subscriber: usize,
     /// Topic prefixes all subscribers together may hold.
     pub max_subscriptions: usize,
+    /// Recent events kept for gap recovery (`tpx.replay`), all (source, topic) streams
+    /// together, bytes (bodies plus 64 bytes each); 0 = off.
+    pub replay_bytes: usize,
+    /// Recent events kept per (source, topic) stream, bytes; at most `replay_bytes`.
+    pub replay_stream_bytes: usize,
     /// CURVE encryption and key allow-lists; absent = plaintext, which may bind only
     /// loopback addresses (or ipc://) unless `insecure` is set.
     pub curve: Option<CurveConfig>,
@@ -96,6 +101,8 @@ impl Default for Config {
             event_hwm: 10_000,
             max_subscriptions_per_subscriber: 10_000,
             max_subscriptions: 100_000,
+            replay_bytes: 64 << 20,
+            replay_stream_bytes: 4 << 20,
             curve: None,
             insecure: false,
             idle_spin_us: 0,
@@ -231,6 +238,16 @@ impl Config {
             self.event_hwm >= 0,
             "must be >= 0 (0 = unbounded, not advised)",
         )?;
+        field(
+            "replay_bytes",
+            self.replay_bytes <= 64 << 30,
+            "must be 0-68719476736",
+        )?;
+        field(
+            "replay_stream_bytes",
+            self.replay_bytes == 0 || (1..=self.replay_bytes).contains(&self.replay_stream_bytes),
+            "must be 1 to replay_bytes",
+        )?;
         if let Some(risk) = &self.risk {
             risk.validate()?;
         }
@@ -345,6 +362,16 @@ mod tests {
         assert!(e.to_string().contains("nonsense"), "{e}");
         let e = Config::from_toml("liveness = \"three\"").unwrap_err();
         assert!(e.to_string().contains("liveness"), "{e}");
+    }
+
+    #[test]
+    fn replay_limits_are_checked() {
+        let c = Config::from_toml("replay_bytes = 1000\nreplay_stream_bytes = 500").unwrap();
+        assert_eq!((c.replay_bytes, c.replay_stream_bytes), (1000, 500));
+        let e = Config::from_toml("replay_bytes = 1000\nreplay_stream_bytes = 2000").unwrap_err();
+        assert!(e.to_string().contains("replay_stream_bytes"), "{e}");
+        // Off: the per-stream figure does not matter.
+        Config::from_toml("replay_bytes = 0").unwrap();
     }
 
     #[test]

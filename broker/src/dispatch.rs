@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use tradeplex_proto::client::{self, ErrorHeader, ReplyHeader, RequestHeader};
 use tradeplex_proto::mgmt::{
-    HaltReply, HaltRequest, ResumeReply, ResumeRequest, ServiceStatus, StatusReply, WorkerStatus,
-    HALT_SERVICE, MAX_HALT_ACCOUNT, MAX_HALT_REASON, RESUME_SERVICE, STATUS_SERVICE,
+    HaltReply, HaltRequest, ReplayReply, ReplayRequest, ResumeReply, ResumeRequest, ServiceStatus,
+    StatusReply, WorkerStatus, HALT_SERVICE, MAX_HALT_ACCOUNT, MAX_HALT_REASON, REPLAY_SERVICE,
+    RESUME_SERVICE, STATUS_SERVICE,
 };
 use tradeplex_proto::model::{CancelRequest, GatewayRequest, OrderId};
 use tradeplex_proto::worker::{self, DisconnectHeader, HeartbeatHeader, ReadyHeader};
@@ -241,6 +242,8 @@ pub struct Dispatcher {
     mgmt_metrics: Arc<ServiceMetrics>,
     /// The pre-trade risk stage (`[risk]` configured); every request passes it.
     risk: Option<risk::Stage>,
+    /// Recent events for gap recovery (`tpx.replay`), shared with the relay.
+    replay: Option<crate::relay::replay::Replay>,
     /// Messages to send; drained by the socket loop.
     pub out: Vec<Out>,
 }
@@ -269,6 +272,7 @@ impl Dispatcher {
             unknown_metrics,
             mgmt_metrics,
             risk: None,
+            replay: None,
             out: Vec::new(),
         }
     }
@@ -277,6 +281,11 @@ impl Dispatcher {
     /// [`risk::Stage::check`] after admission and before it is queued.
     pub fn set_risk(&mut self, stage: risk::Stage) {
         self.risk = Some(stage);
+    }
+
+    /// Answers `tpx.replay` from `store` (the relay's gap-recovery store).
+    pub fn set_replay(&mut self, store: crate::relay::replay::Replay) {
+        self.replay = Some(store);
     }
 
     /// This broker instance's id (new at every start).
@@ -399,7 +408,7 @@ impl Dispatcher {
             ));
         }
         if h.service.is_mgmt() {
-            let known = [STATUS_SERVICE, HALT_SERVICE, RESUME_SERVICE];
+            let known = [STATUS_SERVICE, HALT_SERVICE, RESUME_SERVICE, REPLAY_SERVICE];
             return (!known.contains(&h.service.as_str())).then(|| {
                 (
                     ErrorCode::UnknownService,
@@ -460,6 +469,7 @@ impl Dispatcher {
             RESUME_SERVICE => decode_mgmt::<ResumeRequest>(body)
                 .and_then(|r| self.resume(r))
                 .and_then(|r| encode_mgmt(&r)),
+            REPLAY_SERVICE => self.replay(body).and_then(|r| encode_mgmt(&r)),
             _ => encode_mgmt(&self.status(clock)),
         };
         let body = match reply {
@@ -481,6 +491,23 @@ impl Dispatcher {
             header,
             body: Body::from(body),
         });
+    }
+
+    /// `tpx.replay`: the events of one (source, topic) range the relay still holds.
+    fn replay(&self, body: &[u8]) -> Result<ReplayReply, (ErrorCode, String)> {
+        let Some(store) = &self.replay else {
+            return Err((
+                ErrorCode::Unavailable,
+                "gap recovery is off on this broker (replay_bytes = 0)".into(),
+            ));
+        };
+        let r: ReplayRequest = rmp_serde::from_slice(body).map_err(|e| {
+            (
+                ErrorCode::BadRequest,
+                format!("cannot decode the tpx.replay request: {e}"),
+            )
+        })?;
+        store.answer(&r)
     }
 
     /// `tpx.halt`: halts the account (or every account) in the risk stage, then sends a

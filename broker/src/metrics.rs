@@ -64,6 +64,60 @@ pub struct Metrics {
     /// Registered workers by state (`idle`, `busy`, `full`, `draining`), refreshed every
     /// heartbeat interval.
     pub worker_states: IntGaugeVec,
+    /// The gap-recovery store (`relay::replay`).
+    pub replay: ReplayMetrics,
+}
+
+/// Metrics of the gap-recovery store: what it holds, what it let go, what it served.
+#[derive(Clone)]
+pub struct ReplayMetrics {
+    /// Bytes held (bodies plus the per-event overhead).
+    pub bytes: IntGauge,
+    /// Events held.
+    pub events: IntGauge,
+    /// Events evicted to stay within the limits.
+    pub evicted: IntCounter,
+    /// Events not stored, by reason (`too_large`, `too_many_streams`).
+    pub not_stored: IntCounterVec,
+    /// Events sent back in `tpx.replay` replies.
+    pub served: IntCounter,
+}
+
+impl ReplayMetrics {
+    fn new(r: &Registry) -> ReplayMetrics {
+        let not_stored = counter_vec(
+            r,
+            "tradeplex_replay_not_stored_total",
+            "Events the gap-recovery store did not keep, by reason",
+            &["reason"],
+        );
+        for reason in ["too_large", "too_many_streams"] {
+            not_stored.with_label_values(&[reason]);
+        }
+        ReplayMetrics {
+            bytes: gauge(
+                r,
+                "tradeplex_replay_bytes",
+                "Bytes of recent events held for gap recovery (bodies plus 64 per event)",
+            ),
+            events: gauge(
+                r,
+                "tradeplex_replay_events",
+                "Recent events held for gap recovery",
+            ),
+            evicted: counter(
+                r,
+                "tradeplex_replay_evicted_total",
+                "Events evicted from the gap-recovery store to stay within its limits",
+            ),
+            not_stored,
+            served: counter(
+                r,
+                "tradeplex_replay_served_total",
+                "Events sent back to subscribers by tpx.replay",
+            ),
+        }
+    }
 }
 
 /// Metric handles for one service, resolved once.
@@ -286,6 +340,7 @@ impl Metrics {
                 }
                 g
             },
+            replay: ReplayMetrics::new(&r),
             registry: r,
         }
     }

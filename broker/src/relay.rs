@@ -10,6 +10,7 @@
 
 mod memory;
 pub mod peers;
+pub mod replay;
 pub mod subscriptions;
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +55,8 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     /// The risk stage's event side (with `[risk]`): fed the kinds it reads.
     risk: Option<crate::risk::Feed>,
+    /// The gap-recovery store (unless `replay_bytes = 0`): fed every forwarded event.
+    replay: Option<replay::Replay>,
     /// Bound XSUB endpoint.
     pub xsub_endpoint: String,
     /// Bound XPUB endpoint.
@@ -127,12 +130,18 @@ impl Relay {
             },
             metrics,
             risk: None,
+            replay: None,
         })
     }
 
     /// Feeds every event the risk stage reads to `feed` (before it is forwarded).
     pub fn set_risk(&mut self, feed: crate::risk::Feed) {
         self.risk = Some(feed);
+    }
+
+    /// Records every forwarded event in `store` for `tpx.replay`.
+    pub fn set_replay(&mut self, store: replay::Replay) {
+        self.replay = Some(store);
     }
 
     /// Starts the relay thread; it stops when `shutdown` is triggered.
@@ -275,6 +284,9 @@ impl RelayLoop {
         }
         if let (Some(feed), Some(body)) = (&self.r.risk, self.frames.as_slice().get(3)) {
             feed.on_event(tradeplex_proto::now_unix_ms(), kind, body);
+        }
+        if let Some(store) = &self.r.replay {
+            store.record(self.frames.as_slice());
         }
         let n = self.frames.as_slice().len();
         let mut ok = true;

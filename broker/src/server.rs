@@ -250,6 +250,18 @@ impl Broker {
         }
         relay.set_risk(stage.feed());
         dispatcher.set_risk(stage);
+        if config.replay_bytes > 0 {
+            let store = crate::relay::replay::Replay::new(
+                crate::relay::replay::ReplayLimits {
+                    total_bytes: config.replay_bytes,
+                    stream_bytes: config.replay_stream_bytes,
+                    reply_bytes: config.max_body_bytes,
+                },
+                metrics.replay.clone(),
+            );
+            relay.set_replay(store.clone());
+            dispatcher.set_replay(store);
+        }
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
         let mut lp = Loop {
             frontend,

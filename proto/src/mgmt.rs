@@ -120,3 +120,49 @@ pub struct HaltStatus {
     /// Since when (Unix ms).
     pub since_ms: u64,
 }
+
+/// Service name of gap recovery for events: answered with [`ReplayReply`].
+pub const REPLAY_SERVICE: &str = "tpx.replay";
+/// Most events one `tpx.replay` request may ask for (`to_seq - from_seq + 1`).
+pub const MAX_REPLAY_SPAN: u64 = 100_000;
+
+/// Request body of `tpx.replay`: the events `from_seq..=to_seq` of one (source, topic).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayRequest {
+    /// The publisher (the event header's `source`).
+    pub source: WorkerId,
+    /// The exact topic (not a prefix).
+    pub topic: String,
+    /// First sequence number wanted.
+    pub from_seq: u64,
+    /// Last sequence number wanted (inclusive).
+    pub to_seq: u64,
+}
+
+/// Reply body of `tpx.replay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayReply {
+    /// The events of the range the broker still holds, in `seq` order. Those it no longer
+    /// holds (or never saw) are simply absent.
+    pub events: Vec<ReplayedEvent>,
+    /// The first `seq` the broker holds for this (source, topic) now, 0 if none.
+    pub held_from: u64,
+    /// The last `seq` the broker holds for this (source, topic) now, 0 if none.
+    pub held_to: u64,
+    /// False when the reply was cut short to stay within the broker's body limit: ask again
+    /// from the last event's `seq + 1`.
+    pub complete: bool,
+}
+
+/// One event in a [`ReplayReply`]: the fields of its header and its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayedEvent {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its publish time, Unix ns.
+    pub ts_ns: u64,
+    /// Its body (frame 3 of the event), as published.
+    // MessagePack `bin`, not an array of integers.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
