@@ -1,7 +1,9 @@
 //! Event subscription: a background thread owns a SUB socket on the broker's XPUB,
 //! subscribes to topic prefixes (plus the broker heartbeat), detects gaps and repeats per
-//! source by sequence number, watches the broker's heartbeat, and reconnects when the
-//! broker goes silent. Events reach the caller through a bounded channel.
+//! source by sequence number, repairs gaps from the broker's recent-event store when told
+//! where the broker's frontend is ([`Repair`]), watches the broker's heartbeat, and
+//! reconnects when the broker goes silent. Events reach the caller through a bounded
+//! channel.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +14,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::de::DeserializeOwned;
 use tradeplex_proto::event::{self, BROKER_HEARTBEAT_TOPIC};
+use tradeplex_proto::mgmt::{ReplayRequest, MAX_REPLAY_SPAN};
 use tradeplex_proto::WorkerId;
 
-use crate::ClientError;
+use crate::{Client, ClientError, ClientOptions};
 
 /// One event as received.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,8 +48,11 @@ impl Event {
 pub struct EventStats {
     /// Events delivered to the caller.
     pub received: AtomicU64,
-    /// Events missing according to sequence numbers (lost upstream or at a high-water mark).
+    /// Events missing according to sequence numbers (lost upstream or at a high-water mark)
+    /// and not recovered by gap repair.
     pub gaps: AtomicU64,
+    /// Missed events recovered from the broker (`tpx.replay`) and delivered in order.
+    pub repaired: AtomicU64,
     /// Repeats dropped (e.g. last-value re-sends).
     pub repeats: AtomicU64,
     /// Events dropped because the caller did not read fast enough (local queue full).
@@ -72,7 +78,35 @@ pub struct EventOptions {
     pub hwm: i32,
     /// CURVE settings; None = plaintext.
     pub curve: Option<tradeplex_ops::curve::ClientCurve>,
+    /// Gap repair: where to ask for missed events; None = gaps are only counted.
+    pub repair: Option<Repair>,
 }
+
+/// Gap repair: on a jump in a topic's sequence numbers the subscriber asks the broker for
+/// the missing events (`tpx.replay`) and delivers them, in order, before the event that
+/// showed the gap. What the broker no longer holds is counted in [`EventStats::gaps`].
+#[derive(Debug, Clone)]
+pub struct Repair {
+    /// The broker's frontend endpoint (what [`Client::connect`] takes); CURVE settings are
+    /// the subscriber's own.
+    pub broker: String,
+    /// How long one `tpx.replay` call may take; past it the gap stays a gap.
+    pub timeout: Duration,
+}
+
+impl Repair {
+    /// Repair from the broker frontend at `broker`, 1 s per call.
+    pub fn new(broker: &str) -> Repair {
+        Repair {
+            broker: broker.to_string(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// After a failed repair call (broker gone, gap recovery off), gaps are only counted for
+/// this long, so a subscriber does not stall on every gap of an outage.
+const REPAIR_PAUSE: Duration = Duration::from_secs(5);
 
 impl Default for EventOptions {
     fn default() -> Self {
@@ -82,6 +116,7 @@ impl Default for EventOptions {
             queue: 100_000,
             hwm: 100_000,
             curve: None,
+            repair: None,
         }
     }
 }
@@ -124,6 +159,8 @@ impl Subscriber {
             tracked: 0,
             broker: None,
             last_heartbeat: Instant::now(),
+            repairer: None,
+            repair_paused_until: None,
         };
         let socket = state
             .open()
@@ -212,6 +249,19 @@ struct SubState {
     tracked: usize,
     broker: Option<WorkerId>,
     last_heartbeat: Instant,
+    /// The connection gap repair calls on, made at the first gap.
+    repairer: Option<Client>,
+    repair_paused_until: Option<Instant>,
+}
+
+/// Where an event stands in its (source, topic) sequence.
+enum Sequence {
+    /// The next one (or the first seen).
+    Next,
+    /// Seen already (a last-value re-send): dropped.
+    Repeat,
+    /// After a jump: `from..=to` are missing.
+    Gap { from: u64, to: u64 },
 }
 
 impl SubState {
@@ -303,24 +353,39 @@ impl SubState {
             }
             self.broker = Some(h.source);
         }
-        if !self.sequence_ok(h.source, &e.topic, h.seq) {
+        let sequence = self.sequence(h.source, &e.topic, h.seq);
+        if matches!(sequence, Sequence::Repeat) {
             return;
         }
-        if !self
+        let wanted = self
             .prefixes
             .iter()
-            .any(|p| e.topic.starts_with(p.as_str()))
-        {
+            .any(|p| e.topic.starts_with(p.as_str()));
+        if let Sequence::Gap { from, to } = sequence {
+            let recovered = if wanted {
+                self.repair(h.source, &e.topic, &h.kind, from, to)
+            } else {
+                0
+            };
+            let missing = to - from + 1;
+            self.stats
+                .gaps
+                .fetch_add(missing.saturating_sub(recovered), Ordering::Relaxed);
+        }
+        if !wanted {
             return;
         }
-        let ev = Event {
+        self.deliver(Event {
             topic: e.topic,
             source: h.source,
             seq: h.seq,
             ts_ns: h.ts_ns,
             kind: h.kind,
             body,
-        };
+        });
+    }
+
+    fn deliver(&self, ev: Event) {
         match self.out.try_send(ev) {
             Ok(()) => {
                 self.stats.received.fetch_add(1, Ordering::Relaxed);
@@ -334,7 +399,7 @@ impl SubState {
 
     /// Gap and repeat detection: sequence numbers are contiguous per source and topic,
     /// so any subscription can tell a loss (a jump) from a repeat (a number already seen).
-    fn sequence_ok(&mut self, source: WorkerId, topic: &str, seq: u64) -> bool {
+    fn sequence(&mut self, source: WorkerId, topic: &str, seq: u64) -> Sequence {
         match self
             .last_seq
             .get_mut(&source)
@@ -342,14 +407,16 @@ impl SubState {
         {
             Some(last) if seq <= *last => {
                 self.stats.repeats.fetch_add(1, Ordering::Relaxed);
-                false
+                Sequence::Repeat
             }
             Some(last) => {
-                self.stats
-                    .gaps
-                    .fetch_add(seq - *last - 1, Ordering::Relaxed);
+                let from = *last + 1;
                 *last = seq;
-                true
+                if from == seq {
+                    Sequence::Next
+                } else {
+                    Sequence::Gap { from, to: seq - 1 }
+                }
             }
             None => {
                 if self.tracked < MAX_SOURCES {
@@ -359,7 +426,85 @@ impl SubState {
                         .or_default()
                         .insert(topic.to_string(), seq);
                 }
-                true
+                Sequence::Next
+            }
+        }
+    }
+
+    /// Asks the broker for `from..=to` of (source, topic) and delivers what it still
+    /// holds, in order; returns how many. Only the newest [`MAX_REPLAY_SPAN`] of a longer
+    /// gap are asked for (the broker keeps far fewer per topic anyway).
+    fn repair(&mut self, source: WorkerId, topic: &str, kind: &str, from: u64, to: u64) -> u64 {
+        let Some(client) = self.repairer() else {
+            return 0;
+        };
+        let timeout = self
+            .options
+            .repair
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.timeout);
+        let mut next = from.max((to + 1).saturating_sub(MAX_REPLAY_SPAN));
+        let mut recovered = 0;
+        while next <= to {
+            let req = ReplayRequest {
+                source,
+                topic: topic.to_string(),
+                from_seq: next,
+                to_seq: to,
+            };
+            let reply = match client.replay(&req, timeout) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "gap repair failed; counting gaps for a while");
+                    self.repair_paused_until = Some(Instant::now() + REPAIR_PAUSE);
+                    break;
+                }
+            };
+            let Some(last) = reply.events.last().map(|e| e.seq) else {
+                break;
+            };
+            for e in reply
+                .events
+                .into_iter()
+                .filter(|e| (next..=to).contains(&e.seq))
+            {
+                recovered += 1;
+                self.deliver(Event {
+                    topic: topic.to_string(),
+                    source,
+                    seq: e.seq,
+                    ts_ns: e.ts_ns,
+                    kind: kind.to_string(),
+                    body: e.body,
+                });
+            }
+            if reply.complete || last < next {
+                break;
+            }
+            next = last + 1;
+        }
+        self.repairer = Some(client);
+        self.stats.repaired.fetch_add(recovered, Ordering::Relaxed);
+        recovered
+    }
+
+    /// The repair connection, made on first use; None when repair is off or paused.
+    fn repairer(&mut self) -> Option<Client> {
+        let repair = self.options.repair.as_ref()?;
+        if self.repair_paused_until.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        if let Some(c) = self.repairer.take() {
+            return Some(c);
+        }
+        let mut options = ClientOptions::default().timeout(repair.timeout);
+        options.curve = self.options.curve.clone();
+        match Client::connect(&repair.broker, options) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect for gap repair");
+                self.repair_paused_until = Some(Instant::now() + REPAIR_PAUSE);
+                None
             }
         }
     }

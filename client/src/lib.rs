@@ -354,6 +354,21 @@ impl Client {
         )
     }
 
+    /// The events `from_seq..=to_seq` of one (source, topic) that the broker still holds
+    /// (`tpx.replay`); a reply that is not `complete` was cut to fit: ask again from the
+    /// last event's seq + 1. Subscribers with [`events::Repair`] do this by themselves.
+    pub fn replay(
+        &self,
+        req: &tradeplex_proto::mgmt::ReplayRequest,
+        timeout: Duration,
+    ) -> Result<tradeplex_proto::mgmt::ReplayReply, ClientError> {
+        self.call_typed(
+            tradeplex_proto::mgmt::REPLAY_SERVICE,
+            req,
+            CallOptions::query().timeout(timeout),
+        )
+    }
+
     /// The broker's status (`tpx.status`).
     pub fn status(&self) -> Result<tradeplex_proto::mgmt::StatusReply, ClientError> {
         let reply = self.call(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tradeplex_client::events::{EventOptions, Subscriber};
+use tradeplex_client::events::{EventOptions, Repair, Subscriber};
 use tradeplex_proto::event::{self, EventHeader};
 use tradeplex_proto::WorkerId;
 use tradeplex_tests::*;
@@ -149,6 +149,155 @@ fn gaps_are_reported() {
     assert!(sub.recv_timeout(Duration::from_secs(5)).is_some());
     assert!(sub.recv_timeout(Duration::from_secs(5)).is_some());
     assert_eq!(sub.gaps(), 3);
+}
+
+// ----- gap repair (tpx.replay) ---------------------------------------------------------
+
+fn repairing(broker: &Broker) -> EventOptions {
+    EventOptions {
+        repair: Some(Repair::new(&broker.frontend)),
+        ..options()
+    }
+}
+
+fn repaired(sub: &Subscriber) -> u64 {
+    sub.stats()
+        .repaired
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Makes `sub` miss `n` events of `topic` for certain: it unsubscribes (and the broker has
+/// seen that), `n` events are published and stored by the broker, it subscribes again
+/// (seen too). Returns the last sequence number published.
+fn miss_events(
+    broker: &Broker,
+    publisher: &mut Publisher,
+    sub: &Subscriber,
+    prefix: &str,
+    topic: &str,
+    n: u64,
+) -> u64 {
+    let held_before = gauge(broker, "tradeplex_replay_events");
+    let subs = gauge(broker, "tradeplex_subscriptions");
+    sub.unsubscribe(prefix);
+    wait_gauge(broker, "tradeplex_subscriptions", subs - 1.0);
+    let mut last = 0;
+    for i in 0..n {
+        last = publisher.publish(topic, serde_json::json!({"missed": i}), 0);
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the broker stored the events",
+        || {
+            let held = gauge(broker, "tradeplex_replay_events");
+            let evicted = gauge(broker, "tradeplex_replay_evicted_total");
+            held + evicted >= held_before + n as f64
+        },
+    );
+    sub.subscribe(prefix);
+    wait_gauge(broker, "tradeplex_subscriptions", subs);
+    last
+}
+
+#[test]
+fn a_gap_is_repaired_from_the_broker_in_order() {
+    let broker = Broker::start(&[]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    let sub = Subscriber::connect(&broker.xpub, &["trade."], repairing(&broker)).unwrap();
+    prime(&mut publisher, &sub, "trade.a");
+    let first_missed = publisher.seqs["trade.a"] + 1;
+    let last_missed = miss_events(&broker, &mut publisher, &sub, "trade.", "trade.a", 20);
+    let after = publisher.publish("trade.a", serde_json::json!({"after": true}), 0);
+    let mut seqs = Vec::new();
+    while let Some(e) = sub.recv_timeout(Duration::from_secs(5)) {
+        seqs.push(e.seq);
+        if e.seq == after {
+            break;
+        }
+    }
+    let want: Vec<u64> = (first_missed..=after).collect();
+    assert_eq!(
+        seqs, want,
+        "the missed events, in order, then the one that showed the gap"
+    );
+    assert_eq!(last_missed + 1, after);
+    assert_eq!(sub.gaps(), 0);
+    assert_eq!(repaired(&sub), 20);
+    assert!(scrape(&broker.http).sum("tradeplex_replay_served_total", &[]) >= 20.0);
+}
+
+#[test]
+fn what_the_broker_no_longer_holds_stays_a_gap() {
+    // 365 bytes for the topic: the event that shows the gap (1-byte body + 64 bytes of
+    // overhead) and the last 4 missed ones (9-byte bodies, {"missed": i}, + 64 each).
+    let cfg = temp_path("replay-small.toml");
+    std::fs::write(&cfg, "replay_stream_bytes = 365\n").unwrap();
+    let broker = Broker::start(&["--config", cfg.to_str().unwrap()]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    let sub = Subscriber::connect(&broker.xpub, &["trade."], repairing(&broker)).unwrap();
+    prime(&mut publisher, &sub, "trade.b");
+    miss_events(&broker, &mut publisher, &sub, "trade.", "trade.b", 20);
+    let after = publisher.publish("trade.b", serde_json::json!({}), 0);
+    let mut seqs = Vec::new();
+    while let Some(e) = sub.recv_timeout(Duration::from_secs(5)) {
+        seqs.push(e.seq);
+        if e.seq == after {
+            break;
+        }
+    }
+    assert_eq!(seqs, ((after - 4)..=after).collect::<Vec<_>>());
+    assert_eq!(repaired(&sub), 4);
+    assert_eq!(sub.gaps(), 16);
+}
+
+#[test]
+fn without_repair_a_gap_is_only_counted() {
+    let broker = Broker::start(&[]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    let sub = Subscriber::connect(&broker.xpub, &["trade."], options()).unwrap();
+    prime(&mut publisher, &sub, "trade.c");
+    miss_events(&broker, &mut publisher, &sub, "trade.", "trade.c", 7);
+    let after = publisher.publish("trade.c", serde_json::json!({}), 0);
+    assert_eq!(
+        sub.recv_timeout(Duration::from_secs(5)).map(|e| e.seq),
+        Some(after)
+    );
+    assert_eq!(sub.gaps(), 7);
+}
+
+#[test]
+fn the_replay_store_stays_within_its_bytes_under_a_flat_out_publisher() {
+    let cfg = temp_path("replay-bound.toml");
+    std::fs::write(
+        &cfg,
+        "replay_bytes = 1048576\nreplay_stream_bytes = 262144\n",
+    )
+    .unwrap();
+    let broker = Broker::start(&["--config", cfg.to_str().unwrap()]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    // A subscriber that never reads, so the broker's queue for it is full throughout.
+    let (_stalled, _ctx) = raw_sub(&broker.xpub, &["tick."]);
+    let body = serde_json::json!({"pad": "x".repeat(200)});
+    let mut topics = 0;
+    wait_until(
+        Duration::from_secs(60),
+        "evictions by the total limit",
+        || {
+            for i in 0..2000 {
+                publisher.publish(&format!("tick.SIM.S{}", i % 16), body.clone(), 0);
+            }
+            topics += 1;
+            let held = gauge(&broker, "tradeplex_replay_bytes");
+            assert!(held <= 1_048_576.0, "store holds {held} bytes");
+            gauge(&broker, "tradeplex_replay_evicted_total") > 20_000.0
+        },
+    );
+    assert!(topics > 0);
+    let held = gauge(&broker, "tradeplex_replay_bytes");
+    assert!(
+        held <= 1_048_576.0 && held > 500_000.0,
+        "store holds {held} bytes"
+    );
 }
 
 #[test]
