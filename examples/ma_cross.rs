@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tradeplex_client::events::{EventOptions, Subscriber};
+use tradeplex_client::events::{EventOptions, Repair, Subscriber};
 use tradeplex_client::{Client, ClientOptions};
 use tradeplex_ops::Shutdown;
 use tradeplex_proto::model::{Direction, Order, OrderId, OrderRequest, OrderType, Tick, Trade};
@@ -237,7 +237,11 @@ fn main() -> anyhow::Result<()> {
             "order.",
             "trade.",
         ],
-        EventOptions::default(),
+        // Orders and trades lost on the way are fetched back from the broker.
+        EventOptions {
+            repair: Some(Repair::new(&args.broker)),
+            ..EventOptions::default()
+        },
     )?;
     events.wait_connected(Duration::from_secs(5));
     let contract = client.subscribe(&args.service, &symbol)?;

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +128,22 @@ class Broker:
     backend: str
     xsub: str
     xpub: str
+    #: host:port of /metrics, or "off".
+    http: str = "off"
 
     def client(self, **kw: Any) -> tradeplex.Client:
         return tradeplex.Client(self.frontend, self.xpub, **kw)
+
+    def metric(self, name: str) -> float:
+        """The sum of every series of metric `name` on the broker's /metrics."""
+        with urllib.request.urlopen(f"http://{self.http}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == name or key.startswith(name + "{"):
+                total += float(value)
+        return total
 
 
 @dataclass
@@ -179,8 +193,9 @@ class Cluster:
         )
         return self.broker(None, "--config", str(self.tmp / "broker.toml")), keys
 
-    def broker(self, ports: Broker | None = None, *extra: str) -> Broker:
-        """Starts a broker; with `ports`, on the same endpoints as that one (a restart)."""
+    def broker(self, ports: Broker | None = None, *extra: str, http: bool = False) -> Broker:
+        """Starts a broker; with `ports`, on the same endpoints as that one (a restart);
+        with `http`, serving /metrics on a free port (`Broker.metric`)."""
         eps = ports or Broker(None, *(["tcp://127.0.0.1:*"] * 4))  # type: ignore[arg-type]
         self.n += 1
         proc = Proc(
@@ -195,7 +210,7 @@ class Cluster:
                 "--xpub",
                 eps.xpub,
                 "--http",
-                "off",
+                "127.0.0.1:0" if http else "off",
                 "--heartbeat-ms",
                 str(HEARTBEAT_MS),
                 "--liveness",
@@ -206,7 +221,8 @@ class Cluster:
         )
         self.procs.append(proc)
         fields = dict(kv.split("=", 1) for kv in proc.line("ready ").split()[1:])
-        return Broker(proc, fields["frontend"], fields["backend"], fields["xsub"], fields["xpub"])
+        eps = [fields[k] for k in ("frontend", "backend", "xsub", "xpub", "http")]
+        return Broker(proc, *eps)
 
     def worker(
         self,

@@ -617,6 +617,7 @@ class Client(TradingMixin):
         events: the broker's XPUB endpoint, used by `subscriber`.
         curve_server_key: the broker's CURVE public key (z85); needs `curve_key_file`.
         curve_key_file: our key pair (``tradeplex keygen`` output), allow-listed at the broker.
+        curve: CURVE settings already loaded (instead of the two above).
         timeout_ms: default time to live of a call (its deadline).
         max_body_bytes: bodies above this are refused before sending (the broker's limit).
     """
@@ -628,6 +629,7 @@ class Client(TradingMixin):
         *,
         curve_server_key: str | None = None,
         curve_key_file: str | Path | None = None,
+        curve: ClientCurve | None = None,
         timeout_ms: int = 5000,
         max_body_bytes: int = wire.DEFAULT_MAX_BODY,
     ) -> None:
@@ -637,7 +639,7 @@ class Client(TradingMixin):
         self.events = events
         self.timeout_ms = timeout_ms
         self.max_body_bytes = max_body_bytes
-        self._curve = ClientCurve.from_options(curve_server_key, curve_key_file)
+        self._curve = curve or ClientCurve.from_options(curve_server_key, curve_key_file)
         self._ctx = zmq.Context()
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.linger = 0
@@ -832,10 +834,11 @@ class Client(TradingMixin):
     # --- events ---------------------------------------------------------------------
 
     def subscriber(self, topics: list[str] | tuple[str, ...] | str) -> Any:
-        """A `Subscriber` on this client's events endpoint, with the same CURVE keys."""
+        """A `Subscriber` on this client's events endpoint, with the same CURVE keys, that
+        repairs gaps through this client's broker (``tpx.replay``)."""
         from .subscriber import Subscriber
 
-        return Subscriber(self.events, topics, curve=self._curve)
+        return Subscriber(self.events, topics, curve=self._curve, repair=self.broker)
 
     # --- life -----------------------------------------------------------------------
 

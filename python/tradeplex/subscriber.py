@@ -2,8 +2,10 @@
 
 A background thread owns the SUB socket. It subscribes to the caller's topic prefixes and
 always to ``hb.`` (the broker's heartbeat); drops repeats and counts gaps by sequence
-number per (source, topic); and when the broker's heartbeat goes silent it rebuilds the
-socket, which sends the subscriptions again (mirrors client/src/events.rs).
+number per (source, topic); repairs gaps from the broker's store of recent events
+(``tpx.replay``) when given the broker's frontend (`repair`); and when the broker's
+heartbeat goes silent it rebuilds the socket, which sends the subscriptions again (mirrors
+client/src/events.rs).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Any
 import zmq
 
 from . import wire
-from .client import DEFAULT_EVENTS
+from .client import DEFAULT_EVENTS, Client
 from .curve import ClientCurve
-from .errors import ProtocolError
+from .errors import CallError, ProtocolError
 from .model import EVENT_TYPES, WireObject
 
 log = logging.getLogger("tradeplex.subscriber")
@@ -31,6 +33,11 @@ log = logging.getLogger("tradeplex.subscriber")
 #: Most (source, topic) pairs tracked for gap detection (bounded memory).
 MAX_TRACKED = 100_000
 _POLL_MS = 50
+#: Most events one ``tpx.replay`` request may ask for (the broker's limit).
+MAX_REPLAY_SPAN = 100_000
+#: After a failed repair call (broker gone, gap recovery off), gaps are only counted for
+#: this long, so the subscriber does not stall on every gap of an outage.
+REPAIR_PAUSE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,11 @@ class Subscriber:
             makes the subscriber reconnect.
         queue_size: events buffered for the caller; beyond it new ones are dropped
             (counted in ``.local_drops``).
+        repair: the broker's frontend endpoint: on a jump in a topic's sequence numbers the
+            missing events the broker still holds are fetched (``tpx.replay``) and
+            delivered, in order, before the event that showed the gap (counted in
+            ``.repaired``; the rest in ``.gaps``). None: gaps are only counted.
+        repair_timeout_ms: how long one repair call may take.
     """
 
     def __init__(
@@ -78,12 +90,18 @@ class Subscriber:
         liveness: int = 3,
         queue_size: int = 100_000,
         hwm: int = 100_000,
+        repair: str | None = None,
+        repair_timeout_ms: int = 1000,
     ) -> None:
         self.endpoint = events
         self.prefixes: list[str] = [topics] if isinstance(topics, str) else list(topics)
         self._curve = curve or ClientCurve.from_options(curve_server_key, curve_key_file)
         self._silence_s = heartbeat_ms * liveness / 1000
         self._hwm = hwm
+        self._repair = repair
+        self._repair_timeout_ms = repair_timeout_ms
+        self._repairer: Client | None = None
+        self._repair_paused_until = 0.0
         self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=max(1, queue_size))
         self._control: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
         self._last_seq: dict[str, dict[str, int]] = {}
@@ -91,8 +109,11 @@ class Subscriber:
         self._broker: str | None = None
         self._connected = threading.Event()
         self._stop = threading.Event()
-        #: Events known missing (sequence gaps: lost upstream or at a high-water mark).
+        #: Events known missing (sequence gaps: lost upstream or at a high-water mark) and
+        #: not recovered by repair.
         self.gaps = 0
+        #: Missed events recovered from the broker (``tpx.replay``) and delivered in order.
+        self.repaired = 0
         #: Repeats dropped (e.g. last-value re-sends of ticks already seen).
         self.repeats = 0
         #: Events delivered to the caller's queue.
@@ -165,6 +186,8 @@ class Subscriber:
             return
         self._stop.set()
         self._thread.join(timeout=5)
+        if self._repairer is not None and not self._thread.is_alive():
+            self._repairer.close()
         if not self._thread.is_alive():
             self._ctx.term()
         with contextlib.suppress(queue.Full):
@@ -255,31 +278,95 @@ class Subscriber:
         self._connected.set()
 
     def _accept(self, h: wire.EventHeader, body: Any, raw: bytes) -> None:
-        if not self._sequence_ok(h.source, h.topic, h.seq):
-            return
+        first_missing = self._sequence(h.source, h.topic, h.seq)
+        if first_missing is None:
+            return  # a repeat
         # hb. is always subscribed for liveness; deliver it only if asked for.
-        if not any(h.topic.startswith(p) for p in self.prefixes):
-            return
-        ev = Event(h.topic, h.source, h.seq, h.ts_ns, h.kind, body, raw)
+        wanted = any(h.topic.startswith(p) for p in self.prefixes)
+        if first_missing < h.seq:
+            last = h.seq - 1
+            recovered = self._repair_gap(h, first_missing, last) if wanted else 0
+            self.gaps += last - first_missing + 1 - recovered
+        if wanted:
+            self._deliver(Event(h.topic, h.source, h.seq, h.ts_ns, h.kind, body, raw))
+
+    def _deliver(self, ev: Event) -> None:
         try:
             self._queue.put_nowait(ev)
             self.received += 1
         except queue.Full:
             self.local_drops += 1
 
-    def _sequence_ok(self, source: str, topic: str, seq: int) -> bool:
+    def _sequence(self, source: str, topic: str, seq: int) -> int | None:
         """Sequence numbers are contiguous per (source, topic): a jump is a gap, a number
-        already seen a repeat (dropped)."""
+        already seen a repeat. Returns None for a repeat (dropped), else the first number
+        not seen before `seq` (`seq` itself when nothing is missing)."""
         topics = self._last_seq.get(source)
         last = None if topics is None else topics.get(topic)
         if last is None:
             if self._tracked < MAX_TRACKED:
                 self._tracked += 1
                 self._last_seq.setdefault(source, {})[topic] = seq
-            return True
+            return seq
         if seq <= last:
             self.repeats += 1
-            return False
-        self.gaps += seq - last - 1
+            return None
         self._last_seq[source][topic] = seq
-        return True
+        return last + 1
+
+    def _repair_gap(self, h: wire.EventHeader, first: int, last: int) -> int:
+        """Fetches ``first..last`` of (source, topic) from the broker and delivers what it
+        still holds, in order; returns how many. Only the newest `MAX_REPLAY_SPAN` of a
+        longer gap are asked for."""
+        client = self._repair_client()
+        if client is None:
+            return 0
+        nxt = max(first, last + 1 - MAX_REPLAY_SPAN)
+        recovered = 0
+        while nxt <= last:
+            req = {"source": h.source, "topic": h.topic, "from_seq": nxt, "to_seq": last}
+            try:
+                reply = client.call(
+                    "tpx.replay", req, idempotent=True, timeout_ms=self._repair_timeout_ms
+                )
+                events = reply["events"]
+                complete = bool(reply["complete"])
+            except (CallError, KeyError, TypeError) as e:
+                log.warning("gap repair failed; counting gaps for a while: %s", e)
+                self._repair_paused_until = time.monotonic() + REPAIR_PAUSE_S
+                break
+            got = self._deliver_replayed(h, events, nxt, last)
+            recovered += got
+            if complete or got == 0:
+                break
+            nxt = int(events[-1]["seq"]) + 1
+        self.repaired += recovered
+        return recovered
+
+    def _deliver_replayed(self, h: wire.EventHeader, events: Any, first: int, last: int) -> int:
+        delivered = 0
+        for e in events:
+            try:
+                seq, ts_ns, raw = int(e["seq"]), int(e["ts_ns"]), bytes(e["body"])
+                body = wire.unpack_body(raw)
+            except (KeyError, TypeError, ValueError, ProtocolError) as err:
+                self.bad_frames += 1
+                log.warning("malformed replayed event dropped: %s", err)
+                continue
+            if first <= seq <= last:
+                self._deliver(Event(h.topic, h.source, seq, ts_ns, h.kind, body, raw))
+                delivered += 1
+        return delivered
+
+    def _repair_client(self) -> Client | None:
+        """The repair connection, made on first use; None when repair is off or paused."""
+        if self._repair is None or time.monotonic() < self._repair_paused_until:
+            return None
+        if self._repairer is None:
+            self._repairer = Client(
+                self._repair,
+                self.endpoint,
+                curve=self._curve,
+                timeout_ms=self._repair_timeout_ms,
+            )
+        return self._repairer

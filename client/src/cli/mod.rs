@@ -10,7 +10,7 @@ mod trade;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
-use tradeplex_client::events::{EventOptions, Subscriber};
+use tradeplex_client::events::{EventOptions, Repair, Subscriber};
 use tradeplex_client::{Client, ClientOptions};
 use tradeplex_ops::curve::{ClientCurve, KeyPair};
 
@@ -203,10 +203,11 @@ impl Conn {
         Ok(Client::connect(&self.broker, opts)?)
     }
 
-    /// An event subscriber.
+    /// An event subscriber that repairs gaps through the broker (`tpx.replay`).
     pub fn subscribe(&self, prefixes: &[&str]) -> anyhow::Result<Subscriber> {
         let opts = EventOptions {
             curve: self.curve.clone(),
+            repair: Some(Repair::new(&self.broker)),
             ..EventOptions::default()
         };
         Ok(Subscriber::connect(&self.events, prefixes, opts)?)

@@ -254,8 +254,14 @@ class TradeplexGateway(BaseGateway):
         suffix = self.account
         topics = [f"{k}.{suffix}" for k in ("order", "trade", "position", "account")]
         topics.append(f"log.{self.service}")
+        # Orders and trades lost on the way (a full queue in the broker) are fetched
+        # back from the broker's recent-event store rather than missed.
         self.subscriber = tradeplex.Subscriber(
-            events, topics, curve_server_key=server_key, curve_key_file=key_file
+            events,
+            topics,
+            curve_server_key=server_key,
+            curve_key_file=key_file,
+            repair=broker,
         )
         self._tasks = _Tasks("tpx-gw-tasks")
         for target, name in (
