@@ -32,6 +32,7 @@ impl WorkerMetrics {
     /// Creates and registers every worker metric (static definitions; cannot fail on input).
     pub fn new() -> WorkerMetrics {
         let r = Registry::new();
+        tradeplex_ops::process_metrics::register(&r);
         let requests = IntCounterVec::new(
             Opts::new(
                 "tradeplex_worker_requests_total",
