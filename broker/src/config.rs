@@ -19,8 +19,10 @@ pub struct Config {
     pub xsub: String,
     /// XPUB socket clients subscribe on.
     pub xpub: String,
-    /// HTTP address for /metrics, /healthz, /readyz; empty = off.
+    /// HTTP address for /metrics, /healthz, /readyz and the console; empty = off.
     pub http: String,
+    /// Credentials the HTTP port asks for (every path but /healthz and /readyz); none = open.
+    pub http_auth: tradeplex_ops::HttpAuth,
     /// Heartbeat interval with workers and on the event side, milliseconds.
     pub heartbeat_ms: u64,
     /// Heartbeats a worker may miss before it is dropped.
@@ -84,6 +86,7 @@ impl Default for Config {
             xsub: "tcp://127.0.0.1:5557".into(),
             xpub: "tcp://127.0.0.1:5558".into(),
             http: "127.0.0.1:9100".into(),
+            http_auth: Default::default(),
             heartbeat_ms: 1000,
             liveness: 3,
             unknown_service_grace_ms: 0,
@@ -231,6 +234,7 @@ impl Config {
             self.event_hwm >= 0,
             "must be >= 0 (0 = unbounded, not advised)",
         )?;
+        self.http_auth.validate()?;
         if let Some(risk) = &self.risk {
             risk.validate()?;
         }
@@ -404,6 +408,22 @@ mod tests {
             .collect();
         let c = Config::from_toml(&uncommented).unwrap();
         assert_eq!(c.risk.unwrap().account[0].name, "sim");
+    }
+
+    #[test]
+    fn http_credentials_are_read_and_checked() {
+        let c = Config::from_toml(
+            "[http_auth]\ntoken = \"0123456789abcdef0123\"\nuser = \"ops\"\npassword = \"long-enough\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.http_auth.token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(c.http_auth.user.as_deref(), Some("ops"));
+        let e = Config::from_toml("[http_auth]\ntoken = \"short\"").unwrap_err();
+        assert!(e.to_string().contains("http_auth.token"), "{e}");
+        let e = Config::from_toml("[http_auth]\nuser = \"ops\"").unwrap_err();
+        assert!(e.to_string().contains("http_auth.user"), "{e}");
+        let e = Config::from_toml("[http_auth]\ntokn = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("tokn"), "{e}");
     }
 
     #[test]
