@@ -123,6 +123,11 @@ impl Console {
             .push(s);
     }
 
+    /// Paths served without credentials: the page's script and style sheet, static code
+    /// with no data in it, which the browser fetches without the page's `?token=`. The
+    /// page itself and `/api/status` need credentials.
+    pub const PUBLIC: &'static [&'static str] = &["/console.js", "/console.css"];
+
     /// The pages for [`tradeplex_ops::HttpOptions::routes`].
     pub fn routes(self: &Arc<Self>) -> Routes {
         let console = self.clone();

@@ -290,6 +290,7 @@ fn serve_http(config: &Config, metrics: &Arc<Metrics>) -> std::io::Result<(HttpS
     let options = tradeplex_ops::HttpOptions {
         auth: config.http_auth.clone(),
         routes: Some(feed.routes()),
+        public: crate::console::Console::PUBLIC,
     };
     let http = HttpServer::start_with(&config.http, metrics.registry.clone(), options)?;
     Ok((

@@ -73,6 +73,9 @@ pub struct HttpOptions {
     pub auth: HttpAuth,
     /// Extra pages.
     pub routes: Option<Routes>,
+    /// Extra paths served without credentials: static assets holding no data (a page's
+    /// script and style sheet, which a browser fetches without the page's `?token=`).
+    pub public: &'static [&'static str],
 }
 
 struct State {
@@ -279,7 +282,8 @@ fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     let path = req.uri().path();
     let auth = &state.options.auth;
-    if !OPEN_PATHS.contains(&path) && !auth.admits(req.headers(), req.uri().query()) {
+    let open = OPEN_PATHS.contains(&path) || state.options.public.contains(&path);
+    if !open && !auth.admits(req.headers(), req.uri().query()) {
         return unauthorized(auth);
     }
     let (status, content_type, body) = match path {
@@ -447,14 +451,18 @@ mod tests {
     }
 
     fn guarded() -> HttpServer {
-        let routes: Routes =
-            Arc::new(|path, _| (path == "/page").then(|| Page::new("text/html", "<p>hi</p>")));
+        let routes: Routes = Arc::new(|path, _| match path {
+            "/page" => Some(Page::new("text/html", "<p>hi</p>")),
+            "/style.css" => Some(Page::new("text/css", "p {}")),
+            _ => None,
+        });
         let options = HttpOptions {
             auth: HttpAuth {
                 token: Some("0123456789abcdef".into()),
                 ..HttpAuth::default()
             },
             routes: Some(routes),
+            public: &["/style.css"],
         };
         HttpServer::start_with("127.0.0.1:0", Registry::new(), options).unwrap()
     }
@@ -465,7 +473,7 @@ mod tests {
     }
 
     #[test]
-    fn with_a_token_only_probes_are_open_and_others_get_401_with_a_challenge() {
+    fn with_a_token_only_probes_and_public_paths_are_open_others_get_401_with_a_challenge() {
         let srv = guarded();
         for path in ["/metrics", "/page", "/nosuch"] {
             let resp = get(&srv, path, "");
@@ -477,6 +485,7 @@ mod tests {
             );
         }
         assert_eq!(status_line(&get(&srv, "/healthz", "")), "HTTP/1.1 200 OK");
+        assert_eq!(status_line(&get(&srv, "/style.css", "")), "HTTP/1.1 200 OK");
         assert_eq!(
             status_line(&get(&srv, "/readyz", "")),
             "HTTP/1.1 503 Service Unavailable"

@@ -31,7 +31,8 @@ function ago(ms) {
   return (ms / 1000).toFixed(1) + " s";
 }
 
-function fillTable(id, rows, empty, keyOf) {
+// rows: [{cells: [td…], key: optional data-key (tests and scripts find rows by it)}].
+function fillTable(id, rows, empty) {
   const body = document.querySelector("#" + id + " tbody");
   const cols = document.querySelectorAll("#" + id + " thead th").length;
   body.replaceChildren();
@@ -45,7 +46,7 @@ function fillTable(id, rows, empty, keyOf) {
   }
   for (const r of rows) {
     const tr = el("tr");
-    if (keyOf) tr.dataset.key = keyOf(r);
+    if (r.key !== undefined) tr.dataset.key = r.key;
     for (const c of r.cells) tr.appendChild(c);
     body.appendChild(tr);
   }
@@ -87,7 +88,7 @@ function render(s) {
   fillTable("services", s.services.map(x => {
     const errors = Object.entries(x.error_rate).filter(([, v]) => v > 0)
       .map(([k, v]) => k + " " + fmt(v, 2)).join(", ");
-    return { cells: [
+    return { key: x.service, cells: [
       el("td", x.service),
       num(x.workers, 0, x.workers === 0 ? "bad" : ""),
       num(x.queued, 0, x.queued > 0 ? "warn" : ""),
@@ -99,21 +100,21 @@ function render(s) {
       num(x.received, 0, "received"),
       num(x.answered.ok || 0, 0, "ok"),
     ] };
-  }), "no service registered", x => x.service);
+  }), "no service registered");
 
-  fillTable("workers", s.workers.map(w => ({ cells: [
+  fillTable("workers", s.workers.map(w => ({ key: w.worker, cells: [
     el("td", w.worker, "mono"),
     el("td", w.state, "state-" + w.state),
     el("td", w.services.join(", ")),
     num(w.in_flight + " / " + w.capacity),
     num(ago(w.heartbeat_age_ms)),
     num(w.served, 0, "served"),
-  ] })), "no worker registered", w => w.worker);
+  ] })), "no worker registered");
 
   const kinds = Object.keys(s.events.total).sort();
-  fillTable("events", kinds.map(k => ({ cells: [
+  fillTable("events", kinds.map(k => ({ key: k, cells: [
     el("td", k), num(s.events.rate[k]), num(s.events.total[k], 0),
-  ] })), "no events yet", k => k);
+  ] })), "no events yet");
   const drops = Object.entries(s.events.drops).filter(([, v]) => v > 0);
   const dropEl = document.getElementById("drops");
   dropEl.textContent = drops.length === 0 ? "no events dropped"
@@ -123,8 +124,8 @@ function render(s) {
   document.getElementById("risk-checked").textContent =
     "orders checked: " + fmt(s.risk.checked, 0);
   const rules = Object.entries(s.risk.rejected).filter(([, v]) => v > 0);
-  fillTable("risk", rules.map(([k, v]) => ({ cells: [el("td", k), num(v, 0, "bad")] })),
-    "no order rejected", r => r[0]);
+  fillTable("risk", rules.map(([k, v]) => ({ key: k, cells: [el("td", k), num(v, 0, "bad")] })),
+    "no order rejected");
 
   fillTable("recent", s.recent.map(r => ({ cells: [
     el("td", new Date(r.unix_ms).toLocaleTimeString()),
