@@ -4,6 +4,10 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// The `result` label values of `tradeplex_gateway_orders_total`, exported at 0 once a
+/// gateway reports its connection state, so `increase()` sees the first reject.
+pub const ORDER_RESULTS: [&str; 4] = ["sent", "filled", "cancelled", "rejected"];
+
 /// Every metric a worker exposes.
 pub struct WorkerMetrics {
     /// The registry `/metrics` renders.
