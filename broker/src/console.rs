@@ -320,3 +320,113 @@ fn build<'a>(
         recent: h.recent(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tradeplex_proto::mgmt::ServiceStatus;
+    use tradeplex_proto::{ServiceName, WorkerId};
+
+    fn worker(in_flight: u32, services: &[&str]) -> WorkerStatus {
+        WorkerStatus {
+            worker: WorkerId(uuid::Uuid::new_v4()),
+            services: services
+                .iter()
+                .map(|s| ServiceName::new(*s).unwrap())
+                .collect(),
+            capacity: 2,
+            in_flight,
+            heartbeat_age_ms: 5,
+            served: 7,
+        }
+    }
+
+    fn doc(console: &Console) -> serde_json::Value {
+        serde_json::from_slice(&console.status_json()).unwrap()
+    }
+
+    #[test]
+    fn the_document_joins_the_snapshot_and_the_counters() {
+        let metrics = Arc::new(Metrics::new());
+        let console = Console::new(metrics.clone());
+        let before = doc(&console);
+        assert!(before["broker"].is_null() && before["snapshot_age_ms"].is_null());
+        assert_eq!(before["workers"], serde_json::json!([]));
+
+        let sim = metrics.service("SIM");
+        sim.received();
+        sim.answered(Some(tradeplex_proto::ErrorCode::WorkerLost), 0.002);
+        console.sample();
+        let mut publisher = console.publisher();
+        let now = Instant::now();
+        assert!(publisher.due(now));
+        publisher.publish(
+            now,
+            StatusReply {
+                broker: WorkerId(uuid::Uuid::new_v4()),
+                uptime_s: 3,
+                workers: vec![
+                    worker(0, &["SIM"]),
+                    worker(1, &["SIM"]),
+                    worker(2, &["SIM"]),
+                    worker(0, &[]),
+                ],
+                services: vec![ServiceStatus {
+                    service: ServiceName::new("SIM").unwrap(),
+                    workers: 3,
+                    queued: 1,
+                    in_flight: 3,
+                }],
+                halts: Vec::new(),
+            },
+        );
+        assert!(!publisher.due(now + PUBLISH_EVERY / 2));
+        assert!(publisher.due(now + PUBLISH_EVERY));
+
+        let d = doc(&console);
+        let states: Vec<&str> = d["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["idle", "busy", "full", "draining"]);
+        assert_eq!(d["workers"][0]["served"], 7);
+        let s = &d["services"][0];
+        assert_eq!(
+            (s["service"].as_str(), s["queued"].as_u64()),
+            (Some("SIM"), Some(1))
+        );
+        assert_eq!(s["received"], 1.0);
+        assert_eq!(s["answered"]["worker_lost"], 1.0);
+        // One sample: no window yet, so no rates or percentiles.
+        assert!(s["request_rate"].is_null() && s["p99_ms"].is_null(), "{s}");
+        assert_eq!(d["uptime_s"], 3);
+        assert!(d["snapshot_age_ms"].as_u64().unwrap() < 60_000);
+    }
+
+    #[test]
+    fn the_page_and_its_assets_are_served_and_nothing_else() {
+        let console = Console::new(Arc::new(Metrics::new()));
+        let routes = console.routes();
+        for (path, kind) in [
+            ("/", "text/html; charset=utf-8"),
+            ("/console.js", "text/javascript; charset=utf-8"),
+            ("/console.css", "text/css; charset=utf-8"),
+            ("/api/status", "application/json"),
+        ] {
+            let page = routes(path, None).unwrap_or_else(|| panic!("{path}"));
+            assert_eq!(page.content_type, kind, "{path}");
+        }
+        assert!(routes("/nosuch", None).is_none());
+        // Offline: the page names no other origin.
+        let html = routes("/", None).unwrap().body;
+        assert!(
+            !String::from_utf8_lossy(&html).contains("//"),
+            "the page loads something remote"
+        );
+        for public in Console::PUBLIC {
+            assert!(routes(public, None).is_some(), "{public}");
+        }
+    }
+}

@@ -195,6 +195,11 @@ ECHO_RECEIVED = (
 )
 
 
+def _count(text: str) -> int:
+    """A count as the page prints it (with thousands separators)."""
+    return int(text.replace(",", ""))
+
+
 def test_the_console_shows_a_worker_come_and_go_and_a_counter_move(
     cluster: Cluster, browser: WebDriver
 ) -> None:
@@ -219,7 +224,7 @@ def test_the_console_shows_a_worker_come_and_go_and_a_counter_move(
             c.call("echo", {"i": i})
     # The sampler reads the counters every second: the page shows all 25 within a few.
     wait_for(
-        lambda: browser.js(ECHO_RECEIVED) == str(int(before.replace(",", "")) + 25),
+        lambda: _count(browser.js(ECHO_RECEIVED)) == _count(before) + 25,
         15,
         "the received counter to move by 25",
     )

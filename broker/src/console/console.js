@@ -147,9 +147,13 @@ async function poll() {
     if (!resp.ok) {
       setLive(false, resp.status === 401 ? "unauthorized" : "HTTP " + resp.status);
     } else {
-      render(await resp.json());
+      const status = await resp.json();
+      render(status);
       lastOk = Date.now();
-      setLive(true);
+      // The HTTP thread answers even when the socket loop is stuck; a snapshot that stops
+      // refreshing (normally every 250 ms) says so.
+      const stalled = status.snapshot_age_ms !== null && status.snapshot_age_ms > STALE_MS;
+      setLive(!stalled, "broker loop stalled " + ago(status.snapshot_age_ms || 0));
     }
   } catch (e) {
     if (Date.now() - lastOk > STALE_MS) setLive(false, "broker unreachable");
