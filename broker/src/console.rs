@@ -52,12 +52,16 @@ impl Publisher {
     /// Replaces the snapshot. The lock is held only for the swap.
     pub fn publish(&mut self, now: Instant, status: StatusReply) {
         self.next = now + PUBLISH_EVERY;
-        let status = Arc::new(status);
-        *self
+        let fresh = Some((now, Arc::new(status)));
+        let mut slot = self
             .console
             .snapshot
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((now, status));
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = std::mem::replace(&mut *slot, fresh);
+        drop(slot);
+        // Freed after the lock is released.
+        drop(old);
     }
 }
 

@@ -341,6 +341,36 @@ fn every_runbook_url_points_at_a_heading_of_the_operations_doc() {
 }
 
 #[test]
+fn broker_and_worker_export_process_metrics_and_their_build() {
+    let c = exercised_cluster();
+    for (who, page) in [("broker", &c.broker_page), ("worker", &c.worker_page)] {
+        // CPU seconds may still read 0 in a process this young; the others cannot.
+        assert!(
+            page.value("process_cpu_seconds_total", &[]).is_some(),
+            "{who}"
+        );
+        for name in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                page.value(name, &[]).is_some_and(|v| v > 0.0),
+                "{who}: no {name} in\n{}",
+                page.text
+            );
+        }
+        let version = ("version", env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            page.sum("tradeplex_build_info", &[version]),
+            1.0,
+            "{who}:\n{}",
+            page.text
+        );
+    }
+}
+
+#[test]
 fn operations_doc_describes_every_metric_the_binaries_expose() {
     let c = exercised_cluster();
     let doc = repo_file("docs/operations.md");
