@@ -6,7 +6,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
-pub mod console;
+mod console;
 pub mod dispatch;
 pub mod metrics;
 pub mod relay;
