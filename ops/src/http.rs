@@ -6,8 +6,9 @@
 //! within [`HEADER_READ_TIMEOUT`] and fit in [`MAX_HEADER_BYTES`] (else 431), only GET and
 //! HEAD are served (others 405 with `Allow`), request bodies are refused (413), and at
 //! most [`MAX_CONNECTIONS`] connections are served at once (further ones are closed).
-//! With [`HttpAuth`] configured, every path but `/healthz` and `/readyz` needs a bearer
-//! token (header or `?token=`) or basic-auth credentials; others get 401.
+//! With [`HttpAuth`] configured, every path but `/healthz`, `/readyz` and the binary's
+//! [`HttpOptions::public`] assets needs a bearer token (header or `?token=`) or basic-auth
+//! credentials; others get 401, counted in `tradeplex_http_unauthorized_total`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -82,6 +83,8 @@ struct State {
     registry: Registry,
     ready: Arc<AtomicBool>,
     options: HttpOptions,
+    /// Requests refused for want of credentials (registered only when some are required).
+    unauthorized: prometheus::IntCounter,
 }
 
 impl HttpServer {
@@ -99,11 +102,22 @@ impl HttpServer {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
+        let unauthorized = prometheus::IntCounter::new(
+            "tradeplex_http_unauthorized_total",
+            "HTTP requests answered 401 (no or wrong credentials)",
+        )
+        .map_err(std::io::Error::other)?;
+        if options.auth.is_required() {
+            registry
+                .register(Box::new(unauthorized.clone()))
+                .map_err(std::io::Error::other)?;
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let state = Arc::new(State {
             registry,
             ready: ready.clone(),
             options,
+            unauthorized,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -284,6 +298,9 @@ fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let auth = &state.options.auth;
     let open = OPEN_PATHS.contains(&path) || state.options.public.contains(&path);
     if !open && !auth.admits(req.headers(), req.uri().query()) {
+        // Debug only: a browser's first request to a basic-auth page is always refused.
+        tracing::debug!(path, "http request refused: no or wrong credentials");
+        state.unauthorized.inc();
         return unauthorized(auth);
     }
     let (status, content_type, body) = match path {
@@ -506,6 +523,11 @@ mod tests {
         assert_eq!(
             status_line(&get(&srv, "/nosuch", bearer)),
             "HTTP/1.1 404 Not Found"
+        );
+        let metrics = get(&srv, "/metrics", bearer);
+        assert!(
+            metrics.contains("\ntradeplex_http_unauthorized_total 3\n"),
+            "{metrics}"
         );
     }
 

@@ -87,6 +87,8 @@ def test_the_http_port_asks_for_credentials_except_on_probes(cluster: Cluster) -
 
     status, _, text = _get(http + "/metrics", {"Authorization": f"Bearer {TOKEN}"})
     assert status == 200 and "tradeplex_build_info{" in text
+    # The five refusals above are counted.
+    assert "\ntradeplex_http_unauthorized_total 5\n" in text
     basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     status, headers, body = _get(http + "/api/status", {"Authorization": f"Basic {basic}"})
     assert status == 200 and headers["Content-Type"] == "application/json"
