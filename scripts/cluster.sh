@@ -28,6 +28,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 $BIN/tradeplex status
+echo "console: http://127.0.0.1:9100/ (deploy/broker.toml's http address)" >&2
 if [ -x "$BIN/examples/ma_cross" ]; then
   $BIN/examples/ma_cross "$@" &
   pids+=($!)

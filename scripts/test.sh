@@ -8,6 +8,8 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
 
 # Python: a venv under target/ (Debian's system Python refuses system-wide pip installs).
 cargo build --workspace --bins

@@ -19,8 +19,10 @@ pub struct Config {
     pub xsub: String,
     /// XPUB socket clients subscribe on.
     pub xpub: String,
-    /// HTTP address for /metrics, /healthz, /readyz; empty = off.
+    /// HTTP address for /metrics, /healthz, /readyz and the console; empty = off.
     pub http: String,
+    /// Credentials the HTTP port asks for (every path but /healthz and /readyz); none = open.
+    pub http_auth: tradeplex_ops::HttpAuth,
     /// Heartbeat interval with workers and on the event side, milliseconds.
     pub heartbeat_ms: u64,
     /// Heartbeats a worker may miss before it is dropped.
@@ -90,6 +92,7 @@ impl Default for Config {
             xsub: "tcp://127.0.0.1:5557".into(),
             xpub: "tcp://127.0.0.1:5558".into(),
             http: "127.0.0.1:9100".into(),
+            http_auth: Default::default(),
             heartbeat_ms: 1000,
             liveness: 3,
             unknown_service_grace_ms: 0,
@@ -249,6 +252,7 @@ impl Config {
             self.replay_stream_bytes >= 1,
             "must be at least 1 (a stream never holds more than replay_bytes anyway)",
         )?;
+        self.http_auth.validate()?;
         if let Some(risk) = &self.risk {
             risk.validate()?;
         }
@@ -432,6 +436,22 @@ mod tests {
             .collect();
         let c = Config::from_toml(&uncommented).unwrap();
         assert_eq!(c.risk.unwrap().account[0].name, "sim");
+    }
+
+    #[test]
+    fn http_credentials_are_read_and_checked() {
+        let c = Config::from_toml(
+            "[http_auth]\ntoken = \"0123456789abcdef0123\"\nuser = \"ops\"\npassword = \"long-enough\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.http_auth.token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(c.http_auth.user.as_deref(), Some("ops"));
+        let e = Config::from_toml("[http_auth]\ntoken = \"short\"").unwrap_err();
+        assert!(e.to_string().contains("http_auth.token"), "{e}");
+        let e = Config::from_toml("[http_auth]\nuser = \"ops\"").unwrap_err();
+        assert!(e.to_string().contains("http_auth.user"), "{e}");
+        let e = Config::from_toml("[http_auth]\ntokn = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("tokn"), "{e}");
     }
 
     #[test]

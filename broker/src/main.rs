@@ -26,7 +26,8 @@ struct Args {
     /// Clients' event subscribing (XPUB) endpoint.
     #[arg(long)]
     xpub: Option<String>,
-    /// HTTP address for /metrics, /healthz, /readyz ("" or "off" disables).
+    /// HTTP address for /metrics, /healthz, /readyz and the console at / ("" or "off"
+    /// disables); credentials come from the config's [http_auth] table.
     #[arg(long)]
     http: Option<String>,
     /// Heartbeat interval in milliseconds.

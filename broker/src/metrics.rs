@@ -186,6 +186,7 @@ impl Metrics {
     /// the static definitions below (duplicate names), never on input.
     pub fn new() -> Metrics {
         let r = Registry::new();
+        tradeplex_ops::process_metrics::register(&r);
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "tradeplex_request_duration_seconds",

@@ -92,6 +92,7 @@ pub struct Broker {
     backend: zmq::Socket,
     relay: crate::relay::Relay,
     http: Option<HttpServer>,
+    console: Option<Console>,
     endpoints: Endpoints,
     metrics: Arc<Metrics>,
     curve: Curve,
@@ -165,17 +166,15 @@ impl Broker {
         let backend_ep = bind(&backend, &config.backend)?;
 
         let relay = crate::relay::Relay::bind(&ctx, &config, metrics.clone(), &curve)?;
-        let http = if config.http.is_empty() {
-            None
+        let (http, console) = if config.http.is_empty() {
+            (None, None)
         } else {
-            Some(
-                HttpServer::start(&config.http, metrics.registry.clone()).map_err(|source| {
-                    BrokerError::Http {
-                        addr: config.http.clone(),
-                        source,
-                    }
-                })?,
-            )
+            let (http, console) =
+                serve_http(&config, &metrics).map_err(|source| BrokerError::Http {
+                    addr: config.http.clone(),
+                    source,
+                })?;
+            (Some(http), Some(console))
         };
         // Ready means "sockets bound", which they are from here on.
         if let Some(h) = &http {
@@ -194,6 +193,7 @@ impl Broker {
             backend,
             relay,
             http,
+            console,
             endpoints,
             metrics,
             curve,
@@ -219,6 +219,7 @@ impl Broker {
             backend,
             relay,
             http,
+            console,
             metrics,
             curve,
             ..
@@ -274,6 +275,7 @@ impl Broker {
             backend_refusals: LogLimiter::new(100),
             spare: Vec::new(),
             idle_spin: Duration::from_micros(config.idle_spin_us),
+            console: console.as_ref().map(|c| c.feed.publisher()),
         };
         let result = lp.serve(&shutdown, Duration::from_millis(config.shutdown_grace_ms));
         shutdown.trigger();
@@ -282,8 +284,34 @@ impl Broker {
             let _ = z.join();
         }
         drop(http);
+        drop(console);
         result
     }
+}
+
+/// The HTTP side's console: its shared state and the thread sampling the counters.
+struct Console {
+    feed: Arc<crate::console::Console>,
+    _sampler: crate::console::Sampler,
+}
+
+/// Starts the HTTP endpoint with the console's pages and the configured credentials.
+fn serve_http(config: &Config, metrics: &Arc<Metrics>) -> std::io::Result<(HttpServer, Console)> {
+    let feed = crate::console::Console::new(metrics.clone());
+    let sampler = feed.start_sampler()?;
+    let options = tradeplex_ops::HttpOptions {
+        auth: config.http_auth.clone(),
+        routes: Some(feed.routes()),
+        public: crate::console::Console::PUBLIC,
+    };
+    let http = HttpServer::start_with(&config.http, metrics.registry.clone(), options)?;
+    Ok((
+        http,
+        Console {
+            feed,
+            _sampler: sampler,
+        },
+    ))
 }
 
 /// CURVE state while binding: the broker's secret key and the ZAP handler to start.
@@ -369,6 +397,8 @@ struct Loop {
     spare: Vec<Out>,
     /// How long to spin before blocking when idle.
     idle_spin: Duration,
+    /// Hands the console a dispatcher snapshot (with HTTP on).
+    console: Option<crate::console::Publisher>,
 }
 
 impl Loop {
@@ -397,6 +427,17 @@ impl Loop {
             self.poll(timeout)?;
             self.dispatcher.tick(Clock::real());
             self.flush();
+            self.publish_status();
+        }
+    }
+
+    /// Gives the console a fresh snapshot when the last is [`crate::console::PUBLISH_EVERY`]
+    /// old: a few allocations per worker and service, at most four times a second.
+    fn publish_status(&mut self) {
+        let Some(p) = &mut self.console else { return };
+        let now = Instant::now();
+        if p.due(now) {
+            p.publish(now, self.dispatcher.status(Clock::real()));
         }
     }
 

@@ -1,14 +1,18 @@
 //! What every Tradeplex process shares for operations: the HTTP endpoint serving
-//! `/metrics`, `/healthz` and `/readyz`, logging set-up, and the shutdown flag.
+//! `/metrics`, `/healthz`, `/readyz` (and pages a binary adds, behind optional
+//! credentials), process metrics and build info, logging set-up, and the shutdown flag.
 //! One copy here instead of one per binary.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod curve;
 pub mod http;
+pub mod http_auth;
 pub mod journal;
 pub mod logging;
+pub mod process_metrics;
 pub mod shutdown;
 
-pub use http::HttpServer;
+pub use http::{HttpOptions, HttpServer, Page};
+pub use http_auth::HttpAuth;
 pub use shutdown::Shutdown;

@@ -355,6 +355,10 @@ def test_worker_host_process_reached_from_cli_and_a_tradeplex_gateway(cluster: C
     assert _metric(text, 'tradeplex_worker_events_published_total{kind="contract"}') == 5
     assert "tradeplex_worker_handler_duration_seconds_bucket" in text
     assert _metric(text, "tradeplex_worker_events_dropped_total") == 0
+    version = tradeplex.__version__
+    assert _metric(text, f'tradeplex_build_info{{commit="unknown",version="{version}"}}') == 1
+    assert _metric(text, "process_resident_memory_bytes") > 0
+    assert _metric(text, "process_open_fds") > 0
 
 
 def test_worker_host_flags_are_validated_by_name(cluster: Cluster) -> None:

@@ -166,7 +166,9 @@ struct Exercised {
 
 fn exercised_cluster() -> Exercised {
     let broker = Broker::start(&[]);
-    let (worker, worker_http) = broker.worker_http(&["--http", "127.0.0.1:0"]);
+    // With a gateway, so the gateway and order series exist (SIM exports them once it
+    // reports its connection state).
+    let (worker, worker_http) = broker.worker_http(&["--http", "127.0.0.1:0", "--service", "SIM"]);
     let client = broker.client();
     broker.wait_for_workers(&client, "echo", 1);
     client
@@ -193,6 +195,10 @@ fn exercised_cluster() -> Exercised {
         let page = scrape(&broker.http);
         page.sum("tradeplex_bad_frames_total", &[("socket", "frontend")]) >= 1.0
             && page.sum("tradeplex_event_drops_total", &[("reason", "malformed")]) >= 1.0
+    });
+    wait_until(Duration::from_secs(20), "SIM's gateway series", || {
+        scrape(&worker_http).value("tradeplex_gateway_connected", &[("gateway", "SIM")])
+            == Some(1.0)
     });
     Exercised {
         broker_page: scrape(&broker.http),
@@ -277,6 +283,89 @@ fn alert_rules_and_dashboard_use_only_metric_names_the_binaries_expose() {
                     .all(|t| t["expr"].as_str().is_some_and(|e| !e.trim().is_empty())),
             "panel {} has no query",
             p["title"]
+        );
+    }
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, spaces to `-`, punctuation other
+/// than `-` and `_` dropped.
+fn heading_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_runbook_url_points_at_a_heading_of_the_operations_doc() {
+    let alerts = repo_file("deploy/prometheus/alerts.yml");
+    let doc = repo_file("docs/operations.md");
+    let anchors: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| heading_anchor(h.trim_start_matches('#')))
+        .collect();
+    let urls: Vec<&str> = alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook_url:"))
+        .map(str::trim)
+        .collect();
+    for alert in [
+        "TradeplexGatewayDisconnected",
+        "TradeplexOrderRejectsRising",
+        "TradeplexWorkerEventDrops",
+        "TradeplexWorkerPoolShrunk",
+        "TradeplexInsecureBind",
+    ] {
+        let url = format!("docs/operations.md#{}", alert.to_lowercase());
+        assert!(
+            urls.contains(&url.as_str()),
+            "{alert} has no runbook_url {url}"
+        );
+    }
+    for url in urls {
+        let anchor = url
+            .strip_prefix("docs/operations.md#")
+            .unwrap_or_else(|| panic!("runbook_url {url} is not a docs/operations.md anchor"));
+        assert!(
+            anchors.contains(anchor),
+            "docs/operations.md has no heading for #{anchor}"
+        );
+    }
+}
+
+#[test]
+fn broker_and_worker_export_process_metrics_and_their_build() {
+    let c = exercised_cluster();
+    for (who, page) in [("broker", &c.broker_page), ("worker", &c.worker_page)] {
+        // CPU seconds may still read 0 in a process this young; the others cannot.
+        assert!(
+            page.value("process_cpu_seconds_total", &[]).is_some(),
+            "{who}"
+        );
+        for name in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                page.value(name, &[]).is_some_and(|v| v > 0.0),
+                "{who}: no {name} in\n{}",
+                page.text
+            );
+        }
+        let version = ("version", env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            page.sum("tradeplex_build_info", &[version]),
+            1.0,
+            "{who}:\n{}",
+            page.text
         );
     }
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub capacity: u32,
     /// HTTP address for /metrics etc.; empty = off.
     pub http: String,
+    /// Credentials the HTTP port asks for (all but /healthz and /readyz); none = open.
+    pub http_auth: tradeplex_ops::HttpAuth,
     /// Heartbeat interval, ms.
     pub heartbeat_ms: u64,
     /// Heartbeats the broker may miss before we reconnect.
@@ -64,6 +66,7 @@ impl Default for Config {
             services: Vec::new(),
             capacity: 4,
             http: String::new(),
+            http_auth: Default::default(),
             heartbeat_ms: 1000,
             liveness: 3,
             journal: None,
@@ -107,6 +110,7 @@ impl Config {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let field = check;
+        self.http_auth.validate()?;
         self.journal_options()?;
         field(
             "journal_max_bytes",
@@ -183,6 +187,16 @@ mod tests {
         }
         let e = toml::from_str::<Config>("[sim]\nsymbol = []\n").unwrap_err();
         assert!(e.to_string().contains("symbol"), "{e}");
+    }
+
+    #[test]
+    fn http_credentials_are_read_and_checked() {
+        let c: Config = toml::from_str("[http_auth]\ntoken = \"0123456789abcdef\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http_auth.token.as_deref(), Some("0123456789abcdef"));
+        let bad: Config = toml::from_str("[http_auth]\npassword = \"long-enough\"\n").unwrap();
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("http_auth.user"), "{e}");
     }
 
     #[test]

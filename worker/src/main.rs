@@ -163,7 +163,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let http = match config.http.as_str() {
         "" => None,
         addr => {
-            let h = HttpServer::start(addr, worker.metrics().registry.clone())
+            let options = tradeplex_ops::HttpOptions {
+                auth: config.http_auth.clone(),
+                ..Default::default()
+            };
+            let h = HttpServer::start_with(addr, worker.metrics().registry.clone(), options)
                 .with_context(|| format!("serving http on {addr}"))?;
             Some(h)
         }

@@ -4,6 +4,10 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// The `result` label values of `tradeplex_gateway_orders_total`, exported at 0 once a
+/// gateway reports its connection state, so `increase()` sees the first reject.
+pub const ORDER_RESULTS: [&str; 4] = ["sent", "filled", "cancelled", "rejected"];
+
 /// Every metric a worker exposes.
 pub struct WorkerMetrics {
     /// The registry `/metrics` renders.
@@ -32,6 +36,7 @@ impl WorkerMetrics {
     /// Creates and registers every worker metric (static definitions; cannot fail on input).
     pub fn new() -> WorkerMetrics {
         let r = Registry::new();
+        tradeplex_ops::process_metrics::register(&r);
         let requests = IntCounterVec::new(
             Opts::new(
                 "tradeplex_worker_requests_total",

@@ -9,7 +9,9 @@ disconnected, 1 connected, 2 reconnecting), ``tradeplex_gateway_orders_total{gat
 result}`` (``sent``, ``filled``, ``cancelled``, ``rejected``),
 ``tradeplex_worker_events_published_total{kind}`` and
 ``tradeplex_worker_events_dropped_total``. The host keeps no journal, so there is no
-``tradeplex_worker_journal_errors_total``.
+``tradeplex_worker_journal_errors_total``. Like every Tradeplex binary it also exports the
+``process_*`` family (prometheus_client's ProcessCollector, Linux) and
+``tradeplex_build_info{version, commit}`` (commit "unknown": a Python package carries none).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -101,6 +103,13 @@ class HostMetrics:
             registry=r,
         )
         r.register(_WorkerCounters(worker))
+        ProcessCollector(registry=r)
+        Gauge(
+            "tradeplex_build_info",
+            'Always 1; the labels say which build runs (commit "unknown" outside git)',
+            ["version", "commit"],
+            registry=r,
+        ).labels(tradeplex.__version__, "unknown").set(1)
 
     def observe(self, service: str, outcome: str, seconds: float) -> None:
         """One executed request (the `tradeplex.Worker` observer)."""

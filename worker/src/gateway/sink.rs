@@ -187,6 +187,9 @@ impl EventSink {
             m.gateway_state
                 .with_label_values(&[gateway])
                 .set(state.gauge());
+            for result in crate::metrics::ORDER_RESULTS {
+                m.orders.with_label_values(&[gateway, result]);
+            }
         }
         let level = if state == ConnectionState::Connected {
             "info"
