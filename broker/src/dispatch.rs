@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tradeplex_proto::client::{self, ErrorHeader, ReplyHeader, RequestHeader};
 use tradeplex_proto::mgmt::{
     HaltReply, HaltRequest, ResumeReply, ResumeRequest, ServiceStatus, StatusReply, WorkerStatus,
-    HALT_SERVICE, MAX_HALT_ACCOUNT, MAX_HALT_REASON, RESUME_SERVICE, STATUS_SERVICE,
+    HALT_SERVICE, MAX_HALT_ACCOUNT, MAX_HALT_REASON, RESUME_SERVICE, RISK_SERVICE, STATUS_SERVICE,
 };
 use tradeplex_proto::model::{CancelRequest, GatewayRequest, OrderId};
 use tradeplex_proto::worker::{self, DisconnectHeader, HeartbeatHeader, ReadyHeader};
@@ -305,8 +305,20 @@ impl Dispatcher {
 
     // ----- client side -------------------------------------------------------------
 
-    /// A REQUEST from a client.
+    /// A REQUEST from an anonymous client (see [`Dispatcher::on_request_from`]).
     pub fn on_request(&mut self, clock: Clock, client: Identity, h: RequestHeader, body: Body) {
+        self.on_request_from(clock, client, &risk::Caller::default(), h, body);
+    }
+
+    /// A REQUEST from a client the socket loop identified as `caller`.
+    pub fn on_request_from(
+        &mut self,
+        clock: Clock,
+        client: Identity,
+        caller: &risk::Caller,
+        h: RequestHeader,
+        body: Body,
+    ) {
         self.note_client(&client, clock.now);
         let metrics = if h.service.is_mgmt() {
             self.mgmt_metrics.clone()
@@ -320,13 +332,14 @@ impl Dispatcher {
             return;
         }
         if h.service.is_mgmt() {
-            self.answer_mgmt(clock, client, &h, &body, &metrics);
+            self.answer_mgmt(clock, client, caller, &h, &body, &metrics);
             return;
         }
-        let mut verdict = self.risk.as_ref().map(|r| r.check(clock.unix_ms, &body));
+        let mut verdict = (self.risk.as_ref()).map(|r| r.check_from(clock.unix_ms, caller, &body));
         let mut audit_rid = None;
         if let (Some(stage), Some(v)) = (&self.risk, &verdict) {
-            match stage.audit_request(clock.unix_ms, &client, h.id.0, &body, v) {
+            let name = caller.name.as_deref();
+            match stage.audit_request(clock.unix_ms, &client, name, h.id.0, &body, v) {
                 Ok(rid) => audit_rid = rid,
                 // An order the journal cannot record is not sent.
                 Err(message) => {
@@ -399,7 +412,7 @@ impl Dispatcher {
             ));
         }
         if h.service.is_mgmt() {
-            let known = [STATUS_SERVICE, HALT_SERVICE, RESUME_SERVICE];
+            let known = [STATUS_SERVICE, HALT_SERVICE, RESUME_SERVICE, RISK_SERVICE];
             return (!known.contains(&h.service.as_str())).then(|| {
                 (
                     ErrorCode::UnknownService,
@@ -449,11 +462,15 @@ impl Dispatcher {
         &mut self,
         clock: Clock,
         client: Identity,
+        caller: &risk::Caller,
         h: &RequestHeader,
         body: &[u8],
         m: &ServiceMetrics,
     ) {
         let reply = match h.service.as_str() {
+            RISK_SERVICE => (self.risk.as_ref())
+                .ok_or_else(no_stage)
+                .and_then(|s| s.manage(clock.unix_ms, caller, body)),
             HALT_SERVICE => decode_mgmt::<HaltRequest>(body)
                 .and_then(|r| self.halt(clock, r))
                 .and_then(|r| encode_mgmt(&r)),
