@@ -339,7 +339,7 @@ impl Dispatcher {
         let mut audit_rid = None;
         if let (Some(stage), Some(v)) = (&self.risk, &verdict) {
             let name = caller.name.as_deref();
-            match stage.audit_request(clock.unix_ms, &client, name, h.id.0, &body, v) {
+            match stage.audit_request_from(clock.unix_ms, &client, name, h.id.0, &body, v) {
                 Ok(rid) => audit_rid = rid,
                 // An order the journal cannot record is not sent.
                 Err(message) => {

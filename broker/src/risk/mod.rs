@@ -554,6 +554,18 @@ impl Stage {
         &self,
         now_ms: u64,
         client: &[u8],
+        id: u64,
+        body: &[u8],
+        verdict: &Verdict,
+    ) -> Result<Option<String>, String> {
+        self.audit_request_from(now_ms, client, None, id, body, verdict)
+    }
+
+    /// [`Stage::audit_request`] for a request from the client named `name`.
+    pub fn audit_request_from(
+        &self,
+        now_ms: u64,
+        client: &[u8],
         name: Option<&str>,
         id: u64,
         body: &[u8],

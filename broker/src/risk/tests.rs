@@ -513,7 +513,7 @@ fn audited(
     let b = body(o);
     let v = s.check(t, &b);
     let rid = s
-        .audit_request(t, &[0xab, 0x01], Some("alpha"), 7, &b, &v)
+        .audit_request_from(t, &[0xab, 0x01], Some("alpha"), 7, &b, &v)
         .unwrap();
     match v {
         Verdict::Admitted(ticket) => {
