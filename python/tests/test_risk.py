@@ -142,3 +142,26 @@ def test_a_halt_refuses_orders_and_tradeplex_gateway_gets_them_as_rejected(
             10,
             "an accepted order after resume",
         )
+
+
+def test_a_declared_client_name_meets_its_limits_and_tpx_risk_is_for_admins_only(
+    cluster: Cluster,
+) -> None:
+    config = cluster.tmp / "risk-clients.toml"
+    config.write_text('[risk]\nadmins = ["ops"]\n[risk.clients.alpha]\norder_size_limit = 5\n')
+    broker = cluster.broker(None, "--config", str(config))
+    cluster.worker(broker, "SIM")
+    order = {"symbol": "AAPL", "direction": Direction.LONG, "order_type": "market"}
+    with broker.client(client_name="alpha") as alpha, broker.client(client_name="ops") as ops:
+        assert alpha.send_order("SIM", volume=5, account="sim", **order).volume == 5
+        with pytest.raises(tradeplex.CallError) as e:
+            alpha.send_order("SIM", volume=6, account="sim", **order)
+        assert e.value.code == tradeplex.errors.RISK_REJECTED
+        assert e.value.message == "order_size_limit: limit 5, value 6 (client alpha)"
+        with pytest.raises(tradeplex.CallError) as e:
+            alpha.call("tpx.risk", {"op": "show"})
+        assert e.value.code == tradeplex.errors.FORBIDDEN == "forbidden"
+        assert e.value.number == 12
+        shown = ops.call("tpx.risk", {"op": "set", "clients": {"alpha": {"order_size_limit": 7}}})
+        assert shown["clients"]["alpha"] == {"order_size_limit": 7.0}
+        assert alpha.send_order("SIM", volume=6, account="sim", **order).volume == 6
