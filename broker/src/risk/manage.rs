@@ -89,7 +89,7 @@ fn apply_set(mut cfg: RiskConfig, r: SetRequest) -> Result<RiskConfig, CallError
     for a in &r.account {
         if !seen.insert(a.name.as_str()) {
             return Err(bad(format!(
-                "`risk.account.name`: account {:?} is listed twice",
+                "invalid config field `risk.account.name`: account {:?} is listed twice",
                 a.name
             )));
         }
