@@ -381,3 +381,30 @@ fn with_curve_each_key_names_its_client_in_the_journal_and_a_key_removed_by_sigh
         Some(1.0)
     );
 }
+
+#[test]
+fn a_clients_daily_count_survives_a_broker_restart_through_the_journal() {
+    let journal = temp_path("runtime-replay.jsonl");
+    let config = write_config(
+        "runtime-replay.toml",
+        &format!(
+            "[risk]\njournal = {:?}\n[risk.clients.alpha]\ncontract_order_limit = 1\n",
+            journal.to_str().unwrap()
+        ),
+    );
+    let args = ["--config", config.to_str().unwrap()];
+    let mut broker = Broker::start(&args);
+    let _w = broker.worker(&["--service", "SIM"]);
+    let alpha = named(&broker, "alpha");
+    broker.wait_for_workers(&alpha, "SIM", 1);
+    alpha.send_order("SIM", order(1.0)).unwrap();
+    let broker = broker.kill9_and_restart_with_liveness(TEST_LIVENESS, &args);
+    broker.wait_for_workers(&alpha, "SIM", 1);
+    // The restarted broker counted alpha's order of today from the journal's `name`.
+    let m = remote_error(alpha.send_order("SIM", order(1.0)), ErrorCode::RiskRejected);
+    assert_eq!(m, "contract_order_limit: limit 1, value 2 (client alpha)");
+    // Another client of the same account is not limited.
+    named(&broker, "beta")
+        .send_order("SIM", order(1.0))
+        .unwrap();
+}

@@ -236,6 +236,33 @@ fn keep_restart_only(old: &RiskConfig, new: &mut RiskConfig) -> Vec<&'static str
 impl Stage {
     /// Answers a `tpx.risk` call from `caller` at `now_ms`: the reply body, or the error.
     pub fn manage(&self, now_ms: u64, caller: &Caller, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        let r = self.manage_inner(now_ms, caller, body);
+        if let Err((code, message)) = &r {
+            let allowed = self
+                .shared
+                .refusal_log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .allow();
+            if let Some(suppressed) = allowed {
+                let who = caller.name.as_deref().unwrap_or("-");
+                tracing::warn!(
+                    client = who,
+                    code = code.name(),
+                    suppressed,
+                    "tpx.risk refused: {message}"
+                );
+            }
+        }
+        r
+    }
+
+    fn manage_inner(
+        &self,
+        now_ms: u64,
+        caller: &Caller,
+        body: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
         if !caller.admin {
             self.shared
                 .metrics

@@ -262,6 +262,8 @@ struct Shared {
     /// Held across a runtime change's read-modify-write of the policy (tpx.risk on the
     /// main loop, a reload on the signal thread).
     changing: Mutex<()>,
+    /// Bounds the log lines of refused `tpx.risk` calls (a client may repeat them).
+    refusal_log: Mutex<crate::wire::LogLimiter>,
 }
 
 impl Shared {
@@ -364,6 +366,7 @@ impl Stage {
                 metrics: RiskMetrics::new(registry),
                 audit: std::sync::OnceLock::new(),
                 changing: Mutex::new(()),
+                refusal_log: Mutex::new(crate::wire::LogLimiter::new(10)),
             }),
         }
     }
