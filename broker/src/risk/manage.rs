@@ -332,9 +332,18 @@ impl Stage {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Puts `cfg` (validated) in force in place of `old`, journaling each entry changed.
+    /// Puts `cfg` (validated) in force in place of `old`, journaling each entry changed
+    /// (nothing when nothing differs).
     fn put(&self, now_ms: u64, old: &Policy, cfg: RiskConfig, rules: bool, by: &str, via: &str) {
-        let changes = diff(&old.cfg, &cfg);
+        let mut changes = diff(&old.cfg, &cfg);
+        if rules != old.rules {
+            let v = |on: bool| Some(serde_json::json!({ "rules": on }));
+            changes.push(("risk".into(), v(old.rules), v(rules)));
+        }
+        // A reload of an unchanged file changes nothing, not even who changed it last.
+        if changes.is_empty() {
+            return;
+        }
         self.shared.set_policy(Policy::new(cfg, rules, now_ms, by));
         self.shared.metrics.changes.with_label_values(&[via]).inc();
         for (what, before, after) in changes {

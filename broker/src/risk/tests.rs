@@ -831,6 +831,9 @@ fn a_reload_keeps_the_settings_that_need_a_restart_and_reports_them() {
         rejected(&send(&s, T0, &order(4.0, 3900.0))),
         "order_size_limit: limit 3, value 4"
     );
+    // The same file again changes nothing (not even who last changed it).
+    s.reload(T0 + 1, Some(&new)).unwrap();
+    assert_eq!(s.shared.policy().changed_ms, T0);
     // No [risk] section: no rules.
     assert!(s
         .reload(T0, None)
