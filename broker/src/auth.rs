@@ -1,14 +1,15 @@
 //! CURVE authentication: the ZAP handler (RFC 27) that admits only allow-listed public
 //! keys — client keys on the frontend and XPUB, worker keys on the backend and XSUB — so
-//! nobody who merely reaches a port can trade or inject events.
+//! nobody who merely reaches a port can trade or inject events. The lists live in
+//! [`Identities`], which a reload (SIGHUP) swaps; ZAP runs at each connection's handshake.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tradeplex_ops::Shutdown;
 
 use crate::metrics::Metrics;
+use crate::risk::identity::Identities;
 
 /// The ZAP endpoint libzmq asks (fixed by the ZAP specification).
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -25,43 +26,23 @@ pub const DOMAIN_XPUB: &str = "xpub";
 /// The bound ZAP handler, ready to run.
 pub struct Authenticator {
     socket: zmq::Socket,
-    clients: HashSet<Vec<u8>>,
-    workers: HashSet<Vec<u8>>,
+    identities: Identities,
     metrics: Arc<Metrics>,
-}
-
-/// Decodes allow-listed z85 keys into raw 32-byte keys (what ZAP requests carry).
-fn decode_keys(
-    field: &'static str,
-    keys: &[String],
-) -> Result<HashSet<Vec<u8>>, tradeplex_ops::curve::CurveError> {
-    keys.iter()
-        .map(|k| {
-            tradeplex_ops::curve::check_key(field, k)?;
-            zmq::z85_decode(k).map_err(|_| tradeplex_ops::curve::CurveError::BadKey {
-                field: field.into(),
-            })
-        })
-        .collect()
 }
 
 impl Authenticator {
     /// Binds the ZAP endpoint in `ctx` (before any CURVE server socket binds).
     pub fn bind(
         ctx: &zmq::Context,
-        allow_clients: &[String],
-        allow_workers: &[String],
+        identities: Identities,
         metrics: Arc<Metrics>,
     ) -> Result<Authenticator, tradeplex_ops::curve::CurveError> {
-        let clients = decode_keys("curve.allow_clients", allow_clients)?;
-        let workers = decode_keys("curve.allow_workers", allow_workers)?;
         let socket = ctx.socket(zmq::REP)?;
         socket.set_linger(0)?;
         socket.bind(ZAP_ENDPOINT)?;
         Ok(Authenticator {
             socket,
-            clients,
-            workers,
+            identities,
             metrics,
         })
     }
@@ -95,16 +76,14 @@ impl Authenticator {
         let (version, request_id, domain, mechanism, key) =
             (field(0), field(1), field(2), field(5), field(6));
         // Each key list admits only on its own sockets: a client key never registers as a
-        // worker nor publishes events; an unknown domain admits nobody.
-        let allowed = match domain {
-            b"frontend" | b"xpub" => Some(&self.clients),
-            b"backend" | b"xsub" => Some(&self.workers),
-            _ => None,
-        };
+        // worker nor publishes events; an unknown domain admits nobody. The user id is the
+        // z85 key: the socket loop names the client from it at each request, by the table
+        // then in force.
+        let user = zmq::z85_encode(key).unwrap_or_default();
         let ok = version == b"1.0"
             && mechanism == b"CURVE"
-            && allowed.is_some_and(|keys| keys.contains(key));
-        let user = zmq::z85_encode(key).unwrap_or_default();
+            && key.len() == 32
+            && self.identities.admits(domain, &user);
         if !ok {
             let domain = String::from_utf8_lossy(domain).into_owned();
             self.metrics
@@ -173,13 +152,16 @@ mod tests {
         let z = |k: &[u8; 32]| zmq::z85_encode(k).unwrap();
         let ctx = zmq::Context::new();
         let metrics = Arc::new(Metrics::new());
-        let a = Authenticator::bind(
-            &ctx,
-            &[z(&client.public_key)],
-            &[z(&worker.public_key)],
-            metrics.clone(),
-        )
+        let config = crate::Config::from_toml(&format!(
+            "[curve]\nkey_file = \"/k\"\nallow_clients = [{:?}]\nallow_workers = [{:?}]\n",
+            z(&client.public_key),
+            z(&worker.public_key)
+        ))
         .unwrap();
+        let forbidden =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("f", "f"), &["reason"]).unwrap();
+        let ids = Identities::new(&config, forbidden).unwrap();
+        let a = Authenticator::bind(&ctx, ids, metrics.clone()).unwrap();
         let (c, w) = (&client.public_key[..], &worker.public_key[..]);
         assert!(admitted(&a, DOMAIN_FRONTEND, c) && admitted(&a, DOMAIN_XPUB, c));
         assert!(

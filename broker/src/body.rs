@@ -78,6 +78,20 @@ impl Body {
         unsafe { zmq_sys::zmq_msg_more(&self.msg) != 0 }
     }
 
+    /// A property libzmq attached to a received frame (`User-Id`, `Peer-Address`), if set
+    /// and UTF-8.
+    pub fn property(&self, name: &std::ffi::CStr) -> Option<&str> {
+        // SAFETY: `msg` is initialised and `name` NUL-terminated; libzmq returns NULL or a
+        // NUL-terminated string in the frame's metadata, which lives while the frame does
+        // (the borrow of `self`).
+        let p = unsafe { zmq_sys::zmq_msg_gets(&self.msg, name.as_ptr()) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: non-NULL: a NUL-terminated string, as above.
+        unsafe { std::ffi::CStr::from_ptr(p) }.to_str().ok()
+    }
+
     /// Sends this frame on `socket` (consumed whether or not the send succeeds).
     pub fn send(mut self, socket: &mut zmq::Socket, flags: i32) -> zmq::Result<()> {
         // SAFETY: on success libzmq takes the content and leaves `msg` empty, which Drop

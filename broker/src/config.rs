@@ -82,6 +82,21 @@ pub struct CurveConfig {
     pub allow_clients: Vec<String>,
     /// Public keys (z85) of workers allowed on the backend and XSUB.
     pub allow_workers: Vec<String>,
+    /// Named clients (`[[curve.clients]]`): allowed like `allow_clients`, and named by
+    /// their key (per-client risk limits, the audit journal, admin rights).
+    pub clients: Vec<CurveClient>,
+}
+
+/// One `[[curve.clients]]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CurveClient {
+    /// The client's name (1-64 bytes of `A-Z a-z 0-9 _ . -`).
+    pub name: String,
+    /// Its public key (z85).
+    pub key: String,
+    /// Whether it may change risk limits at runtime (`tpx.risk`).
+    pub admin: bool,
 }
 
 impl Default for Config {
@@ -276,6 +291,28 @@ impl Config {
                     });
                 }
             }
+            for c in &curve.clients {
+                if !tradeplex_proto::client::valid_client_name(&c.name) {
+                    return Err(ConfigError::Field {
+                        field: "curve.clients.name",
+                        reason: format!(
+                            "{:?} is not a client name (1-64 bytes of A-Z a-z 0-9 _ . -)",
+                            c.name
+                        ),
+                    });
+                }
+                if tradeplex_ops::curve::check_key("curve.clients.key", &c.key).is_err() {
+                    return Err(ConfigError::Field {
+                        field: "curve.clients.key",
+                        reason: format!(
+                            "{}: {:?} is not a 40-character z85 public key",
+                            c.name, c.key
+                        ),
+                    });
+                }
+            }
+            // Names and keys listed twice.
+            crate::risk::identity::Table::from_config(self)?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use tradeplex_proto::client::{self, ErrorHeader, ReplyHeader, RequestHeader};
 use tradeplex_proto::mgmt::{
     HaltReply, HaltRequest, ReplayReply, ReplayRequest, ResumeReply, ResumeRequest, ServiceStatus,
     StatusReply, WorkerStatus, HALT_SERVICE, MAX_HALT_ACCOUNT, MAX_HALT_REASON, REPLAY_SERVICE,
-    RESUME_SERVICE, STATUS_SERVICE,
+    RESUME_SERVICE, RISK_SERVICE, STATUS_SERVICE,
 };
 use tradeplex_proto::model::{CancelRequest, GatewayRequest, OrderId};
 use tradeplex_proto::worker::{self, DisconnectHeader, HeartbeatHeader, ReadyHeader};
@@ -314,8 +314,20 @@ impl Dispatcher {
 
     // ----- client side -------------------------------------------------------------
 
-    /// A REQUEST from a client.
+    /// A REQUEST from an anonymous client (see [`Dispatcher::on_request_from`]).
     pub fn on_request(&mut self, clock: Clock, client: Identity, h: RequestHeader, body: Body) {
+        self.on_request_from(clock, client, &risk::Caller::default(), h, body);
+    }
+
+    /// A REQUEST from a client the socket loop identified as `caller`.
+    pub fn on_request_from(
+        &mut self,
+        clock: Clock,
+        client: Identity,
+        caller: &risk::Caller,
+        h: RequestHeader,
+        body: Body,
+    ) {
         self.note_client(&client, clock.now);
         let metrics = if h.service.is_mgmt() {
             self.mgmt_metrics.clone()
@@ -329,13 +341,14 @@ impl Dispatcher {
             return;
         }
         if h.service.is_mgmt() {
-            self.answer_mgmt(clock, client, &h, &body, &metrics);
+            self.answer_mgmt(clock, client, caller, &h, &body, &metrics);
             return;
         }
-        let mut verdict = self.risk.as_ref().map(|r| r.check(clock.unix_ms, &body));
+        let mut verdict = (self.risk.as_ref()).map(|r| r.check_from(clock.unix_ms, caller, &body));
         let mut audit_rid = None;
         if let (Some(stage), Some(v)) = (&self.risk, &verdict) {
-            match stage.audit_request(clock.unix_ms, &client, h.id.0, &body, v) {
+            let name = caller.name.as_deref();
+            match stage.audit_request_from(clock.unix_ms, &client, name, h.id.0, &body, v) {
                 Ok(rid) => audit_rid = rid,
                 // An order the journal cannot record is not sent.
                 Err(message) => {
@@ -408,7 +421,13 @@ impl Dispatcher {
             ));
         }
         if h.service.is_mgmt() {
-            let known = [STATUS_SERVICE, HALT_SERVICE, RESUME_SERVICE, REPLAY_SERVICE];
+            let known = [
+                STATUS_SERVICE,
+                HALT_SERVICE,
+                RESUME_SERVICE,
+                RISK_SERVICE,
+                REPLAY_SERVICE,
+            ];
             return (!known.contains(&h.service.as_str())).then(|| {
                 (
                     ErrorCode::UnknownService,
@@ -458,11 +477,15 @@ impl Dispatcher {
         &mut self,
         clock: Clock,
         client: Identity,
+        caller: &risk::Caller,
         h: &RequestHeader,
         body: &[u8],
         m: &ServiceMetrics,
     ) {
         let reply = match h.service.as_str() {
+            RISK_SERVICE => (self.risk.as_ref())
+                .ok_or_else(no_stage)
+                .and_then(|s| s.manage(clock.unix_ms, caller, body)),
             HALT_SERVICE => decode_mgmt::<HaltRequest>(body)
                 .and_then(|r| self.halt(clock, r))
                 .and_then(|r| encode_mgmt(&r)),

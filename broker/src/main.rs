@@ -1,5 +1,7 @@
 //! `tradeplex-broker`: parses flags over the TOML config, sets up logging and signals,
-//! binds, prints one `ready …` line on stdout with the bound endpoints, and runs.
+//! binds, prints one `ready …` line on stdout with the bound endpoints, and runs. SIGHUP
+//! re-reads the config file (flags applied again) and puts its risk limits and CURVE
+//! lists in force without dropping a connection.
 
 use anyhow::Context;
 use clap::Parser;
@@ -8,7 +10,7 @@ use std::path::PathBuf;
 use tradeplex_broker::{Broker, Config, Shutdown};
 
 /// The Tradeplex broker.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "tradeplex-broker", version, about)]
 struct Args {
     /// TOML config file; flags override it.
@@ -121,13 +123,15 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     tradeplex_ops::logging::init(&args.log_level, args.log_json);
-    let config = args.into_config()?;
+    let config = args.clone().into_config()?;
     let shutdown = Shutdown::new();
     shutdown
         .on_signals()
         .context("installing signal handlers")?;
     let exposed = config.exposed_plaintext();
     let broker = Broker::bind(config).context("starting broker")?;
+    // Before the ready line: SIGHUP's default action would end the process.
+    on_sighup(args, broker.reloader()).context("installing the SIGHUP handler")?;
     if !exposed.is_empty() {
         // Only reachable with `insecure` (validation refuses it otherwise).
         broker.metrics().insecure.set(1);
@@ -141,5 +145,30 @@ fn run(args: Args) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
     broker.run(shutdown).context("broker failed")?;
+    Ok(())
+}
+
+/// Re-reads the config file on every SIGHUP, on a thread of its own, and hands it to the
+/// broker (a file that fails to load is refused there: logged, counted, nothing changed).
+fn on_sighup(
+    args: Args,
+    reloader: tradeplex_broker::risk::manage::Reloader,
+) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("tpx-sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                tracing::info!(config = ?args.config, "SIGHUP: reloading the config file");
+                let loaded = match &args.config {
+                    None => Err("no --config file to reload".to_string()),
+                    Some(_) => args
+                        .clone()
+                        .into_config()
+                        .map_err(|e| tradeplex_ops::logging::error_line(e.chain())),
+                };
+                let _ = reloader.apply(loaded);
+            }
+        })?;
     Ok(())
 }

@@ -96,6 +96,8 @@ pub struct Broker {
     endpoints: Endpoints,
     metrics: Arc<Metrics>,
     curve: Curve,
+    stage: crate::risk::Stage,
+    identities: crate::risk::Identities,
     _ctx: zmq::Context,
 }
 
@@ -142,7 +144,15 @@ impl Broker {
         // bodies between max_body_bytes and this are answered `too_large`.
         let hard_limit = (config.max_body_bytes as i64).saturating_mul(2) + 64 * 1024;
 
-        let curve = Curve::start(&ctx, &config, metrics.clone())?;
+        // Always in the order path: without [risk] it runs no rule but keeps the book of
+        // working orders and answers the kill switch (tpx.halt / tpx.resume).
+        let stage = match &config.risk {
+            Some(risk) => crate::risk::Stage::new(risk.clone(), &metrics.registry)
+                .map_err(BrokerError::Config)?,
+            None => crate::risk::Stage::without_rules(&metrics.registry),
+        };
+        let identities = crate::risk::Identities::new(&config, stage.forbidden_counter())?;
+        let curve = Curve::start(&ctx, &config, identities.clone(), metrics.clone())?;
         let frontend = socket(&ctx, zmq::ROUTER, &config.frontend)?;
         curve.secure(&frontend, crate::auth::DOMAIN_FRONTEND, &config.frontend)?;
         configure(&frontend, &config.frontend, |s| {
@@ -197,8 +207,19 @@ impl Broker {
             endpoints,
             metrics,
             curve,
+            stage,
+            identities,
             _ctx: ctx,
         })
+    }
+
+    /// What applies a re-read config file (SIGHUP) to this broker while it runs.
+    pub fn reloader(&self) -> crate::risk::manage::Reloader {
+        crate::risk::manage::Reloader::new(
+            self.stage.clone(),
+            self.identities.clone(),
+            &self.config,
+        )
     }
 
     /// The endpoints bound.
@@ -222,6 +243,8 @@ impl Broker {
             console,
             metrics,
             curve,
+            stage,
+            identities,
             ..
         } = self;
         let zap = match curve.authenticator {
@@ -239,13 +262,6 @@ impl Broker {
         };
         let mut dispatcher = Dispatcher::new(dispatch_cfg, metrics.clone(), Instant::now());
         let mut relay = relay;
-        // Always in the order path: without [risk] it runs no rule but keeps the book of
-        // working orders and answers the kill switch (tpx.halt / tpx.resume).
-        let stage = match &config.risk {
-            Some(risk) => crate::risk::Stage::new(risk.clone(), &metrics.registry)
-                .map_err(BrokerError::Config)?,
-            None => crate::risk::Stage::without_rules(&metrics.registry),
-        };
         if let Some(risk) = &config.risk {
             open_audit(risk, &stage)?;
         }
@@ -276,6 +292,8 @@ impl Broker {
             spare: Vec::new(),
             idle_spin: Duration::from_micros(config.idle_spin_us),
             console: console.as_ref().map(|c| c.feed.publisher()),
+            identities,
+            forbidden_log: LogLimiter::new(10),
         };
         let result = lp.serve(&shutdown, Duration::from_millis(config.shutdown_grace_ms));
         shutdown.trigger();
@@ -325,6 +343,7 @@ impl Curve {
     fn start(
         ctx: &zmq::Context,
         config: &Config,
+        identities: crate::risk::Identities,
         metrics: Arc<Metrics>,
     ) -> Result<Curve, BrokerError> {
         let Some(c) = &config.curve else {
@@ -335,9 +354,9 @@ impl Curve {
         };
         tradeplex_ops::curve::require_curve()?;
         let keys = tradeplex_ops::curve::KeyPair::from_file(&c.key_file)?;
-        let auth =
-            crate::auth::Authenticator::bind(ctx, &c.allow_clients, &c.allow_workers, metrics)?;
-        tracing::info!(public_key = %keys.public_key, clients = c.allow_clients.len(), workers = c.allow_workers.len(), "CURVE enabled");
+        let auth = crate::auth::Authenticator::bind(ctx, identities.clone(), metrics)?;
+        let clients = identities.read().clients.len();
+        tracing::info!(public_key = %keys.public_key, clients, workers = c.allow_workers.len(), "CURVE enabled");
         Ok(Curve {
             secret_key: Some(keys.secret_key),
             authenticator: Some(auth),
@@ -399,6 +418,9 @@ struct Loop {
     idle_spin: Duration,
     /// Hands the console a dispatcher snapshot (with HTTP on).
     console: Option<crate::console::Publisher>,
+    /// Who is who: names each request's client.
+    identities: crate::risk::Identities,
+    forbidden_log: LogLimiter,
 }
 
 impl Loop {
@@ -531,7 +553,12 @@ impl Loop {
                     self.dispatcher
                         .reject_client(identity, h.id, ErrorCode::TooLarge, msg);
                 } else {
-                    self.dispatcher.on_request(clock, identity, h, body);
+                    match self.caller(&h) {
+                        Ok(caller) => self
+                            .dispatcher
+                            .on_request_from(clock, identity, &caller, h, body),
+                        Err(r) => self.forbid(identity, h.id, r),
+                    }
                 }
             }
             Ok(_) => {
@@ -548,6 +575,43 @@ impl Loop {
                     .reject_client(identity, id, e.code(), e.to_string());
             }
         }
+    }
+
+    /// Who sent the request just read (frames' `User-Id` / `Peer-Address`, the header's
+    /// declared `client`).
+    fn caller(
+        &self,
+        h: &client::RequestHeader,
+    ) -> Result<crate::risk::Caller, crate::risk::identity::Refusal> {
+        let ids = &self.identities;
+        if !ids.curve() && h.client.is_none() {
+            return Ok(crate::risk::Caller::default());
+        }
+        // Frame 1 came off the wire (frame 0 is the ROUTER's routing id), so it carries the
+        // connection's properties.
+        let frame = self.frames.as_slice().get(1);
+        let user_id = frame.and_then(|f| f.property(c"User-Id"));
+        let peer = frame.and_then(|f| f.property(c"Peer-Address"));
+        ids.resolve(user_id, peer, h.client.as_deref())
+    }
+
+    fn forbid(
+        &mut self,
+        identity: Vec<u8>,
+        id: tradeplex_proto::RequestId,
+        r: crate::risk::identity::Refusal,
+    ) {
+        self.identities.count_forbidden(r.reason);
+        if let Some(suppressed) = self.forbidden_log.allow() {
+            tracing::warn!(
+                reason = r.reason,
+                suppressed,
+                "request refused: {}",
+                r.message
+            );
+        }
+        self.dispatcher
+            .reject_client(identity, id, ErrorCode::Forbidden, r.message);
     }
 
     /// The request id of a message that failed to decode, if its header frame has one.

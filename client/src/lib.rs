@@ -45,6 +45,10 @@ pub struct ClientOptions {
     /// Off by default: a strategy's calls then ride out a broker restart; the CLI turns
     /// it on so a script learns at once that nothing listens.
     pub fail_fast: bool,
+    /// The name this client declares in every request (`client` header field): what the
+    /// broker's per-client risk limits and audit journal know it by. Honoured from
+    /// loopback without CURVE; with CURVE the key names the client and this must match.
+    pub name: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -55,6 +59,7 @@ impl Default for ClientOptions {
             reconnect: Duration::from_millis(100),
             curve: None,
             fail_fast: false,
+            name: None,
         }
     }
 }
@@ -69,6 +74,12 @@ impl ClientOptions {
     /// Sets [`ClientOptions::fail_fast`].
     pub fn fail_fast(mut self, on: bool) -> Self {
         self.fail_fast = on;
+        self
+    }
+
+    /// Sets [`ClientOptions::name`].
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 
@@ -277,6 +288,7 @@ impl Client {
             idempotent: opts.idempotent,
             target: opts.target,
             affinity: opts.affinity,
+            client: self.inner.options.name.clone(),
         };
         let retry_every = opts.idempotent.then(|| {
             opts.retry_every

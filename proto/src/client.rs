@@ -22,6 +22,17 @@ pub const FRAMES: usize = 4;
 /// Longest affinity key accepted, in bytes.
 pub const MAX_AFFINITY: usize = 128;
 
+/// Longest client name accepted (`client` header field, CURVE client names), in bytes.
+pub const MAX_CLIENT_NAME: usize = 64;
+
+/// Whether `name` is a valid client name: 1-64 bytes of `A-Z a-z 0-9 _ . -`.
+pub fn valid_client_name(name: &str) -> bool {
+    (1..=MAX_CLIENT_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 /// The command byte (frame 1).
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +79,11 @@ pub struct RequestHeader {
     /// Requests with the same affinity key go to the same worker while it lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<String>,
+    /// The name the client declares for itself (risk limits per client, the audit
+    /// journal). Honoured without CURVE from loopback peers only; with CURVE the key names
+    /// the client and a different declared name is refused `forbidden`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// Reads `target` so that a bad value is reported under its own name (a [`WorkerId`]
@@ -163,6 +179,14 @@ fn validate_request(h: &RequestHeader) -> Result<(), ProtoError> {
             reason: "must be a Unix time in milliseconds".into(),
         });
     }
+    if let Some(c) = &h.client {
+        if !valid_client_name(c) {
+            return Err(ProtoError::BadField {
+                field: "client",
+                reason: format!("must be 1-{MAX_CLIENT_NAME} bytes of A-Z a-z 0-9 _ . -"),
+            });
+        }
+    }
     if let Some(a) = &h.affinity {
         if a.is_empty() || a.len() > MAX_AFFINITY {
             return Err(ProtoError::BadField {
@@ -212,6 +236,7 @@ mod tests {
             idempotent: true,
             target: Some(WorkerId::random()),
             affinity: Some("acct-1".into()),
+            client: Some("alpha".into()),
         }
     }
 
@@ -357,7 +382,7 @@ mod tests {
 
         #[test]
         fn requests_round_trip(id in any::<u64>(), deadline in 1u64.., idem in any::<bool>(), svc in "[A-Za-z0-9_.-]{1,64}", aff in proptest::option::of("[a-z]{1,128}")) {
-            let h = RequestHeader { id: RequestId(id), service: ServiceName::new(svc).unwrap(), deadline_ms: deadline, idempotent: idem, target: None, affinity: aff };
+            let h = RequestHeader { id: RequestId(id), service: ServiceName::new(svc).unwrap(), deadline_ms: deadline, idempotent: idem, target: None, affinity: aff, client: None };
             let frames = with_body(encode(Command::Request, &h), b"x");
             prop_assert_eq!(decode(&frames).unwrap(), Message::Request(h));
         }

@@ -31,11 +31,15 @@ pub enum ErrorCode {
     /// The broker's pre-trade risk stage refused the order; the message names the rule,
     /// its limit and the order's value (`<rule>: limit <L>, value <V>`). Never delivered.
     RiskRejected = 11,
+    /// The caller may not make this request: a management call only admin clients may
+    /// make (`tpx.risk`), a declared client name from a peer that is not on loopback, or a
+    /// CURVE key no longer allow-listed. Never delivered.
+    Forbidden = 12,
 }
 
 impl ErrorCode {
     /// Every code, in number order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownService,
         ErrorCode::DeadlineExceeded,
@@ -47,6 +51,7 @@ impl ErrorCode {
         ErrorCode::UnknownWorker,
         ErrorCode::Unavailable,
         ErrorCode::RiskRejected,
+        ErrorCode::Forbidden,
     ];
 
     /// The stable name printed by the CLI and used as a metric label.
@@ -63,6 +68,7 @@ impl ErrorCode {
             ErrorCode::UnknownWorker => "unknown_worker",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::RiskRejected => "risk_rejected",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 
@@ -106,6 +112,7 @@ mod tests {
             (9, "unknown_worker"),
             (10, "unavailable"),
             (11, "risk_rejected"),
+            (12, "forbidden"),
         ];
         for (n, name) in expected {
             let code = ErrorCode::from_u16(n).unwrap();

@@ -1,6 +1,7 @@
 //! The broker's own management services, called like any other service over the
 //! frontend: `tpx.status` answers with [`StatusReply`], `tpx.halt` / `tpx.resume` (the kill
-//! switch) with [`HaltReply`] / [`ResumeReply`].
+//! switch) with [`HaltReply`] / [`ResumeReply`], `tpx.risk` (risk limits at runtime, admin
+//! clients only) with the limits in force (docs/risk.md).
 
 use serde::{Deserialize, Serialize};
 
@@ -166,3 +167,9 @@ pub struct ReplayedEvent {
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
+
+/// Service name of the risk limits at runtime (`tradeplex risk`): admin clients only.
+/// The request body is a map with `op` = `show` (the limits in force), `set` (replace or
+/// add the limits of the accounts / clients / default it names) or `clear` (remove them);
+/// the reply is the limits in force after the call (docs/protocol.md, "tpx.risk").
+pub const RISK_SERVICE: &str = "tpx.risk";

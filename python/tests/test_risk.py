@@ -15,7 +15,9 @@ from tradeplex import Direction
 
 
 @contextlib.contextmanager
-def _vnpy_engine(broker: Broker, account: str = "") -> Iterator[tuple[Any, list[str]]]:
+def _vnpy_engine(
+    broker: Broker, account: str = "", client_name: str = ""
+) -> Iterator[tuple[Any, list[str]]]:
     """A vn.py MainEngine with TradeplexGateway connected to `broker`, its log lines
     collected; closed on exit."""
     from vnpy.event import EventEngine
@@ -33,6 +35,7 @@ def _vnpy_engine(broker: Broker, account: str = "") -> Iterator[tuple[Any, list[
         setting = {**TradeplexGateway.default_setting, "broker": broker.frontend}
         setting["events"] = broker.xpub
         setting["account"] = account
+        setting["client_name"] = client_name
         me.connect(setting, "TRADEPLEX")
         wait_for(lambda: me.get_all_contracts(), 10, "contracts")
         yield me, logs
@@ -142,3 +145,50 @@ def test_a_halt_refuses_orders_and_tradeplex_gateway_gets_them_as_rejected(
             10,
             "an accepted order after resume",
         )
+
+
+def test_a_declared_client_name_meets_its_limits_and_tpx_risk_is_for_admins_only(
+    cluster: Cluster,
+) -> None:
+    config = cluster.tmp / "risk-clients.toml"
+    config.write_text('[risk]\nadmins = ["ops"]\n[risk.clients.alpha]\norder_size_limit = 5\n')
+    broker = cluster.broker(None, "--config", str(config))
+    cluster.worker(broker, "SIM")
+    order = {"symbol": "AAPL", "direction": Direction.LONG, "order_type": "market"}
+    with broker.client(client_name="alpha") as alpha, broker.client(client_name="ops") as ops:
+        assert alpha.send_order("SIM", volume=5, account="sim", **order).volume == 5
+        with pytest.raises(tradeplex.CallError) as e:
+            alpha.send_order("SIM", volume=6, account="sim", **order)
+        assert e.value.code == tradeplex.errors.RISK_REJECTED
+        assert e.value.message == "order_size_limit: limit 5, value 6 (client alpha)"
+        with pytest.raises(tradeplex.CallError) as e:
+            alpha.call("tpx.risk", {"op": "show"})
+        assert e.value.code == tradeplex.errors.FORBIDDEN == "forbidden"
+        assert e.value.number == 12
+        shown = ops.call("tpx.risk", {"op": "set", "clients": {"alpha": {"order_size_limit": 7}}})
+        assert shown["clients"]["alpha"] == {"order_size_limit": 7.0}
+        assert alpha.send_order("SIM", volume=6, account="sim", **order).volume == 6
+
+
+def test_tradeplex_gateway_declares_its_client_name_and_meets_its_clients_limit(
+    cluster: Cluster,
+) -> None:
+    pytest.importorskip("vnpy")
+    from vnpy.trader.constant import Direction as VnDirection
+    from vnpy.trader.constant import Exchange, OrderType, Status
+    from vnpy.trader.object import OrderRequest
+
+    config = cluster.tmp / "risk-gw.toml"
+    config.write_text("[risk]\n[risk.clients.cta1]\norder_size_limit = 3\n")
+    broker = cluster.broker(None, "--config", str(config))
+    cluster.worker(broker, "SIM")
+    with _vnpy_engine(broker, client_name="cta1") as (me, logs):
+        req = OrderRequest("AAPL", Exchange.NASDAQ, VnDirection.LONG, OrderType.MARKET, 4)
+        vt = me.send_order(req, "TRADEPLEX")
+        wait_for(
+            lambda: (o := me.get_order(vt)) is not None and o.status == Status.REJECTED,
+            10,
+            "rejected order",
+        )
+        reason = "risk_rejected: order_size_limit: limit 3, value 4 (client cta1)"
+        wait_for(lambda: any(reason in m for m in logs), 10, "the reason in the log")

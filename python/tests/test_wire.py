@@ -71,6 +71,7 @@ def test_error_codes_are_stable() -> None:
         "unknown_worker",
         "unavailable",
         "risk_rejected",
+        "forbidden",
     ]
     for n, name in enumerate(names, 1):
         assert wire.ErrorCode(n).wire_name == name

@@ -119,6 +119,7 @@ def request_header(
     idempotent: bool,
     target: str | None = None,
     affinity: str | None = None,
+    client: str | None = None,
 ) -> bytes:
     """Frame 2 of a client REQUEST: the same MessagePack map as `wire.encode_request`.
 
@@ -126,8 +127,9 @@ def request_header(
     as fixed-width uint 64 (valid MessagePack; every decoder takes any integer width),
     instead of building and packing a dict per call.
     """
-    if target is not None or affinity is not None:
-        return wire.encode_request(id, service, deadline_ms, idempotent, target, affinity)[2]
+    if target is not None or affinity is not None or client is not None:
+        frames = wire.encode_request(id, service, deadline_ms, idempotent, target, affinity, client)
+        return frames[2]
     prefix = _prefixes.get((service, idempotent))
     if prefix is None:
         prefix = (
@@ -620,6 +622,10 @@ class Client(TradingMixin):
         curve: CURVE settings already loaded (instead of the two above).
         timeout_ms: default time to live of a call (its deadline).
         max_body_bytes: bodies above this are refused before sending (the broker's limit).
+        client_name: the name declared in every request (``client`` header field): what
+            the broker's per-client risk limits and audit journal know this client by.
+            Honoured from loopback without CURVE; with CURVE the key names the client and
+            a different name is refused ``forbidden`` (docs/risk.md).
     """
 
     def __init__(
@@ -632,9 +638,11 @@ class Client(TradingMixin):
         curve: ClientCurve | None = None,
         timeout_ms: int = 5000,
         max_body_bytes: int = wire.DEFAULT_MAX_BODY,
+        client_name: str | None = None,
     ) -> None:
         if timeout_ms <= 0:
             raise ValueError("timeout_ms must be positive")
+        self.client_name = client_name
         self.broker = broker
         self.events = events
         self.timeout_ms = timeout_ms
@@ -806,7 +814,9 @@ class Client(TradingMixin):
         if ttl <= 0:
             raise ValueError("timeout_ms must be positive")
         id = next(self._ids)
-        header = request_header(id, service, wire.now_ms() + ttl, idempotent, target, affinity)
+        header = request_header(
+            id, service, wire.now_ms() + ttl, idempotent, target, affinity, self.client_name
+        )
         frames = [wire.CLIENT_PROTOCOL, _REQUEST_COMMAND, header, data]
         retry = max(ttl / 3000, 0.5) if idempotent else None
         return _Pending(id, frames, time.monotonic() + ttl / 1000, retry, None, raw, full, ttl)

@@ -17,6 +17,10 @@ BAD_REPLY = "bad_reply"
 #: it never reached a worker (docs/risk.md).
 RISK_REJECTED = "risk_rejected"
 
+#: The caller may not make this request: ``tpx.risk`` without admin rights, a declared client
+#: name from a peer not on loopback, or a CURVE key removed from the allow-list by a reload.
+FORBIDDEN = "forbidden"
+
 #: Codes after which an order's outcome is unknown: it may have reached the exchange.
 OUTCOME_UNKNOWN = frozenset({"worker_lost", TIMEOUT})
 

@@ -79,6 +79,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_WORKER = 9
     UNAVAILABLE = 10
     RISK_REJECTED = 11
+    FORBIDDEN = 12
 
     @property
     def wire_name(self) -> str:
@@ -192,8 +193,10 @@ def encode_request(
     idempotent: bool,
     target: str | None,
     affinity: str | None,
+    client: str | None = None,
 ) -> list[bytes]:
-    """Frames 0-2 of a client REQUEST (the body is frame 3)."""
+    """Frames 0-2 of a client REQUEST (the body is frame 3); `client` is the declared
+    client name (docs/protocol.md)."""
     h: dict[str, Any] = {
         "id": id,
         "service": service,
@@ -204,6 +207,8 @@ def encode_request(
         h["target"] = target
     if affinity is not None:
         h["affinity"] = affinity
+    if client is not None:
+        h["client"] = client
     return [CLIENT_PROTOCOL, bytes([ClientCommand.REQUEST]), pack(h)]
 
 

@@ -266,6 +266,7 @@ fn request_header(id: u64, service: &str) -> Vec<u8> {
         idempotent: true,
         target: None,
         affinity: None,
+        client: None,
     })
 }
 
@@ -493,6 +494,7 @@ fn raw_request(raw: &zmq::Socket, id: u64, service: &str, ttl_ms: u64) {
         idempotent: false,
         target: None,
         affinity: None,
+        client: None,
     });
     raw.send_multipart([&b"TPXC01"[..], &[1], &header, b"order"], 0)
         .unwrap();

@@ -90,6 +90,7 @@ impl Harness {
             idempotent,
             target,
             affinity: affinity.map(String::from),
+            client: None,
         };
         self.d.on_request(
             self.clock,
@@ -233,6 +234,7 @@ fn expired_deadline_on_arrival_is_refused() {
         idempotent: true,
         target: None,
         affinity: None,
+        client: None,
     };
     h.d.on_request(h.clock, b"c".to_vec(), hdr, Body::new());
     let (msgs, _, errors) = h.drain();
@@ -756,6 +758,7 @@ impl Harness {
             idempotent: false,
             target: None,
             affinity: None,
+            client: None,
         };
         let body = Body::from(&b"payload"[..]);
         self.d.on_request(self.clock, client.to_vec(), h, body);
@@ -901,6 +904,7 @@ impl Harness {
             idempotent: false,
             target: None,
             affinity: None,
+            client: None,
         };
         self.d
             .on_request(self.clock, b"client".to_vec(), h, Body::from(body));

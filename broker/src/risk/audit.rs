@@ -26,8 +26,11 @@ pub enum Line {
         ts_ms: u64,
         /// The request's audit id (`<broker start ms>-<n>`).
         rid: String,
-        /// The client's identity (its CURVE key or socket id), hex.
+        /// The client's connection (the broker's routing id for it), hex.
         client: String,
+        /// The client's name (its CURVE key's, or declared from loopback), if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         /// The client's request id.
         id: u64,
         /// `send_order` or `cancel_order`.
@@ -103,6 +106,25 @@ pub enum Line {
         /// The account resumed.
         account: String,
     },
+    /// A runtime change of what the broker enforces: risk limits (`tpx.risk`, a SIGHUP
+    /// reload) or the CURVE allow-lists and names (a reload). One line per entry changed.
+    Change {
+        /// Unix ms.
+        ts_ms: u64,
+        /// Who: the admin client's name (`tpx.risk`) or `sighup`.
+        by: String,
+        /// `tpx.risk` or `sighup`.
+        via: String,
+        /// What: `account:NAME`, `client:NAME`, `default`, `contract:SYMBOL`, `admins`,
+        /// `curve.client:NAME`, `curve.worker:KEY`, `risk` (other `[risk]` settings).
+        what: String,
+        /// Before (absent = there was none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<serde_json::Value>,
+        /// After (absent = removed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<serde_json::Value>,
+    },
 }
 
 impl Line {
@@ -114,7 +136,8 @@ impl Line {
             | Line::Outcome { ts_ms, .. }
             | Line::Trade { ts_ms, .. }
             | Line::Halt { ts_ms, .. }
-            | Line::Resume { ts_ms, .. } => *ts_ms,
+            | Line::Resume { ts_ms, .. }
+            | Line::Change { ts_ms, .. } => *ts_ms,
         }
     }
 }

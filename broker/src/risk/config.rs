@@ -1,8 +1,9 @@
 //! The `[risk]` section of the broker's TOML config: limits per account (and a default
-//! for accounts not listed), contract facts the operator states, the trading-day boundary
-//! and the caps on what the stage tracks. Validated on load with errors naming the field.
+//! for accounts not listed), per client, contract facts the operator states, the admins,
+//! the trading-day boundary and the caps on what the stage tracks. Validated on load (and
+//! on every runtime change) with errors naming the field.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use tradeplex_ops::config::{check, ConfigError};
@@ -27,6 +28,12 @@ pub struct RiskConfig {
     pub default: Option<Limits>,
     /// Limits per account.
     pub account: Vec<Limits>,
+    /// Limits per client (`[risk.clients.NAME]`), enforced beside the account's on the
+    /// client's own orders: its CURVE key's name, or the name it declares from loopback.
+    pub clients: BTreeMap<String, Limits>,
+    /// Client names that may call `tpx.risk` (besides `[[curve.clients]]` with
+    /// `admin = true`).
+    pub admins: Vec<String>,
     /// Contract facts by symbol, overriding what `contract.` events say.
     pub contract: BTreeMap<String, ContractSpec>,
     /// The audit journal (docs/risk.md, "Audit journal"): every order request, decision,
@@ -49,6 +56,8 @@ impl Default for RiskConfig {
             max_symbols_per_account: 1000,
             default: None,
             account: Vec::new(),
+            clients: BTreeMap::new(),
+            admins: Vec::new(),
             contract: BTreeMap::new(),
             journal: String::new(),
             journal_fsync: "always".into(),
@@ -58,46 +67,60 @@ impl Default for RiskConfig {
     }
 }
 
-/// One account's limits (`[[risk.account]]`, or `[risk.default]` without `name`). Every
-/// rule is optional: absent = off.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// One account's limits (`[[risk.account]]`, or `[risk.default]` without `name`), or one
+/// client's (`[risk.clients.NAME]`, without `name`). Every rule is optional: absent = off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// The account (`[[risk.account]]` only).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// Orders admitted in any sliding second.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub order_flow_limit_per_s: Option<u32>,
     /// Orders admitted in any sliding minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub order_flow_limit_per_min: Option<u32>,
     /// Largest volume of one order (vnpy: `order_volume_limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub order_size_limit: Option<f64>,
     /// Largest notional of one order: price × volume × contract size.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub order_value_limit: Option<f64>,
     /// Window in which identical orders (symbol, direction, price, volume) are counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicate_order_window_ms: Option<u64>,
     /// Identical orders allowed within the window (default 1 when the window is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicate_order_limit: Option<u32>,
     /// Orders per symbol per trading day.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub contract_order_limit: Option<u32>,
     /// Price on the contract's tick, volume a multiple of its minimum, price inside the
     /// limit band when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub order_validity: Option<bool>,
     /// Orders working (not final) at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub active_order_limit: Option<u32>,
     /// Cancel requests per symbol per trading day; past it new orders in the symbol are
     /// rejected (cancels always pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub contract_cancel_limit: Option<u32>,
     /// Trades per symbol per trading day; past it new orders in the symbol are rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub contract_trade_limit: Option<u32>,
     /// Largest position per symbol and direction, counting working opening orders and
     /// the new order.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub position_limit: Option<f64>,
     /// Largest drop of the account's balance since the first balance seen this trading day.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub daily_loss_limit: Option<f64>,
 }
 
 /// What the stage needs to know about a contract.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContractSpec {
     /// Contract multiplier.
@@ -183,6 +206,16 @@ impl RiskConfig {
             }
             a.validate("risk.account", &a.name)?;
         }
+        for (name, c) in &self.clients {
+            validate_client(name, c)?;
+        }
+        if let Some(bad) = self
+            .admins
+            .iter()
+            .find(|n| !tradeplex_proto::client::valid_client_name(n))
+        {
+            return Err(bad_name("risk.admins", bad));
+        }
         for (symbol, c) in &self.contract {
             for (name, v, zero_ok) in [
                 ("size", c.size, false),
@@ -227,6 +260,59 @@ impl RiskConfig {
             .find(|a| a.name == account)
             .or(self.default.as_ref())
     }
+}
+
+/// The rules a client's limits may hold: those counted from the client's own requests.
+/// Positions, balances, working orders and trades come from events, which name an account
+/// but not the client that sent the order, so those rules are per account only.
+pub const CLIENT_RULES: [&str; 9] = [
+    "order_flow_limit_per_s",
+    "order_flow_limit_per_min",
+    "order_size_limit",
+    "order_value_limit",
+    "duplicate_order_window_ms",
+    "duplicate_order_limit",
+    "contract_order_limit",
+    "order_validity",
+    "contract_cancel_limit",
+];
+
+fn bad_name(field: &'static str, name: &str) -> ConfigError {
+    bad(
+        field,
+        format!(
+            "{name:?} is not a client name (1-{} bytes of A-Z a-z 0-9 _ . -)",
+            tradeplex_proto::client::MAX_CLIENT_NAME
+        ),
+    )
+}
+
+fn validate_client(name: &str, c: &Limits) -> Result<(), ConfigError> {
+    if !tradeplex_proto::client::valid_client_name(name) {
+        return Err(bad_name("risk.clients", name));
+    }
+    if !c.name.is_empty() {
+        return Err(bad(
+            "risk.clients",
+            format!("{name}: a client's limits take no name (the table's key names it)"),
+        ));
+    }
+    let account_only = [
+        ("active_order_limit", c.active_order_limit.is_some()),
+        ("contract_trade_limit", c.contract_trade_limit.is_some()),
+        ("position_limit", c.position_limit.is_some()),
+        ("daily_loss_limit", c.daily_loss_limit.is_some()),
+    ];
+    if let Some((rule, _)) = account_only.iter().find(|(_, set)| *set) {
+        return Err(bad(
+            "risk.clients",
+            format!(
+                "{name}: {rule} is per account only (a client may set {})",
+                CLIENT_RULES.join(", ")
+            ),
+        ));
+    }
+    c.validate("risk.clients", name)
 }
 
 impl Limits {

@@ -6,17 +6,24 @@
 //! - [`state`]: counters and market facts, fed by admitted orders and workers' events;
 //!   also the kill switch's book of every account's working orders.
 //! - [`halt`]: the kill switch (`tpx.halt` / `tpx.resume`): halted accounts, checked first.
+//! - [`identity`]: who sent a request (CURVE key names, declared names from loopback) and
+//!   the CURVE allow-lists.
+//! - [`manage`]: limits at runtime: `tpx.risk` (admins) and the SIGHUP reload, audited.
 //!
 //! The stage always exists: without `[risk]` it runs no rules and decodes no body unless
 //! a halt is in force, but keeps the book of working orders (from `order.` events) so a
 //! halt can cancel them.
 //!
-//! The main loop calls [`Stage::check`] once per request; the relay thread calls
-//! [`Feed::on_event`] for every event. Both lock one `Mutex<State>`, each briefly.
+//! The main loop calls [`Stage::check_from`] once per request; the relay thread calls
+//! [`Feed::on_event`] for every event. Both lock one `Mutex<State>`, each briefly. The
+//! limits in force are one [`Policy`] behind an `RwLock<Arc<_>>`: a check clones the `Arc`
+//! and reads it lock-free; a runtime change swaps in a new one.
 
 pub mod audit;
 pub mod config;
 pub mod halt;
+pub mod identity;
+pub mod manage;
 mod peek;
 pub mod rules;
 pub mod state;
@@ -24,7 +31,7 @@ pub mod state;
 mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Deserialize;
@@ -34,6 +41,7 @@ use tradeplex_proto::ErrorCode;
 
 pub use config::RiskConfig;
 use halt::Halts;
+pub use identity::{Caller, Identities};
 use rules::{Counters, Market, Reject};
 pub use state::Booked;
 use state::State;
@@ -52,6 +60,9 @@ pub struct RiskMetrics {
     bad_events: IntCounter,
     halted: IntGaugeVec,
     halt_cancels: IntCounterVec,
+    forbidden: IntCounterVec,
+    changes: IntCounterVec,
+    reloads: IntCounterVec,
 }
 
 impl RiskMetrics {
@@ -93,12 +104,44 @@ impl RiskMetrics {
             &["result"],
         )
         .expect("static metric definition");
+        let forbidden = IntCounterVec::new(
+            Opts::new(
+                "tradeplex_forbidden_total",
+                "Requests answered forbidden, by reason (not_admin, not_loopback, \
+                 name_mismatch, key_removed)",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let changes = IntCounterVec::new(
+            Opts::new(
+                "tradeplex_risk_changes_total",
+                "Runtime changes of the risk limits put in force, by way (tpx.risk, sighup)",
+            ),
+            &["via"],
+        )
+        .expect("static metric definition");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "tradeplex_config_reloads_total",
+                "SIGHUP reloads of the config file, by result (ok; error = refused, the \
+                 config in force kept)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        for r in ["ok", "error"] {
+            reloads.with_label_values(&[r]);
+        }
         for c in [
             Box::new(checked.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rejected.clone()),
             Box::new(bad_events.clone()),
             Box::new(halted.clone()),
             Box::new(halt_cancels.clone()),
+            Box::new(forbidden.clone()),
+            Box::new(changes.clone()),
+            Box::new(reloads.clone()),
         ] {
             // A second broker in one process (tests) shares nothing: each has its registry.
             let _ = registry.register(c);
@@ -113,6 +156,9 @@ impl RiskMetrics {
             bad_events,
             halted,
             halt_cancels,
+            forbidden,
+            changes,
+            reloads,
         }
     }
 
@@ -144,30 +190,33 @@ pub struct Ticket {
     open_volume: f64,
 }
 
-struct Shared {
-    /// False without `[risk]`: no rule runs, only halts and the book.
+/// The limits in force: the `[risk]` config as loaded, or as a runtime change left it.
+pub struct Policy {
+    /// False without `[risk]` (and no runtime change since): no rule runs, only halts and
+    /// the book.
     rules: bool,
-    /// Set while any halt is in force, so an order check without one reads no lock.
-    any_halt: AtomicBool,
-    halts: Mutex<Halts>,
     cfg: RiskConfig,
     /// Index of `cfg.account` by name.
     by_name: rustc_hash::FxHashMap<String, usize>,
-    day_start_ms: u64,
-    state: Mutex<State>,
-    metrics: RiskMetrics,
-    /// The audit journal, when configured.
-    audit: std::sync::OnceLock<audit::Audit>,
+    /// When and by whom (a client name, `sighup`, `config`) it was put in force.
+    changed_ms: u64,
+    changed_by: String,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves counters that are still counters.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn halts(&self) -> MutexGuard<'_, Halts> {
-        self.halts.lock().unwrap_or_else(|p| p.into_inner())
+impl Policy {
+    fn new(cfg: RiskConfig, rules: bool, changed_ms: u64, changed_by: &str) -> Policy {
+        Policy {
+            rules,
+            by_name: cfg
+                .account
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.name.clone(), i))
+                .collect(),
+            cfg,
+            changed_ms,
+            changed_by: changed_by.to_string(),
+        }
     }
 
     fn caps(&self) -> (usize, usize) {
@@ -182,12 +231,62 @@ impl Shared {
         }
     }
 
+    /// The limits of the client named `client`, with its name.
+    fn client_limits<'a>(
+        &'a self,
+        client: Option<&str>,
+    ) -> Option<(&'a String, &'a config::Limits)> {
+        client.and_then(|c| self.cfg.clients.get_key_value(c))
+    }
+
     fn account_name<'a>(&'a self, account: &'a str) -> &'a str {
         if account.is_empty() {
             &self.cfg.default_account
         } else {
             account
         }
+    }
+}
+
+struct Shared {
+    /// Set while any halt is in force, so an order check without one reads no lock.
+    any_halt: AtomicBool,
+    halts: Mutex<Halts>,
+    policy: RwLock<Arc<Policy>>,
+    /// Fixed at start: moving the day boundary mid-day would reset or merge counters.
+    day_start_ms: u64,
+    state: Mutex<State>,
+    metrics: RiskMetrics,
+    /// The audit journal, when configured.
+    audit: std::sync::OnceLock<audit::Audit>,
+    /// Held across a runtime change's read-modify-write of the policy (tpx.risk on the
+    /// main loop, a reload on the signal thread).
+    changing: Mutex<()>,
+    /// Bounds the log lines of refused `tpx.risk` calls (a client may repeat them).
+    refusal_log: Mutex<crate::wire::LogLimiter>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counters that are still counters.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn halts(&self) -> MutexGuard<'_, Halts> {
+        self.halts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policy in force (the lock is held only to clone the `Arc`).
+    fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `p` in force.
+    fn set_policy(&self, p: Policy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
     }
 }
 
@@ -256,22 +355,18 @@ impl Stage {
     }
 
     fn with_day(cfg: RiskConfig, rules: bool, day_start_ms: u64, registry: &Registry) -> Stage {
+        let policy = Policy::new(cfg, rules, tradeplex_proto::now_unix_ms(), "config");
         Stage {
             shared: Arc::new(Shared {
-                rules,
                 any_halt: AtomicBool::new(false),
                 halts: Mutex::new(Halts::default()),
-                by_name: cfg
-                    .account
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| (a.name.clone(), i))
-                    .collect(),
-                cfg,
+                policy: RwLock::new(Arc::new(policy)),
                 day_start_ms,
                 state: Mutex::new(State::default()),
                 metrics: RiskMetrics::new(registry),
                 audit: std::sync::OnceLock::new(),
+                changing: Mutex::new(()),
+                refusal_log: Mutex::new(crate::wire::LogLimiter::new(10)),
             }),
         }
     }
@@ -283,30 +378,39 @@ impl Stage {
         }
     }
 
-    /// Checks one request body at `now_ms` (Unix ms): a `send_order` is decoded and
-    /// checked (and counted if it passes), a `cancel_order` counted; anything else passes.
+    /// Checks one request body of an anonymous client at `now_ms` (see
+    /// [`Stage::check_from`]).
     pub fn check(&self, now_ms: u64, body: &[u8]) -> Verdict {
+        self.check_from(now_ms, &Caller::default(), body)
+    }
+
+    /// Checks one request body from `caller` at `now_ms` (Unix ms): a `send_order` is
+    /// decoded and checked against its account's limits and its client's (and counted if
+    /// it passes), a `cancel_order` counted; anything else passes.
+    pub fn check_from(&self, now_ms: u64, caller: &Caller, body: &[u8]) -> Verdict {
         if !is_map(body) {
             return Verdict::Pass;
         }
+        let p = self.shared.policy();
         if self.shared.any_halt.load(Ordering::Acquire) {
-            if let Some(v) = self.check_halt(body) {
+            if let Some(v) = self.check_halt(&p, body) {
                 return v;
             }
         }
-        if !self.shared.rules {
+        if !p.rules {
             return Verdict::Pass;
         }
+        let client = caller.name.as_deref();
         match peek::ops(body) {
             // A map the stage cannot read might be one a worker reads as an order.
             Err(e) => Verdict::Refuse(
                 ErrorCode::BadRequest,
                 format!("body is not valid MessagePack: {e}"),
             ),
-            Ok(ops) if ops.send_order => self.check_order(now_ms, body),
+            Ok(ops) if ops.send_order => self.check_order(&p, now_ms, client, body),
             Ok(ops) => {
                 if ops.cancel_order {
-                    self.count_cancel(now_ms, body);
+                    self.count_cancel(&p, now_ms, client, body);
                 }
                 Verdict::Pass
             }
@@ -315,7 +419,7 @@ impl Stage {
 
     /// With a halt in force: the refusal of a `send_order` of a halted account (or a body
     /// that cannot be read), None when the request goes on to the rules.
-    fn check_halt(&self, body: &[u8]) -> Option<Verdict> {
+    fn check_halt(&self, p: &Policy, body: &[u8]) -> Option<Verdict> {
         let s = &*self.shared;
         let ops = match peek::ops(body) {
             Ok(ops) => ops,
@@ -354,7 +458,7 @@ impl Stage {
                 return Some(bad_order(format!("cannot decode the order: {e}")));
             }
         };
-        let account = s.account_name(&account);
+        let account = p.account_name(&account);
         if account.is_empty() {
             // The gateway resolves "" to its default account, which may be a halted one:
             // refuse rather than guess ([risk] default_account names it).
@@ -367,7 +471,7 @@ impl Stage {
         if let Some(reason) = halts.reason_for(account) {
             return refuse(reason);
         }
-        if !s.rules {
+        if !p.rules {
             s.metrics.checked.inc();
         }
         None
@@ -457,6 +561,19 @@ impl Stage {
         body: &[u8],
         verdict: &Verdict,
     ) -> Result<Option<String>, String> {
+        self.audit_request_from(now_ms, client, None, id, body, verdict)
+    }
+
+    /// [`Stage::audit_request`] for a request from the client named `name`.
+    pub fn audit_request_from(
+        &self,
+        now_ms: u64,
+        client: &[u8],
+        name: Option<&str>,
+        id: u64,
+        body: &[u8],
+        verdict: &Verdict,
+    ) -> Result<Option<String>, String> {
         let Some(a) = self.shared.audit.get() else {
             return Ok(None);
         };
@@ -475,6 +592,7 @@ impl Stage {
             ts_ms: now_ms,
             rid: rid.clone(),
             client: client.iter().map(|b| format!("{b:02x}")).collect(),
+            name: name.map(String::from),
             id,
             op: op.to_string(),
             order,
@@ -553,11 +671,13 @@ impl Stage {
     /// [`Stage::set_audit`], on a stage that has seen no order yet.
     pub fn replay(&self, now_ms: u64, lines: &[audit::Line]) -> Replayed {
         let s = &*self.shared;
+        let p = s.policy();
         let today = state::trading_day(now_ms, s.day_start_ms);
         let mut out = Replayed::default();
-        let mut orders: rustc_hash::FxHashMap<&str, &OrderRequest> = Default::default();
+        let mut orders: rustc_hash::FxHashMap<&str, (&OrderRequest, Option<&str>)> =
+            Default::default();
         let mut placed: rustc_hash::FxHashMap<&str, (&str, &str)> = Default::default();
-        let limited = |a: &str| s.limits_for(a).is_some();
+        let limited = |a: &str| p.limits_for(a).is_some();
         {
             let mut halts = s.halts();
             let mut st = s.lock();
@@ -579,28 +699,34 @@ impl Stage {
                     halts.resume((account != ALL_ACCOUNTS).then_some(account.as_str()));
                     continue;
                 }
-                if state::trading_day(line.ts_ms(), s.day_start_ms) != today || !s.rules {
+                if state::trading_day(line.ts_ms(), s.day_start_ms) != today || !p.rules {
                     continue;
                 }
                 match line {
                     audit::Line::Request {
                         rid,
                         order: Some(o),
+                        name,
                         ..
                     } => {
-                        orders.insert(rid, o);
+                        orders.insert(rid, (o, name.as_deref()));
                     }
                     audit::Line::Request {
-                        cancel: Some(c), ..
+                        cancel: Some(c),
+                        name,
+                        ..
                     } => {
                         let (account, symbol) = match placed.get(c.order_id.0.as_str()) {
                             Some((a, sym)) => (*a, *sym),
                             None if !c.symbol.is_empty() => {
-                                (s.cfg.default_account.as_str(), c.symbol.as_str())
+                                (p.cfg.default_account.as_str(), c.symbol.as_str())
                             }
                             None => continue,
                         };
-                        if let Some(sym) = st.symbol_mut(account, symbol, &limited, s.caps()) {
+                        if let Some((n, _)) = p.client_limits(name.as_deref()) {
+                            st.client_cancel(n, symbol, p.cfg.max_symbols_per_account);
+                        }
+                        if let Some(sym) = st.symbol_mut(account, symbol, &limited, p.caps()) {
                             sym.cancels = sym.cancels.saturating_add(1);
                             out.cancels += 1;
                         }
@@ -611,14 +737,19 @@ impl Stage {
                         decision,
                         ..
                     } if decision == "pass" => {
-                        let Some(o) = orders.get(rid.as_str()) else {
+                        let Some((o, name)) = orders.get(rid.as_str()).copied() else {
                             continue;
                         };
-                        let account = s.account_name(&o.account);
-                        let Some(limits) = s.limits_for(account) else {
+                        if let Some((n, cl)) = p.client_limits(name) {
+                            let c = st.clients.entry(n.clone()).or_default();
+                            rules::expire(cl, c, *ts_ms);
+                            rules::admit(cl, c, o, *ts_ms);
+                        }
+                        let account = p.account_name(&o.account);
+                        let Some(limits) = p.limits_for(account) else {
                             continue;
                         };
-                        if let Some(a) = st.account_mut(account, &limited, s.cfg.max_accounts) {
+                        if let Some(a) = st.account_mut(account, &limited, p.cfg.max_accounts) {
                             rules::expire(limits, a, *ts_ms);
                             rules::admit(limits, a, o, *ts_ms);
                             out.orders += 1;
@@ -629,14 +760,14 @@ impl Stage {
                         order_id: Some(id),
                         ..
                     } => {
-                        if let Some(o) = orders.get(rid.as_str()) {
-                            placed.insert(id, (s.account_name(&o.account), &o.symbol));
+                        if let Some((o, _)) = orders.get(rid.as_str()) {
+                            placed.insert(id, (p.account_name(&o.account), &o.symbol));
                         }
                     }
                     audit::Line::Trade {
                         account, symbol, ..
                     } => {
-                        if let Some(sym) = st.symbol_mut(account, symbol, &limited, s.caps()) {
+                        if let Some(sym) = st.symbol_mut(account, symbol, &limited, p.caps()) {
                             sym.trades = sym.trades.saturating_add(1);
                             out.trades += 1;
                         }
@@ -672,7 +803,7 @@ impl Stage {
         self.shared.lock().booked_orders()
     }
 
-    fn check_order(&self, now_ms: u64, body: &[u8]) -> Verdict {
+    fn check_order(&self, p: &Policy, now_ms: u64, client: Option<&str>, body: &[u8]) -> Verdict {
         let s = &*self.shared;
         s.metrics.checked.inc();
         let o: OrderRequest = match rmp_serde::from_slice(body) {
@@ -690,7 +821,7 @@ impl Stage {
             s.metrics.rejected("bad_order");
             return bad_order(format!("bad field price: {} (must be >= 0)", o.price));
         }
-        match self.decide(now_ms, &o) {
+        match self.decide(p, now_ms, client, &o) {
             Ok(None) => Verdict::Pass,
             Ok(Some(ticket)) => Verdict::Admitted(ticket),
             Err(r) => {
@@ -700,16 +831,24 @@ impl Stage {
         }
     }
 
-    fn decide(&self, now_ms: u64, o: &OrderRequest) -> Result<Option<Ticket>, Reject> {
+    fn decide(
+        &self,
+        p: &Policy,
+        now_ms: u64,
+        client: Option<&str>,
+        o: &OrderRequest,
+    ) -> Result<Option<Ticket>, Reject> {
         let s = &*self.shared;
-        let account = s.account_name(&o.account);
-        let Some(limits) = s.limits_for(account) else {
+        let account = p.account_name(&o.account);
+        let limits = p.limits_for(account);
+        let client_limits = p.client_limits(client);
+        if limits.is_none() && client_limits.is_none() {
             return Ok(None);
-        };
+        }
         let mut st = s.lock();
         st.roll(state::trading_day(now_ms, s.day_start_ms));
         let market = Market {
-            contract: s
+            contract: p
                 .cfg
                 .contract
                 .get(&o.symbol)
@@ -717,10 +856,10 @@ impl Stage {
                 .or_else(|| st.contracts.get(&o.symbol).copied()),
             quote: st.quotes.get(&o.symbol).copied(),
         };
-        if let Some(a) = st.accounts.get_mut(account) {
-            rules::expire(limits, a, now_ms);
-        }
-        {
+        if let Some(limits) = limits {
+            if let Some(a) = st.accounts.get_mut(account) {
+                rules::expire(limits, a, now_ms);
+            }
             let a = st.accounts.get(account);
             let counters = Counters {
                 account: a,
@@ -728,39 +867,53 @@ impl Stage {
             };
             rules::check(limits, &counters, market, o, now_ms)?;
         }
+        let (max_accounts, max_symbols) = p.caps();
+        if let Some((name, cl)) = client_limits {
+            check_client(&mut st, name, cl, market, o, now_ms, max_symbols)?;
+        }
         // `net` is a position's side, never an order's: no counter side to hold it.
         let Some(side) = state::side(o.direction) else {
             return Err(rules::reject("order_validity", "long or short", "net"));
         };
-        let (max_accounts, max_symbols) = s.caps();
-        let accounts = st.accounts.len();
-        let Some(a) = st.account_mut(account, &|_| true, max_accounts) else {
-            return Err(rules::reject(
-                "risk_capacity",
-                format_args!("{max_accounts} accounts"),
-                accounts + 1,
-            ));
+        let ticket = match limits {
+            Some(limits) => {
+                let accounts = st.accounts.len();
+                let Some(a) = st.account_mut(account, &|_| true, max_accounts) else {
+                    return Err(rules::reject(
+                        "risk_capacity",
+                        format_args!("{max_accounts} accounts"),
+                        accounts + 1,
+                    ));
+                };
+                let n = a.symbols.len();
+                if !a.symbols.contains_key(&o.symbol) && n >= max_symbols {
+                    return Err(rules::reject(
+                        "risk_capacity",
+                        format_args!("{max_symbols} symbols per account"),
+                        n + 1,
+                    ));
+                }
+                let ticket = Ticket {
+                    account: account.to_string(),
+                    symbol: o.symbol.clone(),
+                    side,
+                    open_volume: if rules::opening(o) { o.volume } else { 0.0 },
+                };
+                rules::admit(limits, a, o, now_ms);
+                a.in_flight = a.in_flight.saturating_add(1);
+                if let Some(sym) = a.symbols.get_mut(&o.symbol) {
+                    sym.in_flight[ticket.side] += ticket.open_volume;
+                }
+                Some(ticket)
+            }
+            None => None,
         };
-        let n = a.symbols.len();
-        if !a.symbols.contains_key(&o.symbol) && n >= max_symbols {
-            return Err(rules::reject(
-                "risk_capacity",
-                format_args!("{max_symbols} symbols per account"),
-                n + 1,
-            ));
+        if let Some((name, cl)) = client_limits {
+            // Entries exist only for clients with limits: bounded by the config.
+            let c = st.clients.entry(name.clone()).or_default();
+            rules::admit(cl, c, o, now_ms);
         }
-        let ticket = Ticket {
-            account: account.to_string(),
-            symbol: o.symbol.clone(),
-            side,
-            open_volume: if rules::opening(o) { o.volume } else { 0.0 },
-        };
-        rules::admit(limits, a, o, now_ms);
-        a.in_flight = a.in_flight.saturating_add(1);
-        if let Some(sym) = a.symbols.get_mut(&o.symbol) {
-            sym.in_flight[ticket.side] += ticket.open_volume;
-        }
-        Ok(Some(ticket))
+        Ok(ticket)
     }
 
     /// The worker answered an admitted order (or it was answered without one): from now
@@ -776,7 +929,7 @@ impl Stage {
         }
     }
 
-    fn count_cancel(&self, now_ms: u64, body: &[u8]) {
+    fn count_cancel(&self, p: &Policy, now_ms: u64, client: Option<&str>, body: &[u8]) {
         let s = &*self.shared;
         let Ok(c) = rmp_serde::from_slice::<CancelRequest>(body) else {
             // The gateway answers a malformed cancel; there is nothing to count.
@@ -789,14 +942,23 @@ impl Stage {
         // stage has not seen counts for the default account when it names its symbol.
         let (account, symbol) = match st.working_of(id) {
             Some((a, sym)) => (a.to_string(), sym.to_string()),
-            None if !c.symbol.is_empty() => (s.cfg.default_account.clone(), c.symbol),
+            None if !c.symbol.is_empty() => (p.cfg.default_account.clone(), c.symbol),
             None => return,
         };
+        if let Some((name, _)) = p.client_limits(client) {
+            st.client_cancel(name, &symbol, p.cfg.max_symbols_per_account);
+        }
         if let Some(sym) =
-            st.symbol_mut(&account, &symbol, &|a| s.limits_for(a).is_some(), s.caps())
+            st.symbol_mut(&account, &symbol, &|a| p.limits_for(a).is_some(), p.caps())
         {
             sym.cancels = sym.cancels.saturating_add(1);
         }
+    }
+
+    /// A copy of the counters of the client named `client` for `symbol` (tests).
+    pub fn client_counters(&self, client: &str, symbol: &str) -> Option<state::SymbolState> {
+        let st = self.shared.lock();
+        st.clients.get(client)?.symbols.get(symbol).cloned()
     }
 
     /// A copy of the counters for `account` and `symbol` (tests, status).
@@ -810,8 +972,9 @@ impl Feed {
     /// Applies one event of `kind` (the topic's first segment) received at `now_ms`.
     pub fn on_event(&self, now_ms: u64, kind: &str, body: &[u8]) {
         let s = &*self.shared;
+        let p = s.policy();
         // Without rules only order events are read (the kill switch's book).
-        if !EVENT_KINDS.contains(&kind) || (!s.rules && kind != "order") {
+        if !EVENT_KINDS.contains(&kind) || (!p.rules && kind != "order") {
             return;
         }
         if kind == "trade" {
@@ -819,10 +982,44 @@ impl Feed {
         }
         let mut st = s.lock();
         st.roll(state::trading_day(now_ms, s.day_start_ms));
-        if !st.on_event(kind, body, &|a| s.limits_for(a).is_some(), s.caps()) {
+        if !st.on_event(kind, body, &|a| p.limits_for(a).is_some(), p.caps()) {
             s.metrics.bad_events.inc();
         }
     }
+}
+
+/// Checks `o` against the limits `cl` of the client `name` (the rules a client may have
+/// count only its own requests), and that a new symbol entry fits.
+fn check_client(
+    st: &mut State,
+    name: &str,
+    cl: &config::Limits,
+    market: Market,
+    o: &OrderRequest,
+    now_ms: u64,
+    max_symbols: usize,
+) -> Result<(), Reject> {
+    if let Some(c) = st.clients.get_mut(name) {
+        rules::expire(cl, c, now_ms);
+    }
+    let c = st.clients.get(name);
+    let counters = Counters {
+        account: c,
+        symbol: c.and_then(|c| c.symbols.get(&o.symbol)),
+    };
+    rules::check(cl, &counters, market, o, now_ms).map_err(|mut r| {
+        r.message.push_str(&format!(" (client {name})"));
+        r
+    })?;
+    let n = c.map_or(0, |c| c.symbols.len());
+    if !c.is_some_and(|c| c.symbols.contains_key(&o.symbol)) && n >= max_symbols {
+        return Err(rules::reject(
+            "risk_capacity",
+            format_args!("{max_symbols} symbols per client"),
+            n + 1,
+        ));
+    }
+    Ok(())
 }
 
 impl Feed {

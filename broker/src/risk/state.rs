@@ -111,6 +111,9 @@ pub struct State {
     pub day: u64,
     /// By account.
     pub accounts: HashMap<String, AccountState>,
+    /// By client name, for clients with limits only (`[risk.clients]`): their own orders
+    /// and cancels.
+    pub clients: HashMap<String, AccountState>,
     /// Contracts from `contract.` events, by symbol.
     pub contracts: HashMap<String, ContractSpec>,
     /// Last quote from `tick.` events, by symbol.
@@ -229,7 +232,7 @@ impl State {
             return;
         }
         self.day = day;
-        for a in self.accounts.values_mut() {
+        for a in self.accounts.values_mut().chain(self.clients.values_mut()) {
             a.first_balance = None;
             for s in a.symbols.values_mut() {
                 s.orders = 0;
@@ -446,6 +449,16 @@ impl State {
             a.symbols.insert(symbol.to_string(), SymbolState::default());
         }
         a.symbols.get_mut(symbol)
+    }
+
+    /// Counts a cancel by the client `name` (one with limits) in `symbol`, if it fits.
+    pub fn client_cancel(&mut self, name: &str, symbol: &str, max_symbols: usize) {
+        let c = self.clients.entry(name.to_string()).or_default();
+        if !c.symbols.contains_key(symbol) && c.symbols.len() >= max_symbols {
+            return;
+        }
+        let sym = c.symbols.entry(symbol.to_string()).or_default();
+        sym.cancels = sym.cancels.saturating_add(1);
     }
 
     /// Working orders tracked (all accounts).

@@ -512,7 +512,9 @@ fn audited(
 ) -> Verdict {
     let b = body(o);
     let v = s.check(t, &b);
-    let rid = s.audit_request(t, &[0xab, 0x01], 7, &b, &v).unwrap();
+    let rid = s
+        .audit_request_from(t, &[0xab, 0x01], Some("alpha"), 7, &b, &v)
+        .unwrap();
     match v {
         Verdict::Admitted(ticket) => {
             s.settle(ticket);
@@ -681,4 +683,161 @@ fn a_resume_in_the_journal_lifts_the_replayed_halt() {
     let r = s.replay(T0 + 5, &lines);
     assert_eq!(r.halts_in_force, 1);
     assert!(rejected(&send(&s, T0 + 6, &order(1.0, 3900.0))).starts_with("halted: r2"));
+}
+
+fn caller(name: &str, admin: bool) -> Caller {
+    Caller {
+        name: Some(name.into()),
+        admin,
+    }
+}
+
+fn send_as(s: &Stage, t: u64, who: &Caller, o: &OrderRequest) -> Verdict {
+    match s.check_from(t, who, &body(o)) {
+        Verdict::Admitted(ticket) => {
+            s.settle(ticket);
+            Verdict::Pass
+        }
+        v => v,
+    }
+}
+
+#[test]
+fn a_clients_limits_hold_beside_its_accounts_and_count_its_own_orders_only() {
+    let s = stage(
+        "[[account]]\nname = \"a\"\ncontract_order_limit = 3\n\
+         [clients.alpha]\ncontract_order_limit = 1\norder_size_limit = 2\n",
+    );
+    let (alpha, beta) = (caller("alpha", false), caller("beta", false));
+    assert_eq!(send_as(&s, T0, &alpha, &order(2.0, 3900.0)), Verdict::Pass);
+    let m = rejected(&send_as(&s, T0, &alpha, &order(1.0, 3900.0)));
+    assert_eq!(m, "contract_order_limit: limit 1, value 2 (client alpha)");
+    let m = rejected(&send_as(&s, T0, &alpha, &order(3.0, 3900.0)));
+    assert!(
+        m.starts_with("order_size_limit: limit 2, value 3 (client alpha)"),
+        "{m}"
+    );
+    // Beta has no client limits: only the account's (shared with alpha's order).
+    assert_eq!(send_as(&s, T0, &beta, &order(1.0, 3900.0)), Verdict::Pass);
+    assert_eq!(send_as(&s, T0, &beta, &order(1.0, 3900.0)), Verdict::Pass);
+    let m = rejected(&send_as(&s, T0, &beta, &order(1.0, 3900.0)));
+    assert_eq!(m, "contract_order_limit: limit 3, value 4");
+    assert_eq!(s.client_counters("alpha", "IF2412").unwrap().orders, 1);
+    assert!(s.client_counters("beta", "IF2412").is_none());
+}
+
+#[test]
+fn a_client_may_not_hold_account_only_rules() {
+    let cfg: RiskConfig =
+        tradeplex_ops::config::parse("[clients.alpha]\nposition_limit = 5\n", "<t>").unwrap();
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("position_limit is per account only"), "{e}");
+    let cfg: RiskConfig =
+        tradeplex_ops::config::parse("[clients.\"a b\"]\norder_size_limit = 5\n", "<t>").unwrap();
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("risk.clients"));
+}
+
+fn manage(
+    s: &Stage,
+    who: &Caller,
+    v: serde_json::Value,
+) -> Result<serde_json::Value, (ErrorCode, String)> {
+    let body = rmp_serde::to_vec_named(&v).unwrap();
+    s.manage(T0, who, &body)
+        .map(|r| rmp_serde::from_slice::<serde_json::Value>(&r).unwrap())
+}
+
+#[test]
+fn tpx_risk_sets_and_clears_limits_for_admins_only_with_the_load_validation() {
+    let s = stage_for("order_size_limit = 10");
+    let ops = caller("ops", true);
+    let e = manage(
+        &s,
+        &caller("alpha", false),
+        serde_json::json!({"op": "show"}),
+    )
+    .unwrap_err();
+    assert_eq!(e.0, ErrorCode::Forbidden);
+    let shown = manage(&s, &ops, serde_json::json!({"op": "show"})).unwrap();
+    assert_eq!(shown["account"][0]["order_size_limit"], 10.0);
+    assert_eq!(shown["changed_by"], "config");
+    let set = serde_json::json!({"op": "set", "account": [{"name": "a", "order_size_limit": 5}]});
+    let after = manage(&s, &ops, set).unwrap();
+    assert_eq!(after["account"][0]["order_size_limit"], 5.0);
+    assert_eq!(after["changed_by"], "ops");
+    let m = rejected(&send(&s, T0, &order(6.0, 3900.0)));
+    assert_eq!(m, "order_size_limit: limit 5, value 6");
+    for (bad, field) in [
+        (
+            serde_json::json!({"op": "set", "account": [{"name": "a", "order_size_limit": -1}]}),
+            "order_size_limit",
+        ),
+        (
+            serde_json::json!({"op": "set", "account": [{"name": "a", "bogus_rule": 1}]}),
+            "bogus_rule",
+        ),
+        (
+            serde_json::json!({"op": "set", "account": [{"name": "b"}, {"name": "b"}]}),
+            "listed twice",
+        ),
+        (
+            serde_json::json!({"op": "set", "clients": {"x": {"daily_loss_limit": 1}}}),
+            "per account only",
+        ),
+        (serde_json::json!({"op": "explode"}), "op"),
+        (
+            serde_json::json!({"op": "clear", "account": ["nobody"]}),
+            "nobody",
+        ),
+    ] {
+        let e = manage(&s, &ops, bad.clone()).unwrap_err();
+        assert_eq!(e.0, ErrorCode::BadRequest, "{bad}");
+        assert!(e.1.contains(field), "{bad}: {}", e.1);
+    }
+    // Nothing bad was put in force.
+    assert_eq!(
+        rejected(&send(&s, T0, &order(6.0, 3900.0))),
+        "order_size_limit: limit 5, value 6"
+    );
+    let cleared = manage(
+        &s,
+        &ops,
+        serde_json::json!({"op": "clear", "account": ["a"]}),
+    )
+    .unwrap();
+    assert_eq!(cleared["account"], serde_json::json!([]));
+    assert_eq!(send(&s, T0, &order(60.0, 3900.0)), Verdict::Pass);
+}
+
+#[test]
+fn a_reload_keeps_the_settings_that_need_a_restart_and_reports_them() {
+    let s = stage(
+        "trading_day_start_utc = \"01:00\"\n[[account]]\nname = \"a\"\norder_size_limit = 10\n",
+    );
+    let new: RiskConfig = tradeplex_ops::config::parse(
+        "trading_day_start_utc = \"02:00\"\n[[account]]\nname = \"a\"\norder_size_limit = 3\n",
+        "<t>",
+    )
+    .unwrap();
+    assert_eq!(
+        s.reload(T0, Some(&new)).unwrap(),
+        vec!["trading_day_start_utc"]
+    );
+    assert_eq!(
+        rejected(&send(&s, T0, &order(4.0, 3900.0))),
+        "order_size_limit: limit 3, value 4"
+    );
+    // The same file again changes nothing (not even who last changed it).
+    s.reload(T0 + 1, Some(&new)).unwrap();
+    assert_eq!(s.shared.policy().changed_ms, T0);
+    // No [risk] section: no rules.
+    assert!(s
+        .reload(T0, None)
+        .unwrap()
+        .contains(&"trading_day_start_utc"));
+    assert_eq!(send(&s, T0, &order(400.0, 3900.0)), Verdict::Pass);
 }

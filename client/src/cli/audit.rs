@@ -101,6 +101,7 @@ fn human(l: &Line) -> String {
             ts_ms,
             rid,
             client,
+            name,
             id,
             op,
             order,
@@ -114,7 +115,11 @@ fn human(l: &Line) -> String {
                 (_, Some(c)) => format!("order {}", c.order_id.0),
                 _ => "(body not decodable)".to_string(),
             };
-            format!("{ts_ms} {rid} request {op} {what} client={client} id={id}")
+            let name = name
+                .as_deref()
+                .map(|n| format!(" name={n}"))
+                .unwrap_or_default();
+            format!("{ts_ms} {rid} request {op} {what} client={client}{name} id={id}")
         }
         Line::Decision {
             ts_ms,

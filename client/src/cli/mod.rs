@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod call;
 mod halt;
+mod risk;
 mod status;
 mod tail;
 mod trade;
@@ -40,6 +41,11 @@ pub struct Args {
     /// Our CURVE key file (from `tradeplex keygen`), needed with --curve-server-key.
     #[arg(long, env = "TRADEPLEX_CURVE_KEY_FILE", global = true)]
     pub curve_key_file: Option<std::path::PathBuf>,
+    /// The client name to declare to the broker (per-client risk limits, admin rights,
+    /// the audit journal); honoured from loopback without CURVE. With CURVE the key names
+    /// the client and this, if given, must match.
+    #[arg(long, env = "TRADEPLEX_CLIENT_NAME", global = true)]
+    pub client_name: Option<String>,
     /// Log filter for stderr (`warn`, `debug`, `tradeplex_client=debug,warn`, …); a filter
     /// that does not parse is a usage error (exit 2).
     #[arg(
@@ -89,6 +95,10 @@ enum Command {
     /// What happened to an order: its request, risk decision and outcome from the
     /// broker's audit journal.
     Audit(audit::AuditArgs),
+    /// Risk limits at runtime: show them, set or clear an account's, a client's or the
+    /// default (admin clients only), or list the changes in the audit journal.
+    #[command(subcommand)]
+    Risk(risk::RiskCommand),
 }
 
 /// Flags of `tradeplex keygen`.
@@ -169,6 +179,8 @@ pub struct Conn {
     pub events: String,
     /// CURVE settings, if enabled.
     pub curve: Option<ClientCurve>,
+    /// The client name declared in requests.
+    pub name: Option<String>,
 }
 
 impl Conn {
@@ -190,6 +202,7 @@ impl Conn {
             broker: args.broker.clone(),
             events: args.events.clone(),
             curve,
+            name: args.client_name.clone(),
         })
     }
 
@@ -200,6 +213,7 @@ impl Conn {
             .timeout(Duration::from_millis(timeout_ms))
             .fail_fast(true);
         opts.curve = self.curve.clone();
+        opts.name = self.name.clone();
         Ok(Client::connect(&self.broker, opts)?)
     }
 
@@ -230,6 +244,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Halt(h) => halt::halt(&conn, h),
         Command::Resume(r) => halt::resume(&conn, r),
         Command::Audit(a) => audit::run(a),
+        Command::Risk(r) => risk::run(&conn, r),
         Command::Keygen(k) => {
             let keys = KeyPair::generate()?;
             if k.json {

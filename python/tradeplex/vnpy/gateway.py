@@ -186,6 +186,7 @@ class TradeplexGateway(BaseGateway):
         "account": "",
         "curve_server_key": "",
         "curve_key_file": "",
+        "client_name": "",
     }
     exchanges: ClassVar[list[Exchange]] = list(Exchange)  # type: ignore[misc]
 
@@ -240,6 +241,7 @@ class TradeplexGateway(BaseGateway):
         self.account = str(setting.get("account") or "")
         server_key = str(setting.get("curve_server_key") or "") or None
         key_file = str(setting.get("curve_key_file") or "") or None
+        client_name = str(setting.get("client_name") or "") or None
         broker = str(setting.get("broker") or self.default_setting["broker"])
         events = str(setting.get("events") or self.default_setting["events"])
         self.client = tradeplex.Client(
@@ -248,6 +250,7 @@ class TradeplexGateway(BaseGateway):
             curve_server_key=server_key,
             curve_key_file=key_file,
             timeout_ms=CALL_TIMEOUT_MS,
+            client_name=client_name,
         )
         # Exact account topics when an account is named; all accounts (filtered by the
         # worker that serves ours) for the default account "".

@@ -48,6 +48,7 @@ impl Pipe for RawClientPipe {
             idempotent: true,
             target: None,
             affinity: None,
+            client: None,
         };
         self.next_id += 1;
         let [p, c, h] = cp::encode(cp::Command::Request, &header);
