@@ -31,6 +31,17 @@ pub struct Shared {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl Shared {
+    /// Whether handlers that say so may run on the session thread: not while every
+    /// journal line waits for its fsync, which would stall heartbeats and every other
+    /// request behind each order's disk flush.
+    pub fn may_run_inline(&self) -> bool {
+        self.journal
+            .as_ref()
+            .is_none_or(|j| j.options().fsync != tradeplex_ops::journal::FsyncPolicy::Always)
+    }
+}
+
 /// The pool: send requests in, poll `results` for what finished.
 pub struct Executor {
     jobs: Option<Sender<Request>>,

@@ -287,11 +287,12 @@ impl<'a> Session<'a> {
             idempotent: h.idempotent,
             body,
         };
-        let inline = self
-            .shared
-            .handlers
-            .get(&req.service)
-            .is_some_and(|handler| handler.runs_inline(&req));
+        let inline = self.shared.may_run_inline()
+            && self
+                .shared
+                .handlers
+                .get(&req.service)
+                .is_some_and(|handler| handler.runs_inline(&req));
         if inline {
             let (cmd, header, body) = crate::executor::execute(&self.shared, &req);
             send_result(dealer, cmd, &header, &body);

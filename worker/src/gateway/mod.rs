@@ -161,6 +161,16 @@ pub trait Gateway: Send + Sync + 'static {
     /// Historical bars.
     fn query_history(&self, req: &HistoryRequest) -> Result<Vec<Bar>, GatewayError>;
 
+    /// True if operation `op` (a request body's `op` field) is cheap and never blocks on
+    /// I/O or on a lock held for long, so the worker may run it on its session thread
+    /// instead of handing it to an executor thread and back (two thread wake-ups, about
+    /// half of a SIM order's round trip on a 2-core machine). A gateway talking to a real
+    /// exchange over the network says false, the default.
+    fn runs_inline(&self, op: &str) -> bool {
+        let _ = op;
+        false
+    }
+
     /// A gateway-specific operation: `op` is the request body's `op` field when it is none
     /// of [`tradeplex_proto::model::GatewayRequest`]'s, `body` the whole MessagePack body.
     /// Returns `None` when the gateway has no such operation (the caller answers

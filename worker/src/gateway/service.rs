@@ -107,6 +107,15 @@ impl Handler for GatewayService {
         self.handle_body(&req.body).map_err(HandlerError::from)
     }
 
+    /// Asks the gateway about the body's `op`; a body that does not even name one is
+    /// answered inline too (its `bad_request` costs nothing).
+    fn runs_inline(&self, req: &Request) -> bool {
+        match rmp_serde::from_slice::<OpOnly>(&req.body) {
+            Ok(o) => self.gateway.runs_inline(&o.op),
+            Err(_) => true,
+        }
+    }
+
     fn available(&self) -> bool {
         let state = self.gateway.state();
         if let Some(m) = &self.metrics {

@@ -459,6 +459,13 @@ impl Gateway for SimGateway {
     fn extension(&self, op: &str, body: &[u8]) -> Option<Result<Vec<u8>, GatewayError>> {
         (op == DISCONNECT_OP).then(|| self.inject_disconnect(body))
     }
+
+    /// Everything but history runs in memory under the core lock, which the market thread
+    /// holds only for one step: inline. History computes up to thousands of bars, and the
+    /// fault injection changes the connection state: those go to the executor.
+    fn runs_inline(&self, op: &str) -> bool {
+        !matches!(op, "query_history" | DISCONNECT_OP)
+    }
 }
 
 impl Drop for SimGateway {

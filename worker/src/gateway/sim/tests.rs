@@ -397,3 +397,30 @@ fn an_ambiguous_empty_exchange_is_a_bad_request() {
         (Status::AllTraded, "GLOBAL")
     );
 }
+
+#[test]
+fn orders_and_queries_run_inline_history_and_fault_injection_do_not() {
+    let f = fixture(SimConfig::default());
+    let inline = |op: &str| {
+        f.service.runs_inline(&Request {
+            job: JobId(1),
+            id: RequestId(1),
+            service: ServiceName::new("SIM").unwrap(),
+            deadline_ms: tradeplex_proto::now_unix_ms() + 5000,
+            idempotent: false,
+            body: rmp_serde::to_vec_named(&json!({"op": op, "symbol": "IF2412"})).unwrap(),
+        })
+    };
+    for op in [
+        "send_order",
+        "cancel_order",
+        "query_account",
+        "query_tick",
+        "subscribe",
+    ] {
+        assert!(inline(op), "{op}");
+    }
+    for op in ["query_history", DISCONNECT_OP] {
+        assert!(!inline(op), "{op}");
+    }
+}
