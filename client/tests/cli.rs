@@ -70,37 +70,60 @@ fn code_spans(text: &str) -> Vec<&str> {
     text.split('`').skip(1).step_by(2).collect()
 }
 
+/// `tradeplex [COMMAND [SUBCOMMAND]] --help`; `command` is the words before `--help`.
 fn help(command: Option<&str>) -> String {
-    let mut args: Vec<&str> = command.into_iter().collect();
+    let mut args: Vec<&str> = command.map(|c| c.split(' ').collect()).unwrap_or_default();
     args.push("--help");
     let out = tradeplex(&args);
     assert!(out.status.success(), "tradeplex {args:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The names in a help text's `Commands:` section (`help` left out); empty for a leaf.
+fn subcommands(help_text: &str) -> Vec<String> {
+    let Some(after) = help_text.split("Commands:").nth(1) else {
+        return Vec::new();
+    };
+    let list = after.split("Options:").next().unwrap_or_default();
+    list.lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .filter(|c| c != "help")
+        .collect()
+}
+
+/// Whether `tradeplex COMMAND` takes `flag`: its help lists it or, for a command with
+/// subcommands (`risk show`, `risk set`), every subcommand's does.
+fn takes(command: &str, flag: &str) -> bool {
+    let text = help(Some(command));
+    let has = text
+        .split_whitespace()
+        .any(|w| w.trim_end_matches(',') == flag);
+    let subs = subcommands(&text);
+    has || (!subs.is_empty() && subs.iter().all(|s| takes(&format!("{command} {s}"), flag)))
+}
+
 #[test]
 fn every_flag_the_readme_shows_for_tradeplex_exists() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md");
-    let commands: Vec<String> = {
-        let top = help(None);
-        let after = top.split("Commands:").nth(1).expect("a Commands: section");
-        let list = after.split("Options:").next().unwrap_or_default();
-        list.lines()
-            .filter_map(|l| l.split_whitespace().next().map(String::from))
-            .filter(|c| c != "help")
-            .collect()
-    };
+    let commands = subcommands(&help(None));
     assert!(commands.iter().any(|c| c == "call"), "{commands:?}");
-    // (command or "" for the global flags, the flags shown with it)
+    // (command — with its subcommand where it has them, "" for the global flags —,
+    // the flags shown with it)
     let mut shown: Vec<(String, BTreeSet<String>, String)> = Vec::new();
     let mut note = |cmd: &str, text: &str| {
         let cmd = if commands.iter().any(|c| c == cmd) {
-            cmd
+            // `risk set --account A`: the flags belong to `risk set`.
+            let second = text.split_whitespace().nth(1).unwrap_or_default();
+            if subcommands(&help(Some(cmd))).iter().any(|s| s == second) {
+                format!("{cmd} {second}")
+            } else {
+                cmd.to_string()
+            }
         } else {
-            ""
+            String::new()
         };
-        shown.push((cmd.to_string(), flags(text), text.to_string()));
+        shown.push((cmd, flags(text), text.to_string()));
     };
     // The shell block: `target/release/tradeplex COMMAND …` lines.
     for line in readme.lines() {
@@ -149,9 +172,9 @@ fn every_flag_the_readme_shows_for_tradeplex_exists() {
             // outside any command ("every command takes `--json`") must be global or
             // taken by every command.
             let known = if cmd.is_empty() {
-                has(&global, f) || commands.iter().all(|c| has(&help(Some(c)), f))
+                has(&global, f) || commands.iter().all(|c| takes(c, f))
             } else {
-                has(&help(Some(cmd)), f)
+                takes(cmd, f)
             };
             if !known {
                 missing.push(format!("{cmd} {f} (README: {text})"));
