@@ -1,6 +1,11 @@
 //! Dispatcher unit tests: no sockets, no sleeps; time is advanced by hand.
 
 use super::*;
+use tradeplex_proto::client::{ReplyHeader, RequestHeader};
+use tradeplex_proto::mgmt::{HaltReply, HaltRequest, ResumeReply, HALT_SERVICE, RESUME_SERVICE};
+use tradeplex_proto::model::GatewayRequest;
+use tradeplex_proto::worker::{DisconnectHeader, ReadyHeader};
+use tradeplex_proto::{ErrorCode, RequestId};
 
 const HB: Duration = Duration::from_millis(100);
 

@@ -1,0 +1,184 @@
+//! Requests from clients: admission (deadline, limits, target), the risk stage, and
+//! queueing; answers to messages that could not be read.
+
+use std::time::Instant;
+
+use tradeplex_proto::client::{ErrorHeader, RequestHeader};
+use tradeplex_proto::mgmt::{HALT_SERVICE, RESUME_SERVICE, STATUS_SERVICE};
+use tradeplex_proto::{ErrorCode, JobId, RequestId};
+
+use super::jobs::Job;
+use super::{Body, Clock, Dispatcher, Identity};
+use crate::risk;
+
+/// Most services tracked at once (registered ones plus ones waiting out a grace period).
+const MAX_SERVICES: usize = 4096;
+/// Most client identities tracked for the `tradeplex_clients` gauge.
+const MAX_TRACKED_CLIENTS: usize = 100_000;
+
+impl Dispatcher {
+    /// A REQUEST from a client.
+    pub(crate) fn on_request(
+        &mut self,
+        clock: Clock,
+        client: Identity,
+        h: RequestHeader,
+        body: Body,
+    ) {
+        self.note_client(&client, clock.now);
+        let metrics = if h.service.is_mgmt() {
+            self.mgmt_metrics.clone()
+        } else {
+            self.service_metrics(&h.service)
+        };
+        metrics.received();
+        if let Some((code, message)) = self.admission_error(clock, &h) {
+            metrics.answered(Some(code), 0.0);
+            self.send_error(client, ErrorHeader::new(h.id, code, message));
+            return;
+        }
+        if h.service.is_mgmt() {
+            self.answer_mgmt(clock, client, &h, &body, &metrics);
+            return;
+        }
+        let mut verdict = self.risk.as_ref().map(|r| r.check(clock.unix_ms, &body));
+        let mut audit_rid = None;
+        if let (Some(stage), Some(v)) = (&self.risk, &verdict) {
+            match stage.audit_request(clock.unix_ms, &client, h.id.0, &body, v) {
+                Ok(rid) => audit_rid = rid,
+                // An order the journal cannot record is not sent.
+                Err(message) => {
+                    if let Some(risk::Verdict::Admitted(t)) = verdict.take() {
+                        stage.settle(t);
+                    }
+                    tracing::error!(%message, "request refused");
+                    verdict = Some(risk::Verdict::Refuse(ErrorCode::Unavailable, message));
+                }
+            }
+        }
+        let risk_ticket = match verdict {
+            Some(risk::Verdict::Refuse(code, message)) => {
+                metrics.answered(Some(code), 0.0);
+                self.send_error(client, ErrorHeader::new(h.id, code, message));
+                return;
+            }
+            Some(risk::Verdict::Admitted(ticket)) => Some(ticket),
+            Some(risk::Verdict::Pass) | None => None,
+        };
+        let has_workers = self.has_workers(&h.service);
+        let job_id = JobId(self.next_job);
+        self.next_job += 1;
+        let timer_ms = if has_workers {
+            h.deadline_ms
+        } else {
+            h.deadline_ms.min(clock.unix_ms + self.cfg.grace_ms)
+        };
+        let job = Job {
+            client,
+            id: h.id,
+            service: h.service.clone(),
+            deadline_ms: h.deadline_ms,
+            idempotent: h.idempotent,
+            target: h.target,
+            affinity: h.affinity,
+            body,
+            refused_by: Vec::new(),
+            undelivered: false,
+            received: clock.now,
+            worker: None,
+            timer_ms: None,
+            risk_ticket,
+            halt_cancel: None,
+            audit_rid,
+        };
+        let service = self.service_entry(&h.service);
+        service.queue.push_back(&job.client, job_id);
+        service.metrics.queue_depth.inc();
+        self.jobs.insert(job_id, job);
+        self.pump(&h.service);
+        // Most requests are delivered at once; only one still queued needs a timer.
+        if self.jobs.get(&job_id).is_some_and(|j| j.worker.is_none()) {
+            self.set_timer(job_id, timer_ms);
+        }
+    }
+
+    /// Why a request is refused before it is queued, if it is.
+    fn admission_error(&self, clock: Clock, h: &RequestHeader) -> Option<(ErrorCode, String)> {
+        if self.shutting_down {
+            return Some((ErrorCode::Unavailable, "broker is shutting down".into()));
+        }
+        if h.deadline_ms <= clock.unix_ms {
+            return Some((
+                ErrorCode::DeadlineExceeded,
+                format!(
+                    "deadline passed {} ms before arrival",
+                    clock.unix_ms - h.deadline_ms
+                ),
+            ));
+        }
+        if h.service.is_mgmt() {
+            let known = [STATUS_SERVICE, HALT_SERVICE, RESUME_SERVICE];
+            return (!known.contains(&h.service.as_str())).then(|| {
+                (
+                    ErrorCode::UnknownService,
+                    format!("no management service {}", h.service),
+                )
+            });
+        }
+        let service = self.services.get(&h.service);
+        if !self.has_workers(&h.service) && self.cfg.grace_ms == 0 {
+            return Some((
+                ErrorCode::UnknownService,
+                format!("no worker offers {}", h.service),
+            ));
+        }
+        if service.is_none() && self.services.len() >= MAX_SERVICES {
+            return Some((
+                ErrorCode::UnknownService,
+                format!("no worker offers {}", h.service),
+            ));
+        }
+        if let Some(target) = h.target {
+            let offered = self
+                .by_id
+                .get(&target)
+                .and_then(|i| self.workers.get(i))
+                .is_some_and(|w| w.offers(&h.service));
+            if !offered {
+                return Some((
+                    ErrorCode::UnknownWorker,
+                    format!("worker {target} is not registered for {}", h.service),
+                ));
+            }
+        }
+        if service.is_some_and(|s| s.queue.len() >= self.cfg.max_queue) {
+            return Some((
+                ErrorCode::Overloaded,
+                format!(
+                    "{} queue is full ({} requests)",
+                    h.service, self.cfg.max_queue
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Answers a client whose message could not be decoded.
+    pub(crate) fn reject_client(
+        &mut self,
+        client: Identity,
+        id: RequestId,
+        code: ErrorCode,
+        message: String,
+    ) {
+        self.send_error(client, ErrorHeader::new(id, code, message));
+    }
+
+    fn note_client(&mut self, client: &Identity, now: Instant) {
+        if let Some(seen) = self.clients.get_mut(client) {
+            *seen = now;
+        } else if self.clients.len() < MAX_TRACKED_CLIENTS {
+            self.clients.insert(client.clone(), now);
+        }
+    }
+}
