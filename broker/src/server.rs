@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tradeplex_proto::{client, worker, ErrorCode, ProtoError};
+use tradeplex_proto::client::{self, ReplyHeader};
+use tradeplex_proto::{frame, worker, ErrorCode, ProtoError};
+
+use crate::body::Body;
 
 use crate::config::Config;
 use crate::dispatch::{Clock, DispatchConfig, Dispatcher, Out};
@@ -580,48 +583,77 @@ impl Loop {
         }
     }
 
+    /// Encodes one decision and sends it.
     fn send(&mut self, out: Out) {
         match out {
-            Out::Client {
-                to,
-                cmd,
-                header,
-                body,
-            } => {
-                let r = wire::send_routed(
-                    &mut self.frontend,
-                    &to,
-                    client::PROTOCOL.frame,
-                    cmd as u8,
-                    &header,
-                    body,
-                );
-                if let Err(e) = r {
-                    // The client is gone or not reading; its reply is dropped.
-                    tracing::debug!(error = %e, "reply to client not sent");
-                }
-            }
-            Out::Worker {
-                to,
-                cmd,
-                header,
-                body,
-                job,
-            } => {
-                let r = wire::send_routed(
-                    &mut self.backend,
-                    &to,
-                    worker::PROTOCOL.frame,
-                    cmd as u8,
-                    &header,
-                    body,
-                );
-                if let (Err(e), Some(job)) = (r, job) {
+            Out::Deliver { to, header, body } => {
+                let job = header.job;
+                if let Err(e) = self.send_to_worker(&to, worker::Command::Request, &header, body) {
                     tracing::warn!(error = %e, %job, "request could not be sent to its worker; requeued");
                     self.dispatcher.on_send_failed(Clock::real(), job);
                 }
             }
+            Out::Reply {
+                to,
+                id,
+                worker,
+                body,
+            } => self.send_to_client(
+                &to,
+                client::Command::Reply,
+                &ReplyHeader { id, worker },
+                body,
+            ),
+            Out::Error {
+                to,
+                id,
+                code,
+                message,
+                worker,
+            } => {
+                let mut h = client::ErrorHeader::new(id, code, message);
+                h.worker = worker;
+                self.send_to_client(&to, client::Command::Error, &h, Body::new());
+            }
+            // A worker that cannot be reached is found by its silence (liveness), or by
+            // the next request sent to it.
+            Out::Heartbeat { to } => {
+                let h = worker::HeartbeatHeader {};
+                let _ = self.send_to_worker(&to, worker::Command::Heartbeat, &h, Body::new());
+            }
+            Out::Disconnect { to, reason } => {
+                let h = worker::DisconnectHeader { reason };
+                let _ = self.send_to_worker(&to, worker::Command::Disconnect, &h, Body::new());
+            }
         }
+    }
+
+    fn send_to_client<T: serde::Serialize>(
+        &mut self,
+        to: &[u8],
+        cmd: client::Command,
+        header: &T,
+        body: Body,
+    ) {
+        let header = frame::encode_header(header);
+        let proto = client::PROTOCOL.frame;
+        let r = wire::send_routed(&mut self.frontend, to, proto, cmd as u8, &header, body);
+        if let Err(e) = r {
+            // The client is gone or not reading; its reply is dropped.
+            tracing::debug!(error = %e, "reply to client not sent");
+        }
+    }
+
+    fn send_to_worker<T: serde::Serialize>(
+        &mut self,
+        to: &[u8],
+        cmd: worker::Command,
+        header: &T,
+        body: Body,
+    ) -> zmq::Result<()> {
+        let header = frame::encode_header(header);
+        let proto = worker::PROTOCOL.frame;
+        wire::send_routed(&mut self.backend, to, proto, cmd as u8, &header, body)
     }
 }
 

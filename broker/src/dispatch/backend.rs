@@ -1,7 +1,7 @@
 //! Messages from workers: answers to jobs (including refusals and garbled ones), and
 //! the undo of a delivery the socket could not make.
 
-use tradeplex_proto::worker::{self, DisconnectHeader};
+use tradeplex_proto::worker;
 use tradeplex_proto::{ErrorCode, JobId};
 
 use super::registry::Departure;
@@ -23,13 +23,7 @@ impl Dispatcher {
         let Some(w) = self.workers.get_mut(&from) else {
             if !matches!(msg, worker::Message::Disconnect(_)) {
                 // A worker we do not know (e.g. we restarted): ask it to register again.
-                self.send_to_worker(
-                    from,
-                    worker::Command::Disconnect,
-                    &DisconnectHeader {
-                        reason: worker::REASON_NOT_REGISTERED.into(),
-                    },
-                );
+                self.disconnect(from, worker::REASON_NOT_REGISTERED.into());
             }
             return;
         };
@@ -76,11 +70,7 @@ impl Dispatcher {
     /// `<code name>: <detail>`); any registration it has stands.
     pub(crate) fn refuse_worker_message(&mut self, to: Identity, code: ErrorCode, detail: &str) {
         let reason = format!("{}: {detail}", code.name());
-        self.send_to_worker(
-            to,
-            worker::Command::Disconnect,
-            &DisconnectHeader { reason },
-        );
+        self.disconnect(to, reason);
     }
 
     fn complete(

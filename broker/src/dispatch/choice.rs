@@ -1,7 +1,7 @@
 //! Dispatch proper: which queued job goes to which worker (targets, affinity, least
 //! loaded then least recently used, clients in turn) and the delivery itself.
 
-use tradeplex_proto::{frame, worker, ErrorCode, JobId, ServiceName, WorkerId};
+use tradeplex_proto::{worker, ErrorCode, JobId, ServiceName, WorkerId};
 
 use super::jobs::Job;
 use super::{Dispatcher, Identity, Out};
@@ -214,13 +214,13 @@ impl Dispatcher {
         };
         let body = job.body.share();
         job.worker = Some(to.clone());
-        let header = frame::encode_header(&worker::RequestHeader {
+        let header = worker::RequestHeader {
             job: job_id,
             id: job.id,
             service: job.service.clone(),
             deadline_ms: job.deadline_ms,
             idempotent: job.idempotent,
-        });
+        };
         let service = job.service.clone();
         self.use_counter += 1;
         if let Some(w) = self.workers.get_mut(&to) {
@@ -231,12 +231,6 @@ impl Dispatcher {
             s.in_flight += 1;
             s.metrics.in_flight.inc();
         }
-        self.out.push(Out::Worker {
-            to,
-            cmd: worker::Command::Request,
-            header,
-            body,
-            job: Some(job_id),
-        });
+        self.out.push(Out::Deliver { to, header, body });
     }
 }

@@ -1,11 +1,10 @@
 //! Time: worker expiry, the heartbeat round (with its sweeps), requests abandoned past
 //! their deadline in flight, and the timers of queued requests.
 
-use tradeplex_proto::worker::{self, HeartbeatHeader};
 use tradeplex_proto::{ErrorCode, JobId};
 
 use super::registry::Departure;
-use super::{Clock, Dispatcher, Identity};
+use super::{Clock, Dispatcher, Identity, Out};
 use crate::metrics::WORKER_STATES;
 
 impl Dispatcher {
@@ -49,7 +48,7 @@ impl Dispatcher {
         self.metrics.heartbeats_missed.inc_by(missed as u64);
         let identities: Vec<Identity> = self.workers.keys().cloned().collect();
         for identity in identities {
-            self.send_to_worker(identity, worker::Command::Heartbeat, &HeartbeatHeader {});
+            self.out.push(Out::Heartbeat { to: identity });
         }
         let window = self.cfg.liveness_window();
         self.clients

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use tradeplex_proto::client::{ErrorHeader, RequestHeader};
+use tradeplex_proto::client::RequestHeader;
 use tradeplex_proto::mgmt::{HALT_SERVICE, RESUME_SERVICE, STATUS_SERVICE};
 use tradeplex_proto::{ErrorCode, JobId, RequestId};
 
@@ -34,7 +34,7 @@ impl Dispatcher {
         metrics.received();
         if let Some((code, message)) = self.admission_error(clock, &h) {
             metrics.answered(Some(code), 0.0);
-            self.send_error(client, ErrorHeader::new(h.id, code, message));
+            self.send_error(client, h.id, code, message);
             return;
         }
         if h.service.is_mgmt() {
@@ -59,7 +59,7 @@ impl Dispatcher {
         let risk_ticket = match verdict {
             Some(risk::Verdict::Refuse(code, message)) => {
                 metrics.answered(Some(code), 0.0);
-                self.send_error(client, ErrorHeader::new(h.id, code, message));
+                self.send_error(client, h.id, code, message);
                 return;
             }
             Some(risk::Verdict::Admitted(ticket)) => Some(ticket),
@@ -171,7 +171,7 @@ impl Dispatcher {
         code: ErrorCode,
         message: String,
     ) {
-        self.send_error(client, ErrorHeader::new(id, code, message));
+        self.send_error(client, id, code, message);
     }
 
     fn note_client(&mut self, client: &Identity, now: Instant) {

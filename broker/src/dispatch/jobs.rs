@@ -3,8 +3,7 @@
 
 use std::time::Instant;
 
-use tradeplex_proto::client::{self, ErrorHeader, ReplyHeader};
-use tradeplex_proto::{frame, ErrorCode, JobId, RequestId, ServiceName, WorkerId};
+use tradeplex_proto::{ErrorCode, JobId, RequestId, ServiceName, WorkerId};
 
 use super::{Body, Dispatcher, Identity, Out};
 use crate::risk;
@@ -134,22 +133,22 @@ impl Dispatcher {
         match result {
             Ok(body) => {
                 metrics.answered(None, elapsed);
-                let header = frame::encode_header(&ReplyHeader {
+                self.out.push(Out::Reply {
+                    to: job.client,
                     id: job.id,
                     worker: worker.unwrap_or(self.broker_id),
-                });
-                self.out.push(Out::Client {
-                    to: job.client,
-                    cmd: client::Command::Reply,
-                    header,
                     body,
                 });
             }
             Err((code, message)) => {
                 metrics.answered(Some(code), elapsed);
-                let mut h = ErrorHeader::new(job.id, code, message);
-                h.worker = worker;
-                self.send_error(job.client, h);
+                self.out.push(Out::Error {
+                    to: job.client,
+                    id: job.id,
+                    code,
+                    message,
+                    worker,
+                });
             }
         }
         self.forget_empty_service(&job.service);

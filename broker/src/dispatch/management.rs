@@ -1,13 +1,13 @@
 //! The broker's own `tpx.*` services: `tpx.status`, and the kill switch `tpx.halt` /
 //! `tpx.resume` with the cancels a halt sends to the workers holding the orders.
 
-use tradeplex_proto::client::{self, ErrorHeader, ReplyHeader, RequestHeader};
+use tradeplex_proto::client::RequestHeader;
 use tradeplex_proto::mgmt::{
     HaltReply, HaltRequest, ResumeReply, ResumeRequest, ServiceStatus, StatusReply, WorkerStatus,
     HALT_SERVICE, MAX_HALT_ACCOUNT, MAX_HALT_REASON, RESUME_SERVICE,
 };
 use tradeplex_proto::model::{CancelRequest, GatewayRequest, OrderId};
-use tradeplex_proto::{frame, ErrorCode, JobId, RequestId, ServiceName};
+use tradeplex_proto::{ErrorCode, JobId, RequestId, ServiceName};
 
 use super::jobs::Job;
 use super::{Body, Clock, Dispatcher, Identity, Out};
@@ -41,19 +41,15 @@ impl Dispatcher {
             Ok(body) => body,
             Err((code, message)) => {
                 m.answered(Some(code), 0.0);
-                self.send_error(client, ErrorHeader::new(h.id, code, message));
+                self.send_error(client, h.id, code, message);
                 return;
             }
         };
         m.answered(None, 0.0);
-        let header = frame::encode_header(&ReplyHeader {
+        self.out.push(Out::Reply {
+            to: client,
             id: h.id,
             worker: self.broker_id,
-        });
-        self.out.push(Out::Client {
-            to: client,
-            cmd: client::Command::Reply,
-            header,
             body: Body::from(body),
         });
     }

@@ -25,8 +25,6 @@ mod shutdown;
 #[cfg(test)]
 mod tests;
 
-pub use registry::Departure;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,8 +32,7 @@ use std::time::{Duration, Instant};
 // FxHash: the keys are our own ids and peer identities, and SipHash's DoS resistance
 // costs ~20% of the broker's per-request CPU here (measured with perf).
 use rustc_hash::FxHashMap as HashMap;
-use tradeplex_proto::client::{self, ErrorHeader};
-use tradeplex_proto::{frame, worker, JobId, ServiceName, WorkerId};
+use tradeplex_proto::{worker, ErrorCode, JobId, RequestId, ServiceName, WorkerId};
 
 use crate::metrics::{Metrics, ServiceMetrics, MGMT_SERVICE_LABEL, UNKNOWN_SERVICE_LABEL};
 use crate::risk;
@@ -66,6 +63,7 @@ impl Clock {
         }
     }
 
+    #[cfg(test)]
     /// This clock advanced by `d` on both scales.
     pub fn advance(self, d: Duration) -> Clock {
         Clock {
@@ -75,31 +73,53 @@ impl Clock {
     }
 }
 
-/// Something the socket loop must send.
-pub enum Out {
-    /// To a client on the frontend.
-    Client {
-        /// Routing id.
+/// A decision the socket loop carries out: it encodes the message and sends it.
+pub(crate) enum Out {
+    /// REQUEST to a worker. If the send fails, [`Dispatcher::on_send_failed`] with the
+    /// header's job undoes the delivery.
+    Deliver {
+        /// The worker's routing id.
         to: Identity,
-        /// Command byte.
-        cmd: client::Command,
-        /// Encoded header.
-        header: Vec<u8>,
-        /// Body (empty for errors).
+        /// The delivery, as the worker receives it.
+        header: worker::RequestHeader,
+        /// The client's body, shared with the job (not copied).
         body: Body,
     },
-    /// To a worker on the backend.
-    Worker {
-        /// Routing id.
+    /// REPLY to a client.
+    Reply {
+        /// The client's routing id.
         to: Identity,
-        /// Command byte.
-        cmd: worker::Command,
-        /// Encoded header.
-        header: Vec<u8>,
-        /// Body (empty except for requests).
+        /// The request answered.
+        id: RequestId,
+        /// The worker that served it (the broker's own id for `tpx.*`).
+        worker: WorkerId,
+        /// The worker's reply body.
         body: Body,
-        /// The job this message delivers, so a failed send can be undone.
-        job: Option<JobId>,
+    },
+    /// ERROR to a client: a failed request or a message that could not be read.
+    Error {
+        /// The client's routing id.
+        to: Identity,
+        /// The request (0 when it could not be read).
+        id: RequestId,
+        /// What went wrong.
+        code: ErrorCode,
+        /// Detail for people.
+        message: String,
+        /// The worker involved, if any.
+        worker: Option<WorkerId>,
+    },
+    /// HEARTBEAT to a worker (also the acknowledgement of its first READY).
+    Heartbeat {
+        /// The worker's routing id.
+        to: Identity,
+    },
+    /// DISCONNECT to a worker: register again, go away, or "this message was refused".
+    Disconnect {
+        /// The worker's routing id.
+        to: Identity,
+        /// Why (see the `REASON_*` constants and [`worker::is_refusal`]).
+        reason: String,
     },
 }
 
@@ -151,7 +171,7 @@ pub struct Dispatcher {
     /// The pre-trade risk stage (`[risk]` configured); every request passes it.
     risk: Option<risk::Stage>,
     /// Messages to send; drained by the socket loop.
-    pub out: Vec<Out>,
+    pub(crate) out: Vec<Out>,
 }
 
 impl Dispatcher {
@@ -233,22 +253,17 @@ impl Dispatcher {
             .or_insert_with(|| new_service(unknown.clone()))
     }
 
-    fn send_error(&mut self, to: Identity, h: ErrorHeader) {
-        self.out.push(Out::Client {
+    fn send_error(&mut self, to: Identity, id: RequestId, code: ErrorCode, message: String) {
+        self.out.push(Out::Error {
             to,
-            cmd: client::Command::Error,
-            header: frame::encode_header(&h),
-            body: Body::new(),
+            id,
+            code,
+            message,
+            worker: None,
         });
     }
 
-    fn send_to_worker<T: serde::Serialize>(&mut self, to: Identity, cmd: worker::Command, h: &T) {
-        self.out.push(Out::Worker {
-            to,
-            cmd,
-            header: frame::encode_header(h),
-            body: Body::new(),
-            job: None,
-        });
+    fn disconnect(&mut self, to: Identity, reason: String) {
+        self.out.push(Out::Disconnect { to, reason });
     }
 }

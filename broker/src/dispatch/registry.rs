@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rustc_hash::FxHashSet as HashSet;
-use tradeplex_proto::worker::{self, DisconnectHeader, HeartbeatHeader, ReadyHeader};
+use tradeplex_proto::worker::{self, ReadyHeader};
 use tradeplex_proto::{ErrorCode, JobId, ServiceName, WorkerId};
 
 use super::queue::ServiceQueue;
-use super::{Clock, Dispatcher, Identity};
+use super::{Clock, Dispatcher, Identity, Out};
 use crate::metrics::ServiceMetrics;
 
 /// Why a worker leaves the registry.
@@ -95,13 +95,7 @@ impl Dispatcher {
             // after a network cut healed): it must not shadow the live registration.
             self.metrics.bad_frame("backend", "stale_session");
             tracing::info!(worker = %h.worker, session = h.session, "READY from an abandoned connection ignored");
-            self.send_to_worker(
-                from,
-                worker::Command::Disconnect,
-                &DisconnectHeader {
-                    reason: worker::REASON_STALE_SESSION.into(),
-                },
-            );
+            self.disconnect(from, worker::REASON_STALE_SESSION.into());
             return;
         }
         if self.workers.get(&from).is_some_and(|w| w.id != h.worker) {
@@ -133,11 +127,7 @@ impl Dispatcher {
                     },
                 );
                 // Acknowledge at once: a heartbeat tells the worker it is registered.
-                self.send_to_worker(
-                    from.clone(),
-                    worker::Command::Heartbeat,
-                    &HeartbeatHeader {},
-                );
+                self.out.push(Out::Heartbeat { to: from.clone() });
                 Vec::new()
             }
         };

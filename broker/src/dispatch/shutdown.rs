@@ -1,7 +1,7 @@
 //! Shutdown in two steps: refuse new requests and answer the queued ones, then answer
 //! what is still in flight and tell every worker to go.
 
-use tradeplex_proto::worker::{self, DisconnectHeader};
+use tradeplex_proto::worker;
 use tradeplex_proto::{ErrorCode, JobId, WorkerId};
 
 use super::{Dispatcher, Identity};
@@ -43,13 +43,7 @@ impl Dispatcher {
         }
         let identities: Vec<Identity> = self.workers.keys().cloned().collect();
         for identity in identities {
-            self.send_to_worker(
-                identity,
-                worker::Command::Disconnect,
-                &DisconnectHeader {
-                    reason: worker::REASON_SHUTTING_DOWN.into(),
-                },
-            );
+            self.disconnect(identity, worker::REASON_SHUTTING_DOWN.into());
         }
     }
 }
