@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tradeplex_proto::client::RequestHeader;
 use tradeplex_proto::mgmt::{HALT_SERVICE, RESUME_SERVICE, STATUS_SERVICE};
-use tradeplex_proto::{ErrorCode, JobId, RequestId};
+use tradeplex_proto::{ErrorCode, RequestId};
 
 use super::jobs::Job;
 use super::{Body, Clock, Dispatcher, Identity};
@@ -15,6 +15,10 @@ use crate::risk;
 const MAX_SERVICES: usize = 4096;
 /// Most client identities tracked for the `tradeplex_clients` gauge.
 const MAX_TRACKED_CLIENTS: usize = 100_000;
+
+/// What the risk stage gives a request it lets through: the ticket of an admitted order
+/// (settled when the job is answered) and the audit id its outcome is journaled under.
+type Admitted = (Option<risk::Ticket>, Option<String>);
 
 impl Dispatcher {
     /// A REQUEST from a client.
@@ -41,33 +45,16 @@ impl Dispatcher {
             self.answer_mgmt(clock, client, &h, &body, &metrics);
             return;
         }
-        let mut verdict = self.risk.as_ref().map(|r| r.check(clock.unix_ms, &body));
-        let mut audit_rid = None;
-        if let (Some(stage), Some(v)) = (&self.risk, &verdict) {
-            match stage.audit_request(clock.unix_ms, &client, h.id.0, &body, v) {
-                Ok(rid) => audit_rid = rid,
-                // An order the journal cannot record is not sent.
-                Err(message) => {
-                    if let Some(risk::Verdict::Admitted(t)) = verdict.take() {
-                        stage.settle(t);
-                    }
-                    tracing::error!(%message, "request refused");
-                    verdict = Some(risk::Verdict::Refuse(ErrorCode::Unavailable, message));
-                }
-            }
-        }
-        let risk_ticket = match verdict {
-            Some(risk::Verdict::Refuse(code, message)) => {
+        let (risk_ticket, audit_rid) = match self.pass_risk(clock, &client, &h, &body) {
+            Ok(admitted) => admitted,
+            Err((code, message)) => {
                 metrics.answered(Some(code), 0.0);
                 self.send_error(client, h.id, code, message);
                 return;
             }
-            Some(risk::Verdict::Admitted(ticket)) => Some(ticket),
-            Some(risk::Verdict::Pass) | None => None,
         };
         let has_workers = self.has_workers(&h.service);
-        let job_id = JobId(self.next_job);
-        self.next_job += 1;
+        let job_id = self.new_job_id();
         let timer_ms = if has_workers {
             h.deadline_ms
         } else {
@@ -76,7 +63,7 @@ impl Dispatcher {
         let job = Job {
             client,
             id: h.id,
-            service: h.service.clone(),
+            service: h.service,
             deadline_ms: h.deadline_ms,
             idempotent: h.idempotent,
             target: h.target,
@@ -91,14 +78,38 @@ impl Dispatcher {
             halt_cancel: None,
             audit_rid,
         };
-        let service = self.service_entry(&h.service);
-        service.queue.push_back(&job.client, job_id);
-        service.metrics.queue_depth.inc();
-        self.jobs.insert(job_id, job);
-        self.pump(&h.service);
-        // Most requests are delivered at once; only one still queued needs a timer.
-        if self.jobs.get(&job_id).is_some_and(|j| j.worker.is_none()) {
-            self.set_timer(job_id, timer_ms);
+        self.enqueue(job_id, job, timer_ms);
+    }
+
+    /// The risk stage's verdict on a request, journaled: the ticket of an admitted order and
+    /// the audit id to queue it with, or the refusal to answer. An order the journal cannot
+    /// record is refused `unavailable`, never sent.
+    fn pass_risk(
+        &self,
+        clock: Clock,
+        client: &Identity,
+        h: &RequestHeader,
+        body: &Body,
+    ) -> Result<Admitted, (ErrorCode, String)> {
+        let mut verdict = self.risk.as_ref().map(|r| r.check(clock.unix_ms, body));
+        let mut audit_rid = None;
+        if let (Some(stage), Some(v)) = (&self.risk, &verdict) {
+            match stage.audit_request(clock.unix_ms, client, h.id.0, body, v) {
+                Ok(rid) => audit_rid = rid,
+                // An order the journal cannot record is not sent.
+                Err(message) => {
+                    if let Some(risk::Verdict::Admitted(t)) = verdict.take() {
+                        stage.settle(t);
+                    }
+                    tracing::error!(%message, "request refused");
+                    verdict = Some(risk::Verdict::Refuse(ErrorCode::Unavailable, message));
+                }
+            }
+        }
+        match verdict {
+            Some(risk::Verdict::Refuse(code, message)) => Err((code, message)),
+            Some(risk::Verdict::Admitted(ticket)) => Ok((Some(ticket), audit_rid)),
+            Some(risk::Verdict::Pass) | None => Ok((None, audit_rid)),
         }
     }
 

@@ -46,6 +46,28 @@ impl Job {
 }
 
 impl Dispatcher {
+    /// A new job id (never reused while the broker runs).
+    pub(super) fn new_job_id(&mut self) -> JobId {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        id
+    }
+
+    /// Queues a new job at the back of its client's lane and delivers what can go now.
+    /// Only a job still queued afterwards gets its timer (at `timer_ms`): most requests are
+    /// delivered at once and need none.
+    pub(super) fn enqueue(&mut self, job_id: JobId, job: Job, timer_ms: u64) {
+        let service = job.service.clone();
+        let entry = self.service_entry(&service);
+        entry.queue.push_back(&job.client, job_id);
+        entry.metrics.queue_depth.inc();
+        self.jobs.insert(job_id, job);
+        self.pump(&service);
+        if self.jobs.get(&job_id).is_some_and(|j| j.worker.is_none()) {
+            self.set_timer(job_id, timer_ms);
+        }
+    }
+
     pub(super) fn requeue_front(&mut self, job_id: JobId) {
         let Some(job) = self.jobs.get(&job_id) else {
             return;
@@ -89,17 +111,44 @@ impl Dispatcher {
         result: Result<Body, (ErrorCode, String)>,
         worker: Option<WorkerId>,
     ) {
-        let Some(job) = self.jobs.remove(&job_id) else {
+        let Some(mut job) = self.jobs.remove(&job_id) else {
             return;
         };
         if let Some(at) = job.timer_ms {
             self.timers.remove(&(at, job_id));
         }
-        if let (Some(ticket), Some(stage)) = (job.risk_ticket, &self.risk) {
+        self.settle_risk(&mut job, &result, worker);
+        if let Some(order) = &job.halt_cancel {
+            self.halt_cancel_answered(order, &result, worker);
+        } else {
+            self.answer_client(
+                job.client,
+                job.id,
+                &job.service,
+                job.received,
+                result,
+                worker,
+            );
+        }
+        self.forget_empty_service(&job.service);
+    }
+
+    /// The risk stage's side of an answer: an admitted order stops counting as in flight,
+    /// and a journaled request's outcome is journaled.
+    fn settle_risk(
+        &self,
+        job: &mut Job,
+        result: &Result<Body, (ErrorCode, String)>,
+        worker: Option<WorkerId>,
+    ) {
+        let Some(stage) = &self.risk else {
+            return;
+        };
+        if let Some(ticket) = job.risk_ticket.take() {
             stage.settle(ticket);
         }
-        if let (Some(rid), Some(stage)) = (job.audit_rid, &self.risk) {
-            let r = match &result {
+        if let Some(rid) = job.audit_rid.take() {
+            let r = match result {
                 Ok(body) => Ok(&body[..]),
                 Err((code, message)) => Err((*code, message.as_str())),
             };
@@ -110,48 +159,65 @@ impl Dispatcher {
                 worker.map(|w| w.to_string()),
             );
         }
-        if let Some(order) = &job.halt_cancel {
-            // The broker's own cancel: consumed here, never delivered to a client.
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err((code, _)) => code.name(),
-            };
-            if let Some(stage) = &self.risk {
-                stage.count_halt_cancel(outcome);
-            }
-            match &result {
-                Ok(_) => tracing::info!(%order, ?worker, "halt: cancel answered ok"),
-                Err((code, message)) => {
-                    tracing::warn!(%order, ?worker, code = code.name(), %message, "halt: cancel failed")
-                }
-            }
-            self.forget_empty_service(&job.service);
-            return;
+    }
+
+    /// The broker's own cancel (a halt's) was answered: logged and counted, never
+    /// delivered to a client.
+    fn halt_cancel_answered(
+        &self,
+        order: &str,
+        result: &Result<Body, (ErrorCode, String)>,
+        worker: Option<WorkerId>,
+    ) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err((code, _)) => code.name(),
+        };
+        if let Some(stage) = &self.risk {
+            stage.count_halt_cancel(outcome);
         }
-        let elapsed = job.received.elapsed().as_secs_f64();
-        let metrics = self.service_metrics(&job.service);
+        match result {
+            Ok(_) => tracing::info!(%order, ?worker, "halt: cancel answered ok"),
+            Err((code, message)) => {
+                tracing::warn!(%order, ?worker, code = code.name(), %message, "halt: cancel failed")
+            }
+        }
+    }
+
+    /// The REPLY or ERROR a client gets for its request, counted with its latency.
+    fn answer_client(
+        &mut self,
+        to: Identity,
+        id: RequestId,
+        service: &ServiceName,
+        received: Instant,
+        result: Result<Body, (ErrorCode, String)>,
+        worker: Option<WorkerId>,
+    ) {
+        let elapsed = received.elapsed().as_secs_f64();
+        let metrics = self.service_metrics(service);
         match result {
             Ok(body) => {
                 metrics.answered(None, elapsed);
+                let worker = worker.unwrap_or(self.broker_id);
                 self.out.push(Out::Reply {
-                    to: job.client,
-                    id: job.id,
-                    worker: worker.unwrap_or(self.broker_id),
+                    to,
+                    id,
+                    worker,
                     body,
                 });
             }
             Err((code, message)) => {
                 metrics.answered(Some(code), elapsed);
                 self.out.push(Out::Error {
-                    to: job.client,
-                    id: job.id,
+                    to,
+                    id,
                     code,
                     message,
                     worker,
                 });
             }
         }
-        self.forget_empty_service(&job.service);
     }
 
     fn forget_empty_service(&mut self, service: &ServiceName) {

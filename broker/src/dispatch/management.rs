@@ -7,7 +7,7 @@ use tradeplex_proto::mgmt::{
     HALT_SERVICE, MAX_HALT_ACCOUNT, MAX_HALT_REASON, RESUME_SERVICE,
 };
 use tradeplex_proto::model::{CancelRequest, GatewayRequest, OrderId};
-use tradeplex_proto::{ErrorCode, JobId, RequestId, ServiceName};
+use tradeplex_proto::{ErrorCode, RequestId, ServiceName};
 
 use super::jobs::Job;
 use super::{Body, Clock, Dispatcher, Identity, Out};
@@ -121,13 +121,12 @@ impl Dispatcher {
         let Ok(body) = rmp_serde::to_vec_named(&request) else {
             return false;
         };
-        let job_id = JobId(self.next_job);
-        self.next_job += 1;
+        let job_id = self.new_job_id();
         let deadline_ms = clock.unix_ms + HALT_CANCEL_TIMEOUT_MS;
         let job = Job {
             client: BROKER_ORIGIN.to_vec(),
             id: RequestId(job_id.0),
-            service: service.clone(),
+            service,
             deadline_ms,
             // A cancel is not retried on another worker, nor re-sent when its outcome is
             // unknown: it is answered `worker_lost` like any non-idempotent request.
@@ -144,16 +143,9 @@ impl Dispatcher {
             halt_cancel: Some(b.order_id.clone()),
             audit_rid: None,
         };
-        let entry = self.service_entry(&service);
-        entry.queue.push_back(&job.client, job_id);
-        entry.metrics.queue_depth.inc();
-        self.jobs.insert(job_id, job);
         stage.count_halt_cancel("sent");
         tracing::info!(order = %b.order_id, worker = %target, "halt: cancel sent");
-        self.pump(&service);
-        if self.jobs.get(&job_id).is_some_and(|j| j.worker.is_none()) {
-            self.set_timer(job_id, deadline_ms);
-        }
+        self.enqueue(job_id, job, deadline_ms);
         true
     }
 
