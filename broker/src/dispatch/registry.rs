@@ -77,25 +77,7 @@ impl Dispatcher {
         // the old registration is dropped once the new one is in place, so its jobs can
         // move straight to the new socket.
         let replaced = self.by_id.get(&h.worker).filter(|i| **i != from).cloned();
-        if self.too_many_services(&h.services) {
-            self.metrics.bad_frame("backend", "too_many_services");
-            let detail = format!(
-                "the broker holds its limit of {} services; READY refused",
-                self.cfg.max_services
-            );
-            self.refuse_worker_message(from, ErrorCode::Overloaded, &detail);
-            return;
-        }
-        let current_session = replaced
-            .as_ref()
-            .and_then(|i| self.workers.get(i))
-            .map(|w| w.session);
-        if current_session.is_some_and(|s| h.session < s) {
-            // Sent on a connection the worker has since abandoned (it arrived late, e.g.
-            // after a network cut healed): it must not shadow the live registration.
-            self.metrics.bad_frame("backend", "stale_session");
-            tracing::info!(worker = %h.worker, session = h.session, "READY from an abandoned connection ignored");
-            self.disconnect(from, worker::REASON_STALE_SESSION.into());
+        if !self.ready_acceptable(&from, &h, replaced.as_ref()) {
             return;
         }
         if self.workers.get(&from).is_some_and(|w| w.id != h.worker) {
@@ -109,25 +91,7 @@ impl Dispatcher {
                 std::mem::replace(&mut w.services, h.services.clone())
             }
             None => {
-                self.metrics.worker_registrations.inc();
-                tracing::info!(worker = %h.worker, services = %tradeplex_ops::logging::list(&h.services), capacity = h.capacity, "worker registered");
-                self.by_id.insert(h.worker, from.clone());
-                self.workers.insert(
-                    from.clone(),
-                    Worker {
-                        id: h.worker,
-                        services: h.services.clone(),
-                        capacity: h.capacity,
-                        in_flight: HashSet::default(),
-                        last_seen: clock.now,
-                        last_used: 0,
-                        served: 0,
-                        session: h.session,
-                        next_pump: 0,
-                    },
-                );
-                // Acknowledge at once: a heartbeat tells the worker it is registered.
-                self.out.push(Out::Heartbeat { to: from.clone() });
+                self.register(clock, &from, &h);
                 Vec::new()
             }
         };
@@ -143,6 +107,60 @@ impl Dispatcher {
         if let Some(old) = replaced {
             self.remove_worker(clock, &old, Departure::Replaced);
         }
+    }
+
+    /// Whether a READY may change the registry: refused (and answered) past the service
+    /// limit, or from a connection older than the worker's live registration on `replaced`.
+    fn ready_acceptable(
+        &mut self,
+        from: &Identity,
+        h: &ReadyHeader,
+        replaced: Option<&Identity>,
+    ) -> bool {
+        if self.too_many_services(&h.services) {
+            self.metrics.bad_frame("backend", "too_many_services");
+            let detail = format!(
+                "the broker holds its limit of {} services; READY refused",
+                self.cfg.max_services
+            );
+            self.refuse_worker_message(from.clone(), ErrorCode::Overloaded, &detail);
+            return false;
+        }
+        let current_session = replaced
+            .and_then(|i| self.workers.get(i))
+            .map(|w| w.session);
+        if current_session.is_some_and(|s| h.session < s) {
+            // Sent on a connection the worker has since abandoned (it arrived late, e.g.
+            // after a network cut healed): it must not shadow the live registration.
+            self.metrics.bad_frame("backend", "stale_session");
+            tracing::info!(worker = %h.worker, session = h.session, "READY from an abandoned connection ignored");
+            self.disconnect(from.clone(), worker::REASON_STALE_SESSION.into());
+            return false;
+        }
+        true
+    }
+
+    /// A worker's first READY on this connection: it enters the registry.
+    fn register(&mut self, clock: Clock, from: &Identity, h: &ReadyHeader) {
+        self.metrics.worker_registrations.inc();
+        tracing::info!(worker = %h.worker, services = %tradeplex_ops::logging::list(&h.services), capacity = h.capacity, "worker registered");
+        self.by_id.insert(h.worker, from.clone());
+        self.workers.insert(
+            from.clone(),
+            Worker {
+                id: h.worker,
+                services: h.services.clone(),
+                capacity: h.capacity,
+                in_flight: HashSet::default(),
+                last_seen: clock.now,
+                last_used: 0,
+                served: 0,
+                session: h.session,
+                next_pump: 0,
+            },
+        );
+        // Acknowledge at once: a heartbeat tells the worker it is registered.
+        self.out.push(Out::Heartbeat { to: from.clone() });
     }
 
     fn attach(&mut self, service: &ServiceName, worker: &Identity) {
