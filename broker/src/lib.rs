@@ -3,16 +3,16 @@
 //! and the HTTP endpoint (`/metrics`, probes, the live console). The binary is a thin wrapper around [`run`].
 #![deny(missing_docs)]
 
-pub mod auth;
-pub mod body;
+mod auth;
+mod body;
 pub mod config;
 mod console;
-pub mod dispatch;
-pub mod metrics;
-pub mod relay;
+mod dispatch;
+mod metrics;
+mod relay;
 pub mod risk;
-pub mod server;
-pub mod wire;
+mod server;
+mod wire;
 
 pub use config::Config;
 pub use server::{run, Broker, BrokerError, Endpoints};

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tradeplex_proto::{client, worker, ErrorCode, ProtoError};
+use tradeplex_proto::client::{self, ReplyHeader};
+use tradeplex_proto::{worker, ErrorCode, ProtoError};
+
+use crate::body::Body;
 
 use crate::config::Config;
 use crate::dispatch::{Clock, DispatchConfig, Dispatcher, Out};
@@ -294,6 +297,7 @@ impl Broker {
             console: console.as_ref().map(|c| c.feed.publisher()),
             identities,
             forbidden_log: LogLimiter::new(10),
+            head: Vec::with_capacity(256),
         };
         let result = lp.serve(&shutdown, Duration::from_millis(config.shutdown_grace_ms));
         shutdown.trigger();
@@ -421,6 +425,8 @@ struct Loop {
     /// Who is who: names each request's client.
     identities: crate::risk::Identities,
     forbidden_log: LogLimiter,
+    /// The head frame being sent, reused so encoding one allocates nothing.
+    head: Vec<u8>,
 }
 
 impl Loop {
@@ -546,7 +552,7 @@ impl Loop {
         };
         match decoded {
             Ok(client::Message::Request(h)) => {
-                let body = self.frames.take(4);
+                let body = self.frames.take(2);
                 if body.len() > self.max_body {
                     let msg = format!("body is {} bytes, limit {}", body.len(), self.max_body);
                     self.bad_input("frontend", "too_large", &msg);
@@ -570,6 +576,10 @@ impl Loop {
             }
             Err(e) => {
                 self.bad_input("frontend", e.reason(), &e.to_string());
+                if self.is_v1(client::V1_FRAME) {
+                    self.answer_v1_client(&identity);
+                    return;
+                }
                 let id = self.salvage_id();
                 self.dispatcher
                     .reject_client(identity, id, e.code(), e.to_string());
@@ -614,11 +624,34 @@ impl Loop {
             .reject_client(identity, id, ErrorCode::Forbidden, r.message);
     }
 
-    /// The request id of a message that failed to decode, if its header frame has one.
+    /// The request id of a message that failed to decode, if its head frame has one.
     fn salvage_id(&self) -> tradeplex_proto::RequestId {
-        // Frame 0 is the ROUTER identity, so the header is frame 3.
+        // Frame 0 is the ROUTER identity, so the head is frame 1.
+        let head = self.frames.as_slice().get(1).map_or(&[][..], |f| &f[..]);
+        client::salvage_id(head)
+    }
+
+    /// Whether the message read is in the version-01 layout (its frame after the routing
+    /// id is exactly that version's protocol id).
+    fn is_v1(&self, v1: &[u8]) -> bool {
+        self.frames.as_slice().get(1).is_some_and(|f| &f[..] == v1)
+    }
+
+    /// Answers a version-01 client in its own layout, so it reads `unsupported_version`
+    /// (and its request's id) instead of a message it cannot decode.
+    fn answer_v1_client(&mut self, to: &[u8]) {
+        // Version 01 carried the header in frame 2 (frame 3 after the routing id).
         let header = self.frames.as_slice().get(3).map_or(&[][..], |f| &f[..]);
-        client::salvage_id(header)
+        let id = client::salvage_id_from_header(header);
+        let message = format!(
+            "this broker speaks {}; the client speaks TPXC01: upgrade it",
+            std::str::from_utf8(client::PROTOCOL.frame).unwrap_or("TPXC02")
+        );
+        let h = client::ErrorHeader::new(id, ErrorCode::UnsupportedVersion, message);
+        let frames = client::encode_v1_error(&h);
+        if let Err(e) = wire::send_frames(&mut self.frontend, to, &frames) {
+            tracing::debug!(error = %e, "answer to a version-01 client not sent");
+        }
     }
 
     fn on_backend(&mut self, clock: Clock) {
@@ -637,7 +670,7 @@ impl Loop {
         };
         match decoded {
             Ok(worker::Message::Reply(h)) => {
-                let body = self.frames.take(4);
+                let body = self.frames.take(2);
                 if body.len() > self.max_body {
                     let msg = format!(
                         "reply body is {} bytes, limit {}",
@@ -671,10 +704,28 @@ impl Loop {
                 // Answer the sender too (rate-limited: a peer that resends whatever it is
                 // refused must not turn the backend into a ping-pong).
                 if self.backend_refusals.allow().is_some() {
-                    self.dispatcher
-                        .refuse_worker_message(identity, e.code(), &detail);
+                    if self.is_v1(worker::V1_FRAME) {
+                        self.answer_v1_worker(&identity);
+                    } else {
+                        self.dispatcher
+                            .refuse_worker_message(identity, e.code(), &detail);
+                    }
                 }
             }
+        }
+    }
+
+    /// Refuses a version-01 worker's message with a DISCONNECT in its own layout: it
+    /// reads a refusal (`unsupported_version: …`) and logs it.
+    fn answer_v1_worker(&mut self, to: &[u8]) {
+        let reason = format!(
+            "{}: this broker speaks {}; the worker speaks TPXW01: upgrade it",
+            ErrorCode::UnsupportedVersion.name(),
+            std::str::from_utf8(worker::PROTOCOL.frame).unwrap_or("TPXW02")
+        );
+        let frames = worker::encode_v1_disconnect(&worker::DisconnectHeader { reason });
+        if let Err(e) = wire::send_frames(&mut self.backend, to, &frames) {
+            tracing::debug!(error = %e, "answer to a version-01 worker not sent");
         }
     }
 
@@ -697,48 +748,74 @@ impl Loop {
         }
     }
 
+    /// Encodes one decision and sends it.
     fn send(&mut self, out: Out) {
         match out {
-            Out::Client {
-                to,
-                cmd,
-                header,
-                body,
-            } => {
-                let r = wire::send_routed(
-                    &mut self.frontend,
-                    &to,
-                    client::PROTOCOL.frame,
-                    cmd as u8,
-                    &header,
-                    body,
-                );
-                if let Err(e) = r {
-                    // The client is gone or not reading; its reply is dropped.
-                    tracing::debug!(error = %e, "reply to client not sent");
-                }
-            }
-            Out::Worker {
-                to,
-                cmd,
-                header,
-                body,
-                job,
-            } => {
-                let r = wire::send_routed(
-                    &mut self.backend,
-                    &to,
-                    worker::PROTOCOL.frame,
-                    cmd as u8,
-                    &header,
-                    body,
-                );
-                if let (Err(e), Some(job)) = (r, job) {
+            Out::Deliver { to, header, body } => {
+                let job = header.job;
+                if let Err(e) = self.send_to_worker(&to, worker::Command::Request, &header, body) {
                     tracing::warn!(error = %e, %job, "request could not be sent to its worker; requeued");
                     self.dispatcher.on_send_failed(Clock::real(), job);
                 }
             }
+            Out::Reply {
+                to,
+                id,
+                worker,
+                body,
+            } => self.send_to_client(
+                &to,
+                client::Command::Reply,
+                &ReplyHeader { id, worker },
+                body,
+            ),
+            Out::Error {
+                to,
+                id,
+                code,
+                message,
+                worker,
+            } => {
+                let mut h = client::ErrorHeader::new(id, code, message);
+                h.worker = worker;
+                self.send_to_client(&to, client::Command::Error, &h, Body::new());
+            }
+            // A worker that cannot be reached is found by its silence (liveness), or by
+            // the next request sent to it.
+            Out::Heartbeat { to } => {
+                let h = worker::HeartbeatHeader {};
+                let _ = self.send_to_worker(&to, worker::Command::Heartbeat, &h, Body::new());
+            }
+            Out::Disconnect { to, reason } => {
+                let h = worker::DisconnectHeader { reason };
+                let _ = self.send_to_worker(&to, worker::Command::Disconnect, &h, Body::new());
+            }
         }
+    }
+
+    fn send_to_client<T: serde::Serialize>(
+        &mut self,
+        to: &[u8],
+        cmd: client::Command,
+        header: &T,
+        body: Body,
+    ) {
+        client::PROTOCOL.encode_head_into(&mut self.head, cmd as u8, header);
+        if let Err(e) = wire::send_routed(&mut self.frontend, to, &self.head, body) {
+            // The client is gone or not reading; its reply is dropped.
+            tracing::debug!(error = %e, "reply to client not sent");
+        }
+    }
+
+    fn send_to_worker<T: serde::Serialize>(
+        &mut self,
+        to: &[u8],
+        cmd: worker::Command,
+        header: &T,
+        body: Body,
+    ) -> zmq::Result<()> {
+        worker::PROTOCOL.encode_head_into(&mut self.head, cmd as u8, header);
+        wire::send_routed(&mut self.backend, to, &self.head, body)
     }
 }
 

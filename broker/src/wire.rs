@@ -70,20 +70,28 @@ impl Frames {
     }
 }
 
-/// Sends `[to][proto][cmd][header][body]` on a ROUTER without blocking.
+/// Sends `[to][head][body]` on a ROUTER without blocking (the request protocols' layout:
+/// the head frame holds protocol id, command byte and header).
 pub fn send_routed(
     socket: &mut zmq::Socket,
     to: &[u8],
-    proto: &[u8],
-    cmd: u8,
-    header: &[u8],
+    head: &[u8],
     body: Body,
 ) -> zmq::Result<()> {
     socket.send(to, zmq::SNDMORE | zmq::DONTWAIT)?;
-    socket.send(proto, zmq::SNDMORE | zmq::DONTWAIT)?;
-    socket.send(&[cmd][..], zmq::SNDMORE | zmq::DONTWAIT)?;
-    socket.send(header, zmq::SNDMORE | zmq::DONTWAIT)?;
+    socket.send(head, zmq::SNDMORE | zmq::DONTWAIT)?;
     body.send(socket, zmq::DONTWAIT)
+}
+
+/// Sends `[to]` and then `frames` on a ROUTER without blocking (the version-01 answers).
+pub fn send_frames(socket: &mut zmq::Socket, to: &[u8], frames: &[Vec<u8>]) -> zmq::Result<()> {
+    socket.send(to, zmq::SNDMORE | zmq::DONTWAIT)?;
+    let last = frames.len().saturating_sub(1);
+    for (i, f) in frames.iter().enumerate() {
+        let more = if i < last { zmq::SNDMORE } else { 0 };
+        socket.send(&f[..], more | zmq::DONTWAIT)?;
+    }
+    Ok(())
 }
 
 /// Logs at most `per_second` lines a second; the lines held back are counted into the next.

@@ -228,7 +228,7 @@ impl Connection {
             };
             match cp::decode(&frames) {
                 Ok(cp::Message::Reply(h)) => {
-                    let body = frames.into_iter().nth(3).unwrap_or_default();
+                    let body = frames.into_iter().nth(1).unwrap_or_default();
                     let result = if body.len() > self.max_body {
                         Err(ClientError::Decode(format!(
                             "reply body {} bytes over limit",
@@ -314,12 +314,10 @@ impl Connection {
 /// Sends a request without blocking; false when the socket would block (no broker
 /// connection, or its queue is full). The connection thread must never block.
 fn send_request(dealer: &zmq::Socket, call: &Call) -> bool {
-    let [p, c, h] = cp::encode(cp::Command::Request, &call.header);
+    let head = cp::encode(cp::Command::Request, &call.header);
     // Only the first frame can refuse (EAGAIN); a multipart message is then queued whole.
     let r = dealer
-        .send(p, zmq::SNDMORE | zmq::DONTWAIT)
-        .and_then(|_| dealer.send(c, zmq::SNDMORE | zmq::DONTWAIT))
-        .and_then(|_| dealer.send(h, zmq::SNDMORE | zmq::DONTWAIT))
+        .send(head, zmq::SNDMORE | zmq::DONTWAIT)
         .and_then(|_| dealer.send(&call.body[..], zmq::DONTWAIT));
     match r {
         Ok(()) => true,

@@ -1,23 +1,30 @@
-//! Client <-> broker messages on the frontend socket (protocol `TPXC01`).
+//! Client <-> broker messages on the frontend socket (protocol `TPXC02`).
 //!
-//! Frames, as the client's DEALER sends and receives them (the broker's ROUTER adds and
-//! strips one identity frame in front):
-//! `["TPXC01"][command: 1 byte][header: MessagePack map][body]`.
+//! Two frames, as the client's DEALER sends and receives them (the broker's ROUTER adds
+//! and strips one identity frame in front):
+//! `["TPXC02" command:1 byte header:MessagePack map][body]` — the head frame carries the
+//! protocol id, the command and the header, so a message costs two frames, not four.
+//! Version 01 sent the same three fields as three frames; the broker answers it with an
+//! `unsupported_version` ERROR in the old layout ([`encode_v1_error`]), which an old client
+//! can read.
 
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, Protocol};
 use crate::{ErrorCode, ProtoError, RequestId, ServiceName, WorkerId};
 
-/// Frame 0 of every client message.
+/// The protocol id that starts every client message's head frame.
 pub const PROTOCOL: Protocol = Protocol {
     name: "TPXC",
-    version: "01",
-    frame: b"TPXC01",
+    version: "02",
+    frame: b"TPXC02",
 };
 
-/// Frames in every client message.
-pub const FRAMES: usize = 4;
+/// Frames in every client message: head, body.
+pub const FRAMES: usize = 2;
+
+/// Frame 0 of a version-01 message, answered with [`encode_v1_error`].
+pub const V1_FRAME: &[u8] = b"TPXC01";
 
 /// Longest affinity key accepted, in bytes.
 pub const MAX_AFFINITY: usize = 128;
@@ -33,7 +40,7 @@ pub fn valid_client_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// The command byte (frame 1).
+/// The command byte (the head frame's byte 6).
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -144,7 +151,7 @@ impl ErrorHeader {
     }
 }
 
-/// A decoded client message; its body is frame 3 of the same message.
+/// A decoded client message; its body is frame 1 of the same message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// A request.
@@ -155,12 +162,11 @@ pub enum Message {
     Error(ErrorHeader),
 }
 
-/// Decodes the first three frames of a client message (frames after the ROUTER identity).
+/// Decodes a client message's head (frames after the ROUTER identity: head, body).
 pub fn decode<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<Message, ProtoError> {
-    PROTOCOL.check(frame::frame(frames, 0, FRAMES)?)?;
+    let (cmd, header) = PROTOCOL.split_head(frame::frame(frames, 0, FRAMES)?)?;
     frame::expect_frames(frames, FRAMES)?;
-    let cmd = Command::from_byte(frame::command_byte(frame::frame(frames, 1, FRAMES)?)?)?;
-    let header = frame::frame(frames, 2, FRAMES)?;
+    let cmd = Command::from_byte(cmd)?;
     match cmd {
         Command::Request => {
             let h: RequestHeader = frame::decode_header(header)?;
@@ -198,9 +204,14 @@ fn validate_request(h: &RequestHeader) -> Result<(), ProtoError> {
     Ok(())
 }
 
-/// Best-effort read of a request id from a header that failed to decode, so the error
+/// Best-effort read of a request id from a head frame that failed to decode, so the error
 /// reply can still name the request.
-pub fn salvage_id(header: &[u8]) -> RequestId {
+pub fn salvage_id(head: &[u8]) -> RequestId {
+    salvage_id_from_header(head.get(frame::HEAD_PREFIX..).unwrap_or(&[]))
+}
+
+/// [`salvage_id`] from a bare header map (a version-01 message's frame 2).
+pub fn salvage_id_from_header(header: &[u8]) -> RequestId {
     #[derive(Deserialize)]
     struct IdOnly {
         id: Option<u64>,
@@ -214,12 +225,19 @@ pub fn salvage_id(header: &[u8]) -> RequestId {
         .map_or(RequestId(0), RequestId)
 }
 
-/// Encodes frames 0–2 of a client message; the caller sends the body as frame 3.
-pub fn encode<T: Serialize>(cmd: Command, header: &T) -> [Vec<u8>; 3] {
+/// Encodes the head frame of a client message; the caller sends the body as frame 1.
+pub fn encode<T: Serialize>(cmd: Command, header: &T) -> Vec<u8> {
+    PROTOCOL.encode_head(cmd as u8, header)
+}
+
+/// An ERROR in the version-01 layout (`["TPXC01"][0x03][header][empty body]`): the answer
+/// to a message of that version, so an old client reads why it was refused.
+pub fn encode_v1_error(h: &ErrorHeader) -> [Vec<u8>; 4] {
     [
-        PROTOCOL.frame.to_vec(),
-        vec![cmd as u8],
-        frame::encode_header(header),
+        V1_FRAME.to_vec(),
+        vec![Command::Error as u8],
+        frame::encode_header(h),
+        Vec::new(),
     ]
 }
 
@@ -240,10 +258,12 @@ mod tests {
         }
     }
 
-    fn with_body(frames: [Vec<u8>; 3], body: &[u8]) -> Vec<Vec<u8>> {
-        let mut v = frames.to_vec();
-        v.push(body.to_vec());
-        v
+    fn with_body(head: Vec<u8>, body: &[u8]) -> Vec<Vec<u8>> {
+        vec![head, body.to_vec()]
+    }
+
+    fn head(cmd: u8, header: &[u8]) -> Vec<u8> {
+        [PROTOCOL.frame, &[cmd][..], header].concat()
     }
 
     #[test]
@@ -281,13 +301,43 @@ mod tests {
     }
 
     #[test]
+    fn head_is_id_command_then_named_map() {
+        let r = ReplyHeader {
+            id: RequestId(1),
+            worker: WorkerId::random(),
+        };
+        let head = encode(Command::Reply, &r);
+        assert_eq!(&head[..7], b"TPXC02\x02");
+        assert_eq!(&head[7..], &frame::encode_header(&r)[..]);
+    }
+
+    #[test]
     fn wrong_version_is_reported() {
-        let mut frames = with_body(encode(Command::Request, &request()), b"");
-        frames[0] = b"TPXC02".to_vec();
-        let err = decode(&frames).unwrap_err();
+        let h = frame::encode_header(&request());
+        // A version-01 request: four frames, frame 0 exactly `TPXC01`.
+        let v1 = vec![b"TPXC01".to_vec(), vec![1], h.clone(), vec![]];
+        let err = decode(&v1).unwrap_err();
         assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
-        frames[0] = b"HTTP/1.1".to_vec();
-        assert_eq!(decode(&frames).unwrap_err().code(), ErrorCode::BadRequest);
+        assert!(err.to_string().contains("01"), "{err}");
+        let v3 = with_body([&b"TPXC03\x01"[..], &h].concat(), b"");
+        assert_eq!(
+            decode(&v3).unwrap_err().code(),
+            ErrorCode::UnsupportedVersion
+        );
+        let http = with_body(b"HTTP/1.1".to_vec(), b"");
+        assert_eq!(decode(&http).unwrap_err().code(), ErrorCode::BadRequest);
+        assert_eq!(salvage_id_from_header(&v1[2]), RequestId(7));
+    }
+
+    #[test]
+    fn v1_error_is_readable_by_a_v1_client() {
+        let e = ErrorHeader::new(RequestId(7), ErrorCode::UnsupportedVersion, "speak 02");
+        let frames = encode_v1_error(&e);
+        assert_eq!(frames[0], b"TPXC01");
+        assert_eq!(frames[1], [3]);
+        let back: ErrorHeader = frame::decode_header(&frames[2]).unwrap();
+        assert_eq!(back, e);
+        assert!(frames[3].is_empty());
     }
 
     #[test]
@@ -296,14 +346,19 @@ mod tests {
         h.deadline_ms = 0;
         let frames = with_body(encode(Command::Request, &h), b"");
         assert!(matches!(decode(&frames), Err(ProtoError::BadField { .. })));
-        let mut frames = with_body(encode(Command::Request, &request()), b"");
-        frames[1] = vec![42];
+        let header = frame::encode_header(&request());
+        let frames = with_body(head(42, &header), b"");
         assert!(matches!(
             decode(&frames),
             Err(ProtoError::UnknownCommand(_))
         ));
+        let frames = with_body(PROTOCOL.frame.to_vec(), b"");
+        assert!(matches!(
+            decode(&frames),
+            Err(ProtoError::UnknownCommand(_))
+        ));
+        let mut frames = with_body(head(1, &header), b"");
         frames.pop();
-        frames[1] = vec![1];
         assert!(matches!(
             decode(&frames),
             Err(ProtoError::FrameCount { .. })
@@ -334,7 +389,7 @@ mod tests {
             }),
         ];
         for header in cases {
-            let frames = vec![PROTOCOL.frame.to_vec(), vec![1], header, vec![]];
+            let frames = vec![head(1, &header), vec![]];
             let err = decode(&frames).unwrap_err();
             assert_eq!(err.code(), ErrorCode::BadRequest);
             let text = err.to_string();
@@ -348,7 +403,7 @@ mod tests {
             deadline_ms: 1,
             target: None::<String>,
         });
-        let frames = vec![PROTOCOL.frame.to_vec(), vec![1], nil, vec![]];
+        let frames = vec![head(1, &nil), vec![]];
         match decode(&frames).unwrap() {
             Message::Request(h) => assert_eq!(h.target, None),
             other => panic!("{other:?}"),
@@ -363,8 +418,10 @@ mod tests {
             service: u32,
         }
         let bytes = frame::encode_header(&Partial { id: 99, service: 3 });
-        assert_eq!(salvage_id(&bytes), RequestId(99));
+        assert_eq!(salvage_id(&head(1, &bytes)), RequestId(99));
+        assert_eq!(salvage_id_from_header(&bytes), RequestId(99));
         assert_eq!(salvage_id(b"\xff\x00"), RequestId(0));
+        assert_eq!(salvage_id(&head(1, b"\xff\x00")), RequestId(0));
     }
 
     proptest! {
@@ -375,9 +432,10 @@ mod tests {
 
         #[test]
         fn random_headers_never_panic(header in proptest::collection::vec(any::<u8>(), 0..256), cmd in 0u8..5) {
-            let frames = vec![PROTOCOL.frame.to_vec(), vec![cmd], header.clone(), vec![]];
+            let frames = vec![head(cmd, &header), vec![]];
             let _ = decode(&frames);
-            let _ = salvage_id(&header);
+            let _ = salvage_id(&frames[0]);
+            let _ = salvage_id_from_header(&header);
         }
 
         #[test]

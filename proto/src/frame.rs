@@ -1,5 +1,6 @@
-//! Shared frame handling: protocol headers (`TPXC01`, `TPXW01`, `TPXE01`), the command
-//! byte and the size-checked MessagePack header. Used by the client, worker and event codecs.
+//! Shared frame handling: protocol ids (`TPXC02`, `TPXW02`, `TPXE01`), the head frame of
+//! the request protocols (id + command byte + MessagePack header in one frame) and the
+//! size-checked header. Used by the client, worker and event codecs.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,13 +36,48 @@ impl Protocol {
     }
 }
 
-/// Reads the single command byte of frame 1.
-pub fn command_byte(frame1: &[u8]) -> Result<u8, ProtoError> {
-    match frame1 {
-        [b] => Ok(*b),
-        other => Err(ProtoError::UnknownCommand(
-            other.iter().take(8).copied().collect(),
-        )),
+/// Bytes of a head frame before its header: the 6-byte protocol id and the command byte.
+pub const HEAD_PREFIX: usize = 7;
+
+impl Protocol {
+    /// Splits a head frame (`id`, command byte, header) after checking its protocol id:
+    /// returns the command byte and the header bytes. A frame that starts with our name
+    /// in another version (e.g. a whole `TPXC01` frame) is `unsupported_version`.
+    pub fn split_head<'a>(&self, head: &'a [u8]) -> Result<(u8, &'a [u8]), ProtoError> {
+        let id = self.frame.len();
+        match head.get(..id) {
+            Some(p) if p == self.frame => match head.get(id) {
+                Some(cmd) => Ok((*cmd, head.get(id + 1..).unwrap_or(&[]))),
+                None => Err(ProtoError::UnknownCommand(Vec::new())),
+            },
+            // Only the id's bytes are checked, so a wrong version names itself briefly.
+            _ => Err(match self.check(head.get(..id).unwrap_or(head)) {
+                Err(e) => e,
+                Ok(()) => ProtoError::BadProtocol {
+                    expected: self.name,
+                },
+            }),
+        }
+    }
+
+    /// Encodes a head frame into `buf` (cleared first), reusing its allocation.
+    pub fn encode_head_into<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T) {
+        buf.clear();
+        buf.extend_from_slice(self.frame);
+        buf.push(cmd);
+        if rmp_serde::encode::write_named(buf, header).is_err() {
+            // Our plain header structs cannot fail to serialise; stay safe if one does.
+            buf.truncate(HEAD_PREFIX);
+            buf.push(0x80);
+        }
+    }
+
+    /// A head frame: `id`, command byte, header.
+    pub fn encode_head<T: Serialize>(&self, cmd: u8, header: &T) -> Vec<u8> {
+        // Our headers are small maps: one allocation of this size avoids regrowing.
+        let mut buf = Vec::with_capacity(128);
+        self.encode_head_into(&mut buf, cmd, header);
+        buf
     }
 }
 

@@ -1,23 +1,27 @@
-//! Worker <-> broker messages on the backend socket (protocol `TPXW01`).
+//! Worker <-> broker messages on the backend socket (protocol `TPXW02`).
 //!
 //! Frames, as the worker's DEALER sends and receives them:
-//! `["TPXW01"][command: 1 byte][header: MessagePack map][body]` — always four frames;
-//! commands without a body send an empty frame 3.
+//! `["TPXW02" command:1 byte header:MessagePack map][body]` — always two frames; commands
+//! without a body send an empty frame 1. Version 01 (the same fields as four frames) is
+//! answered with a DISCONNECT in its own layout ([`encode_v1_disconnect`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, Protocol};
 use crate::{ErrorCode, JobId, ProtoError, RequestId, ServiceName, WorkerId};
 
-/// Frame 0 of every worker message.
+/// The protocol id that starts every worker message's head frame.
 pub const PROTOCOL: Protocol = Protocol {
     name: "TPXW",
-    version: "01",
-    frame: b"TPXW01",
+    version: "02",
+    frame: b"TPXW02",
 };
 
-/// Frames in every worker message.
-pub const FRAMES: usize = 4;
+/// Frames in every worker message: head, body.
+pub const FRAMES: usize = 2;
+
+/// Frame 0 of a version-01 message, answered with [`encode_v1_disconnect`].
+pub const V1_FRAME: &[u8] = b"TPXW01";
 
 /// Largest capacity a worker may announce.
 pub const MAX_CAPACITY: u32 = 10_000;
@@ -25,7 +29,7 @@ pub const MAX_CAPACITY: u32 = 10_000;
 /// Most services one worker may offer.
 pub const MAX_SERVICES: usize = 64;
 
-/// The command byte (frame 1).
+/// The command byte (the head frame's byte 6).
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -150,7 +154,7 @@ pub struct DisconnectHeader {
     pub reason: String,
 }
 
-/// A decoded worker-protocol message; the body (if any) is frame 3.
+/// A decoded worker-protocol message; the body (if any) is frame 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// READY.
@@ -169,10 +173,9 @@ pub enum Message {
 
 /// Decodes a worker-protocol message (frames after any ROUTER identity).
 pub fn decode<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<Message, ProtoError> {
-    PROTOCOL.check(frame::frame(frames, 0, FRAMES)?)?;
+    let (cmd, header) = PROTOCOL.split_head(frame::frame(frames, 0, FRAMES)?)?;
     frame::expect_frames(frames, FRAMES)?;
-    let cmd = Command::from_byte(frame::command_byte(frame::frame(frames, 1, FRAMES)?)?)?;
-    let header = frame::frame(frames, 2, FRAMES)?;
+    let cmd = Command::from_byte(cmd)?;
     Ok(match cmd {
         Command::Ready => {
             let h: ReadyHeader = frame::decode_header(header)?;
@@ -211,25 +214,17 @@ fn validate_ready(h: &ReadyHeader) -> Result<(), ProtoError> {
 
 /// Best-effort read of the job a malformed REPLY or ERROR answers (frames after any ROUTER
 /// identity), so the broker can still answer that job's client and free the worker's slot.
-/// `None` unless frame 0 is this protocol, frame 1 is REPLY or ERROR and frame 2 is a map
-/// with an unsigned `job`.
+/// `None` unless the head frame is this protocol, its command REPLY or ERROR and its header
+/// a map with an unsigned `job`.
 pub fn salvage_job<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Option<JobId> {
     #[derive(Deserialize)]
     struct JobOnly {
         job: Option<u64>,
     }
-    let proto = frames.first()?;
-    if &proto[..] != PROTOCOL.frame {
+    let (cmd, header) = PROTOCOL.split_head(frames.first()?).ok()?;
+    if cmd != Command::Reply as u8 && cmd != Command::Error as u8 {
         return None;
     }
-    let cmd = frames.get(1)?;
-    if ![[Command::Reply as u8], [Command::Error as u8]]
-        .iter()
-        .any(|c| &cmd[..] == c)
-    {
-        return None;
-    }
-    let header = frames.get(2)?;
     if header.len() > crate::MAX_HEADER_BYTES {
         return None;
     }
@@ -239,12 +234,19 @@ pub fn salvage_job<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Option<Jo
         .map(JobId)
 }
 
-/// Encodes frames 0–2 of a worker message; the caller sends the body as frame 3.
-pub fn encode<T: Serialize>(cmd: Command, header: &T) -> [Vec<u8>; 3] {
+/// Encodes the head frame of a worker message; the caller sends the body as frame 1.
+pub fn encode<T: Serialize>(cmd: Command, header: &T) -> Vec<u8> {
+    PROTOCOL.encode_head(cmd as u8, header)
+}
+
+/// A DISCONNECT in the version-01 layout (`["TPXW01"][0x06][header][empty body]`): the
+/// answer to a message of that version, so an old worker logs why it was refused.
+pub fn encode_v1_disconnect(h: &DisconnectHeader) -> [Vec<u8>; 4] {
     [
-        PROTOCOL.frame.to_vec(),
-        vec![cmd as u8],
-        frame::encode_header(header),
+        V1_FRAME.to_vec(),
+        vec![Command::Disconnect as u8],
+        frame::encode_header(h),
+        Vec::new(),
     ]
 }
 
@@ -266,27 +268,44 @@ mod tests {
             code: 70_000,
             message: "x",
         });
-        let frames: Vec<Vec<u8>> = vec![
-            PROTOCOL.frame.to_vec(),
-            vec![Command::Error as u8],
-            header,
-            Vec::new(),
-        ];
+        let frames: Vec<Vec<u8>> = vec![head(Command::Error as u8, &header), Vec::new()];
         assert!(decode(&frames).is_err());
         assert_eq!(salvage_job(&frames), Some(JobId(42)));
         // Only answers (REPLY, ERROR) name a job to salvage.
-        let mut ready = frames.clone();
-        ready[1] = vec![Command::Ready as u8];
+        let ready = vec![head(Command::Ready as u8, &header), Vec::new()];
         assert_eq!(salvage_job(&ready), None);
-        let mut other = frames;
-        other[0] = b"TPXW99".to_vec();
+        let other = vec![[&b"TPXW99\x04"[..], &header].concat(), Vec::new()];
         assert_eq!(salvage_job(&other), None);
     }
 
-    fn full(frames: [Vec<u8>; 3]) -> Vec<Vec<u8>> {
-        let mut v = frames.to_vec();
-        v.push(Vec::new());
-        v
+    fn full(head: Vec<u8>) -> Vec<Vec<u8>> {
+        vec![head, Vec::new()]
+    }
+
+    fn head(cmd: u8, header: &[u8]) -> Vec<u8> {
+        [PROTOCOL.frame, &[cmd][..], header].concat()
+    }
+
+    #[test]
+    fn version_01_is_unsupported_and_answered_in_its_layout() {
+        let ready = frame::encode_header(&HeartbeatHeader {});
+        let v1 = vec![b"TPXW01".to_vec(), vec![5], ready, Vec::new()];
+        assert_eq!(
+            decode(&v1).unwrap_err().code(),
+            ErrorCode::UnsupportedVersion
+        );
+        let d = DisconnectHeader {
+            reason: "unsupported_version: speak TPXW02".into(),
+        };
+        let frames = encode_v1_disconnect(&d);
+        assert_eq!(
+            (&frames[0][..], &frames[1][..]),
+            (&b"TPXW01"[..], &[6u8][..])
+        );
+        assert_eq!(
+            frame::decode_header::<DisconnectHeader>(&frames[2]).unwrap(),
+            d
+        );
     }
 
     #[test]
@@ -359,7 +378,8 @@ mod tests {
 
         #[test]
         fn random_headers_never_panic(header in proptest::collection::vec(any::<u8>(), 0..256), cmd in 0u8..8) {
-            let _ = decode(&[PROTOCOL.frame.to_vec(), vec![cmd], header, vec![]]);
+            let _ = decode(&[head(cmd, &header), vec![]]);
+            let _ = salvage_job(&[head(cmd, &header), vec![]]);
         }
     }
 }

@@ -17,13 +17,24 @@ from tradeplex.model import Order, OrderId
 def test_random_frames_only_ever_raise_protocol_errors() -> None:
     rng = random.Random(7)
     decoders = [wire.decode_client_answer, wire.decode_worker_message, wire.decode_event]
-    prefixes = [wire.CLIENT_PROTOCOL, wire.WORKER_PROTOCOL, wire.EVENT_PROTOCOL, b"TPXC02", b""]
+    prefixes = [
+        wire.CLIENT_PROTOCOL,
+        wire.WORKER_PROTOCOL,
+        wire.EVENT_PROTOCOL,
+        b"TPXC01",
+        b"TPXC02\x02",
+        b"TPXW02\x02",
+        b"",
+    ]
     for _ in range(3000):
         frames = [rng.randbytes(rng.randrange(0, 40)) for _ in range(rng.randrange(0, 6))]
         if frames and rng.random() < 0.6:
             frames[rng.randrange(len(frames))] = rng.choice(prefixes)
         if len(frames) > 2 and rng.random() < 0.5:
             frames[2] = wire.pack({"id": rng.choice([1, -1, "x", None, 1.5, 2**64 - 1]), "job": 1})
+        if frames and rng.random() < 0.3:
+            h = wire.pack({"id": rng.choice([1, -1, "x", None, 2**64 - 1]), "job": 1})
+            frames[0] = rng.choice(prefixes) + h
         for decode in decoders:
             with contextlib.suppress(ProtocolError):
                 decode(frames)
@@ -32,30 +43,33 @@ def test_random_frames_only_ever_raise_protocol_errors() -> None:
 
 
 def test_request_frames_match_the_documented_example() -> None:
-    frames = wire.encode_request(7, "echo", 1, True, None, None)
-    assert frames[0] == b"TPXC01" and frames[1] == b"\x01"
-    assert frames[2].startswith(bytes.fromhex("84a2696407a7736572766963"))
+    head = wire.encode_request(7, "echo", 1, True, None, None)
+    assert head[:7] == b"TPXC02\x01"
+    assert head[7:].startswith(bytes.fromhex("84a2696407a7736572766963"))
     assert wire.pack({"hi": 1}) == bytes.fromhex("81a2686901")
 
 
 def test_reply_and_error_decode() -> None:
-    ok = wire.decode_client_answer(
-        [b"TPXC01", b"\x02", wire.pack({"id": 3, "worker": "w"}), b"\x01"]
-    )
+    ok = wire.decode_client_answer([b"TPXC02\x02" + wire.pack({"id": 3, "worker": "w"}), b"\x01"])
     assert ok.ok and ok.id == 3 and ok.body == b"\x01"
     err = wire.decode_client_answer(
         [
-            b"TPXC01",
-            b"\x03",
-            wire.pack({"id": 4, "code": 4, "name": "worker_lost", "message": "m"}),
+            b"TPXC02\x03" + wire.pack({"id": 4, "code": 4, "name": "worker_lost", "message": "m"}),
             b"",
         ]
     )
     assert not err.ok and err.code == 4
     with pytest.raises(ProtocolError, match="version"):
-        wire.decode_client_answer([b"TPXC02", b"\x02", wire.pack({"id": 1}), b""])
+        wire.decode_client_answer([b"TPXC01\x02" + wire.pack({"id": 1}), b""])
+    with pytest.raises(ProtocolError, match="version"):
+        # A version-01 answer: four frames, the first exactly `TPXC01`.
+        wire.decode_client_answer([b"TPXC01", b"\x02", wire.pack({"id": 1}), b""])
+    with pytest.raises(ProtocolError, match="command"):
+        wire.decode_client_answer([b"TPXC02", b""])
     with pytest.raises(ProtocolError):
-        wire.decode_client_answer([b"TPXC01", b"\x02", b"\x00" * 5000, b""])
+        wire.decode_client_answer([b"TPXC02\x02" + b"\x00" * 5000, b""])
+    with pytest.raises(ProtocolError, match="2 frames"):
+        wire.decode_client_answer([b"TPXC02\x02" + wire.pack({"id": 1}), b"", b""])
 
 
 def test_error_codes_are_stable() -> None:
@@ -152,25 +166,27 @@ def test_pre_encoded_request_header_is_the_wire_header(args: tuple) -> None:  # 
     from tradeplex.client import request_header
 
     fast = msgpack.unpackb(request_header(*args), raw=False)
-    assert fast == msgpack.unpackb(wire.encode_request(*args)[2], raw=False)
+    assert fast == msgpack.unpackb(wire.encode_request(*args)[7:], raw=False)
 
 
 def test_answer_fast_path_agrees_with_the_decoder() -> None:
     from tradeplex.client import parse_answer
 
     worker = "00000000-0000-4000-8000-000000000001"
-    ok = [wire.CLIENT_PROTOCOL, b"\x02", wire.pack({"id": 9, "worker": worker}), b"\x01"]
+    reply, error = wire.CLIENT_PROTOCOL + b"\x02", wire.CLIENT_PROTOCOL + b"\x03"
+    ok = [reply + wire.pack({"id": 9, "worker": worker}), b"\x01"]
     assert parse_answer(ok) == (9, worker, b"\x01", None)
-    err = [wire.CLIENT_PROTOCOL, b"\x03", wire.pack({"id": 4, "code": 2, "message": "m"}), b""]
+    err = [error + wire.pack({"id": 4, "code": 2, "message": "m"}), b""]
     id, _, _, e = parse_answer(err)
     assert id == 4 and e is not None and e.code == "unknown_service"
     for bad in (
-        [wire.CLIENT_PROTOCOL, b"\x02", wire.pack({"id": -1}), b""],
-        [wire.CLIENT_PROTOCOL, b"\x02", wire.pack({"id": 1, "worker": 5}), b""],
-        [wire.CLIENT_PROTOCOL, b"\x02", wire.pack([1]), b""],
-        [wire.CLIENT_PROTOCOL, b"\x02", b"\xc1", b""],
-        [b"TPXC02", b"\x02", wire.pack({"id": 1}), b""],
-        [wire.CLIENT_PROTOCOL, b"\x02", wire.pack({"id": 1})],
+        [reply + wire.pack({"id": -1}), b""],
+        [reply + wire.pack({"id": 1, "worker": 5}), b""],
+        [reply + wire.pack([1]), b""],
+        [reply + b"\xc1", b""],
+        [b"TPXC01\x02" + wire.pack({"id": 1}), b""],
+        [reply + wire.pack({"id": 1})],
+        [reply + wire.pack({"id": 1}), b"", b""],
     ):
         with pytest.raises(ProtocolError):
             parse_answer(bad)

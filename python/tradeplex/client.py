@@ -1,4 +1,4 @@
-"""`Client`: calls services through the broker's frontend (``TPXC01``).
+"""`Client`: calls services through the broker's frontend (``TPXC02``).
 
 ZeroMQ sockets are not thread-safe, so exactly one thread at a time owns the DEALER; the
 owner changes only under a lock (whose acquire/release is the full memory barrier libzmq
@@ -62,8 +62,9 @@ _SEND, _EXPIRE = 0, 1
 # closed once the I/O thread has closed it.
 _IDLE, _IO, _DIRECT, _CLOSED = 0, 1, 2, 3
 
-_REPLY_COMMAND = bytes([wire.ClientCommand.REPLY])
-_REQUEST_COMMAND = bytes([wire.ClientCommand.REQUEST])
+_REPLY_HEAD = wire.head(wire.CLIENT_PROTOCOL, wire.ClientCommand.REPLY, b"")
+_REQUEST_HEAD = wire.head(wire.CLIENT_PROTOCOL, wire.ClientCommand.REQUEST, b"")
+_HEAD = wire.HEAD_PREFIX
 _unpackb = msgpack.unpackb
 # Plain ints: pyzmq's flag enums cost an enum operation per frame when or-ed.
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -74,13 +75,11 @@ _MAX_FRAMES = 8
 
 
 def _send_request(dealer: zmq.Socket[bytes], frames: list[bytes]) -> None:
-    """Sends a request's four frames without waiting (raises `zmq.Again` if the socket
-    will not take it; once the first frame is taken, the rest of the message is)."""
+    """Sends a request's two frames (head, body) without waiting (raises `zmq.Again` if
+    the socket will not take it; once the first frame is taken, the rest is)."""
     send = dealer.send
     send(frames[0], _MORE_NOBLOCK)
-    send(frames[1], _MORE_NOBLOCK)
-    send(frames[2], _MORE_NOBLOCK)
-    send(frames[3], _NOBLOCK)
+    send(frames[1], _NOBLOCK)
 
 
 def _recv_message(dealer: zmq.Socket[bytes]) -> list[bytes]:
@@ -121,15 +120,16 @@ def request_header(
     affinity: str | None = None,
     client: str | None = None,
 ) -> bytes:
-    """Frame 2 of a client REQUEST: the same MessagePack map as `wire.encode_request`.
+    """The header of a client REQUEST (its head frame after the 7-byte prefix): the same
+    MessagePack map as `wire.encode_request`.
 
     The common case (no target, no affinity) joins a cached prefix with the two numbers
     as fixed-width uint 64 (valid MessagePack; every decoder takes any integer width),
     instead of building and packing a dict per call.
     """
     if target is not None or affinity is not None or client is not None:
-        frames = wire.encode_request(id, service, deadline_ms, idempotent, target, affinity, client)
-        return frames[2]
+        head = wire.encode_request(id, service, deadline_ms, idempotent, target, affinity, client)
+        return head[wire.HEAD_PREFIX :]
     prefix = _prefixes.get((service, idempotent))
     if prefix is None:
         prefix = (
@@ -165,8 +165,8 @@ def parse_answer(frames: list[bytes]) -> tuple[int, str | None, bytes, CallError
     A well-formed REPLY is checked here directly (the hot path); anything else goes
     through `wire.decode_client_answer`, which raises `ProtocolError` on bad input.
     """
-    if len(frames) == 4 and frames[1] == _REPLY_COMMAND and frames[0] == wire.CLIENT_PROTOCOL:
-        header = frames[2]
+    if len(frames) == 2 and frames[0][:_HEAD] == _REPLY_HEAD:
+        header = frames[0][_HEAD:]
         if len(header) <= wire.MAX_HEADER_BYTES:
             try:
                 h = _unpackb(header, raw=False, strict_map_key=False)
@@ -180,7 +180,7 @@ def parse_answer(frames: list[bytes]) -> tuple[int, str | None, bytes, CallError
                     and 0 <= id < 1 << 64
                     and (worker is None or type(worker) is str)
                 ):
-                    return id, worker, frames[3], None
+                    return id, worker, frames[1], None
     ans = wire.decode_client_answer(frames)
     if ans.ok:
         return ans.id, ans.worker, ans.body, None
@@ -817,7 +817,7 @@ class Client(TradingMixin):
         header = request_header(
             id, service, wire.now_ms() + ttl, idempotent, target, affinity, self.client_name
         )
-        frames = [wire.CLIENT_PROTOCOL, _REQUEST_COMMAND, header, data]
+        frames = [_REQUEST_HEAD + header, data]
         retry = max(ttl / 3000, 0.5) if idempotent else None
         return _Pending(id, frames, time.monotonic() + ttl / 1000, retry, None, raw, full, ttl)
 

@@ -18,9 +18,11 @@ import msgpack
 
 from .errors import ProtocolError
 
-CLIENT_PROTOCOL = b"TPXC01"
-WORKER_PROTOCOL = b"TPXW01"
+CLIENT_PROTOCOL = b"TPXC02"
+WORKER_PROTOCOL = b"TPXW02"
 EVENT_PROTOCOL = b"TPXE01"
+#: Bytes of a head frame before its header: the protocol id and the command byte.
+HEAD_PREFIX = 7
 
 #: Header frames are at most this long (docs/protocol.md, Conventions).
 MAX_HEADER_BYTES = 4096
@@ -40,7 +42,7 @@ _SERVICE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class ClientCommand(IntEnum):
-    """Command byte of the client protocol (``TPXC01``)."""
+    """Command byte of the client protocol (``TPXC02``, byte 6 of the head frame)."""
 
     REQUEST = 0x01
     REPLY = 0x02
@@ -48,7 +50,7 @@ class ClientCommand(IntEnum):
 
 
 class WorkerCommand(IntEnum):
-    """Command byte of the worker protocol (``TPXW01``)."""
+    """Command byte of the worker protocol (``TPXW02``, byte 6 of the head frame)."""
 
     READY = 0x01
     REQUEST = 0x02
@@ -177,10 +179,18 @@ def _str(h: dict[str, Any], name: str, default: str | None = None) -> str:
     return v
 
 
-def _command(frame: bytes) -> int:
-    if len(frame) != 1:
-        raise ProtocolError(f"command frame of {len(frame)} bytes")
-    return frame[0]
+def split_head(head: bytes, expected: bytes) -> tuple[int, bytes]:
+    """The command byte and header bytes of a head frame (protocol id `expected`, command
+    byte, MessagePack header); raises `ProtocolError` on another protocol or version."""
+    check_protocol(head[: len(expected)], expected)
+    if len(head) < HEAD_PREFIX:
+        raise ProtocolError("head frame without a command byte")
+    return head[HEAD_PREFIX - 1], head[HEAD_PREFIX:]
+
+
+def head(protocol: bytes, command: int, header: bytes) -> bytes:
+    """A head frame: protocol id, command byte, encoded header."""
+    return protocol + bytes([command]) + header
 
 
 # --- client protocol ---------------------------------------------------------------
@@ -194,8 +204,8 @@ def encode_request(
     target: str | None,
     affinity: str | None,
     client: str | None = None,
-) -> list[bytes]:
-    """Frames 0-2 of a client REQUEST (the body is frame 3); `client` is the declared
+) -> bytes:
+    """The head frame of a client REQUEST (the body is frame 1); `client` is the declared
     client name (docs/protocol.md)."""
     h: dict[str, Any] = {
         "id": id,
@@ -209,7 +219,7 @@ def encode_request(
         h["affinity"] = affinity
     if client is not None:
         h["client"] = client
-    return [CLIENT_PROTOCOL, bytes([ClientCommand.REQUEST]), pack(h)]
+    return head(CLIENT_PROTOCOL, ClientCommand.REQUEST, pack(h))
 
 
 @dataclass(frozen=True)
@@ -226,18 +236,20 @@ class ClientAnswer:
 
 
 def decode_client_answer(frames: list[bytes]) -> ClientAnswer:
-    """Decodes a REPLY or ERROR as the client's DEALER receives it."""
-    if len(frames) != 4:
-        raise ProtocolError(f"expected 4 frames, got {len(frames)}")
-    check_protocol(frames[0], CLIENT_PROTOCOL)
-    cmd = _command(frames[1])
-    h = decode_header(frames[2])
+    """Decodes a REPLY or ERROR as the client's DEALER receives it: [head][body]."""
+    if not frames:
+        raise ProtocolError("expected 2 frames, got 0")
+    # The protocol first: a version-01 message (four frames) is told as such.
+    cmd, header = split_head(frames[0], CLIENT_PROTOCOL)
+    if len(frames) != 2:
+        raise ProtocolError(f"expected 2 frames, got {len(frames)}")
+    h = decode_header(header)
     id = _u64(h, "id")
     worker = h.get("worker")
     if worker is not None and not isinstance(worker, str):
         raise ProtocolError("field 'worker' is not a string")
     if cmd == ClientCommand.REPLY:
-        return ClientAnswer(id=id, ok=True, worker=worker, body=frames[3])
+        return ClientAnswer(id=id, ok=True, worker=worker, body=frames[1])
     if cmd == ClientCommand.ERROR:
         code = h.get("code", 0)
         if not isinstance(code, int):
@@ -258,8 +270,8 @@ def decode_client_answer(frames: list[bytes]) -> ClientAnswer:
 
 
 def encode_worker(command: WorkerCommand, header: dict[str, Any], body: bytes = b"") -> list[bytes]:
-    """All four frames of a worker-protocol message."""
-    return [WORKER_PROTOCOL, bytes([command]), pack(header), body]
+    """Both frames of a worker-protocol message: [head][body]."""
+    return [head(WORKER_PROTOCOL, command, pack(header)), body]
 
 
 @dataclass(frozen=True)
@@ -284,12 +296,14 @@ class WorkerMessage:
 
 
 def decode_worker_message(frames: list[bytes]) -> WorkerMessage:
-    """Decodes what a worker's DEALER receives from the broker."""
-    if len(frames) != 4:
-        raise ProtocolError(f"expected 4 frames, got {len(frames)}")
-    check_protocol(frames[0], WORKER_PROTOCOL)
-    cmd = _command(frames[1])
-    h = decode_header(frames[2])
+    """Decodes what a worker's DEALER receives from the broker: [head][body]."""
+    if not frames:
+        raise ProtocolError("expected 2 frames, got 0")
+    # The protocol first: a version-01 message (four frames) is told as such.
+    cmd, header = split_head(frames[0], WORKER_PROTOCOL)
+    if len(frames) != 2:
+        raise ProtocolError(f"expected 2 frames, got {len(frames)}")
+    h = decode_header(header)
     if cmd == WorkerCommand.REQUEST:
         idem = h.get("idempotent", False)
         req = WorkerRequest(
@@ -298,7 +312,7 @@ def decode_worker_message(frames: list[bytes]) -> WorkerMessage:
             service=_str(h, "service"),
             deadline_ms=_u64(h, "deadline_ms"),
             idempotent=bool(idem),
-            body=frames[3],
+            body=frames[1],
         )
         return WorkerMessage(WorkerCommand.REQUEST, request=req)
     if cmd == WorkerCommand.HEARTBEAT:

@@ -1,4 +1,4 @@
-"""`Worker`: serves services to the broker's backend (``TPXW01``) and publishes events.
+"""`Worker`: serves services to the broker's backend (``TPXW02``) and publishes events.
 
 Three kinds of thread, because ZeroMQ sockets are not thread-safe: the session thread owns
 the DEALER (register, heartbeats both ways, reconnect with backoff, drain); a pool of
@@ -480,10 +480,10 @@ class Worker:
 
 def _outcome(frames: list[bytes]) -> str:
     """``"ok"`` for a REPLY, else the ERROR's code name (frames we encoded ourselves)."""
-    if frames[1] == bytes([WorkerCommand.REPLY]):
+    if frames[0][wire.HEAD_PREFIX - 1] == WorkerCommand.REPLY:
         return "ok"
     try:
-        code = wire.decode_header(frames[2]).get("code")
+        code = wire.decode_header(frames[0][wire.HEAD_PREFIX :]).get("code")
     except ProtocolError:  # a header over the limit (a long message)
         code = None
     known = ErrorCode.from_number(code) if isinstance(code, int) else None

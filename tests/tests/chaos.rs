@@ -390,12 +390,8 @@ impl Drop for Refuser {
 
 fn refuse_loop(dealer: &zmq::Socket, id: WorkerId, stop: &AtomicBool) -> Vec<Offer> {
     let send = |cmd: wp::Command, header: Vec<u8>| {
-        let frames = [
-            wp::PROTOCOL.frame.to_vec(),
-            vec![cmd as u8],
-            header,
-            Vec::new(),
-        ];
+        let head = [wp::PROTOCOL.frame, &[cmd as u8][..], &header].concat();
+        let frames = [head, Vec::new()];
         let _ = dealer.send_multipart(frames, zmq::DONTWAIT);
     };
     let ready = || {
@@ -443,7 +439,7 @@ fn refuse_loop(dealer: &zmq::Socket, id: WorkerId, stop: &AtomicBool) -> Vec<Off
                     offers.push(Offer {
                         id: h.id.0,
                         idempotent: h.idempotent,
-                        body: frames.get(3).cloned().unwrap_or_default(),
+                        body: frames.get(1).cloned().unwrap_or_default(),
                     });
                     due.push((
                         Instant::now() + Duration::from_millis(rng.gen_range(1..10)),

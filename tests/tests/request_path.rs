@@ -258,6 +258,16 @@ fn error_reply(s: &zmq::Socket) -> tradeplex_proto::client::ErrorHeader {
     }
 }
 
+/// A client head frame: protocol id, command byte, header.
+fn head(cmd: u8, header: &[u8]) -> Vec<u8> {
+    [tradeplex_proto::client::PROTOCOL.frame, &[cmd][..], header].concat()
+}
+
+/// A worker head frame.
+fn worker_head(cmd: u8, header: &[u8]) -> Vec<u8> {
+    [tradeplex_proto::worker::PROTOCOL.frame, &[cmd][..], header].concat()
+}
+
 fn request_header(id: u64, service: &str) -> Vec<u8> {
     tradeplex_proto::frame::encode_header(&tradeplex_proto::client::RequestHeader {
         id: tradeplex_proto::RequestId(id),
@@ -289,37 +299,30 @@ fn bad_input_gets_its_error_and_the_broker_keeps_serving() {
     assert_eq!(error_reply(&raw).name, "bad_request");
 
     // Wrong protocol version, with a readable id.
-    raw.send_multipart([&b"TPXC99"[..], &[1], &request_header(7, "echo"), b""], 0)
-        .unwrap();
+    let v99 = [&b"TPXC99\x01"[..], &request_header(7, "echo")].concat();
+    raw.send_multipart([v99, Vec::new()], 0).unwrap();
     let e = error_reply(&raw);
     assert_eq!((e.name.as_str(), e.id.0), ("unsupported_version", 7));
 
     // Unknown command byte.
-    raw.send_multipart([&b"TPXC01"[..], &[42], &request_header(8, "echo"), b""], 0)
+    raw.send_multipart([head(42, &request_header(8, "echo")), Vec::new()], 0)
         .unwrap();
     let e = error_reply(&raw);
     assert_eq!((e.name.as_str(), e.id.0), ("bad_request", 8));
 
     // Header that is not MessagePack.
-    raw.send_multipart([&b"TPXC01"[..], &[1], b"\xc1\xc1", b""], 0)
+    raw.send_multipart([head(1, b"\xc1\xc1"), Vec::new()], 0)
         .unwrap();
     assert_eq!(error_reply(&raw).name, "bad_request");
 
     // Too many frames.
-    raw.send_multipart(vec![b"TPXC01".to_vec(); 20], 0).unwrap();
+    raw.send_multipart(vec![head(1, &request_header(10, "echo")); 20], 0)
+        .unwrap();
     assert_eq!(error_reply(&raw).name, "bad_request");
 
     // Oversized body.
-    raw.send_multipart(
-        [
-            &b"TPXC01"[..],
-            &[1],
-            &request_header(9, "echo"),
-            &vec![0u8; 4096],
-        ],
-        0,
-    )
-    .unwrap();
+    raw.send_multipart([head(1, &request_header(9, "echo")), vec![0u8; 4096]], 0)
+        .unwrap();
     let e = error_reply(&raw);
     assert_eq!((e.name.as_str(), e.id.0), ("too_large", 9));
 
@@ -329,7 +332,7 @@ fn bad_input_gets_its_error_and_the_broker_keeps_serving() {
     fake_worker.set_linger(0).unwrap();
     fake_worker.connect(&broker.backend).unwrap();
     fake_worker
-        .send_multipart([&b"TPXW01"[..], &[99], b"junk", b""], 0)
+        .send_multipart([worker_head(99, b"junk"), Vec::new()], 0)
         .unwrap();
     fake_worker.send(&b"noise"[..], 0).unwrap();
 
@@ -450,7 +453,7 @@ impl RawWorker {
 
     fn send(&self, cmd: u8, header: &[u8]) {
         self.socket
-            .send_multipart([&b"TPXW01"[..], &[cmd], header, b""], 0)
+            .send_multipart([worker_head(cmd, header), Vec::new()], 0)
             .unwrap();
     }
 
@@ -496,7 +499,7 @@ fn raw_request(raw: &zmq::Socket, id: u64, service: &str, ttl_ms: u64) {
         affinity: None,
         client: None,
     });
-    raw.send_multipart([&b"TPXC01"[..], &[1], &header, b"order"], 0)
+    raw.send_multipart([head(1, &header), b"order".to_vec()], 0)
         .unwrap();
 }
 
@@ -549,7 +552,7 @@ fn hostile_worker_answers_still_reach_the_client_and_bad_input_is_answered_on_th
     // Another protocol version on the backend gets an answer naming the broker's.
     worker
         .socket
-        .send_multipart([&b"TPXW09"[..], &[5], b"\x80", b""], 0)
+        .send_multipart([b"TPXW09\x05\x80".to_vec(), Vec::new()], 0)
         .unwrap();
     match worker.next() {
         tradeplex_proto::worker::Message::Disconnect(d) => {
@@ -561,6 +564,25 @@ fn hostile_worker_answers_still_reach_the_client_and_bad_input_is_answered_on_th
         }
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
+    // A version-01 worker (four frames, `TPXW01`) gets a DISCONNECT in its own layout.
+    worker
+        .socket
+        .send_multipart([&b"TPXW01"[..], &[5], b"\x80", b""], 0)
+        .unwrap();
+    let frames = loop {
+        let frames = worker.socket.recv_multipart(0).expect("a broker message");
+        if frames.first().is_some_and(|f| &f[..] == b"TPXW01") {
+            break frames;
+        }
+    };
+    assert_eq!((frames.len(), &frames[1][..]), (4, &[6u8][..]));
+    let d: tradeplex_proto::worker::DisconnectHeader =
+        tradeplex_proto::frame::decode_header(&frames[2]).unwrap();
+    assert!(
+        d.reason.starts_with("unsupported_version: ") && d.reason.contains("TPXW02"),
+        "{}",
+        d.reason
+    );
     // A READY with bad fields too.
     let bad = tradeplex_proto::worker::ReadyHeader {
         worker: tradeplex_proto::WorkerId::random(),
@@ -591,15 +613,15 @@ fn frontend_answers_each_malformed_shape_as_documented() {
     let raw = raw_dealer(&broker.frontend);
     let header = request_header(11, "echo");
 
-    // Any frame count other than 4 behind a good frame 0 is bad_request: 3, 5 and 7 frames
-    // (within the broker's read limit) and 9 (over it).
-    for n in [3usize, 5, 7, 9] {
-        let mut frames = vec![b"TPXC01".to_vec(), vec![1], header.clone(), Vec::new()];
+    // Any frame count other than 2 behind a good head frame is bad_request: 1, 3 and 7
+    // frames (within the broker's read limit) and 9 (over it).
+    for n in [1usize, 3, 7, 9] {
+        let mut frames = vec![head(1, &header), Vec::new()];
         frames.resize(n, Vec::new());
         raw.send_multipart(frames, 0).unwrap();
         let e = error_reply(&raw);
         assert_eq!(e.name, "bad_request", "{n} frames: {}", e.message);
-        assert!(e.message.contains("expected 4 frames"), "{}", e.message);
+        assert!(e.message.contains("expected 2 frames"), "{}", e.message);
     }
 
     // A header over 4096 bytes is too_large, with id 0 (the broker does not read it).
@@ -616,25 +638,39 @@ fn frontend_answers_each_malformed_shape_as_documented() {
         deadline_ms: tradeplex_proto::now_unix_ms() + 5000,
         pad: "x".repeat(5000),
     });
-    raw.send_multipart([&b"TPXC01"[..], &[1], &big, b""], 0)
-        .unwrap();
+    raw.send_multipart([head(1, &big), Vec::new()], 0).unwrap();
     let e = error_reply(&raw);
     assert_eq!((e.name.as_str(), e.id.0), ("too_large", 0), "{}", e.message);
 
     // Another protocol's id is bad_request; our protocol in another version is
     // unsupported_version, answered in the broker's own version.
-    raw.send_multipart([&b"TPXW01"[..], &[1], &header, b""], 0)
+    raw.send_multipart([worker_head(1, &header), Vec::new()], 0)
         .unwrap();
     assert_eq!(error_reply(&raw).name, "bad_request");
-    raw.send_multipart([&b"TPXC02"[..], &[1], &header, b""], 0)
-        .unwrap();
+    let v3 = [&b"TPXC03\x01"[..], &header].concat();
+    raw.send_multipart([v3, Vec::new()], 0).unwrap();
     let frames = raw.recv_multipart(0).unwrap();
-    assert_eq!(frames[0], b"TPXC01");
+    assert_eq!(&frames[0][..7], b"TPXC02\x03");
     let e = match tradeplex_proto::client::decode(&frames).unwrap() {
         tradeplex_proto::client::Message::Error(e) => e,
         other => panic!("expected ERROR, got {other:?}"),
     };
     assert_eq!((e.name.as_str(), e.id.0), ("unsupported_version", 11));
+
+    // A version-01 client (four frames, `TPXC01`) is answered in its own layout, so it
+    // reads the refusal and its request's id.
+    raw.send_multipart([&b"TPXC01"[..], &[1], &header, b""], 0)
+        .unwrap();
+    let frames = raw.recv_multipart(0).unwrap();
+    assert_eq!(frames.len(), 4);
+    assert_eq!(
+        (&frames[0][..], &frames[1][..]),
+        (&b"TPXC01"[..], &[3u8][..])
+    );
+    let e: tradeplex_proto::client::ErrorHeader =
+        tradeplex_proto::frame::decode_header(&frames[2]).unwrap();
+    assert_eq!((e.name.as_str(), e.id.0), ("unsupported_version", 11));
+    assert!(e.message.contains("TPXC02"), "{}", e.message);
 
     // A bad target is reported under its own name.
     #[derive(serde::Serialize)]
@@ -650,7 +686,7 @@ fn frontend_answers_each_malformed_shape_as_documented() {
         deadline_ms: tradeplex_proto::now_unix_ms() + 5000,
         target: "not-a-uuid",
     });
-    raw.send_multipart([&b"TPXC01"[..], &[1], &targeted, b""], 0)
+    raw.send_multipart([head(1, &targeted), Vec::new()], 0)
         .unwrap();
     let e = error_reply(&raw);
     assert_eq!((e.name.as_str(), e.id.0), ("bad_request", 13));

@@ -13,9 +13,9 @@ use crate::handler::{Handler, HandlerError, Request};
 use crate::journal::Journal;
 use crate::metrics::WorkerMetrics;
 
-/// A finished job, as the session thread reads it from the results socket:
-/// `[command][header][body]` ready to send after the protocol frame.
-pub type Finished = (wp::Command, Vec<u8>, Vec<u8>);
+/// A finished job, as the session thread reads it from the results socket: the REPLY or
+/// ERROR head frame and the body, ready to send to the broker as they are.
+pub type Finished = (Vec<u8>, Vec<u8>);
 
 /// Shared by the executor threads.
 pub struct Shared {
@@ -95,10 +95,9 @@ impl Drop for Executor {
 
 fn execute_loop(rx: Receiver<Request>, push: zmq::Socket, shared: Arc<Shared>) {
     while let Ok(req) = rx.recv() {
-        let (cmd, header, body) = execute(&shared, &req);
+        let (head, body) = execute(&shared, &req);
         let sent = push
-            .send(&[cmd as u8][..], zmq::SNDMORE)
-            .and_then(|_| push.send(header, zmq::SNDMORE))
+            .send(head, zmq::SNDMORE)
             .and_then(|_| push.send(body, 0));
         if let Err(e) = sent {
             tracing::error!(error = %e, job = %req.job, "cannot hand result to session");
@@ -121,14 +120,12 @@ pub fn execute(shared: &Shared, req: &Request) -> Finished {
     );
     match result {
         Ok(body) => {
-            let header = tradeplex_proto::frame::encode_header(&wp::ReplyHeader { job: req.job });
-            (wp::Command::Reply, header, body)
+            let head = wp::encode(wp::Command::Reply, &wp::ReplyHeader { job: req.job });
+            (head, body)
         }
         Err(e) => {
-            let header = tradeplex_proto::frame::encode_header(&wp::ErrorHeader::new(
-                req.job, e.code, e.message,
-            ));
-            (wp::Command::Error, header, Vec::new())
+            let h = wp::ErrorHeader::new(req.job, e.code, e.message);
+            (wp::encode(wp::Command::Error, &h), Vec::new())
         }
     }
 }

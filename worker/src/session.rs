@@ -236,7 +236,7 @@ impl<'a> Session<'a> {
                     if !draining && !self.registered {
                         self.set_registered(true);
                     }
-                    let body = frames.into_iter().nth(3).unwrap_or_default();
+                    let body = frames.into_iter().nth(1).unwrap_or_default();
                     self.on_request(dealer, h, body, draining);
                 }
                 Ok(wp::Message::Heartbeat) => {
@@ -294,8 +294,8 @@ impl<'a> Session<'a> {
                 .get(&req.service)
                 .is_some_and(|handler| handler.runs_inline(&req));
         if inline {
-            let (cmd, header, body) = crate::executor::execute(&self.shared, &req);
-            send_result(dealer, cmd, &header, &body);
+            let (head, body) = crate::executor::execute(&self.shared, &req);
+            send_result(dealer, &head, &body);
             return;
         }
         self.in_flight += 1;
@@ -312,23 +312,17 @@ impl<'a> Session<'a> {
             };
             self.in_flight = self.in_flight.saturating_sub(1);
             self.shared.metrics.in_flight.set(self.in_flight as i64);
-            let [cmd, header, body] = <[Vec<u8>; 3]>::try_from(parts)
+            let [head, body] = <[Vec<u8>; 2]>::try_from(parts)
                 .map_err(|_| WorkerError::Internal("bad result frame"))?;
-            let cmd = match cmd.first() {
-                Some(3) => wp::Command::Reply,
-                _ => wp::Command::Error,
-            };
-            send_result(dealer, cmd, &header, &body);
+            send_result(dealer, &head, &body);
         }
     }
 }
 
 /// Sends a finished job's REPLY or ERROR to the broker without blocking.
-fn send_result(dealer: &zmq::Socket, cmd: wp::Command, header: &[u8], body: &[u8]) {
+fn send_result(dealer: &zmq::Socket, head: &[u8], body: &[u8]) {
     let sent = dealer
-        .send(wp::PROTOCOL.frame, zmq::SNDMORE | zmq::DONTWAIT)
-        .and_then(|_| dealer.send(&[cmd as u8][..], zmq::SNDMORE | zmq::DONTWAIT))
-        .and_then(|_| dealer.send(header, zmq::SNDMORE | zmq::DONTWAIT))
+        .send(head, zmq::SNDMORE | zmq::DONTWAIT)
         .and_then(|_| dealer.send(body, zmq::DONTWAIT));
     if let Err(e) = sent {
         tracing::warn!(error = %e, "result not sent: broker unreachable");
@@ -337,11 +331,8 @@ fn send_result(dealer: &zmq::Socket, cmd: wp::Command, header: &[u8], body: &[u8
 
 /// Sends one worker-protocol message without blocking (a lost heartbeat is harmless).
 fn send<T: serde::Serialize>(dealer: &zmq::Socket, cmd: wp::Command, header: &T, body: &[u8]) {
-    let [p, c, h] = wp::encode(cmd, header);
     let r = dealer
-        .send(p, zmq::SNDMORE | zmq::DONTWAIT)
-        .and_then(|_| dealer.send(c, zmq::SNDMORE | zmq::DONTWAIT))
-        .and_then(|_| dealer.send(h, zmq::SNDMORE | zmq::DONTWAIT))
+        .send(wp::encode(cmd, header), zmq::SNDMORE | zmq::DONTWAIT)
         .and_then(|_| dealer.send(body, zmq::DONTWAIT));
     if let Err(e) = r {
         tracing::debug!(error = %e, ?cmd, "message to broker not sent");

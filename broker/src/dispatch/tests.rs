@@ -1,6 +1,12 @@
 //! Dispatcher unit tests: no sockets, no sleeps; time is advanced by hand.
 
+use super::registry::Departure;
 use super::*;
+use tradeplex_proto::client::{ErrorHeader, ReplyHeader, RequestHeader};
+use tradeplex_proto::mgmt::{HaltReply, HaltRequest, ResumeReply, HALT_SERVICE, RESUME_SERVICE};
+use tradeplex_proto::model::GatewayRequest;
+use tradeplex_proto::worker::{DisconnectHeader, ReadyHeader};
+use tradeplex_proto::{ErrorCode, RequestId};
 
 const HB: Duration = Duration::from_millis(100);
 
@@ -106,21 +112,20 @@ impl Harness {
         self.drain()
             .0
             .into_iter()
-            .filter_map(|(to, cmd, header, _)| {
-                (cmd == worker::Command::Request).then(|| {
-                    let h: worker::RequestHeader = frame::decode_header(&header).unwrap();
-                    (to, h.job)
-                })
+            .filter_map(|(to, _, msg, _)| match msg {
+                worker::Message::Request(h) => Some((to, h.job)),
+                _ => None,
             })
             .collect()
     }
 
-    /// Everything sent: (worker messages, client replies, client errors).
+    /// Everything decided, by kind: (worker messages as the worker decodes them, client
+    /// replies, client errors).
     #[allow(clippy::type_complexity)]
     fn drain(
         &mut self,
     ) -> (
-        Vec<(Vec<u8>, worker::Command, Vec<u8>, Body)>,
+        Vec<(Vec<u8>, worker::Command, worker::Message, Body)>,
         Vec<(ReplyHeader, Body)>,
         Vec<ErrorHeader>,
     ) {
@@ -129,20 +134,38 @@ impl Harness {
         let mut errors = Vec::new();
         for out in std::mem::take(&mut self.d.out) {
             match out {
-                Out::Worker {
+                Out::Deliver { to, header, body } => to_workers.push((
                     to,
-                    cmd,
-                    header,
+                    worker::Command::Request,
+                    worker::Message::Request(header),
                     body,
+                )),
+                Out::Heartbeat { to } => to_workers.push((
+                    to,
+                    worker::Command::Heartbeat,
+                    worker::Message::Heartbeat,
+                    Body::new(),
+                )),
+                Out::Disconnect { to, reason } => to_workers.push((
+                    to,
+                    worker::Command::Disconnect,
+                    worker::Message::Disconnect(DisconnectHeader { reason }),
+                    Body::new(),
+                )),
+                Out::Reply {
+                    id, worker, body, ..
+                } => replies.push((ReplyHeader { id, worker }, body)),
+                Out::Error {
+                    id,
+                    code,
+                    message,
+                    worker,
                     ..
-                } => to_workers.push((to, cmd, header, body)),
-                Out::Client {
-                    cmd: client::Command::Reply,
-                    header,
-                    body,
-                    ..
-                } => replies.push((frame::decode_header(&header).unwrap(), body)),
-                Out::Client { header, .. } => errors.push(frame::decode_header(&header).unwrap()),
+                } => {
+                    let mut h = ErrorHeader::new(id, code, message);
+                    h.worker = worker;
+                    errors.push(h);
+                }
             }
         }
         (to_workers, replies, errors)
@@ -312,12 +335,7 @@ fn dead_worker_retries_idempotent_and_loses_the_rest() {
     let retried: Vec<_> = msgs
         .iter()
         .filter(|m| m.1 == worker::Command::Request)
-        .map(|m| {
-            (
-                m.0.clone(),
-                frame::decode_header::<worker::RequestHeader>(&m.2).unwrap(),
-            )
-        })
+        .map(|m| (m.0.clone(), request_of(&m.2)))
         .collect();
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].0, b"B");
@@ -543,6 +561,22 @@ fn refuse(h: &mut Harness, identity: &[u8], job: JobId) {
     h.d.on_worker(h.clock, identity.to_vec(), msg, Body::new());
 }
 
+/// The header of a REQUEST decision.
+fn request_of(msg: &worker::Message) -> worker::RequestHeader {
+    match msg {
+        worker::Message::Request(h) => h.clone(),
+        other => panic!("not a request: {other:?}"),
+    }
+}
+
+/// The header of a DISCONNECT decision.
+fn disconnect_of(msg: &worker::Message) -> DisconnectHeader {
+    match msg {
+        worker::Message::Disconnect(h) => h.clone(),
+        other => panic!("not a disconnect: {other:?}"),
+    }
+}
+
 /// Requests sent to workers since the last drain: (worker identity, job, body bytes).
 fn requests_sent(h: &mut Harness) -> Vec<(Vec<u8>, JobId, Vec<u8>)> {
     h.drain()
@@ -550,7 +584,7 @@ fn requests_sent(h: &mut Harness) -> Vec<(Vec<u8>, JobId, Vec<u8>)> {
         .into_iter()
         .filter(|m| m.1 == worker::Command::Request)
         .map(|(to, _, header, body)| {
-            let rh: worker::RequestHeader = frame::decode_header(&header).unwrap();
+            let rh = request_of(&header);
             (to, rh.job, body.to_vec())
         })
         .collect()
@@ -694,7 +728,7 @@ fn garbled_worker_error_still_answers_the_client_and_frees_the_slot() {
         .filter(|m| m.1 == worker::Command::Request)
         .collect();
     assert_eq!(next.len(), 1);
-    let rh: worker::RequestHeader = frame::decode_header(&next[0].2).unwrap();
+    let rh = request_of(&next[0].2);
     assert_eq!(rh.id, queued);
 }
 
@@ -811,7 +845,7 @@ fn a_flooding_client_cannot_hold_back_another_clients_order() {
         let next = msgs
             .iter()
             .find(|m| m.1 == worker::Command::Request)
-            .map(|m| frame::decode_header::<worker::RequestHeader>(&m.2).unwrap())
+            .map(|m| request_of(&m.2))
             .unwrap();
         if next.id == order {
             return;
@@ -831,7 +865,7 @@ fn services_past_the_limit_are_refused() {
     let refusal = msgs
         .iter()
         .find(|m| m.0 == b"B" && m.1 == worker::Command::Disconnect)
-        .map(|m| frame::decode_header::<DisconnectHeader>(&m.2).unwrap())
+        .map(|m| disconnect_of(&m.2))
         .expect("READY refused");
     assert!(
         refusal.reason.starts_with("overloaded: "),
@@ -981,7 +1015,7 @@ fn halt_refuses_the_accounts_orders_and_cancels_its_working_orders_on_each_worke
         .iter()
         .filter(|m| m.1 == worker::Command::Request)
         .map(|(to, _, header, body)| {
-            let rh: worker::RequestHeader = frame::decode_header(header).unwrap();
+            let rh = request_of(header);
             assert!(!rh.idempotent, "a cancel is not idempotent");
             let GatewayRequest::CancelOrder(c) = rmp_serde::from_slice(body).unwrap() else {
                 panic!("not a cancel");

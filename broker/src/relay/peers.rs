@@ -101,11 +101,6 @@ impl Departures {
         due
     }
 
-    /// Departures still waiting.
-    pub fn len(&self) -> usize {
-        self.pending.len()
-    }
-
     /// True when none is waiting.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()

@@ -169,12 +169,8 @@ impl ReplayStore {
         self.events
     }
 
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.events == 0
-    }
-
     /// Streams held.
+    #[cfg(test)]
     pub fn streams(&self) -> usize {
         self.streams.len()
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use tradeplex_proto::worker::{self as wp, DisconnectHeader, HeartbeatHeader, ReadyHeader};
-use tradeplex_proto::{client as cp, frame, RequestId, ServiceName, WorkerId};
+use tradeplex_proto::{client as cp, RequestId, ServiceName, WorkerId};
 
 use super::rr::Pipe;
 
@@ -51,10 +51,8 @@ impl Pipe for RawClientPipe {
             client: None,
         };
         self.next_id += 1;
-        let [p, c, h] = cp::encode(cp::Command::Request, &header);
-        self.socket.send(p, zmq::SNDMORE)?;
-        self.socket.send(c, zmq::SNDMORE)?;
-        self.socket.send(h, zmq::SNDMORE)?;
+        self.socket
+            .send(cp::encode(cp::Command::Request, &header), zmq::SNDMORE)?;
         self.socket.send(body, 0)?;
         Ok(())
     }
@@ -65,7 +63,7 @@ impl Pipe for RawClientPipe {
             .recv_multipart(0)
             .map_err(|e| anyhow!("raw client reply: {e}"))?;
         match cp::decode(&frames)? {
-            cp::Message::Reply(_) => Ok(frames.into_iter().nth(3).unwrap_or_default()),
+            cp::Message::Reply(_) => Ok(frames.into_iter().nth(1).unwrap_or_default()),
             cp::Message::Error(e) => bail!("{}: {}", e.name, e.message),
             cp::Message::Request(_) => bail!("broker sent a request to a client"),
         }
@@ -103,9 +101,7 @@ fn send<T: serde::Serialize>(
     header: &T,
     body: zmq::Message,
 ) -> zmq::Result<()> {
-    s.send(wp::PROTOCOL.frame, zmq::SNDMORE)?;
-    s.send(&[cmd as u8][..], zmq::SNDMORE)?;
-    s.send(frame::encode_header(header), zmq::SNDMORE)?;
+    s.send(wp::encode(cmd, header), zmq::SNDMORE)?;
     s.send(body, 0)
 }
 
@@ -138,7 +134,7 @@ fn raw_worker(backend: &str, capacity: u32, stop: &AtomicBool) -> anyhow::Result
             }
             match wp::decode(&frames[..n])? {
                 wp::Message::Request(h) => {
-                    let body = std::mem::replace(&mut frames[3], zmq::Message::new());
+                    let body = std::mem::replace(&mut frames[1], zmq::Message::new());
                     send(
                         &s,
                         wp::Command::Reply,

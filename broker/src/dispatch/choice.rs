@@ -1,0 +1,236 @@
+//! Dispatch proper: which queued job goes to which worker (targets, affinity, least
+//! loaded then least recently used, clients in turn) and the delivery itself.
+
+use tradeplex_proto::{worker, ErrorCode, JobId, ServiceName, WorkerId};
+
+use super::jobs::Job;
+use super::{Dispatcher, Identity, Out};
+
+/// Most affinity bindings kept; beyond it, bindings of dead workers are swept first.
+const MAX_AFFINITY: usize = 100_000;
+
+/// What one client's turn at a service's queue came to.
+enum Turn {
+    Delivered,
+    Waiting,
+    NoRoom,
+}
+
+/// Where one queued job can go now.
+enum Choice {
+    Deliver(Identity),
+    Wait,
+    NoRoom,
+    Fail(ErrorCode, String),
+}
+
+impl Dispatcher {
+    /// Delivers what `service`'s queue can deliver now: one job per client per round, the
+    /// clients in turn, until a round delivers nothing or no worker has room.
+    pub(super) fn pump(&mut self, service: &ServiceName) {
+        loop {
+            let clients = self.services.get(service).map_or(0, |s| s.queue.clients());
+            let mut delivered = false;
+            for _ in 0..clients {
+                match self.serve_next_client(service) {
+                    Turn::Delivered => delivered = true,
+                    Turn::Waiting => {}
+                    Turn::NoRoom => return,
+                }
+            }
+            if !delivered {
+                return;
+            }
+        }
+    }
+
+    /// Gives the next client of `service` its turn: its first job some worker can take
+    /// now is delivered (jobs bound to a busy worker are looked past).
+    fn serve_next_client(&mut self, service: &ServiceName) -> Turn {
+        if !self
+            .services
+            .get_mut(service)
+            .is_some_and(|s| s.queue.next_turn())
+        {
+            return Turn::Waiting;
+        }
+        let mut i = 0;
+        loop {
+            let next = self.services.get(service).and_then(|s| s.queue.in_turn(i));
+            let Some(job_id) = next else {
+                return Turn::Waiting;
+            };
+            match self.choose(service, job_id) {
+                Choice::Deliver(worker) => {
+                    self.unqueue(job_id);
+                    self.deliver(job_id, worker);
+                    return Turn::Delivered;
+                }
+                Choice::Fail(code, msg) => {
+                    self.unqueue(job_id);
+                    self.finish(job_id, Err((code, msg)), None);
+                }
+                Choice::Wait => i += 1,
+                // No worker of the service has room: nothing else can go either.
+                Choice::NoRoom => return Turn::NoRoom,
+            }
+        }
+    }
+
+    /// A slot freed on `worker`: each service it offers with queued work gets the chance in
+    /// turn (starting one further each time), so one service's backlog cannot starve
+    /// another's queued requests on a shared worker.
+    pub(super) fn pump_worker(&mut self, worker: &Identity) {
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
+        let n = w.services.len();
+        w.next_pump = (w.next_pump + 1) % n.max(1);
+        let start = w.next_pump;
+        let services = &self.services;
+        // Only services with a backlog are cloned: nothing is allocated when none has one.
+        let waiting: Vec<ServiceName> = (0..n)
+            .filter_map(|k| w.services.get((start + k) % n))
+            .filter(|s| services.get(*s).is_some_and(|q| !q.queue.is_empty()))
+            .cloned()
+            .collect();
+        for s in &waiting {
+            self.pump(s);
+        }
+    }
+
+    fn choose(&mut self, service: &ServiceName, job_id: JobId) -> Choice {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return Choice::Wait;
+        };
+        if let Some(target) = job.target {
+            return self.choose_target(service, job, target);
+        }
+        if !job.refused_by.is_empty() && self.refused_by_all(service, job) {
+            let n = job.refused_by.len();
+            return Choice::Fail(
+                ErrorCode::Unavailable,
+                format!("refused by every worker of {service} ({n}); not executed"),
+            );
+        }
+        if let Some(key) = &job.affinity {
+            let bound = self
+                .affinity
+                .get(&(service.clone(), key.clone()))
+                .and_then(|id| {
+                    let i = self.by_id.get(id)?;
+                    self.workers
+                        .get(i)
+                        .filter(|w| w.offers(service) && !job.refused(&w.id))
+                        .map(|w| (i.clone(), w.has_room()))
+                });
+            return match bound {
+                Some((i, true)) => Choice::Deliver(i),
+                Some((_, false)) => Choice::Wait,
+                // Unbound, or bound to a worker that refused it: bind the key afresh.
+                None => match self.least_loaded(service, &job.refused_by) {
+                    Some(i) => {
+                        let key = key.clone();
+                        self.bind_affinity(service.clone(), key, &i);
+                        Choice::Deliver(i)
+                    }
+                    None => Choice::Wait,
+                },
+            };
+        }
+        let refused = !job.refused_by.is_empty();
+        match self.least_loaded(service, &job.refused_by) {
+            Some(i) => Choice::Deliver(i),
+            // Other jobs may still go to the workers this one refused.
+            None if refused => Choice::Wait,
+            None => Choice::NoRoom,
+        }
+    }
+
+    fn choose_target(&self, service: &ServiceName, job: &Job, target: WorkerId) -> Choice {
+        if job.refused(&target) {
+            return Choice::Fail(
+                ErrorCode::Unavailable,
+                format!("target worker {target} refused it; not executed"),
+            );
+        }
+        match self
+            .by_id
+            .get(&target)
+            .and_then(|i| self.workers.get(i).map(|w| (i, w)))
+        {
+            Some((i, w)) if w.offers(service) => {
+                if w.has_room() {
+                    Choice::Deliver(i.clone())
+                } else {
+                    Choice::Wait
+                }
+            }
+            _ => Choice::Fail(
+                ErrorCode::UnknownWorker,
+                format!("worker {target} is not registered for {service}"),
+            ),
+        }
+    }
+
+    /// Whether every worker now offering `service` has refused `job`.
+    fn refused_by_all(&self, service: &ServiceName, job: &Job) -> bool {
+        self.services.get(service).is_some_and(|s| {
+            s.workers
+                .iter()
+                .filter_map(|i| self.workers.get(i))
+                .all(|w| job.refused(&w.id))
+        })
+    }
+
+    fn bind_affinity(&mut self, service: ServiceName, key: String, worker: &Identity) {
+        let Some(id) = self.workers.get(worker).map(|w| w.id) else {
+            return;
+        };
+        if self.affinity.len() >= MAX_AFFINITY {
+            let live = &self.by_id;
+            self.affinity.retain(|_, w| live.contains_key(w));
+        }
+        if self.affinity.len() < MAX_AFFINITY {
+            self.affinity.insert((service, key), id);
+        }
+    }
+
+    /// The worker of `service` with the fewest requests in flight and room for one more,
+    /// ties to the least recently used, leaving out those in `refused`.
+    fn least_loaded(&self, service: &ServiceName, refused: &[WorkerId]) -> Option<Identity> {
+        let s = self.services.get(service)?;
+        s.workers
+            .iter()
+            .filter_map(|i| self.workers.get(i).map(|w| (i, w)))
+            .filter(|(_, w)| w.has_room() && !refused.contains(&w.id))
+            .min_by_key(|(_, w)| (w.in_flight.len(), w.last_used))
+            .map(|(i, _)| i.clone())
+    }
+
+    fn deliver(&mut self, job_id: JobId, to: Identity) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let body = job.body.share();
+        job.worker = Some(to.clone());
+        let header = worker::RequestHeader {
+            job: job_id,
+            id: job.id,
+            service: job.service.clone(),
+            deadline_ms: job.deadline_ms,
+            idempotent: job.idempotent,
+        };
+        let service = job.service.clone();
+        self.use_counter += 1;
+        if let Some(w) = self.workers.get_mut(&to) {
+            w.in_flight.insert(job_id);
+            w.last_used = self.use_counter;
+        }
+        if let Some(s) = self.services.get_mut(&service) {
+            s.in_flight += 1;
+            s.metrics.in_flight.inc();
+        }
+        self.out.push(Out::Deliver { to, header, body });
+    }
+}

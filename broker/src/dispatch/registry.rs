@@ -1,0 +1,306 @@
+//! The worker registry: who is registered for which service, registration (READY) and
+//! departure, and what happens to a departing worker's requests.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustc_hash::FxHashSet as HashSet;
+use tradeplex_proto::worker::{self, ReadyHeader};
+use tradeplex_proto::{ErrorCode, JobId, ServiceName, WorkerId};
+
+use super::queue::ServiceQueue;
+use super::{Clock, Dispatcher, Identity, Out};
+use crate::metrics::ServiceMetrics;
+
+/// Why a worker leaves the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// Silent past its liveness window.
+    Expired,
+    /// Sent DISCONNECT.
+    Disconnected,
+    /// Replaced by a new registration with the same worker id.
+    Replaced,
+    /// The broker could not send to it.
+    Unreachable,
+}
+
+pub(super) struct Worker {
+    pub(super) id: WorkerId,
+    pub(super) services: Vec<ServiceName>,
+    pub(super) capacity: u32,
+    pub(super) in_flight: HashSet<JobId>,
+    pub(super) last_seen: Instant,
+    pub(super) last_used: u64,
+    pub(super) served: u64,
+    /// The READY `session` it registered with (its connection number).
+    pub(super) session: u64,
+    /// Rotates which of its services gets a freed slot first.
+    pub(super) next_pump: usize,
+}
+
+impl Worker {
+    pub(super) fn has_room(&self) -> bool {
+        (self.in_flight.len() as u32) < self.capacity
+    }
+
+    pub(super) fn offers(&self, service: &ServiceName) -> bool {
+        self.services.contains(service)
+    }
+}
+
+pub(super) struct Service {
+    pub(super) workers: Vec<Identity>,
+    pub(super) queue: ServiceQueue,
+    pub(super) in_flight: usize,
+    /// Set once a worker has offered the service; until then metrics go to `_unknown`.
+    pub(super) registered: bool,
+    /// Since when it has had no worker (registered services only).
+    pub(super) orphaned_since: Option<Instant>,
+    pub(super) metrics: Arc<ServiceMetrics>,
+}
+
+pub(super) fn new_service(metrics: Arc<ServiceMetrics>) -> Service {
+    Service {
+        workers: Vec::new(),
+        queue: ServiceQueue::default(),
+        in_flight: 0,
+        registered: false,
+        orphaned_since: None,
+        metrics,
+    }
+}
+
+impl Dispatcher {
+    pub(super) fn on_ready(&mut self, clock: Clock, from: Identity, h: ReadyHeader) {
+        // The worker may have reconnected on a new socket before we noticed it had gone;
+        // the old registration is dropped once the new one is in place, so its jobs can
+        // move straight to the new socket.
+        let replaced = self.by_id.get(&h.worker).filter(|i| **i != from).cloned();
+        if !self.ready_acceptable(&from, &h, replaced.as_ref()) {
+            return;
+        }
+        if self.workers.get(&from).is_some_and(|w| w.id != h.worker) {
+            self.remove_worker(clock, &from, Departure::Replaced);
+        }
+        let previous = match self.workers.get_mut(&from) {
+            Some(w) => {
+                w.last_seen = clock.now;
+                w.capacity = h.capacity;
+                w.session = h.session;
+                std::mem::replace(&mut w.services, h.services.clone())
+            }
+            None => {
+                self.register(clock, &from, &h);
+                Vec::new()
+            }
+        };
+        for gone in previous.iter().filter(|s| !h.services.contains(s)) {
+            self.detach(clock, gone, &from);
+        }
+        for added in h.services.iter().filter(|s| !previous.contains(s)) {
+            self.attach(added, &from);
+        }
+        for s in &h.services {
+            self.pump(s);
+        }
+        if let Some(old) = replaced {
+            self.remove_worker(clock, &old, Departure::Replaced);
+        }
+    }
+
+    /// Whether a READY may change the registry: refused (and answered) past the service
+    /// limit, or from a connection older than the worker's live registration on `replaced`.
+    fn ready_acceptable(
+        &mut self,
+        from: &Identity,
+        h: &ReadyHeader,
+        replaced: Option<&Identity>,
+    ) -> bool {
+        if self.too_many_services(&h.services) {
+            self.metrics.bad_frame("backend", "too_many_services");
+            let detail = format!(
+                "the broker holds its limit of {} services; READY refused",
+                self.cfg.max_services
+            );
+            self.refuse_worker_message(from.clone(), ErrorCode::Overloaded, &detail);
+            return false;
+        }
+        let current_session = replaced
+            .and_then(|i| self.workers.get(i))
+            .map(|w| w.session);
+        if current_session.is_some_and(|s| h.session < s) {
+            // Sent on a connection the worker has since abandoned (it arrived late, e.g.
+            // after a network cut healed): it must not shadow the live registration.
+            self.metrics.bad_frame("backend", "stale_session");
+            tracing::info!(worker = %h.worker, session = h.session, "READY from an abandoned connection ignored");
+            self.disconnect(from.clone(), worker::REASON_STALE_SESSION.into());
+            return false;
+        }
+        true
+    }
+
+    /// A worker's first READY on this connection: it enters the registry.
+    fn register(&mut self, clock: Clock, from: &Identity, h: &ReadyHeader) {
+        self.metrics.worker_registrations.inc();
+        tracing::info!(worker = %h.worker, services = %tradeplex_ops::logging::list(&h.services), capacity = h.capacity, "worker registered");
+        self.by_id.insert(h.worker, from.clone());
+        self.workers.insert(
+            from.clone(),
+            Worker {
+                id: h.worker,
+                services: h.services.clone(),
+                capacity: h.capacity,
+                in_flight: HashSet::default(),
+                last_seen: clock.now,
+                last_used: 0,
+                served: 0,
+                session: h.session,
+                next_pump: 0,
+            },
+        );
+        // Acknowledge at once: a heartbeat tells the worker it is registered.
+        self.out.push(Out::Heartbeat { to: from.clone() });
+    }
+
+    fn attach(&mut self, service: &ServiceName, worker: &Identity) {
+        let metrics = &self.metrics;
+        let entry = self
+            .services
+            .entry(service.clone())
+            .or_insert_with(|| new_service(Arc::new(metrics.service(service.as_str()))));
+        if !entry.registered {
+            // Move the queued count off the `_unknown` gauge onto the service's own.
+            entry.metrics.queue_depth.sub(entry.queue.len() as i64);
+            entry.registered = true;
+            entry.metrics = Arc::new(metrics.service(service.as_str()));
+            entry.metrics.queue_depth.set(entry.queue.len() as i64);
+        }
+        entry.orphaned_since = None;
+        if !entry.workers.contains(worker) {
+            entry.workers.push(worker.clone());
+            entry.metrics.workers.set(entry.workers.len() as i64);
+        }
+    }
+
+    fn detach(&mut self, clock: Clock, service: &ServiceName, worker: &Identity) {
+        if let Some(entry) = self.services.get_mut(service) {
+            entry.workers.retain(|w| w != worker);
+            entry.metrics.workers.set(entry.workers.len() as i64);
+            if entry.workers.is_empty() {
+                entry.orphaned_since = Some(clock.now);
+            }
+        }
+    }
+
+    /// Whether registering `offered` would take the broker past `max_services`.
+    fn too_many_services(&self, offered: &[ServiceName]) -> bool {
+        let new = offered
+            .iter()
+            .filter(|s| !self.services.get(*s).is_some_and(|e| e.registered))
+            .count();
+        if new == 0 {
+            return false;
+        }
+        let registered = self.services.values().filter(|s| s.registered).count();
+        registered + new > self.cfg.max_services
+    }
+
+    /// Forgets registered services that have had no worker, queue or in-flight work for
+    /// the retention period, and their metric series.
+    pub(super) fn forget_orphaned_services(&mut self, clock: Clock) {
+        let retention = self.cfg.service_retention;
+        let gone: Vec<ServiceName> = self
+            .services
+            .iter()
+            .filter(|(_, s)| {
+                s.queue.is_empty()
+                    && s.in_flight == 0
+                    && s.orphaned_since
+                        .is_some_and(|t| clock.now.saturating_duration_since(t) >= retention)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.services.remove(&name);
+            self.metrics.forget_service(name.as_str());
+            self.affinity.retain(|(s, _), _| *s != name);
+            tracing::info!(service = %name, "service forgotten after its retention period without workers");
+        }
+    }
+
+    /// Drops a worker: its idempotent in-flight jobs go back to the front of their queue,
+    /// the others are answered `worker_lost` (they may have executed).
+    pub(crate) fn remove_worker(&mut self, clock: Clock, identity: &Identity, why: Departure) {
+        let Some(w) = self.workers.remove(identity) else {
+            return;
+        };
+        if self.by_id.get(&w.id) == Some(identity) {
+            self.by_id.remove(&w.id);
+        }
+        match why {
+            Departure::Expired => self.metrics.workers_expired.inc(),
+            Departure::Disconnected => self.metrics.worker_disconnects.inc(),
+            Departure::Replaced | Departure::Unreachable => {}
+        }
+        tracing::warn!(worker = %w.id, reason = ?why, in_flight = w.in_flight.len(), "worker removed");
+        for s in &w.services {
+            self.detach(clock, s, identity);
+        }
+        let mut jobs: Vec<JobId> = w.in_flight.into_iter().collect();
+        jobs.sort();
+        for job_id in jobs.into_iter().rev() {
+            self.fail_in_flight(job_id, &w.id);
+        }
+        for s in &w.services {
+            self.pump(s);
+            self.fail_unserved(clock, s);
+        }
+    }
+
+    fn fail_in_flight(&mut self, job_id: JobId, worker: &WorkerId) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let service = job.service.clone();
+        if let Some(s) = self.services.get_mut(&service) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.metrics.in_flight.dec();
+        }
+        if job.idempotent {
+            job.worker = None;
+            self.metrics.requests_retried.inc();
+            self.requeue_front(job_id);
+        } else {
+            let msg = format!("worker {worker} lost with the request in flight: outcome unknown");
+            self.finish(job_id, Err((ErrorCode::WorkerLost, msg)), Some(*worker));
+        }
+    }
+
+    /// Queued jobs of a service left with no worker at all are answered at once (or when
+    /// their grace period ends), never left to hang.
+    fn fail_unserved(&mut self, clock: Clock, service: &ServiceName) {
+        if self.has_workers(service) {
+            return;
+        }
+        let queued: Vec<JobId> = self
+            .services
+            .get(service)
+            .map(|s| s.queue.jobs().collect())
+            .unwrap_or_default();
+        let grace_end = clock.unix_ms + self.cfg.grace_ms;
+        for job_id in queued {
+            if self.jobs.get(&job_id).is_some_and(|j| j.undelivered) {
+                continue;
+            }
+            if self.cfg.grace_ms == 0 {
+                self.unqueue(job_id);
+                let msg = format!("no worker offers {service}");
+                self.finish(job_id, Err((ErrorCode::UnknownService, msg)), None);
+            } else if let Some(job) = self.jobs.get(&job_id) {
+                let at = job.deadline_ms.min(grace_end);
+                self.set_timer(job_id, at);
+            }
+        }
+    }
+}
