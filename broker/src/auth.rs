@@ -38,8 +38,10 @@ fn decode_keys(
     keys.iter()
         .map(|k| {
             tradeplex_ops::curve::check_key(field, k)?;
-            zmq::z85_decode(k).map_err(|_| tradeplex_ops::curve::CurveError::BadKey {
-                field: field.into(),
+            zmq::z85_decode(k).map_err(|_| {
+                tradeplex_ops::curve::CurveError::Key(tradeplex_ops::curve::KeyError::BadKey {
+                    field: field.into(),
+                })
             })
         })
         .collect()

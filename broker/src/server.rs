@@ -294,7 +294,8 @@ impl Curve {
             });
         };
         tradeplex_ops::curve::require_curve()?;
-        let keys = tradeplex_ops::curve::KeyPair::from_file(&c.key_file)?;
+        let keys = tradeplex_ops::curve::KeyPair::from_file(&c.key_file)
+            .map_err(tradeplex_ops::curve::CurveError::from)?;
         let auth =
             crate::auth::Authenticator::bind(ctx, &c.allow_clients, &c.allow_workers, metrics)?;
         tracing::info!(public_key = %keys.public_key, clients = c.allow_clients.len(), workers = c.allow_workers.len(), "CURVE enabled");

@@ -32,9 +32,9 @@ fn keygen(tag: &str) -> Keys {
 
 fn client(broker: &Broker, server: &Keys, own: Option<&Keys>) -> Client {
     let mut opts = ClientOptions::default().timeout(Duration::from_millis(800));
-    opts.curve = own.map(|k| tradeplex_ops::curve::ClientCurve {
+    opts.curve = own.map(|k| tradeplex_client::curve::ClientCurve {
         server_key: server.public.clone(),
-        keys: tradeplex_ops::curve::KeyPair {
+        keys: tradeplex_client::curve::KeyPair {
             public_key: k.public.clone(),
             secret_key: k.secret.clone(),
         },

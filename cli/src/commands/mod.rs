@@ -1,7 +1,6 @@
 //! The `tradeplex` subcommands.
 
 mod audit;
-mod bench;
 mod call;
 mod halt;
 mod status;
@@ -10,9 +9,9 @@ mod trade;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
+use tradeplex_client::curve::{self, ClientCurve, KeyPair};
 use tradeplex_client::events::{EventOptions, Subscriber};
 use tradeplex_client::{Client, ClientOptions};
-use tradeplex_ops::curve::{ClientCurve, KeyPair};
 
 /// Tradeplex command-line tool.
 #[derive(Parser, Debug)]
@@ -78,7 +77,7 @@ enum Command {
     /// Print events under a topic prefix, one JSON line each.
     Tail(tail::TailArgs),
     /// Benchmark Tradeplex against a bare ZeroMQ baseline (starts its own processes).
-    Bench(Box<bench::BenchArgs>),
+    Bench(Box<tradeplex_bench::BenchArgs>),
     /// Halt trading: refuse every new order of the account (or of all) and cancel its
     /// working orders on every worker.
     Halt(halt::HaltArgs),
@@ -219,7 +218,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.command {
         Command::Call(c) => call::run(&conn, c),
         Command::Status(s) | Command::Workers(s) => status::run(&conn, s),
-        Command::Bench(b) => bench::run(*b),
+        Command::Bench(b) => tradeplex_bench::run(*b),
         Command::Order(o) => trade::order(&conn, o),
         Command::Cancel(c) => trade::cancel(&conn, c),
         Command::Positions(a) => trade::positions(&conn, a),
@@ -230,7 +229,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Resume(r) => halt::resume(&conn, r),
         Command::Audit(a) => audit::run(a),
         Command::Keygen(k) => {
-            let keys = KeyPair::generate()?;
+            let keys = curve::generate()?;
             if k.json {
                 let out = serde_json::json!({
                     "public_key": keys.public_key,

@@ -1,17 +1,5 @@
-//! `tradeplex bench`: Tradeplex against a bare ZeroMQ baseline in the same run. Starts a
-//! broker and workers as child processes (binaries next to this one), runs each scenario
-//! on both sides in alternation, and prints the medians as a markdown table.
-
-mod cluster;
-mod events;
-mod journal;
-mod python;
-mod raw;
-mod report;
-mod risk;
-mod rr;
-mod threads;
-mod trading;
+//! Drives the bench: the flags, the scenarios in order (each on the Tradeplex side and its
+//! baselines, alternating), the report printed at the end and the JSON file.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -22,11 +10,12 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use tradeplex_ops::Shutdown;
 
-use cluster::{Cluster, ClusterOptions};
-use events::{BaselineProxy, EventRun, EventSpec, Pace};
-use raw::{RawClientPipe, RawWorkers};
-use report::{Report, Side, Unit};
-use rr::{BaselinePipe, BaselineRr, RrConfig, RrRun, TradeplexPipe};
+use crate::cluster::{self, Cluster, ClusterOptions};
+use crate::events::{BaselineProxy, EventRun, EventSpec, Pace};
+use crate::raw::{RawClientPipe, RawWorkers};
+use crate::report::{Report, Side, Unit};
+use crate::rr::{BaselinePipe, BaselineRr, RrConfig, RrRun, TradeplexPipe};
+use crate::{events, journal, python, raw, rr, trading};
 
 /// Scenarios of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,16 +46,16 @@ pub enum Scenario {
 pub struct BenchArgs {
     /// Repetitions of each measurement, Tradeplex and baseline alternating; medians printed.
     #[arg(long, default_value_t = 3)]
-    repeat: usize,
+    pub(crate) repeat: usize,
     /// Requests per request/reply run (all clients together), after a warm-up.
     #[arg(long, default_value_t = 50_000)]
-    messages: u64,
+    pub(crate) messages: u64,
     /// Events per paced or flat-out events run.
     #[arg(long, default_value_t = 200_000)]
-    event_messages: u64,
+    pub(crate) event_messages: u64,
     /// Longest one run may take, seconds (it then stops and reports what it did).
     #[arg(long, default_value_t = 20.0)]
-    time_cap_s: f64,
+    pub(crate) time_cap_s: f64,
     /// Scenarios to run, comma-separated.
     #[arg(
         long,
@@ -74,75 +63,75 @@ pub struct BenchArgs {
         value_delimiter = ',',
         default_value = "python,rr,rr-raw,events,memory,trading,journal,risk"
     )]
-    scenarios: Vec<Scenario>,
+    pub(crate) scenarios: Vec<Scenario>,
     /// Write the results (medians and every run) as JSON to this file.
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Use ipc:// endpoints in a temporary directory instead of tcp://127.0.0.1.
     #[arg(long)]
-    ipc: bool,
+    pub(crate) ipc: bool,
     /// Request/reply configurations, CLIENTSxWORKERS.
     #[arg(long, value_delimiter = ',', default_value = "1x1,1x2,4x2")]
-    configs: Vec<RrConfig>,
+    pub(crate) configs: Vec<RrConfig>,
     /// Request/reply windows (requests in flight per client).
     #[arg(long, value_delimiter = ',', default_value = "1,256")]
-    windows: Vec<usize>,
+    pub(crate) windows: Vec<usize>,
     /// Capacity of every worker, Tradeplex and baseline alike (requests it holds at once;
     /// a Tradeplex worker runs one executor thread per unit).
     #[arg(long, default_value_t = 64)]
-    capacity: u32,
+    pub(crate) capacity: u32,
     /// Event high-water mark: the broker's event_hwm, the baseline proxy's, and the
     /// bench publisher's and subscribers'.
     #[arg(long, default_value_t = 10_000)]
-    hwm: i32,
+    pub(crate) hwm: i32,
     /// Subscriber counts for the events scenario.
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
-    subscribers: Vec<usize>,
+    pub(crate) subscribers: Vec<usize>,
     /// Paced events rate, events/s.
     #[arg(long, default_value_t = 50_000.0)]
-    rate: f64,
+    pub(crate) rate: f64,
     /// Length of each step of the lossless-capacity search, ms.
     #[arg(long, default_value_t = 1000)]
-    step_ms: u64,
+    pub(crate) step_ms: u64,
     /// Highest rate the lossless-capacity search tries, events/s.
     #[arg(long, default_value_t = 4_000_000.0)]
-    max_rate: f64,
+    pub(crate) max_rate: f64,
     /// Bisection steps of the lossless-capacity search after the doubling.
     #[arg(long, default_value_t = 3)]
-    refine: usize,
+    pub(crate) refine: usize,
     /// How long one subscriber reads nothing during flat-out publishing, seconds.
     #[arg(long, default_value_t = 30.0)]
-    stall_s: f64,
+    pub(crate) stall_s: f64,
     /// Reading subscribers beside the stalled one in the memory scenario.
     #[arg(long, default_value_t = 3)]
-    stall_others: usize,
+    pub(crate) stall_others: usize,
     /// Orders per trading run (after a tenth as many for warm-up).
     #[arg(long, default_value_t = 2_000)]
-    orders: u64,
+    pub(crate) orders: u64,
     /// Where the journal scenario's workers write their journals (put it on the disk
     /// production journals use; default: the bench's scratch directory under $TMPDIR).
     #[arg(long)]
-    journal_dir: Option<PathBuf>,
+    pub(crate) journal_dir: Option<PathBuf>,
     /// Python interpreter of the python scenario (default: the repository's
     /// target/python-venv/bin/python if it exists, else python3).
     #[arg(long, env = "TRADEPLEX_BENCH_PYTHON")]
-    python: Option<PathBuf>,
+    pub(crate) python: Option<PathBuf>,
     /// Timed calls per Python run (each of window 1 and pipelined), after a warm-up.
     #[arg(long, default_value_t = 10_000)]
-    python_calls: u64,
+    pub(crate) python_calls: u64,
     /// Calls in flight in the pipelined Python run.
     #[arg(long, default_value_t = 256)]
-    python_window: usize,
+    pub(crate) python_window: usize,
     /// Extra flag for tradeplex-broker (repeatable), e.g. --broker-arg=--max-queue=50000.
     #[arg(long = "broker-arg", allow_hyphen_values = true)]
-    broker_args: Vec<String>,
+    pub(crate) broker_args: Vec<String>,
     /// Directory of tradeplex-broker and tradeplex-worker (default: next to this binary).
     #[arg(long)]
-    bin_dir: Option<PathBuf>,
+    pub(crate) bin_dir: Option<PathBuf>,
     /// Keep the cluster running after the request/reply scenario and wait this many
     /// seconds first, printing the broker's pid (to attach a profiler).
     #[arg(long, hide = true)]
-    pause_s: Option<f64>,
+    pub(crate) pause_s: Option<f64>,
 }
 
 static STOP: OnceLock<Shutdown> = OnceLock::new();
@@ -152,7 +141,7 @@ pub(crate) fn interrupted() -> bool {
     STOP.get().is_some_and(|s| s.is_triggered())
 }
 
-fn check_interrupt() -> anyhow::Result<()> {
+pub(crate) fn check_interrupt() -> anyhow::Result<()> {
     if interrupted() {
         anyhow::bail!("interrupted");
     }
@@ -220,10 +209,10 @@ fn print_report(args: &BenchArgs, report: &Report, took: Duration) -> anyhow::Re
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-struct Bench<'a> {
-    args: &'a BenchArgs,
+pub(crate) struct Bench<'a> {
+    pub(crate) args: &'a BenchArgs,
     bin_dir: PathBuf,
-    report: &'a mut Report,
+    pub(crate) report: &'a mut Report,
 }
 
 impl Bench<'_> {
