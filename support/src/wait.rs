@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-/// Polls `cond` every 10 ms until it is true (returns true) or `limit` passes (false).
+/// Polls `cond` every 20 ms until it is true (returns true) or `limit` passes (false).
 pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + limit;
     loop {
@@ -12,7 +12,7 @@ pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= until {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
