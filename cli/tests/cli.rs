@@ -80,6 +80,9 @@ fn help(command: Option<&str>) -> String {
 
 #[test]
 fn every_flag_the_readme_shows_for_tradeplex_exists() {
+    // They print a document generated from the command line itself (the README says
+    // they are the exception to "every command takes `--json`").
+    const GENERATORS: [&str; 2] = ["completions", "man"];
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md");
     let commands: Vec<String> = {
@@ -149,7 +152,11 @@ fn every_flag_the_readme_shows_for_tradeplex_exists() {
             // outside any command ("every command takes `--json`") must be global or
             // taken by every command.
             let known = if cmd.is_empty() {
-                has(&global, f) || commands.iter().all(|c| has(&help(Some(c)), f))
+                has(&global, f)
+                    || commands
+                        .iter()
+                        .filter(|c| !GENERATORS.contains(&c.as_str()))
+                        .all(|c| has(&help(Some(c)), f))
             } else {
                 has(&help(Some(cmd)), f)
             };
@@ -162,4 +169,73 @@ fn every_flag_the_readme_shows_for_tradeplex_exists() {
         missing.is_empty(),
         "README flags tradeplex does not take: {missing:#?}"
     );
+}
+
+/// The subcommands `tradeplex --help` lists (first word of each line of its Commands
+/// section), so the generated documents are checked against the real command line.
+fn subcommands() -> Vec<String> {
+    let out = tradeplex(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_once("Commands:")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| *w != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn completions_name_every_subcommand_in_each_shell() {
+    let subs = subcommands();
+    assert!(subs.len() >= 10, "{subs:?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = tradeplex(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for sub in &subs {
+            assert!(
+                script.contains(sub.as_str()),
+                "{shell} completion lacks {sub}"
+            );
+        }
+        // A subcommand's flag, as each shell spells it (fish: `-l timeout-ms`).
+        assert!(script.contains("timeout-ms"), "{shell}: no flags");
+    }
+    let out = tradeplex(&["completions", "tcsh"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+#[test]
+fn man_pages_are_roff_naming_the_subcommands_and_their_flags() {
+    let out = tradeplex(&["man"]);
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH tradeplex 1"),
+        "{page}"
+    );
+    assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
+    for sub in subcommands() {
+        assert!(page.contains(&sub), "tradeplex(1) lacks {sub}");
+    }
+    let out = tradeplex(&["man", "call"]);
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH tradeplex-call 1"), "{page}");
+    // Its own flags and the global ones.
+    assert!(
+        page.contains("timeout\\-ms") && page.contains("broker"),
+        "{page}"
+    );
+    let out = tradeplex(&["man", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
 }

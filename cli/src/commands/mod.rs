@@ -2,6 +2,7 @@
 
 mod audit;
 mod call;
+mod docs;
 mod halt;
 mod status;
 mod tail;
@@ -88,6 +89,10 @@ enum Command {
     /// What happened to an order: its request, risk decision and outcome from the
     /// broker's audit journal.
     Audit(audit::AuditArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(docs::CompletionsArgs),
+    /// Print the man page tradeplex(1), or a subcommand's, in roff on stdout.
+    Man(docs::ManArgs),
 }
 
 /// Flags of `tradeplex keygen`.
@@ -228,6 +233,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Halt(h) => halt::halt(&conn, h),
         Command::Resume(r) => halt::resume(&conn, r),
         Command::Audit(a) => audit::run(a),
+        Command::Completions(c) => docs::completions(c),
+        Command::Man(m) => docs::man(m),
         Command::Keygen(k) => {
             let keys = curve::generate()?;
             if k.json {
