@@ -6,6 +6,7 @@
 mod cluster;
 mod events;
 mod journal;
+mod nats;
 mod python;
 mod raw;
 mod report;

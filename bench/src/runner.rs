@@ -12,10 +12,22 @@ use tradeplex_ops::Shutdown;
 
 use crate::cluster::{self, Cluster, ClusterOptions};
 use crate::events::{BaselineProxy, EventRun, EventSpec, Pace};
+use crate::nats::{NatsPeer, Unavailable};
 use crate::raw::{RawClientPipe, RawWorkers};
-use crate::report::{Report, Side, Unit};
+use crate::report::{Peer, Report, Side, Unit};
 use crate::rr::{BaselinePipe, BaselineRr, RrConfig, RrRun, TradeplexPipe};
 use crate::{events, journal, python, raw, rr, trading};
+
+/// Peers `--peers` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PeerChoice {
+    /// NATS request/reply.
+    Nats,
+    /// vn.py's RpcClient/RpcServer.
+    Vnpy,
+    /// No peers.
+    None,
+}
 
 /// Scenarios of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,6 +134,19 @@ pub struct BenchArgs {
     /// Calls in flight in the pipelined Python run.
     #[arg(long, default_value_t = 256)]
     pub(crate) python_window: usize,
+    /// Peers measured beside the rr scenario at 1 client × 1 worker, same body and counts:
+    /// `nats` (a nats-server child, async-nats request/reply, every window) and `vnpy`
+    /// (vn.py RpcClient → RpcServer direct, window 1, with --python); `none` for neither.
+    /// A peer whose program is missing is skipped with a note.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "nats,vnpy")]
+    pub(crate) peers: Vec<PeerChoice>,
+    /// The NATS peer's server program (default: `nats-server` from PATH).
+    #[arg(
+        long,
+        env = "TRADEPLEX_BENCH_NATS_SERVER",
+        default_value = "nats-server"
+    )]
+    pub(crate) nats_server: PathBuf,
     /// Extra flag for tradeplex-broker (repeatable), e.g. --broker-arg=--max-queue=50000.
     #[arg(long = "broker-arg", allow_hyphen_values = true)]
     pub(crate) broker_args: Vec<String>,
@@ -208,6 +233,36 @@ fn print_report(args: &BenchArgs, report: &Report, took: Duration) -> anyhow::Re
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// Who runs next in a request/reply repetition.
+#[derive(Debug, Clone, Copy)]
+enum Turn {
+    Side(Side),
+    Peer(Peer),
+}
+
+/// The peers the rr scenario measures, and what to say about them.
+#[derive(Default)]
+struct Peers {
+    nats: Option<NatsPeer>,
+    vnpy: Option<python::PythonSetup>,
+    vnpy_noted: bool,
+    notes: Vec<String>,
+}
+
+impl Peers {
+    /// The peers that run at `window` (vn.py only at 1: it cannot pipeline).
+    fn at(&self, window: usize) -> Vec<Peer> {
+        let mut at = Vec::new();
+        if self.nats.is_some() {
+            at.push(Peer::Nats);
+        }
+        if self.vnpy.is_some() && window == 1 {
+            at.push(Peer::Vnpy);
+        }
+        at
+    }
+}
 
 pub(crate) struct Bench<'a> {
     pub(crate) args: &'a BenchArgs,
@@ -371,36 +426,50 @@ impl Bench<'_> {
     }
 
     fn rr(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
-        self.rr_scenario(cluster, "rr", |b, cluster, side, config, window| {
-            b.rr_once(cluster, side, config, window)
-        })
+        let mut peers = self.start_peers(&cluster.dir().path);
+        self.rr_scenario(
+            cluster,
+            "rr",
+            &mut peers,
+            |b, cluster, side, config, window| b.rr_once(cluster, side, config, window),
+        )?;
+        self.report.notes.append(&mut peers.notes);
+        Ok(())
     }
 
     fn rr_raw(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
-        self.rr_scenario(cluster, "rr-raw", |b, cluster, side, config, window| {
-            if side == Side::Baseline {
-                return b.rr_once(cluster, side, config, window);
-            }
-            let a = b.args;
-            let workers = RawWorkers::start(&cluster.backend, config.workers, a.capacity)?;
-            let n = config.workers;
-            cluster.wait_workers(raw::SERVICE, &format!("{n} raw workers"), |w| w == n)?;
-            let frontend = cluster.frontend.clone();
-            let run = rr::run_clients(config.clients, window, a.messages, b.cap(), || {
-                RawClientPipe::connect(&frontend)
-            });
-            workers.stop()?;
-            // Gone from the registry before the next run counts its own.
-            cluster.wait_workers(raw::SERVICE, "raw workers leaving", |w| w == 0)?;
-            run
-        })
+        let mut none = Peers::default();
+        self.rr_scenario(
+            cluster,
+            "rr-raw",
+            &mut none,
+            |b, cluster, side, config, window| {
+                if side == Side::Baseline {
+                    return b.rr_once(cluster, side, config, window);
+                }
+                let a = b.args;
+                let workers = RawWorkers::start(&cluster.backend, config.workers, a.capacity)?;
+                let n = config.workers;
+                cluster.wait_workers(raw::SERVICE, &format!("{n} raw workers"), |w| w == n)?;
+                let frontend = cluster.frontend.clone();
+                let run = rr::run_clients(config.clients, window, a.messages, b.cap(), || {
+                    RawClientPipe::connect(&frontend)
+                });
+                workers.stop()?;
+                // Gone from the registry before the next run counts its own.
+                cluster.wait_workers(raw::SERVICE, "raw workers leaving", |w| w == 0)?;
+                run
+            },
+        )
     }
 
-    /// Every configuration and window, `repeat` times, the sides alternating.
+    /// Every configuration and window, `repeat` times, the sides (and at 1 client × 1
+    /// worker the peers) taking turns first.
     fn rr_scenario(
         &mut self,
         cluster: &mut Cluster,
         scenario: &str,
+        peers: &mut Peers,
         once: impl Fn(&Self, &mut Cluster, Side, RrConfig, usize) -> anyhow::Result<RrRun>,
     ) -> anyhow::Result<()> {
         let a = self.args;
@@ -411,28 +480,155 @@ impl Bench<'_> {
             if scenario == "rr" {
                 cluster.ensure_workers(&self.bin_dir, config.workers)?;
             }
+            let one_to_one = config.clients == 1 && config.workers == 1;
             for &window in &a.windows {
                 for rep in 0..a.repeat {
-                    for side in Side::order(rep) {
+                    let mut turns: Vec<Turn> =
+                        vec![Turn::Side(Side::Tradeplex), Turn::Side(Side::Baseline)];
+                    if one_to_one {
+                        turns.extend(peers.at(window).into_iter().map(Turn::Peer));
+                    }
+                    // Each side runs first in turn, so none always gets the warmer machine.
+                    let n = turns.len();
+                    turns.rotate_left(rep % n);
+                    for turn in turns {
                         check_interrupt()?;
-                        let run = once(self, cluster, side, config, window)?;
-                        eprintln!(
-                            "bench: {scenario} {config} window {window} {side:?}: {:.0}/s p50 {:.1} µs p99 {:.1} µs ({} calls)",
-                            run.rate, run.p50_us, run.p99_us, run.done
-                        );
                         let name = format!("{scenario} w{window}");
-                        let rate = if window == 1 { "calls/s" } else { "msgs/s" };
                         let cfg = config.to_string();
-                        let r = &mut self.report;
-                        r.add(&name, &cfg, rate, Unit::PerSec, side, run.rate);
-                        r.add(&name, &cfg, "p50", Unit::Micros, side, run.p50_us);
-                        r.add(&name, &cfg, "p99", Unit::Micros, side, run.p99_us);
-                        r.add(&name, &cfg, "p99.9", Unit::Micros, side, run.p999_us);
+                        match turn {
+                            Turn::Side(side) => {
+                                let run = once(self, cluster, side, config, window)?;
+                                self.record_rr(&name, &cfg, side, window, &run);
+                            }
+                            Turn::Peer(peer) => {
+                                if let Some(run) = self.peer_once(peers, peer, window) {
+                                    self.record_peer(&name, &cfg, peer, window, &run);
+                                }
+                            }
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    fn record_rr(&mut self, name: &str, cfg: &str, side: Side, window: usize, run: &RrRun) {
+        eprintln!(
+            "bench: {name} {cfg} {side:?}: {:.0}/s p50 {:.1} µs p99 {:.1} µs ({} calls)",
+            run.rate, run.p50_us, run.p99_us, run.done
+        );
+        let rate = if window == 1 { "calls/s" } else { "msgs/s" };
+        let r = &mut self.report;
+        r.add(name, cfg, rate, Unit::PerSec, side, run.rate);
+        r.add(name, cfg, "p50", Unit::Micros, side, run.p50_us);
+        r.add(name, cfg, "p99", Unit::Micros, side, run.p99_us);
+        r.add(name, cfg, "p99.9", Unit::Micros, side, run.p999_us);
+    }
+
+    fn record_peer(&mut self, name: &str, cfg: &str, peer: Peer, window: usize, run: &RrRun) {
+        eprintln!(
+            "bench: {name} {cfg} {}: {:.0}/s p50 {:.1} µs p99 {:.1} µs ({} calls)",
+            peer.title(),
+            run.rate,
+            run.p50_us,
+            run.p99_us,
+            run.done
+        );
+        let rate = if window == 1 { "calls/s" } else { "msgs/s" };
+        let r = &mut self.report;
+        r.add_peer(name, cfg, rate, Unit::PerSec, peer, run.rate);
+        r.add_peer(name, cfg, "p50", Unit::Micros, peer, run.p50_us);
+        r.add_peer(name, cfg, "p99", Unit::Micros, peer, run.p99_us);
+        if run.p999_us.is_finite() {
+            r.add_peer(name, cfg, "p99.9", Unit::Micros, peer, run.p999_us);
+        }
+    }
+
+    /// The peers `--peers` names that can run: nats-server started, vn.py's interpreter
+    /// found. The others leave a one-line note.
+    fn start_peers(&self, dir: &std::path::Path) -> Peers {
+        let a = self.args;
+        let mut peers = Peers::default();
+        if a.peers.contains(&PeerChoice::Nats) {
+            match NatsPeer::start(&a.nats_server, dir) {
+                Ok(nats) => {
+                    peers.notes.push(format!(
+                        "nats: nats-server {} ({}) on {}, async-nats request/reply from one \
+                         connection to an echo responder on another, in the bench process; \
+                         the rr body and counts at every window",
+                        nats.version,
+                        a.nats_server.display(),
+                        nats.url
+                    ));
+                    peers.nats = Some(nats);
+                }
+                Err(Unavailable::Missing(why)) => peers.notes.push(format!(
+                    "nats: skipped, {why} (scripts/install-peers.sh installs nats-server)"
+                )),
+                Err(Unavailable::Failed(e)) => {
+                    peers.notes.push(format!("nats: skipped, it failed: {e:#}"))
+                }
+            }
+        }
+        if a.peers.contains(&PeerChoice::Vnpy) {
+            match python::PythonSetup::find(a.python.as_deref(), &self.bin_dir) {
+                Ok(py) => peers.vnpy = Some(py),
+                Err(python::Missing::All(why) | python::Missing::Side(why)) => {
+                    peers.notes.push(format!("vnpy: skipped, {why}"))
+                }
+            }
+        }
+        peers
+    }
+
+    /// One run of `peer`; `None` (and a note, and no more runs of it) if it failed.
+    fn peer_once(&self, peers: &mut Peers, peer: Peer, window: usize) -> Option<RrRun> {
+        let a = self.args;
+        let result = match peer {
+            Peer::Nats => {
+                let nats = peers.nats.as_ref()?.connector();
+                rr::run_clients(1, window, a.messages, self.cap(), || nats.pipe())
+                    .map_err(|e| format!("it failed: {e:#}"))
+            }
+            Peer::Vnpy => {
+                let py = peers.vnpy.as_ref()?;
+                // A run is a few seconds; the cap only stops a hung child.
+                let cap = Duration::from_secs_f64(a.time_cap_s.max(0.1) * 3.0 + 30.0);
+                py.vnpy(a.messages, cap)
+                    .map(|r| RrRun {
+                        rate: r.rate,
+                        p50_us: r.p50_us,
+                        p99_us: r.p99_us,
+                        p999_us: f64::NAN,
+                        done: a.messages,
+                    })
+                    .map_err(|(python::Missing::All(why) | python::Missing::Side(why))| why)
+            }
+        };
+        match result {
+            Ok(run) => {
+                if peer == Peer::Vnpy && !peers.vnpy_noted {
+                    peers.vnpy_noted = true;
+                    let py = peers.vnpy.as_ref()?;
+                    let version = py.vnpy_version().unwrap_or_else(|| "?".into());
+                    peers.notes.push(format!(
+                        "vnpy: vn.py {version} RpcClient → RpcServer direct (1 hop, REQ/REP on \
+                         tcp://127.0.0.1, {}), window 1 only: it cannot pipeline; the rr counts",
+                        py.python.display()
+                    ));
+                }
+                Some(run)
+            }
+            Err(why) => {
+                peers.notes.push(format!("{}: skipped, {why}", peer.key()));
+                match peer {
+                    Peer::Nats => peers.nats = None,
+                    Peer::Vnpy => peers.vnpy = None,
+                }
+                None
+            }
+        }
     }
 
     fn rr_once(

@@ -62,6 +62,27 @@ impl Proc {
         args: &[String],
         stderr: Stderr,
     ) -> Result<(Proc, String), StartError> {
+        let mut proc = Proc::launch(program, args, stderr)?;
+        // An exit closes stdout, which ends the wait at once.
+        match proc.stdout.recv_timeout(START_TIMEOUT) {
+            Ok(first) => Ok((proc, first)),
+            Err(_) => {
+                let status = proc.child.try_wait().ok().flatten();
+                let log_tail = proc.log_tail(20);
+                proc.kill9();
+                Err(StartError::NoReadyLine {
+                    program: proc.name.clone(),
+                    status,
+                    log_tail,
+                })
+            }
+        }
+    }
+
+    /// Starts `program` without waiting for a ready line, for programs that announce
+    /// readiness some other way (e.g. `nats-server`'s ports file). Its stdout lines are
+    /// in [`Proc::stdout`].
+    pub fn launch(program: &Path, args: &[String], stderr: Stderr) -> Result<Proc, StartError> {
         let name = program
             .file_name()
             .map_or("child".into(), |n| n.to_string_lossy().into_owned());
@@ -96,26 +117,12 @@ impl Proc {
                 let _ = tx.send(line);
             }
         });
-        let mut proc = Proc {
+        Ok(Proc {
             child,
             stdout: rx,
             name,
             log,
-        };
-        // An exit closes stdout, which ends the wait at once.
-        match proc.stdout.recv_timeout(START_TIMEOUT) {
-            Ok(first) => Ok((proc, first)),
-            Err(_) => {
-                let status = proc.child.try_wait().ok().flatten();
-                let log_tail = proc.log_tail(20);
-                proc.kill9();
-                Err(StartError::NoReadyLine {
-                    program: proc.name.clone(),
-                    status,
-                    log_tail,
-                })
-            }
-        }
+        })
     }
 
     /// Starts the workspace binary `name` (logs to this stderr), waits for its first
