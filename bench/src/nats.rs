@@ -34,6 +34,8 @@ pub struct NatsPeer {
     pub url: String,
     /// `nats-server --version`, for the note.
     pub version: String,
+    /// The program started (a bare name resolved, see [`resolve`]).
+    pub program: PathBuf,
     responder: JoinHandle<()>,
     // Dropped after the responder is aborted, before the server is killed.
     runtime: Runtime,
@@ -44,6 +46,7 @@ impl NatsPeer {
     /// Starts `program` (e.g. `nats-server` from PATH) with its ports file and log in
     /// `dir`, and the echo responder.
     pub fn start(program: &Path, dir: &Path) -> Result<NatsPeer, Unavailable> {
+        let program = &resolve(program);
         let version = version(program)?;
         let dir = dir.join("nats");
         std::fs::create_dir_all(&dir)
@@ -77,6 +80,7 @@ impl NatsPeer {
         Ok(NatsPeer {
             url,
             version,
+            program: program.clone(),
             responder,
             runtime,
             _server: server,
@@ -120,6 +124,22 @@ impl Connector {
 impl Drop for NatsPeer {
     fn drop(&mut self) {
         self.responder.abort();
+    }
+}
+
+/// `program` itself, unless it is a bare name found on no PATH directory but in
+/// /usr/sbin, where Debian installs nats-server (not on an ordinary user's PATH).
+fn resolve(program: &Path) -> PathBuf {
+    let bare = program.components().count() == 1;
+    let on_path = || {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    };
+    let sbin = Path::new("/usr/sbin").join(program);
+    if bare && !on_path() && sbin.is_file() {
+        sbin
+    } else {
+        program.to_path_buf()
     }
 }
 

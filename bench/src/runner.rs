@@ -558,7 +558,7 @@ impl Bench<'_> {
                          connection to an echo responder on another, in the bench process; \
                          the rr body and counts at every window",
                         nats.version,
-                        a.nats_server.display(),
+                        nats.program.display(),
                         nats.url
                     ));
                     peers.nats = Some(nats);
