@@ -32,7 +32,8 @@ pub enum PeerChoice {
 /// Scenarios of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
-    /// Request/reply echo calls, window 1 and pipelined.
+    /// Request/reply echo calls, window 1 and pipelined (and at 1 client × 1 worker the
+    /// peers: NATS, vn.py RPC).
     Rr,
     /// The same through the broker alone: the bench's minimal client and echo worker
     /// speak the Tradeplex protocols (no client library, no worker process).

@@ -6,17 +6,12 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tradeplex_test_support::free_port;
+
 fn tradeplex(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tradeplex"))
         .args(args)
         .output()
-        .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
         .unwrap()
 }
 

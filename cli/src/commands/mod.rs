@@ -77,7 +77,7 @@ enum Command {
     Trades(trade::AccountArgs),
     /// Print events under a topic prefix, one JSON line each.
     Tail(tail::TailArgs),
-    /// Benchmark Tradeplex against a bare ZeroMQ baseline (starts its own processes).
+    /// Benchmark Tradeplex against bare ZeroMQ, NATS and vn.py RPC (starts its own processes).
     Bench(Box<tradeplex_bench::BenchArgs>),
     /// Halt trading: refuse every new order of the account (or of all) and cancel its
     /// working orders on every worker.
