@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The bench's peers (nats-server, vn.py in target/python-venv), so its smoke test measures
+# them for real instead of skipping.
+scripts/install-peers.sh
+export TRADEPLEX_BENCH_REQUIRE_PEERS=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace

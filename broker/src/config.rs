@@ -283,7 +283,7 @@ impl Config {
             ] {
                 if let Some(bad) = keys
                     .iter()
-                    .find(|k| tradeplex_ops::curve::check_key(name, k).is_err())
+                    .find(|k| tradeplex_proto::keys::check_key(name, k).is_err())
                 {
                     return Err(ConfigError::Field {
                         field: name,

@@ -357,7 +357,8 @@ impl Curve {
             });
         };
         tradeplex_ops::curve::require_curve()?;
-        let keys = tradeplex_ops::curve::KeyPair::from_file(&c.key_file)?;
+        let keys = tradeplex_ops::curve::KeyPair::from_file(&c.key_file)
+            .map_err(tradeplex_ops::curve::CurveError::from)?;
         let auth = crate::auth::Authenticator::bind(ctx, identities.clone(), metrics)?;
         let clients = identities.read().clients.len();
         tracing::info!(public_key = %keys.public_key, clients, workers = c.allow_workers.len(), "CURVE enabled");

@@ -77,7 +77,7 @@ pub struct EventOptions {
     /// The SUB socket's receive high-water mark.
     pub hwm: i32,
     /// CURVE settings; None = plaintext.
-    pub curve: Option<tradeplex_ops::curve::ClientCurve>,
+    pub curve: Option<crate::curve::ClientCurve>,
     /// Gap repair: where to ask for missed events; None = gaps are only counted.
     pub repair: Option<Repair>,
 }
@@ -272,7 +272,7 @@ impl SubState {
         s.set_maxmsgsize(4 << 20)?;
         if let Some(curve) = &self.options.curve {
             curve.apply(&s).map_err(|e| match e {
-                tradeplex_ops::curve::CurveError::Socket(z) => z,
+                crate::curve::CurveError::Socket(z) => z,
                 _ => zmq::Error::EINVAL,
             })?;
         }

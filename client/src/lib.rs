@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod connection;
+pub mod curve;
 pub mod error;
 pub mod events;
 pub mod json;
@@ -39,7 +40,7 @@ pub struct ClientOptions {
     /// Reconnect interval of the underlying socket.
     pub reconnect: Duration,
     /// CURVE settings (the broker's public key and ours); None = plaintext.
-    pub curve: Option<tradeplex_ops::curve::ClientCurve>,
+    pub curve: Option<crate::curve::ClientCurve>,
     /// End a call that could not be sent `unavailable` as soon as a connection attempt
     /// to the broker is refused, instead of retrying the send until the call's deadline.
     /// Off by default: a strategy's calls then ride out a broker restart; the CLI turns
@@ -84,7 +85,7 @@ impl ClientOptions {
     }
 
     /// Encrypts and authenticates with CURVE.
-    pub fn curve(mut self, curve: tradeplex_ops::curve::ClientCurve) -> Self {
+    pub fn curve(mut self, curve: crate::curve::ClientCurve) -> Self {
         self.curve = Some(curve);
         self
     }

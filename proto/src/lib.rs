@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod frame;
 pub mod ids;
+pub mod keys;
 pub mod mgmt;
 pub mod model;
 pub mod worker;

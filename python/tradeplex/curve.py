@@ -1,6 +1,6 @@
 """CURVE settings for client-side sockets (client, subscriber, worker).
 
-Key files are what ``tradeplex keygen`` writes (ops/src/curve.rs)::
+Key files are what ``tradeplex keygen`` writes (proto/src/keys.rs)::
 
     public_key = "<40 z85 characters>"
     secret_key = "<40 z85 characters>"

@@ -2,7 +2,6 @@
 //! loopback, CURVE key names), `tradeplex risk` for admins only, a SIGHUP reload on the
 //! same connections (and a bad file refused), and every change in the audit journal.
 
-use std::process::Command;
 use std::time::Duration;
 
 use tradeplex_client::{Client, ClientError, ClientOptions};
@@ -274,37 +273,8 @@ fn sighup_puts_a_changed_limit_in_force_on_open_connections_and_a_bad_file_keeps
     assert_eq!(changes[0]["after"]["order_size_limit"], 5.0);
 }
 
-struct Keys {
-    file: std::path::PathBuf,
-    public: String,
-    secret: String,
-}
-
-fn keygen(tag: &str) -> Keys {
-    let out = Command::new(bin("tradeplex"))
-        .arg("keygen")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let value: toml::Value = toml::from_str(&text).unwrap();
-    let file = temp_path(tag);
-    std::fs::write(&file, &text).unwrap();
-    Keys {
-        file,
-        public: value["public_key"].as_str().unwrap().to_string(),
-        secret: value["secret_key"].as_str().unwrap().to_string(),
-    }
-}
-
 fn curve_client(broker: &Broker, server: &Keys, own: &Keys) -> Client {
-    let opts = ClientOptions::default().curve(tradeplex_ops::curve::ClientCurve {
-        server_key: server.public.clone(),
-        keys: tradeplex_ops::curve::KeyPair {
-            public_key: own.public.clone(),
-            secret_key: own.secret.clone(),
-        },
-    });
+    let opts = ClientOptions::default().curve(own.client_curve(server));
     Client::connect(&broker.frontend, opts).unwrap()
 }
 

@@ -6,39 +6,9 @@ use std::time::Duration;
 use tradeplex_client::{CallOptions, Client, ClientOptions};
 use tradeplex_tests::*;
 
-struct Keys {
-    file: std::path::PathBuf,
-    public: String,
-    secret: String,
-}
-
-/// A key pair made by `tradeplex keygen`, saved to a file.
-fn keygen(tag: &str) -> Keys {
-    let out = Command::new(bin("tradeplex"))
-        .arg("keygen")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let value: toml::Value = toml::from_str(&text).unwrap();
-    let file = temp_path(tag);
-    std::fs::write(&file, &text).unwrap();
-    Keys {
-        file,
-        public: value["public_key"].as_str().unwrap().to_string(),
-        secret: value["secret_key"].as_str().unwrap().to_string(),
-    }
-}
-
 fn client(broker: &Broker, server: &Keys, own: Option<&Keys>) -> Client {
     let mut opts = ClientOptions::default().timeout(Duration::from_millis(800));
-    opts.curve = own.map(|k| tradeplex_ops::curve::ClientCurve {
-        server_key: server.public.clone(),
-        keys: tradeplex_ops::curve::KeyPair {
-            public_key: k.public.clone(),
-            secret_key: k.secret.clone(),
-        },
-    });
+    opts.curve = own.map(|k| k.client_curve(server));
     Client::connect(&broker.frontend, opts).unwrap()
 }
 

@@ -125,7 +125,7 @@ impl Config {
         if let Some(c) = &self.curve {
             field(
                 "curve.server_key",
-                tradeplex_ops::curve::check_key("curve.server_key", &c.server_key).is_ok(),
+                tradeplex_proto::keys::check_key("curve.server_key", &c.server_key).is_ok(),
                 "must be the broker's 40-character z85 public key".into(),
             )?;
             field(

@@ -45,7 +45,7 @@ pub enum WorkerError {
     Io(#[from] std::io::Error),
     /// CURVE could not be set up.
     #[error(transparent)]
-    Curve(#[from] tradeplex_ops::curve::CurveError),
+    Curve(#[from] tradeplex_client::curve::CurveError),
     /// A service name was invalid.
     #[error("invalid service: {0}")]
     Service(#[from] tradeplex_proto::ProtoError),
@@ -93,7 +93,7 @@ pub struct WorkerOptions {
     /// are not published).
     pub events: Option<String>,
     /// CURVE settings for the broker link and event socket; None = plaintext.
-    pub curve: Option<tradeplex_ops::curve::ClientCurve>,
+    pub curve: Option<tradeplex_client::curve::ClientCurve>,
 }
 
 impl WorkerOptions {

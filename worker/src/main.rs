@@ -6,7 +6,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tradeplex_ops::curve::{ClientCurve, KeyPair};
+use tradeplex_client::curve::{ClientCurve, KeyPair};
 use tradeplex_ops::{HttpServer, Shutdown};
 use tradeplex_worker::config::Config;
 use tradeplex_worker::gateway::sim::{self, SimGateway};

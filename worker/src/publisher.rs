@@ -67,7 +67,7 @@ impl Publisher {
         endpoint: &str,
         source: WorkerId,
         metrics: Arc<WorkerMetrics>,
-        curve: Option<&tradeplex_ops::curve::ClientCurve>,
+        curve: Option<&tradeplex_client::curve::ClientCurve>,
     ) -> Result<Publisher, WorkerError> {
         let socket = ctx.socket(zmq::PUB)?;
         if let Some(c) = curve {

@@ -1,17 +1,5 @@
-//! `tradeplex bench`: Tradeplex against a bare ZeroMQ baseline in the same run. Starts a
-//! broker and workers as child processes (binaries next to this one), runs each scenario
-//! on both sides in alternation, and prints the medians as a markdown table.
-
-mod cluster;
-mod events;
-mod journal;
-mod python;
-mod raw;
-mod report;
-mod risk;
-mod rr;
-mod threads;
-mod trading;
+//! Drives the bench: the flags, the scenarios in order (each on the Tradeplex side and its
+//! baselines, alternating), the report printed at the end and the JSON file.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -22,16 +10,30 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use tradeplex_ops::Shutdown;
 
-use cluster::{Cluster, ClusterOptions};
-use events::{BaselineProxy, EventRun, EventSpec, Pace};
-use raw::{RawClientPipe, RawWorkers};
-use report::{Report, Side, Unit};
-use rr::{BaselinePipe, BaselineRr, RrConfig, RrRun, TradeplexPipe};
+use crate::cluster::{self, Cluster, ClusterOptions};
+use crate::events::{BaselineProxy, EventRun, EventSpec, Pace};
+use crate::nats::{NatsPeer, Unavailable};
+use crate::raw::{RawClientPipe, RawWorkers};
+use crate::report::{Peer, Report, Side, Unit};
+use crate::rr::{BaselinePipe, BaselineRr, RrConfig, RrRun, TradeplexPipe};
+use crate::{events, journal, python, raw, rr, trading};
+
+/// Peers `--peers` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PeerChoice {
+    /// NATS request/reply.
+    Nats,
+    /// vn.py's RpcClient/RpcServer.
+    Vnpy,
+    /// No peers.
+    None,
+}
 
 /// Scenarios of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
-    /// Request/reply echo calls, window 1 and pipelined.
+    /// Request/reply echo calls, window 1 and pipelined (and at 1 client × 1 worker the
+    /// peers: NATS, vn.py RPC).
     Rr,
     /// The same through the broker alone: the bench's minimal client and echo worker
     /// speak the Tradeplex protocols (no client library, no worker process).
@@ -57,16 +59,16 @@ pub enum Scenario {
 pub struct BenchArgs {
     /// Repetitions of each measurement, Tradeplex and baseline alternating; medians printed.
     #[arg(long, default_value_t = 3)]
-    repeat: usize,
+    pub(crate) repeat: usize,
     /// Requests per request/reply run (all clients together), after a warm-up.
     #[arg(long, default_value_t = 50_000)]
-    messages: u64,
+    pub(crate) messages: u64,
     /// Events per paced or flat-out events run.
     #[arg(long, default_value_t = 200_000)]
-    event_messages: u64,
+    pub(crate) event_messages: u64,
     /// Longest one run may take, seconds (it then stops and reports what it did).
     #[arg(long, default_value_t = 20.0)]
-    time_cap_s: f64,
+    pub(crate) time_cap_s: f64,
     /// Scenarios to run, comma-separated.
     #[arg(
         long,
@@ -74,75 +76,88 @@ pub struct BenchArgs {
         value_delimiter = ',',
         default_value = "python,rr,rr-raw,events,memory,trading,journal,risk"
     )]
-    scenarios: Vec<Scenario>,
+    pub(crate) scenarios: Vec<Scenario>,
     /// Write the results (medians and every run) as JSON to this file.
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Use ipc:// endpoints in a temporary directory instead of tcp://127.0.0.1.
     #[arg(long)]
-    ipc: bool,
+    pub(crate) ipc: bool,
     /// Request/reply configurations, CLIENTSxWORKERS.
     #[arg(long, value_delimiter = ',', default_value = "1x1,1x2,4x2")]
-    configs: Vec<RrConfig>,
+    pub(crate) configs: Vec<RrConfig>,
     /// Request/reply windows (requests in flight per client).
     #[arg(long, value_delimiter = ',', default_value = "1,256")]
-    windows: Vec<usize>,
+    pub(crate) windows: Vec<usize>,
     /// Capacity of every worker, Tradeplex and baseline alike (requests it holds at once;
     /// a Tradeplex worker runs one executor thread per unit).
     #[arg(long, default_value_t = 64)]
-    capacity: u32,
+    pub(crate) capacity: u32,
     /// Event high-water mark: the broker's event_hwm, the baseline proxy's, and the
     /// bench publisher's and subscribers'.
     #[arg(long, default_value_t = 10_000)]
-    hwm: i32,
+    pub(crate) hwm: i32,
     /// Subscriber counts for the events scenario.
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
-    subscribers: Vec<usize>,
+    pub(crate) subscribers: Vec<usize>,
     /// Paced events rate, events/s.
     #[arg(long, default_value_t = 50_000.0)]
-    rate: f64,
+    pub(crate) rate: f64,
     /// Length of each step of the lossless-capacity search, ms.
     #[arg(long, default_value_t = 1000)]
-    step_ms: u64,
+    pub(crate) step_ms: u64,
     /// Highest rate the lossless-capacity search tries, events/s.
     #[arg(long, default_value_t = 4_000_000.0)]
-    max_rate: f64,
+    pub(crate) max_rate: f64,
     /// Bisection steps of the lossless-capacity search after the doubling.
     #[arg(long, default_value_t = 3)]
-    refine: usize,
+    pub(crate) refine: usize,
     /// How long one subscriber reads nothing during flat-out publishing, seconds.
     #[arg(long, default_value_t = 30.0)]
-    stall_s: f64,
+    pub(crate) stall_s: f64,
     /// Reading subscribers beside the stalled one in the memory scenario.
     #[arg(long, default_value_t = 3)]
-    stall_others: usize,
+    pub(crate) stall_others: usize,
     /// Orders per trading run (after a tenth as many for warm-up).
     #[arg(long, default_value_t = 2_000)]
-    orders: u64,
+    pub(crate) orders: u64,
     /// Where the journal scenario's workers write their journals (put it on the disk
     /// production journals use; default: the bench's scratch directory under $TMPDIR).
     #[arg(long)]
-    journal_dir: Option<PathBuf>,
+    pub(crate) journal_dir: Option<PathBuf>,
     /// Python interpreter of the python scenario (default: the repository's
     /// target/python-venv/bin/python if it exists, else python3).
     #[arg(long, env = "TRADEPLEX_BENCH_PYTHON")]
-    python: Option<PathBuf>,
+    pub(crate) python: Option<PathBuf>,
     /// Timed calls per Python run (each of window 1 and pipelined), after a warm-up.
     #[arg(long, default_value_t = 10_000)]
-    python_calls: u64,
+    pub(crate) python_calls: u64,
     /// Calls in flight in the pipelined Python run.
     #[arg(long, default_value_t = 256)]
-    python_window: usize,
+    pub(crate) python_window: usize,
+    /// Peers measured beside the rr scenario at 1 client × 1 worker, same body and counts:
+    /// `nats` (a nats-server child, async-nats request/reply, every window) and `vnpy`
+    /// (vn.py RpcClient → RpcServer direct, window 1, with --python); `none` for neither.
+    /// A peer whose program is missing is skipped with a note.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "nats,vnpy")]
+    pub(crate) peers: Vec<PeerChoice>,
+    /// The NATS peer's server program (default: `nats-server` from PATH).
+    #[arg(
+        long,
+        env = "TRADEPLEX_BENCH_NATS_SERVER",
+        default_value = "nats-server"
+    )]
+    pub(crate) nats_server: PathBuf,
     /// Extra flag for tradeplex-broker (repeatable), e.g. --broker-arg=--max-queue=50000.
     #[arg(long = "broker-arg", allow_hyphen_values = true)]
-    broker_args: Vec<String>,
+    pub(crate) broker_args: Vec<String>,
     /// Directory of tradeplex-broker and tradeplex-worker (default: next to this binary).
     #[arg(long)]
-    bin_dir: Option<PathBuf>,
+    pub(crate) bin_dir: Option<PathBuf>,
     /// Keep the cluster running after the request/reply scenario and wait this many
     /// seconds first, printing the broker's pid (to attach a profiler).
     #[arg(long, hide = true)]
-    pause_s: Option<f64>,
+    pub(crate) pause_s: Option<f64>,
 }
 
 static STOP: OnceLock<Shutdown> = OnceLock::new();
@@ -152,7 +167,7 @@ pub(crate) fn interrupted() -> bool {
     STOP.get().is_some_and(|s| s.is_triggered())
 }
 
-fn check_interrupt() -> anyhow::Result<()> {
+pub(crate) fn check_interrupt() -> anyhow::Result<()> {
     if interrupted() {
         anyhow::bail!("interrupted");
     }
@@ -220,10 +235,40 @@ fn print_report(args: &BenchArgs, report: &Report, took: Duration) -> anyhow::Re
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-struct Bench<'a> {
-    args: &'a BenchArgs,
+/// Who runs next in a request/reply repetition.
+#[derive(Debug, Clone, Copy)]
+enum Turn {
+    Side(Side),
+    Peer(Peer),
+}
+
+/// The peers the rr scenario measures, and what to say about them.
+#[derive(Default)]
+struct Peers {
+    nats: Option<NatsPeer>,
+    vnpy: Option<python::PythonSetup>,
+    vnpy_noted: bool,
+    notes: Vec<String>,
+}
+
+impl Peers {
+    /// The peers that run at `window` (vn.py only at 1: it cannot pipeline).
+    fn at(&self, window: usize) -> Vec<Peer> {
+        let mut at = Vec::new();
+        if self.nats.is_some() {
+            at.push(Peer::Nats);
+        }
+        if self.vnpy.is_some() && window == 1 {
+            at.push(Peer::Vnpy);
+        }
+        at
+    }
+}
+
+pub(crate) struct Bench<'a> {
+    pub(crate) args: &'a BenchArgs,
     bin_dir: PathBuf,
-    report: &'a mut Report,
+    pub(crate) report: &'a mut Report,
 }
 
 impl Bench<'_> {
@@ -382,36 +427,50 @@ impl Bench<'_> {
     }
 
     fn rr(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
-        self.rr_scenario(cluster, "rr", |b, cluster, side, config, window| {
-            b.rr_once(cluster, side, config, window)
-        })
+        let mut peers = self.start_peers(&cluster.dir().path);
+        self.rr_scenario(
+            cluster,
+            "rr",
+            &mut peers,
+            |b, cluster, side, config, window| b.rr_once(cluster, side, config, window),
+        )?;
+        self.report.notes.append(&mut peers.notes);
+        Ok(())
     }
 
     fn rr_raw(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
-        self.rr_scenario(cluster, "rr-raw", |b, cluster, side, config, window| {
-            if side == Side::Baseline {
-                return b.rr_once(cluster, side, config, window);
-            }
-            let a = b.args;
-            let workers = RawWorkers::start(&cluster.backend, config.workers, a.capacity)?;
-            let n = config.workers;
-            cluster.wait_workers(raw::SERVICE, &format!("{n} raw workers"), |w| w == n)?;
-            let frontend = cluster.frontend.clone();
-            let run = rr::run_clients(config.clients, window, a.messages, b.cap(), || {
-                RawClientPipe::connect(&frontend)
-            });
-            workers.stop()?;
-            // Gone from the registry before the next run counts its own.
-            cluster.wait_workers(raw::SERVICE, "raw workers leaving", |w| w == 0)?;
-            run
-        })
+        let mut none = Peers::default();
+        self.rr_scenario(
+            cluster,
+            "rr-raw",
+            &mut none,
+            |b, cluster, side, config, window| {
+                if side == Side::Baseline {
+                    return b.rr_once(cluster, side, config, window);
+                }
+                let a = b.args;
+                let workers = RawWorkers::start(&cluster.backend, config.workers, a.capacity)?;
+                let n = config.workers;
+                cluster.wait_workers(raw::SERVICE, &format!("{n} raw workers"), |w| w == n)?;
+                let frontend = cluster.frontend.clone();
+                let run = rr::run_clients(config.clients, window, a.messages, b.cap(), || {
+                    RawClientPipe::connect(&frontend)
+                });
+                workers.stop()?;
+                // Gone from the registry before the next run counts its own.
+                cluster.wait_workers(raw::SERVICE, "raw workers leaving", |w| w == 0)?;
+                run
+            },
+        )
     }
 
-    /// Every configuration and window, `repeat` times, the sides alternating.
+    /// Every configuration and window, `repeat` times, the sides (and at 1 client × 1
+    /// worker the peers) taking turns first.
     fn rr_scenario(
         &mut self,
         cluster: &mut Cluster,
         scenario: &str,
+        peers: &mut Peers,
         once: impl Fn(&Self, &mut Cluster, Side, RrConfig, usize) -> anyhow::Result<RrRun>,
     ) -> anyhow::Result<()> {
         let a = self.args;
@@ -422,28 +481,155 @@ impl Bench<'_> {
             if scenario == "rr" {
                 cluster.ensure_workers(&self.bin_dir, config.workers)?;
             }
+            let one_to_one = config.clients == 1 && config.workers == 1;
             for &window in &a.windows {
                 for rep in 0..a.repeat {
-                    for side in Side::order(rep) {
+                    let mut turns: Vec<Turn> =
+                        vec![Turn::Side(Side::Tradeplex), Turn::Side(Side::Baseline)];
+                    if one_to_one {
+                        turns.extend(peers.at(window).into_iter().map(Turn::Peer));
+                    }
+                    // Each side runs first in turn, so none always gets the warmer machine.
+                    let n = turns.len();
+                    turns.rotate_left(rep % n);
+                    for turn in turns {
                         check_interrupt()?;
-                        let run = once(self, cluster, side, config, window)?;
-                        eprintln!(
-                            "bench: {scenario} {config} window {window} {side:?}: {:.0}/s p50 {:.1} µs p99 {:.1} µs ({} calls)",
-                            run.rate, run.p50_us, run.p99_us, run.done
-                        );
                         let name = format!("{scenario} w{window}");
-                        let rate = if window == 1 { "calls/s" } else { "msgs/s" };
                         let cfg = config.to_string();
-                        let r = &mut self.report;
-                        r.add(&name, &cfg, rate, Unit::PerSec, side, run.rate);
-                        r.add(&name, &cfg, "p50", Unit::Micros, side, run.p50_us);
-                        r.add(&name, &cfg, "p99", Unit::Micros, side, run.p99_us);
-                        r.add(&name, &cfg, "p99.9", Unit::Micros, side, run.p999_us);
+                        match turn {
+                            Turn::Side(side) => {
+                                let run = once(self, cluster, side, config, window)?;
+                                self.record_rr(&name, &cfg, side, window, &run);
+                            }
+                            Turn::Peer(peer) => {
+                                if let Some(run) = self.peer_once(peers, peer, window) {
+                                    self.record_peer(&name, &cfg, peer, window, &run);
+                                }
+                            }
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    fn record_rr(&mut self, name: &str, cfg: &str, side: Side, window: usize, run: &RrRun) {
+        eprintln!(
+            "bench: {name} {cfg} {side:?}: {:.0}/s p50 {:.1} µs p99 {:.1} µs ({} calls)",
+            run.rate, run.p50_us, run.p99_us, run.done
+        );
+        let rate = if window == 1 { "calls/s" } else { "msgs/s" };
+        let r = &mut self.report;
+        r.add(name, cfg, rate, Unit::PerSec, side, run.rate);
+        r.add(name, cfg, "p50", Unit::Micros, side, run.p50_us);
+        r.add(name, cfg, "p99", Unit::Micros, side, run.p99_us);
+        r.add(name, cfg, "p99.9", Unit::Micros, side, run.p999_us);
+    }
+
+    fn record_peer(&mut self, name: &str, cfg: &str, peer: Peer, window: usize, run: &RrRun) {
+        eprintln!(
+            "bench: {name} {cfg} {}: {:.0}/s p50 {:.1} µs p99 {:.1} µs ({} calls)",
+            peer.title(),
+            run.rate,
+            run.p50_us,
+            run.p99_us,
+            run.done
+        );
+        let rate = if window == 1 { "calls/s" } else { "msgs/s" };
+        let r = &mut self.report;
+        r.add_peer(name, cfg, rate, Unit::PerSec, peer, run.rate);
+        r.add_peer(name, cfg, "p50", Unit::Micros, peer, run.p50_us);
+        r.add_peer(name, cfg, "p99", Unit::Micros, peer, run.p99_us);
+        if run.p999_us.is_finite() {
+            r.add_peer(name, cfg, "p99.9", Unit::Micros, peer, run.p999_us);
+        }
+    }
+
+    /// The peers `--peers` names that can run: nats-server started, vn.py's interpreter
+    /// found. The others leave a one-line note.
+    fn start_peers(&self, dir: &std::path::Path) -> Peers {
+        let a = self.args;
+        let mut peers = Peers::default();
+        if a.peers.contains(&PeerChoice::Nats) {
+            match NatsPeer::start(&a.nats_server, dir) {
+                Ok(nats) => {
+                    peers.notes.push(format!(
+                        "nats: nats-server {} ({}) on {}, async-nats request/reply from one \
+                         connection to an echo responder on another, in the bench process; \
+                         the rr body and counts at every window",
+                        nats.version,
+                        nats.program.display(),
+                        nats.url
+                    ));
+                    peers.nats = Some(nats);
+                }
+                Err(Unavailable::Missing(why)) => peers.notes.push(format!(
+                    "nats: skipped, {why} (scripts/install-peers.sh installs nats-server)"
+                )),
+                Err(Unavailable::Failed(e)) => {
+                    peers.notes.push(format!("nats: skipped, it failed: {e:#}"))
+                }
+            }
+        }
+        if a.peers.contains(&PeerChoice::Vnpy) {
+            match python::PythonSetup::find(a.python.as_deref(), &self.bin_dir) {
+                Ok(py) => peers.vnpy = Some(py),
+                Err(python::Missing::All(why) | python::Missing::Side(why)) => {
+                    peers.notes.push(format!("vnpy: skipped, {why}"))
+                }
+            }
+        }
+        peers
+    }
+
+    /// One run of `peer`; `None` (and a note, and no more runs of it) if it failed.
+    fn peer_once(&self, peers: &mut Peers, peer: Peer, window: usize) -> Option<RrRun> {
+        let a = self.args;
+        let result = match peer {
+            Peer::Nats => {
+                let nats = peers.nats.as_ref()?.connector();
+                rr::run_clients(1, window, a.messages, self.cap(), || nats.pipe())
+                    .map_err(|e| format!("it failed: {e:#}"))
+            }
+            Peer::Vnpy => {
+                let py = peers.vnpy.as_ref()?;
+                // A run is a few seconds; the cap only stops a hung child.
+                let cap = Duration::from_secs_f64(a.time_cap_s.max(0.1) * 3.0 + 30.0);
+                py.vnpy(a.messages, cap)
+                    .map(|r| RrRun {
+                        rate: r.rate,
+                        p50_us: r.p50_us,
+                        p99_us: r.p99_us,
+                        p999_us: f64::NAN,
+                        done: a.messages,
+                    })
+                    .map_err(|(python::Missing::All(why) | python::Missing::Side(why))| why)
+            }
+        };
+        match result {
+            Ok(run) => {
+                if peer == Peer::Vnpy && !peers.vnpy_noted {
+                    peers.vnpy_noted = true;
+                    let py = peers.vnpy.as_ref()?;
+                    let version = py.vnpy_version().unwrap_or_else(|| "?".into());
+                    peers.notes.push(format!(
+                        "vnpy: vn.py {version} RpcClient → RpcServer direct (1 hop, REQ/REP on \
+                         tcp://127.0.0.1, {}), window 1 only: it cannot pipeline; the rr counts",
+                        py.python.display()
+                    ));
+                }
+                Some(run)
+            }
+            Err(why) => {
+                peers.notes.push(format!("{}: skipped, {why}", peer.key()));
+                match peer {
+                    Peer::Nats => peers.nats = None,
+                    Peer::Vnpy => peers.vnpy = None,
+                }
+                None
+            }
+        }
     }
 
     fn rr_once(

@@ -204,7 +204,7 @@ fn wait_with_cap(mut child: Child, cap: Duration) -> anyhow::Result<(Option<i32>
         if let Some(status) = child.try_wait().context("waiting for a Python child")? {
             break status;
         }
-        if Instant::now() >= until || super::interrupted() {
+        if Instant::now() >= until || crate::runner::interrupted() {
             let _ = child.kill();
             let _ = child.wait();
             bail!(

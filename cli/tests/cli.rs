@@ -6,17 +6,12 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tradeplex_test_support::free_port;
+
 fn tradeplex(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tradeplex"))
         .args(args)
         .output()
-        .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
         .unwrap()
 }
 
@@ -104,6 +99,9 @@ fn takes(command: &str, flag: &str) -> bool {
 
 #[test]
 fn every_flag_the_readme_shows_for_tradeplex_exists() {
+    // They print a document generated from the command line itself (the README says
+    // they are the exception to "every command takes `--json`").
+    const GENERATORS: [&str; 2] = ["completions", "man"];
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md");
     let commands = subcommands(&help(None));
@@ -172,7 +170,11 @@ fn every_flag_the_readme_shows_for_tradeplex_exists() {
             // outside any command ("every command takes `--json`") must be global or
             // taken by every command.
             let known = if cmd.is_empty() {
-                has(&global, f) || commands.iter().all(|c| takes(c, f))
+                has(&global, f)
+                    || commands
+                        .iter()
+                        .filter(|c| !GENERATORS.contains(&c.as_str()))
+                        .all(|c| takes(c, f))
             } else {
                 takes(cmd, f)
             };
@@ -185,4 +187,56 @@ fn every_flag_the_readme_shows_for_tradeplex_exists() {
         missing.is_empty(),
         "README flags tradeplex does not take: {missing:#?}"
     );
+}
+
+#[test]
+fn completions_name_every_subcommand_in_each_shell() {
+    let subs = subcommands(&help(None));
+    assert!(subs.len() >= 10, "{subs:?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = tradeplex(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for sub in &subs {
+            assert!(
+                script.contains(sub.as_str()),
+                "{shell} completion lacks {sub}"
+            );
+        }
+        // A subcommand's flag, as each shell spells it (fish: `-l timeout-ms`).
+        assert!(script.contains("timeout-ms"), "{shell}: no flags");
+    }
+    let out = tradeplex(&["completions", "tcsh"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+#[test]
+fn man_pages_are_roff_naming_the_subcommands_and_their_flags() {
+    let out = tradeplex(&["man"]);
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH tradeplex 1"),
+        "{page}"
+    );
+    assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
+    for sub in subcommands(&help(None)) {
+        assert!(page.contains(&sub), "tradeplex(1) lacks {sub}");
+    }
+    let out = tradeplex(&["man", "call"]);
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH tradeplex-call 1"), "{page}");
+    // Its own flags and the global ones.
+    assert!(
+        page.contains("timeout\\-ms") && page.contains("broker"),
+        "{page}"
+    );
+    let out = tradeplex(&["man", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
 }

@@ -1,18 +1,12 @@
 //! The Tradeplex side of the bench: a `tradeplex-broker` and `tradeplex-worker` child
 //! processes on loopback (or ipc:// in a temporary directory), killed when the guard drops.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use tradeplex_client::{Client, ClientOptions};
-
-/// How long a child may take to print its first line.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+use tradeplex_test_support::{poll_until, ready_field, Proc, Stderr, START_TIMEOUT};
 
 /// A scratch directory removed on drop (logs, config, ipc sockets).
 pub struct ScratchDir {
@@ -46,83 +40,21 @@ impl Drop for ScratchDir {
     }
 }
 
-/// A child process, SIGKILLed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
+/// Starts `bin` with `args`, its stderr to `log`, and returns it with its ready line.
+fn start(bin: &Path, args: &[String], log: PathBuf) -> anyhow::Result<(Proc, String)> {
+    Ok(Proc::spawn(bin, args, Stderr::File(log))?)
 }
 
-impl Proc {
-    /// Starts `bin` with `args`, stderr to `log`, and returns it with its first stdout line.
-    fn start(bin: &Path, args: &[String], log: PathBuf) -> anyhow::Result<(Proc, String)> {
-        let name = bin
-            .file_name()
-            .map_or("child".into(), |n| n.to_string_lossy().into_owned());
-        let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut child = Command::new(bin)
-            .args(args)
-            .env("TRADEPLEX_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut proc = Proc { name, child, log };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep reading so the child never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => Ok((proc, line)),
-            Err(_) => {
-                let status = proc.child.try_wait().ok().flatten();
-                let tail = proc.log_tail();
-                proc.kill();
-                bail!(
-                    "{} printed no ready line (exit: {status:?}); its log:\n{tail}",
-                    proc.name
-                )
-            }
-        }
+/// Fails with the child's log if it has exited.
+fn check_alive(proc: &mut Proc) -> anyhow::Result<()> {
+    if let Some(status) = proc.exited() {
+        bail!(
+            "{} exited ({status}); its log:\n{}",
+            proc.name(),
+            proc.log_tail(20)
+        );
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Fails with the child's log if it has exited.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            bail!(
-                "{} exited ({status}); its log:\n{}",
-                self.name,
-                self.log_tail()
-            );
-        }
-        Ok(())
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    Ok(())
 }
 
 /// What the cluster is started with.
@@ -151,11 +83,7 @@ pub struct Cluster {
 pub fn bin_dir(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     let dir = match flag {
         Some(d) => d.to_path_buf(),
-        None => std::env::current_exe()
-            .context("finding this executable")?
-            .parent()
-            .context("executable has no directory")?
-            .to_path_buf(),
+        None => tradeplex_test_support::bin_dir().context("finding this executable's directory")?,
     };
     for name in ["tradeplex-broker", "tradeplex-worker"] {
         if !dir.join(name).exists() {
@@ -193,14 +121,13 @@ impl Cluster {
             "warn".into(),
         ];
         args.extend(opts.broker_args.iter().cloned());
-        let (broker, line) = Proc::start(
+        let (broker, line) = start(
             &opts.bin_dir.join("tradeplex-broker"),
             &args,
             dir.path.join("broker.log"),
         )?;
         let field = |name: &str| -> anyhow::Result<String> {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            ready_field(&line, name)
                 .map(str::to_string)
                 .ok_or_else(|| anyhow!("no {name}= in the broker's ready line {line:?}"))
         };
@@ -260,7 +187,7 @@ impl Cluster {
             "warn".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (proc, line) = Proc::start(
+        let (proc, line) = start(
             &bin_dir.join("tradeplex-worker"),
             &args,
             self.dir.path.join(format!("worker-{i}.log")),
@@ -289,24 +216,28 @@ impl Cluster {
         what: &str,
         ok: impl Fn(usize) -> bool,
     ) -> anyhow::Result<()> {
-        let until = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(status) = self.client.status() {
-                let workers = status
+        let mut alive = Ok(());
+        let client = &self.client;
+        let (broker, workers) = (&mut self.broker, &mut self.workers);
+        let found = poll_until(START_TIMEOUT, || {
+            let count = client.status().ok().map(|status| {
+                status
                     .services
                     .iter()
                     .find(|s| s.service.as_str() == service)
-                    .map_or(0, |s| s.workers as usize);
-                if ok(workers) {
-                    return Ok(());
-                }
+                    .map_or(0, |s| s.workers as usize)
+            });
+            if count.is_some_and(&ok) {
+                return true;
             }
-            self.check_alive()?;
-            if Instant::now() >= until {
-                bail!("no {what} within {START_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            alive = check_alive(broker).and_then(|()| workers.iter_mut().try_for_each(check_alive));
+            alive.is_err()
+        });
+        alive?;
+        if !found {
+            bail!("no {what} within {START_TIMEOUT:?}");
         }
+        Ok(())
     }
 
     /// The broker's resident memory, bytes (VmRSS from /proc).
@@ -321,11 +252,8 @@ impl Cluster {
 
     /// Fails if the broker or a worker has died.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        self.broker.check_alive()?;
-        for w in &mut self.workers {
-            w.check_alive()?;
-        }
-        Ok(())
+        check_alive(&mut self.broker)?;
+        self.workers.iter_mut().try_for_each(check_alive)
     }
 
     /// The scratch directory (for the baseline's ipc endpoints).

@@ -142,12 +142,12 @@ fn run(stage: &Stage, count: u64) -> anyhow::Result<RrRun> {
     ))
 }
 
-impl super::Bench<'_> {
+impl crate::runner::Bench<'_> {
     /// The `risk` scenario's rows.
     pub(super) fn risk(&mut self) -> anyhow::Result<()> {
         let count = self.args.messages.max(1000);
         for rep in 0..self.args.repeat {
-            super::check_interrupt()?;
+            crate::runner::check_interrupt()?;
             let quiet = run(&loaded_stage()?, count)?;
             self.risk_row("all rules, quiet", &quiet);
             let stage = loaded_stage()?;

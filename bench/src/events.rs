@@ -16,7 +16,7 @@ use tradeplex_proto::event::{self, EventHeader};
 use tradeplex_proto::WorkerId;
 
 use super::cluster::ScratchDir;
-use super::interrupted;
+use crate::runner::interrupted;
 
 /// Event body size, bytes (a tick's worth).
 pub const BODY_BYTES: usize = 215;

@@ -1,8 +1,8 @@
 //! The `tradeplex` subcommands.
 
 mod audit;
-mod bench;
 mod call;
+mod docs;
 mod halt;
 mod risk;
 mod status;
@@ -11,9 +11,9 @@ mod trade;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
+use tradeplex_client::curve::{self, ClientCurve, KeyPair};
 use tradeplex_client::events::{EventOptions, Repair, Subscriber};
 use tradeplex_client::{Client, ClientOptions};
-use tradeplex_ops::curve::{ClientCurve, KeyPair};
 
 /// Tradeplex command-line tool.
 #[derive(Parser, Debug)]
@@ -83,8 +83,8 @@ enum Command {
     Trades(trade::AccountArgs),
     /// Print events under a topic prefix, one JSON line each.
     Tail(tail::TailArgs),
-    /// Benchmark Tradeplex against a bare ZeroMQ baseline (starts its own processes).
-    Bench(Box<bench::BenchArgs>),
+    /// Benchmark Tradeplex against bare ZeroMQ, NATS and vn.py RPC (starts its own processes).
+    Bench(Box<tradeplex_bench::BenchArgs>),
     /// Halt trading: refuse every new order of the account (or of all) and cancel its
     /// working orders on every worker.
     Halt(halt::HaltArgs),
@@ -99,6 +99,10 @@ enum Command {
     /// default (admin clients only), or list the changes in the audit journal.
     #[command(subcommand)]
     Risk(risk::RiskCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(docs::CompletionsArgs),
+    /// Print the man page tradeplex(1), or a subcommand's, in roff on stdout.
+    Man(docs::ManArgs),
 }
 
 /// Flags of `tradeplex keygen`.
@@ -234,7 +238,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.command {
         Command::Call(c) => call::run(&conn, c),
         Command::Status(s) | Command::Workers(s) => status::run(&conn, s),
-        Command::Bench(b) => bench::run(*b),
+        Command::Bench(b) => tradeplex_bench::run(*b),
         Command::Order(o) => trade::order(&conn, o),
         Command::Cancel(c) => trade::cancel(&conn, c),
         Command::Positions(a) => trade::positions(&conn, a),
@@ -245,8 +249,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Resume(r) => halt::resume(&conn, r),
         Command::Audit(a) => audit::run(a),
         Command::Risk(r) => risk::run(&conn, r),
+        Command::Completions(c) => docs::completions(c),
+        Command::Man(m) => docs::man(m),
         Command::Keygen(k) => {
-            let keys = KeyPair::generate()?;
+            let keys = curve::generate()?;
             if k.json {
                 let out = serde_json::json!({
                     "public_key": keys.public_key,
