@@ -244,6 +244,8 @@ pub struct Dispatcher {
     risk: Option<risk::Stage>,
     /// Recent events for gap recovery (`tpx.replay`), shared with the relay.
     replay: Option<crate::relay::replay::Replay>,
+    /// The broker pair as last seen by the socket loop (`[pair]` configured).
+    pair: Option<crate::pair::PairView>,
     /// Messages to send; drained by the socket loop.
     pub out: Vec<Out>,
 }
@@ -273,6 +275,7 @@ impl Dispatcher {
             mgmt_metrics,
             risk: None,
             replay: None,
+            pair: None,
             out: Vec::new(),
         }
     }
@@ -636,6 +639,11 @@ impl Dispatcher {
         true
     }
 
+    /// What `tpx.status` says about the broker pair (the socket loop keeps it fresh).
+    pub fn set_pair(&mut self, view: crate::pair::PairView) {
+        self.pair = Some(view);
+    }
+
     /// The `tpx.status` reply.
     pub fn status(&self, clock: Clock) -> StatusReply {
         let mut workers: Vec<WorkerStatus> = self
@@ -670,6 +678,7 @@ impl Dispatcher {
             workers,
             services,
             halts: self.risk.as_ref().map(|r| r.halts()).unwrap_or_default(),
+            pair: self.pair.map(|p| p.status(clock.now)),
         }
     }
 

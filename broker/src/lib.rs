@@ -9,6 +9,7 @@ pub mod config;
 mod console;
 pub mod dispatch;
 pub mod metrics;
+pub mod pair;
 pub mod relay;
 pub mod risk;
 pub mod server;

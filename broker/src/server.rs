@@ -98,6 +98,7 @@ pub struct Broker {
     curve: Curve,
     stage: crate::risk::Stage,
     identities: crate::risk::Identities,
+    pair: Option<crate::pair::Pair>,
     _ctx: zmq::Context,
 }
 
@@ -176,6 +177,16 @@ impl Broker {
         let backend_ep = bind(&backend, &config.backend)?;
 
         let relay = crate::relay::Relay::bind(&ctx, &config, metrics.clone(), &curve)?;
+        let pair = match &config.pair {
+            Some(p) => Some(crate::pair::Pair::bind(
+                &ctx,
+                &config,
+                p,
+                &curve,
+                metrics.clone(),
+            )?),
+            None => None,
+        };
         let (http, console) = if config.http.is_empty() {
             (None, None)
         } else {
@@ -186,9 +197,10 @@ impl Broker {
                 })?;
             (Some(http), Some(console))
         };
-        // Ready means "sockets bound", which they are from here on.
+        // Ready means "sockets bound", which they are from here on (in a pair: and active,
+        // which the pair sets).
         if let Some(h) = &http {
-            h.set_ready(true);
+            h.set_ready(pair.is_none());
         }
         let endpoints = Endpoints {
             frontend: frontend_ep,
@@ -209,6 +221,7 @@ impl Broker {
             curve,
             stage,
             identities,
+            pair,
             _ctx: ctx,
         })
     }
@@ -245,6 +258,7 @@ impl Broker {
             curve,
             stage,
             identities,
+            mut pair,
             ..
         } = self;
         let zap = match curve.authenticator {
@@ -280,6 +294,12 @@ impl Broker {
             dispatcher.set_replay(store);
         }
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
+        if let Some(p) = &mut pair {
+            p.start(
+                dispatcher.broker_id(),
+                http.as_ref().map(|h| h.ready_flag()),
+            );
+        }
         let mut lp = Loop {
             frontend,
             backend,
@@ -294,6 +314,7 @@ impl Broker {
             console: console.as_ref().map(|c| c.feed.publisher()),
             identities,
             forbidden_log: LogLimiter::new(10),
+            pair,
         };
         let result = lp.serve(&shutdown, Duration::from_millis(config.shutdown_grace_ms));
         shutdown.trigger();
@@ -421,6 +442,8 @@ struct Loop {
     /// Who is who: names each request's client.
     identities: crate::risk::Identities,
     forbidden_log: LogLimiter,
+    /// The primary/backup pair; only the active broker serves.
+    pair: Option<crate::pair::Pair>,
 }
 
 impl Loop {
@@ -448,6 +471,7 @@ impl Loop {
             let timeout = wake.saturating_duration_since(now).min(MAX_POLL);
             self.poll(timeout)?;
             self.dispatcher.tick(Clock::real());
+            self.pair_tick();
             self.flush();
             self.publish_status();
         }
@@ -544,6 +568,11 @@ impl Loop {
         } else {
             client::decode(rest)
         };
+        if let Ok(client::Message::Request(h)) = &decoded {
+            if self.pair_refuses_request(&identity, h) {
+                return;
+            }
+        }
         match decoded {
             Ok(client::Message::Request(h)) => {
                 let body = self.frames.take(4);
@@ -657,9 +686,13 @@ impl Loop {
                         .on_worker(clock, identity, worker::Message::Reply(h), body);
                 }
             }
-            Ok(msg) => self
-                .dispatcher
-                .on_worker(clock, identity, msg, crate::body::Body::new()),
+            Ok(msg) => {
+                if !(matches!(msg, worker::Message::Ready(_)) && self.pair_refuses_ready(&identity))
+                {
+                    self.dispatcher
+                        .on_worker(clock, identity, msg, crate::body::Body::new())
+                }
+            }
             Err(e) => {
                 let job = worker::salvage_job(rest);
                 let detail = e.to_string();
@@ -676,6 +709,46 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// Reads the peer's state, sends ours when due, and shows the pair in `tpx.status`.
+    fn pair_tick(&mut self) {
+        if let Some(p) = &mut self.pair {
+            p.tick(Instant::now());
+            self.dispatcher.set_pair(p.view());
+        }
+    }
+
+    /// True (and the client answered `unavailable`) when this broker may not serve a
+    /// REQUEST now: it is not the pair's active broker. `tpx.status` is always answered
+    /// (operators ask each broker where it stands) and is no vote for a takeover.
+    fn pair_refuses_request(&mut self, identity: &[u8], h: &client::RequestHeader) -> bool {
+        let Some(p) = &mut self.pair else {
+            return false;
+        };
+        if h.service.as_str() == tradeplex_proto::mgmt::STATUS_SERVICE {
+            return false;
+        }
+        let Err(message) = p.admit(Instant::now(), false) else {
+            return false;
+        };
+        self.dispatcher
+            .reject_client(identity.to_vec(), h.id, ErrorCode::Unavailable, message);
+        true
+    }
+
+    /// True (and the worker told `unavailable: passive broker…`) when a READY may not
+    /// register here now.
+    fn pair_refuses_ready(&mut self, identity: &[u8]) -> bool {
+        let Some(p) = &mut self.pair else {
+            return false;
+        };
+        let Err(message) = p.admit(Instant::now(), true) else {
+            return false;
+        };
+        self.dispatcher
+            .refuse_worker_message(identity.to_vec(), ErrorCode::Unavailable, &message);
+        true
     }
 
     fn bad_input(&mut self, socket: &'static str, reason: &str, detail: &str) {
