@@ -294,7 +294,9 @@ impl Pair {
         subscriber
             .set_rcvhwm(16)
             .and_then(|()| subscriber.set_linger(0))
-            .and_then(|()| subscriber.set_maxmsgsize(MESSAGE_LEN as i64))
+            // Bounds what a hostile publisher can make us allocate; room for the ZMTP
+            // handshake's commands, which libzmq holds to the same limit.
+            .and_then(|()| subscriber.set_maxmsgsize(4096))
             .and_then(|()| subscriber.set_subscribe(b""))
             .map_err(sock_err("configure socket for", &pair.peer))?;
         if let (Some(c), Some(key)) = (&config.curve, &pair.peer_public_key) {
