@@ -70,6 +70,9 @@ pub struct Config {
     pub idle_spin_us: u64,
     /// Pre-trade risk (docs/risk.md); absent = off and no request body is decoded.
     pub risk: Option<crate::risk::RiskConfig>,
+    /// The primary/backup pair (docs/operations.md, "Broker pair"); absent = a single
+    /// broker, always active.
+    pub pair: Option<crate::pair::PairConfig>,
 }
 
 /// The `[curve]` table: the broker's key pair and who may connect.
@@ -126,6 +129,7 @@ impl Default for Config {
             insecure: false,
             idle_spin_us: 0,
             risk: None,
+            pair: None,
         }
     }
 }
@@ -169,8 +173,10 @@ impl Config {
         if self.curve.is_some() {
             return Vec::new();
         }
+        let pair = self.pair.as_ref().map(|p| ("pair.bind", p.bind.as_str()));
         self.zmq_endpoints()
             .into_iter()
+            .chain(pair)
             .filter(|(_, ep)| !is_loopback_endpoint(ep))
             .map(|(field, ep)| (field, ep.to_string()))
             .collect()
@@ -270,6 +276,9 @@ impl Config {
         self.http_auth.validate()?;
         if let Some(risk) = &self.risk {
             risk.validate()?;
+        }
+        if let Some(pair) = &self.pair {
+            pair.validate(self.curve.is_some())?;
         }
         if let Some(curve) = &self.curve {
             field(

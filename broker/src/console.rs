@@ -382,6 +382,7 @@ mod tests {
                     in_flight: 3,
                 }],
                 halts: Vec::new(),
+                pair: None,
             },
         );
         assert!(!publisher.due(now + PUBLISH_EVERY / 2));

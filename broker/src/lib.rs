@@ -9,6 +9,7 @@ pub mod config;
 mod console;
 mod dispatch;
 mod metrics;
+mod pair;
 mod relay;
 pub mod risk;
 mod server;

@@ -101,6 +101,7 @@ pub struct Broker {
     curve: Curve,
     stage: crate::risk::Stage,
     identities: crate::risk::Identities,
+    pair: Option<crate::pair::Pair>,
     _ctx: zmq::Context,
 }
 
@@ -179,6 +180,16 @@ impl Broker {
         let backend_ep = bind(&backend, &config.backend)?;
 
         let relay = crate::relay::Relay::bind(&ctx, &config, metrics.clone(), &curve)?;
+        let pair = match &config.pair {
+            Some(p) => Some(crate::pair::Pair::bind(
+                &ctx,
+                &config,
+                p,
+                &curve,
+                metrics.clone(),
+            )?),
+            None => None,
+        };
         let (http, console) = if config.http.is_empty() {
             (None, None)
         } else {
@@ -189,9 +200,10 @@ impl Broker {
                 })?;
             (Some(http), Some(console))
         };
-        // Ready means "sockets bound", which they are from here on.
+        // Ready means "sockets bound", which they are from here on (in a pair: and active,
+        // which the pair sets).
         if let Some(h) = &http {
-            h.set_ready(true);
+            h.set_ready(pair.is_none());
         }
         let endpoints = Endpoints {
             frontend: frontend_ep,
@@ -212,6 +224,7 @@ impl Broker {
             curve,
             stage,
             identities,
+            pair,
             _ctx: ctx,
         })
     }
@@ -248,6 +261,7 @@ impl Broker {
             curve,
             stage,
             identities,
+            mut pair,
             ..
         } = self;
         let zap = match curve.authenticator {
@@ -283,6 +297,12 @@ impl Broker {
             dispatcher.set_replay(store);
         }
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
+        if let Some(p) = &mut pair {
+            p.start(
+                dispatcher.broker_id(),
+                http.as_ref().map(|h| h.ready_flag()),
+            );
+        }
         let mut lp = Loop {
             frontend,
             backend,
@@ -298,6 +318,7 @@ impl Broker {
             identities,
             forbidden_log: LogLimiter::new(10),
             head: Vec::with_capacity(256),
+            pair,
         };
         let result = lp.serve(&shutdown, Duration::from_millis(config.shutdown_grace_ms));
         shutdown.trigger();
@@ -428,6 +449,8 @@ struct Loop {
     forbidden_log: LogLimiter,
     /// The head frame being sent, reused so encoding one allocates nothing.
     head: Vec<u8>,
+    /// The primary/backup pair; only the active broker serves.
+    pair: Option<crate::pair::Pair>,
 }
 
 impl Loop {
@@ -455,6 +478,7 @@ impl Loop {
             let timeout = wake.saturating_duration_since(now).min(MAX_POLL);
             self.poll(timeout)?;
             self.dispatcher.tick(Clock::real());
+            self.pair_tick();
             self.flush();
             self.publish_status();
         }
@@ -551,6 +575,11 @@ impl Loop {
         } else {
             client::decode(rest)
         };
+        if let Ok(client::Message::Request(h)) = &decoded {
+            if self.pair_refuses_request(&identity, h) {
+                return;
+            }
+        }
         match decoded {
             Ok(client::Message::Request(h)) => {
                 let body = self.frames.take(2);
@@ -691,9 +720,13 @@ impl Loop {
                         .on_worker(clock, identity, worker::Message::Reply(h), body);
                 }
             }
-            Ok(msg) => self
-                .dispatcher
-                .on_worker(clock, identity, msg, crate::body::Body::new()),
+            Ok(msg) => {
+                if !(matches!(msg, worker::Message::Ready(_)) && self.pair_refuses_ready(&identity))
+                {
+                    self.dispatcher
+                        .on_worker(clock, identity, msg, crate::body::Body::new())
+                }
+            }
             Err(e) => {
                 let job = worker::salvage_job(rest);
                 let detail = e.to_string();
@@ -728,6 +761,46 @@ impl Loop {
         if let Err(e) = wire::send_frames(&mut self.backend, to, &frames) {
             tracing::debug!(error = %e, "answer to a version-01 worker not sent");
         }
+    }
+
+    /// Reads the peer's state, sends ours when due, and shows the pair in `tpx.status`.
+    fn pair_tick(&mut self) {
+        if let Some(p) = &mut self.pair {
+            p.tick(Instant::now());
+            self.dispatcher.set_pair(p.view());
+        }
+    }
+
+    /// True (and the client answered `unavailable`) when this broker may not serve a
+    /// REQUEST now: it is not the pair's active broker. `tpx.status` is always answered
+    /// (operators ask each broker where it stands) and is no vote for a takeover.
+    fn pair_refuses_request(&mut self, identity: &[u8], h: &client::RequestHeader) -> bool {
+        let Some(p) = &mut self.pair else {
+            return false;
+        };
+        if h.service.as_str() == tradeplex_proto::mgmt::STATUS_SERVICE {
+            return false;
+        }
+        let Err(message) = p.admit(Instant::now(), false) else {
+            return false;
+        };
+        self.dispatcher
+            .reject_client(identity.to_vec(), h.id, ErrorCode::Unavailable, message);
+        true
+    }
+
+    /// True (and the worker told `unavailable: passive broker…`) when a READY may not
+    /// register here now.
+    fn pair_refuses_ready(&mut self, identity: &[u8]) -> bool {
+        let Some(p) = &mut self.pair else {
+            return false;
+        };
+        let Err(message) = p.admit(Instant::now(), true) else {
+            return false;
+        };
+        self.dispatcher
+            .refuse_worker_message(identity.to_vec(), ErrorCode::Unavailable, &message);
+        true
     }
 
     fn bad_input(&mut self, socket: &'static str, reason: &str, detail: &str) {

@@ -24,6 +24,25 @@ pub struct StatusReply {
     /// Halts in force (`tpx.halt`); absent from brokers before the kill switch.
     #[serde(default)]
     pub halts: Vec<HaltStatus>,
+    /// Where this broker stands in its primary/backup pair; absent from a broker with no
+    /// `[pair]` (and from brokers before the pair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<PairStatus>,
+}
+
+/// The `pair` object of `tpx.status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairStatus {
+    /// Configured role: `primary` or `backup`.
+    pub role: String,
+    /// Current state: `primary`/`backup` (starting), `active` or `passive`.
+    pub state: String,
+    /// The state the peer last announced; absent if it was never heard.
+    #[serde(default)]
+    pub peer_state: Option<String>,
+    /// Milliseconds since the peer's last state message; absent if never heard.
+    #[serde(default)]
+    pub peer_age_ms: Option<u64>,
 }
 
 /// One worker as the broker sees it.

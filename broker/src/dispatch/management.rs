@@ -207,6 +207,7 @@ impl Dispatcher {
             workers,
             services,
             halts: self.risk.as_ref().map(|r| r.halts()).unwrap_or_default(),
+            pair: self.pair.map(|p| p.status(clock.now)),
         }
     }
 }

@@ -172,6 +172,8 @@ pub struct Dispatcher {
     risk: Option<risk::Stage>,
     /// Recent events for gap recovery (`tpx.replay`), shared with the relay.
     replay: Option<crate::relay::replay::Replay>,
+    /// The broker pair as last seen by the socket loop (`[pair]` configured).
+    pair: Option<crate::pair::PairView>,
     /// Messages to send; drained by the socket loop.
     pub(crate) out: Vec<Out>,
 }
@@ -201,6 +203,7 @@ impl Dispatcher {
             mgmt_metrics,
             risk: None,
             replay: None,
+            pair: None,
             out: Vec::new(),
         }
     }
@@ -209,6 +212,11 @@ impl Dispatcher {
     /// [`risk::Stage::check`] after admission and before it is queued.
     pub(crate) fn set_risk(&mut self, stage: risk::Stage) {
         self.risk = Some(stage);
+    }
+
+    /// What `tpx.status` says about the broker pair (the socket loop keeps it fresh).
+    pub(crate) fn set_pair(&mut self, view: crate::pair::PairView) {
+        self.pair = Some(view);
     }
 
     /// Answers `tpx.replay` from `store` (the relay's gap-recovery store).

@@ -22,6 +22,13 @@ pub fn run(conn: &super::Conn, args: StatusArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!("broker {} up {}s", status.broker, status.uptime_s);
+    if let Some(p) = &status.pair {
+        let peer = match (&p.peer_state, p.peer_age_ms) {
+            (Some(s), Some(ms)) => format!("{s}, heard {ms} ms ago"),
+            _ => "never heard".to_string(),
+        };
+        println!("pair {} {} (peer: {peer})", p.role, p.state);
+    }
     println!(
         "{:<36}  {:<20}  {:>8}  {:>9}  {:>12}  {:>8}",
         "WORKER", "SERVICES", "CAPACITY", "IN_FLIGHT", "HEARTBEAT_MS", "SERVED"
