@@ -74,7 +74,7 @@ struct Args {
     #[arg(long)]
     insecure: bool,
     /// Log filter (e.g. info, debug, tradeplex_broker=debug).
-    #[arg(long, default_value = "info", env = "TRADEPLEX_LOG")]
+    #[arg(long, default_value = "info", env = "TRADEPLEX_LOG", value_parser = tradeplex_ops::logging::parse_filter)]
     log_level: String,
     /// Log as JSON lines.
     #[arg(long)]

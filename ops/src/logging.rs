@@ -57,6 +57,14 @@ pub fn check_filter(level: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// [`check_filter`] as a clap `value_parser` for `--log-level`: a filter that does not
+/// parse is a usage error (exit 2) instead of silently logging at `info`.
+pub fn parse_filter(level: &str) -> Result<String, String> {
+    check_filter(level)
+        .map(|()| level.to_string())
+        .map_err(|e| format!("not a log filter: {e}"))
+}
+
 /// An error and its causes as one line for stderr: `outer: cause: root`, leaving out a
 /// cause whose text the line already holds (a `#[error("…: {source}")]` repeats it) and
 /// the source-snippet lines of TOML parse errors, so a script sees one line per failure.

@@ -149,4 +149,21 @@ fn a_daily_cap_and_a_halt_survive_a_broker_restart_and_audit_shows_the_order() {
     );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("SIM.nobody.1"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    // With --json the failure is the `{"error": …}` object every command prints.
+    let out = run_to_exit(
+        "tradeplex",
+        &[
+            "audit".to_string(),
+            "SIM.nobody.1".into(),
+            "--journal".into(),
+            journal.to_str().unwrap().into(),
+            "--json".into(),
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let err: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+    assert_eq!(err["error"]["name"], "not_found", "{out:?}");
+    assert!(err["error"]["code"].is_null(), "{out:?}");
 }

@@ -245,6 +245,9 @@ fn an_unreachable_broker_is_unavailable_at_once_not_a_timeout() {
             "--timeout-ms",
             "10000",
         ],
+        // A subscriber alone would wait for the broker forever.
+        &["tail", "order.", "--count", "1", "--json"],
+        &["tail", "order.", "--idle-timeout-ms", "10000"],
     ];
     for case in cases {
         let mut args = strings(&["--broker", &ep, "--events", &ep]);
@@ -324,5 +327,15 @@ fn config_errors_are_one_line_without_repeated_causes() {
             assert!(out.stderr.contains(file.to_str().unwrap()), "{ctx}");
             assert_eq!(out.stderr.matches(word).count(), 1, "{ctx}");
         }
+        // A log filter that does not parse is refused before anything starts, as in
+        // `tradeplex` (it used to fall back to `info` silently).
+        let args = strings(&["--log-level", "a=b=c", "--http", "off"]);
+        let out = run_to_exit(bin, &args, LIMIT);
+        assert_eq!(out.code, Some(2), "{bin}: {out:?}");
+        assert!(out.stdout.is_empty(), "{bin}: {out:?}");
+        assert!(
+            out.stderr.starts_with("error: ") && out.stderr.contains("not a log filter"),
+            "{bin}: {out:?}"
+        );
     }
 }

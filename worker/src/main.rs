@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, env = "TRADEPLEX_CURVE_KEY_FILE")]
     curve_key_file: Option<PathBuf>,
     /// Log filter.
-    #[arg(long, default_value = "info", env = "TRADEPLEX_LOG")]
+    #[arg(long, default_value = "info", env = "TRADEPLEX_LOG", value_parser = tradeplex_ops::logging::parse_filter)]
     log_level: String,
     /// Log as JSON lines.
     #[arg(long)]

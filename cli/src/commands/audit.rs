@@ -175,10 +175,15 @@ pub fn run(args: AuditArgs) -> anyhow::Result<i32> {
             (_, Some(r)) => format!("reference {r}"),
             _ => String::new(),
         };
-        eprintln!(
-            "not_found: no audit line for {what} in {}",
-            args.journal.display()
-        );
+        let message = format!("no audit line for {what} in {}", args.journal.display());
+        eprintln!("not_found: {message}");
+        if args.json {
+            // The shape of every other command's failure under --json.
+            let err = serde_json::json!({"error": {
+                "name": "not_found", "code": null, "message": message, "worker": null,
+            }});
+            println!("{err}");
+        }
         return Ok(super::exit::FAILED);
     }
     for l in found {

@@ -1,5 +1,6 @@
 //! `tradeplex tail TOPIC_PREFIX [--count N]`: one event per line as JSON
-//! (`topic`, `worker`, `seq`, `time`, `ts_ns`, `kind`, `event`).
+//! (`topic`, `worker`, `seq`, `time`, `ts_ns`, `kind`, `event`); an unreachable broker
+//! ends it `unavailable` (exit 1).
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ pub struct TailArgs {
     #[arg(long, default_value_t = 0)]
     idle_timeout_ms: u64,
     /// Accepted for symmetry with the other commands: `tail` always prints one JSON
-    /// object per line.
+    /// object per line (a broker that cannot be reached: `{"error": {...}}`).
     #[arg(long)]
     json: bool,
 }
@@ -67,6 +68,15 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 pub fn run(conn: &super::Conn, args: TailArgs) -> anyhow::Result<i32> {
     let sub = conn.subscribe(&[args.prefix.as_str()])?;
+    // A subscriber alone would wait for an unreachable broker forever (its socket keeps
+    // reconnecting): without a broker heartbeat soon, ask the broker, so that a broker
+    // that refuses connections ends `tail` with `unavailable` at once. Once it has been
+    // reached, `tail` rides out broker restarts as before.
+    if !sub.wait_connected(Duration::from_millis(200)) {
+        if let Err(e) = conn.connect(3000)?.status() {
+            return Ok(super::fail(&e, args.json));
+        }
+    }
     let mut seen = 0u64;
     let idle = (args.idle_timeout_ms > 0).then(|| Duration::from_millis(args.idle_timeout_ms));
     let mut quiet = Duration::ZERO;
