@@ -12,10 +12,17 @@ result}`` (``sent``, ``filled``, ``cancelled``, ``rejected``),
 ``tradeplex_worker_journal_errors_total``. Like every Tradeplex binary it also exports the
 ``process_*`` family (prometheus_client's ProcessCollector, Linux) and
 ``tradeplex_build_info{version, commit}`` (commit "unknown": a Python package carries none).
+
+The port is hardened like the Rust binaries' (ops/src/http.rs, docs/operations.md "Health
+endpoints"): the request head must arrive within 5 s and fit in 8 KiB (else the connection
+is closed, or 431), only GET and HEAD are served (405 with ``Allow``), bodies are refused
+(413), at most 64 connections are served at once, and every answer carries the same
+no-cache / no-sniff / no-frame headers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -129,8 +136,50 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+#: As ops/src/http.rs: the whole request head within this long of connecting ...
+HEADER_READ_TIMEOUT_S = 5.0
+#: ... and at most this large (request line and headers) ...
+MAX_HEADER_BYTES = 8 * 1024
+#: ... and at most this many connections served at once (more are closed at once).
+MAX_CONNECTIONS = 64
+#: Headers on every answer, as the Rust binaries send them.
+_HARDENING = (
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+)
+
+
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most `MAX_CONNECTIONS` of them."""
+
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a burst of probes and scrapes past it
+    # waits in the kernel for SYN retransmits (seconds) instead of being served or refused.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("http connection from %s refused: too many open", client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Server6(_Server):
@@ -145,6 +194,60 @@ class HttpServer:
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
+            # Per socket read; the deadline set in `setup` bounds the whole head.
+            timeout = HEADER_READ_TIMEOUT_S
+
+            def setup(self) -> None:
+                super().setup()
+                # A head trickled a byte at a time passes a per-read timeout: close the
+                # connection if the whole head has not arrived in time.
+                self._deadline = threading.Timer(HEADER_READ_TIMEOUT_S, self._expire)
+                self._deadline.daemon = True
+                self._deadline.start()
+
+            def _expire(self) -> None:
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+
+            def finish(self) -> None:
+                self._deadline.cancel()
+                super().finish()
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()
+                self._deadline.cancel()
+                if not ok:
+                    return False
+                head = (
+                    len(self.requestline)
+                    + 2
+                    + sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+                )
+                if head > MAX_HEADER_BYTES:
+                    self._refuse(431, b"request header fields too large\n")
+                elif self.command not in ("GET", "HEAD"):
+                    self._refuse(405, b"method not allowed\n", ("Allow", "GET, HEAD"))
+                elif "Transfer-Encoding" in self.headers or self.headers.get(
+                    "Content-Length", "0"
+                ).strip() not in ("", "0"):
+                    # The body is never read: answer and close rather than drain it.
+                    self._refuse(413, b"request bodies are refused\n")
+                else:
+                    return True
+                return False
+
+            def _refuse(self, status: int, body: bytes, *extra: tuple[str, str]) -> None:
+                self.close_connection = True
+                self.send_response(status)
+                for name, value in extra:
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -159,12 +262,21 @@ class HttpServer:
                 else:
                     self._answer(404, "text/plain", b"not found\n")
 
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
             def _answer(self, status: int, content_type: str, body: bytes) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def end_headers(self) -> None:
+                for name, value in _HARDENING:
+                    self.send_header(name, value)
+                super().end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug(format, *args)
