@@ -41,6 +41,15 @@ pub enum ClientError {
     /// The request could not be encoded.
     #[error("bad_request: {0}")]
     Encode(String),
+    /// The body is larger than the broker takes (`max_body_bytes`); refused before
+    /// sending, as the broker would refuse it (`too_large`), so certainly not executed.
+    #[error("too_large: body is {size} bytes, limit {limit}; request not sent")]
+    TooLarge {
+        /// The body's size in bytes.
+        size: usize,
+        /// The limit ([`crate::ClientOptions`]' `max_body_bytes`).
+        limit: usize,
+    },
     /// The reply could not be decoded.
     #[error("bad_reply: {0}")]
     Decode(String),
@@ -51,7 +60,8 @@ pub enum ClientError {
 
 impl ClientError {
     /// The stable name printed by the CLI: a wire code name, or `timeout` / `unavailable` /
-    /// `overloaded` / `closed` / `bad_request` / `bad_reply` for client-side failures.
+    /// `overloaded` / `closed` / `bad_request` / `too_large` / `bad_reply` for client-side
+    /// failures.
     pub fn name(&self) -> &str {
         match self {
             ClientError::Remote { name, .. } => name,
@@ -60,6 +70,7 @@ impl ClientError {
             ClientError::TooManyInFlight(_) => "overloaded",
             ClientError::Closed | ClientError::Connect(_) => "closed",
             ClientError::Encode(_) => "bad_request",
+            ClientError::TooLarge { .. } => "too_large",
             ClientError::Decode(_) => "bad_reply",
         }
     }

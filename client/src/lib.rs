@@ -274,11 +274,10 @@ impl Client {
     ) -> Result<PendingCall, ClientError> {
         let service = ServiceName::new(service).map_err(|e| ClientError::Encode(e.to_string()))?;
         if body.len() > self.inner.options.max_body_bytes {
-            return Err(ClientError::Encode(format!(
-                "body is {} bytes, limit {}",
-                body.len(),
-                self.inner.options.max_body_bytes
-            )));
+            return Err(ClientError::TooLarge {
+                size: body.len(),
+                limit: self.inner.options.max_body_bytes,
+            });
         }
         let timeout = opts.timeout.unwrap_or(self.inner.options.timeout);
         let id = RequestId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));

@@ -217,6 +217,20 @@ fn call_takes_a_512_kib_body_from_stdin_and_from_a_file() {
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     assert_eq!(json_out(&out)["reply"], big);
 
+    // Over the broker's 1 MiB: refused before sending with the wire's name for it (the
+    // Python client's too), certainly not executed.
+    let over = json!({"blob": "x".repeat(1024 * 1024)}).to_string();
+    let out = tpx_stdin(
+        &broker,
+        &["call", "echo", "-", "--json"],
+        Some(over.into_bytes()),
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let e = &json_out(&out)["error"];
+    assert_eq!(e["name"], "too_large", "{out:?}");
+    assert!(e["code"].is_null(), "refused client-side: {out:?}");
+    assert!(out.stderr.starts_with("too_large: "), "{out:?}");
+
     // Not JSON on stdin, or a file that is not there: usage errors, nothing sent.
     let out = tpx_stdin(&broker, &["call", "echo", "-"], Some(b"{nope".to_vec()));
     assert_eq!(out.code, Some(2), "{out:?}");
