@@ -168,6 +168,31 @@ fn order_exits_0_when_working_3_when_rejected_and_cancel_prints_json() {
 }
 
 #[test]
+fn tail_prints_one_json_event_per_line_and_exits_after_count_or_idle() {
+    let broker = Broker::start(&[]);
+    // The broker's own heartbeat events (every 100 ms in tests).
+    let out = tpx(&broker, &["tail", "hb.", "--count", "2", "--json"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    for ev in &lines {
+        assert_eq!(ev["topic"], "hb.broker", "{ev}");
+        assert_eq!(ev["kind"], "hb", "{ev}");
+        for k in ["worker", "seq", "time", "ts_ns", "event"] {
+            assert!(ev.get(k).is_some(), "no {k} in {ev}");
+        }
+    }
+    // Nothing under the prefix: it ends after the idle time, exit 0, nothing printed.
+    let out = tpx(&broker, &["tail", "nothing.", "--idle-timeout-ms", "300"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
 fn a_risk_rejected_order_exits_3() {
     let path = temp_path("cli-risk-broker.toml");
     std::fs::write(
