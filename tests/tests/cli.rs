@@ -325,7 +325,17 @@ fn usage_errors_exit_2_with_nothing_on_stdout() {
             "status",
         ],
     ];
-    for case in cases {
+    // A server key that is not a key (with a good key file) is a usage error too.
+    let keys = keygen("cli-usage-key");
+    let bad_server_key: &[&str] = &[
+        "--curve-server-key",
+        "notakey",
+        "--curve-key-file",
+        keys.file.to_str().unwrap(),
+        "status",
+    ];
+    let cases: Vec<&[&str]> = cases.iter().copied().chain([bad_server_key]).collect();
+    for case in &cases {
         let mut args = strings(&["--broker", &ep]);
         args.extend(strings(case));
         let out = run_to_exit("tradeplex", &args, LIMIT);

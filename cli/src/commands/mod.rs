@@ -191,10 +191,16 @@ impl Conn {
     fn from_args(args: &Args) -> anyhow::Result<Conn> {
         let curve = match (&args.curve_server_key, &args.curve_key_file) {
             (None, None) => None,
-            (Some(server_key), Some(file)) => Some(ClientCurve {
-                server_key: server_key.clone(),
-                keys: KeyPair::from_file(file).map_err(|e| UsageError(e.to_string()))?,
-            }),
+            (Some(server_key), Some(file)) => {
+                let keys = KeyPair::from_file(file).map_err(|e| UsageError(e.to_string()))?;
+                // A bad value is a usage error like a bad file, not a failed call.
+                curve::check_key("--curve-server-key", server_key)
+                    .map_err(|e| UsageError(e.to_string()))?;
+                Some(ClientCurve {
+                    server_key: server_key.clone(),
+                    keys,
+                })
+            }
             _ => {
                 return Err(UsageError(
                     "CURVE needs both --curve-server-key and --curve-key-file".into(),
