@@ -75,8 +75,9 @@ impl Drop for Piped {
     }
 }
 
-/// A broker and a worker logging at info with `extra` flags; the lines each printed up to
-/// the worker's registration (broker: `worker registered`, worker: `registered with broker`).
+/// A broker and a worker (serving SIM) logging at info with `extra` flags; the lines each
+/// printed up to the worker's registration (broker: `worker registered`, worker:
+/// `registered with broker`).
 fn registration_logs(extra: &[&str]) -> (Vec<String>, Vec<String>) {
     let any = "tcp://127.0.0.1:*";
     let mut args = vec![
@@ -114,6 +115,8 @@ fn registration_logs(extra: &[&str]) -> (Vec<String>, Vec<String>) {
         &xsub,
         "--log-level",
         "info",
+        "--service",
+        "SIM",
     ];
     wargs.extend_from_slice(extra);
     let worker = Piped::start("tradeplex-worker", &wargs);
@@ -130,8 +133,14 @@ fn human_logs_to_a_pipe_have_no_ansi_colours_and_plain_service_names() {
         assert!(!line.contains("\x1b["), "ANSI escape in {line:?}");
     }
     let registered = broker.last().map(String::as_str).unwrap_or_default();
-    assert!(registered.contains("services=echo"), "{registered}");
+    assert!(registered.contains("services=SIM,echo"), "{registered}");
     assert!(!registered.contains("ServiceName"), "{registered}");
+    // The gateway's own lines name it plainly too (not `gateway="SIM"`).
+    let connected = worker
+        .iter()
+        .find(|l| l.contains("connection connected"))
+        .unwrap_or_else(|| panic!("no gateway connection line in {worker:?}"));
+    assert!(connected.ends_with(" gateway=SIM"), "{connected}");
 }
 
 #[test]
@@ -153,11 +162,11 @@ fn json_logs_have_a_top_level_message_on_every_line() {
         .find(|(m, _)| m == "worker registered")
         .map(|(_, v)| v)
         .expect("a worker registered line");
-    assert_eq!(registered["services"], "echo", "{registered}");
+    assert_eq!(registered["services"], "SIM,echo", "{registered}");
     let on_worker = messages
         .iter()
         .find(|(m, _)| m == "registered with broker")
         .map(|(_, v)| v)
         .expect("a registered with broker line");
-    assert_eq!(on_worker["services"], "echo", "{on_worker}");
+    assert_eq!(on_worker["services"], "SIM,echo", "{on_worker}");
 }

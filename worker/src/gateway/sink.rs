@@ -167,9 +167,9 @@ impl EventSink {
     pub fn log(&self, gateway: &str, level: &str, msg: impl Into<String>) {
         let msg = msg.into();
         match level {
-            "error" => tracing::error!(gateway, "{msg}"),
-            "warn" => tracing::warn!(gateway, "{msg}"),
-            _ => tracing::info!(gateway, "{msg}"),
+            "error" => tracing::error!(%gateway, "{msg}"),
+            "warn" => tracing::warn!(%gateway, "{msg}"),
+            _ => tracing::info!(%gateway, "{msg}"),
         }
         let log = Log {
             gateway: gateway.to_string(),
