@@ -229,3 +229,38 @@ def test_vnpy_gateway_with_both_endpoints_keeps_trading(cluster: Cluster) -> Non
     gw = _gateway(me)
     assert gw.client is not None and gw.client.current_broker == pair.backup.frontend
     wait_for(lambda: any("resyncing" in line for line in logs), 10, "the gateway resynced")
+
+
+def test_clients_and_workers_starting_at_the_passive_broker_move_to_the_active(
+    cluster: Cluster,
+) -> None:
+    pair = cluster.pair()
+    pair.primary.proc.kill()
+    # Someone must vote for the takeover: a client at the backup alone.
+    with tradeplex.Client(pair.backup.frontend, timeout_ms=1000) as voter:
+        wait_for(lambda: _echo(voter), 15, "the backup taking over")
+    # The primary restarted comes back passive (the backup stays active).
+    config = str(cluster.tmp / "pair-primary.toml")
+    primary = cluster.broker(pair.primary, "--config", config, "--grace-ms", "5000", http=True)
+    restarted = BrokerPair(primary, pair.backup)
+    wait_for(lambda: pair_state(primary) == "passive", 15, "restarted primary passive")
+    seen: list[Any] = []
+    w = _py_worker(restarted, seen).start()
+    cluster.closers.append(w.stop)
+    assert w.wait_registered(10) and w.current_broker == pair.backup.backend
+    with tradeplex.Client(restarted.frontends, timeout_ms=5000) as c:
+        # Refused by the passive primary (not queued), sent again at the backup.
+        assert c.call("py.echo", {"order": 1}) == {"order": 1}
+        assert c.current_broker == pair.backup.frontend and c.stats["switches"] == 1
+        assert c.call("py.echo", {"order": 2}) == {"order": 2}
+        assert c.stats["switches"] == 1
+    assert seen == [{"order": 1}, {"order": 2}]
+    assert pair_state(primary) == "passive"
+
+
+def _echo(c: tradeplex.Client) -> bool:
+    try:
+        c.call("tpx.replay", {"source": str(uuid.uuid4()), "topic": "log.x", "from_seq": 1})
+    except tradeplex.CallError as e:
+        return not is_passive_refusal(e.code, e.message)
+    return True
