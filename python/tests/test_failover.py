@@ -4,6 +4,7 @@ flight; clients, Python workers, subscribers and the vn.py gateway carry on at t
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -264,3 +265,71 @@ def _echo(c: tradeplex.Client) -> bool:
     except tradeplex.CallError as e:
         return not is_passive_refusal(e.code, e.message)
     return True
+
+
+def test_direct_sync_calls_in_flight_at_a_killed_broker(cluster: Cluster) -> None:
+    # Sync calls on idle clients are sent and awaited on the caller's thread, which also
+    # watches the connection: a drop hands them to the I/O thread, which settles them.
+    pair = cluster.pair()
+    w1 = cluster.worker(pair.primary, journal=True)
+    w2 = cluster.worker(pair.backup, journal=True, wait=False)
+    clients = {m: tradeplex.Client(pair.frontends, timeout_ms=10_000) for m in ("q", "o")}
+    for c in clients.values():
+        cluster.closers.append(c.close)
+        wait_for(lambda c=c: c.call("echo", 0) == 0 and c.stats["direct"] > 0, 5, "direct")
+    results: dict[str, object] = {}
+
+    def run(mark: str) -> None:
+        try:
+            results[mark] = clients[mark].call(
+                "echo", {"sleep_ms": 4000, "mark": mark}, idempotent=mark == "q"
+            )
+        except tradeplex.CallError as e:
+            results[mark] = e
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in clients]
+    for t in threads:
+        t.start()
+    wait_for(lambda: _in_flight(pair.primary.frontend) == 2, 5, "both calls in flight")
+    pair.primary.proc.kill()
+    for t in threads:
+        t.join(20)
+    err = results["o"]
+    assert isinstance(err, tradeplex.CallError) and err.code == "worker_lost", err
+    assert results["q"] == {"sleep_ms": 4000, "mark": "q"}
+    marks = _journal_ids(w1.journal, w2.journal)
+    # The query ran at both (idempotent calls may run more than once: that is their
+    # contract); the order once, ever.
+    assert marks.count("o") == 1 and marks.count("q") >= 2
+    assert clients["o"].stats["resends"] == 0 and clients["q"].stats["handovers"] >= 1
+    assert all(c.current_broker == pair.backup.frontend for c in clients.values())
+
+
+def test_no_broker_of_a_pair_up_ends_unavailable_in_time() -> None:
+    from conftest import free_port
+
+    eps = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
+    with tradeplex.Client(eps, timeout_ms=2500) as c:
+        started = time.monotonic()
+        with pytest.raises(tradeplex.CallError) as e:
+            c.call("echo", 1)
+        assert e.value.code == "unavailable" and "not sent" in e.value.message
+        assert time.monotonic() - started < 3.5
+        # No connection for 1 s: the client moved on, at most once a second.
+        assert 1 <= c.stats["switches"] <= 3
+
+
+def test_worker_host_takes_a_pair_from_flags_and_toml(tmp_path: Any) -> None:
+    pytest.importorskip("vnpy")
+    from tradeplex.vnpy.worker import ConfigError, _parser, resolve
+
+    two = f"{A},{B}"
+    c = resolve(_parser().parse_args(["--gateway", "m:C", "--broker", two, "--events", two]))
+    assert (c["broker"], c["events"]) == (two, two)
+    toml = tmp_path / "host.toml"
+    toml.write_text(f'gateway = "m:C"\nbroker = ["{A}", "{B}"]\nevents = "{A}"\n')
+    c = resolve(_parser().parse_args(["--config", str(toml)]))
+    assert (c["broker"], c["events"]) == (two, A)
+    for flags in (["--broker", f"{A},{A}"], ["--broker", f"{A},x"], ["--events", f"{A},{B},x"]):
+        with pytest.raises(ConfigError):
+            resolve(_parser().parse_args(["--gateway", "m:C", *flags]))
