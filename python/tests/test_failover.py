@@ -4,6 +4,7 @@ flight; clients, Python workers, subscribers and the vn.py gateway carry on at t
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -274,9 +275,13 @@ def test_direct_sync_calls_in_flight_at_a_killed_broker(cluster: Cluster) -> Non
     w1 = cluster.worker(pair.primary, journal=True)
     w2 = cluster.worker(pair.backup, journal=True, wait=False)
     clients = {m: tradeplex.Client(pair.frontends, timeout_ms=10_000) for m in ("q", "o")}
+
+    def direct(c: tradeplex.Client) -> bool:
+        return bool(c.call("echo", 0) == 0 and c.stats["direct"] > 0)
+
     for c in clients.values():
         cluster.closers.append(c.close)
-        wait_for(lambda c=c: c.call("echo", 0) == 0 and c.stats["direct"] > 0, 5, "direct")
+        wait_for(functools.partial(direct, c), 5, "a direct call")
     results: dict[str, object] = {}
 
     def run(mark: str) -> None:
