@@ -338,3 +338,16 @@ def test_worker_host_takes_a_pair_from_flags_and_toml(tmp_path: Any) -> None:
     for flags in (["--broker", f"{A},{A}"], ["--broker", f"{A},x"], ["--events", f"{A},{B},x"]):
         with pytest.raises(ConfigError):
             resolve(_parser().parse_args(["--gateway", "m:C", *flags]))
+
+
+def test_two_passive_brokers_asked_in_turn_log_a_few_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f = Failover([A, B])
+    with caplog.at_level("DEBUG", logger="tradeplex.failover"):
+        for _ in range(20):
+            f.on_passive(0.0, "passive")
+        f.on_gone(1.0, "connection dropped")
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3 and "connection dropped" in warnings[-1].getMessage()
+    assert f.switches == 21

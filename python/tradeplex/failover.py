@@ -141,7 +141,9 @@ class Failover:
         while nxt != self.index:
             seen = self._gone.get(nxt)
             if seen is None or now - seen > GONE_MEMORY_S:
-                self._move(nxt, why)
+                # Two passive brokers (a takeover not yet made) are asked in turn: the
+                # first moves of a run are warnings, the rest debug lines.
+                self._move(nxt, why, logging.WARNING if self.refusals <= 2 else logging.DEBUG)
                 return Switch(self.current, True, delay)
             nxt = self._next(nxt)
         return Switch(self.current, False, delay)
@@ -157,9 +159,14 @@ class Failover:
     def _next(self, i: int) -> int:
         return (i + 1) % len(self.endpoints)
 
-    def _move(self, to: int, why: str) -> None:
-        log.warning(
-            "%s switching broker %s -> %s: %s", self.name, self.current, self.endpoints[to], why
+    def _move(self, to: int, why: str, level: int = logging.WARNING) -> None:
+        log.log(
+            level,
+            "%s switching broker %s -> %s: %s",
+            self.name,
+            self.current,
+            self.endpoints[to],
+            why,
         )
         self.index = to
         self.switches += 1
