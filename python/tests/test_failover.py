@@ -5,6 +5,7 @@ flight; clients, Python workers, subscribers and the vn.py gateway carry on at t
 from __future__ import annotations
 
 import functools
+import signal
 import threading
 import time
 import uuid
@@ -351,3 +352,29 @@ def test_two_passive_brokers_asked_in_turn_log_a_few_warnings(
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 3 and "connection dropped" in warnings[-1].getMessage()
     assert f.switches == 21
+
+
+def test_a_silent_active_broker_is_left_by_zmtp_heartbeats(cluster: Cluster) -> None:
+    # SIGSTOP: the connection stays open but nothing answers, as when a host hangs or a
+    # link is cut; ZMTP heartbeats (250 ms, 1 s timeout) drop it on the client's side.
+    pair = cluster.pair()
+    w1 = cluster.worker(pair.primary, journal=True)
+    w2 = cluster.worker(pair.backup, journal=True, wait=False)
+    c = tradeplex.Client(pair.frontends, timeout_ms=10_000)
+    cluster.closers.append(c.close)
+    assert c.call("echo", 1) == 1
+    order = c.call_async("echo", {"sleep_ms": 300, "mark": "o"})
+    query = c.call_async("echo", {"sleep_ms": 300, "mark": "q"}, idempotent=True)
+    wait_for(lambda: _in_flight(pair.primary.frontend) == 2, 5, "both calls in flight")
+    pair.primary.proc.p.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        err = order.exception(8)
+        assert isinstance(err, tradeplex.CallError) and err.code == "worker_lost", err
+        # Found by the heartbeat timeout, not by the call's own timeout (10 s).
+        assert time.monotonic() - stopped < 5.0
+        assert query.result(15) == {"sleep_ms": 300, "mark": "q"}
+        assert c.current_broker == pair.backup.frontend
+        assert _journal_ids(w1.journal, w2.journal).count("o") == 1
+    finally:
+        pair.primary.proc.kill()
