@@ -185,7 +185,8 @@ def test_python_worker_and_subscriber_follow_the_pair(cluster: Cluster) -> None:
     assert w.current_broker == pair.backup.backend and w.switches >= 1
     assert w.registered
     wait_for(lambda: published(2), 10, "an event through the backup")
-    assert sub.reconnects >= 1  # the primary's heartbeat went silent (the gateway resyncs)
+    # The primary's heartbeat went silent (what makes the vn.py gateway resync).
+    wait_for(lambda: sub.reconnects >= 1, 5, "the lost broker reported")
     assert {"after": 1} in seen
 
 
