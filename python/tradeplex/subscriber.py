@@ -261,16 +261,16 @@ class Subscriber:
         """One SUB per endpoint; each is rebuilt when its broker's heartbeat is silent."""
         now = time.monotonic()
         last = [now] * len(sockets)
-        heard = [False] * len(sockets)  # heard since the last rebuild
+        heard = [False] * len(sockets)  # heard from since the last rebuild
         poller = self._poller(sockets)
         try:
             while not self._stop.is_set():
                 self._apply_control(sockets)
                 for sock, _ in poller.poll(_POLL_MS):
                     i = sockets.index(sock)
+                    heard[i] = True  # a broker was there (any message; liveness is by hb)
                     if self._drain(sock, i):
                         last[i] = time.monotonic()
-                        heard[i] = True
                 now = time.monotonic()
                 for i in range(len(sockets)):
                     if now - last[i] <= self._silence_s:
