@@ -379,3 +379,24 @@ def test_a_silent_active_broker_is_left_by_zmtp_heartbeats(cluster: Cluster) -> 
         assert _journal_ids(w1.journal, w2.journal).count("o") == 1
     finally:
         pair.primary.proc.kill()
+
+
+def test_refused_by_the_passive_until_its_deadline_a_call_ends_unavailable(
+    cluster: Cluster,
+) -> None:
+    pair = cluster.pair()
+    c = tradeplex.Client(pair.frontends, timeout_ms=400)
+    cluster.closers.append(c.close)
+    assert c.call("tpx.status", idempotent=True)["pair"]["state"] == "active"
+    pair.primary.proc.kill()
+    # tpx.status is answered by a passive broker too (and is no vote for a takeover).
+    wait_for(
+        lambda: c.call("tpx.status", idempotent=True)["pair"]["state"] == "passive",
+        5,
+        "the client at the backup",
+    )
+    assert c.current_broker == pair.backup.frontend
+    with pytest.raises(tradeplex.CallError) as e:
+        c.call("echo", {"order": 1})  # inside the window: refused, never queued
+    assert e.value.code == "unavailable" and not e.value.outcome_unknown
+    assert e.value.message.startswith("passive broker") and e.value.message.endswith("not sent")
