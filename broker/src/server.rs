@@ -625,7 +625,7 @@ impl Loop {
     ) -> Result<crate::risk::Caller, crate::risk::identity::Refusal> {
         let ids = &self.identities;
         if !ids.curve() && h.client.is_none() {
-            return Ok(crate::risk::Caller::default());
+            return Ok(ids.anonymous());
         }
         // Frame 1 came off the wire (frame 0 is the ROUTER's routing id), so it carries the
         // connection's properties.

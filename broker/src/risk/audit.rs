@@ -98,6 +98,12 @@ pub enum Line {
         account: String,
         /// Why.
         reason: String,
+        /// Who: the client's name (absent = anonymous).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        /// The client's connection (the broker's routing id for it), hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
     },
     /// A resume (`*` = every halt lifted).
     Resume {
@@ -105,6 +111,12 @@ pub enum Line {
         ts_ms: u64,
         /// The account resumed.
         account: String,
+        /// Who: the client's name (absent = anonymous).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        /// The client's connection (the broker's routing id for it), hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
     },
     /// A runtime change of what the broker enforces: risk limits (`tpx.risk`, a SIGHUP
     /// reload) or the CURVE allow-lists and names (a reload). One line per entry changed.
