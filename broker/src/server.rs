@@ -283,6 +283,7 @@ impl Broker {
             open_audit(risk, &stage)?;
         }
         relay.set_risk(stage.feed());
+        let pair_stage = pair.is_some().then(|| stage.clone());
         dispatcher.set_risk(stage);
         if config.replay_bytes > 0 {
             let store = crate::relay::replay::Replay::new(
@@ -297,11 +298,12 @@ impl Broker {
             dispatcher.set_replay(store);
         }
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
-        if let Some(p) = &mut pair {
+        if let (Some(p), Some(stage)) = (&mut pair, pair_stage) {
             p.start(
                 dispatcher.broker_id(),
                 http.as_ref().map(|h| h.ready_flag()),
             );
+            p.replicate(stage)?;
         }
         let mut lp = Loop {
             frontend,

@@ -9,6 +9,8 @@
 //! - [`identity`]: who sent a request (CURVE key names, declared names from loopback) and
 //!   the CURVE allow-lists.
 //! - [`manage`]: limits at runtime: `tpx.risk` (admins) and the SIGHUP reload, audited.
+//! - `replica`: the stage in a broker pair: the peer's journal lines appended here, and
+//!   the stage rebuilt from the journal when this broker takes over.
 //!
 //! The stage always exists: without `[risk]` it runs no rules and decodes no body unless
 //! a halt is in force, but keeps the book of working orders (from `order.` events) so a
@@ -25,6 +27,7 @@ pub mod halt;
 pub mod identity;
 pub mod manage;
 mod peek;
+mod replica;
 pub mod rules;
 pub mod state;
 #[cfg(test)]
@@ -249,6 +252,9 @@ impl Policy {
 }
 
 struct Shared {
+    /// False while this broker is a pair's passive one: it journals no trade events of its
+    /// own (the active broker's reach it through replication).
+    serving: AtomicBool,
     /// Set while any halt is in force, so an order check without one reads no lock.
     any_halt: AtomicBool,
     halts: Mutex<Halts>,
@@ -373,6 +379,7 @@ impl Stage {
         let policy = Policy::new(cfg, rules, tradeplex_proto::now_unix_ms(), "config");
         Stage {
             shared: Arc::new(Shared {
+                serving: AtomicBool::new(true),
                 any_halt: AtomicBool::new(false),
                 halts: Mutex::new(Halts::default()),
                 policy: RwLock::new(Arc::new(policy)),
@@ -1076,6 +1083,9 @@ impl Feed {
         let Some(a) = self.shared.audit.get() else {
             return;
         };
+        if !self.shared.serving.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(t) = rmp_serde::from_slice::<TradeOf>(body) else {
             return;
         };
