@@ -402,6 +402,11 @@ impl Pair {
         );
     }
 
+    /// The state link's receiving side, for the main loop's poll.
+    pub fn poll_item(&self) -> zmq::PollItem<'_> {
+        self.subscriber.as_poll_item(zmq::POLLIN)
+    }
+
     /// What `tpx.status` shows.
     pub fn view(&self) -> PairView {
         PairView {

@@ -516,7 +516,20 @@ impl Loop {
             ];
             // Round up so a sub-millisecond wait does not become a busy loop.
             let ms = timeout.as_micros().div_ceil(1000) as i64;
-            match zmq::poll(&mut items, ms) {
+            // The pair's link wakes the loop too (its tick follows the poll): a passive
+            // broker takes the active's journal lines as they come, not at the next timer.
+            let polled = match &self.pair {
+                Some(p) => {
+                    let [f, b] = items;
+                    let mut with_pair = [f, b, p.poll_item()];
+                    let r = zmq::poll(&mut with_pair, ms);
+                    let [f, b, _] = with_pair;
+                    items = [f, b];
+                    r
+                }
+                None => zmq::poll(&mut items, ms),
+            };
+            match polled {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
