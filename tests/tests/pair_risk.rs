@@ -149,10 +149,14 @@ fn a_halt_and_a_daily_cap_set_at_the_primary_hold_at_the_backup_after_kill9() {
     // Every line the primary wrote is confirmed by the backup before the primary dies
     // (what is not yet confirmed is the window a failover can lose).
     wait_until(Duration::from_secs(10), "replication caught up", || {
-        let head = primary.metric("tradeplex_pair_replication_head");
-        head >= 5.0 && primary.metric("tradeplex_pair_replication_acked") == head
+        let m = scrape(&primary.broker.http);
+        let head = m
+            .value("tradeplex_pair_replication_head", &[])
+            .unwrap_or(0.0);
+        head >= 5.0
+            && m.value("tradeplex_pair_replication_acked", &[]) == Some(head)
+            && m.value("tradeplex_pair_replication_lag_lines", &[]) == Some(0.0)
     });
-    assert_eq!(primary.metric("tradeplex_pair_replication_lag_lines"), 0.0);
     assert!(backup.metric("tradeplex_pair_replication_applied_total") >= 5.0);
     assert!(backup.journal_has("pr-1") && backup.journal_has("pr-2"));
     drop(at_primary);
@@ -250,4 +254,69 @@ fn malformed_replication_frames_are_counted_and_ignored() {
     assert_eq!(listener.state(), "backup");
     // Nothing that did not parse reached the journal.
     assert!(journal_lines(&listener.journal).is_empty());
+}
+
+#[test]
+fn with_curve_the_journal_lines_reach_the_backup_over_the_encrypted_link() {
+    let (pk, bk, ck) = (
+        keygen("pair-risk-primary.key"),
+        keygen("pair-risk-backup.key"),
+        keygen("pair-risk-client.key"),
+    );
+    let (p, b) = (
+        format!("tcp://127.0.0.1:{}", free_port()),
+        format!("tcp://127.0.0.1:{}", free_port()),
+    );
+    // Each broker admits the other's key on its backend-domain sockets (the state link)
+    // and names it as the peer's.
+    let start = |role: &str, own: &Keys, peer_key: &Keys, bind: &str, peer: &str| {
+        let config = temp_path(&format!("pair-risk-curve-{role}.toml"));
+        let journal = temp_path(&format!("pair-risk-curve-{role}.jsonl"));
+        let text = format!(
+            "[curve]\nkey_file = {:?}\nallow_clients = [{:?}]\nallow_workers = [{:?}]\n\
+             [pair]\nrole = \"{role}\"\nbind = \"{bind}\"\npeer = \"{peer}\"\n\
+             peer_timeout_ms = {WINDOW_MS}\npeer_public_key = {:?}\n\
+             [risk]\njournal = {:?}\n",
+            own.file.to_str().unwrap(),
+            ck.public,
+            peer_key.public,
+            peer_key.public,
+            journal.to_str().unwrap()
+        );
+        std::fs::write(&config, text).unwrap();
+        Member {
+            broker: Broker::start(&["--config", config.to_str().unwrap()]),
+            config,
+            journal,
+        }
+    };
+    let primary = start("primary", &pk, &bk, &p, &b);
+    let backup = start("backup", &bk, &pk, &b, &p);
+    wait_until(
+        Duration::from_secs(20),
+        "primary active, backup passive",
+        || primary.state() == "active" && backup.state() == "passive",
+    );
+    let mut opts = tradeplex_client::ClientOptions::default();
+    opts.curve = Some(ck.client_curve(&pk));
+    let client = Client::connect(&primary.broker.frontend, opts).unwrap();
+    client.halt(Some("desk2"), "curve on").unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the halt line at the backup",
+        || {
+            journal_lines(&backup.journal)
+                .iter()
+                .any(|l| l["event"] == "halt" && l["reason"] == "curve on")
+        },
+    );
+    // And the primary hears the backup's ack of it, over the same link.
+    wait_until(
+        Duration::from_secs(10),
+        "the backup's ack at the primary",
+        || {
+            primary.metric("tradeplex_pair_replication_head") >= 1.0
+                && primary.metric("tradeplex_pair_replication_lag_lines") == 0.0
+        },
+    );
 }
