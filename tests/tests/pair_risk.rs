@@ -297,8 +297,10 @@ fn with_curve_the_journal_lines_reach_the_backup_over_the_encrypted_link() {
         "primary active, backup passive",
         || primary.state() == "active" && backup.state() == "passive",
     );
-    let mut opts = tradeplex_client::ClientOptions::default();
-    opts.curve = Some(ck.client_curve(&pk));
+    let opts = tradeplex_client::ClientOptions {
+        curve: Some(ck.client_curve(&pk)),
+        ..Default::default()
+    };
     let client = Client::connect(&primary.broker.frontend, opts).unwrap();
     client.halt(Some("desk2"), "curve on").unwrap();
     wait_until(
