@@ -4,9 +4,12 @@
 //!
 //! A state message is one frame of [`MESSAGE_LEN`] bytes: `TPXP01`, the sender's role
 //! (1 primary, 2 backup), its state (1 primary, 2 backup, 3 active, 4 passive) and its
-//! 16-byte broker instance id. Anything else is counted as a bad frame and ignored.
+//! 16-byte broker instance id. The same link carries the audit journal's replication
+//! ([`replication`]: numbered lines one way, acks the other). Anything else is counted as
+//! a bad frame and ignored.
 
 pub mod fsm;
+pub mod replication;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,7 +44,14 @@ pub struct PairConfig {
     /// own public key must be in the peer's `curve.allow_workers`.
     #[serde(default)]
     pub peer_public_key: Option<String>,
+    /// Bytes of this broker's audit journal lines held for the peer until it confirms them
+    /// (the replication's buffer; older lines are dropped past it); default 16 MiB.
+    #[serde(default)]
+    pub replication_bytes: Option<usize>,
 }
+
+/// The replication buffer's default size.
+pub const DEFAULT_REPLICATION_BYTES: usize = 16 << 20;
 
 /// The role as written in the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -64,6 +74,13 @@ impl PairConfig {
                 "pair.peer_timeout_ms",
                 (20..=600_000).contains(&ms),
                 "must be 20-600000",
+            )?;
+        }
+        if let Some(b) = self.replication_bytes {
+            check(
+                "pair.replication_bytes",
+                (64 << 10..=4 << 30).contains(&b),
+                "must be 65536 to 4294967296",
             )?;
         }
         match &self.peer_public_key {
@@ -238,8 +255,9 @@ impl PairMetrics {
     }
 }
 
-/// Most state messages read per loop turn (a flooding peer cannot starve the loop).
-const MAX_READ: usize = 64;
+/// Most messages read per loop turn (a flooding peer cannot starve the loop); a window of
+/// journal lines fits.
+const MAX_READ: usize = 1024;
 
 /// This broker's side of the pair: the state link and the machine.
 pub struct Pair {
@@ -257,6 +275,9 @@ pub struct Pair {
     ready: Option<Arc<AtomicBool>>,
     log: LogLimiter,
     peer_id: Option<WorkerId>,
+    /// The audit journal's replication (with a journal).
+    replication: Option<replication::Replication>,
+    replication_bytes: usize,
 }
 
 impl Pair {
@@ -279,9 +300,10 @@ impl Pair {
         let publisher = ctx
             .socket(zmq::PUB)
             .map_err(sock_err("create socket for", &pair.bind))?;
-        // Only the latest state matters: never queue old ones for a slow peer.
+        // Room for the replication's window of journal lines; a state message queued behind
+        // them waits at most that long (the window is bounded in lines and bytes).
         publisher
-            .set_sndhwm(4)
+            .set_sndhwm(2048)
             .and_then(|()| publisher.set_linger(0))
             .map_err(sock_err("configure socket for", &pair.bind))?;
         curve.secure(&publisher, crate::auth::DOMAIN_BACKEND, &pair.bind)?;
@@ -292,11 +314,11 @@ impl Pair {
             .socket(zmq::SUB)
             .map_err(sock_err("create socket for", &pair.peer))?;
         subscriber
-            .set_rcvhwm(16)
+            .set_rcvhwm(1024)
             .and_then(|()| subscriber.set_linger(0))
-            // Bounds what a hostile publisher can make us allocate; room for the ZMTP
-            // handshake's commands, which libzmq holds to the same limit.
-            .and_then(|()| subscriber.set_maxmsgsize(4096))
+            // Bounds what a hostile publisher can make us allocate (a journal line at its
+            // longest); room for the ZMTP handshake's commands too.
+            .and_then(|()| subscriber.set_maxmsgsize(replication::MAX_MESSAGE.max(4096) as i64))
             .and_then(|()| subscriber.set_subscribe(b""))
             .map_err(sock_err("configure socket for", &pair.peer))?;
         if let (Some(c), Some(key)) = (&config.curve, &pair.peer_public_key) {
@@ -327,7 +349,43 @@ impl Pair {
             ready: None,
             log: LogLimiter::new(5),
             peer_id: None,
+            replication: None,
+            replication_bytes: pair.replication_bytes.unwrap_or(DEFAULT_REPLICATION_BYTES),
         })
+    }
+
+    /// Replicates `stage`'s audit journal with the peer (call after [`Pair::start`]).
+    /// Without a journal nothing is replicated: the risk state then does not survive a
+    /// failover (nor a restart).
+    pub fn replicate(&mut self, stage: crate::risk::Stage) -> Result<(), BrokerError> {
+        let r = replication::Replication::new(
+            stage,
+            self.me,
+            self.replication_bytes,
+            self.heartbeat,
+            &self.broker_metrics.registry,
+        );
+        match r {
+            None => tracing::warn!(
+                "broker pair: no [risk] journal, so risk counters and halts are not replicated \
+                 to the peer and do not survive a failover"
+            ),
+            Some(Err(e)) => {
+                return Err(BrokerError::Config(ConfigError::Field {
+                    field: "pair",
+                    reason: format!("metrics: {e}"),
+                }))
+            }
+            Some(Ok(r)) => {
+                tracing::info!(
+                    buffer_bytes = self.replication_bytes,
+                    "broker pair: replicating the audit journal with the peer"
+                );
+                self.replication = Some(r);
+                self.publish_state();
+            }
+        }
+        Ok(())
     }
 
     /// Names this broker on the link (its instance id) and gives it the `/readyz` flag,
@@ -342,6 +400,11 @@ impl Pair {
             window_ms = self.window.as_millis() as u64,
             "broker pair: waiting for the peer"
         );
+    }
+
+    /// The state link's receiving side, for the main loop's poll.
+    pub fn poll_item(&self) -> zmq::PollItem<'_> {
+        self.subscriber.as_poll_item(zmq::POLLIN)
     }
 
     /// What `tpx.status` shows.
@@ -367,6 +430,9 @@ impl Pair {
         }
         if now >= self.next_send {
             self.send(now);
+        }
+        if let Some(r) = &mut self.replication {
+            r.tick(now, &self.publisher);
         }
         let age = match self.fsm.peer() {
             Some((_, seen)) => now.saturating_duration_since(seen),
@@ -404,6 +470,9 @@ impl Pair {
     }
 
     fn on_message(&mut self, bytes: &[u8], now: Instant) {
+        if bytes.len() != MESSAGE_LEN {
+            return self.on_replication(bytes, now);
+        }
         let msg = match StateMessage::decode(bytes) {
             Ok(m) => m,
             Err(reason) => return self.bad(reason, "malformed state message"),
@@ -426,6 +495,25 @@ impl Pair {
         self.peer_id = Some(msg.broker);
         let out = self.fsm.on(Event::Peer(msg.state), now);
         self.apply(out, now);
+    }
+
+    /// A journal line or an ack (any other frame is bad).
+    fn on_replication(&mut self, bytes: &[u8], now: Instant) {
+        let Some(r) = &mut self.replication else {
+            // Replication is off here (no journal): the peer's lines are not ours to keep.
+            return match bytes.get(..6) {
+                Some(b"TPXJ01" | b"TPXA01") => {}
+                _ => self.bad("bad_length", "malformed state message"),
+            };
+        };
+        let out = match bytes.get(..6) {
+            Some(b"TPXJ01") => r.on_line(bytes),
+            Some(b"TPXA01") => r.on_ack(bytes, now),
+            _ => replication::Received::Bad("bad_length", "malformed state message".into()),
+        };
+        if let replication::Received::Bad(reason, what) = out {
+            self.bad(reason, &what);
+        }
     }
 
     fn bad(&mut self, reason: &'static str, what: &str) {
@@ -473,7 +561,8 @@ impl Pair {
         self.send(now);
     }
 
-    fn publish_state(&self) {
+    fn publish_state(&mut self) {
+        self.replication_follow();
         let state = self.fsm.state();
         for s in State::ALL {
             let v = i64::from(s == state);
@@ -481,6 +570,19 @@ impl Pair {
         }
         if let Some(r) = &self.ready {
             r.store(state == State::Active, Ordering::SeqCst);
+        }
+    }
+
+    /// Keeps the risk stage in step with the state: rebuilt from the journal (with the
+    /// peer's lines) before this broker serves as active. Called before `/readyz` turns
+    /// ready and before the request that made it take over is served.
+    fn replication_follow(&mut self) {
+        if let Some(r) = &mut self.replication {
+            if self.fsm.state() == State::Active {
+                r.on_active();
+            } else {
+                r.on_inactive();
+            }
         }
     }
 
@@ -567,6 +669,10 @@ mod tests {
             (ok.replace("tcp://127.0.0.1:5560", "udp://x"), "pair.bind"),
             (format!("{ok}peer_timeout_ms = 1\n"), "pair.peer_timeout_ms"),
             (format!("{ok}surprise = 1\n"), "surprise"),
+            (
+                format!("{ok}replication_bytes = 10\n"),
+                "pair.replication_bytes",
+            ),
             (
                 format!("{ok}peer_public_key = \"short\"\n"),
                 "pair.peer_public_key",

@@ -283,6 +283,7 @@ impl Broker {
             open_audit(risk, &stage)?;
         }
         relay.set_risk(stage.feed());
+        let pair_stage = pair.is_some().then(|| stage.clone());
         dispatcher.set_risk(stage);
         if config.replay_bytes > 0 {
             let store = crate::relay::replay::Replay::new(
@@ -297,11 +298,12 @@ impl Broker {
             dispatcher.set_replay(store);
         }
         let relay = relay.spawn(dispatcher.broker_id(), shutdown.clone())?;
-        if let Some(p) = &mut pair {
+        if let (Some(p), Some(stage)) = (&mut pair, pair_stage) {
             p.start(
                 dispatcher.broker_id(),
                 http.as_ref().map(|h| h.ready_flag()),
             );
+            p.replicate(stage)?;
         }
         let mut lp = Loop {
             frontend,
@@ -514,7 +516,20 @@ impl Loop {
             ];
             // Round up so a sub-millisecond wait does not become a busy loop.
             let ms = timeout.as_micros().div_ceil(1000) as i64;
-            match zmq::poll(&mut items, ms) {
+            // The pair's link wakes the loop too (its tick follows the poll): a passive
+            // broker takes the active's journal lines as they come, not at the next timer.
+            let polled = match &self.pair {
+                Some(p) => {
+                    let [f, b] = items;
+                    let mut with_pair = [f, b, p.poll_item()];
+                    let r = zmq::poll(&mut with_pair, ms);
+                    let [f, b, _] = with_pair;
+                    items = [f, b];
+                    r
+                }
+                None => zmq::poll(&mut items, ms),
+            };
+            match polled {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -625,7 +640,7 @@ impl Loop {
     ) -> Result<crate::risk::Caller, crate::risk::identity::Refusal> {
         let ids = &self.identities;
         if !ids.curve() && h.client.is_none() {
-            return Ok(crate::risk::Caller::default());
+            return Ok(ids.anonymous());
         }
         // Frame 1 came off the wire (frame 0 is the ROUTER's routing id), so it carries the
         // connection's properties.

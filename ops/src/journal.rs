@@ -144,7 +144,12 @@ impl Journal {
     /// Appends `line` as one JSON line; with `sync` and the `always` policy, returns once
     /// it is on disk (group commit: one fsync covers every line written meanwhile).
     pub fn append(&self, line: &impl Serialize, sync: bool) -> std::io::Result<()> {
-        let mut text = serde_json::to_vec(line)?;
+        self.append_encoded(serde_json::to_vec(line)?, sync)
+    }
+
+    /// [`Journal::append`] of a line already encoded as JSON (no newline in it: the
+    /// caller's serde_json output).
+    pub fn append_encoded(&self, mut text: Vec<u8>, sync: bool) -> std::io::Result<()> {
         text.push(b'\n');
         let len = text.len() as u64;
         let line_no = {

@@ -139,6 +139,10 @@ pub struct HaltStatus {
     pub reason: String,
     /// Since when (Unix ms).
     pub since_ms: u64,
+    /// Who halted it: the client's name (its CURVE key's, or declared from loopback);
+    /// `""` for an anonymous client (absent from older brokers).
+    #[serde(default)]
+    pub by: String,
 }
 
 /// Service name of gap recovery for events: answered with [`ReplayReply`].

@@ -11,6 +11,7 @@ import contextlib
 import os
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -146,6 +147,60 @@ class Broker:
         return total
 
 
+def free_port() -> int:
+    """A loopback port the OS had free a moment ago (for endpoints a broker must be told
+    in advance, like a pair's state link)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+#: A pair's silence window (`peer_timeout_ms`): long enough that a stall of a loaded
+#: 2-core machine never looks like a dead peer (heartbeats are 100 ms).
+PAIR_WINDOW_MS = 1500
+
+
+@dataclass
+class BrokerPair:
+    """A primary/backup broker pair (Binary Star); the endpoint properties list both,
+    comma-separated, primary first: what clients and workers are given."""
+
+    primary: Broker
+    backup: Broker
+
+    @property
+    def frontends(self) -> str:
+        return f"{self.primary.frontend},{self.backup.frontend}"
+
+    @property
+    def backends(self) -> str:
+        return f"{self.primary.backend},{self.backup.backend}"
+
+    @property
+    def xsubs(self) -> str:
+        return f"{self.primary.xsub},{self.backup.xsub}"
+
+    @property
+    def xpubs(self) -> str:
+        return f"{self.primary.xpub},{self.backup.xpub}"
+
+
+def pair_state(b: Broker) -> str:
+    """The broker's pair state (``primary``, ``backup``, ``active``, ``passive``) from
+    ``tradeplex_pair_state`` on its /metrics; ``gone`` if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{b.http}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return "gone"
+    for line in text.splitlines():
+        if line.startswith('tradeplex_pair_state{state="') and line.endswith(" 1"):
+            state: str = line.split('"')[1]
+            return state
+    return "none"
+
+
 @dataclass
 class RustWorker:
     """A running tradeplex-worker."""
@@ -262,6 +317,29 @@ class Cluster:
         if wait:
             self.wait_registered(broker, wid)
         return w
+
+    def pair(self, *extra: str) -> BrokerPair:
+        """Starts a broker pair (each with /metrics) and waits until the primary is active
+        and the backup passive. Requests for a service with no worker wait 5 s for one
+        (``--grace-ms``), the time workers take to re-register after a failover."""
+        pstate, bstate = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+        members = []
+        for role, bind, peer in (("primary", pstate, bstate), ("backup", bstate, pstate)):
+            path = self.tmp / f"pair-{role}.toml"
+            path.write_text(
+                f'[pair]\nrole = "{role}"\nbind = "{bind}"\npeer = "{peer}"\n'
+                f"peer_timeout_ms = {PAIR_WINDOW_MS}\n"
+            )
+            members.append(
+                self.broker(None, "--config", str(path), "--grace-ms", "5000", *extra, http=True)
+            )
+        p = BrokerPair(*members)
+        wait_for(
+            lambda: (pair_state(p.primary), pair_state(p.backup)) == ("active", "passive"),
+            20,
+            "primary active, backup passive",
+        )
+        return p
 
     def wait_registered(self, broker: Broker, worker_id: str, present: bool = True) -> None:
         with broker.client(timeout_ms=1000) as c:

@@ -147,7 +147,7 @@ def test_a_halt_refuses_orders_and_tradeplex_gateway_gets_them_as_rejected(
         )
 
 
-def test_a_declared_client_name_meets_its_limits_and_tpx_risk_is_for_admins_only(
+def test_a_declared_client_name_meets_its_limits_and_tpx_risk_and_halts_are_for_admins_only(
     cluster: Cluster,
 ) -> None:
     config = cluster.tmp / "risk-clients.toml"
@@ -168,6 +168,13 @@ def test_a_declared_client_name_meets_its_limits_and_tpx_risk_is_for_admins_only
         shown = ops.call("tpx.risk", {"op": "set", "clients": {"alpha": {"order_size_limit": 7}}})
         assert shown["clients"]["alpha"] == {"order_size_limit": 7.0}
         assert alpha.send_order("SIM", volume=6, account="sim", **order).volume == 6
+        # With an admin configured, the kill switch is for admins too; who halted is shown.
+        with pytest.raises(tradeplex.CallError) as e:
+            alpha.halt("sim", reason="not mine")
+        assert e.value.code == tradeplex.errors.FORBIDDEN
+        ops.halt("sim", reason="desk closed")
+        assert [(h["account"], h["by"]) for h in alpha.status()["halts"]] == [("sim", "ops")]
+        assert ops.resume()["resumed"] == ["sim"]
 
 
 def test_tradeplex_gateway_declares_its_client_name_and_meets_its_clients_limit(

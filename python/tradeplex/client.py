@@ -37,9 +37,18 @@ from typing import Any
 import msgpack
 import zmq
 
-from . import wire
+from . import failover, wire
 from .curve import ClientCurve
-from .errors import BAD_REPLY, CLOSED, TIMEOUT, UNAVAILABLE, CallError, ProtocolError
+from .errors import (
+    BAD_REPLY,
+    CLOSED,
+    TIMEOUT,
+    UNAVAILABLE,
+    WORKER_LOST,
+    CallError,
+    ProtocolError,
+)
+from .failover import ConnectionWatch, Endpoints, Failover, is_passive_refusal
 from .trading import TradingMixin
 from .wakeup import Wakeup
 
@@ -191,12 +200,14 @@ def parse_answer(frames: list[bytes]) -> tuple[int, str | None, bytes, CallError
 
 class _Pending:
     __slots__ = (
+        "at",
         "deadline",
         "frames",
         "full",
         "future",
         "id",
         "raw",
+        "refusal",
         "retry_every",
         "sent",
         "sent_at",
@@ -225,6 +236,10 @@ class _Pending:
         self.timeout_ms = timeout_ms
         self.sent = False
         self.sent_at = 0.0
+        #: The endpoint (index) it was last sent to, with several brokers.
+        self.at = 0
+        #: The last passive broker's refusal, for the error if none takes it in time.
+        self.refusal = ""
 
 
 def _settle(future: Future[Any], result: Any = None, error: BaseException | None = None) -> None:
@@ -244,10 +259,26 @@ class _Connection:
     `pending` and `timers` belong to the socket's owner of the moment: the I/O thread in
     `_IO`, a direct caller handing its call over in `_DIRECT` (the I/O thread does not
     touch them then).
+
+    With several broker endpoints (a pair) there is one DEALER per endpoint, each with a
+    socket monitor (`ConnectionWatch`), all owned together; `dealer` is the current
+    one, where calls are sent, and `failover` decides when it changes (tradeplex.failover).
     """
 
-    def __init__(self, dealer: zmq.Socket[bytes], max_body: int) -> None:
-        self.dealer = dealer
+    def __init__(
+        self, dealers: list[zmq.Socket[bytes]], endpoints: tuple[str, ...], max_body: int
+    ) -> None:
+        self.dealers = dealers
+        self.dealer = dealers[0]
+        self.index = 0
+        self.failover: Failover | None = None
+        self.watches: list[ConnectionWatch] = []
+        #: The current DEALER's watch (None with one endpoint: nothing is watched).
+        self.watch: ConnectionWatch | None = None
+        if len(dealers) > 1:
+            self.failover = Failover(endpoints)
+            self.watches = [ConnectionWatch(d) for d in dealers]
+            self.watch = self.watches[0]
         self.max_body = max_body
         self.mu = threading.Lock()
         self.mode = _IDLE
@@ -260,9 +291,7 @@ class _Connection:
         #: byte is written per direct call (`direct_signalled`).
         self.direct_wake = Wakeup()
         self.direct_signalled = False
-        self.direct_poller = zmq.Poller()
-        self.direct_poller.register(dealer, zmq.POLLIN)
-        self.direct_poller.register(self.direct_wake, zmq.POLLIN)
+        self.direct_poller = self._direct_poller()
         self.pending: dict[int, _Pending] = {}
         self.timers: list[tuple[float, int, int]] = []
         self.bad_frames = 0
@@ -270,6 +299,18 @@ class _Connection:
         self.resends = 0
         self.direct_calls = 0
         self.handovers = 0
+
+    def _direct_poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(self.dealer, zmq.POLLIN)
+        poller.register(self.direct_wake, zmq.POLLIN)
+        if self.watch is not None:
+            poller.register(self.watch.monitor, zmq.POLLIN)
+        return poller
+
+    @property
+    def switches(self) -> int:
+        return 0 if self.failover is None else self.failover.switches
 
     # --- submitting ---------------------------------------------------------------------
 
@@ -314,7 +355,14 @@ class _Connection:
         owned = True
         try:
             dealer = self.dealer
+            watch = self.watch
             now = time.monotonic()
+            if watch is not None:
+                watch.poll_events()
+                if watch.dropped or not watch.up:
+                    # The I/O thread moves to another broker or waits for this one.
+                    owned = False
+                    return self._hand_over(p, now)
             try:
                 _send_request(dealer, p.frames)
             except zmq.ZMQError as e:
@@ -324,6 +372,7 @@ class _Connection:
                 return self._hand_over(p, now)
             p.sent = True
             p.sent_at = now
+            p.at = self.index
             first = p.deadline + ANSWER_SLACK_S
             if p.retry_every is not None and now + p.retry_every < p.deadline:
                 first = now + p.retry_every
@@ -339,6 +388,8 @@ class _Connection:
                     continue
                 if any(s == wake_fd for s, _ in ready):
                     break  # another call queued, or close(): let the I/O thread run
+                if watch is not None and watch.poll_events() and watch.dropped:
+                    break  # the broker is gone: the I/O thread settles `p` and moves on
                 while True:
                     try:
                         frames = _recv_message(dealer)
@@ -353,6 +404,14 @@ class _Connection:
                         self.late_answers += 1  # a duplicate, or an answer after a timeout
                         continue
                     owned = False
+                    if (
+                        watch is not None
+                        and err is not None
+                        and is_passive_refusal(err.code, err.message)
+                    ):
+                        return self._refused_direct(p, err)
+                    if watch is not None:
+                        self._served()
                     self._release()
                     self.direct_calls += 1
                     if err is not None:
@@ -374,7 +433,16 @@ class _Connection:
         if wake:
             self.wakeup.force()
 
-    def _hand_over(self, p: _Pending, now: float, wait: bool = True) -> Any:
+    def _refused_direct(self, p: _Pending, err: CallError) -> Any:
+        """A passive broker refused `p` (not queued): choose where to send it again, and
+        hand it to the I/O thread to do so after the retry delay."""
+        now = time.monotonic()
+        send_at = self._refused(p, self.index, now, err)
+        return self._hand_over(p, now, send_at=send_at)
+
+    def _hand_over(
+        self, p: _Pending, now: float, wait: bool = True, send_at: float | None = None
+    ) -> Any:
         """Gives the socket and `p` to the I/O thread, then waits for `p`'s future."""
         future: Future[Any] = Future()
         p.future = future
@@ -384,7 +452,7 @@ class _Connection:
                 self.pending[p.id] = p
                 heapq.heappush(self.timers, (p.deadline + ANSWER_SLACK_S, p.id, _EXPIRE))
                 if not p.sent:
-                    heapq.heappush(self.timers, (now, p.id, _SEND))
+                    heapq.heappush(self.timers, (send_at or now, p.id, _SEND))
                 elif p.retry_every is not None and p.sent_at + p.retry_every < p.deadline:
                     heapq.heappush(self.timers, (p.sent_at + p.retry_every, p.id, _SEND))
             self.mode = _IO
@@ -398,7 +466,10 @@ class _Connection:
 
     def run(self) -> None:
         io_poller = zmq.Poller()
-        io_poller.register(self.dealer, zmq.POLLIN)
+        for d in self.dealers:
+            io_poller.register(d, zmq.POLLIN)
+        for w in self.watches:
+            io_poller.register(w.monitor, zmq.POLLIN)
         io_poller.register(self.wakeup, zmq.POLLIN)
         idle_poller = zmq.Poller()
         idle_poller.register(self.wakeup, zmq.POLLIN)
@@ -456,7 +527,10 @@ class _Connection:
                     break
             if poller.poll(MAX_POLL_MS):
                 self.wakeup.drain()
-        self.dealer.close(linger=0)
+        for w, d in zip(self.watches, self.dealers, strict=False):
+            w.close(d)
+        for d in self.dealers:
+            d.close(linger=0)
         self._fail_all(CallError(CLOSED, "client closed"))
 
     def _round(self, poller: zmq.Poller) -> None:
@@ -471,18 +545,32 @@ class _Connection:
         ready = poller.poll(timeout)
         self.wakeup.sleeping = False
         dealer_ready = False
+        others: list[zmq.Socket[bytes]] | None = None
         for sock, _ in ready:
             if sock is self.dealer:
                 dealer_ready = True
-            else:
+            elif type(sock) is int:  # the wake-up's file descriptor
                 self.wakeup.drain()
+            elif others is None:
+                others = [sock]
+            else:
+                others.append(sock)
+        if self.failover is not None:
+            # Answers that arrived before a connection dropped still count: read first.
+            for i, d in enumerate(self.dealers):
+                if others is not None and d in others:
+                    self._read_answers(d, i)
+            if dealer_ready:
+                self._read_answers(self.dealer, self.index)
+                dealer_ready = False
+            self._check_watches()
         calls = self.calls
         if calls:
             now = time.monotonic()
             while calls:
                 self._start(calls.popleft(), now)
         if dealer_ready:
-            self._read_answers()
+            self._read_answers(self.dealer, 0)
         self._fire_timers()
 
     def _start(self, p: _Pending, now: float) -> None:
@@ -506,6 +594,8 @@ class _Connection:
         except zmq.Again:
             # No broker connection (or its queue is full): try again shortly.
             self._push_timer((now + UNSENT_RETRY_S, p.id, _SEND))
+            if self.failover is not None:
+                self._check_connecting(now)
             return
         except zmq.ZMQError as e:
             log.warning("request %d not sent: %s", p.id, e)
@@ -515,6 +605,7 @@ class _Connection:
             self.resends += 1
         p.sent = True
         p.sent_at = now
+        p.at = self.index
         if p.retry_every is not None and now + p.retry_every < p.deadline:
             self._push_timer((now + p.retry_every, p.id, _SEND))
 
@@ -535,20 +626,19 @@ class _Connection:
                 )
             elif now >= p.deadline:
                 if not p.sent:
-                    # Never reached a socket, so never delivered: safe to say so.
+                    # Never reached a socket (or refused by a passive broker, which does
+                    # not queue), so never delivered: safe to say so.
                     del self.pending[id]
-                    self._fail(
-                        p,
-                        CallError(
-                            UNAVAILABLE, f"broker unreachable for {p.timeout_ms} ms; not sent"
-                        ),
-                    )
+                    why = p.refusal or f"broker unreachable for {p.timeout_ms} ms"
+                    self._fail(p, CallError(UNAVAILABLE, f"{why}; not sent"))
+            elif p.sent and p.retry_every is None:
+                continue  # an order is sent once (a stale timer after a re-queue)
             else:
                 self._send(p, now)
 
-    def _read_answers(self) -> None:
-        dealer = self.dealer
+    def _read_answers(self, dealer: zmq.Socket[bytes], at: int) -> None:
         pending = self.pending
+        fo = self.failover
         while True:
             try:
                 frames = _recv_message(dealer)
@@ -567,6 +657,13 @@ class _Connection:
             future = p.future
             if future is None:  # cannot happen: only handed-over calls are pending
                 continue
+            if fo is not None:
+                if err is not None and is_passive_refusal(err.code, err.message):
+                    pending[id] = p
+                    send_at = self._refused(p, at, time.monotonic(), err)
+                    self._push_timer((send_at, p.id, _SEND))
+                    continue
+                self._served()
             if err is not None:
                 _settle(future, error=err)
                 continue
@@ -576,6 +673,88 @@ class _Connection:
                 _settle(future, error=e)
                 continue
             _settle(future, result)
+
+    # --- following the active broker of a pair (several endpoints only) ---------------
+
+    def _served(self) -> None:
+        fo = self.failover
+        if fo is not None and fo.refusals:
+            fo.on_served()
+
+    def _use(self, index: int, now: float) -> None:
+        """Makes endpoint `index` the current one (the owner of the sockets only)."""
+        self.index = index
+        self.dealer = self.dealers[index]
+        watch = self.watches[index]
+        self.watch = watch
+        if not watch.up:
+            watch.down_since = now  # it gets its own time to connect
+        self.direct_poller = self._direct_poller()
+
+    def _refused(self, p: _Pending, at: int, now: float, err: CallError) -> float:
+        """`p` was refused by the passive broker at `at` (not queued, so it may be sent
+        again, even an order): moves on if that is the current broker; returns when to
+        send it again."""
+        fo = self.failover
+        assert fo is not None
+        p.sent = False
+        p.refusal = err.message
+        delay = 0.0
+        if at == self.index:
+            switch = fo.on_passive(now, f"passive broker: {err.message}")
+            delay = switch.delay
+            if switch.moved:
+                self._use(fo.index, now)
+        return min(now + delay, p.deadline)
+
+    def _check_watches(self) -> None:
+        """Reads the socket monitors; a dropped connection is a broker gone."""
+        fo = self.failover
+        assert fo is not None
+        now = time.monotonic()
+        for i, w in enumerate(self.watches):
+            if w.poll_events() and w.up:
+                fo.on_connected(i)
+            if w.dropped:
+                w.dropped = False
+                w.down_since = now
+                self._gone(i, now, "connection dropped")
+
+    def _check_connecting(self, now: float) -> None:
+        """A call could not be sent: if the current broker has had no connection for too
+        long, it is gone (down when we started, or not back)."""
+        fo = self.failover
+        w = self.watch
+        assert fo is not None and w is not None
+        if not w.up and now - w.down_since > failover.CONNECT_TIMEOUT_S:
+            w.down_since = now
+            self._gone(self.index, now, f"no connection for {failover.CONNECT_TIMEOUT_S} s")
+
+    def _gone(self, i: int, now: float, why: str) -> None:
+        """Broker `i` is gone. Calls in flight there: an idempotent one is sent again (to
+        the new current broker), any other ends ``worker_lost`` — it may have executed,
+        so it is never sent again. Calls not yet sent wait for their timers as before."""
+        fo = self.failover
+        assert fo is not None
+        if i == self.index:
+            fo.on_gone(now, why)
+            self._use(fo.index, now)
+        lost = [p for p in self.pending.values() if p.sent and p.at == i]
+        for p in lost:
+            if p.id not in self.pending:
+                continue  # settled meanwhile
+            if p.retry_every is None:
+                del self.pending[p.id]
+                self._fail(
+                    p,
+                    CallError(
+                        WORKER_LOST,
+                        f"broker {fo.endpoints[i]} gone ({why}) with the request in flight "
+                        "(outcome unknown)",
+                    ),
+                )
+            else:
+                self._send(p, now)
 
     def _result(self, p: _Pending, worker: str | None, body: bytes) -> Any:
         """A REPLY's result for `p`: its body (decoded unless raw), or a `Reply`."""
@@ -615,8 +794,10 @@ class Client(TradingMixin):
     """A thread-safe connection to the broker's frontend; also a context manager.
 
     Args:
-        broker: the broker's frontend endpoint (``tcp://…`` or ``ipc://…``).
-        events: the broker's XPUB endpoint, used by `subscriber`.
+        broker: the broker's frontend endpoint (``tcp://…`` or ``ipc://…``); for a broker
+            pair, both (a list, or one comma-separated string; the first is the primary):
+            calls go to one broker at a time and follow the active one (see below).
+        events: the broker's XPUB endpoint(s), used by `subscriber`.
         curve_server_key: the broker's CURVE public key (z85); needs `curve_key_file`.
         curve_key_file: our key pair (``tradeplex keygen`` output), allow-listed at the broker.
         curve: CURVE settings already loaded (instead of the two above).
@@ -626,12 +807,20 @@ class Client(TradingMixin):
             the broker's per-client risk limits and audit journal know this client by.
             Honoured from loopback without CURVE; with CURVE the key names the client and
             a different name is refused ``forbidden`` (docs/risk.md).
+
+    With several broker endpoints the client moves to the next one (wrapping) when the
+    current broker refuses a call as the pair's passive broker (the call is sent again
+    there: it was not queued) or when its connection drops (libzmq socket monitor; ZMTP
+    heartbeats every 250 ms find a silent peer within 1 s) or does not come up within
+    1 s. Calls in flight at a broker that is gone: idempotent ones are sent again,
+    others end ``worker_lost`` (outcome unknown; never re-sent). ``stats["switches"]``
+    counts the moves; each logs one warning.
     """
 
     def __init__(
         self,
-        broker: str = DEFAULT_BROKER,
-        events: str = DEFAULT_EVENTS,
+        broker: Endpoints = DEFAULT_BROKER,
+        events: Endpoints = DEFAULT_EVENTS,
         *,
         curve_server_key: str | None = None,
         curve_key_file: str | Path | None = None,
@@ -643,12 +832,29 @@ class Client(TradingMixin):
         if timeout_ms <= 0:
             raise ValueError("timeout_ms must be positive")
         self.client_name = client_name
-        self.broker = broker
-        self.events = events
+        #: The broker endpoints, in order (one, or a pair's two).
+        self.endpoints = failover.parse_endpoints(broker, "broker")
+        self.event_endpoints = failover.parse_endpoints(events, "events")
+        #: The endpoints as one string (comma-separated when several).
+        self.broker = ",".join(self.endpoints)
+        self.events = ",".join(self.event_endpoints)
         self.timeout_ms = timeout_ms
         self.max_body_bytes = max_body_bytes
         self._curve = curve or ClientCurve.from_options(curve_server_key, curve_key_file)
         self._ctx = zmq.Context()
+        pair = len(self.endpoints) > 1
+        try:
+            dealers = [self._dealer(ep, pair) for ep in self.endpoints]
+        except zmq.ZMQError:
+            self._ctx.destroy(linger=0)
+            raise
+        self._ids = itertools.count(1)
+        self._conn = _Connection(dealers, self.endpoints, max_body_bytes)
+        self._closed = False
+        self._thread = threading.Thread(target=self._conn.run, name="tpx-client", daemon=True)
+        self._thread.start()
+
+    def _dealer(self, endpoint: str, pair: bool) -> zmq.Socket[bytes]:
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.linger = 0
         # Queue only on a live connection: with no broker, send refuses (EAGAIN) and the
@@ -658,15 +864,15 @@ class Client(TradingMixin):
         dealer.rcvhwm = 100_000
         dealer.reconnect_ivl = 100
         dealer.reconnect_ivl_max = 1000
-        dealer.maxmsgsize = max_body_bytes * 2 + 64 * 1024
+        dealer.maxmsgsize = self.max_body_bytes * 2 + 64 * 1024
+        if pair:
+            # A silent peer (host gone, link cut) is disconnected, which the monitor sees.
+            dealer.heartbeat_ivl = failover.HEARTBEAT_IVL_MS
+            dealer.heartbeat_timeout = failover.HEARTBEAT_TIMEOUT_MS
         if self._curve is not None:
             self._curve.apply(dealer)
-        dealer.connect(broker)
-        self._ids = itertools.count(1)
-        self._conn = _Connection(dealer, max_body_bytes)
-        self._closed = False
-        self._thread = threading.Thread(target=self._conn.run, name="tpx-client", daemon=True)
-        self._thread.start()
+        dealer.connect(endpoint)
+        return dealer
 
     # --- calls ----------------------------------------------------------------------
 
@@ -848,17 +1054,24 @@ class Client(TradingMixin):
         repairs gaps through this client's broker (``tpx.replay``)."""
         from .subscriber import Subscriber
 
-        return Subscriber(self.events, topics, curve=self._curve, repair=self.broker)
+        return Subscriber(self.event_endpoints, topics, curve=self._curve, repair=self.endpoints)
 
     # --- life -----------------------------------------------------------------------
 
     @property
+    def current_broker(self) -> str:
+        """The broker endpoint calls go to now (changes as the client follows a pair)."""
+        return self._conn.failover.current if self._conn.failover else self.endpoints[0]
+
+    @property
     def stats(self) -> dict[str, int]:
         """Counters: bad frames dropped, late (duplicate) answers, re-sends, calls in
-        flight through the I/O thread, calls answered on the caller's thread (`direct`)
-        and direct calls handed to the I/O thread (`handovers`)."""
+        flight through the I/O thread, calls answered on the caller's thread (`direct`),
+        direct calls handed to the I/O thread (`handovers`) and moves to another broker
+        of a pair (`switches`)."""
         c = self._conn
         return {
+            "switches": c.switches,
             "bad_frames": c.bad_frames,
             "late_answers": c.late_answers,
             "resends": c.resends,

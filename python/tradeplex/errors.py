@@ -21,8 +21,12 @@ RISK_REJECTED = "risk_rejected"
 #: name from a peer not on loopback, or a CURVE key removed from the allow-list by a reload.
 FORBIDDEN = "forbidden"
 
+#: The wire's "worker lost, outcome unknown"; also what a client with several brokers
+#: answers for a non-idempotent call in flight at a broker whose connection dropped.
+WORKER_LOST = "worker_lost"
+
 #: Codes after which an order's outcome is unknown: it may have reached the exchange.
-OUTCOME_UNKNOWN = frozenset({"worker_lost", TIMEOUT})
+OUTCOME_UNKNOWN = frozenset({WORKER_LOST, TIMEOUT})
 
 
 class TradeplexError(Exception):

@@ -6,6 +6,11 @@ number per (source, topic); repairs gaps from the broker's store of recent event
 (``tpx.replay``) when given the broker's frontend (`repair`); and when the broker's
 heartbeat goes silent it rebuilds the socket, which sends the subscriptions again (mirrors
 client/src/events.rs).
+
+With a broker pair's two XPUB endpoints it holds one SUB per endpoint, all subscribed at
+once: only the active broker gets workers' events, so nothing switches when the pair
+fails over; each socket watches its own broker's heartbeat, and repeats (the same
+source, topic and number through both) are dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from . import wire
 from .client import DEFAULT_EVENTS, Client
 from .curve import ClientCurve
 from .errors import CallError, ProtocolError
+from .failover import Endpoints, parse_endpoints
 from .model import EVENT_TYPES, WireObject
 
 log = logging.getLogger("tradeplex.subscriber")
@@ -65,13 +71,14 @@ class Subscriber:
     """Subscribes to topic prefixes; iterate it for `Event`s (blocks until closed).
 
     Args:
-        events: the broker's XPUB endpoint.
+        events: the broker's XPUB endpoint; for a broker pair both (a list, or one
+            comma-separated string).
         topics: topic prefixes, e.g. ``["tick.SIM.", "order."]`` (one string is one prefix).
         heartbeat_ms, liveness: the broker's heartbeat settings; silence for their product
             makes the subscriber reconnect.
         queue_size: events buffered for the caller; beyond it new ones are dropped
             (counted in ``.local_drops``).
-        repair: the broker's frontend endpoint: on a jump in a topic's sequence numbers the
+        repair: the broker's frontend endpoint(s): on a jump in a topic's sequence numbers the
             missing events the broker still holds are fetched (``tpx.replay``) and
             delivered, in order, before the event that showed the gap (counted in
             ``.repaired``; the rest in ``.gaps``). None: gaps are only counted.
@@ -80,7 +87,7 @@ class Subscriber:
 
     def __init__(
         self,
-        events: str = DEFAULT_EVENTS,
+        events: Endpoints = DEFAULT_EVENTS,
         topics: Iterable[str] | str = (),
         *,
         curve_server_key: str | None = None,
@@ -90,10 +97,12 @@ class Subscriber:
         liveness: int = 3,
         queue_size: int = 100_000,
         hwm: int = 100_000,
-        repair: str | None = None,
+        repair: Endpoints | None = None,
         repair_timeout_ms: int = 1000,
     ) -> None:
-        self.endpoint = events
+        self.endpoints = parse_endpoints(events, "events")
+        #: The endpoints as one string (comma-separated when several).
+        self.endpoint = ",".join(self.endpoints)
         self.prefixes: list[str] = [topics] if isinstance(topics, str) else list(topics)
         self._curve = curve or ClientCurve.from_options(curve_server_key, curve_key_file)
         self._silence_s = heartbeat_ms * liveness / 1000
@@ -107,6 +116,8 @@ class Subscriber:
         self._last_seq: dict[str, dict[str, int]] = {}
         self._tracked = 0
         self._broker: str | None = None
+        #: The broker instance last heard at each endpoint (restarts are per endpoint).
+        self._sources: list[str | None] = [None] * len(self.endpoints)
         self._connected = threading.Event()
         self._stop = threading.Event()
         #: Events known missing (sequence gaps: lost upstream or at a high-water mark) and
@@ -122,16 +133,21 @@ class Subscriber:
         self.local_drops = 0
         #: Malformed messages dropped.
         self.bad_frames = 0
-        #: Times the broker went silent and the socket was rebuilt.
+        #: Times the broker went silent and the socket was rebuilt (with a pair: times a
+        #: broker that was heard went silent, e.g. the active one of a failover).
         self.reconnects = 0
         #: Times a new broker instance was seen on ``hb.broker`` (it restarted).
         self.broker_restarts = 0
         #: Broker heartbeats seen.
         self.heartbeats = 0
         self._ctx = zmq.Context()
-        socket = self._open()  # errors (bad endpoint) surface here, in the caller
+        try:  # errors (bad endpoint) surface here, in the caller
+            sockets = [self._open(ep) for ep in self.endpoints]
+        except zmq.ZMQError:
+            self._ctx.destroy(linger=0)
+            raise
         self._thread = threading.Thread(
-            target=self._run, args=(socket,), name="tpx-events", daemon=True
+            target=self._run, args=(sockets,), name="tpx-events", daemon=True
         )
         self._thread.start()
 
@@ -201,7 +217,7 @@ class Subscriber:
 
     # --- the thread ------------------------------------------------------------------
 
-    def _open(self) -> zmq.Socket[bytes]:
+    def _open(self, endpoint: str) -> zmq.Socket[bytes]:
         s = self._ctx.socket(zmq.SUB)
         s.linger = 0
         s.rcvhwm = self._hwm
@@ -211,15 +227,22 @@ class Subscriber:
         s.setsockopt(zmq.SUBSCRIBE, b"hb.")
         for p in self.prefixes:
             s.setsockopt(zmq.SUBSCRIBE, p.encode())
-        s.connect(self.endpoint)
+        s.connect(endpoint)
         return s
 
-    def _run(self, socket: zmq.Socket[bytes]) -> None:
+    def _run(self, sockets: list[zmq.Socket[bytes]]) -> None:
+        if len(sockets) == 1:
+            self._run_one(sockets)
+        else:
+            self._run_pair(sockets)
+
+    def _run_one(self, sockets: list[zmq.Socket[bytes]]) -> None:
         last_heartbeat = time.monotonic()
         try:
             while not self._stop.is_set():
-                self._apply_control(socket)
-                if socket.poll(_POLL_MS, zmq.POLLIN) and self._drain(socket):
+                self._apply_control(sockets)
+                socket = sockets[0]
+                if socket.poll(_POLL_MS, zmq.POLLIN) and self._drain(socket, 0):
                     last_heartbeat = time.monotonic()
                 if time.monotonic() - last_heartbeat > self._silence_s:
                     # The broker is gone or the connection half-open: a new socket
@@ -227,15 +250,63 @@ class Subscriber:
                     log.warning("broker heartbeat silent; reconnecting event socket")
                     self.reconnects += 1
                     self._connected.clear()
-                    socket.close(linger=0)
-                    socket = self._open()
+                    self._reopen(sockets, 0)
                     last_heartbeat = time.monotonic()
         except Exception:
             log.exception("subscriber thread failed")
         finally:
-            socket.close(linger=0)
+            sockets[0].close(linger=0)
 
-    def _apply_control(self, socket: zmq.Socket[bytes]) -> None:
+    def _run_pair(self, sockets: list[zmq.Socket[bytes]]) -> None:
+        """One SUB per endpoint; each is rebuilt when its broker's heartbeat is silent."""
+        now = time.monotonic()
+        last = [now] * len(sockets)
+        heard = [False] * len(sockets)  # heard from since the last rebuild
+        poller = self._poller(sockets)
+        try:
+            while not self._stop.is_set():
+                self._apply_control(sockets)
+                for sock, _ in poller.poll(_POLL_MS):
+                    i = sockets.index(sock)
+                    heard[i] = True  # a broker was there (any message; liveness is by hb)
+                    if self._drain(sock, i):
+                        last[i] = time.monotonic()
+                now = time.monotonic()
+                for i in range(len(sockets)):
+                    if now - last[i] <= self._silence_s:
+                        continue
+                    if heard[i]:
+                        # Counted once per broker lost, not at every rebuild while it
+                        # stays down (the other broker of the pair carries the events).
+                        log.warning(
+                            "broker heartbeat silent at %s; reconnecting that event socket",
+                            self.endpoints[i],
+                        )
+                        self.reconnects += 1
+                    heard[i] = False
+                    self._reopen(sockets, i)
+                    poller = self._poller(sockets)
+                    last[i] = now
+                if not any(heard):
+                    self._connected.clear()
+        except Exception:
+            log.exception("subscriber thread failed")
+        finally:
+            for s in sockets:
+                s.close(linger=0)
+
+    @staticmethod
+    def _poller(sockets: list[zmq.Socket[bytes]]) -> zmq.Poller:
+        poller = zmq.Poller()
+        for s in sockets:
+            poller.register(s, zmq.POLLIN)
+        return poller
+
+    def _reopen(self, sockets: list[zmq.Socket[bytes]], i: int) -> None:
+        sockets[i].close(linger=0)
+        sockets[i] = self._open(self.endpoints[i])
+
+    def _apply_control(self, sockets: list[zmq.Socket[bytes]]) -> None:
         while True:
             try:
                 add, prefix = self._control.get_nowait()
@@ -243,14 +314,15 @@ class Subscriber:
                 return
             if add:
                 self.prefixes.append(prefix)
-                socket.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-            else:
-                if prefix in self.prefixes:
-                    self.prefixes.remove(prefix)
-                socket.setsockopt(zmq.UNSUBSCRIBE, prefix.encode())
+            elif prefix in self.prefixes:
+                self.prefixes.remove(prefix)
+            for socket in sockets:
+                option = zmq.SUBSCRIBE if add else zmq.UNSUBSCRIBE
+                socket.setsockopt(option, prefix.encode())
 
-    def _drain(self, socket: zmq.Socket[bytes]) -> bool:
-        """Reads what is waiting; true if a broker heartbeat was among it."""
+    def _drain(self, socket: zmq.Socket[bytes], at: int) -> bool:
+        """Reads what is waiting on the socket of endpoint `at`; true if a broker
+        heartbeat was among it."""
         heard = False
         while True:
             try:
@@ -267,13 +339,15 @@ class Subscriber:
                 continue
             if h.topic == wire.BROKER_HEARTBEAT_TOPIC:
                 heard = True
-                self._on_heartbeat(h.source)
+                self._on_heartbeat(h.source, at)
             self._accept(h, body, frames[3])
 
-    def _on_heartbeat(self, source: str) -> None:
+    def _on_heartbeat(self, source: str, at: int) -> None:
         self.heartbeats += 1
-        if self._broker is not None and self._broker != source:
+        known = self._sources[at]
+        if known is not None and known != source:
             self.broker_restarts += 1
+        self._sources[at] = source
         self._broker = source
         self._connected.set()
 

@@ -4,11 +4,17 @@ Three kinds of thread, because ZeroMQ sockets are not thread-safe: the session t
 the DEALER (register, heartbeats both ways, reconnect with backoff, drain); a pool of
 `capacity` threads runs handlers and hands results back over a deque plus a wake-up byte;
 the publisher thread owns the PUB socket. Mirrors worker/src/session.rs and publisher.rs.
+
+Given a broker pair's two endpoints, the session uses one at a time and moves to the next
+when the broker goes silent or refuses our READY as the pair's passive broker
+(DISCONNECT ``unavailable: passive broker …``), then registers there; the publisher
+moves with it (tradeplex.failover).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
@@ -26,6 +32,7 @@ from . import wire
 from .backoff import Backoff
 from .curve import ClientCurve
 from .errors import HandlerError, ProtocolError
+from .failover import Endpoints, Failover, is_passive_disconnect, parse_endpoints
 from .model import WireObject
 from .wakeup import Wakeup
 from .wire import ErrorCode, WorkerCommand
@@ -65,8 +72,11 @@ class Worker:
     """A Tradeplex worker in Python.
 
     Args:
-        broker: the broker's backend endpoint.
-        events: the broker's XSUB endpoint (for `publish`).
+        broker: the broker's backend endpoint; for a broker pair both (a list, or one
+            comma-separated string; the first is the primary): the worker serves the
+            active one and follows it (`switches` counts the moves).
+        events: the broker's XSUB endpoint (for `publish`); with a pair one per broker,
+            in the same order (or one, used whatever the broker).
         services: service name → handler. A handler gets the decoded body and returns the
             reply; raising `HandlerError(code, message)` answers that error (``unavailable``
             refuses without executing, so the broker re-dispatches), any other exception
@@ -87,8 +97,8 @@ class Worker:
 
     def __init__(
         self,
-        broker: str = DEFAULT_BACKEND,
-        events: str = DEFAULT_XSUB,
+        broker: Endpoints = DEFAULT_BACKEND,
+        events: Endpoints = DEFAULT_XSUB,
         services: Mapping[str, Handler] | None = None,
         capacity: int = 4,
         *,
@@ -114,8 +124,21 @@ class Worker:
         self.id = worker_id or str(uuid.uuid4())
         if not wire.valid_uuid(self.id):
             raise ValueError("worker_id must be a uuid string")
-        self.broker = broker
-        self.events = events
+        self.endpoints = parse_endpoints(broker, "broker")
+        self.event_endpoints = parse_endpoints(events, "events")
+        if len(self.event_endpoints) not in (1, len(self.endpoints)):
+            raise ValueError("events: one endpoint, or one per broker endpoint")
+        #: The endpoints as one string (comma-separated when several).
+        self.broker = ",".join(self.endpoints)
+        self.events = ",".join(self.event_endpoints)
+        self._failover = Failover(self.endpoints, "worker") if len(self.endpoints) > 1 else None
+        #: Where the publisher sends (the current broker's XSUB); set by the session.
+        self._event_target = self.event_endpoints[0]
+        #: Set when a passive broker refused us and the session moves on, after this delay.
+        self._move: float | None = None
+        #: When to send READY again after a passive broker refused it (we stay there: the
+        #: other broker is gone, so this one is about to take over).
+        self._ready_at: float | None = None
         self.capacity = capacity
         self._hb_s = heartbeat_ms / 1000
         self._window_s = heartbeat_ms * liveness / 1000
@@ -196,6 +219,16 @@ class Worker:
         return self._registered.is_set()
 
     @property
+    def current_broker(self) -> str:
+        """The broker endpoint the session uses now."""
+        return self.endpoints[0] if self._failover is None else self._failover.current
+
+    @property
+    def switches(self) -> int:
+        """Moves to another broker of a pair."""
+        return 0 if self._failover is None else self._failover.switches
+
+    @property
     def in_flight(self) -> int:
         """Requests being executed."""
         return self._in_flight
@@ -243,9 +276,16 @@ class Worker:
         pub.sndhwm = 100_000
         if self._curve is not None:
             self._curve.apply(pub)
-        pub.connect(self.events)
+        target = self._event_target
+        pub.connect(target)
         try:
             while not (self._stopped.is_set() and self._outbox.empty()):
+                if self._event_target != target:
+                    # The session moved to the other broker of the pair: follow it.
+                    with contextlib.suppress(zmq.ZMQError):
+                        pub.disconnect(target)
+                    target = self._event_target
+                    pub.connect(target)
                 try:
                     frames = self._outbox.get(timeout=0.05)
                 except queue.Empty:
@@ -272,8 +312,15 @@ class Worker:
                     break
                 if time.monotonic() - started > self._window_s * 2:
                     backoff.reset()  # a session that lived a while resets it
-                delay = backoff.next_delay()
-                log.warning("broker silent; reconnecting in %.2f s", delay)
+                if self._move is not None:
+                    delay, self._move = self._move, None  # refused by a passive broker
+                else:
+                    delay = backoff.next_delay()
+                    if self._failover is not None:
+                        self._failover.on_gone(
+                            time.monotonic(), f"broker silent for {self._window_s:.1f} s"
+                        )
+                    log.warning("broker silent; reconnecting in %.2f s", delay)
                 self.reconnects += 1
                 if self._stop.wait(delay):
                     break
@@ -312,7 +359,9 @@ class Worker:
         dealer.maxmsgsize = self._max_body * 2 + 64 * 1024
         if self._curve is not None:
             self._curve.apply(dealer)
-        dealer.connect(self.broker)
+        index = 0 if self._failover is None else self._failover.index
+        self._event_target = self.event_endpoints[index % len(self.event_endpoints)]
+        dealer.connect(self.endpoints[index])
         self._connections += 1
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
@@ -323,6 +372,7 @@ class Worker:
         last_heard = time.monotonic()
         next_hb = last_heard + self._hb_s
         drain_until: float | None = None
+        self._ready_at = None
         try:
             while True:
                 now = time.monotonic()
@@ -339,6 +389,9 @@ class Worker:
                         ),
                     )
                     return True
+                if self._ready_at is not None and now >= self._ready_at and drain_until is None:
+                    self._ready_at = None
+                    self._ready(dealer, offered, self.capacity)
                 if now >= next_hb:
                     self._send(dealer, wire.encode_worker(WorkerCommand.HEARTBEAT, {}))
                     next_hb = now + self._hb_s
@@ -357,6 +410,8 @@ class Worker:
                 self._forward_results(dealer)
                 if dealer in ready and self._read_broker(dealer, offered, drain_until is not None):
                     last_heard = time.monotonic()
+                if self._move is not None:
+                    return False
                 # Judged after reading what waits, so a stalled process does not mistake
                 # unread heartbeats for silence.
                 if time.monotonic() - last_heard > self._window_s:
@@ -387,6 +442,19 @@ class Worker:
             if msg.command == WorkerCommand.HEARTBEAT:
                 if not draining:
                     self._registered.set()  # the broker heartbeats only workers it knows
+                    if self._failover is not None:
+                        self._failover.on_served()
+                        self._failover.on_connected(self._failover.index)
+            elif (
+                msg.command == WorkerCommand.DISCONNECT
+                and self._failover is not None
+                and is_passive_disconnect(msg.reason)
+            ):
+                self._registered.clear()
+                if not draining:
+                    self._on_passive(msg.reason)
+                    if self._move is not None:
+                        return heard
             elif msg.command == WorkerCommand.DISCONNECT and wire.is_refusal(msg.reason):
                 # One of our messages was refused; sending READY again would not fix it.
                 log.error("broker refused a message from this worker: %s", msg.reason)
@@ -400,6 +468,18 @@ class Worker:
                 if not draining:
                     self._registered.set()
                 self._on_request(dealer, msg.request, draining)
+
+    def _on_passive(self, reason: str) -> None:
+        """Our READY was refused by a passive broker: move to the other one, or (if that
+        was found gone) send READY here again shortly — it is a vote for a takeover."""
+        fo = self._failover
+        assert fo is not None
+        now = time.monotonic()
+        switch = fo.on_passive(now, reason)
+        if switch.moved:
+            self._move = switch.delay
+        elif self._ready_at is None:
+            self._ready_at = now + max(switch.delay, 0.01)
 
     def _error(self, job: int, code: ErrorCode, message: str) -> list[bytes]:
         header = {"job": job, "code": int(code), "message": message}

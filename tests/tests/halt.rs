@@ -232,3 +232,95 @@ fn halt_cancels_the_accounts_orders_on_both_workers_and_refuses_new_ones_until_r
     // A usage error is exit 2 and sends nothing.
     assert_eq!(cli(&broker, &["halt", "--account", ""]).code, Some(2));
 }
+
+/// Once an admin is configured, halting and resuming are for admins: another client is
+/// refused `forbidden` (counted), the admin's halt names it in status, the CLI's table and
+/// the audit journal's halt and resume lines.
+#[test]
+fn with_admins_configured_only_an_admin_may_halt_and_who_did_is_recorded() {
+    let journal = temp_path("halt-admins.jsonl");
+    let cfg = temp_path("halt-admins.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[risk]\nadmins = [\"ops\"]\njournal = {:?}\n",
+            journal.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start(&["--config", cfg.to_str().unwrap()]);
+    let named = |name: &str| {
+        Client::connect(
+            &broker.frontend,
+            tradeplex_client::ClientOptions::default().name(name),
+        )
+        .unwrap()
+    };
+    let alpha = named("alpha");
+    for r in [
+        alpha.halt(Some("A"), "not mine").map(|_| ()),
+        alpha.resume(None).map(|_| ()),
+        broker.client().halt(None, "anonymous").map(|_| ()),
+    ] {
+        assert!(
+            matches!(&r, Err(ClientError::Remote { code: Some(ErrorCode::Forbidden), message, .. })
+                if message.contains("admin")),
+            "{r:?}"
+        );
+    }
+    let out = cli(&broker, &["halt", "--account", "A"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("forbidden"), "{}", out.stderr);
+    assert!(alpha.status().unwrap().halts.is_empty());
+    assert_eq!(
+        scrape(&broker.http).value("tradeplex_forbidden_total", &[("reason", "not_admin")]),
+        Some(4.0)
+    );
+
+    let out = cli(
+        &broker,
+        &[
+            "--client-name",
+            "ops",
+            "halt",
+            "--account",
+            "A",
+            "--reason",
+            "desk closed",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let s = alpha.status().unwrap();
+    assert_eq!(
+        s.halts
+            .iter()
+            .map(|h| (h.account.as_str(), h.by.as_str()))
+            .collect::<Vec<_>>(),
+        [("A", "ops")]
+    );
+    let table = cli(&broker, &["status"]).stdout;
+    assert!(
+        table.lines().any(|l| l.starts_with("A ")
+            && l.split_whitespace().nth(2) == Some("ops")
+            && l.ends_with("desk closed")),
+        "{table}"
+    );
+    named("ops").resume(Some("A")).unwrap();
+    let lines = journal_lines(&journal);
+    let of = |event: &str| {
+        lines
+            .iter()
+            .find(|l| l["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} line in {lines:?}"))
+    };
+    assert_eq!(
+        (of("halt")["by"].as_str(), of("halt")["account"].as_str()),
+        (Some("ops"), Some("A"))
+    );
+    assert_eq!(of("resume")["by"].as_str(), Some("ops"));
+    assert!(of("resume")["client"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+    // Refused attempts changed nothing and wrote no halt line.
+    assert_eq!(lines.iter().filter(|l| l["event"] == "halt").count(), 1);
+}

@@ -35,11 +35,13 @@ impl Dispatcher {
             RISK_SERVICE => (self.risk.as_ref())
                 .ok_or_else(no_stage)
                 .and_then(|s| s.manage(clock.unix_ms, caller, body)),
-            HALT_SERVICE => decode_mgmt::<HaltRequest>(body)
-                .and_then(|r| self.halt(clock, r))
+            HALT_SERVICE => may_halt(caller, HALT_SERVICE)
+                .and_then(|()| decode_mgmt::<HaltRequest>(body))
+                .and_then(|r| self.halt(clock, actor(caller, &client), r))
                 .and_then(|r| encode_mgmt(&r)),
-            RESUME_SERVICE => decode_mgmt::<ResumeRequest>(body)
-                .and_then(|r| self.resume(r))
+            RESUME_SERVICE => may_halt(caller, RESUME_SERVICE)
+                .and_then(|()| decode_mgmt::<ResumeRequest>(body))
+                .and_then(|r| self.resume(actor(caller, &client), r))
                 .and_then(|r| encode_mgmt(&r)),
             REPLAY_SERVICE => self.replay(body).and_then(|r| encode_mgmt(&r)),
             _ => encode_mgmt(&self.status(clock)),
@@ -47,6 +49,11 @@ impl Dispatcher {
         let body = match reply {
             Ok(body) => body,
             Err((code, message)) => {
+                if code == ErrorCode::Forbidden && h.service.as_str() != RISK_SERVICE {
+                    if let Some(s) = &self.risk {
+                        s.refused_halt(caller, h.service.as_str(), &message);
+                    }
+                }
                 m.answered(Some(code), 0.0);
                 self.send_error(client, h.id, code, message);
                 return;
@@ -80,13 +87,18 @@ impl Dispatcher {
 
     /// `tpx.halt`: halts the account (or every account) in the risk stage, then sends a
     /// `cancel_order` for each of its working orders to the worker that placed it.
-    fn halt(&mut self, clock: Clock, r: HaltRequest) -> Result<HaltReply, (ErrorCode, String)> {
+    fn halt(
+        &mut self,
+        clock: Clock,
+        by: risk::Actor<'_>,
+        r: HaltRequest,
+    ) -> Result<HaltReply, (ErrorCode, String)> {
         check_len("account", &r.account, MAX_HALT_ACCOUNT)?;
         check_len("reason", &r.reason, MAX_HALT_REASON)?;
         let stage = self.risk.clone().ok_or_else(no_stage)?;
         let account = (!r.account.is_empty()).then_some(r.account.as_str());
         let (halt, orders, mut skipped) = stage
-            .halt(clock.unix_ms, account, &r.reason)
+            .halt_by(clock.unix_ms, account, &r.reason, &by)
             .map_err(|e| (ErrorCode::Overloaded, e))?;
         let mut sent = 0u32;
         for b in &orders {
@@ -96,7 +108,7 @@ impl Dispatcher {
                 skipped = skipped.saturating_add(1);
             }
         }
-        tracing::warn!(account = %halt.account, reason = %halt.reason, cancels_sent = sent, cancels_skipped = skipped, "trading halted");
+        tracing::warn!(account = %halt.account, reason = %halt.reason, by = %halt.by, cancels_sent = sent, cancels_skipped = skipped, "trading halted");
         Ok(HaltReply {
             account: halt.account,
             reason: halt.reason,
@@ -107,12 +119,16 @@ impl Dispatcher {
     }
 
     /// `tpx.resume`: lifts the account's halt (or every halt).
-    fn resume(&mut self, r: ResumeRequest) -> Result<ResumeReply, (ErrorCode, String)> {
+    fn resume(
+        &mut self,
+        by: risk::Actor<'_>,
+        r: ResumeRequest,
+    ) -> Result<ResumeReply, (ErrorCode, String)> {
         check_len("account", &r.account, MAX_HALT_ACCOUNT)?;
         let stage = self.risk.clone().ok_or_else(no_stage)?;
         let account = (!r.account.is_empty()).then_some(r.account.as_str());
-        let (resumed, halts) = stage.resume(account);
-        tracing::warn!(account = account.unwrap_or("(all)"), resumed = ?resumed, still_halted = halts.len(), "trading resumed");
+        let (resumed, halts) = stage.resume_by(account, &by);
+        tracing::warn!(account = account.unwrap_or("(all)"), by = by.name.unwrap_or(""), resumed = ?resumed, still_halted = halts.len(), "trading resumed");
         Ok(ResumeReply { resumed, halts })
     }
 
@@ -244,6 +260,30 @@ fn check_len(field: &str, v: &str, max: usize) -> Result<(), (ErrorCode, String)
         ));
     }
     Ok(())
+}
+
+/// `tpx.halt` / `tpx.resume` are for admins once any admin is configured; with none, for
+/// every client the broker admits (stopping trading is the safe direction, and a broker
+/// without admins must still have a kill switch).
+fn may_halt(caller: &risk::Caller, service: &str) -> Result<(), (ErrorCode, String)> {
+    if caller.may_halt() {
+        return Ok(());
+    }
+    Err((
+        ErrorCode::Forbidden,
+        format!(
+            "{service} is for admin clients only once admins are configured; {} is not one \
+             ([[curve.clients]] admin = true, or [risk] admins)",
+            caller.name.as_deref().unwrap_or("an unnamed client")
+        ),
+    ))
+}
+
+fn actor<'a>(caller: &'a risk::Caller, client: &'a Identity) -> risk::Actor<'a> {
+    risk::Actor {
+        name: caller.name.as_deref(),
+        client: client.as_ref(),
+    }
 }
 
 fn no_stage() -> (ErrorCode, String) {

@@ -98,6 +98,12 @@ pub enum Line {
         account: String,
         /// Why.
         reason: String,
+        /// Who: the client's name (absent = anonymous).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        /// The client's connection (the broker's routing id for it), hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
     },
     /// A resume (`*` = every halt lifted).
     Resume {
@@ -105,6 +111,12 @@ pub enum Line {
         ts_ms: u64,
         /// The account resumed.
         account: String,
+        /// Who: the client's name (absent = anonymous).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        /// The client's connection (the broker's routing id for it), hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
     },
     /// A runtime change of what the broker enforces: risk limits (`tpx.risk`, a SIGHUP
     /// reload) or the CURVE allow-lists and names (a reload). One line per entry changed.
@@ -154,6 +166,8 @@ pub struct Audit {
     journal: Journal,
     run: u64,
     next: std::sync::atomic::AtomicU64,
+    /// In a broker pair: every line written here is also numbered for the peer.
+    outbox: std::sync::OnceLock<std::sync::Arc<crate::pair::replication::Outbox>>,
 }
 
 impl Audit {
@@ -165,7 +179,36 @@ impl Audit {
             journal: Journal::open(opts)?,
             run: run_ms,
             next: std::sync::atomic::AtomicU64::new(1),
+            outbox: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Streams every line written from now on to the pair's peer (once; false if set).
+    pub(crate) fn replicate_to(
+        &self,
+        outbox: std::sync::Arc<crate::pair::replication::Outbox>,
+    ) -> bool {
+        self.outbox.set(outbox).is_ok()
+    }
+
+    /// The journal's file (the newest).
+    pub fn path(&self) -> &Path {
+        &self.journal.options().path
+    }
+
+    /// The journal's options.
+    pub fn options(&self) -> &JournalOptions {
+        self.journal.options()
+    }
+
+    /// Appends a line received from the pair's peer (not sent back to it); halt, resume
+    /// and change lines are synced as the peer synced them.
+    pub fn write_replicated(&self, line: &Line) -> std::io::Result<()> {
+        let sync = matches!(
+            line,
+            Line::Halt { .. } | Line::Resume { .. } | Line::Change { .. }
+        );
+        self.journal.append(line, sync)
     }
 
     /// A fresh request audit id.
@@ -176,7 +219,15 @@ impl Audit {
 
     /// Appends `line`; with `sync`, forced to disk under the `always` policy.
     pub fn write(&self, line: &Line, sync: bool) -> std::io::Result<()> {
-        self.journal.append(line, sync)
+        let text = serde_json::to_vec(line)?;
+        match self.outbox.get() {
+            Some(o) => {
+                self.journal.append_encoded(text.clone(), sync)?;
+                o.push(&text);
+                Ok(())
+            }
+            None => self.journal.append_encoded(text, sync),
+        }
     }
 }
 

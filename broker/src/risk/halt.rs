@@ -15,6 +15,8 @@ pub const DEFAULT_REASON: &str = "halted by operator";
 struct Halt {
     reason: String,
     since_ms: u64,
+    /// The client that halted (last), `""` = anonymous.
+    by: String,
 }
 
 /// The halts in force.
@@ -25,12 +27,14 @@ pub struct Halts {
 }
 
 impl Halts {
-    /// Halts `account` (None = every account). A halt already in force keeps its start
-    /// and takes the new reason. Err when the account cap is reached.
+    /// Halts `account` (None = every account) for the client `by`. A halt already in
+    /// force keeps its start and takes the new reason and client. Err when the account cap
+    /// is reached.
     pub fn halt(
         &mut self,
         account: Option<&str>,
         reason: &str,
+        by: &str,
         now_ms: u64,
     ) -> Result<HaltStatus, String> {
         let reason = if reason.is_empty() {
@@ -49,16 +53,20 @@ impl Halts {
                 let e = self.accounts.entry(a.to_string()).or_insert(Halt {
                     reason: String::new(),
                     since_ms: now_ms,
+                    by: String::new(),
                 });
                 e.reason = reason.to_string();
+                e.by = by.to_string();
                 return Ok(status(a, e));
             }
         };
         let h = slot.get_or_insert(Halt {
             reason: String::new(),
             since_ms: now_ms,
+            by: String::new(),
         });
         h.reason = reason.to_string();
+        h.by = by.to_string();
         Ok(status(ALL_ACCOUNTS, h))
     }
 
@@ -119,5 +127,6 @@ fn status(account: &str, h: &Halt) -> HaltStatus {
         account: account.to_string(),
         reason: h.reason.clone(),
         since_ms: h.since_ms,
+        by: h.by.clone(),
     }
 }

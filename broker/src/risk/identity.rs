@@ -33,6 +33,14 @@ pub struct Table {
 }
 
 impl Table {
+    /// Whether any admin is configured (a `[risk] admins` name or an `admin = true` key):
+    /// then only admins may halt and resume.
+    pub fn has_admins(&self) -> bool {
+        !self.admins.is_empty() || self.clients.values().any(|c| c.admin)
+    }
+}
+
+impl Table {
     /// The table `config` describes (its curve lists, its `[risk] admins`).
     pub fn from_config(config: &Config) -> Result<Table, ConfigError> {
         let mut t = Table::default();
@@ -93,6 +101,16 @@ pub struct Caller {
     pub name: Option<String>,
     /// Whether it may call `tpx.risk`.
     pub admin: bool,
+    /// Whether any admin is configured: then `tpx.halt` / `tpx.resume` are for admins
+    /// only; with none, for every client the broker admits.
+    pub admins_exist: bool,
+}
+
+impl Caller {
+    /// Whether it may send `tpx.halt` / `tpx.resume`.
+    pub fn may_halt(&self) -> bool {
+        self.admin || !self.admins_exist
+    }
 }
 
 /// Why a request was refused `forbidden` before it reached dispatch.
@@ -207,7 +225,7 @@ impl Identities {
             return self.resolve_key(user_id, declared);
         }
         let Some(name) = declared else {
-            return Ok(Caller::default());
+            return Ok(self.anonymous());
         };
         if !self.local_only && !peer.is_some_and(is_loopback_peer) {
             return Err(Refusal {
@@ -219,10 +237,20 @@ impl Identities {
                 ),
             });
         }
+        let t = self.read();
         Ok(Caller {
             name: Some(name.to_string()),
-            admin: self.read().is_admin(name, false),
+            admin: t.is_admin(name, false),
+            admins_exist: t.has_admins(),
         })
+    }
+
+    /// A client that declares no name (without CURVE).
+    pub fn anonymous(&self) -> Caller {
+        Caller {
+            admins_exist: self.read().has_admins(),
+            ..Caller::default()
+        }
     }
 
     fn resolve_key(
@@ -255,6 +283,7 @@ impl Identities {
         Ok(Caller {
             name: Some(entry.name.clone()),
             admin: t.is_admin(&entry.name, entry.admin),
+            admins_exist: t.has_admins(),
         })
     }
 }
@@ -322,7 +351,8 @@ mod tests {
     fn without_curve_a_declared_name_is_trusted_from_loopback_only() {
         let c = Config::from_toml("[risk]\nadmins = [\"ops\"]\n").unwrap();
         let ids = Identities::new(&c, counter()).unwrap();
-        assert_eq!(ids.resolve(None, None, None).unwrap(), Caller::default());
+        let anon = ids.resolve(None, None, None).unwrap();
+        assert_eq!((anon.name, anon.admin), (None, false));
         for peer in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
             let ops = ids.resolve(None, Some(peer), Some("ops")).unwrap();
             assert_eq!(
@@ -337,6 +367,26 @@ mod tests {
         assert_eq!(e.reason, "not_loopback");
         assert!(e.message.contains("10.0.0.7"), "{}", e.message);
         assert!(ids.resolve(None, None, Some("ops")).is_err());
+    }
+
+    #[test]
+    fn halting_is_for_admins_once_any_admin_is_configured() {
+        let c = Config::from_toml("[risk]\nadmins = [\"ops\"]\n").unwrap();
+        let ids = Identities::new(&c, counter()).unwrap();
+        let lo = Some("127.0.0.1");
+        assert!(ids.resolve(None, lo, Some("ops")).unwrap().may_halt());
+        assert!(!ids.resolve(None, lo, Some("alpha")).unwrap().may_halt());
+        assert!(!ids.resolve(None, None, None).unwrap().may_halt());
+        // No admin anywhere: every client the broker admits may halt (and resume).
+        let open = Identities::new(&Config::from_toml("").unwrap(), counter()).unwrap();
+        assert!(open.resolve(None, None, None).unwrap().may_halt());
+        assert!(open.resolve(None, lo, Some("alpha")).unwrap().may_halt());
+        let a = key();
+        let curve = curve_config(&format!(
+            "[[curve.clients]]\nname = \"desk\"\nkey = {a:?}\n"
+        ));
+        let ids = Identities::new(&curve, counter()).unwrap();
+        assert!(!ids.resolve(Some(&a), None, None).unwrap().may_halt());
     }
 
     #[test]

@@ -257,6 +257,27 @@ impl Stage {
         r
     }
 
+    /// A `tpx.halt` / `tpx.resume` refused `forbidden` to `caller`: counted
+    /// (`not_admin`) and logged, the log bounded as for `tpx.risk` (a client may repeat).
+    pub fn refused_halt(&self, caller: &Caller, service: &str, message: &str) {
+        let s = &*self.shared;
+        s.metrics.forbidden.with_label_values(&["not_admin"]).inc();
+        let allowed = s
+            .refusal_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow();
+        if let Some(suppressed) = allowed {
+            let who = caller.name.as_deref().unwrap_or("-");
+            tracing::warn!(
+                client = who,
+                service,
+                suppressed,
+                "request refused: {message}"
+            );
+        }
+    }
+
     fn manage_inner(
         &self,
         now_ms: u64,

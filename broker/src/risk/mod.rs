@@ -9,6 +9,8 @@
 //! - [`identity`]: who sent a request (CURVE key names, declared names from loopback) and
 //!   the CURVE allow-lists.
 //! - [`manage`]: limits at runtime: `tpx.risk` (admins) and the SIGHUP reload, audited.
+//! - `replica`: the stage in a broker pair: the peer's journal lines appended here, and
+//!   the stage rebuilt from the journal when this broker takes over.
 //!
 //! The stage always exists: without `[risk]` it runs no rules and decodes no body unless
 //! a halt is in force, but keeps the book of working orders (from `order.` events) so a
@@ -25,6 +27,7 @@ pub mod halt;
 pub mod identity;
 pub mod manage;
 mod peek;
+mod replica;
 pub mod rules;
 pub mod state;
 #[cfg(test)]
@@ -249,6 +252,9 @@ impl Policy {
 }
 
 struct Shared {
+    /// False while this broker is a pair's passive one: it journals no trade events of its
+    /// own (the active broker's reach it through replication).
+    serving: AtomicBool,
     /// Set while any halt is in force, so an order check without one reads no lock.
     any_halt: AtomicBool,
     halts: Mutex<Halts>,
@@ -305,6 +311,21 @@ pub struct Replayed {
     pub halts_in_force: usize,
 }
 
+/// Who asked for a halt or a resume, for the audit journal and `tpx.status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Actor<'a> {
+    /// The client's name ([`Caller::name`]); None = anonymous.
+    pub name: Option<&'a str>,
+    /// The client's connection (the frontend's routing id); empty = the broker itself.
+    pub client: &'a [u8],
+}
+
+impl Actor<'_> {
+    fn client_hex(&self) -> Option<String> {
+        (!self.client.is_empty()).then(|| self.client.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
 /// The stage, held by the dispatcher (cheap to clone).
 #[derive(Clone)]
 pub struct Stage {
@@ -358,6 +379,7 @@ impl Stage {
         let policy = Policy::new(cfg, rules, tradeplex_proto::now_unix_ms(), "config");
         Stage {
             shared: Arc::new(Shared {
+                serving: AtomicBool::new(true),
                 any_halt: AtomicBool::new(false),
                 halts: Mutex::new(Halts::default()),
                 policy: RwLock::new(Arc::new(policy)),
@@ -477,20 +499,32 @@ impl Stage {
         None
     }
 
-    /// Halts `account` (None = every account) at `now_ms`: from now on its orders are
-    /// refused `risk_rejected` (`halted: <reason>`). Returns the halt, the working orders
-    /// to cancel (each returned once only, ever: a cancel is never sent twice) and how
-    /// many working orders were passed over because a cancel was already sent for them.
+    /// Halts `account` (None = every account) at `now_ms` for an anonymous client (see
+    /// [`Stage::halt_by`]).
     pub fn halt(
         &self,
         now_ms: u64,
         account: Option<&str>,
         reason: &str,
     ) -> Result<(HaltStatus, Vec<Booked>, u32), String> {
+        self.halt_by(now_ms, account, reason, &Actor::default())
+    }
+
+    /// Halts `account` (None = every account) at `now_ms` for `by`: from now on its orders
+    /// are refused `risk_rejected` (`halted: <reason>`). Returns the halt, the working
+    /// orders to cancel (each returned once only, ever: a cancel is never sent twice) and
+    /// how many working orders were passed over because a cancel was already sent for them.
+    pub fn halt_by(
+        &self,
+        now_ms: u64,
+        account: Option<&str>,
+        reason: &str,
+        by: &Actor<'_>,
+    ) -> Result<(HaltStatus, Vec<Booked>, u32), String> {
         let s = &*self.shared;
         let status = {
             let mut halts = s.halts();
-            let status = halts.halt(account, reason, now_ms)?;
+            let status = halts.halt(account, reason, by.name.unwrap_or(""), now_ms)?;
             s.any_halt.store(true, Ordering::Release);
             status
         };
@@ -499,6 +533,8 @@ impl Stage {
                 ts_ms: now_ms,
                 account: status.account.clone(),
                 reason: status.reason.clone(),
+                by: by.name.map(String::from),
+                client: by.client_hex(),
             },
             true,
         );
@@ -510,9 +546,18 @@ impl Stage {
         Ok((status, orders, skipped))
     }
 
-    /// Lifts the halt of `account`, or every halt (None). Returns the names lifted and
-    /// the halts still in force.
+    /// Lifts a halt for an anonymous client (see [`Stage::resume_by`]).
     pub fn resume(&self, account: Option<&str>) -> (Vec<String>, Vec<HaltStatus>) {
+        self.resume_by(account, &Actor::default())
+    }
+
+    /// Lifts the halt of `account`, or every halt (None), for `by`. Returns the names
+    /// lifted and the halts still in force.
+    pub fn resume_by(
+        &self,
+        account: Option<&str>,
+        by: &Actor<'_>,
+    ) -> (Vec<String>, Vec<HaltStatus>) {
         let s = &*self.shared;
         let mut halts = s.halts();
         let gone = halts.resume(account);
@@ -521,6 +566,8 @@ impl Stage {
             &audit::Line::Resume {
                 ts_ms: tradeplex_proto::now_unix_ms(),
                 account: account.unwrap_or(ALL_ACCOUNTS).to_string(),
+                by: by.name.map(String::from),
+                client: by.client_hex(),
             },
             true,
         );
@@ -687,10 +734,13 @@ impl Stage {
                     ts_ms,
                     account,
                     reason,
+                    by,
+                    ..
                 } = line
                 {
                     let a = (account != ALL_ACCOUNTS).then_some(account.as_str());
-                    if halts.halt(a, reason, *ts_ms).is_ok() {
+                    let by = by.as_deref().unwrap_or("");
+                    if halts.halt(a, reason, by, *ts_ms).is_ok() {
                         out.halts += 1;
                     }
                     continue;
@@ -1033,6 +1083,9 @@ impl Feed {
         let Some(a) = self.shared.audit.get() else {
             return;
         };
+        if !self.shared.serving.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(t) = rmp_serde::from_slice::<TradeOf>(body) else {
             return;
         };

@@ -668,20 +668,28 @@ fn a_resume_in_the_journal_lifts_the_replayed_halt() {
             ts_ms: T0,
             account: "*".into(),
             reason: "r".into(),
+            by: None,
+            client: None,
         },
         audit::Line::Resume {
             ts_ms: T0 + 1,
             account: "*".into(),
+            by: None,
+            client: None,
         },
         audit::Line::Halt {
             ts_ms: T0 + 2,
             account: "a".into(),
             reason: "r2".into(),
+            by: Some("ops".into()),
+            client: Some("00ab".into()),
         },
     ];
     let s = stage_for("contract_order_limit = 3");
     let r = s.replay(T0 + 5, &lines);
     assert_eq!(r.halts_in_force, 1);
+    // Who halted comes back with the halt.
+    assert_eq!(s.halts()[0].by, "ops");
     assert!(rejected(&send(&s, T0 + 6, &order(1.0, 3900.0))).starts_with("halted: r2"));
 }
 
@@ -689,6 +697,7 @@ fn caller(name: &str, admin: bool) -> Caller {
     Caller {
         name: Some(name.into()),
         admin,
+        admins_exist: true,
     }
 }
 

@@ -63,9 +63,20 @@ pub fn run(conn: &super::Conn, args: StatusArgs) -> anyhow::Result<i32> {
     if status.halts.is_empty() {
         println!("HALTS: none");
     } else {
-        println!("{:<20}  {:<24}  REASON", "HALTED", "SINCE_UTC");
+        println!(
+            "{:<20}  {:<24}  {:<16}  REASON",
+            "HALTED", "SINCE_UTC", "BY"
+        );
         for h in &status.halts {
-            println!("{:<20}  {:<24}  {}", h.account, utc(h.since_ms), h.reason);
+            // An anonymous client (no name) shows as `-`.
+            let by = if h.by.is_empty() { "-" } else { h.by.as_str() };
+            println!(
+                "{:<20}  {:<24}  {:<16}  {}",
+                h.account,
+                utc(h.since_ms),
+                by,
+                h.reason
+            );
         }
     }
     Ok(0)

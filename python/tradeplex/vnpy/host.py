@@ -49,6 +49,7 @@ from vnpy.trader.object import (
 
 import tradeplex
 from tradeplex import HandlerError
+from tradeplex.failover import Endpoints
 
 from . import mapping as m
 from .connection import (
@@ -84,7 +85,8 @@ class GatewayHost:
     Args:
         gateway_class: a vn.py `BaseGateway` subclass; its ``default_name`` is the service.
         setting: what its ``connect`` takes.
-        broker, events, capacity: as for `tradeplex.Worker`.
+        broker, events, capacity: as for `tradeplex.Worker` (a broker pair's two
+            endpoints, as a list or comma-separated, are followed there).
         connection_rule: the log patterns that say the gateway is down or up again.
         http: ``HOST:PORT`` to serve ``/metrics``, ``/healthz`` and ``/readyz`` on (port 0
             = any; `http_addr` tells which); None = off.
@@ -96,8 +98,8 @@ class GatewayHost:
         self,
         gateway_class: type[BaseGateway],
         setting: dict[str, Any],
-        broker: str = "tcp://127.0.0.1:5556",
-        events: str = "tcp://127.0.0.1:5557",
+        broker: Endpoints = "tcp://127.0.0.1:5556",
+        events: Endpoints = "tcp://127.0.0.1:5557",
         capacity: int = 4,
         *,
         connection_rule: ConnectionRule | None = None,

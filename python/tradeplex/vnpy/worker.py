@@ -8,6 +8,10 @@ override the file; CURVE also from ``TRADEPLEX_CURVE_SERVER_KEY`` /
 ``TRADEPLEX_CURVE_KEY_FILE``), plus the gateway's and the connection patterns. Prints
 ``worker <uuid> broker=<ep> http=<addr|off>`` like ``tradeplex-worker``; logs go to
 stderr; stops cleanly (drains) on SIGINT/SIGTERM.
+
+For a broker pair, ``--broker`` and ``--events`` (and the TOML keys) take both endpoints,
+comma-separated (``tcp://h1:5556,tcp://h2:5556``; TOML also a list): the worker serves the
+active broker and follows it (tradeplex.failover).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..curve import check_key
+from ..failover import parse_endpoints
 from .connection import ConnectionRule
 from .host import GatewayHost
 
@@ -55,8 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--gateway", help="MODULE:CLASS of a vn.py BaseGateway")
     ap.add_argument("--setting", help="JSON file with the gateway's own settings")
     ap.add_argument("--config", help="TOML config file; flags override it")
-    ap.add_argument("--broker", help="the broker's backend endpoint")
-    ap.add_argument("--events", help="the broker's XSUB (events) endpoint")
+    ap.add_argument(
+        "--broker", help="the broker's backend endpoint (a pair's two, comma-separated)"
+    )
+    ap.add_argument(
+        "--events", help="the broker's XSUB (events) endpoint (a pair's two, comma-separated)"
+    )
     ap.add_argument("--capacity", type=int, help="requests executed at once (1-1024)")
     ap.add_argument(
         "--http",
@@ -153,8 +162,9 @@ def resolve(a: argparse.Namespace) -> dict[str, Any]:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise ConfigError(f"{key}: must be {lo}-{hi}")
     for key in ("broker", "events"):
-        if not isinstance(c[key], str) or not c[key].startswith(("tcp://", "ipc://")):
-            raise ConfigError(f"{key}: must be a tcp:// or ipc:// endpoint")
+        c[key] = _endpoints(key, c[key])
+    if len(c["events"].split(",")) not in (1, len(c["broker"].split(","))):
+        raise ConfigError("events: one endpoint, or one per broker endpoint")
     if not c["gateway"] or ":" not in str(c["gateway"]):
         raise ConfigError("gateway: must be MODULE:CLASS (--gateway or the config's gateway)")
     if curve:
@@ -171,6 +181,20 @@ def resolve(a: argparse.Namespace) -> dict[str, Any]:
     if set(conn) - {"down", "login", "connect"}:
         raise ConfigError("connection: fields are down, login and connect (lists of regexes)")
     return c
+
+
+def _endpoints(key: str, value: Any) -> str:
+    """One endpoint, a comma-separated string or (TOML) a list → the checked endpoints,
+    comma-separated."""
+    if not isinstance(value, (str, list)):
+        raise ConfigError(f"{key}: must be a tcp:// or ipc:// endpoint (or a list of them)")
+    try:
+        eps = parse_endpoints(value, key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if any(ep.startswith("inproc://") for ep in eps):
+        raise ConfigError(f"{key}: must be a tcp:// or ipc:// endpoint")
+    return ",".join(eps)
 
 
 def _gateway_class(spec: str) -> Any:
