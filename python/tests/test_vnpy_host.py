@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BIN, LIVENESS, Cluster, Proc, wait_for
@@ -359,6 +360,32 @@ def test_worker_host_process_reached_from_cli_and_a_tradeplex_gateway(cluster: C
     assert _metric(text, f'tradeplex_build_info{{commit="unknown",version="{version}"}}') == 1
     assert _metric(text, "process_resident_memory_bytes") > 0
     assert _metric(text, "process_open_fds") > 0
+
+
+def test_worker_host_logs_json_lines_with_a_top_level_message(cluster: Cluster) -> None:
+    b = cluster.broker()
+    proc = _host_proc(cluster, b, "--log-json", account="acct-json")
+    wid = proc.line("worker ").split()[1]
+    cluster.wait_registered(b, wid)
+
+    def lines() -> list[dict[str, Any]]:
+        text = proc.log.read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    # The gateway's connection is logged once it logs in; every line is one JSON object.
+    logged = wait_for(
+        lambda: [v for v in lines() if "connected" in v.get("message", "")], 10, "a log line"
+    )
+    for v in lines():
+        assert isinstance(v["message"], str) and v["level"] in {
+            "DEBUG",
+            "INFO",
+            "WARN",
+            "ERROR",
+        }, v
+        assert v["timestamp"].endswith("Z") and isinstance(v["target"], str), v
+    assert "\x1b[" not in proc.log.read_text(encoding="utf-8")
+    assert logged[0]["target"] == "tradeplex.vnpy.host", logged[0]
 
 
 def test_worker_host_flags_are_validated_by_name(cluster: Cluster) -> None:

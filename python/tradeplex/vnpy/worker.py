@@ -1,6 +1,7 @@
 """``python -m tradeplex.vnpy.worker --gateway MODULE:CLASS [--setting FILE.json]
 [--config FILE] [--broker EP] [--events EP] [--capacity N] [--http ADDR]
-[--heartbeat-ms N] [--liveness N] [--curve-server-key KEY --curve-key-file FILE]``:
+[--heartbeat-ms N] [--liveness N] [--curve-server-key KEY --curve-key-file FILE]
+[--log-level LEVEL] [--log-json]``:
 hosts a vn.py gateway as a Tradeplex worker whose service is the gateway's name.
 
 The flags are ``tradeplex-worker``'s (same names, defaults, ranges and TOML keys; flags
@@ -24,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +102,32 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--log-level", default=os.environ.get("TRADEPLEX_LOG", "info"), help="log level"
     )
+    ap.add_argument(
+        "--log-json", action="store_true", help="log to stderr as one JSON object per line"
+    )
     return ap
+
+
+#: Python's level names as the Rust binaries spell them.
+_RUST_LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR"}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, shaped like the Rust binaries' ``--log-json``:
+    ``timestamp`` (UTC, µs), ``level`` (``INFO``, ``WARN``, …), ``message`` at the top
+    level and ``target`` (the logger's name); a traceback goes in ``error``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        line: dict[str, Any] = {
+            "timestamp": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "level": _RUST_LEVELS.get(record.levelname, record.levelname),
+            "message": record.getMessage(),
+            "target": record.name,
+        }
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
 
 
 def _load_toml(path: str) -> dict[str, Any]:
@@ -223,11 +250,13 @@ def _setting(path: str | None) -> dict[str, Any]:
 def build(argv: list[str] | None = None) -> GatewayHost:
     """The host the command line describes (not started)."""
     a = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=str(a.log_level).upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonLogFormatter()
+        if a.log_json
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=str(a.log_level).upper(), handlers=[handler])
     c = resolve(a)
     conn = c["connection"]
     try:
