@@ -53,7 +53,7 @@ pub struct Args {
         default_value = "warn",
         env = "TRADEPLEX_LOG",
         global = true,
-        value_parser = parse_log_level
+        value_parser = tradeplex_ops::logging::parse_filter
     )]
     pub log_level: String,
     /// Log to stderr as one JSON object per line.
@@ -132,12 +132,6 @@ pub mod exit {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
-
-fn parse_log_level(s: &str) -> Result<String, String> {
-    tradeplex_ops::logging::check_filter(s)
-        .map(|()| s.to_string())
-        .map_err(|e| format!("not a log filter: {e}"))
-}
 
 /// A failed call's outcome: the `name: message` line on stderr, and with `json` the
 /// `{"error": {...}}` object on stdout. Returns the exit code.
