@@ -233,10 +233,8 @@ mod tests {
             split_endpoints("tcp://a:1,tcp://a:1"),
             Err(EndpointsError::Repeated(_))
         ));
-        let many = vec!["tcp://h:1"; 9]
-            .iter()
-            .enumerate()
-            .map(|(i, e)| format!("{e}{i}"))
+        let many = (0..9)
+            .map(|i| format!("tcp://h:1{i}"))
             .collect::<Vec<_>>()
             .join(",");
         assert_eq!(split_endpoints(&many), Err(EndpointsError::TooMany(9)));
