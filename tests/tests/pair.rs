@@ -472,6 +472,16 @@ fn a_request_refused_by_the_passive_broker_is_sent_to_the_active_once() {
         backup.metric("tradeplex_pair_refused_total", &[("kind", "request")]),
         1.0
     );
-    // The worker, too, serves the active broker only.
     assert_eq!(backup.state(), "passive");
+
+    // The CLI alike: `--broker backup,primary` (and TRADEPLEX_BROKER) follow the active.
+    let both = pair_endpoints(&[&backup.broker, &primary.broker], |b| &b.frontend);
+    let args: Vec<String> = ["--broker", &both, "call", "echo", r#"{"cli": 1}"#]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = run_to_exit("tradeplex", &args, Duration::from_secs(20));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.trim(), r#"{"cli":1}"#);
+    assert!(out.stderr.contains("switching broker"), "{}", out.stderr);
 }
