@@ -98,7 +98,13 @@ impl<'a> Session<'a> {
             if started.elapsed() > self.opts.liveness_window() * 2 {
                 backoff.reset();
             }
-            let delay = backoff.next_delay(&mut rng);
+            let mut delay = backoff.next_delay(&mut rng);
+            if why == Why::Passive {
+                // At least half the first ceiling: while both brokers of a pair are
+                // passive (the pair settling, a takeover window) the worker alternates
+                // between them at most ~20 times a second.
+                delay = delay.max(self.opts.reconnect_min / 2);
+            }
             if why == Why::Silent {
                 tracing::warn!(
                     backoff_ms = delay.as_millis() as u64,
