@@ -209,6 +209,31 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_pair_takes_one_events_endpoint_per_broker() {
+        let pair = |broker: &str, events: &str| {
+            toml::from_str::<Config>(&format!("broker = \"{broker}\"\nevents = \"{events}\"\n"))
+                .unwrap()
+                .validate()
+        };
+        pair("tcp://a:1,tcp://b:1", "tcp://a:2, tcp://b:2").unwrap();
+        let e = pair("tcp://a:1,tcp://b:1", "tcp://a:2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`events`") && e.contains("one per broker"),
+            "{e}"
+        );
+        let e = pair("tcp://a:1,nope", "tcp://a:2,tcp://b:2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`broker`"), "{e}");
+        let e = pair("tcp://a:1,tcp://a:1", "tcp://a:2,tcp://b:2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
     fn http_credentials_are_read_and_checked() {
         let c: Config = toml::from_str("[http_auth]\ntoken = \"0123456789abcdef\"\n").unwrap();
         c.validate().unwrap();
