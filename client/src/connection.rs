@@ -2,6 +2,8 @@
 //! Handles hand it calls over a channel (and a wake-up byte on a socketpair it polls
 //! beside the DEALER); it sends them, matches replies by request id, times calls out and
 //! re-sends idempotent calls that got no answer (e.g. lost in a broker restart).
+//! Given the endpoints of a broker pair it holds one DEALER per endpoint, sends to one at
+//! a time and follows the active broker as `failover.rs` decides.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -14,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tradeplex_proto::client::{self as cp, RequestHeader};
 use tradeplex_proto::{ErrorCode, RequestId};
 
+use crate::failover::{self, Failover, Health, Why};
 use crate::{ClientError, Reply};
 
 /// What a handle sends to the connection thread.
@@ -33,6 +36,8 @@ struct Pending {
     /// Whether any copy reached the socket. A call never sent was never delivered, so it
     /// ends `unavailable` rather than `timeout` (outcome unknown).
     sent: bool,
+    /// The endpoint (link) the latest copy went to.
+    at: usize,
     timeout_ms: u64,
 }
 
@@ -51,19 +56,22 @@ pub(crate) type Sleeping = std::sync::Arc<std::sync::atomic::AtomicBool>;
 /// How often pending calls are scanned for timeouts and re-sends at most.
 const TIMER_PERIOD: Duration = Duration::from_millis(2);
 
-/// The DEALER's monitor: tells whether the last connection attempt was refused.
-pub(crate) struct Monitor {
+/// One broker endpoint: the DEALER to its frontend and the DEALER's monitor, which tells
+/// whether the connection is up, lost or refused.
+pub(crate) struct Link {
+    /// DEALER connected to the endpoint.
+    pub dealer: zmq::Socket,
     /// PAIR connected to the DEALER's monitor endpoint.
-    pub socket: zmq::Socket,
-    /// Fail unsent calls at once while the broker refuses connections.
-    pub fail_fast: bool,
+    pub monitor: zmq::Socket,
 }
 
 pub(crate) struct Connection {
-    dealer: zmq::Socket,
-    monitor: Monitor,
-    /// The last connection attempt was refused and none has succeeded since.
-    refused: bool,
+    /// One per endpoint, in the order given (first = primary).
+    links: Vec<Link>,
+    /// Which link requests go to, and the health of each.
+    failover: Failover,
+    /// Fail unsent calls at once while every broker refuses connections.
+    fail_fast: bool,
     calls: Receiver<Call>,
     wake: UnixStream,
     sleeping: Sleeping,
@@ -77,17 +85,18 @@ pub(crate) struct Connection {
 
 impl Connection {
     pub fn new(
-        dealer: zmq::Socket,
-        monitor: Monitor,
+        links: Vec<Link>,
+        failover: Failover,
+        fail_fast: bool,
         calls: Receiver<Call>,
         wake: UnixStream,
         sleeping: Sleeping,
         max_body: usize,
     ) -> Connection {
         Connection {
-            dealer,
-            monitor,
-            refused: false,
+            links,
+            failover,
+            fail_fast,
             calls,
             wake,
             sleeping,
@@ -113,30 +122,28 @@ impl Connection {
             } else {
                 0
             };
-            let mut items = [
-                self.dealer.as_poll_item(zmq::POLLIN),
-                zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN),
-                self.monitor.socket.as_poll_item(zmq::POLLIN),
-            ];
-            let polled = zmq::poll(&mut items, wait_ms);
+            let polled = poll_links(&self.links, &self.wake, wait_ms);
             self.sleeping.store(false, Ordering::SeqCst);
-            if let Err(e) = polled {
-                if e != zmq::Error::EINTR {
+            let ready = match polled {
+                Ok(r) => r,
+                Err(zmq::Error::EINTR) => Ready::default(),
+                Err(e) => {
                     tracing::error!(error = %e, "client poll failed");
                     break;
                 }
-            }
-            let (replies, woken) = (items[0].is_readable(), items[1].is_readable());
-            if items[2].is_readable() {
-                self.read_monitor();
-            }
-            if woken {
+            };
+            if ready.wake {
                 let mut buf = [0u8; 256];
                 while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
             }
             open = self.take_calls();
-            if replies {
-                self.read_replies();
+            // Replies before monitor events: an answer that arrived before its broker's
+            // connection dropped settles its call, it is not counted lost.
+            for i in bits(ready.dealers) {
+                self.read_replies(i);
+            }
+            for i in bits(ready.monitors) {
+                self.read_monitor(i);
             }
             let now = Instant::now();
             if self.next_due.is_some_and(|t| now >= t) || now >= self.last_scan + TIMER_PERIOD {
@@ -169,10 +176,12 @@ impl Connection {
             call,
             next_send: None,
             sent: false,
+            at: 0,
             timeout_ms,
         };
+        self.failover.ensure_usable();
         self.try_send(&mut p, Instant::now());
-        if !p.sent && self.refused && self.monitor.fail_fast {
+        if !p.sent && self.fail_fast && self.failover.all_refused() {
             let _ = p.call.done.send(Err(ClientError::Refused));
             return;
         }
@@ -182,30 +191,53 @@ impl Connection {
 
     /// Sends without blocking and schedules the next attempt.
     fn try_send(&self, p: &mut Pending, now: Instant) {
-        if send_request(&self.dealer, &p.call) {
+        let at = self.failover.current();
+        let sent = self
+            .links
+            .get(at)
+            .is_some_and(|l| send_request(&l.dealer, &p.call));
+        if sent {
             p.sent = true;
+            p.at = at;
             p.next_send = p.call.retry_every.map(|d| now + d);
         } else {
             p.next_send = Some(now + UNSENT_RETRY);
         }
     }
 
-    /// Follows the DEALER's connection state; with `fail_fast`, a refused attempt ends
-    /// every call not sent yet `unavailable` (it never reached a socket).
-    fn read_monitor(&mut self) {
-        while let Ok(frames) = self.monitor.socket.recv_multipart(zmq::DONTWAIT) {
+    /// Follows link `i`'s connection state. A pair's link in use that drops settles what
+    /// was in flight there and moves on; with `fail_fast`, every broker refusing
+    /// connections ends every call not sent yet `unavailable` (it never reached a socket).
+    fn read_monitor(&mut self, i: usize) {
+        let Some(link) = self.links.get(i) else {
+            return;
+        };
+        let mut lost = false;
+        while let Ok(frames) = link.monitor.recv_multipart(zmq::DONTWAIT) {
             let event = frames
                 .first()
                 .and_then(|f| f.get(0..2))
                 .and_then(|b| <[u8; 2]>::try_from(b).ok())
                 .map(u16::from_le_bytes);
-            match event {
-                Some(e) if e == zmq::SocketEvent::CONNECT_RETRIED.to_raw() => self.refused = true,
-                Some(e) if e == zmq::SocketEvent::CONNECTED.to_raw() => self.refused = false,
-                _ => {}
-            }
+            let health = match event {
+                Some(e) if e == zmq::SocketEvent::CONNECT_RETRIED.to_raw() => Health::Refused,
+                Some(e) if e == zmq::SocketEvent::CONNECTED.to_raw() => Health::Up,
+                Some(e) if e == zmq::SocketEvent::DISCONNECTED.to_raw() => {
+                    // One endpoint: a drop changes nothing until a reconnect is refused
+                    // (a restarting broker), as it always has.
+                    if !self.failover.is_pair() {
+                        continue;
+                    }
+                    Health::Lost
+                }
+                _ => continue,
+            };
+            lost |= self.failover.set_health(i, health);
         }
-        if self.refused && self.monitor.fail_fast {
+        if lost {
+            self.on_lost(i);
+        }
+        if self.fail_fast && self.failover.all_refused() {
             let unsent: Vec<RequestId> = self
                 .pending
                 .iter()
@@ -220,9 +252,60 @@ impl Connection {
         }
     }
 
-    fn read_replies(&mut self) {
+    /// The pair's broker in use at link `i` is gone: move to the next, re-send the
+    /// idempotent calls in flight there and end the others `worker_lost` (the old broker
+    /// may have delivered them: outcome unknown, never re-sent).
+    fn on_lost(&mut self, i: usize) {
+        self.read_replies(i);
+        self.failover.switch(Why::Lost);
+        let now = Instant::now();
+        let lost: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.sent && p.at == i)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            let Some(mut p) = self.pending.remove(&id) else {
+                continue;
+            };
+            if p.call.header.idempotent {
+                self.try_send(&mut p, now);
+                self.pending.insert(id, p);
+            } else {
+                let broker = self.failover.endpoint(i).to_string();
+                let _ = p.call.done.send(Err(ClientError::BrokerLost(broker)));
+            }
+        }
+        self.next_due = self.pending.values().map(Self::due).min();
+    }
+
+    /// Link `i` answered `id` as a passive broker: that copy was not queued, so the call
+    /// goes out again at the broker the client now uses, whatever its idempotency.
+    fn on_passive_refusal(&mut self, i: usize, id: RequestId) {
+        let now = Instant::now();
+        self.failover.on_passive(i, now);
+        let resend = self.failover.resend_at(now);
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
+        if p.at != i {
+            return; // an older copy of an idempotent call; the newer one is elsewhere
+        }
+        if !p.call.header.idempotent {
+            p.sent = false;
+        }
+        p.next_send = Some(resend);
+        let due = Self::due(p);
+        self.next_due = Some(self.next_due.map_or(due, |t| t.min(due)));
+    }
+
+    fn read_replies(&mut self, i: usize) {
         loop {
-            let frames = match self.dealer.recv_multipart(zmq::DONTWAIT) {
+            let Some(link) = self.links.get(i) else {
+                return;
+            };
+            let frames = match link.dealer.recv_multipart(zmq::DONTWAIT) {
                 Ok(f) => f,
                 Err(_) => return,
             };
@@ -241,6 +324,12 @@ impl Connection {
                         })
                     };
                     self.answer(h.id, result);
+                }
+                Ok(cp::Message::Error(h))
+                    if self.failover.is_pair()
+                        && failover::is_passive_refusal(h.code, &h.message) =>
+                {
+                    self.on_passive_refusal(i, h.id);
                 }
                 Ok(cp::Message::Error(h)) => {
                     let err = ClientError::Remote {
@@ -288,6 +377,9 @@ impl Connection {
                 due.push(*id);
             }
         }
+        if !due.is_empty() {
+            self.failover.ensure_usable();
+        }
         for id in due {
             if let Some(mut p) = self.pending.remove(&id) {
                 if p.sent {
@@ -309,6 +401,75 @@ impl Connection {
         }
         self.next_due = self.pending.values().map(Self::due).min();
     }
+}
+
+/// What a poll found ready: the wake-up socket, and per link (bit `i`) its DEALER and its
+/// monitor.
+#[derive(Default)]
+struct Ready {
+    wake: bool,
+    dealers: u8,
+    monitors: u8,
+}
+
+impl Ready {
+    /// Reads a poll set laid out as `[wake, dealer0, monitor0, dealer1, monitor1, …]`.
+    fn of(items: &[zmq::PollItem]) -> Ready {
+        let mut r = Ready {
+            wake: items.first().is_some_and(|w| w.is_readable()),
+            ..Ready::default()
+        };
+        for (i, pair) in items.get(1..).unwrap_or_default().chunks(2).enumerate() {
+            let bit = 1u8 << (i % failover::MAX_ENDPOINTS);
+            if pair.first().is_some_and(|d| d.is_readable()) {
+                r.dealers |= bit;
+            }
+            if pair.get(1).is_some_and(|m| m.is_readable()) {
+                r.monitors |= bit;
+            }
+        }
+        r
+    }
+}
+
+/// The set bits of `mask`, lowest first.
+fn bits(mask: u8) -> impl Iterator<Item = usize> {
+    (0..failover::MAX_ENDPOINTS).filter(move |i| mask & (1 << i) != 0)
+}
+
+/// Polls the wake-up socket and every link. One or two links (one broker, a pair) poll a
+/// set on the stack, so the loop allocates nothing per turn.
+fn poll_links(links: &[Link], wake: &UnixStream, wait_ms: i64) -> zmq::Result<Ready> {
+    let wake = zmq::PollItem::from_fd(wake.as_raw_fd(), zmq::POLLIN);
+    match links {
+        [a] => {
+            let [d, m] = items(a);
+            let mut set = [wake, d, m];
+            zmq::poll(&mut set, wait_ms)?;
+            Ok(Ready::of(&set))
+        }
+        [a, b] => {
+            let ([d0, m0], [d1, m1]) = (items(a), items(b));
+            let mut set = [wake, d0, m0, d1, m1];
+            zmq::poll(&mut set, wait_ms)?;
+            Ok(Ready::of(&set))
+        }
+        _ => {
+            let mut set: Vec<zmq::PollItem> = std::iter::once(wake)
+                .chain(links.iter().flat_map(items))
+                .collect();
+            zmq::poll(&mut set, wait_ms)?;
+            Ok(Ready::of(&set))
+        }
+    }
+}
+
+/// A link's DEALER and monitor as poll items.
+fn items(l: &Link) -> [zmq::PollItem<'_>; 2] {
+    [
+        l.dealer.as_poll_item(zmq::POLLIN),
+        l.monitor.as_poll_item(zmq::POLLIN),
+    ]
 }
 
 /// Sends a request without blocking; false when the socket would block (no broker

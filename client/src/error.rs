@@ -32,6 +32,12 @@ pub enum ClientError {
         "unavailable: connecting to the broker failed (refused, or no route); request not sent"
     )]
     Refused,
+    /// The broker of a pair holding this request was lost (its connection dropped or
+    /// its heartbeats stopped) and the client moved to the other broker. The request is
+    /// not idempotent, so it was NOT re-sent: its outcome is unknown, as with a worker
+    /// lost. Query by id before retrying an order. The field is the lost endpoint.
+    #[error("worker_lost: the broker at {0} was lost with this request in flight (outcome unknown; not re-sent)")]
+    BrokerLost(String),
     /// Too many calls in flight on this client.
     #[error("overloaded: {0} calls already in flight on this client")]
     TooManyInFlight(usize),
@@ -66,6 +72,7 @@ impl ClientError {
         match self {
             ClientError::Remote { name, .. } => name,
             ClientError::Timeout(_) => "timeout",
+            ClientError::BrokerLost(_) => "worker_lost",
             ClientError::NotSent(_) | ClientError::Refused => "unavailable",
             ClientError::TooManyInFlight(_) => "overloaded",
             ClientError::Closed | ClientError::Connect(_) => "closed",
@@ -75,10 +82,12 @@ impl ClientError {
         }
     }
 
-    /// The wire code, for remote errors.
+    /// The wire code, for remote errors (and `worker_lost` for [`ClientError::BrokerLost`],
+    /// which means the same to the caller).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Remote { code, .. } => *code,
+            ClientError::BrokerLost(_) => Some(ErrorCode::WorkerLost),
             _ => None,
         }
     }

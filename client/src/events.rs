@@ -3,7 +3,8 @@
 //! source by sequence number, repairs gaps from the broker's recent-event store when told
 //! where the broker's frontend is ([`Repair`]), watches the broker's heartbeat, and
 //! reconnects when the broker goes silent. Events reach the caller through a bounded
-//! channel.
+//! channel. Given the events endpoints of a broker pair, the SUB connects to all of them
+//! at once: only the active broker relays workers' events, so nothing needs switching.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +60,8 @@ pub struct EventStats {
     pub local_drops: AtomicU64,
     /// Times the broker went silent and the socket was rebuilt.
     pub reconnects: AtomicU64,
-    /// Times a new broker instance was seen (broker restarted).
+    /// Times a new broker instance was seen (broker restarted; with a pair, an instance
+    /// beyond the one per endpoint already known).
     pub broker_restarts: AtomicU64,
     /// Broker heartbeats seen.
     pub heartbeats: AtomicU64,
@@ -136,12 +138,15 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Connects to the broker's XPUB and subscribes to `prefixes`.
+    /// Connects to the broker's XPUB — or, given a pair's comma-separated endpoints, to
+    /// each of them — and subscribes to `prefixes`.
     pub fn connect(
         endpoint: &str,
         prefixes: &[&str],
         options: EventOptions,
     ) -> Result<Subscriber, ClientError> {
+        let endpoints = crate::failover::split_endpoints(endpoint)
+            .map_err(|e| ClientError::Connect(format!("{endpoint}: {e}")))?;
         let ctx = zmq::Context::new();
         let (tx, rx) = crossbeam_channel::bounded(options.queue.max(1));
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
@@ -149,7 +154,7 @@ impl Subscriber {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut state = SubState {
             ctx,
-            endpoint: endpoint.to_string(),
+            endpoints,
             prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
             options,
             out: tx,
@@ -157,7 +162,7 @@ impl Subscriber {
             stats: stats.clone(),
             last_seq: HashMap::new(),
             tracked: 0,
-            broker: None,
+            brokers: Vec::new(),
             last_heartbeat: Instant::now(),
             repairer: None,
             repair_paused_until: None,
@@ -236,7 +241,7 @@ const MAX_SOURCES: usize = 100_000;
 
 struct SubState {
     ctx: zmq::Context,
-    endpoint: String,
+    endpoints: Vec<String>,
     prefixes: Vec<String>,
     options: EventOptions,
     out: Sender<Event>,
@@ -247,7 +252,8 @@ struct SubState {
     last_seq: HashMap<WorkerId, HashMap<String, u64>>,
     /// (source, topic) pairs tracked, bounded by [`MAX_SOURCES`].
     tracked: usize,
-    broker: Option<WorkerId>,
+    /// Broker instances heard, least recently heard first; at most one per endpoint.
+    brokers: Vec<WorkerId>,
     last_heartbeat: Instant,
     /// The connection gap repair calls on, made at the first gap.
     repairer: Option<Client>,
@@ -280,7 +286,9 @@ impl SubState {
         for p in &self.prefixes {
             s.set_subscribe(p.as_bytes())?;
         }
-        s.connect(&self.endpoint)?;
+        for ep in &self.endpoints {
+            s.connect(ep)?;
+        }
         Ok(s)
     }
 
@@ -348,10 +356,7 @@ impl SubState {
         if e.topic == BROKER_HEARTBEAT_TOPIC {
             self.last_heartbeat = Instant::now();
             self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-            if self.broker.is_some_and(|b| b != h.source) {
-                self.stats.broker_restarts.fetch_add(1, Ordering::Relaxed);
-            }
-            self.broker = Some(h.source);
+            self.heard_broker(h.source);
         }
         let sequence = self.sequence(h.source, &e.topic, h.seq);
         if matches!(sequence, Sequence::Repeat) {
@@ -383,6 +388,21 @@ impl SubState {
             kind: h.kind,
             body,
         });
+    }
+
+    /// Counts a broker instance not heard before as a restart once every endpoint's
+    /// broker is known (a pair's two brokers both send heartbeats).
+    fn heard_broker(&mut self, id: WorkerId) {
+        if self.brokers.last() == Some(&id) {
+            return;
+        }
+        if let Some(pos) = self.brokers.iter().position(|b| *b == id) {
+            self.brokers.remove(pos);
+        } else if self.brokers.len() >= self.endpoints.len() {
+            self.stats.broker_restarts.fetch_add(1, Ordering::Relaxed);
+            self.brokers.remove(0);
+        }
+        self.brokers.push(id);
     }
 
     fn deliver(&self, ev: Event) {

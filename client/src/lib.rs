@@ -2,6 +2,8 @@
 //! background connection thread. Many calls may be in flight at once from many threads;
 //! each has a timeout; idempotent calls are re-sent when no answer comes (a broker
 //! restart loses what it held); the connection re-establishes itself (ZeroMQ reconnects).
+//! Given both endpoints of a broker pair (`tcp://h1:5555,tcp://h2:5555`) it follows the
+//! active one ([`failover`]).
 //!
 //! ```no_run
 //! use tradeplex_client::{Client, ClientOptions, CallOptions};
@@ -14,6 +16,7 @@ mod connection;
 pub mod curve;
 pub mod error;
 pub mod events;
+pub mod failover;
 pub mod json;
 pub mod trading;
 
@@ -28,7 +31,8 @@ pub use error::ClientError;
 use tradeplex_proto::client::RequestHeader;
 use tradeplex_proto::{RequestId, ServiceName, WorkerId};
 
-use crate::connection::{Call, Connection};
+use crate::connection::{Call, Connection, Link};
+use crate::failover::Failover;
 
 /// How a client connects.
 #[derive(Debug, Clone)]
@@ -50,6 +54,12 @@ pub struct ClientOptions {
     /// broker's per-client risk limits and audit journal know it by. Honoured from
     /// loopback without CURVE; with CURVE the key names the client and this must match.
     pub name: Option<String>,
+    /// With several endpoints (a broker pair): the ZMTP heartbeat interval on each
+    /// connection, so a broker that falls silent (its host cut off) is noticed.
+    pub heartbeat: Duration,
+    /// With several endpoints: silence after which a connection counts as lost and the
+    /// client moves to the next broker.
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +71,8 @@ impl Default for ClientOptions {
             curve: None,
             fail_fast: false,
             name: None,
+            heartbeat: Duration::from_millis(250),
+            heartbeat_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -81,6 +93,13 @@ impl ClientOptions {
     /// Sets [`ClientOptions::name`].
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Sets [`ClientOptions::heartbeat`] and [`ClientOptions::heartbeat_timeout`].
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat = interval;
+        self.heartbeat_timeout = timeout;
         self
     }
 
@@ -149,6 +168,15 @@ pub struct Reply {
     pub worker: WorkerId,
 }
 
+/// What a client has done about a broker pair ([`Client::stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Times the client moved to another broker (a passive refusal, a lost connection).
+    pub switches: u64,
+    /// The endpoint requests go to now.
+    pub endpoint: String,
+}
+
 /// A call in flight; [`PendingCall::wait`] blocks for its answer.
 pub struct PendingCall {
     rx: Receiver<Result<Reply, ClientError>>,
@@ -169,6 +197,8 @@ struct Inner {
     sleeping: connection::Sleeping,
     next_id: AtomicU64,
     options: ClientOptions,
+    endpoints: Vec<String>,
+    failover: Arc<failover::Shared>,
     _ctx: zmq::Context,
 }
 
@@ -180,44 +210,18 @@ pub struct Client {
 
 impl Client {
     /// Connects to the broker's frontend (returns at once; the socket connects and
-    /// reconnects in the background).
-    pub fn connect(endpoint: &str, options: ClientOptions) -> Result<Client, ClientError> {
-        let err = |e: zmq::Error| ClientError::Connect(format!("{endpoint}: {e}"));
+    /// reconnects in the background). `endpoints` is one endpoint or the comma-separated
+    /// endpoints of a broker pair, primary first: the client then uses one at a time and
+    /// follows the active broker (docs/protocol.md, "Broker pair").
+    pub fn connect(endpoints: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let list = failover::split_endpoints(endpoints)
+            .map_err(|e| ClientError::Connect(format!("{endpoints}: {e}")))?;
         let ctx = zmq::Context::new();
-        let dealer = ctx.socket(zmq::DEALER).map_err(err)?;
-        dealer.set_linger(0).map_err(err)?;
-        // Queue nothing on a connection that is not complete: with no broker a send fails
-        // (EAGAIN), so a call never handed to a connection ends `unavailable` (certainly
-        // not executed), not `timeout` (outcome unknown).
-        dealer.set_immediate(true).map_err(err)?;
-        dealer.set_sndhwm(100_000).map_err(err)?;
-        dealer.set_rcvhwm(100_000).map_err(err)?;
-        dealer
-            .set_reconnect_ivl(options.reconnect.as_millis() as i32)
-            .map_err(err)?;
-        dealer.set_reconnect_ivl_max(1000).map_err(err)?;
-        dealer
-            .set_maxmsgsize((options.max_body_bytes as i64).saturating_mul(2) + 64 * 1024)
-            .map_err(err)?;
-        if let Some(curve) = &options.curve {
-            curve
-                .apply(&dealer)
-                .map_err(|e| ClientError::Connect(e.to_string()))?;
-        }
-        // The connection thread learns of refused connection attempts from the socket's
-        // monitor (local inproc events, not network input).
-        let monitor_ep = format!(
-            "inproc://tpx-client-monitor-{}",
-            uuid::Uuid::new_v4().simple()
-        );
-        let events = zmq::SocketEvent::CONNECTED as i32
-            | zmq::SocketEvent::CONNECT_RETRIED as i32
-            | zmq::SocketEvent::DISCONNECTED as i32;
-        dealer.monitor(&monitor_ep, events).map_err(err)?;
-        let monitor = ctx.socket(zmq::PAIR).map_err(err)?;
-        monitor.set_linger(0).map_err(err)?;
-        monitor.connect(&monitor_ep).map_err(err)?;
-        dealer.connect(endpoint).map_err(err)?;
+        let pair = list.len() > 1;
+        let links = list
+            .iter()
+            .map(|ep| open_link(&ctx, ep, &options, pair))
+            .collect::<Result<Vec<Link>, ClientError>>()?;
         let (wake_tx, wake_rx) =
             UnixStream::pair().map_err(|e| ClientError::Connect(e.to_string()))?;
         for s in [&wake_tx, &wake_rx] {
@@ -226,12 +230,11 @@ impl Client {
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let sleeping = connection::Sleeping::default();
+        let shared = Arc::new(failover::Shared::default());
         let conn = Connection::new(
-            dealer,
-            connection::Monitor {
-                socket: monitor,
-                fail_fast: options.fail_fast,
-            },
+            links,
+            Failover::new(list.clone(), shared.clone()),
+            options.fail_fast,
             rx,
             wake_rx,
             sleeping.clone(),
@@ -250,9 +253,25 @@ impl Client {
                 // ids its previous incarnation left in flight.
                 next_id: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0 >> 16),
                 options,
+                endpoints: list,
+                failover: shared,
                 _ctx: ctx,
             }),
         })
+    }
+
+    /// Broker switches so far and the endpoint in use.
+    pub fn stats(&self) -> ClientStats {
+        let current = self.inner.failover.current.load(Ordering::Relaxed);
+        ClientStats {
+            switches: self.inner.failover.switches.load(Ordering::Relaxed),
+            endpoint: self
+                .inner
+                .endpoints
+                .get(current)
+                .cloned()
+                .unwrap_or_default(),
+        }
     }
 
     /// Calls `service` and blocks for the answer.
@@ -390,4 +409,59 @@ impl Client {
         )?;
         rmp_serde::from_slice(&reply.body).map_err(|e| ClientError::Decode(e.to_string()))
     }
+}
+
+/// The DEALER to one endpoint and its monitor. With `pair`, ZMTP heartbeats make a
+/// silent broker's connection drop (and so count as lost) within the heartbeat timeout.
+fn open_link(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    options: &ClientOptions,
+    pair: bool,
+) -> Result<Link, ClientError> {
+    let err = |e: zmq::Error| ClientError::Connect(format!("{endpoint}: {e}"));
+    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    let dealer = ctx.socket(zmq::DEALER).map_err(err)?;
+    dealer.set_linger(0).map_err(err)?;
+    // Queue nothing on a connection that is not complete: with no broker a send fails
+    // (EAGAIN), so a call never handed to a connection ends `unavailable` (certainly
+    // not executed), not `timeout` (outcome unknown).
+    dealer.set_immediate(true).map_err(err)?;
+    dealer.set_sndhwm(100_000).map_err(err)?;
+    dealer.set_rcvhwm(100_000).map_err(err)?;
+    dealer
+        .set_reconnect_ivl(ms(options.reconnect))
+        .map_err(err)?;
+    dealer.set_reconnect_ivl_max(1000).map_err(err)?;
+    dealer
+        .set_maxmsgsize((options.max_body_bytes as i64).saturating_mul(2) + 64 * 1024)
+        .map_err(err)?;
+    if pair {
+        dealer
+            .set_heartbeat_ivl(ms(options.heartbeat))
+            .map_err(err)?;
+        dealer
+            .set_heartbeat_timeout(ms(options.heartbeat_timeout))
+            .map_err(err)?;
+    }
+    if let Some(curve) = &options.curve {
+        curve
+            .apply(&dealer)
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+    }
+    // The connection thread learns of connections made, lost and refused from the
+    // socket's monitor (local inproc events, not network input).
+    let monitor_ep = format!(
+        "inproc://tpx-client-monitor-{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let events = zmq::SocketEvent::CONNECTED as i32
+        | zmq::SocketEvent::CONNECT_RETRIED as i32
+        | zmq::SocketEvent::DISCONNECTED as i32;
+    dealer.monitor(&monitor_ep, events).map_err(err)?;
+    let monitor = ctx.socket(zmq::PAIR).map_err(err)?;
+    monitor.set_linger(0).map_err(err)?;
+    monitor.connect(&monitor_ep).map_err(err)?;
+    dealer.connect(endpoint).map_err(err)?;
+    Ok(Link { dealer, monitor })
 }

@@ -265,29 +265,63 @@ impl Broker {
     /// A worker that reconnects after `liveness` missed broker heartbeats, with the
     /// `http=` address of its ready line.
     pub fn worker_with_liveness(&self, liveness: u32, extra: &[&str]) -> (Worker, String) {
-        let mut args: Vec<String> = vec![
-            "--broker".into(),
-            self.backend.clone(),
-            "--events".into(),
-            self.xsub.clone(),
-            "--heartbeat-ms".into(),
-            TEST_HEARTBEAT_MS.to_string(),
-            "--liveness".into(),
-            liveness.to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let (proc, line) = Proc::start("tradeplex-worker", &args);
-        let field = |name: &str| {
-            ready_field(&line, name)
-                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-                .to_string()
-        };
-        let id = line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_string();
-        let http = field("http");
-        (Worker { proc, id }, http)
+        start_worker(&self.backend, &self.xsub, liveness, extra)
     }
+}
+
+// ----- a broker pair ----------------------------------------------------------------------
+
+/// The endpoints of a pair's brokers for one socket, primary first, comma-separated (what
+/// `--broker` / `--events` and `Client::connect` take), e.g.
+/// `pair_endpoints(&[&a, &b], |b| &b.frontend)`.
+pub fn pair_endpoints(brokers: &[&Broker], socket: impl Fn(&Broker) -> &String) -> String {
+    brokers
+        .iter()
+        .map(|b| socket(b).as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A worker serving a broker pair (`--broker b1,b2 --events x1,x2`), with its `http=`.
+pub fn pair_worker(brokers: &[&Broker], extra: &[&str]) -> (Worker, String) {
+    start_worker(
+        &pair_endpoints(brokers, |b| &b.backend),
+        &pair_endpoints(brokers, |b| &b.xsub),
+        TEST_LIVENESS,
+        extra,
+    )
+}
+
+/// A client of a broker pair (both frontends, primary first).
+pub fn pair_client(brokers: &[&Broker], options: ClientOptions) -> Client {
+    Client::connect(&pair_endpoints(brokers, |b| &b.frontend), options).expect("client")
+}
+
+/// Starts `tradeplex-worker` on the given backend and XSUB endpoint (lists), with test
+/// heartbeats; returns it with the `http=` address of its ready line.
+fn start_worker(backend: &str, xsub: &str, liveness: u32, extra: &[&str]) -> (Worker, String) {
+    let mut args: Vec<String> = vec![
+        "--broker".into(),
+        backend.to_string(),
+        "--events".into(),
+        xsub.to_string(),
+        "--heartbeat-ms".into(),
+        TEST_HEARTBEAT_MS.to_string(),
+        "--liveness".into(),
+        liveness.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let (proc, line) = Proc::start("tradeplex-worker", &args);
+    let field = |name: &str| {
+        ready_field(&line, name)
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+            .to_string()
+    };
+    let id = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let http = field("http");
+    (Worker { proc, id }, http)
 }

@@ -211,13 +211,28 @@ fn exercised_cluster() -> Exercised {
 #[test]
 fn alert_rules_and_dashboard_use_only_metric_names_the_binaries_expose() {
     let c = exercised_cluster();
+    // A member of a broker pair (its peer never answers) exposes the pair's series too.
+    let pair_config = temp_path("ops-pair.toml");
+    std::fs::write(
+        &pair_config,
+        format!(
+            "[pair]\nrole = \"backup\"\nbind = \"tcp://127.0.0.1:{}\"\npeer = \"tcp://127.0.0.1:{}\"\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let pair_member = Broker::start(&["--config", pair_config.to_str().unwrap()]);
+    let pair_page = scrape(&pair_member.http);
     let mut series = c.broker_page.series_names();
     series.extend(c.worker_page.series_names());
+    series.extend(pair_page.series_names());
     let families: BTreeSet<String> = c
         .broker_page
         .types
         .keys()
         .chain(c.worker_page.types.keys())
+        .chain(pair_page.types.keys())
         .cloned()
         .collect();
     // The check has teeth: a histogram is queried by its _bucket/_sum/_count series only.

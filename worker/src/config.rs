@@ -17,9 +17,10 @@ use tradeplex_ops::config::{check, check_endpoint};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The broker's backend (ROUTER) endpoint.
+    /// The broker's backend (ROUTER) endpoint, or a pair's two, comma-separated (primary
+    /// first): the worker then serves whichever is active.
     pub broker: String,
-    /// The broker's XSUB endpoint for events.
+    /// The broker's XSUB endpoint for events; with a pair, one per broker, same order.
     pub events: String,
     /// Services to serve besides `echo` (which is always served): gateway names such as `SIM`.
     pub services: Vec<String>,
@@ -79,6 +80,19 @@ impl Default for Config {
     }
 }
 
+/// Checks a comma-separated endpoint list; returns how many it names.
+fn endpoint_list(name: &'static str, list: &str) -> Result<usize, ConfigError> {
+    let eps =
+        tradeplex_client::failover::split_endpoints(list).map_err(|e| ConfigError::Field {
+            field: name,
+            reason: e.to_string(),
+        })?;
+    for ep in &eps {
+        check_endpoint(name, ep, false)?;
+    }
+    Ok(eps.len())
+}
+
 impl Config {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -134,8 +148,13 @@ impl Config {
                 "must name this worker's key file".into(),
             )?;
         }
-        check_endpoint("broker", &self.broker, false)?;
-        check_endpoint("events", &self.events, false)?;
+        let brokers = endpoint_list("broker", &self.broker)?;
+        let events = endpoint_list("events", &self.events)?;
+        field(
+            "events",
+            events == brokers,
+            format!("names {events} endpoints; give one per broker endpoint ({brokers}), in the same order"),
+        )?;
         field(
             "capacity",
             (1..=1024).contains(&self.capacity),
@@ -187,6 +206,31 @@ mod tests {
         }
         let e = toml::from_str::<Config>("[sim]\nsymbol = []\n").unwrap_err();
         assert!(e.to_string().contains("symbol"), "{e}");
+    }
+
+    #[test]
+    fn a_broker_pair_takes_one_events_endpoint_per_broker() {
+        let pair = |broker: &str, events: &str| {
+            toml::from_str::<Config>(&format!("broker = \"{broker}\"\nevents = \"{events}\"\n"))
+                .unwrap()
+                .validate()
+        };
+        pair("tcp://a:1,tcp://b:1", "tcp://a:2, tcp://b:2").unwrap();
+        let e = pair("tcp://a:1,tcp://b:1", "tcp://a:2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`events`") && e.contains("one per broker"),
+            "{e}"
+        );
+        let e = pair("tcp://a:1,nope", "tcp://a:2,tcp://b:2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`broker`"), "{e}");
+        let e = pair("tcp://a:1,tcp://a:1", "tcp://a:2,tcp://b:2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod backoff;
+pub mod brokers;
 pub mod config;
 pub mod echo;
 pub mod executor;
@@ -49,6 +50,9 @@ pub enum WorkerError {
     /// A service name was invalid.
     #[error("invalid service: {0}")]
     Service(#[from] tradeplex_proto::ProtoError),
+    /// The broker or events endpoint list is not usable.
+    #[error("endpoints: {0}")]
+    Endpoints(String),
     /// No service was registered.
     #[error("a worker needs at least one service")]
     NoServices,
@@ -68,7 +72,8 @@ pub enum WorkerError {
 /// How a worker connects and behaves.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// The broker's backend endpoint.
+    /// The broker's backend endpoint, or a pair's two (comma-separated, primary first):
+    /// the worker then serves the active one (see [`brokers`]).
     pub broker: String,
     /// This worker's id (random by default).
     pub worker_id: WorkerId,
@@ -90,7 +95,7 @@ pub struct WorkerOptions {
     /// The order journal, if any.
     pub journal: Option<journal::JournalOptions>,
     /// The broker's XSUB endpoint, where gateways' events are published (none: events
-    /// are not published).
+    /// are not published); with a pair, one per broker in the order of `broker`.
     pub events: Option<String>,
     /// CURVE settings for the broker link and event socket; None = plaintext.
     pub curve: Option<tradeplex_client::curve::ClientCurve>,
@@ -221,6 +226,7 @@ impl Worker {
         if self.handlers.is_empty() {
             return Err(WorkerError::NoServices);
         }
+        let brokers = brokers::Brokers::new(&self.opts.broker, self.opts.events.as_deref())?;
         let ctx = zmq::Context::new();
         let results = ctx.socket(zmq::PULL)?;
         let endpoint = format!("inproc://tpx-results-{}", self.opts.worker_id);
@@ -236,10 +242,13 @@ impl Worker {
             metrics: self.metrics,
             ready: self.ready,
         });
-        let publisher = match (&self.opts.events, self.gateways.is_empty()) {
-            (Some(ep), false) => Some(Publisher::start(
+        let publisher = match (brokers.events().is_empty(), self.gateways.is_empty()) {
+            (false, false) => Some(Publisher::start_following(
                 &ctx,
-                ep,
+                publisher::Target {
+                    endpoints: brokers.events().to_vec(),
+                    current: brokers.shared_index(),
+                },
                 self.opts.worker_id,
                 shared.metrics.clone(),
                 self.opts.curve.as_ref(),
@@ -264,8 +273,8 @@ impl Worker {
         let executor =
             Executor::start(&ctx, self.opts.capacity as usize, shared.clone(), &endpoint)?;
         tracing::info!(worker = %self.opts.worker_id, broker = %self.opts.broker, capacity = self.opts.capacity, "worker starting");
-        let result =
-            session::Session::new(&self.opts, &ctx, shared, &executor, results).run(&shutdown);
+        let result = session::Session::new(&self.opts, &ctx, shared, &executor, results)
+            .run(brokers, &shutdown);
         drop(executor);
         // Gateways stop before the publisher, which then sends what they left queued.
         drop(gateways);

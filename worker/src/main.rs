@@ -19,10 +19,11 @@ struct Args {
     /// TOML config file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The broker's backend endpoint.
+    /// The broker's backend endpoint; a broker pair's two, comma-separated (primary
+    /// first): the worker serves the active one.
     #[arg(long)]
     broker: Option<String>,
-    /// The broker's XSUB (events) endpoint.
+    /// The broker's XSUB (events) endpoint; with a pair, one per broker, same order.
     #[arg(long)]
     events: Option<String>,
     /// A service to serve (repeatable); `echo` is always served.

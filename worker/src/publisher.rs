@@ -8,9 +8,12 @@
 //! number of its topic, so subscribers see the loss as a gap instead of missing it
 //! silently. Events the PUB socket itself drops (high-water mark, broker away) have
 //! numbers too: the same gap appears.
+//!
+//! With a broker pair the thread publishes to the XSUB of the broker the session serves
+//! (the index [`crate::brokers::Brokers`] shares) and moves when it moves.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -69,6 +72,28 @@ impl Publisher {
         metrics: Arc<WorkerMetrics>,
         curve: Option<&tradeplex_client::curve::ClientCurve>,
     ) -> Result<Publisher, WorkerError> {
+        let target = Target {
+            endpoints: vec![endpoint.to_string()],
+            current: Arc::default(),
+        };
+        Publisher::start_following(ctx, target, source, metrics, curve)
+    }
+
+    /// Like [`Publisher::start`], publishing to `target.endpoints[target.current]` and
+    /// moving when the index changes.
+    pub fn start_following(
+        ctx: &zmq::Context,
+        target: Target,
+        source: WorkerId,
+        metrics: Arc<WorkerMetrics>,
+        curve: Option<&tradeplex_client::curve::ClientCurve>,
+    ) -> Result<Publisher, WorkerError> {
+        let connected = target.current.load(Ordering::Relaxed);
+        let endpoint = target
+            .endpoints
+            .get(connected)
+            .cloned()
+            .ok_or(WorkerError::Internal("publisher target out of range"))?;
         let socket = ctx.socket(zmq::PUB)?;
         if let Some(c) = curve {
             c.apply(&socket)?;
@@ -76,13 +101,15 @@ impl Publisher {
         socket.set_sndhwm(DEFAULT_SNDHWM)?;
         // On shutdown, give queued events a moment to reach the broker.
         socket.set_linger(500)?;
-        socket.connect(endpoint)?;
+        socket.connect(&endpoint)?;
         let (tx, rx) = crossbeam_channel::bounded(DEFAULT_QUEUE);
         let unsent = Arc::new(Unsent::default());
         let sink = EventSink::new(tx, unsent.clone(), Some(metrics.clone()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut thread = PublishThread {
             socket,
+            target,
+            connected,
             rx,
             unsent,
             source,
@@ -125,8 +152,20 @@ impl Drop for Publisher {
     }
 }
 
+/// Where a publisher sends: the endpoint at index `current` (moved by the session).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The XSUB endpoints, one per broker.
+    pub endpoints: Vec<String>,
+    /// The index in use.
+    pub current: Arc<AtomicUsize>,
+}
+
 struct PublishThread {
     socket: zmq::Socket,
+    target: Target,
+    /// The index of the endpoint the socket is connected to.
+    connected: usize,
     rx: Receiver<OutEvent>,
     unsent: Arc<Unsent>,
     source: WorkerId,
@@ -139,6 +178,7 @@ impl PublishThread {
     fn run(&mut self) {
         let mut skipped: HashMap<String, u64> = HashMap::new();
         while !self.stop.load(Ordering::Relaxed) {
+            self.follow();
             match self.rx.recv_timeout(IDLE_POLL) {
                 Ok(ev) => self.send_counting_losses(ev, &mut skipped),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -152,6 +192,29 @@ impl PublishThread {
                 Err(_) => break,
             }
         }
+    }
+
+    /// Moves the socket to the endpoint the session now serves, if it moved. Events sent
+    /// meanwhile went to the old broker (lost if it is gone): subscribers see a gap.
+    fn follow(&mut self) {
+        let want = self.target.current.load(Ordering::Relaxed);
+        if want == self.connected {
+            return;
+        }
+        let (Some(old), Some(new)) = (
+            self.target.endpoints.get(self.connected),
+            self.target.endpoints.get(want),
+        ) else {
+            return;
+        };
+        if let Err(e) = self.socket.disconnect(old) {
+            tracing::debug!(error = %e, endpoint = %old, "publisher disconnect");
+        }
+        match self.socket.connect(new) {
+            Ok(()) => tracing::info!(endpoint = %new, "publishing events"),
+            Err(e) => tracing::warn!(error = %e, endpoint = %new, "publisher cannot connect"),
+        }
+        self.connected = want;
     }
 
     fn send_counting_losses(&mut self, ev: OutEvent, skipped: &mut HashMap<String, u64>) {

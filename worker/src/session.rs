@@ -1,7 +1,9 @@
 //! The worker's broker session: one thread owns the DEALER to the broker's backend.
 //! It registers (READY), heartbeats both ways, hands requests to the executor, sends
 //! results back, re-registers when the broker forgets it, reconnects with backoff when
-//! the broker goes silent, and drains cleanly on shutdown.
+//! the broker goes silent, and drains cleanly on shutdown. Given a broker pair it serves
+//! one broker at a time and moves to the next (`brokers.rs`) when the one in use refuses
+//! READY as passive, falls silent, or (watched by a socket monitor) drops the connection.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use tradeplex_proto::worker::{self as wp, DisconnectHeader, HeartbeatHeader, Rea
 use tradeplex_proto::ServiceName;
 
 use crate::backoff::Backoff;
+use crate::brokers::{Brokers, Why};
 use crate::executor::{Executor, Shared};
 use crate::handler::{HandlerError, Request};
 use crate::{WorkerError, WorkerOptions};
@@ -21,6 +24,10 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 enum SessionEnd {
     /// The broker went silent: reconnect after a backoff.
     BrokerSilent,
+    /// A pair's broker refused READY as passive: try the next one soon.
+    Passive,
+    /// A pair's broker connection dropped or was refused: try the next one.
+    Lost,
     /// Shutdown finished.
     Stopped,
 }
@@ -39,6 +46,10 @@ pub struct Session<'a> {
     /// Connections made so far; sent in READY so the broker can tell a READY still in
     /// flight on an abandoned connection from the current one.
     connection: u64,
+    /// A pair's broker refused READY as passive (seen while reading, acted on after).
+    refused_passive: bool,
+    /// Serving one of a pair (set per connection from [`Brokers::is_pair`]).
+    pair: bool,
 }
 
 impl<'a> Session<'a> {
@@ -60,30 +71,48 @@ impl<'a> Session<'a> {
             offered: Vec::new(),
             registered: false,
             connection: 0,
+            refused_passive: false,
+            pair: false,
         }
     }
 
-    /// Connects, serves, and reconnects with jittered exponential backoff until shutdown.
-    pub fn run(&mut self, shutdown: &Shutdown) -> Result<(), WorkerError> {
+    /// Connects, serves, and reconnects with jittered exponential backoff until shutdown;
+    /// with a pair, each reconnect goes to the next broker.
+    pub fn run(&mut self, mut brokers: Brokers, shutdown: &Shutdown) -> Result<(), WorkerError> {
         let mut backoff = Backoff::new(self.opts.reconnect_min, self.opts.reconnect_max);
         let mut rng = rand::thread_rng();
         while !shutdown.is_triggered() {
             let started = Instant::now();
-            match self.serve_connection(shutdown)? {
+            let why = match self.serve_connection(&brokers, shutdown)? {
                 SessionEnd::Stopped => return Ok(()),
-                SessionEnd::BrokerSilent => {
-                    // A session that lived a while resets the backoff.
-                    if started.elapsed() > self.opts.liveness_window() * 2 {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay(&mut rng);
-                    tracing::warn!(
-                        backoff_ms = delay.as_millis() as u64,
-                        "broker silent; reconnecting"
-                    );
-                    self.sleep_unless_shutdown(delay, shutdown);
+                SessionEnd::BrokerSilent => Why::Silent,
+                SessionEnd::Lost => Why::Lost,
+                SessionEnd::Passive => {
+                    // A passive broker is alive, only not (yet) active: the delays are
+                    // for brokers that are gone, so start the schedule again.
+                    backoff.reset();
+                    Why::Passive
                 }
+            };
+            // A session that lived a while resets the backoff.
+            if started.elapsed() > self.opts.liveness_window() * 2 {
+                backoff.reset();
             }
+            let mut delay = backoff.next_delay(&mut rng);
+            if why == Why::Passive {
+                // At least half the first ceiling: while both brokers of a pair are
+                // passive (the pair settling, a takeover window) the worker alternates
+                // between them at most ~20 times a second.
+                delay = delay.max(self.opts.reconnect_min / 2);
+            }
+            if why == Why::Silent {
+                tracing::warn!(
+                    backoff_ms = delay.as_millis() as u64,
+                    "broker silent; reconnecting"
+                );
+            }
+            brokers.next(why);
+            self.sleep_unless_shutdown(delay, shutdown);
         }
         Ok(())
     }
@@ -95,7 +124,12 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn connect(&self) -> Result<zmq::Socket, WorkerError> {
+    /// A DEALER to the broker in use, and with a pair a monitor that reports the
+    /// connection dropped or refused (inproc events, not network input).
+    fn connect(
+        &self,
+        brokers: &Brokers,
+    ) -> Result<(zmq::Socket, Option<zmq::Socket>), WorkerError> {
         let s = self.ctx.socket(zmq::DEALER)?;
         s.set_linger(500)?;
         s.set_maxmsgsize((self.opts.max_body_bytes as i64).saturating_mul(2) + 64 * 1024)?;
@@ -104,13 +138,34 @@ impl<'a> Session<'a> {
         if let Some(curve) = &self.opts.curve {
             curve.apply(&s)?;
         }
-        s.connect(&self.opts.broker)?;
-        Ok(s)
+        let monitor = if brokers.is_pair() {
+            let ep = format!(
+                "inproc://tpx-worker-monitor-{}-{}",
+                self.opts.worker_id, self.connection
+            );
+            let events =
+                zmq::SocketEvent::CONNECT_RETRIED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
+            s.monitor(&ep, events)?;
+            let m = self.ctx.socket(zmq::PAIR)?;
+            m.set_linger(0)?;
+            m.connect(&ep)?;
+            Some(m)
+        } else {
+            None
+        };
+        s.connect(brokers.backend())?;
+        Ok((s, monitor))
     }
 
-    fn serve_connection(&mut self, shutdown: &Shutdown) -> Result<SessionEnd, WorkerError> {
-        let dealer = self.connect()?;
+    fn serve_connection(
+        &mut self,
+        brokers: &Brokers,
+        shutdown: &Shutdown,
+    ) -> Result<SessionEnd, WorkerError> {
         self.connection += 1;
+        let (dealer, monitor) = self.connect(brokers)?;
+        self.refused_passive = false;
+        self.pair = brokers.is_pair();
         self.set_registered(false);
         self.offered = self.available_services();
         self.send_ready(&dealer, false);
@@ -151,28 +206,84 @@ impl<'a> Session<'a> {
                 }
             }
             let timeout = next_heartbeat.saturating_duration_since(now).min(MAX_POLL);
-            let mut items = [
-                dealer.as_poll_item(zmq::POLLIN),
-                self.results.as_poll_item(zmq::POLLIN),
-            ];
-            match zmq::poll(&mut items, timeout.as_micros().div_ceil(1000) as i64) {
-                Ok(_) | Err(zmq::Error::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let (from_broker, finished) = (items[0].is_readable(), items[1].is_readable());
+            let (from_broker, finished, lost) = self.poll(&dealer, monitor.as_ref(), timeout)?;
             if finished {
                 self.forward_results(&dealer)?;
             }
             if from_broker && self.read_broker(&dealer, drain_until.is_some())? {
                 last_heard = Instant::now();
             }
+            if drain_until.is_none() {
+                if std::mem::take(&mut self.refused_passive) {
+                    return Ok(self.abandon(&dealer, SessionEnd::Passive));
+                }
+                if lost {
+                    return Ok(self.abandon(&dealer, SessionEnd::Lost));
+                }
+            }
             // Judged only after reading what is waiting, so a stalled process does not
             // mistake unread heartbeats for silence.
             if last_heard.elapsed() > self.opts.liveness_window() {
-                self.set_registered(false);
-                return Ok(SessionEnd::BrokerSilent);
+                return Ok(self.abandon(&dealer, SessionEnd::BrokerSilent));
             }
         }
+    }
+
+    /// Leaves a connection for another. With a pair nothing queued on it is worth
+    /// delivering (the broker is gone or passive), and a closed socket lingering with
+    /// queued messages was seen to stall the next socket's connection attempts (libzmq
+    /// 4.3.4: no connect, no monitor event), so it closes at once.
+    fn abandon(&mut self, dealer: &zmq::Socket, end: SessionEnd) -> SessionEnd {
+        self.set_registered(false);
+        if self.pair {
+            let _ = dealer.set_linger(0);
+        }
+        end
+    }
+
+    /// Waits up to `timeout` for the broker, finished results and (with a pair) the
+    /// connection monitor: (broker readable, results readable, connection lost).
+    fn poll(
+        &self,
+        dealer: &zmq::Socket,
+        monitor: Option<&zmq::Socket>,
+        timeout: Duration,
+    ) -> Result<(bool, bool, bool), WorkerError> {
+        let ms = timeout.as_micros().div_ceil(1000) as i64;
+        let (d, r) = (
+            dealer.as_poll_item(zmq::POLLIN),
+            self.results.as_poll_item(zmq::POLLIN),
+        );
+        let (from_broker, finished, event) = match monitor {
+            None => {
+                let mut items = [d, r];
+                match zmq::poll(&mut items, ms) {
+                    Ok(_) | Err(zmq::Error::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let [d, r] = &items;
+                (d.is_readable(), r.is_readable(), false)
+            }
+            Some(m) => {
+                let mut items = [d, r, m.as_poll_item(zmq::POLLIN)];
+                match zmq::poll(&mut items, ms) {
+                    Ok(_) | Err(zmq::Error::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let [d, r, m] = &items;
+                (d.is_readable(), r.is_readable(), m.is_readable())
+            }
+        };
+        // Any event the monitor was asked for (dropped, refused) means lost.
+        let lost = event
+            && monitor.is_some_and(|m| {
+                let mut any = false;
+                while m.recv_multipart(zmq::DONTWAIT).is_ok() {
+                    any = true;
+                }
+                any
+            });
+        Ok((from_broker, finished, lost))
     }
 
     fn available_services(&self) -> Vec<ServiceName> {
@@ -244,6 +355,12 @@ impl<'a> Session<'a> {
                     if !draining && !self.registered {
                         self.set_registered(true);
                     }
+                }
+                Ok(wp::Message::Disconnect(d))
+                    if self.pair && crate::brokers::is_passive_refusal(&d.reason) =>
+                {
+                    tracing::info!(reason = %d.reason, "broker is passive");
+                    self.refused_passive = true;
                 }
                 Ok(wp::Message::Disconnect(d)) if wp::is_refusal(&d.reason) => {
                     // One of our messages was refused; re-sending READY would not fix it.

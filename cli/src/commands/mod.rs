@@ -19,7 +19,8 @@ use tradeplex_client::{Client, ClientOptions};
 #[derive(Parser, Debug)]
 #[command(name = "tradeplex", version, about)]
 pub struct Args {
-    /// The broker's frontend endpoint.
+    /// The broker's frontend endpoint; a broker pair's two, comma-separated (primary
+    /// first), to follow the active one.
     #[arg(
         long,
         env = "TRADEPLEX_BROKER",
@@ -27,7 +28,7 @@ pub struct Args {
         global = true
     )]
     pub broker: String,
-    /// The broker's XPUB (events) endpoint.
+    /// The broker's XPUB (events) endpoint; a pair's two, comma-separated.
     #[arg(
         long,
         env = "TRADEPLEX_EVENTS",
