@@ -282,6 +282,17 @@ pub fn pair_endpoints(brokers: &[&Broker], socket: impl Fn(&Broker) -> &String) 
         .join(",")
 }
 
+/// A pair member's state as its `/metrics` show it (`tradeplex_pair_state{state} = 1`):
+/// "primary", "backup", "active", "passive", or "none" when no state is 1.
+pub fn pair_state(broker: &Broker) -> String {
+    let s = scrape(&broker.http);
+    ["primary", "backup", "active", "passive"]
+        .into_iter()
+        .find(|st| s.value("tradeplex_pair_state", &[("state", st)]) == Some(1.0))
+        .unwrap_or("none")
+        .to_string()
+}
+
 /// A worker serving a broker pair (`--broker b1,b2 --events x1,x2`), with its `http=`.
 pub fn pair_worker(brokers: &[&Broker], extra: &[&str]) -> (Worker, String) {
     start_worker(

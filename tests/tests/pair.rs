@@ -60,12 +60,7 @@ impl Member {
     }
 
     fn state(&self) -> String {
-        let s = scrape(&self.broker.http);
-        ["primary", "backup", "active", "passive"]
-            .into_iter()
-            .find(|st| s.value("tradeplex_pair_state", &[("state", st)]) == Some(1.0))
-            .unwrap_or("none")
-            .to_string()
+        pair_state(&self.broker)
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
