@@ -223,3 +223,102 @@ fn each_rule_passes_at_its_limit_and_refuses_past_it() {
         Some(3.0)
     );
 }
+
+/// daily_loss_limit from the account's events: a SIM market with no volatility (the book
+/// stands still), so a market buy and a market sell of one lot lose exactly the spread.
+/// Orders pass while the loss is under the limit (none yet, then the round trip itself);
+/// once the account event with the lower balance is relayed, the next order is refused
+/// with the loss the trades imply.
+#[test]
+fn daily_loss_limit_refuses_once_the_account_events_show_the_loss() {
+    let sim = temp_path("risk-loss-sim.toml");
+    std::fs::write(
+        &sim,
+        "[sim]\ntick_interval_ms = 100\nvolatility = 0.0\n\
+         [[sim.accounts]]\naccount = \"loss\"\ncash = 10000000.0\n",
+    )
+    .unwrap();
+    let cfg = temp_path("risk-loss-broker.toml");
+    std::fs::write(
+        &cfg,
+        "[risk]\n[[risk.account]]\nname = \"loss\"\ndaily_loss_limit = 0.001\n",
+    )
+    .unwrap();
+    let broker = Broker::start(&["--config", cfg.to_str().unwrap()]);
+    let _w = broker.worker(&["--service", "SIM", "--config", sim.to_str().unwrap()]);
+    let client = broker.client();
+    broker.wait_for_workers(&client, "SIM", 1);
+    let opts = EventOptions {
+        heartbeat: Duration::from_millis(TEST_HEARTBEAT_MS),
+        liveness: 5,
+        ..EventOptions::default()
+    };
+    let sub = Subscriber::connect(&broker.xpub, &["trade.", "account."], opts).unwrap();
+    assert!(
+        sub.wait_connected(Duration::from_secs(10)),
+        "no broker heartbeat"
+    );
+    let account = |b: &[u8]| rmp_serde::from_slice::<tradeplex_proto::model::Account>(b).ok();
+    let trade = |b: &[u8]| rmp_serde::from_slice::<Trade>(b).ok();
+
+    // No loss yet: the opening buy passes, and its account event (the balance the day
+    // starts from, for the broker) is relayed.
+    passes(&client, market("loss", Direction::Long, 1.0, Offset::None));
+    let mut first = None;
+    let mut bought = None;
+    let until = Instant::now() + Duration::from_secs(10);
+    while first.is_none() || bought.is_none() {
+        assert!(Instant::now() < until, "no trade/account event for the buy");
+        if let Some(e) = sub.recv_timeout(Duration::from_millis(200)) {
+            match e.kind.as_str() {
+                "account" => first = first.or(account(&e.body).map(|a| a.balance)),
+                "trade" => bought = bought.or(trade(&e.body).map(|t| t.price)),
+                _ => {}
+            }
+        }
+    }
+    let (first, bought) = (first.unwrap(), bought.unwrap());
+
+    // The closing sell passes too (the loss is realised by it, not before it).
+    passes(
+        &client,
+        market("loss", Direction::Short, 1.0, Offset::Close),
+    );
+    let mut sold = None;
+    let mut after = None;
+    let until = Instant::now() + Duration::from_secs(10);
+    while sold.is_none() || after.is_none() {
+        assert!(
+            Instant::now() < until,
+            "no trade/account event for the sell"
+        );
+        if let Some(e) = sub.recv_timeout(Duration::from_millis(200)) {
+            match e.kind.as_str() {
+                "account" => {
+                    after = account(&e.body)
+                        .map(|a| a.balance)
+                        .filter(|b| *b < first)
+                        .or(after)
+                }
+                "trade" => sold = sold.or(trade(&e.body).map(|t| t.price)),
+                _ => {}
+            }
+        }
+    }
+    let (sold, after) = (sold.unwrap(), after.unwrap());
+    let loss = bought - sold;
+    assert!(
+        loss > 0.001,
+        "the round trip lost {loss} (bought {bought}, sold {sold})"
+    );
+    assert!(
+        (first - after - loss).abs() < 1e-6,
+        "{first} - {after} vs {loss}"
+    );
+
+    let m = refused(&client, bid("loss", 100.0, 1.0));
+    assert_eq!(
+        m,
+        format!("daily_loss_limit: limit 0.001, value {}", first - after)
+    );
+}
