@@ -470,6 +470,7 @@ impl Loop {
                 if self.dispatcher.pending() == 0 || now >= until {
                     self.dispatcher.finish_shutdown();
                     self.flush();
+                    self.dispatcher.flush_metrics();
                     tracing::info!("broker stopped");
                     return Ok(());
                 }
@@ -480,6 +481,9 @@ impl Loop {
             self.dispatcher.tick(Clock::real());
             self.pair_tick();
             self.flush();
+            // Once per poll round, not per request: the counters of a whole drained batch
+            // reach the shared series together.
+            self.dispatcher.flush_metrics();
             self.publish_status();
         }
     }
