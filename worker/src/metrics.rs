@@ -1,4 +1,11 @@
-//! The worker's Prometheus metrics.
+//! The worker's Prometheus metrics. Per-request counts and handler latencies go through a
+//! [`RequestStats`] owned by the thread that ran the handler: label handles resolved once,
+//! updates kept in plain local copies and flushed in batches, not per request.
+
+use std::sync::Arc;
+
+use prometheus::local::{LocalHistogram, LocalIntCounter};
+use tradeplex_proto::ServiceName;
 
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -133,6 +140,103 @@ impl WorkerMetrics {
     pub fn observe(&self, service: &str, outcome: &str, seconds: f64) {
         self.requests.with_label_values(&[service, outcome]).inc();
         self.duration.with_label_values(&[service]).observe(seconds);
+    }
+}
+
+/// Most (service, outcome) pairs one [`RequestStats`] keeps locally; beyond them (a
+/// broker sending requests for many unknown services) updates go straight to the series.
+const MAX_LOCAL_SERIES: usize = 64;
+
+/// One thread's local copies of the per-request series. The session thread flushes its
+/// own once per poll round, an executor thread whenever its queue runs empty (and at
+/// least every [`RequestStats::FLUSH_EVERY`] requests), so `/metrics` lags by a batch.
+pub struct RequestStats {
+    metrics: Arc<WorkerMetrics>,
+    counters: Vec<(ServiceName, &'static str, LocalIntCounter)>,
+    durations: Vec<(ServiceName, LocalHistogram)>,
+    pending: usize,
+}
+
+impl RequestStats {
+    /// Requests an executor thread counts locally at most before flushing.
+    pub const FLUSH_EVERY: usize = 64;
+
+    /// Local copies of `metrics`' per-request series (none resolved yet).
+    pub fn new(metrics: Arc<WorkerMetrics>) -> RequestStats {
+        RequestStats {
+            metrics,
+            counters: Vec::new(),
+            durations: Vec::new(),
+            pending: 0,
+        }
+    }
+
+    /// Records one executed request.
+    pub fn observe(&mut self, service: &ServiceName, outcome: &'static str, seconds: f64) {
+        self.pending += 1;
+        match self
+            .counters
+            .iter()
+            .find(|(s, o, _)| *o == outcome && s == service)
+        {
+            Some((_, _, c)) => c.inc(),
+            None if self.counters.len() < MAX_LOCAL_SERIES => {
+                let c = self
+                    .metrics
+                    .requests
+                    .with_label_values(&[service.as_str(), outcome])
+                    .local();
+                c.inc();
+                self.counters.push((service.clone(), outcome, c));
+            }
+            None => self
+                .metrics
+                .requests
+                .with_label_values(&[service.as_str(), outcome])
+                .inc(),
+        }
+        match self.durations.iter().find(|(s, _)| s == service) {
+            Some((_, h)) => h.observe(seconds),
+            None if self.durations.len() < MAX_LOCAL_SERIES => {
+                let h = self
+                    .metrics
+                    .duration
+                    .with_label_values(&[service.as_str()])
+                    .local();
+                h.observe(seconds);
+                self.durations.push((service.clone(), h));
+            }
+            None => self
+                .metrics
+                .duration
+                .with_label_values(&[service.as_str()])
+                .observe(seconds),
+        }
+    }
+
+    /// Requests recorded since the last flush.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Adds what was recorded to the shared series.
+    pub fn flush(&mut self) {
+        if self.pending == 0 {
+            return;
+        }
+        self.pending = 0;
+        for (_, _, c) in &self.counters {
+            c.flush();
+        }
+        for (_, h) in &self.durations {
+            h.flush();
+        }
+    }
+}
+
+impl Drop for RequestStats {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

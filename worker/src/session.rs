@@ -13,6 +13,7 @@ use tradeplex_proto::ServiceName;
 use crate::backoff::Backoff;
 use crate::executor::{Executor, Shared};
 use crate::handler::{HandlerError, Request};
+use crate::metrics::RequestStats;
 use crate::{WorkerError, WorkerOptions};
 
 /// Longest poll, so shutdown is seen promptly.
@@ -32,6 +33,8 @@ pub struct Session<'a> {
     shared: Arc<Shared>,
     executor: &'a Executor,
     results: zmq::Socket,
+    /// Counts of the handlers run inline on this thread, flushed once per poll round.
+    stats: RequestStats,
     in_flight: usize,
     offered: Vec<ServiceName>,
     /// True once the broker has shown it knows us (a heartbeat or request after READY).
@@ -53,6 +56,7 @@ impl<'a> Session<'a> {
         Session {
             opts,
             ctx,
+            stats: RequestStats::new(shared.metrics.clone()),
             shared,
             executor,
             results,
@@ -166,6 +170,7 @@ impl<'a> Session<'a> {
             if from_broker && self.read_broker(&dealer, drain_until.is_some())? {
                 last_heard = Instant::now();
             }
+            self.stats.flush();
             // Judged only after reading what is waiting, so a stalled process does not
             // mistake unread heartbeats for silence.
             if last_heard.elapsed() > self.opts.liveness_window() {
@@ -294,7 +299,7 @@ impl<'a> Session<'a> {
                 .get(&req.service)
                 .is_some_and(|handler| handler.runs_inline(&req));
         if inline {
-            let (head, body) = crate::executor::execute(&self.shared, &req);
+            let (head, body) = crate::executor::execute(&self.shared, &req, &mut self.stats);
             send_result(dealer, &head, &body);
             return;
         }
