@@ -1,7 +1,8 @@
 //! The broker's Prometheus metrics. Label handles for a service are resolved once, when
 //! the service first appears; per-request updates go to plain (non-atomic) local copies
-//! that the socket loop flushes into the shared series once per poll round
-//! ([`MetricsBatch::flush`]), so the per-message path touches no atomics.
+//! that the socket loop flushes into the shared series once per round of reading its
+//! sockets, just before that round's answers are sent ([`MetricsBatch::flush`]), so the
+//! per-message path touches no atomics and a client holding its reply finds it counted.
 //! Label values are bounded: services that no worker registered are counted as `_unknown`.
 
 use std::cell::{Cell, RefCell};
@@ -128,7 +129,7 @@ impl ReplayMetrics {
 
 /// Metric handles for one service, resolved once. Its request counts, latencies, queue
 /// depth and in-flight count accumulate locally until the [`MetricsBatch`] it was made
-/// with is flushed; `/metrics` lags by at most one poll round of the broker's loop.
+/// with is flushed (by the socket loop, before it sends the answers of a round).
 pub struct ServiceMetrics {
     local: Rc<LocalService>,
     batch: MetricsBatch,
@@ -200,8 +201,8 @@ pub struct MetricsBatch {
 }
 
 impl MetricsBatch {
-    /// Adds every pending change to the shared series (the loop calls this once per poll
-    /// round, and before anything reads them).
+    /// Adds every pending change to the shared series (the loop calls this once per round
+    /// of reading its sockets, before sending what the round produced).
     pub fn flush(&self) {
         let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
         for s in &dirty {

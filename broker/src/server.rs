@@ -470,7 +470,6 @@ impl Loop {
                 if self.dispatcher.pending() == 0 || now >= until {
                     self.dispatcher.finish_shutdown();
                     self.flush();
-                    self.dispatcher.flush_metrics();
                     tracing::info!("broker stopped");
                     return Ok(());
                 }
@@ -481,9 +480,6 @@ impl Loop {
             self.dispatcher.tick(Clock::real());
             self.pair_tick();
             self.flush();
-            // Once per poll round, not per request: the counters of a whole drained batch
-            // reach the shared series together.
-            self.dispatcher.flush_metrics();
             self.publish_status();
         }
     }
@@ -815,6 +811,9 @@ impl Loop {
     }
 
     fn flush(&mut self) {
+        // Once per drained round, not per request, and before the answers leave: a client
+        // holding its reply finds it counted in /metrics.
+        self.dispatcher.flush_metrics();
         while !self.dispatcher.out.is_empty() {
             // Swap in the spare buffer so both keep their capacity across flushes.
             std::mem::swap(&mut self.spare, &mut self.dispatcher.out);

@@ -97,9 +97,6 @@ fn execute_loop(rx: Receiver<Request>, push: zmq::Socket, shared: Arc<Shared>) {
     let mut stats = RequestStats::new(shared.metrics.clone());
     while let Ok(req) = rx.recv() {
         let (head, body) = execute(&shared, &req, &mut stats);
-        if rx.is_empty() || stats.pending() >= RequestStats::FLUSH_EVERY {
-            stats.flush();
-        }
         let sent = push
             .send(head, zmq::SNDMORE)
             .and_then(|_| push.send(body, 0));

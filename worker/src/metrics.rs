@@ -1,15 +1,14 @@
 //! The worker's Prometheus metrics. Per-request counts and handler latencies go through a
-//! [`RequestStats`] owned by the thread that ran the handler: label handles resolved once,
-//! updates kept in plain local copies and flushed in batches, not per request.
+//! [`RequestStats`] owned by the thread that ran the handler, whose label handles are
+//! resolved once instead of looked up per request.
 
 use std::sync::Arc;
 
-use prometheus::local::{LocalHistogram, LocalIntCounter};
-use tradeplex_proto::ServiceName;
-
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
+use tradeplex_proto::ServiceName;
 
 /// The `result` label values of `tradeplex_gateway_orders_total`, exported at 0 once a
 /// gateway reports its connection state, so `increase()` sees the first reject.
@@ -135,108 +134,59 @@ impl WorkerMetrics {
             journal_errors,
         }
     }
-
-    /// Records one executed request.
-    pub fn observe(&self, service: &str, outcome: &str, seconds: f64) {
-        self.requests.with_label_values(&[service, outcome]).inc();
-        self.duration.with_label_values(&[service]).observe(seconds);
-    }
 }
 
-/// Most (service, outcome) pairs one [`RequestStats`] keeps locally; beyond them (a
-/// broker sending requests for many unknown services) updates go straight to the series.
-const MAX_LOCAL_SERIES: usize = 64;
+/// Most (service, outcome) pairs one [`RequestStats`] keeps resolved; beyond them (a
+/// broker sending requests for many unknown services) each update looks its series up.
+const MAX_CACHED_SERIES: usize = 64;
 
-/// One thread's local copies of the per-request series. The session thread flushes its
-/// own once per poll round, an executor thread whenever its queue runs empty (and at
-/// least every [`RequestStats::FLUSH_EVERY`] requests), so `/metrics` lags by a batch.
+/// One thread's resolved handles of the per-request series: updating them is an atomic
+/// add, not the label lookup (hash of the labels under the vector's lock) it replaces.
+/// They are updated before the result is sent, so a client that has its reply sees it
+/// counted in `/metrics`.
 pub struct RequestStats {
     metrics: Arc<WorkerMetrics>,
-    counters: Vec<(ServiceName, &'static str, LocalIntCounter)>,
-    durations: Vec<(ServiceName, LocalHistogram)>,
-    pending: usize,
+    counters: Vec<(ServiceName, &'static str, IntCounter)>,
+    durations: Vec<(ServiceName, Histogram)>,
 }
 
 impl RequestStats {
-    /// Requests an executor thread counts locally at most before flushing.
-    pub const FLUSH_EVERY: usize = 64;
-
-    /// Local copies of `metrics`' per-request series (none resolved yet).
+    /// Handles of `metrics`' per-request series (none resolved yet).
     pub fn new(metrics: Arc<WorkerMetrics>) -> RequestStats {
         RequestStats {
             metrics,
             counters: Vec::new(),
             durations: Vec::new(),
-            pending: 0,
         }
     }
 
     /// Records one executed request.
     pub fn observe(&mut self, service: &ServiceName, outcome: &'static str, seconds: f64) {
-        self.pending += 1;
-        match self
+        let m = &self.metrics;
+        let found = self
             .counters
             .iter()
-            .find(|(s, o, _)| *o == outcome && s == service)
-        {
+            .find(|(s, o, _)| *o == outcome && s == service);
+        match found {
             Some((_, _, c)) => c.inc(),
-            None if self.counters.len() < MAX_LOCAL_SERIES => {
-                let c = self
-                    .metrics
-                    .requests
-                    .with_label_values(&[service.as_str(), outcome])
-                    .local();
+            None => {
+                let c = m.requests.with_label_values(&[service.as_str(), outcome]);
                 c.inc();
-                self.counters.push((service.clone(), outcome, c));
+                if self.counters.len() < MAX_CACHED_SERIES {
+                    self.counters.push((service.clone(), outcome, c));
+                }
             }
-            None => self
-                .metrics
-                .requests
-                .with_label_values(&[service.as_str(), outcome])
-                .inc(),
         }
         match self.durations.iter().find(|(s, _)| s == service) {
             Some((_, h)) => h.observe(seconds),
-            None if self.durations.len() < MAX_LOCAL_SERIES => {
-                let h = self
-                    .metrics
-                    .duration
-                    .with_label_values(&[service.as_str()])
-                    .local();
+            None => {
+                let h = m.duration.with_label_values(&[service.as_str()]);
                 h.observe(seconds);
-                self.durations.push((service.clone(), h));
+                if self.durations.len() < MAX_CACHED_SERIES {
+                    self.durations.push((service.clone(), h));
+                }
             }
-            None => self
-                .metrics
-                .duration
-                .with_label_values(&[service.as_str()])
-                .observe(seconds),
         }
-    }
-
-    /// Requests recorded since the last flush.
-    pub fn pending(&self) -> usize {
-        self.pending
-    }
-
-    /// Adds what was recorded to the shared series.
-    pub fn flush(&mut self) {
-        if self.pending == 0 {
-            return;
-        }
-        self.pending = 0;
-        for (_, _, c) in &self.counters {
-            c.flush();
-        }
-        for (_, h) in &self.durations {
-            h.flush();
-        }
-    }
-}
-
-impl Drop for RequestStats {
-    fn drop(&mut self) {
-        self.flush();
     }
 }
 

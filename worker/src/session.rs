@@ -33,7 +33,7 @@ pub struct Session<'a> {
     shared: Arc<Shared>,
     executor: &'a Executor,
     results: zmq::Socket,
-    /// Counts of the handlers run inline on this thread, flushed once per poll round.
+    /// Metric handles for the handlers run inline on this thread.
     stats: RequestStats,
     in_flight: usize,
     offered: Vec<ServiceName>,
@@ -170,7 +170,6 @@ impl<'a> Session<'a> {
             if from_broker && self.read_broker(&dealer, drain_until.is_some())? {
                 last_heard = Instant::now();
             }
-            self.stats.flush();
             // Judged only after reading what is waiting, so a stalled process does not
             // mistake unread heartbeats for silence.
             if last_heard.elapsed() > self.opts.liveness_window() {

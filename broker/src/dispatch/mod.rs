@@ -237,7 +237,7 @@ impl Dispatcher {
     }
 
     /// Adds the per-request metric updates made since the last call to the series
-    /// `/metrics` renders (the socket loop calls it once per poll round).
+    /// `/metrics` renders (the socket loop calls it before sending each round's answers).
     pub(crate) fn flush_metrics(&self) {
         self.batch.flush();
     }
