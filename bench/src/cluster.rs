@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use tradeplex_client::curve::{ClientCurve, KeyPair};
 use tradeplex_client::{Client, ClientOptions};
 use tradeplex_test_support::{poll_until, ready_field, Proc, Stderr, START_TIMEOUT};
 
@@ -64,6 +65,53 @@ pub struct ClusterOptions<'a> {
     pub capacity: u32,
     pub event_hwm: i32,
     pub broker_args: &'a [String],
+    /// CURVE on every socket (keys made for this run), or plaintext.
+    pub curve: bool,
+}
+
+/// The keys of a CURVE cluster: the broker's, one for every client, one for every worker.
+struct CurveKeys {
+    broker: KeyPair,
+    client: KeyPair,
+    worker: KeyPair,
+    /// The worker's key file, in the scratch directory.
+    worker_file: PathBuf,
+}
+
+impl CurveKeys {
+    /// Fresh keys, the broker's and the worker's written to key files in `dir`.
+    fn make(dir: &Path) -> anyhow::Result<(CurveKeys, PathBuf)> {
+        let gen = || tradeplex_client::curve::generate().context("generating CURVE keys");
+        let (broker, client, worker) = (gen()?, gen()?, gen()?);
+        let broker_file = dir.join("broker.key");
+        let worker_file = dir.join("worker.key");
+        std::fs::write(&broker_file, broker.to_toml()).context("writing broker.key")?;
+        std::fs::write(&worker_file, worker.to_toml()).context("writing worker.key")?;
+        let keys = CurveKeys {
+            broker,
+            client,
+            worker,
+            worker_file,
+        };
+        Ok((keys, broker_file))
+    }
+
+    /// The broker config's `[curve]` table.
+    fn broker_table(&self, key_file: &Path) -> String {
+        format!(
+            "\n[curve]\nkey_file = {:?}\nallow_clients = [{:?}]\nallow_workers = [{:?}]\n",
+            key_file.display().to_string(),
+            self.client.public_key,
+            self.worker.public_key
+        )
+    }
+
+    fn client(&self) -> ClientCurve {
+        ClientCurve {
+            server_key: self.broker.public_key.clone(),
+            keys: self.client.clone(),
+        }
+    }
 }
 
 /// A broker and its workers. Fields drop in order: workers, broker, then the directory.
@@ -76,6 +124,7 @@ pub struct Cluster {
     broker: Proc,
     capacity: u32,
     client: Client,
+    curve: Option<CurveKeys>,
     dir: ScratchDir,
 }
 
@@ -102,8 +151,15 @@ impl Cluster {
     pub fn start(opts: &ClusterOptions) -> anyhow::Result<Cluster> {
         let dir = ScratchDir::new()?;
         let config = dir.path.join("broker.toml");
-        std::fs::write(&config, format!("event_hwm = {}\n", opts.event_hwm))
-            .context("writing broker config")?;
+        let mut toml = format!("event_hwm = {}\n", opts.event_hwm);
+        let curve = if opts.curve {
+            let (keys, key_file) = CurveKeys::make(&dir.path)?;
+            toml.push_str(&keys.broker_table(&key_file));
+            Some(keys)
+        } else {
+            None
+        };
+        std::fs::write(&config, toml).context("writing broker config")?;
         let mut args: Vec<String> = vec![
             "--config".into(),
             config.display().to_string(),
@@ -140,10 +196,8 @@ impl Cluster {
             field("xsub")?,
             field("xpub")?,
         );
-        let client = Client::connect(
-            &frontend,
-            ClientOptions::default().timeout(Duration::from_secs(2)),
-        )?;
+        let options = client_options(curve.as_ref()).timeout(Duration::from_secs(2));
+        let client = Client::connect(&frontend, options)?;
         Ok(Cluster {
             frontend,
             backend,
@@ -153,8 +207,14 @@ impl Cluster {
             broker,
             capacity: opts.capacity,
             client,
+            curve,
             dir,
         })
+    }
+
+    /// Options for a client of this cluster (with its CURVE keys, if it has them).
+    pub fn client_options(&self) -> ClientOptions {
+        client_options(self.curve.as_ref())
     }
 
     /// Starts workers until `n` serve `echo`, and waits until the broker lists them all.
@@ -186,6 +246,14 @@ impl Cluster {
             "--log-level".into(),
             "warn".into(),
         ];
+        if let Some(keys) = &self.curve {
+            args.extend([
+                "--curve-server-key".into(),
+                keys.broker.public_key.clone(),
+                "--curve-key-file".into(),
+                keys.worker_file.display().to_string(),
+            ]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let (proc, line) = start(
             &bin_dir.join("tradeplex-worker"),
@@ -250,6 +318,11 @@ impl Cluster {
         self.broker.pid()
     }
 
+    /// CPU time the broker process has used so far, all its threads (user + system).
+    pub fn broker_cpu(&self) -> anyhow::Result<Duration> {
+        process_cpu(self.broker.pid())
+    }
+
     /// Fails if the broker or a worker has died.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         check_alive(&mut self.broker)?;
@@ -260,6 +333,34 @@ impl Cluster {
     pub fn dir(&self) -> &ScratchDir {
         &self.dir
     }
+}
+
+fn client_options(curve: Option<&CurveKeys>) -> ClientOptions {
+    let options = ClientOptions::default();
+    match curve {
+        Some(keys) => options.curve(keys.client()),
+        None => options,
+    }
+}
+
+/// CPU time of a process, all threads: the sum of each task's `/proc/PID/task/TID/schedstat`
+/// run time (nanoseconds, unlike `stat`'s clock ticks).
+pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let tasks = format!("/proc/{pid}/task");
+    let mut ns: u64 = 0;
+    for task in std::fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between the listing and the read: it no longer counts.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        ns += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("no run time in {}", path.display()))?;
+    }
+    Ok(Duration::from_nanos(ns))
 }
 
 /// VmRSS of a process, bytes.

@@ -67,14 +67,24 @@ pub struct TradeplexPipe {
 }
 
 impl TradeplexPipe {
-    pub fn connect(frontend: &str) -> anyhow::Result<TradeplexPipe> {
-        TradeplexPipe::with_options(frontend, CallOptions::query().timeout(CALL_TIMEOUT))
+    /// A client connected with `client` (e.g. CURVE keys) making echo queries.
+    pub fn connect_with(frontend: &str, client: ClientOptions) -> anyhow::Result<TradeplexPipe> {
+        let options = CallOptions::query().timeout(CALL_TIMEOUT);
+        TradeplexPipe::with_client(frontend, client, options)
     }
 
     /// Echo calls made with `options` (e.g. not idempotent, pinned to one worker).
     pub fn with_options(frontend: &str, options: CallOptions) -> anyhow::Result<TradeplexPipe> {
+        TradeplexPipe::with_client(frontend, ClientOptions::default(), options)
+    }
+
+    fn with_client(
+        frontend: &str,
+        client: ClientOptions,
+        options: CallOptions,
+    ) -> anyhow::Result<TradeplexPipe> {
         Ok(TradeplexPipe {
-            client: Client::connect(frontend, ClientOptions::default().timeout(CALL_TIMEOUT))?,
+            client: Client::connect(frontend, client.timeout(CALL_TIMEOUT))?,
             in_flight: VecDeque::new(),
             options,
         })
@@ -231,6 +241,8 @@ pub struct RrRun {
     pub p99_us: f64,
     pub p999_us: f64,
     pub done: u64,
+    /// The broker's CPU time (all its threads) per call, warm-up included, where measured.
+    pub broker_cpu_us: Option<f64>,
 }
 
 impl RrRun {
@@ -243,8 +255,23 @@ impl RrRun {
             p99_us: us(0.99),
             p999_us: us(0.999),
             done,
+            broker_cpu_us: None,
         }
     }
+}
+
+/// Timed calls and warm-up calls of each client of a run.
+fn per_client(clients: usize, window: usize, messages: u64) -> (u64, u64) {
+    let per_client = messages.div_ceil(clients.max(1) as u64).max(1);
+    // A tenth of the run, at least two windows' worth, at most 5,000 (or two windows).
+    let warmup = (per_client / 10).min(5_000).max(window as u64 * 2);
+    (per_client, warmup)
+}
+
+/// The warm-up calls of a run, all clients (beside its `done` timed calls, they are what
+/// the broker's CPU time for the run is divided by).
+pub fn warmup_calls(clients: usize, window: usize, messages: u64) -> u64 {
+    clients as u64 * per_client(clients, window, messages).1
 }
 
 /// Runs `clients` client threads, each with a pipe made by `connect`.
@@ -259,9 +286,7 @@ where
     P: Pipe,
     F: Fn() -> anyhow::Result<P> + Sync,
 {
-    let per_client = messages.div_ceil(clients as u64).max(1);
-    // A tenth of the run, at least two windows' worth, at most 5,000 (or two windows).
-    let warmup = (per_client / 10).min(5_000).max(window as u64 * 2);
+    let (per_client, warmup) = per_client(clients, window, messages);
     let barrier = Barrier::new(clients);
     let runs: Vec<anyhow::Result<ClientRun>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)

@@ -38,6 +38,12 @@ pub enum Scenario {
     /// The same through the broker alone: the bench's minimal client and echo worker
     /// speak the Tradeplex protocols (no client library, no worker process).
     RrRaw,
+    /// rr with CURVE on every socket (a second cluster, keys made for the run) against rr
+    /// in plaintext: the "baseline" column is the plaintext cluster, the ratio CURVE's cost.
+    RrCurve,
+    /// rr over ipc:// (a second cluster) against the bare hop over ipc://, beside the
+    /// tcp:// rows of rr.
+    RrIpc,
     /// Tick events through the relay: paced, lossless capacity, flat out.
     Events,
     /// Broker memory, and a stalled subscriber during flat-out publishing.
@@ -288,6 +294,7 @@ impl Bench<'_> {
             capacity: a.capacity,
             event_hwm: a.hwm,
             broker_args: &a.broker_args,
+            curve: false,
         })?;
         if self.has(Scenario::Memory) {
             let rss = cluster.broker_rss()? as f64 / MIB;
@@ -319,6 +326,12 @@ impl Bench<'_> {
         }
         if self.has(Scenario::RrRaw) {
             self.rr_raw(&mut cluster)?;
+        }
+        if self.has(Scenario::RrCurve) {
+            self.rr_second_cluster(&mut cluster, "rr-curve")?;
+        }
+        if self.has(Scenario::RrIpc) {
+            self.rr_second_cluster(&mut cluster, "rr-ipc")?;
         }
         if let Some(s) = a.pause_s {
             eprintln!("bench: broker pid {} (pausing {s} s)", cluster.broker_pid());
@@ -464,6 +477,50 @@ impl Bench<'_> {
         )
     }
 
+    /// rr-curve (a CURVE cluster against this plaintext one) or rr-ipc (a cluster on
+    /// ipc:// against the bare hop on ipc://): a second cluster for the Tradeplex side.
+    fn rr_second_cluster(&mut self, cluster: &mut Cluster, scenario: &str) -> anyhow::Result<()> {
+        let a = self.args;
+        let curve = scenario == "rr-curve";
+        let second = Cluster::start(&ClusterOptions {
+            bin_dir: &self.bin_dir,
+            ipc: !curve || a.ipc,
+            capacity: a.capacity,
+            event_hwm: a.hwm,
+            broker_args: &a.broker_args,
+            curve,
+        })?;
+        let second = std::cell::RefCell::new(second);
+        let mut none = Peers::default();
+        self.rr_scenario(
+            cluster,
+            scenario,
+            &mut none,
+            |b, plain, side, config, window| {
+                let mut second = second.borrow_mut();
+                match side {
+                    Side::Tradeplex => b.tradeplex_once(&mut second, config, window),
+                    Side::Baseline if curve => b.tradeplex_once(plain, config, window),
+                    Side::Baseline => {
+                        let dir = second.dir();
+                        b.baseline_once(Some(dir), config, window)
+                    }
+                }
+            },
+        )?;
+        self.report.notes.push(if curve {
+            "rr-curve: Tradeplex = a second cluster with CURVE on every socket (keys made for \
+             the run); baseline = the plaintext cluster of rr, same counts: the ratio is what \
+             CURVE costs"
+                .into()
+        } else {
+            "rr-ipc: Tradeplex = a second cluster on ipc:// endpoints; baseline = the bare hop \
+             on ipc://"
+                .into()
+        });
+        Ok(())
+    }
+
     /// Every configuration and window, `repeat` times, the sides (and at 1 client × 1
     /// worker the peers) taking turns first.
     fn rr_scenario(
@@ -478,7 +535,7 @@ impl Bench<'_> {
         // Tradeplex workers can only be added, so run the configs by worker count.
         configs.sort_by_key(|c| c.workers);
         for config in configs {
-            if scenario == "rr" {
+            if scenario != "rr-raw" {
                 cluster.ensure_workers(&self.bin_dir, config.workers)?;
             }
             let one_to_one = config.clients == 1 && config.workers == 1;
@@ -525,6 +582,9 @@ impl Bench<'_> {
         r.add(name, cfg, "p50", Unit::Micros, side, run.p50_us);
         r.add(name, cfg, "p99", Unit::Micros, side, run.p99_us);
         r.add(name, cfg, "p99.9", Unit::Micros, side, run.p999_us);
+        if let Some(cpu) = run.broker_cpu_us {
+            r.add(name, cfg, "broker CPU per call", Unit::Micros, side, cpu);
+        }
     }
 
     fn record_peer(&mut self, name: &str, cfg: &str, peer: Peer, window: usize, run: &RrRun) {
@@ -603,6 +663,7 @@ impl Bench<'_> {
                         p99_us: r.p99_us,
                         p999_us: f64::NAN,
                         done: a.messages,
+                        broker_cpu_us: None,
                     })
                     .map_err(|(python::Missing::All(why) | python::Missing::Side(why))| why)
             }
@@ -639,27 +700,53 @@ impl Bench<'_> {
         config: RrConfig,
         window: usize,
     ) -> anyhow::Result<RrRun> {
-        let a = self.args;
         match side {
-            Side::Tradeplex => {
-                let frontend = cluster.frontend.clone();
-                let run = rr::run_clients(config.clients, window, a.messages, self.cap(), || {
-                    TradeplexPipe::connect(&frontend)
-                });
-                cluster.check_alive()?;
-                run
-            }
+            Side::Tradeplex => self.tradeplex_once(cluster, config, window),
             Side::Baseline => {
-                let ipc = a.ipc.then(|| cluster.dir());
-                let hop = BaselineRr::start(config.workers, a.capacity, ipc)?;
-                let frontend = hop.frontend.clone();
-                let run = rr::run_clients(config.clients, window, a.messages, self.cap(), || {
-                    BaselinePipe::connect(&frontend)
-                });
-                hop.stop()?;
-                run
+                let ipc = self.args.ipc.then(|| cluster.dir());
+                self.baseline_once(ipc, config, window)
             }
         }
+    }
+
+    /// One run through `cluster` (its workers started first), with the broker's CPU time
+    /// per call.
+    fn tradeplex_once(
+        &self,
+        cluster: &mut Cluster,
+        config: RrConfig,
+        window: usize,
+    ) -> anyhow::Result<RrRun> {
+        let a = self.args;
+        cluster.ensure_workers(&self.bin_dir, config.workers)?;
+        let frontend = cluster.frontend.clone();
+        let options = cluster.client_options();
+        let cpu_before = cluster.broker_cpu()?;
+        let mut run = rr::run_clients(config.clients, window, a.messages, self.cap(), || {
+            TradeplexPipe::connect_with(&frontend, options.clone())
+        })?;
+        let cpu = cluster.broker_cpu()?.saturating_sub(cpu_before);
+        let calls = run.done + rr::warmup_calls(config.clients, window, a.messages);
+        run.broker_cpu_us = Some(cpu.as_secs_f64() * 1e6 / calls.max(1) as f64);
+        cluster.check_alive()?;
+        Ok(run)
+    }
+
+    /// One run through the bare hop (on ipc:// in `ipc`'s directory if given).
+    fn baseline_once(
+        &self,
+        ipc: Option<&cluster::ScratchDir>,
+        config: RrConfig,
+        window: usize,
+    ) -> anyhow::Result<RrRun> {
+        let a = self.args;
+        let hop = BaselineRr::start(config.workers, a.capacity, ipc)?;
+        let frontend = hop.frontend.clone();
+        let run = rr::run_clients(config.clients, window, a.messages, self.cap(), || {
+            BaselinePipe::connect(&frontend)
+        });
+        hop.stop()?;
+        run
     }
 
     fn events(&mut self, cluster: &mut Cluster) -> anyhow::Result<()> {
@@ -786,8 +873,8 @@ impl Bench<'_> {
             let warmup = (a.orders / 10).max(10);
             let r = trading::run(&cluster.frontend, &cluster.xpub, a.orders, warmup)?;
             eprintln!(
-                "bench: trading {cfg}: accepted event p50 {:.1} µs p99 {:.1} µs, reply p50 {:.1} µs p99 {:.1} µs ({} orders)",
-                r.event_p50_us, r.event_p99_us, r.reply_p50_us, r.reply_p99_us, r.done
+                "bench: trading {cfg}: accepted event p50 {:.1} µs p99 {:.1} µs, reply p50 {:.1} µs p99 {:.1} µs, echo p50 {:.1} µs ({} orders)",
+                r.event_p50_us, r.event_p99_us, r.reply_p50_us, r.reply_p99_us, r.echo_p50_us, r.done
             );
             let (n, side, rp) = ("trading", Side::Tradeplex, &mut self.report);
             rp.add(
@@ -822,6 +909,11 @@ impl Bench<'_> {
                 side,
                 r.reply_p99_us,
             );
+            // Tradeplex = send_order, baseline = an echo call by the same client just
+            // before each order: the ratio is what the order path costs over a plain call.
+            let vs = "send_order reply vs echo p50";
+            rp.add(n, cfg, vs, Unit::Micros, side, r.reply_p50_us);
+            rp.add(n, cfg, vs, Unit::Micros, Side::Baseline, r.echo_p50_us);
         }
         cluster.check_alive()
     }

@@ -28,6 +28,8 @@ pub struct TradingRun {
     pub event_p99_us: f64,
     pub reply_p50_us: f64,
     pub reply_p99_us: f64,
+    /// An echo call (the rr body) made by the same client just before each order.
+    pub echo_p50_us: f64,
 }
 
 /// Sends `warmup` then `count` orders one at a time.
@@ -75,6 +77,11 @@ fn orders(
 ) -> anyhow::Result<TradingRun> {
     let mut events = super::report::latency_histogram();
     let mut replies = super::report::latency_histogram();
+    let mut echoes = super::report::latency_histogram();
+    // The rr scenario's body: a 64-byte MessagePack bin.
+    let mut echo_body = vec![0u8; crate::rr::BODY_BYTES];
+    echo_body[0] = 0xc4;
+    echo_body[1] = (crate::rr::BODY_BYTES - 2) as u8;
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     for i in 0..warmup + count {
         let reference = format!("bench-{tag}-{i}");
@@ -89,6 +96,17 @@ fn orders(
             account: ACCOUNT.into(),
             reference: reference.clone(),
         };
+        // The same client, the same moment of the loop (after the last cancel): the
+        // reference send_order's reply is compared with.
+        let e0 = Instant::now();
+        client
+            .call(
+                "echo",
+                echo_body.clone(),
+                tradeplex_client::CallOptions::query(),
+            )
+            .context("echo call")?;
+        let echoed = e0.elapsed();
         let t0 = Instant::now();
         let order = client.send_order(GATEWAY, req).context("send_order")?;
         let replied = t0.elapsed();
@@ -105,6 +123,7 @@ fn orders(
         };
         if i >= warmup {
             replies.saturating_record(replied.as_nanos() as u64);
+            echoes.saturating_record(echoed.as_nanos() as u64);
             events.saturating_record(event_at.duration_since(t0).as_nanos() as u64);
         }
         client
@@ -118,5 +137,6 @@ fn orders(
         event_p99_us: us(&events, 0.99),
         reply_p50_us: us(&replies, 0.5),
         reply_p99_us: us(&replies, 0.99),
+        echo_p50_us: us(&echoes, 0.5),
     })
 }

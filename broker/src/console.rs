@@ -357,9 +357,11 @@ mod tests {
         assert!(before["broker"].is_null() && before["snapshot_age_ms"].is_null());
         assert_eq!(before["workers"], serde_json::json!([]));
 
-        let sim = metrics.service("SIM");
+        let batch = crate::metrics::MetricsBatch::default();
+        let sim = metrics.service("SIM", &batch);
         sim.received();
         sim.answered(Some(tradeplex_proto::ErrorCode::WorkerLost), 0.002);
+        batch.flush();
         console.sample();
         let mut publisher = console.publisher();
         let now = Instant::now();

@@ -1,10 +1,17 @@
 //! The broker's Prometheus metrics. Label handles for a service are resolved once, when
-//! the service first appears, so the per-message path only bumps atomics.
+//! the service first appears; per-request updates go to plain (non-atomic) local copies
+//! that the socket loop flushes into the shared series once per round of reading its
+//! sockets, just before that round's answers are sent ([`MetricsBatch::flush`]), so the
+//! per-message path touches no atomics and a client holding its reply finds it counted.
 //! Label values are bounded: services that no worker registered are counted as `_unknown`.
 
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tradeplex_proto::ErrorCode;
 
@@ -120,32 +127,134 @@ impl ReplayMetrics {
     }
 }
 
-/// Metric handles for one service, resolved once.
-#[derive(Clone)]
+/// Metric handles for one service, resolved once. Its request counts, latencies, queue
+/// depth and in-flight count accumulate locally until the [`MetricsBatch`] it was made
+/// with is flushed (by the socket loop, before it sends the answers of a round).
 pub struct ServiceMetrics {
-    received: IntCounter,
-    answered: Vec<(Option<ErrorCode>, IntCounter)>,
-    duration: Histogram,
-    /// Requests queued for the service.
-    pub queue_depth: IntGauge,
-    /// Requests executing at workers of the service.
-    pub in_flight: IntGauge,
-    /// Workers offering the service.
+    local: Rc<LocalService>,
+    batch: MetricsBatch,
+    /// Workers offering the service (changes with registrations only: set directly).
     pub workers: IntGauge,
 }
 
+/// The locally accumulated part of a service's metrics.
+struct LocalService {
+    /// Queued in the batch's list of services to flush.
+    dirty: Cell<bool>,
+    received: LocalIntCounter,
+    answered: Vec<(Option<ErrorCode>, LocalIntCounter)>,
+    duration: LocalHistogram,
+    queue_depth: LocalGauge,
+    in_flight: LocalGauge,
+}
+
+impl LocalService {
+    fn flush(&self) {
+        self.dirty.set(false);
+        self.received.flush();
+        for (_, c) in &self.answered {
+            c.flush();
+        }
+        self.duration.flush();
+        self.queue_depth.flush();
+        self.in_flight.flush();
+    }
+}
+
+/// A gauge's pending change, added to the shared gauge on flush.
+struct LocalGauge {
+    gauge: IntGauge,
+    delta: Cell<i64>,
+}
+
+impl LocalGauge {
+    fn new(gauge: IntGauge) -> LocalGauge {
+        LocalGauge {
+            gauge,
+            delta: Cell::new(0),
+        }
+    }
+
+    fn add(&self, v: i64) {
+        self.delta.set(self.delta.get() + v);
+    }
+
+    /// Sets the gauge now, dropping the pending change (it is part of `v`).
+    fn set(&self, v: i64) {
+        self.delta.set(0);
+        self.gauge.set(v);
+    }
+
+    fn flush(&self) {
+        let d = self.delta.replace(0);
+        if d != 0 {
+            self.gauge.add(d);
+        }
+    }
+}
+
+/// The services whose local metrics changed since the last flush. One per dispatcher:
+/// it and the [`ServiceMetrics`] made with it live on the broker's loop thread.
+#[derive(Clone, Default)]
+pub struct MetricsBatch {
+    dirty: Rc<RefCell<Vec<Rc<LocalService>>>>,
+}
+
+impl MetricsBatch {
+    /// Adds every pending change to the shared series (the loop calls this once per round
+    /// of reading its sockets, before sending what the round produced).
+    pub fn flush(&self) {
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for s in &dirty {
+            s.flush();
+        }
+        // Give the list back its capacity (nothing can have been added meanwhile).
+        let mut list = self.dirty.borrow_mut();
+        if list.is_empty() {
+            *list = dirty;
+            list.clear();
+        }
+    }
+}
+
 impl ServiceMetrics {
+    /// Queues the service for the next flush (once per round, however many updates).
+    fn touch(&self) {
+        if !self.local.dirty.replace(true) {
+            self.batch.dirty.borrow_mut().push(self.local.clone());
+        }
+    }
+
     /// Counts a request received for the service.
     pub fn received(&self) {
-        self.received.inc();
+        self.local.received.inc();
+        self.touch();
     }
 
     /// Counts a request answered with `outcome` (None = ok) after `seconds`.
     pub fn answered(&self, outcome: Option<ErrorCode>, seconds: f64) {
-        if let Some((_, c)) = self.answered.iter().find(|(o, _)| *o == outcome) {
+        if let Some((_, c)) = self.local.answered.iter().find(|(o, _)| *o == outcome) {
             c.inc();
         }
-        self.duration.observe(seconds);
+        self.local.duration.observe(seconds);
+        self.touch();
+    }
+
+    /// Changes the count of requests queued for the service by `n`.
+    pub fn queued(&self, n: i64) {
+        self.local.queue_depth.add(n);
+        self.touch();
+    }
+
+    /// Sets the count of requests queued for the service.
+    pub fn set_queued(&self, n: i64) {
+        self.local.queue_depth.set(n);
+    }
+
+    /// Changes the count of requests executing at workers of the service by `n`.
+    pub fn executing(&self, n: i64) {
+        self.local.in_flight.add(n);
+        self.touch();
     }
 }
 
@@ -346,25 +455,34 @@ impl Metrics {
         }
     }
 
-    /// Resolves the label handles for a service (or `_unknown`).
-    pub fn service(&self, service: &str) -> ServiceMetrics {
+    /// Resolves the label handles for a service (or `_unknown`); its per-request updates
+    /// are flushed with `batch`.
+    pub fn service(&self, service: &str, batch: &MetricsBatch) -> ServiceMetrics {
         let mut answered = vec![(
             None,
-            self.requests_answered.with_label_values(&[service, "ok"]),
+            self.requests_answered
+                .with_label_values(&[service, "ok"])
+                .local(),
         )];
         for code in ErrorCode::ALL {
             answered.push((
                 Some(code),
                 self.requests_answered
-                    .with_label_values(&[service, code.name()]),
+                    .with_label_values(&[service, code.name()])
+                    .local(),
             ));
         }
-        ServiceMetrics {
-            received: self.requests_received.with_label_values(&[service]),
+        let local = LocalService {
+            dirty: Cell::new(false),
+            received: self.requests_received.with_label_values(&[service]).local(),
             answered,
-            duration: self.request_duration.with_label_values(&[service]),
-            queue_depth: self.queue_depth.with_label_values(&[service]),
-            in_flight: self.in_flight.with_label_values(&[service]),
+            duration: self.request_duration.with_label_values(&[service]).local(),
+            queue_depth: LocalGauge::new(self.queue_depth.with_label_values(&[service])),
+            in_flight: LocalGauge::new(self.in_flight.with_label_values(&[service])),
+        };
+        ServiceMetrics {
+            local: Rc::new(local),
+            batch: batch.clone(),
             workers: if service == UNKNOWN_SERVICE_LABEL || service == MGMT_SERVICE_LABEL {
                 // No worker ever offers `_unknown` or the broker's own `tpx`: a
                 // `tradeplex_workers{service="_unknown"} 0` series would only trip "no
@@ -430,10 +548,11 @@ mod tests {
     #[test]
     fn no_workers_gauge_is_exported_for_the_unknown_service_label() {
         let m = Metrics::new();
-        let unknown = m.service(UNKNOWN_SERVICE_LABEL);
+        let batch = MetricsBatch::default();
+        let unknown = m.service(UNKNOWN_SERVICE_LABEL, &batch);
         unknown.workers.set(0);
-        m.service(MGMT_SERVICE_LABEL).workers.set(0);
-        m.service("echo").workers.set(2);
+        m.service(MGMT_SERVICE_LABEL, &batch).workers.set(0);
+        m.service("echo", &batch).workers.set(2);
         let text = m.render();
         assert!(
             text.contains("tradeplex_workers{service=\"echo\"} 2"),
@@ -446,8 +565,51 @@ mod tests {
         );
         // Requests for unknown services are still counted under `_unknown`.
         unknown.received();
+        batch.flush();
         assert!(m
             .render()
             .contains("tradeplex_requests_received_total{service=\"_unknown\"} 1"));
+    }
+
+    #[test]
+    fn per_request_updates_reach_the_series_when_the_batch_is_flushed() {
+        let m = Metrics::new();
+        let batch = MetricsBatch::default();
+        let echo = m.service("echo", &batch);
+        for _ in 0..3 {
+            echo.received();
+            echo.queued(1);
+            echo.executing(1);
+        }
+        echo.queued(-1);
+        echo.answered(None, 0.001);
+        echo.answered(Some(ErrorCode::Overloaded), 0.002);
+        let text = m.render();
+        assert!(
+            text.contains("tradeplex_requests_received_total{service=\"echo\"} 0"),
+            "not before the flush: {text}"
+        );
+        batch.flush();
+        // A second flush adds nothing more.
+        batch.flush();
+        let text = m.render();
+        for line in [
+            "tradeplex_requests_received_total{service=\"echo\"} 3",
+            "tradeplex_queue_depth{service=\"echo\"} 2",
+            "tradeplex_requests_in_flight{service=\"echo\"} 3",
+            "tradeplex_requests_answered_total{outcome=\"ok\",service=\"echo\"} 1",
+            "tradeplex_requests_answered_total{outcome=\"overloaded\",service=\"echo\"} 1",
+            "tradeplex_request_duration_seconds_count{service=\"echo\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // Updates from a handle dropped before the flush are not lost.
+        let other = m.service("echo", &batch);
+        other.received();
+        drop(other);
+        batch.flush();
+        assert!(m
+            .render()
+            .contains("tradeplex_requests_received_total{service=\"echo\"} 4"));
     }
 }

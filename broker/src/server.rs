@@ -826,6 +826,9 @@ impl Loop {
     }
 
     fn flush(&mut self) {
+        // Once per drained round, not per request, and before the answers leave: a client
+        // holding its reply finds it counted in /metrics.
+        self.dispatcher.flush_metrics();
         while !self.dispatcher.out.is_empty() {
             // Swap in the spare buffer so both keep their capacity across flushes.
             std::mem::swap(&mut self.spare, &mut self.dispatcher.out);

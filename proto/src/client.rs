@@ -169,11 +169,14 @@ pub fn decode<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<Message
     let cmd = Command::from_byte(cmd)?;
     match cmd {
         Command::Request => {
-            let h: RequestHeader = frame::decode_header(header)?;
+            let h = frame::decode_header_quick(header, crate::quick::client_request)?;
             validate_request(&h)?;
             Ok(Message::Request(h))
         }
-        Command::Reply => Ok(Message::Reply(frame::decode_header(header)?)),
+        Command::Reply => Ok(Message::Reply(frame::decode_header_quick(
+            header,
+            crate::quick::client_reply,
+        )?)),
         Command::Error => Ok(Message::Error(frame::decode_header(header)?)),
     }
 }

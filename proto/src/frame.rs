@@ -93,6 +93,20 @@ pub fn decode_header<T: DeserializeOwned>(frame: &[u8]) -> Result<T, ProtoError>
     rmp_serde::from_slice(frame).map_err(|e| ProtoError::BadHeader(e.to_string()))
 }
 
+/// Decodes a size-checked header with `quick` (a hand-written reader of the usual shape,
+/// see `quick.rs`), and with serde when `quick` does not recognise it.
+pub(crate) fn decode_header_quick<T: DeserializeOwned>(
+    frame: &[u8],
+    quick: fn(&[u8]) -> Option<T>,
+) -> Result<T, ProtoError> {
+    if frame.len() <= MAX_HEADER_BYTES {
+        if let Some(h) = quick(frame) {
+            return Ok(h);
+        }
+    }
+    decode_header(frame)
+}
+
 /// Encodes a header as a MessagePack map with field names (so other languages read it
 /// without knowing field order).
 pub fn encode_header<T: Serialize>(header: &T) -> Vec<u8> {

@@ -14,7 +14,10 @@ pub struct WorkerId(pub uuid::Uuid);
 
 impl Serialize for WorkerId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0.hyphenated())
+        // Into a stack buffer: `collect_str` would format through `fmt` into a fresh
+        // String on every header (each REPLY the broker sends names its worker).
+        let mut buf = uuid::Uuid::encode_buffer();
+        s.serialize_str(self.0.hyphenated().encode_lower(&mut buf))
     }
 }
 
@@ -91,8 +94,10 @@ impl ServiceName {
     /// Validates and wraps a service name.
     pub fn new(s: impl Into<String>) -> Result<ServiceName, ProtoError> {
         let s = s.into();
-        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-        if s.is_empty() || s.len() > MAX_SERVICE_NAME || !s.chars().all(ok_char) {
+        // Bytes, not chars: every allowed character is ASCII, so any byte of a multi-byte
+        // character fails the same test (and no UTF-8 decoding per request).
+        let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+        if s.is_empty() || s.len() > MAX_SERVICE_NAME || !s.bytes().all(ok) {
             return Err(ProtoError::BadField {
                 field: "service",
                 reason: format!("{s:?} is not 1-{MAX_SERVICE_NAME} chars of [A-Za-z0-9_.-]"),
@@ -135,6 +140,16 @@ impl FromStr for ServiceName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_id_is_its_hyphenated_lowercase_uuid_on_the_wire() {
+        let id = WorkerId::random();
+        let text = id.0.hyphenated().to_string();
+        let packed = rmp_serde::to_vec(&id).unwrap();
+        assert_eq!(packed, rmp_serde::to_vec(&text).unwrap());
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{text}\""));
+        assert_eq!(rmp_serde::from_slice::<WorkerId>(&packed).unwrap(), id);
+    }
 
     #[test]
     fn service_names_are_validated() {

@@ -15,6 +15,7 @@ pub mod ids;
 pub mod keys;
 pub mod mgmt;
 pub mod model;
+mod quick;
 pub mod worker;
 
 pub use codes::ErrorCode;

@@ -182,8 +182,14 @@ pub fn decode<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<Message
             validate_ready(&h)?;
             Message::Ready(h)
         }
-        Command::Request => Message::Request(frame::decode_header(header)?),
-        Command::Reply => Message::Reply(frame::decode_header(header)?),
+        Command::Request => Message::Request(frame::decode_header_quick(
+            header,
+            crate::quick::worker_request,
+        )?),
+        Command::Reply => Message::Reply(frame::decode_header_quick(
+            header,
+            crate::quick::worker_reply,
+        )?),
         Command::Error => Message::Error(frame::decode_header(header)?),
         Command::Heartbeat => Message::Heartbeat,
         Command::Disconnect => Message::Disconnect(frame::decode_header(header)?),

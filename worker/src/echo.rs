@@ -29,6 +29,11 @@ impl Handler for Echo {
 
 /// Reads `sleep_ms` from a MessagePack map body, if there is one.
 fn sleep_ms(body: &[u8]) -> Option<u64> {
+    // Only a map can hold `sleep_ms`: look at the MessagePack marker before decoding, so
+    // echoing any other body (the bench's bin, a string) costs no decode.
+    if !matches!(body.first(), Some(0x80..=0x8f | 0xde | 0xdf)) {
+        return None;
+    }
     let value = rmpv::decode::read_value(&mut &body[..]).ok()?;
     let map = value.as_map()?;
     map.iter()
@@ -51,5 +56,10 @@ mod tests {
         assert_eq!(sleep_ms(&body), Some(5));
         assert_eq!(sleep_ms(&rmp_serde::to_vec(&[1, 2]).unwrap()), None);
         assert_eq!(sleep_ms(b"\xc1garbage"), None);
+        assert_eq!(sleep_ms(&rmp_serde::to_vec(&"sleep_ms").unwrap()), None);
+        assert_eq!(sleep_ms(b""), None);
+        // map 16 and map 32 headers are maps too.
+        assert_eq!(sleep_ms(b"\xde\x00\x01\xa8sleep_ms\x07"), Some(7));
+        assert_eq!(sleep_ms(b"\xdf\x00\x00\x00\x01\xa8sleep_ms\x07"), Some(7));
     }
 }

@@ -11,7 +11,7 @@ use tradeplex_proto::{worker as wp, ErrorCode, ServiceName};
 
 use crate::handler::{Handler, HandlerError, Request};
 use crate::journal::Journal;
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{RequestStats, WorkerMetrics};
 
 /// A finished job, as the session thread reads it from the results socket: the REPLY or
 /// ERROR head frame and the body, ready to send to the broker as they are.
@@ -94,8 +94,9 @@ impl Drop for Executor {
 }
 
 fn execute_loop(rx: Receiver<Request>, push: zmq::Socket, shared: Arc<Shared>) {
+    let mut stats = RequestStats::new(shared.metrics.clone());
     while let Ok(req) = rx.recv() {
-        let (head, body) = execute(&shared, &req);
+        let (head, body) = execute(&shared, &req, &mut stats);
         let sent = push
             .send(head, zmq::SNDMORE)
             .and_then(|_| push.send(body, 0));
@@ -106,18 +107,14 @@ fn execute_loop(rx: Receiver<Request>, push: zmq::Socket, shared: Arc<Shared>) {
 }
 
 /// Runs one request through its handler, refusing stale ones before anything executes.
-pub fn execute(shared: &Shared, req: &Request) -> Finished {
+pub fn execute(shared: &Shared, req: &Request, stats: &mut RequestStats) -> Finished {
     let started = Instant::now();
     let result = run_handler(shared, req);
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code.name(),
     };
-    shared.metrics.observe(
-        req.service.as_str(),
-        outcome,
-        started.elapsed().as_secs_f64(),
-    );
+    stats.observe(&req.service, outcome, started.elapsed().as_secs_f64());
     match result {
         Ok(body) => {
             let head = wp::encode(wp::Command::Reply, &wp::ReplyHeader { job: req.job });

@@ -1,8 +1,14 @@
-//! The worker's Prometheus metrics.
+//! The worker's Prometheus metrics. Per-request counts and handler latencies go through a
+//! [`RequestStats`] owned by the thread that ran the handler, whose label handles are
+//! resolved once instead of looked up per request.
+
+use std::sync::Arc;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
+use tradeplex_proto::ServiceName;
 
 /// The `result` label values of `tradeplex_gateway_orders_total`, exported at 0 once a
 /// gateway reports its connection state, so `increase()` sees the first reject.
@@ -128,11 +134,59 @@ impl WorkerMetrics {
             journal_errors,
         }
     }
+}
+
+/// Most (service, outcome) pairs one [`RequestStats`] keeps resolved; beyond them (a
+/// broker sending requests for many unknown services) each update looks its series up.
+const MAX_CACHED_SERIES: usize = 64;
+
+/// One thread's resolved handles of the per-request series: updating them is an atomic
+/// add, not the label lookup (hash of the labels under the vector's lock) it replaces.
+/// They are updated before the result is sent, so a client that has its reply sees it
+/// counted in `/metrics`.
+pub struct RequestStats {
+    metrics: Arc<WorkerMetrics>,
+    counters: Vec<(ServiceName, &'static str, IntCounter)>,
+    durations: Vec<(ServiceName, Histogram)>,
+}
+
+impl RequestStats {
+    /// Handles of `metrics`' per-request series (none resolved yet).
+    pub fn new(metrics: Arc<WorkerMetrics>) -> RequestStats {
+        RequestStats {
+            metrics,
+            counters: Vec::new(),
+            durations: Vec::new(),
+        }
+    }
 
     /// Records one executed request.
-    pub fn observe(&self, service: &str, outcome: &str, seconds: f64) {
-        self.requests.with_label_values(&[service, outcome]).inc();
-        self.duration.with_label_values(&[service]).observe(seconds);
+    pub fn observe(&mut self, service: &ServiceName, outcome: &'static str, seconds: f64) {
+        let m = &self.metrics;
+        let found = self
+            .counters
+            .iter()
+            .find(|(s, o, _)| *o == outcome && s == service);
+        match found {
+            Some((_, _, c)) => c.inc(),
+            None => {
+                let c = m.requests.with_label_values(&[service.as_str(), outcome]);
+                c.inc();
+                if self.counters.len() < MAX_CACHED_SERIES {
+                    self.counters.push((service.clone(), outcome, c));
+                }
+            }
+        }
+        match self.durations.iter().find(|(s, _)| s == service) {
+            Some((_, h)) => h.observe(seconds),
+            None => {
+                let h = m.duration.with_label_values(&[service.as_str()]);
+                h.observe(seconds);
+                if self.durations.len() < MAX_CACHED_SERIES {
+                    self.durations.push((service.clone(), h));
+                }
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::backoff::Backoff;
 use crate::brokers::{Brokers, Why};
 use crate::executor::{Executor, Shared};
 use crate::handler::{HandlerError, Request};
+use crate::metrics::RequestStats;
 use crate::{WorkerError, WorkerOptions};
 
 /// Longest poll, so shutdown is seen promptly.
@@ -39,6 +40,8 @@ pub struct Session<'a> {
     shared: Arc<Shared>,
     executor: &'a Executor,
     results: zmq::Socket,
+    /// Metric handles for the handlers run inline on this thread.
+    stats: RequestStats,
     in_flight: usize,
     offered: Vec<ServiceName>,
     /// True once the broker has shown it knows us (a heartbeat or request after READY).
@@ -64,6 +67,7 @@ impl<'a> Session<'a> {
         Session {
             opts,
             ctx,
+            stats: RequestStats::new(shared.metrics.clone()),
             shared,
             executor,
             results,
@@ -411,7 +415,7 @@ impl<'a> Session<'a> {
                 .get(&req.service)
                 .is_some_and(|handler| handler.runs_inline(&req));
         if inline {
-            let (head, body) = crate::executor::execute(&self.shared, &req);
+            let (head, body) = crate::executor::execute(&self.shared, &req, &mut self.stats);
             send_result(dealer, &head, &body);
             return;
         }

@@ -95,7 +95,7 @@ impl Dispatcher {
         };
         if let Some(s) = self.services.get_mut(&service) {
             s.in_flight = s.in_flight.saturating_sub(1);
-            s.metrics.in_flight.dec();
+            s.metrics.executing(-1);
         }
         match result {
             Err((ErrorCode::Unavailable, _)) => {
@@ -129,7 +129,7 @@ impl Dispatcher {
             let service = job.service.clone();
             if let Some(s) = self.services.get_mut(&service) {
                 s.in_flight = s.in_flight.saturating_sub(1);
-                s.metrics.in_flight.dec();
+                s.metrics.executing(-1);
             }
         }
         // Not delivered, whatever its kind: back to the queue (until its deadline) for

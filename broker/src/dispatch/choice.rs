@@ -229,7 +229,7 @@ impl Dispatcher {
         }
         if let Some(s) = self.services.get_mut(&service) {
             s.in_flight += 1;
-            s.metrics.in_flight.inc();
+            s.metrics.executing(1);
         }
         self.out.push(Out::Deliver { to, header, body });
     }

@@ -89,7 +89,7 @@ impl Dispatcher {
         });
         if let Some(s) = self.services.get_mut(&service) {
             s.in_flight = s.in_flight.saturating_sub(1);
-            s.metrics.in_flight.dec();
+            s.metrics.executing(-1);
         }
         self.metrics.requests_abandoned.inc();
         let msg = format!(

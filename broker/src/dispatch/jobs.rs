@@ -60,7 +60,7 @@ impl Dispatcher {
         let service = job.service.clone();
         let entry = self.service_entry(&service);
         entry.queue.push_back(&job.client, job_id);
-        entry.metrics.queue_depth.inc();
+        entry.metrics.queued(1);
         self.jobs.insert(job_id, job);
         self.pump(&service);
         if self.jobs.get(&job_id).is_some_and(|j| j.worker.is_none()) {
@@ -75,7 +75,7 @@ impl Dispatcher {
         let (service, client, at) = (job.service.clone(), job.client.clone(), job.deadline_ms);
         let entry = self.service_entry(&service);
         entry.queue.push_front(&client, job_id);
-        entry.metrics.queue_depth.inc();
+        entry.metrics.queued(1);
         self.set_timer(job_id, at);
     }
 
@@ -88,7 +88,7 @@ impl Dispatcher {
             return;
         };
         if s.queue.remove(&job.client, job_id) {
-            s.metrics.queue_depth.dec();
+            s.metrics.queued(-1);
         }
         if let Some(at) = job.timer_ms.take() {
             self.timers.remove(&(at, job_id));

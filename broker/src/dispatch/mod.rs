@@ -26,6 +26,7 @@ mod shutdown;
 mod tests;
 
 use std::collections::BTreeSet;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,9 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap as HashMap;
 use tradeplex_proto::{worker, ErrorCode, JobId, RequestId, ServiceName, WorkerId};
 
-use crate::metrics::{Metrics, ServiceMetrics, MGMT_SERVICE_LABEL, UNKNOWN_SERVICE_LABEL};
+use crate::metrics::{
+    Metrics, MetricsBatch, ServiceMetrics, MGMT_SERVICE_LABEL, UNKNOWN_SERVICE_LABEL,
+};
 use crate::risk;
 use jobs::Job;
 use registry::{new_service, Service, Worker};
@@ -165,9 +168,11 @@ pub struct Dispatcher {
     next_heartbeat: Instant,
     shutting_down: bool,
     metrics: Arc<Metrics>,
-    unknown_metrics: Arc<ServiceMetrics>,
+    /// Per-request metric updates since the socket loop last flushed them.
+    batch: MetricsBatch,
+    unknown_metrics: Rc<ServiceMetrics>,
     /// The broker's own `tpx.*` services, counted apart from unknown services.
-    mgmt_metrics: Arc<ServiceMetrics>,
+    mgmt_metrics: Rc<ServiceMetrics>,
     /// The pre-trade risk stage (`[risk]` configured); every request passes it.
     risk: Option<risk::Stage>,
     /// Recent events for gap recovery (`tpx.replay`), shared with the relay.
@@ -181,8 +186,9 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher with no workers.
     pub(crate) fn new(cfg: DispatchConfig, metrics: Arc<Metrics>, now: Instant) -> Dispatcher {
-        let unknown_metrics = Arc::new(metrics.service(UNKNOWN_SERVICE_LABEL));
-        let mgmt_metrics = Arc::new(metrics.service(MGMT_SERVICE_LABEL));
+        let batch = MetricsBatch::default();
+        let unknown_metrics = Rc::new(metrics.service(UNKNOWN_SERVICE_LABEL, &batch));
+        let mgmt_metrics = Rc::new(metrics.service(MGMT_SERVICE_LABEL, &batch));
         Dispatcher {
             next_heartbeat: now + cfg.heartbeat,
             cfg,
@@ -199,6 +205,7 @@ impl Dispatcher {
             use_counter: 0,
             shutting_down: false,
             metrics,
+            batch,
             unknown_metrics,
             mgmt_metrics,
             risk: None,
@@ -229,6 +236,12 @@ impl Dispatcher {
         self.broker_id
     }
 
+    /// Adds the per-request metric updates made since the last call to the series
+    /// `/metrics` renders (the socket loop calls it before sending each round's answers).
+    pub(crate) fn flush_metrics(&self) {
+        self.batch.flush();
+    }
+
     /// Requests queued or in flight.
     pub(crate) fn pending(&self) -> usize {
         self.jobs.len()
@@ -255,7 +268,7 @@ impl Dispatcher {
             .is_some_and(|s| !s.workers.is_empty())
     }
 
-    fn service_metrics(&self, service: &ServiceName) -> Arc<ServiceMetrics> {
+    fn service_metrics(&self, service: &ServiceName) -> Rc<ServiceMetrics> {
         self.services
             .get(service)
             .filter(|s| s.registered)

@@ -1,7 +1,7 @@
 //! The worker registry: who is registered for which service, registration (READY) and
 //! departure, and what happens to a departing worker's requests.
 
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::Instant;
 
 use rustc_hash::FxHashSet as HashSet;
@@ -57,10 +57,10 @@ pub(super) struct Service {
     pub(super) registered: bool,
     /// Since when it has had no worker (registered services only).
     pub(super) orphaned_since: Option<Instant>,
-    pub(super) metrics: Arc<ServiceMetrics>,
+    pub(super) metrics: Rc<ServiceMetrics>,
 }
 
-pub(super) fn new_service(metrics: Arc<ServiceMetrics>) -> Service {
+pub(super) fn new_service(metrics: Rc<ServiceMetrics>) -> Service {
     Service {
         workers: Vec::new(),
         queue: ServiceQueue::default(),
@@ -164,17 +164,17 @@ impl Dispatcher {
     }
 
     fn attach(&mut self, service: &ServiceName, worker: &Identity) {
-        let metrics = &self.metrics;
+        let (metrics, batch) = (&self.metrics, &self.batch);
         let entry = self
             .services
             .entry(service.clone())
-            .or_insert_with(|| new_service(Arc::new(metrics.service(service.as_str()))));
+            .or_insert_with(|| new_service(Rc::new(metrics.service(service.as_str(), batch))));
         if !entry.registered {
             // Move the queued count off the `_unknown` gauge onto the service's own.
-            entry.metrics.queue_depth.sub(entry.queue.len() as i64);
+            entry.metrics.queued(-(entry.queue.len() as i64));
             entry.registered = true;
-            entry.metrics = Arc::new(metrics.service(service.as_str()));
-            entry.metrics.queue_depth.set(entry.queue.len() as i64);
+            entry.metrics = Rc::new(metrics.service(service.as_str(), batch));
+            entry.metrics.set_queued(entry.queue.len() as i64);
         }
         entry.orphaned_since = None;
         if !entry.workers.contains(worker) {
@@ -265,7 +265,7 @@ impl Dispatcher {
         let service = job.service.clone();
         if let Some(s) = self.services.get_mut(&service) {
             s.in_flight = s.in_flight.saturating_sub(1);
-            s.metrics.in_flight.dec();
+            s.metrics.executing(-1);
         }
         if job.idempotent {
             job.worker = None;

@@ -946,6 +946,7 @@ impl Harness {
     }
 
     fn metric(&self, name: &str, label: &str) -> f64 {
+        self.d.flush_metrics();
         for fam in self.d.metrics.registry.gather() {
             if fam.get_name() != name {
                 continue;
