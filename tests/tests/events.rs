@@ -277,6 +277,7 @@ fn the_replay_store_stays_within_its_bytes_under_a_flat_out_publisher() {
     let mut publisher = Publisher::connect(&broker.xsub);
     // A subscriber that never reads, so the broker's queue for it is full throughout.
     let (_stalled, _ctx) = raw_sub(&broker.xpub, &["tick."]);
+    let rss_start = rss_mib(&broker);
     let body = serde_json::json!({"pad": "x".repeat(200)});
     let mut topics = 0;
     wait_until(
@@ -297,6 +298,18 @@ fn the_replay_store_stays_within_its_bytes_under_a_flat_out_publisher() {
     assert!(
         held <= 1_048_576.0 && held > 500_000.0,
         "store holds {held} bytes"
+    );
+    // The whole process stays bounded too: the store, plus the stalled subscriber's queue
+    // (its high-water mark), nothing that grows with the events published.
+    let rss_end = rss_mib(&broker);
+    let evicted = gauge(&broker, "tradeplex_replay_evicted_total");
+    eprintln!(
+        "replay store: {held} bytes held, {evicted} evicted, {topics} rounds of 2000 events; \
+         broker rss {rss_start:.1} -> {rss_end:.1} MiB"
+    );
+    assert!(
+        rss_end - rss_start < 64.0,
+        "broker rss grew {rss_start:.1} -> {rss_end:.1} MiB"
     );
 }
 
