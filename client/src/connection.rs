@@ -234,7 +234,9 @@ impl Connection {
             };
             lost |= self.failover.set_health(i, health);
         }
-        if lost {
+        // One endpoint: a refused reconnect (a broker exiting after its drain) leaves calls
+        // in flight to their replies or deadlines, as it always has; only a pair moves on.
+        if lost && self.failover.is_pair() {
             self.on_lost(i);
         }
         if self.fail_fast && self.failover.all_refused() {
