@@ -640,16 +640,20 @@ mod tests {
     fn random_bytes_never_panic() {
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         for len in 0..64 {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            let _ = StateMessage::decode(&bytes);
+            let _ = StateMessage::decode(&noise(&mut x, len));
         }
+    }
+
+    /// `len` pseudo-random bytes (xorshift from `state`): hostile input for the decoders.
+    pub(super) fn noise(state: &mut u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                *state as u8
+            })
+            .collect()
     }
 
     fn config(text: &str) -> Result<crate::Config, ConfigError> {

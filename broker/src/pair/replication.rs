@@ -575,14 +575,7 @@ mod tests {
     fn random_bytes_never_panic() {
         let mut x: u64 = 0x2545_F491_4F6C_DD1D;
         for len in 0..200 {
-            let mut bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let mut bytes = crate::pair::tests::noise(&mut x, len);
             let _ = LineMessage::decode(&bytes);
             let _ = Position::decode(&bytes);
             if bytes.len() >= 6 {

@@ -238,13 +238,7 @@ impl Stage {
     pub fn manage(&self, now_ms: u64, caller: &Caller, body: &[u8]) -> Result<Vec<u8>, CallError> {
         let r = self.manage_inner(now_ms, caller, body);
         if let Err((code, message)) = &r {
-            let allowed = self
-                .shared
-                .refusal_log
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .allow();
-            if let Some(suppressed) = allowed {
+            if let Some(suppressed) = self.allow_refusal_log() {
                 let who = caller.name.as_deref().unwrap_or("-");
                 tracing::warn!(
                     client = who,
@@ -257,17 +251,21 @@ impl Stage {
         r
     }
 
+    /// Whether a refusal may be logged now (one bound for `tpx.risk`, `tpx.halt` and
+    /// `tpx.resume`: a client may repeat), with the count suppressed since the last line.
+    fn allow_refusal_log(&self) -> Option<u64> {
+        (self.shared.refusal_log.lock())
+            .unwrap_or_else(|p| p.into_inner())
+            .allow()
+    }
+
     /// A `tpx.halt` / `tpx.resume` refused `forbidden` to `caller`: counted
     /// (`not_admin`) and logged, the log bounded as for `tpx.risk` (a client may repeat).
     pub fn refused_halt(&self, caller: &Caller, service: &str, message: &str) {
-        let s = &*self.shared;
-        s.metrics.forbidden.with_label_values(&["not_admin"]).inc();
-        let allowed = s
-            .refusal_log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow();
-        if let Some(suppressed) = allowed {
+        (self.shared.metrics.forbidden)
+            .with_label_values(&["not_admin"])
+            .inc();
+        if let Some(suppressed) = self.allow_refusal_log() {
             let who = caller.name.as_deref().unwrap_or("-");
             tracing::warn!(
                 client = who,
