@@ -173,6 +173,24 @@ fn uuid_like() -> u128 {
         .unwrap_or(0)
 }
 
+/// Asks `worker`'s SIM gateway (through the broker, targeted) to publish ticks of
+/// `symbol`: once one arrives, that worker's event connection is up.
+pub fn subscribe_ticks_at(client: &Client, worker: tradeplex_proto::WorkerId, symbol: &str) {
+    use tradeplex_proto::model::{GatewayRequest, SubscribeRequest};
+    let req = GatewayRequest::Subscribe(SubscribeRequest {
+        symbol: symbol.into(),
+        exchange: String::new(),
+    });
+    let body = rmp_serde::to_vec_named(&req).expect("encodable");
+    client
+        .call(
+            "SIM",
+            body,
+            tradeplex_client::CallOptions::query().target(worker),
+        )
+        .expect("SIM subscribe answered");
+}
+
 // ----- CURVE keys -------------------------------------------------------------------------
 
 /// A CURVE key pair made by `tradeplex keygen`, saved to a key file.

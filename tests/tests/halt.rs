@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tradeplex_client::events::{EventOptions, Subscriber};
 use tradeplex_client::{CallOptions, Client, ClientError};
 use tradeplex_proto::model::{
-    Direction, GatewayRequest, Order, OrderId, OrderRequest, OrderType, Status, SubscribeRequest,
+    Direction, GatewayRequest, Order, OrderId, OrderRequest, OrderType, Status,
 };
 use tradeplex_proto::{ErrorCode, WorkerId};
 use tradeplex_tests::*;
@@ -101,17 +101,7 @@ fn halt_cancels_the_accounts_orders_on_both_workers_and_refuses_new_ones_until_r
     // Ticks from both workers: their event connections to the broker are up, so their
     // order events reach the broker's book.
     for w in [id1, id2] {
-        let req = GatewayRequest::Subscribe(SubscribeRequest {
-            symbol: "AAPL".into(),
-            exchange: String::new(),
-        });
-        client
-            .call(
-                "SIM",
-                rmp_serde::to_vec_named(&req).unwrap(),
-                CallOptions::query().target(w),
-            )
-            .unwrap();
+        subscribe_ticks_at(&client, w, "AAPL");
     }
     let mut ticking = HashSet::new();
     let until = Instant::now() + Duration::from_secs(10);

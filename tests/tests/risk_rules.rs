@@ -7,12 +7,11 @@
 use std::time::{Duration, Instant};
 
 use tradeplex_client::events::{EventOptions, Subscriber};
-use tradeplex_client::{CallOptions, Client, ClientError};
+use tradeplex_client::{Client, ClientError};
 use tradeplex_proto::model::{
-    Direction, GatewayRequest, Offset, Order, OrderRequest, OrderType, Position, Status,
-    SubscribeRequest, Trade,
+    Direction, Offset, Order, OrderRequest, OrderType, Position, Status, Trade,
 };
-use tradeplex_proto::{ErrorCode, WorkerId};
+use tradeplex_proto::ErrorCode;
 use tradeplex_tests::*;
 
 const ACCOUNTS: [&str; 7] = ["value", "flow", "dup", "valid", "cancel", "trade", "pos"];
@@ -124,18 +123,7 @@ fn each_rule_passes_at_its_limit_and_refuses_past_it() {
     );
     // A tick from the worker: its event connection is up, so the events the rules read
     // reach the broker.
-    let worker: WorkerId = w.id.parse().unwrap();
-    let req = GatewayRequest::Subscribe(SubscribeRequest {
-        symbol: "AAPL".into(),
-        exchange: String::new(),
-    });
-    client
-        .call(
-            "SIM",
-            rmp_serde::to_vec_named(&req).unwrap(),
-            CallOptions::query().target(worker),
-        )
-        .unwrap();
+    subscribe_ticks_at(&client, w.id.parse().unwrap(), "AAPL");
     wait_event(&sub, "tick", "tick from the worker", |_| true);
 
     // order_value_limit: price × volume × size.
