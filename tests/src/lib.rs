@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tradeplex_client::{Client, ClientOptions};
+use tradeplex_proto::model::{Direction, Offset, OrderRequest, OrderType};
 pub use tradeplex_test_support::{
     bin, free_port, http_get, poll_until, ready_field, run_to_exit, run_with_stdin, scrape,
     wait_until, Exited, HttpResponse, Proc, Sample, Scrape,
@@ -191,6 +192,68 @@ pub fn subscribe_ticks_at(client: &Client, worker: tradeplex_proto::WorkerId, sy
         .expect("SIM subscribe answered");
 }
 
+// ----- orders -----------------------------------------------------------------------------
+
+/// An AAPL order for the SIM gateway, from [`aapl_order`]: one share bid at 100.0 unless a
+/// method below says otherwise; [`AaplOrder::build`] gives the request.
+pub struct AaplOrder(OrderRequest);
+
+/// One share of AAPL bid at 100.0 for `account`, tagged `reference`: far below the SIM's
+/// market, so it rests.
+pub fn aapl_order(account: &str, reference: &str) -> AaplOrder {
+    AaplOrder(OrderRequest {
+        symbol: "AAPL".into(),
+        exchange: String::new(),
+        direction: Direction::Long,
+        order_type: OrderType::Limit,
+        volume: 1.0,
+        price: 100.0,
+        offset: Offset::default(),
+        account: account.into(),
+        reference: reference.into(),
+    })
+}
+
+impl AaplOrder {
+    /// A market order (price 0) instead of the limit bid.
+    pub fn market(self) -> AaplOrder {
+        self.with(|o| {
+            o.order_type = OrderType::Market;
+            o.price = 0.0;
+        })
+    }
+
+    /// At limit price `price`.
+    pub fn price(self, price: f64) -> AaplOrder {
+        self.with(|o| o.price = price)
+    }
+
+    /// For `volume` shares.
+    pub fn volume(self, volume: f64) -> AaplOrder {
+        self.with(|o| o.volume = volume)
+    }
+
+    /// In `direction`.
+    pub fn direction(self, direction: Direction) -> AaplOrder {
+        self.with(|o| o.direction = direction)
+    }
+
+    /// With `offset`.
+    pub fn offset(self, offset: Offset) -> AaplOrder {
+        self.with(|o| o.offset = offset)
+    }
+
+    /// The request.
+    pub fn build(self) -> OrderRequest {
+        self.0
+    }
+
+    fn with(mut self, change: impl FnOnce(&mut OrderRequest)) -> AaplOrder {
+        change(&mut self.0);
+        self
+    }
+}
+
 // ----- CURVE keys -------------------------------------------------------------------------
 
 /// A CURVE key pair made by `tradeplex keygen`, saved to a key file.
@@ -309,6 +372,59 @@ pub fn pair_state(broker: &Broker) -> String {
         .find(|st| s.value("tradeplex_pair_state", &[("state", st)]) == Some(1.0))
         .unwrap_or("none")
         .to_string()
+}
+
+/// The silence window of a test pair's brokers (`peer_timeout_ms`): long enough that a
+/// stall of a loaded 2-core machine never looks like a dead peer (heartbeats are 100 ms).
+pub const PAIR_WINDOW_MS: u64 = 1500;
+
+/// One broker of a primary/backup pair, started from a config file so that a restart
+/// (kill -9, then the same endpoints and config) brings the same member back.
+pub struct PairMember {
+    /// The broker.
+    pub broker: Broker,
+    /// Its state endpoint (`[pair] bind`): the one a passive broker's refusal names.
+    pub bind: String,
+    config: PathBuf,
+}
+
+impl PairMember {
+    /// A member in `role` ("primary" or "backup") whose state socket binds `bind` and
+    /// connects to `peer`, with [`PAIR_WINDOW_MS`]. Its config file is `top` (top-level
+    /// settings and tables before `[pair]`), the `[pair]` table, then `rest` (more
+    /// `[pair]` keys, then later tables).
+    pub fn start(role: &str, bind: &str, peer: &str, top: &str, rest: &str) -> PairMember {
+        let config = temp_path(&format!("pair-{role}.toml"));
+        let text = format!(
+            "{top}[pair]\nrole = \"{role}\"\nbind = \"{bind}\"\npeer = \"{peer}\"\n\
+             peer_timeout_ms = {PAIR_WINDOW_MS}\n{rest}"
+        );
+        std::fs::write(&config, text).expect("pair config written");
+        let broker = Broker::start(&["--config", config.to_str().expect("a UTF-8 path")]);
+        PairMember {
+            broker,
+            bind: bind.to_string(),
+            config,
+        }
+    }
+
+    /// SIGKILLs its broker and starts it again on the same endpoints with the same config.
+    pub fn restart(&mut self) {
+        let cfg = self.config.to_str().expect("a UTF-8 path").to_string();
+        self.broker = self
+            .broker
+            .kill9_and_restart_with_liveness(TEST_LIVENESS, &["--config", &cfg]);
+    }
+
+    /// Its pair state: see [`pair_state`].
+    pub fn state(&self) -> String {
+        pair_state(&self.broker)
+    }
+
+    /// The value of a metric of its broker's `/metrics` (0 when absent).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        scrape(&self.broker.http).value(name, labels).unwrap_or(0.0)
+    }
 }
 
 /// A worker serving a broker pair (`--broker b1,b2 --events x1,x2`), with its `http=`.

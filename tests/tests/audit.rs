@@ -5,23 +5,8 @@
 use std::time::Duration;
 
 use tradeplex_client::ClientError;
-use tradeplex_proto::model::{Direction, OrderRequest, OrderType};
 use tradeplex_proto::ErrorCode;
 use tradeplex_tests::*;
-
-fn market_order(account: &str, reference: &str) -> OrderRequest {
-    OrderRequest {
-        symbol: "AAPL".into(),
-        exchange: String::new(),
-        direction: Direction::Long,
-        order_type: OrderType::Market,
-        volume: 1.0,
-        price: 0.0,
-        offset: Default::default(),
-        account: account.into(),
-        reference: reference.into(),
-    }
-}
 
 fn risk_message<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
     match r {
@@ -53,10 +38,10 @@ fn a_daily_cap_and_a_halt_survive_a_broker_restart_and_audit_shows_the_order() {
     let client = broker.client();
     broker.wait_for_workers(&client, "SIM", 1);
     let first = client
-        .send_order("SIM", market_order("sim", "audit-1"))
+        .send_order("SIM", aapl_order("sim", "audit-1").market().build())
         .unwrap();
     client
-        .send_order("SIM", market_order("sim", "audit-2"))
+        .send_order("SIM", aapl_order("sim", "audit-2").market().build())
         .unwrap();
     client.halt(Some("desk2"), "stop desk2").unwrap();
     drop(client);
@@ -65,7 +50,7 @@ fn a_daily_cap_and_a_halt_survive_a_broker_restart_and_audit_shows_the_order() {
     let client = broker2.client();
     broker2.wait_for_workers(&client, "SIM", 1);
     // At the cap: the restarted broker counted today's two orders from its journal.
-    let m = risk_message(client.send_order("SIM", market_order("sim", "audit-3")));
+    let m = risk_message(client.send_order("SIM", aapl_order("sim", "audit-3").market().build()));
     assert_eq!(m, "contract_order_limit: limit 2, value 3");
     // The halt is still in force.
     let halts = client.status().unwrap().halts;
@@ -74,7 +59,7 @@ fn a_daily_cap_and_a_halt_survive_a_broker_restart_and_audit_shows_the_order() {
         (halts[0].account.as_str(), halts[0].reason.as_str()),
         ("desk2", "stop desk2")
     );
-    let m = risk_message(client.send_order("SIM", market_order("desk2", "audit-4")));
+    let m = risk_message(client.send_order("SIM", aapl_order("desk2", "audit-4").market().build()));
     assert_eq!(m, "halted: stop desk2");
 
     // tradeplex audit --reference: request, decision, outcome of the first order.

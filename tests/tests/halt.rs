@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use tradeplex_client::events::{EventOptions, Subscriber};
 use tradeplex_client::{CallOptions, Client, ClientError};
-use tradeplex_proto::model::{
-    Direction, GatewayRequest, Order, OrderId, OrderRequest, OrderType, Status,
-};
+use tradeplex_proto::model::{GatewayRequest, Order, OrderId, Status};
 use tradeplex_proto::{ErrorCode, WorkerId};
 use tradeplex_tests::*;
 
@@ -35,23 +33,9 @@ fn cli(broker: &Broker, args: &[&str]) -> Exited {
     run_to_exit("tradeplex", &all, Duration::from_secs(20))
 }
 
-/// A bid far below AAPL's market: it rests.
-fn resting_bid(account: &str) -> OrderRequest {
-    OrderRequest {
-        symbol: "AAPL".into(),
-        exchange: String::new(),
-        direction: Direction::Long,
-        order_type: OrderType::Limit,
-        volume: 1.0,
-        price: 100.0,
-        offset: Default::default(),
-        account: account.into(),
-        reference: format!("halt-test-{account}"),
-    }
-}
-
 fn place_on(client: &Client, worker: WorkerId, account: &str) -> Result<Order, ClientError> {
-    let req = GatewayRequest::SendOrder(resting_bid(account));
+    let req =
+        GatewayRequest::SendOrder(aapl_order(account, &format!("halt-test-{account}")).build());
     client.call_typed("SIM", &req, CallOptions::command().target(worker))
 }
 
@@ -144,7 +128,7 @@ fn halt_cancels_the_accounts_orders_on_both_workers_and_refuses_new_ones_until_r
 
     // New orders of A are refused on any worker; B trades on.
     assert!(is_halted(&place_on(&client, id1, "A"), "desk closed"));
-    let r = client.send_order("SIM", resting_bid("A"));
+    let r = client.send_order("SIM", aapl_order("A", "halt-test-A").build());
     assert!(is_halted(&r, "desk closed"), "{r:?}");
     let b2 = place_on(&client, id2, "B").unwrap();
     assert_eq!(b2.status, Status::NotTraded, "{:?}", b2.reason);

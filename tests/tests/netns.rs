@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tradeplex_client::{CallOptions, Client, ClientError, ClientOptions};
-use tradeplex_proto::model::{Direction, GatewayRequest, Order, OrderRequest, OrderType, Status};
+use tradeplex_proto::model::{Direction, GatewayRequest, Order, Status};
 use tradeplex_test_support::Stderr;
 use tradeplex_tests::*;
 
@@ -317,22 +317,16 @@ struct Record {
 }
 
 fn order_body(n: u64) -> Vec<u8> {
-    let req = OrderRequest {
-        // One share of a cheap contract: margin never runs out over a run.
-        symbol: "AAPL".into(),
-        exchange: String::new(),
-        direction: if (n / 2).is_multiple_of(2) {
-            Direction::Long
-        } else {
-            Direction::Short
-        },
-        order_type: OrderType::Market,
-        volume: 1.0,
-        price: 0.0,
-        offset: Default::default(),
-        account: String::new(),
-        reference: format!("netns-{n}"),
+    let direction = if (n / 2).is_multiple_of(2) {
+        Direction::Long
+    } else {
+        Direction::Short
     };
+    // One share of a cheap contract: margin never runs out over a run.
+    let req = aapl_order("", &format!("netns-{n}"))
+        .market()
+        .direction(direction)
+        .build();
     rmp_serde::to_vec_named(&GatewayRequest::SendOrder(req)).unwrap()
 }
 

@@ -11,7 +11,6 @@
 //! broker is sent to the other one. The time from kill -9 to the first order served is
 //! printed.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -21,77 +20,30 @@ use tradeplex_proto::model::{Direction, OrderRequest, OrderType, Status};
 use tradeplex_proto::ErrorCode;
 use tradeplex_tests::*;
 
-/// The silence window: long enough that a stall of a loaded 2-core machine never looks
-/// like a dead peer (heartbeats are 100 ms).
-const WINDOW_MS: u64 = 1500;
-
-struct Member {
-    broker: Broker,
-    config: PathBuf,
-    /// Its state endpoint.
-    state: String,
-}
-
-impl Member {
-    fn start(role: &str, bind: &str, peer: &str) -> Member {
-        Member::start_with(role, bind, peer, "")
-    }
-
-    /// A member whose config file begins with `top` (top-level settings).
-    fn start_with(role: &str, bind: &str, peer: &str, top: &str) -> Member {
-        let config = temp_path(&format!("pair-{role}.toml"));
-        let text = format!(
-            "{top}[pair]\nrole = \"{role}\"\nbind = \"{bind}\"\npeer = \"{peer}\"\npeer_timeout_ms = {WINDOW_MS}\n"
-        );
-        std::fs::write(&config, text).unwrap();
-        let broker = Broker::start(&["--config", config.to_str().unwrap()]);
-        Member {
-            broker,
-            config,
-            state: bind.to_string(),
-        }
-    }
-
-    fn restart(&mut self) {
-        let cfg = self.config.to_str().unwrap().to_string();
-        self.broker = self
-            .broker
-            .kill9_and_restart_with_liveness(TEST_LIVENESS, &["--config", &cfg]);
-    }
-
-    fn state(&self) -> String {
-        pair_state(&self.broker)
-    }
-
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        scrape(&self.broker.http).value(name, labels).unwrap_or(0.0)
-    }
-}
-
-fn start_pair() -> (Member, Member) {
+fn start_pair() -> (PairMember, PairMember) {
     start_pair_with("")
 }
 
-fn start_pair_with(top: &str) -> (Member, Member) {
+fn start_pair_with(top: &str) -> (PairMember, PairMember) {
     let (p, b) = (free_port(), free_port());
     let (p, b) = (
         format!("tcp://127.0.0.1:{p}"),
         format!("tcp://127.0.0.1:{b}"),
     );
-    let primary = Member::start_with("primary", &p, &b, top);
-    let backup = Member::start_with("backup", &b, &p, top);
+    let primary = PairMember::start("primary", &p, &b, top, "");
+    let backup = PairMember::start("backup", &b, &p, top, "");
     (primary, backup)
 }
 
 /// A pair as operations should run it: a request reaching a broker that has just taken
 /// over waits for the workers to re-register there instead of failing `unknown_service`.
-fn start_failover_pair() -> (Member, Member) {
+fn start_failover_pair() -> (PairMember, PairMember) {
     start_pair_with("unknown_service_grace_ms = 10000\n")
 }
 
 /// Waits until `primary` and `backup` are in the given states, asserting at every
 /// sample that they are never both active.
-fn wait_states(live: &[(&Member, &str)], what: &str) {
+fn wait_states(live: &[(&PairMember, &str)], what: &str) {
     wait_until(Duration::from_secs(20), what, || {
         let states: Vec<String> = live.iter().map(|(m, _)| m.state()).collect();
         assert!(
@@ -154,15 +106,15 @@ fn one_broker_is_active_and_the_passive_refuses_without_ever_taking_over() {
         ("backup", "passive")
     );
     assert_eq!(pair.peer_state.as_deref(), Some("active"));
-    assert!(pair.peer_age_ms.is_some_and(|ms| ms < WINDOW_MS));
+    assert!(pair.peer_age_ms.is_some_and(|ms| ms < PAIR_WINDOW_MS));
 
     // A worker at the passive is refused, and so is every request, while the peer lives
     // (for longer than the window: the votes never win against a live peer).
     let _w = backup.broker.worker(&[]);
-    let until = Instant::now() + Duration::from_millis(2 * WINDOW_MS);
+    let until = Instant::now() + Duration::from_millis(2 * PAIR_WINDOW_MS);
     let mut refused = 0;
     while Instant::now() < until || refused < 20 {
-        expect_passive_refusal(echo(&at_backup, Duration::from_secs(2)), &primary.state);
+        expect_passive_refusal(echo(&at_backup, Duration::from_secs(2)), &primary.bind);
         refused += 1;
     }
     wait_until(
@@ -212,7 +164,7 @@ fn kill9_of_the_active_fails_over_and_the_restarted_primary_comes_back_passive()
     // The window runs from the last state message the backup heard, which can be up to
     // one heartbeat (plus a poll turn) before the kill: seen 1394 ms at a 1500 ms window.
     assert!(
-        served >= Duration::from_millis(WINDOW_MS - 2 * TEST_HEARTBEAT_MS),
+        served >= Duration::from_millis(PAIR_WINDOW_MS - 2 * TEST_HEARTBEAT_MS),
         "took over inside the window"
     );
     assert_eq!(backup.state(), "active");
@@ -228,7 +180,7 @@ fn kill9_of_the_active_fails_over_and_the_restarted_primary_comes_back_passive()
         "restarted primary passive, backup active",
     );
     let at_primary = primary.broker.client();
-    expect_passive_refusal(echo(&at_primary, Duration::from_secs(2)), &backup.state);
+    expect_passive_refusal(echo(&at_primary, Duration::from_secs(2)), &backup.bind);
     echo(&client, Duration::from_secs(5)).unwrap();
     assert_eq!(primary.state(), "passive");
     assert_eq!(primary.metric("tradeplex_pair_dual_active_total", &[]), 0.0);
@@ -243,7 +195,13 @@ fn malformed_state_messages_are_counted_and_ignored() {
     let port = free_port();
     let ep = format!("tcp://127.0.0.1:{port}");
     rogue.bind(&ep).unwrap();
-    let listener = Member::start("backup", &format!("tcp://127.0.0.1:{}", free_port()), &ep);
+    let listener = PairMember::start(
+        "backup",
+        &format!("tcp://127.0.0.1:{}", free_port()),
+        &ep,
+        "",
+        "",
+    );
     wait_until(Duration::from_secs(10), "bad frames counted", || {
         let _ = rogue.send(&b"not a state message"[..], zmq::DONTWAIT);
         let _ = rogue.send(&[0u8; 24][..], zmq::DONTWAIT);
@@ -418,7 +376,7 @@ fn after_kill9_of_the_active_the_client_trades_again_and_the_subscriber_sees_eve
     };
     eprintln!(
         "failover: kill -9 of the active broker -> first order served via the backup in {} ms \
-         (peer_timeout_ms {WINDOW_MS}, worker heartbeat {TEST_HEARTBEAT_MS} ms x {TEST_LIVENESS})",
+         (peer_timeout_ms {PAIR_WINDOW_MS}, worker heartbeat {TEST_HEARTBEAT_MS} ms x {TEST_LIVENESS})",
         served.as_millis()
     );
     // (The window runs from the last state message heard, up to a heartbeat before the

@@ -4,82 +4,35 @@
 //! daily order count, and its journal holds the primary's lines. The restarted primary,
 //! passive, catches up on the backup's lines.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tradeplex_client::{CallOptions, Client, ClientError};
-use tradeplex_proto::model::{Direction, Order, OrderRequest, OrderType, Status};
+use tradeplex_proto::model::{Order, Status};
 use tradeplex_proto::ErrorCode;
 use tradeplex_tests::*;
 
-/// The silence window (heartbeats are 100 ms): see tests/pair.rs.
-const WINDOW_MS: u64 = 1500;
 /// The daily cap on AAPL orders of account `sim`.
 const CAP: u32 = 3;
 
-struct Member {
-    broker: Broker,
-    config: PathBuf,
-    journal: PathBuf,
+/// A pair member whose `[risk]` journals to a fresh file (fsync'd) and caps account `sim`
+/// at [`CAP`] AAPL orders a day, with that journal's path.
+fn start_member(role: &str, bind: &str, peer: &str) -> (PairMember, PathBuf) {
+    let journal = temp_path(&format!("pair-risk-{role}.jsonl"));
+    let risk = format!(
+        "[risk]\ndefault_account = \"sim\"\njournal = {:?}\njournal_fsync = \"always\"\n\
+         [[risk.account]]\nname = \"sim\"\ncontract_order_limit = {CAP}\n",
+        journal.to_str().unwrap()
+    );
+    (PairMember::start(role, bind, peer, "", &risk), journal)
 }
 
-impl Member {
-    fn start(role: &str, bind: &str, peer: &str) -> Member {
-        let config = temp_path(&format!("pair-risk-{role}.toml"));
-        let journal = temp_path(&format!("pair-risk-{role}.jsonl"));
-        let text = format!(
-            "[pair]\nrole = \"{role}\"\nbind = \"{bind}\"\npeer = \"{peer}\"\n\
-             peer_timeout_ms = {WINDOW_MS}\n\
-             [risk]\ndefault_account = \"sim\"\njournal = {:?}\njournal_fsync = \"always\"\n\
-             [[risk.account]]\nname = \"sim\"\ncontract_order_limit = {CAP}\n",
-            journal.to_str().unwrap()
-        );
-        std::fs::write(&config, text).unwrap();
-        let broker = Broker::start(&["--config", config.to_str().unwrap()]);
-        Member {
-            broker,
-            config,
-            journal,
-        }
-    }
-
-    fn restart(&mut self) {
-        let cfg = self.config.to_str().unwrap().to_string();
-        self.broker = self
-            .broker
-            .kill9_and_restart_with_liveness(TEST_LIVENESS, &["--config", &cfg]);
-    }
-
-    fn state(&self) -> String {
-        pair_state(&self.broker)
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        scrape(&self.broker.http).value(name, &[]).unwrap_or(0.0)
-    }
-
-    /// Whether its journal has a request line of the order with `reference`.
-    fn journal_has(&self, reference: &str) -> bool {
-        journal_lines(&self.journal)
-            .iter()
-            .any(|l| l["event"] == "request" && l["order"]["reference"] == reference)
-    }
-}
-
-fn order(account: &str, reference: &str) -> OrderRequest {
-    // A bid far below AAPL's market: it rests.
-    OrderRequest {
-        symbol: "AAPL".into(),
-        exchange: String::new(),
-        direction: Direction::Long,
-        order_type: OrderType::Limit,
-        volume: 1.0,
-        price: 100.0,
-        offset: Default::default(),
-        account: account.into(),
-        reference: reference.into(),
-    }
+/// Whether `journal` has a request line of the order with `reference`.
+fn journal_has(journal: &Path, reference: &str) -> bool {
+    journal_lines(journal)
+        .iter()
+        .any(|l| l["event"] == "request" && l["order"]["reference"] == reference)
 }
 
 fn risk_message(r: Result<Order, ClientError>) -> String {
@@ -93,7 +46,7 @@ fn risk_message(r: Result<Order, ClientError>) -> String {
     }
 }
 
-fn wait_active(member: &Member, client: &Client) {
+fn wait_active(member: &PairMember, client: &Client) {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let r = client.call(
@@ -122,8 +75,8 @@ fn a_halt_and_a_daily_cap_set_at_the_primary_hold_at_the_backup_after_kill9() {
         format!("tcp://127.0.0.1:{p}"),
         format!("tcp://127.0.0.1:{b}"),
     );
-    let mut primary = Member::start("primary", &p, &b);
-    let backup = Member::start("backup", &b, &p);
+    let (mut primary, primary_journal) = start_member("primary", &p, &b);
+    let (backup, backup_journal) = start_member("backup", &b, &p);
     wait_until(
         Duration::from_secs(20),
         "primary active, backup passive",
@@ -136,7 +89,7 @@ fn a_halt_and_a_daily_cap_set_at_the_primary_hold_at_the_backup_after_kill9() {
 
     for n in 1..CAP {
         let o = at_primary
-            .send_order("SIM", order("sim", &format!("pr-{n}")))
+            .send_order("SIM", aapl_order("sim", &format!("pr-{n}")).build())
             .unwrap();
         assert_eq!(o.status, Status::NotTraded, "{:?}", o.reason);
     }
@@ -152,8 +105,8 @@ fn a_halt_and_a_daily_cap_set_at_the_primary_hold_at_the_backup_after_kill9() {
             && m.value("tradeplex_pair_replication_acked", &[]) == Some(head)
             && m.value("tradeplex_pair_replication_lag_lines", &[]) == Some(0.0)
     });
-    assert!(backup.metric("tradeplex_pair_replication_applied_total") >= 5.0);
-    assert!(backup.journal_has("pr-1") && backup.journal_has("pr-2"));
+    assert!(backup.metric("tradeplex_pair_replication_applied_total", &[]) >= 5.0);
+    assert!(journal_has(&backup_journal, "pr-1") && journal_has(&backup_journal, "pr-2"));
     drop(at_primary);
 
     primary.broker.proc.kill9();
@@ -162,7 +115,7 @@ fn a_halt_and_a_daily_cap_set_at_the_primary_hold_at_the_backup_after_kill9() {
     backup.broker.wait_for_workers(&at_backup, "SIM", 1);
 
     // The halt holds.
-    let m = risk_message(at_backup.send_order("SIM", order("desk2", "bk-halted")));
+    let m = risk_message(at_backup.send_order("SIM", aapl_order("desk2", "bk-halted").build()));
     assert_eq!(m, "halted: desk closed");
     let halts = at_backup.status().unwrap().halts;
     assert_eq!(
@@ -174,22 +127,24 @@ fn a_halt_and_a_daily_cap_set_at_the_primary_hold_at_the_backup_after_kill9() {
     );
     // The cap continues from the primary's count: one more passes, the next is refused.
     let o = at_backup
-        .send_order("SIM", order("sim", &format!("pr-{CAP}")))
+        .send_order("SIM", aapl_order("sim", &format!("pr-{CAP}")).build())
         .unwrap();
     assert_eq!(o.status, Status::NotTraded, "{:?}", o.reason);
-    let m = risk_message(at_backup.send_order("SIM", order("sim", "bk-over")));
+    let m = risk_message(at_backup.send_order("SIM", aapl_order("sim", "bk-over").build()));
     assert_eq!(
         m,
         format!("contract_order_limit: limit {CAP}, value {}", CAP + 1)
     );
     // The backup's journal holds the primary's lines: its requests and the halt.
-    let lines = journal_lines(&backup.journal);
+    let lines = journal_lines(&backup_journal);
     let halt = lines
         .iter()
         .find(|l| l["event"] == "halt")
         .expect("the primary's halt line at the backup");
     assert_eq!(halt["account"], "desk2");
-    assert!(backup.journal_has("pr-1") && backup.journal_has(&format!("pr-{CAP}")));
+    assert!(
+        journal_has(&backup_journal, "pr-1") && journal_has(&backup_journal, &format!("pr-{CAP}"))
+    );
 
     // The primary restarted is passive and takes the backup's own lines (from the
     // takeover on) into its journal: the pair can fail back.
@@ -200,9 +155,12 @@ fn a_halt_and_a_daily_cap_set_at_the_primary_hold_at_the_backup_after_kill9() {
     wait_until(
         Duration::from_secs(10),
         "the backup's lines at the primary",
-        || primary.journal_has("bk-over") && primary.journal_has(&format!("pr-{CAP}")),
+        || {
+            journal_has(&primary_journal, "bk-over")
+                && journal_has(&primary_journal, &format!("pr-{CAP}"))
+        },
     );
-    let lost = primary.metric("tradeplex_pair_replication_lost_total");
+    let lost = primary.metric("tradeplex_pair_replication_lost_total", &[]);
     assert_eq!(lost, 0.0);
 }
 
@@ -214,7 +172,7 @@ fn malformed_replication_frames_are_counted_and_ignored() {
     let ep = format!("tcp://127.0.0.1:{}", free_port());
     rogue.bind(&ep).unwrap();
     let me = format!("tcp://127.0.0.1:{}", free_port());
-    let listener = Member::start("backup", &me, &ep);
+    let (listener, listener_journal) = start_member("backup", &me, &ep);
     let bad = |reason: &str| {
         scrape(&listener.broker.http)
             .value(
@@ -248,7 +206,7 @@ fn malformed_replication_frames_are_counted_and_ignored() {
     );
     assert_eq!(listener.state(), "backup");
     // Nothing that did not parse reached the journal.
-    assert!(journal_lines(&listener.journal).is_empty());
+    assert!(journal_lines(&listener_journal).is_empty());
 }
 
 #[test]
@@ -265,28 +223,22 @@ fn with_curve_the_journal_lines_reach_the_backup_over_the_encrypted_link() {
     // Each broker admits the other's key on its backend-domain sockets (the state link)
     // and names it as the peer's.
     let start = |role: &str, own: &Keys, peer_key: &Keys, bind: &str, peer: &str| {
-        let config = temp_path(&format!("pair-risk-curve-{role}.toml"));
         let journal = temp_path(&format!("pair-risk-curve-{role}.jsonl"));
-        let text = format!(
-            "[curve]\nkey_file = {:?}\nallow_clients = [{:?}]\nallow_workers = [{:?}]\n\
-             [pair]\nrole = \"{role}\"\nbind = \"{bind}\"\npeer = \"{peer}\"\n\
-             peer_timeout_ms = {WINDOW_MS}\npeer_public_key = {:?}\n\
-             [risk]\njournal = {:?}\n",
+        let curve = format!(
+            "[curve]\nkey_file = {:?}\nallow_clients = [{:?}]\nallow_workers = [{:?}]\n",
             own.file.to_str().unwrap(),
             ck.public,
             peer_key.public,
+        );
+        let rest = format!(
+            "peer_public_key = {:?}\n[risk]\njournal = {:?}\n",
             peer_key.public,
             journal.to_str().unwrap()
         );
-        std::fs::write(&config, text).unwrap();
-        Member {
-            broker: Broker::start(&["--config", config.to_str().unwrap()]),
-            config,
-            journal,
-        }
+        (PairMember::start(role, bind, peer, &curve, &rest), journal)
     };
-    let primary = start("primary", &pk, &bk, &p, &b);
-    let backup = start("backup", &bk, &pk, &b, &p);
+    let (primary, _) = start("primary", &pk, &bk, &p, &b);
+    let (backup, backup_journal) = start("backup", &bk, &pk, &b, &p);
     wait_until(
         Duration::from_secs(20),
         "primary active, backup passive",
@@ -302,7 +254,7 @@ fn with_curve_the_journal_lines_reach_the_backup_over_the_encrypted_link() {
         Duration::from_secs(10),
         "the halt line at the backup",
         || {
-            journal_lines(&backup.journal)
+            journal_lines(&backup_journal)
                 .iter()
                 .any(|l| l["event"] == "halt" && l["reason"] == "curve on")
         },
@@ -312,8 +264,8 @@ fn with_curve_the_journal_lines_reach_the_backup_over_the_encrypted_link() {
         Duration::from_secs(10),
         "the backup's ack at the primary",
         || {
-            primary.metric("tradeplex_pair_replication_head") >= 1.0
-                && primary.metric("tradeplex_pair_replication_lag_lines") == 0.0
+            primary.metric("tradeplex_pair_replication_head", &[]) >= 1.0
+                && primary.metric("tradeplex_pair_replication_lag_lines", &[]) == 0.0
         },
     );
 }

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use tradeplex_client::events::{EventOptions, Subscriber};
 use tradeplex_client::{Client, ClientError};
-use tradeplex_proto::model::{
-    Direction, Offset, Order, OrderRequest, OrderType, Position, Status, Trade,
-};
+use tradeplex_proto::model::{Direction, Offset, Order, OrderRequest, Position, Status, Trade};
 use tradeplex_proto::ErrorCode;
 use tradeplex_tests::*;
 
@@ -45,27 +43,21 @@ fn configs() -> (String, String) {
 
 /// A limit bid on AAPL far below its market (it rests).
 fn bid(account: &str, price: f64, volume: f64) -> OrderRequest {
-    OrderRequest {
-        symbol: "AAPL".into(),
-        exchange: String::new(),
-        direction: Direction::Long,
-        order_type: OrderType::Limit,
-        volume,
-        price,
-        offset: Default::default(),
-        account: account.into(),
-        reference: format!("rules-{account}"),
-    }
+    rules_order(account).price(price).volume(volume).build()
 }
 
 fn market(account: &str, direction: Direction, volume: f64, offset: Offset) -> OrderRequest {
-    OrderRequest {
-        order_type: OrderType::Market,
-        direction,
-        offset,
-        price: 0.0,
-        ..bid(account, 0.0, volume)
-    }
+    rules_order(account)
+        .market()
+        .direction(direction)
+        .volume(volume)
+        .offset(offset)
+        .build()
+}
+
+/// This file's AAPL orders are tagged `rules-ACCOUNT`.
+fn rules_order(account: &str) -> AaplOrder {
+    aapl_order(account, &format!("rules-{account}"))
 }
 
 fn passes(client: &Client, o: OrderRequest) -> Order {

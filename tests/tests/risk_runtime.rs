@@ -5,22 +5,15 @@
 use std::time::Duration;
 
 use tradeplex_client::{Client, ClientError, ClientOptions};
-use tradeplex_proto::model::{Direction, Order, OrderRequest, OrderType};
+use tradeplex_proto::model::{Order, OrderRequest};
 use tradeplex_proto::ErrorCode;
 use tradeplex_tests::*;
 
 fn order(volume: f64) -> OrderRequest {
-    OrderRequest {
-        symbol: "AAPL".into(),
-        exchange: String::new(),
-        direction: Direction::Long,
-        order_type: OrderType::Market,
-        volume,
-        price: 0.0,
-        offset: Default::default(),
-        account: "sim".into(),
-        reference: "runtime-test".into(),
-    }
+    aapl_order("sim", "runtime-test")
+        .market()
+        .volume(volume)
+        .build()
 }
 
 fn remote_error(r: Result<Order, ClientError>, code: ErrorCode) -> String {
