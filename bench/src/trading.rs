@@ -45,7 +45,7 @@ pub fn run(frontend: &str, xpub: &str, count: u64, warmup: u64) -> anyhow::Resul
     }
     // A reader thread stamps each accepted order as it arrives: the event may come in
     // before the call's reply, so it must not wait for the caller.
-    let (tx, rx) = mpsc::channel::<(String, Instant)>();
+    let (tx, rx) = mpsc::channel::<(String, Status, Instant)>();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let reader = s.spawn(|| {
@@ -55,8 +55,7 @@ pub fn run(frontend: &str, xpub: &str, count: u64, warmup: u64) -> anyhow::Resul
                 };
                 let at = Instant::now();
                 if let Ok(order) = ev.decode::<Order>() {
-                    if order.status == Status::NotTraded && tx.send((order.reference, at)).is_err()
-                    {
+                    if tx.send((order.reference, order.status, at)).is_err() {
                         return;
                     }
                 }
@@ -71,11 +70,11 @@ pub fn run(frontend: &str, xpub: &str, count: u64, warmup: u64) -> anyhow::Resul
 
 fn orders(
     client: &Client,
-    accepted: &mpsc::Receiver<(String, Instant)>,
+    events: &mpsc::Receiver<(String, Status, Instant)>,
     count: u64,
     warmup: u64,
 ) -> anyhow::Result<TradingRun> {
-    let mut events = super::report::latency_histogram();
+    let mut accepted = super::report::latency_histogram();
     let mut replies = super::report::latency_histogram();
     let mut echoes = super::report::latency_histogram();
     // The rr scenario's body: a 64-byte MessagePack bin.
@@ -113,30 +112,42 @@ fn orders(
         if order.status == Status::Rejected {
             bail!("SIM rejected the bench order: {:?}", order.reason);
         }
-        let event_at = loop {
-            let (r, at) = accepted.recv_timeout(TIMEOUT).map_err(|_| {
-                anyhow!("no order-accepted event for {reference} within {TIMEOUT:?}")
-            })?;
-            if r == reference {
-                break at;
-            }
-        };
+        let event_at = wait_for(events, &reference, Status::NotTraded)?;
         if i >= warmup {
             replies.saturating_record(replied.as_nanos() as u64);
             echoes.saturating_record(echoed.as_nanos() as u64);
-            events.saturating_record(event_at.duration_since(t0).as_nanos() as u64);
+            accepted.saturating_record(event_at.duration_since(t0).as_nanos() as u64);
         }
         client
             .cancel_order(&order.order_id)
             .context("cancelling the bench order")?;
+        // The cancel's event too, so the next echo and order start on a quiet cluster
+        // (not racing this order's events through the broker and the subscriber).
+        wait_for(events, &reference, Status::Cancelled)?;
     }
     let us = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(TradingRun {
         done: count,
-        event_p50_us: us(&events, 0.5),
-        event_p99_us: us(&events, 0.99),
+        event_p50_us: us(&accepted, 0.5),
+        event_p99_us: us(&accepted, 0.99),
         reply_p50_us: us(&replies, 0.5),
         reply_p99_us: us(&replies, 0.99),
         echo_p50_us: us(&echoes, 0.5),
     })
+}
+
+/// When the event of `reference` with `status` arrived (others are skipped).
+fn wait_for(
+    events: &mpsc::Receiver<(String, Status, Instant)>,
+    reference: &str,
+    status: Status,
+) -> anyhow::Result<Instant> {
+    loop {
+        let (r, s, at) = events
+            .recv_timeout(TIMEOUT)
+            .map_err(|_| anyhow!("no {status:?} event for {reference} within {TIMEOUT:?}"))?;
+        if r == reference && s == status {
+            return Ok(at);
+        }
+    }
 }
