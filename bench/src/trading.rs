@@ -43,8 +43,8 @@ pub fn run(frontend: &str, xpub: &str, count: u64, warmup: u64) -> anyhow::Resul
     if !sub.wait_connected(TIMEOUT) {
         bail!("no broker heartbeat on the event side within {TIMEOUT:?}");
     }
-    // A reader thread stamps each accepted order as it arrives: the event may come in
-    // before the call's reply, so it must not wait for the caller.
+    // A reader thread stamps each order event (accepted, cancelled) as it arrives: the
+    // event may come in before the call's reply, so it must not wait for the caller.
     let (tx, rx) = mpsc::channel::<(String, Status, Instant)>();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
