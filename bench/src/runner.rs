@@ -774,9 +774,21 @@ impl Bench<'_> {
                 for side in Side::order(rep) {
                     check_interrupt()?;
                     let (xsub, xpub) = ends(side);
+                    let tradeplex = matches!(side, Side::Tradeplex);
+                    let cpu_before = if tradeplex {
+                        Some(cluster.broker_cpu()?)
+                    } else {
+                        None
+                    };
                     let r = events::run(&xsub, &xpub, &base)?;
                     log_events(&name, &cfg, side, &r);
                     let rp = &mut self.report;
+                    if let Some(before) = cpu_before {
+                        // All the broker's threads over the run: what one event costs it.
+                        let cpu = cluster.broker_cpu()?.saturating_sub(before);
+                        let per = cpu.as_secs_f64() * 1e6 / base.count.max(1) as f64;
+                        rp.add(&name, &cfg, "broker CPU per event", Unit::Micros, side, per);
+                    }
                     rp.add(
                         &name,
                         &cfg,
