@@ -35,6 +35,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// On shutdown, how long in-flight requests get to finish, ms.
     pub shutdown_grace_ms: u64,
+    /// On shutdown, once nothing is in flight, how long the broker stays up refusing new
+    /// requests before it closes its sockets, ms. A client's DEALER (ZMQ_IMMEDIATE)
+    /// discards the replies it has not read yet when its connection drops, so closing at
+    /// once can lose the last answers; this gives clients time to read them.
+    pub shutdown_farewell_ms: u64,
     /// How long past its deadline a delivered request may stay unanswered by a worker that
     /// keeps heartbeating, ms; then it is answered `worker_lost` and the slot freed.
     pub in_flight_grace_ms: u64,
@@ -117,6 +122,7 @@ impl Default for Config {
             max_queue: 10_000,
             max_body_bytes: tradeplex_proto::DEFAULT_MAX_BODY_BYTES,
             shutdown_grace_ms: 2000,
+            shutdown_farewell_ms: 300,
             in_flight_grace_ms: 30_000,
             max_services: 1000,
             service_retention_s: 86_400,
@@ -232,6 +238,11 @@ impl Config {
             "service_retention_s",
             self.service_retention_s <= 30 * 86_400,
             "must be 0-2592000",
+        )?;
+        field(
+            "shutdown_farewell_ms",
+            self.shutdown_farewell_ms <= 60_000,
+            "must be 0-60000",
         )?;
         field(
             "in_flight_grace_ms",

@@ -322,7 +322,11 @@ impl Broker {
             head: Vec::with_capacity(256),
             pair,
         };
-        let result = lp.serve(&shutdown, Duration::from_millis(config.shutdown_grace_ms));
+        let stop = Stop {
+            grace: Duration::from_millis(config.shutdown_grace_ms),
+            farewell: Duration::from_millis(config.shutdown_farewell_ms),
+        };
+        let result = lp.serve(&shutdown, stop);
         shutdown.trigger();
         let _ = relay.join();
         if let Some(z) = zap {
@@ -424,6 +428,15 @@ const DRAIN_ROUNDS: usize = 16;
 /// Longest poll, so a shutdown request is seen promptly.
 const MAX_POLL: Duration = Duration::from_millis(50);
 
+/// How a shutdown proceeds: in-flight requests get `grace` to finish; then the broker
+/// stays up `farewell` longer, refusing new requests, so clients read the last replies
+/// before their connections drop (a dropped connection discards what they had not read).
+#[derive(Clone, Copy)]
+struct Stop {
+    grace: Duration,
+    farewell: Duration,
+}
+
 #[derive(Clone, Copy)]
 enum Side {
     Frontend,
@@ -456,8 +469,9 @@ struct Loop {
 }
 
 impl Loop {
-    fn serve(&mut self, shutdown: &Shutdown, grace: Duration) -> Result<(), BrokerError> {
+    fn serve(&mut self, shutdown: &Shutdown, stop: Stop) -> Result<(), BrokerError> {
         let mut draining_until: Option<Instant> = None;
+        let mut closing_at: Option<Instant> = None;
         loop {
             let now = Instant::now();
             if draining_until.is_none() && shutdown.is_triggered() {
@@ -466,15 +480,22 @@ impl Loop {
                     "shutting down: draining in-flight requests"
                 );
                 self.dispatcher.begin_shutdown();
-                draining_until = Some(now + grace);
+                draining_until = Some(now + stop.grace);
             }
-            if let Some(until) = draining_until {
+            if let (Some(until), None) = (draining_until, closing_at) {
                 if self.dispatcher.pending() == 0 || now >= until {
                     self.dispatcher.finish_shutdown();
                     self.flush();
-                    tracing::info!("broker stopped");
-                    return Ok(());
+                    tracing::info!(
+                        farewell_ms = stop.farewell.as_millis() as u64,
+                        "nothing in flight; refusing new requests until closing"
+                    );
+                    closing_at = Some(now + stop.farewell);
                 }
+            }
+            if closing_at.is_some_and(|t| now >= t) {
+                tracing::info!("broker stopped");
+                return Ok(());
             }
             let wake = self.dispatcher.next_wake(Clock::real());
             let timeout = wake.saturating_duration_since(now).min(MAX_POLL);

@@ -167,6 +167,9 @@ pub struct Dispatcher {
     use_counter: u64,
     next_heartbeat: Instant,
     shutting_down: bool,
+    /// Set once the shutdown has settled everything in flight and told workers to go:
+    /// a worker registering again (in the broker's farewell) is told to go too.
+    stopped: bool,
     metrics: Arc<Metrics>,
     /// Per-request metric updates since the socket loop last flushed them.
     batch: MetricsBatch,
@@ -204,6 +207,7 @@ impl Dispatcher {
             next_job: 1,
             use_counter: 0,
             shutting_down: false,
+            stopped: false,
             metrics,
             batch,
             unknown_metrics,

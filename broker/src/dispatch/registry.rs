@@ -73,6 +73,10 @@ pub(super) fn new_service(metrics: Rc<ServiceMetrics>) -> Service {
 
 impl Dispatcher {
     pub(super) fn on_ready(&mut self, clock: Clock, from: Identity, h: ReadyHeader) {
+        if self.stopped {
+            self.disconnect(from, worker::REASON_SHUTTING_DOWN.into());
+            return;
+        }
         // The worker may have reconnected on a new socket before we noticed it had gone;
         // the old registration is dropped once the new one is in place, so its jobs can
         // move straight to the new socket.

@@ -41,6 +41,7 @@ impl Dispatcher {
             let msg = "broker shut down with the request in flight: outcome unknown".to_string();
             self.finish(job_id, Err((ErrorCode::WorkerLost, msg)), worker);
         }
+        self.stopped = true;
         let identities: Vec<Identity> = self.workers.keys().cloned().collect();
         for identity in identities {
             self.disconnect(identity, worker::REASON_SHUTTING_DOWN.into());

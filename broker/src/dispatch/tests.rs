@@ -545,6 +545,25 @@ fn shutdown_answers_queued_then_in_flight() {
 }
 
 #[test]
+fn a_worker_registering_after_the_shutdown_settled_is_told_to_go() {
+    let mut h = Harness::new();
+    h.ready(b"A", &["echo"], 1);
+    h.d.begin_shutdown();
+    h.d.finish_shutdown();
+    h.drain();
+    // In the broker's farewell, the worker it just sent away comes back on a new socket.
+    h.ready(b"A2", &["echo"], 1);
+    let (msgs, _, _) = h.drain();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].0, b"A2".to_vec());
+    assert_eq!(
+        disconnect_of(&msgs[0].2).reason,
+        worker::REASON_SHUTTING_DOWN
+    );
+    assert_eq!(h.d.worker_count(), 1, "not registered");
+}
+
+#[test]
 fn status_lists_workers_and_services() {
     let mut h = Harness::new();
     h.ready(b"A", &["echo", "SIM"], 3);
