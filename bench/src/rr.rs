@@ -63,6 +63,10 @@ pub trait Pipe {
 pub struct TradeplexPipe {
     client: Client,
     in_flight: VecDeque<PendingCall>,
+    /// A body sent while nothing was in flight, not handed to the client yet: if it is
+    /// still alone at `recv` it goes out as a blocking `call` (what a strategy calling one
+    /// at a time does); a second `send` first hands it over with `Client::send`.
+    alone: Option<Vec<u8>>,
     options: CallOptions,
 }
 
@@ -86,6 +90,7 @@ impl TradeplexPipe {
         Ok(TradeplexPipe {
             client: Client::connect(frontend, client.timeout(CALL_TIMEOUT))?,
             in_flight: VecDeque::new(),
+            alone: None,
             options,
         })
     }
@@ -93,19 +98,33 @@ impl TradeplexPipe {
 
 impl Pipe for TradeplexPipe {
     fn send(&mut self, body: &[u8]) -> anyhow::Result<()> {
-        let call = self
-            .client
-            .send("echo", body.to_vec(), self.options.clone())?;
-        self.in_flight.push_back(call);
-        Ok(())
+        if self.in_flight.is_empty() && self.alone.is_none() {
+            self.alone = Some(body.to_vec());
+            return Ok(());
+        }
+        if let Some(first) = self.alone.take() {
+            self.send_now(first)?;
+        }
+        self.send_now(body.to_vec())
     }
 
     fn recv(&mut self) -> anyhow::Result<Vec<u8>> {
+        if let Some(body) = self.alone.take() {
+            return Ok(self.client.call("echo", body, self.options.clone())?.body);
+        }
         let call = self
             .in_flight
             .pop_front()
             .ok_or_else(|| anyhow!("recv with nothing in flight"))?;
         Ok(call.wait()?.body)
+    }
+}
+
+impl TradeplexPipe {
+    fn send_now(&mut self, body: Vec<u8>) -> anyhow::Result<()> {
+        let call = self.client.send("echo", body, self.options.clone())?;
+        self.in_flight.push_back(call);
+        Ok(())
     }
 }
 

@@ -1,15 +1,14 @@
-//! The client's connection thread: it alone owns the DEALER to the broker's frontend.
-//! Handles hand it calls over a channel (and a wake-up byte on a socketpair it polls
-//! beside the DEALER); it sends them, matches replies by request id, times calls out and
-//! re-sends idempotent calls that got no answer (e.g. lost in a broker restart).
-//! Given the endpoints of a broker pair it holds one DEALER per endpoint, sends to one at
-//! a time and follows the active broker as `failover.rs` decides.
+//! The client's connection: the DEALER to the broker's frontend (one per endpoint of a
+//! broker pair, with its monitor), the calls in flight matched to replies by request id,
+//! their timeouts and the re-sends of idempotent calls that got no answer (e.g. lost in a
+//! broker restart). Whoever drives it — the connection thread or a caller's own thread
+//! (`driver.rs`) — runs the same [`Connection::round`]; it sends to one broker at a time
+//! and follows the active one as `failover.rs` decides.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -19,7 +18,7 @@ use tradeplex_proto::{ErrorCode, RequestId};
 use crate::failover::{self, Failover, Health, Why};
 use crate::{ClientError, Reply};
 
-/// What a handle sends to the connection thread.
+/// What a handle hands over to be sent.
 pub(crate) struct Call {
     pub header: RequestHeader,
     pub body: Vec<u8>,
@@ -47,11 +46,8 @@ const UNSENT_RETRY: Duration = Duration::from_millis(20);
 /// Extra wait past the request's deadline for the broker's own `deadline_exceeded`
 /// answer, so a request that was never delivered is reported as such, not as a timeout.
 const ANSWER_SLACK: Duration = Duration::from_millis(250);
-const MAX_POLL: Duration = Duration::from_millis(50);
-
-/// Set by the connection thread while it waits in poll; a handle that queues a call
-/// writes a wake-up byte only then, so a busy connection costs no system call per call.
-pub(crate) type Sleeping = std::sync::Arc<std::sync::atomic::AtomicBool>;
+/// Longest wait in one round: a missed wake-up (or a dropped client) costs at most this.
+pub(crate) const MAX_POLL: Duration = Duration::from_millis(50);
 
 /// How often pending calls are scanned for timeouts and re-sends at most.
 const TIMER_PERIOD: Duration = Duration::from_millis(2);
@@ -65,6 +61,17 @@ pub(crate) struct Link {
     pub monitor: zmq::Socket,
 }
 
+/// How one round ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Round {
+    /// Handles remain (or calls are queued).
+    Open,
+    /// Every handle is gone and nothing is queued.
+    Closed,
+    /// Polling failed (the context is gone): nothing more can be sent or received.
+    Failed,
+}
+
 pub(crate) struct Connection {
     /// One per endpoint, in the order given (first = primary).
     links: Vec<Link>,
@@ -72,9 +79,8 @@ pub(crate) struct Connection {
     failover: Failover,
     /// Fail unsent calls at once while every broker refuses connections.
     fail_fast: bool,
+    /// Calls handed over by handles (shared with them through the driver).
     calls: Receiver<Call>,
-    wake: UnixStream,
-    sleeping: Sleeping,
     /// Earliest time a pending call needs attention (timeout or re-send), cached so the
     /// loop does not walk every pending call on every message.
     next_due: Option<Instant>,
@@ -89,8 +95,6 @@ impl Connection {
         failover: Failover,
         fail_fast: bool,
         calls: Receiver<Call>,
-        wake: UnixStream,
-        sleeping: Sleeping,
         max_body: usize,
     ) -> Connection {
         Connection {
@@ -98,8 +102,6 @@ impl Connection {
             failover,
             fail_fast,
             calls,
-            wake,
-            sleeping,
             next_due: None,
             last_scan: Instant::now(),
             pending: HashMap::new(),
@@ -107,49 +109,58 @@ impl Connection {
         }
     }
 
-    /// Runs until every handle is dropped and nothing is pending.
-    pub fn run(mut self) {
-        let mut open = true;
-        while open || !self.pending.is_empty() {
-            let timeout = self.next_due.map_or(MAX_POLL, |t| {
-                t.saturating_duration_since(Instant::now()).min(MAX_POLL)
-            });
-            // Announce the sleep, then look once more for calls queued meanwhile: a handle
-            // that saw `sleeping` false relies on this look.
-            self.sleeping.store(true, Ordering::SeqCst);
-            let wait_ms = if self.calls.is_empty() {
-                timeout.as_micros().div_ceil(1000) as i64
-            } else {
-                0
-            };
-            let polled = poll_links(&self.links, &self.wake, wait_ms);
-            self.sleeping.store(false, Ordering::SeqCst);
-            let ready = match polled {
-                Ok(r) => r,
-                Err(zmq::Error::EINTR) => Ready::default(),
-                Err(e) => {
-                    tracing::error!(error = %e, "client poll failed");
-                    break;
-                }
-            };
-            if ready.wake {
-                let mut buf = [0u8; 256];
-                while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
+    /// Whether no call is in flight (answered, timed out or never started).
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// One turn: waits (at most `cap`, and never past the next timer) for a reply, a
+    /// monitor event or a byte on `wake`, then sends what handles queued, reads what
+    /// arrived and fires due timers. `wake` is drained when readable; `on_wake` runs
+    /// just before (a direct caller re-arms its signal there).
+    pub fn round(&mut self, wake: &UnixStream, cap: Duration, on_wake: impl FnOnce()) -> Round {
+        let timeout = self.next_due.map_or(cap, |t| {
+            t.saturating_duration_since(Instant::now()).min(cap)
+        });
+        let wait_ms = if self.calls.is_empty() {
+            timeout.as_micros().div_ceil(1000) as i64
+        } else {
+            0
+        };
+        let ready = match poll_links(&self.links, wake, wait_ms) {
+            Ok(r) => r,
+            Err(zmq::Error::EINTR) => Ready::default(),
+            Err(e) => {
+                tracing::error!(error = %e, "client poll failed");
+                return Round::Failed;
             }
-            open = self.take_calls();
-            // Replies before monitor events: an answer that arrived before its broker's
-            // connection dropped settles its call, it is not counted lost.
-            for i in bits(ready.dealers) {
-                self.read_replies(i);
-            }
-            for i in bits(ready.monitors) {
-                self.read_monitor(i);
-            }
-            let now = Instant::now();
-            if self.next_due.is_some_and(|t| now >= t) || now >= self.last_scan + TIMER_PERIOD {
-                self.fire_timers();
-            }
+        };
+        if ready.wake {
+            on_wake();
+            drain(wake);
         }
+        let open = self.take_calls();
+        // Replies before monitor events: an answer that arrived before its broker's
+        // connection dropped settles its call, it is not counted lost.
+        for i in bits(ready.dealers) {
+            self.read_replies(i);
+        }
+        for i in bits(ready.monitors) {
+            self.read_monitor(i);
+        }
+        let now = Instant::now();
+        if self.next_due.is_some_and(|t| now >= t) || now >= self.last_scan + TIMER_PERIOD {
+            self.fire_timers();
+        }
+        if open {
+            Round::Open
+        } else {
+            Round::Closed
+        }
+    }
+
+    /// Ends every call in flight `closed` (the client is shutting down or cannot poll).
+    pub fn close(&mut self) {
         for (_, p) in self.pending.drain() {
             let _ = p.call.done.send(Err(ClientError::Closed));
         }
@@ -166,7 +177,8 @@ impl Connection {
         }
     }
 
-    fn start(&mut self, call: Call) {
+    /// Sends `call` (or schedules its first attempt) and keeps it until it is answered.
+    pub fn start(&mut self, call: Call) {
         let id = call.header.id;
         let timeout_ms = call
             .header
@@ -437,6 +449,13 @@ impl Ready {
 /// The set bits of `mask`, lowest first.
 fn bits(mask: u8) -> impl Iterator<Item = usize> {
     (0..failover::MAX_ENDPOINTS).filter(move |i| mask & (1 << i) != 0)
+}
+
+/// Reads every byte waiting on a (non-blocking) wake-up socket.
+pub(crate) fn drain(wake: &UnixStream) {
+    let mut buf = [0u8; 256];
+    let mut r = wake;
+    while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
 }
 
 /// Polls the wake-up socket and every link. One or two links (one broker, a pair) poll a

@@ -1,5 +1,7 @@
 //! The Tradeplex client library for strategies: a cloneable [`Client`] handle over a
-//! background connection thread. Many calls may be in flight at once from many threads;
+//! background connection thread (a blocking [`Client::call`] made while nothing else is in
+//! flight is sent and answered on the caller's own thread instead: no hand-off, two thread
+//! wake-ups fewer per call). Many calls may be in flight at once from many threads;
 //! each has a timeout; idempotent calls are re-sent when no answer comes (a broker
 //! restart loses what it held); the connection re-establishes itself (ZeroMQ reconnects).
 //! Given both endpoints of a broker pair (`tcp://h1:5555,tcp://h2:5555`) it follows the
@@ -14,16 +16,15 @@
 
 mod connection;
 pub mod curve;
+mod driver;
 pub mod error;
 pub mod events;
 pub mod failover;
 pub mod json;
 pub mod trading;
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -32,6 +33,7 @@ use tradeplex_proto::client::RequestHeader;
 use tradeplex_proto::{RequestId, ServiceName, WorkerId};
 
 use crate::connection::{Call, Connection, Link};
+use crate::driver::Driver;
 use crate::failover::Failover;
 
 /// How a client connects.
@@ -175,6 +177,9 @@ pub struct ClientStats {
     pub switches: u64,
     /// The endpoint requests go to now.
     pub endpoint: String,
+    /// Calls sent and answered on their caller's own thread ([`Client::call`] while no
+    /// other call was in flight), without a hand-off to the connection thread.
+    pub direct_calls: u64,
 }
 
 /// A call in flight; [`PendingCall::wait`] blocks for its answer.
@@ -193,8 +198,7 @@ impl PendingCall {
 
 struct Inner {
     calls: Sender<Call>,
-    wake: Mutex<UnixStream>,
-    sleeping: connection::Sleeping,
+    driver: Arc<Driver>,
     next_id: AtomicU64,
     options: ClientOptions,
     endpoints: Vec<String>,
@@ -222,33 +226,26 @@ impl Client {
             .iter()
             .map(|ep| open_link(&ctx, ep, &options, pair))
             .collect::<Result<Vec<Link>, ClientError>>()?;
-        let (wake_tx, wake_rx) =
-            UnixStream::pair().map_err(|e| ClientError::Connect(e.to_string()))?;
-        for s in [&wake_tx, &wake_rx] {
-            s.set_nonblocking(true)
-                .map_err(|e| ClientError::Connect(e.to_string()))?;
-        }
         let (tx, rx) = crossbeam_channel::unbounded();
-        let sleeping = connection::Sleeping::default();
         let shared = Arc::new(failover::Shared::default());
         let conn = Connection::new(
             links,
             Failover::new(list.clone(), shared.clone()),
             options.fail_fast,
-            rx,
-            wake_rx,
-            sleeping.clone(),
+            rx.clone(),
             options.max_body_bytes,
         );
+        let driver =
+            Arc::new(Driver::new(conn, rx).map_err(|e| ClientError::Connect(e.to_string()))?);
+        let thread = driver.clone();
         std::thread::Builder::new()
             .name("tpx-client".into())
-            .spawn(move || conn.run())
+            .spawn(move || thread.run())
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 calls: tx,
-                wake: Mutex::new(wake_tx),
-                sleeping,
+                driver,
                 // Start ids at a random point so a restarted client never reuses the
                 // ids its previous incarnation left in flight.
                 next_id: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0 >> 16),
@@ -271,17 +268,22 @@ impl Client {
                 .get(current)
                 .cloned()
                 .unwrap_or_default(),
+            direct_calls: self.inner.driver.direct_calls.load(Ordering::Relaxed),
         }
     }
 
-    /// Calls `service` and blocks for the answer.
+    /// Calls `service` and blocks for the answer. With no other call in flight on this
+    /// client the call is sent and answered on this thread (no hand-off to the connection
+    /// thread: two thread wake-ups fewer); otherwise it goes through the connection thread
+    /// like [`Client::send`]. Timeouts, re-sends and failover are the same either way.
     pub fn call(
         &self,
         service: &str,
         body: Vec<u8>,
         opts: CallOptions,
     ) -> Result<Reply, ClientError> {
-        self.send(service, body, opts)?.wait()
+        let (call, rx) = self.prepare(service, body, opts)?;
+        self.inner.driver.call(&self.inner.calls, call, &rx)
     }
 
     /// Sends a call without waiting: pipeline many, then `wait` each.
@@ -291,6 +293,19 @@ impl Client {
         body: Vec<u8>,
         opts: CallOptions,
     ) -> Result<PendingCall, ClientError> {
+        let (call, rx) = self.prepare(service, body, opts)?;
+        let id = call.header.id;
+        self.inner.driver.enqueue(&self.inner.calls, call)?;
+        Ok(PendingCall { rx, id })
+    }
+
+    /// Checks and builds a call, with the channel its answer comes on.
+    fn prepare(
+        &self,
+        service: &str,
+        body: Vec<u8>,
+        opts: CallOptions,
+    ) -> Result<(Call, Receiver<Result<Reply, ClientError>>), ClientError> {
         let service = ServiceName::new(service).map_err(|e| ClientError::Encode(e.to_string()))?;
         if body.len() > self.inner.options.max_body_bytes {
             return Err(ClientError::TooLarge {
@@ -321,23 +336,7 @@ impl Client {
             retry_every,
             done,
         };
-        self.inner
-            .calls
-            .send(call)
-            .map_err(|_| ClientError::Closed)?;
-        self.wake();
-        Ok(PendingCall { rx, id })
-    }
-
-    fn wake(&self) {
-        // Only a sleeping connection thread needs the byte; a busy one sees the call when
-        // it next looks at the channel (it looks once more after announcing a sleep).
-        if !self.inner.sleeping.swap(false, Ordering::SeqCst) {
-            return;
-        }
-        let mut w = self.inner.wake.lock().unwrap_or_else(|p| p.into_inner());
-        // A full socketpair already guarantees a wake-up; nothing to do then.
-        let _ = w.write(&[1]);
+        Ok((call, rx))
     }
 
     /// Calls with a serde body (MessagePack map) and decodes the reply.

@@ -117,7 +117,22 @@ fn many(client: &Client, args: &CallArgs, body: Vec<u8>, n: u64) -> anyhow::Resu
     let mut in_flight: VecDeque<(Instant, PendingCall)> = VecDeque::with_capacity(window);
     let started = Instant::now();
     let mut sent = 0;
+    let mut record = |t0: Instant, result: Result<_, tradeplex_client::ClientError>| {
+        hist.record(t0.elapsed().as_micros() as u64).ok();
+        let key = match result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.name().to_string(),
+        };
+        *outcomes.entry(key).or_default() += 1;
+    };
     while sent < n || !in_flight.is_empty() {
+        if window == 1 {
+            // One at a time, as a strategy's blocking call: answered on this thread.
+            let t0 = Instant::now();
+            record(t0, client.call(&args.service, body.clone(), args.options()));
+            sent += 1;
+            continue;
+        }
         while sent < n && in_flight.len() < window {
             in_flight.push_back((
                 Instant::now(),
@@ -126,13 +141,7 @@ fn many(client: &Client, args: &CallArgs, body: Vec<u8>, n: u64) -> anyhow::Resu
             sent += 1;
         }
         if let Some((t0, call)) = in_flight.pop_front() {
-            let result = call.wait();
-            hist.record(t0.elapsed().as_micros() as u64).ok();
-            let key = match result {
-                Ok(_) => "ok".to_string(),
-                Err(e) => e.name().to_string(),
-            };
-            *outcomes.entry(key).or_default() += 1;
+            record(t0, call.wait());
         }
     }
     let secs = started.elapsed().as_secs_f64();
