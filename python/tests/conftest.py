@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -148,12 +149,33 @@ class Broker:
 
 
 def free_port() -> int:
-    """A loopback port the OS had free a moment ago (for endpoints a broker must be told
-    in advance, like a pair's state link)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port that was free a moment ago (for endpoints a broker must be told
+    in advance, like a pair's state link). Drawn below the kernel's ephemeral range: a
+    port ``bind(0)`` hands out is also handed out as the source port of outgoing
+    connections (clients and workers reconnecting meanwhile), which could take it before
+    the broker binds it."""
+    low = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randrange(_FIRST_FIXED, max(low, _FIRST_FIXED + 1000))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port on 127.0.0.1 below {low}")
+
+
+_FIRST_FIXED = 10_000
+
+
+def _ephemeral_low() -> int:
+    """First port of the kernel's ephemeral range (Linux's default if unreadable)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 #: A pair's silence window (`peer_timeout_ms`): long enough that a stall of a loaded

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, HEARTBEAT_MS, LIVENESS, Broker, Cluster, Proc, wait_for
+from conftest import BIN, HEARTBEAT_MS, LIVENESS, Broker, Cluster, Proc, free_port, wait_for
 
 TOKEN = "console-test-token-0123456789"
 USER, PASSWORD = "ops", "console-pass-1"
@@ -101,19 +100,12 @@ def test_the_http_port_asks_for_credentials_except_on_probes(cluster: Cluster) -
     assert "http://" not in page and "https://" not in page
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class WebDriver:
     """The few WebDriver commands the test needs, over chromedriver's HTTP API."""
 
     def __init__(self, tmp: Path) -> None:
         assert CHROMEDRIVER and CHROMIUM
-        self.port = _free_port()
+        self.port = free_port()
         self.log = (tmp / "chromedriver.log").open("wb")
         self.proc = subprocess.Popen(
             [CHROMEDRIVER, f"--port={self.port}"],
