@@ -59,6 +59,19 @@ pub(crate) struct Link {
     pub dealer: zmq::Socket,
     /// PAIR connected to the DEALER's monitor endpoint.
     pub monitor: zmq::Socket,
+    /// A fresh inproc endpoint the monitor is re-pointed at, with no events, on drop.
+    pub monitor_off: String,
+}
+
+impl Drop for Link {
+    /// Turns the monitor off before the DEALER and the monitor's reader close (in that
+    /// order, the fields' order): libzmq (4.3.4) sends monitor events with a blocking send
+    /// from its I/O thread, so an event of the closing DEALER (a reconnect retried) with
+    /// the reader gone would block that thread for good — and the context's termination
+    /// with it. Re-monitoring with no events stops the old monitor under libzmq's lock.
+    fn drop(&mut self) {
+        let _ = self.dealer.monitor(&self.monitor_off, 0);
+    }
 }
 
 /// How one round ended.

@@ -462,5 +462,9 @@ fn open_link(
     monitor.set_linger(0).map_err(err)?;
     monitor.connect(&monitor_ep).map_err(err)?;
     dealer.connect(endpoint).map_err(err)?;
-    Ok(Link { dealer, monitor })
+    Ok(Link {
+        dealer,
+        monitor,
+        monitor_off: format!("{monitor_ep}-off"),
+    })
 }

@@ -168,6 +168,14 @@ impl<'a> Session<'a> {
     ) -> Result<SessionEnd, WorkerError> {
         self.connection += 1;
         let (dealer, monitor) = self.connect(brokers)?;
+        // Declared after the sockets, so dropped before them.
+        let _silence = monitor.as_ref().map(|_| SilenceMonitor {
+            dealer: &dealer,
+            endpoint: format!(
+                "inproc://tpx-worker-monitor-off-{}-{}",
+                self.opts.worker_id, self.connection
+            ),
+        });
         self.refused_passive = false;
         self.pair = brokers.is_pair();
         self.set_registered(false);
@@ -236,7 +244,8 @@ impl<'a> Session<'a> {
     /// Leaves a connection for another. With a pair nothing queued on it is worth
     /// delivering (the broker is gone or passive), and a closed socket lingering with
     /// queued messages was seen to stall the next socket's connection attempts (libzmq
-    /// 4.3.4: no connect, no monitor event), so it closes at once.
+    /// 4.3.4: no connect, no monitor event), so it closes at once. (That stall may well
+    /// have been the blocked monitor send [`SilenceMonitor`] prevents.)
     fn abandon(&mut self, dealer: &zmq::Socket, end: SessionEnd) -> SessionEnd {
         self.set_registered(false);
         if self.pair {
@@ -451,6 +460,28 @@ fn send_result(dealer: &zmq::Socket, head: &[u8], body: &[u8]) {
 }
 
 /// Sends one worker-protocol message without blocking (a lost heartbeat is harmless).
+/// Turns a DEALER's monitor off before the DEALER and its monitor's reader close.
+///
+/// libzmq (4.3.4) sends monitor events with a blocking send, from its I/O thread. Once the
+/// reader is closed, the next event of a socket still tearing down (a reconnect to a
+/// killed broker retried: `CONNECT_RETRIED`) blocks that send — and with it the context's
+/// I/O thread, for good: no socket of the worker connects again (seen as a worker that
+/// never reached the surviving broker of a pair). Re-pointing the monitor at a fresh
+/// endpoint with no events stops the old one under libzmq's monitor lock, and the new one
+/// never sends.
+struct SilenceMonitor<'a> {
+    dealer: &'a zmq::Socket,
+    endpoint: String,
+}
+
+impl Drop for SilenceMonitor<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.dealer.monitor(&self.endpoint, 0) {
+            tracing::warn!(error = %e, "could not turn the broker connection's monitor off");
+        }
+    }
+}
+
 fn send<T: serde::Serialize>(dealer: &zmq::Socket, cmd: wp::Command, header: &T, body: &[u8]) {
     let r = dealer
         .send(wp::encode(cmd, header), zmq::SNDMORE | zmq::DONTWAIT)
