@@ -50,6 +50,8 @@ pub struct Relay {
     xsub: zmq::Socket,
     xpub: zmq::Socket,
     monitor: zmq::Socket,
+    /// A fresh inproc endpoint the XPUB's monitor is re-pointed at, with no events, on drop.
+    monitor_off: String,
     heartbeat: Duration,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -61,6 +63,18 @@ pub struct Relay {
     pub xsub_endpoint: String,
     /// Bound XPUB endpoint.
     pub xpub_endpoint: String,
+}
+
+impl Drop for Relay {
+    /// Turns the XPUB's monitor off before the XPUB and the monitor's reader close:
+    /// libzmq (4.3.4) sends monitor events with a blocking send from its I/O thread, so an
+    /// event of the closing XPUB (a subscriber accepted or gone meanwhile) with the reader
+    /// gone would block that thread for good, and the broker's exit with it (the same
+    /// guard as the client's and the worker's). Re-monitoring with no events stops the old
+    /// monitor under libzmq's lock.
+    fn drop(&mut self) {
+        let _ = self.xpub.monitor(&self.monitor_off, 0);
+    }
 }
 
 impl Relay {
@@ -123,6 +137,7 @@ impl Relay {
             xsub,
             xpub,
             monitor,
+            monitor_off: format!("{monitor_ep}-off"),
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             limits: Limits {
                 per_subscriber: config.max_subscriptions_per_subscriber,
