@@ -3,11 +3,20 @@
 //!
 //! A call handed to the connection thread costs two thread wake-ups on top of the
 //! network's (the caller wakes the thread to send, the thread wakes the caller with the
-//! answer). When nobody else uses the connection, [`Driver::try_direct`] lets the caller
-//! take the sockets and run the connection's rounds on its own thread until its answer
-//! is in: same code, same timers, same failover — no hand-off. Calls other threads queue
-//! meanwhile are sent by the direct caller (it polls a wake-up of its own); when its answer
-//! comes it gives whatever is still in flight back to the connection thread.
+//! answer). So whoever needs the sockets and finds them free takes them: [`Driver::send`]
+//! puts a call on the wire from the caller's thread, and [`Driver::wait`] runs the
+//! connection's rounds on the waiting caller's thread until its answer is in — same code,
+//! same timers, same failover, no hand-off. A caller that finds the connection thread
+//! driving asks it to let go (one wake-up, then none for the rest of a pipeline); one that
+//! finds another caller driving waits for that caller to deliver its answer. Calls other
+//! threads queue meanwhile are sent by the caller driving (it polls a wake-up of its own).
+//!
+//! A caller done driving leaves calls still in flight "parked" (nobody drives; replies wait
+//! in the socket) when nobody waits for them: a pipelining caller is back within
+//! microseconds to send or wait again, and takes the sockets without a wake-up. The
+//! connection thread looks at least every [`MAX_POLL`] (every [`PARK_GRACE`] while calls
+//! are parked) and takes parked calls over when no caller has touched the sockets since
+//! its last look, so their timeouts, re-sends and failover run at most that much late.
 //!
 //! The sockets (inside [`Connection`]) are only ever used by their owner of the moment,
 //! recorded in [`Owner`] under a mutex; the hand-over of a ZeroMQ socket between threads
@@ -16,12 +25,19 @@
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::connection::{drain, Call, Connection, Round, MAX_POLL};
 use crate::{ClientError, Reply};
+
+/// How long parked calls may go undriven before the connection thread takes them.
+const PARK_GRACE: Duration = Duration::from_millis(5);
+
+/// Where a call's answer arrives.
+pub(crate) type Answer = Receiver<Result<Reply, ClientError>>;
 
 /// Who uses the sockets (and the calls in flight) now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +46,7 @@ enum Owner {
     Nobody,
     /// The connection thread.
     Thread,
-    /// A caller's thread, for a direct call.
+    /// A caller's thread, sending or waiting for its answer.
     Caller,
 }
 
@@ -39,6 +55,16 @@ struct State {
     /// A byte was written to the direct caller's wake-up since it last looked (at most
     /// one per look: a busy pipeline costs no system call per call).
     signalled: bool,
+    /// A caller waits for the connection thread to let go of the sockets.
+    want: bool,
+    /// Callers blocked on their answer while another caller drives: when it stops, the
+    /// connection thread takes over for them (a parked call has nobody to deliver it).
+    waiting: u32,
+    /// Nobody drives, yet calls are in flight (parked by the last caller).
+    parked: bool,
+    /// Counts callers taking and leaving the sockets: unchanged over a connection thread's
+    /// look, parked calls have been left alone that long.
+    touched: u64,
 }
 
 /// A socketpair used as a wake-up: handles write a byte, the driver polls the read end.
@@ -64,6 +90,8 @@ impl Wake {
 /// What the handles and the connection thread share.
 pub(crate) struct Driver {
     state: Mutex<State>,
+    /// Signalled whenever the connection thread lets go of the sockets.
+    released: Condvar,
     conn: Mutex<Connection>,
     /// The queue of calls handles hand over (the receiving end; handles hold the sender).
     calls: Receiver<Call>,
@@ -74,7 +102,7 @@ pub(crate) struct Driver {
     sleeping: AtomicBool,
     /// Wakes a direct caller (another call was queued).
     caller_wake: Wake,
-    /// Calls answered on their caller's thread.
+    /// Calls whose caller drove the connection until their answer came.
     pub direct_calls: AtomicU64,
 }
 
@@ -88,7 +116,12 @@ impl Driver {
             state: Mutex::new(State {
                 owner: Owner::Nobody,
                 signalled: false,
+                want: false,
+                waiting: 0,
+                parked: false,
+                touched: 0,
             }),
+            released: Condvar::new(),
             conn: Mutex::new(conn),
             calls,
             thread_wake: Wake::new()?,
@@ -98,8 +131,121 @@ impl Driver {
         })
     }
 
+    /// Puts `call` on the wire from this thread if nobody drives the connection and
+    /// nothing is queued before it, else queues it for whoever drives.
+    pub fn send(&self, queue: &Sender<Call>, call: Call) -> Result<(), ClientError> {
+        match self.take(false) {
+            Some(mut conn) => {
+                conn.start(call);
+                self.release(conn);
+                Ok(())
+            }
+            None => self.enqueue(queue, call),
+        }
+    }
+
+    /// Sends `call` and waits for its answer (see [`Driver::wait`]).
+    pub fn call(
+        &self,
+        queue: &Sender<Call>,
+        call: Call,
+        answer: &Answer,
+    ) -> Result<Reply, ClientError> {
+        match self.take(false) {
+            Some(mut conn) => {
+                conn.start(call);
+                self.drive(conn, answer)
+            }
+            None => {
+                self.enqueue(queue, call)?;
+                self.wait(answer)
+            }
+        }
+    }
+
+    /// Waits for a call's answer, driving the connection on this thread whenever nobody
+    /// else does.
+    pub fn wait(&self, answer: &Answer) -> Result<Reply, ClientError> {
+        loop {
+            match answer.try_recv() {
+                Ok(r) => return r,
+                Err(TryRecvError::Disconnected) => return Err(ClientError::Closed),
+                Err(TryRecvError::Empty) => {}
+            }
+            let mut st = lock(&self.state);
+            match st.owner {
+                Owner::Nobody => {
+                    drop(st);
+                    // Calls queued before are sent by the rounds, in order.
+                    if let Some(conn) = self.take(true) {
+                        return self.drive(conn, answer);
+                    }
+                }
+                Owner::Thread => {
+                    if !std::mem::replace(&mut st.want, true) {
+                        self.thread_wake.signal();
+                    }
+                    while st.owner == Owner::Thread {
+                        st = self.released.wait(st).unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+                Owner::Caller => {
+                    // That caller delivers this answer, or hands over to the thread
+                    // (seeing us wait) before it stops.
+                    st.waiting += 1;
+                    drop(st);
+                    let r = answer.recv().unwrap_or(Err(ClientError::Closed));
+                    lock(&self.state).waiting -= 1;
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// Takes the sockets for this caller if nobody has them — and, unless `queued` is
+    /// allowed, nothing is queued (a call sent at once must not pass one queued before it).
+    fn take(&self, queued: bool) -> Option<MutexGuard<'_, Connection>> {
+        let stale = {
+            let mut st = lock(&self.state);
+            if st.owner != Owner::Nobody || (!queued && !self.calls.is_empty()) {
+                return None;
+            }
+            st.owner = Owner::Caller;
+            st.parked = false;
+            st.touched += 1;
+            std::mem::take(&mut st.signalled)
+        };
+        let conn = lock(&self.conn);
+        if stale {
+            drain(&self.caller_wake.rx);
+        }
+        Some(conn)
+    }
+
+    /// Runs rounds on this thread until `answer` is in, then lets go of the sockets.
+    fn drive(
+        &self,
+        mut conn: MutexGuard<'_, Connection>,
+        answer: &Answer,
+    ) -> Result<Reply, ClientError> {
+        let result = loop {
+            match answer.try_recv() {
+                Ok(r) => break r,
+                Err(TryRecvError::Disconnected) => break Err(ClientError::Closed),
+                Err(TryRecvError::Empty) => {}
+            }
+            let rearm = || lock(&self.state).signalled = false;
+            if conn.round(&self.caller_wake.rx, MAX_POLL, rearm) == Round::Failed {
+                conn.close();
+            }
+        };
+        self.direct_calls.fetch_add(1, Ordering::Relaxed);
+        self.release(conn);
+        result
+    }
+
     /// Queues `call` for whoever drives the connection and wakes it.
-    pub fn enqueue(&self, queue: &Sender<Call>, call: Call) -> Result<(), ClientError> {
+    fn enqueue(&self, queue: &Sender<Call>, call: Call) -> Result<(), ClientError> {
         let mut st = lock(&self.state);
         queue.send(call).map_err(|_| ClientError::Closed)?;
         if st.owner == Owner::Caller {
@@ -120,68 +266,49 @@ impl Driver {
         Ok(())
     }
 
-    /// Sends `call` and waits for its answer: on this thread if nobody else drives the
-    /// connection and nothing is queued before it, else through `queue` and whoever
-    /// drives it.
-    pub fn call(
-        &self,
-        queue: &Sender<Call>,
-        call: Call,
-        answer: &Receiver<Result<Reply, ClientError>>,
-    ) -> Result<Reply, ClientError> {
-        let stale = {
-            let mut st = lock(&self.state);
-            if st.owner != Owner::Nobody || !self.calls.is_empty() {
-                drop(st);
-                self.enqueue(queue, call)?;
-                return answer.recv().unwrap_or(Err(ClientError::Closed));
-            }
-            st.owner = Owner::Caller;
-            std::mem::take(&mut st.signalled)
-        };
-        let mut conn = lock(&self.conn);
-        if stale {
-            drain(&self.caller_wake.rx);
-        }
-        conn.start(call);
-        let result = loop {
-            if let Ok(r) = answer.try_recv() {
-                break r;
-            }
-            let rearm = || lock(&self.state).signalled = false;
-            if conn.round(&self.caller_wake.rx, MAX_POLL, rearm) == Round::Failed {
-                conn.close();
-            }
-        };
-        self.direct_calls.fetch_add(1, Ordering::Relaxed);
-        self.release(conn);
-        result
-    }
-
-    /// A direct caller gives the sockets back: to nobody, or to the connection thread if
-    /// calls of other threads are in flight or queued.
+    /// A caller gives the sockets back: to the connection thread if calls are queued or
+    /// others wait for answers in flight, else to nobody (parking what is in flight).
     fn release(&self, conn: MutexGuard<'_, Connection>) {
-        let busy = {
+        let to_thread = {
             let mut st = lock(&self.state);
-            let busy = !conn.is_idle() || !self.calls.is_empty();
-            st.owner = if busy { Owner::Thread } else { Owner::Nobody };
-            busy
+            let in_flight = !conn.is_idle();
+            let to_thread = !self.calls.is_empty() || (in_flight && st.waiting > 0);
+            st.owner = if to_thread {
+                Owner::Thread
+            } else {
+                Owner::Nobody
+            };
+            st.parked = in_flight && !to_thread;
+            st.touched += 1;
+            to_thread
         };
         drop(conn);
-        if busy {
+        if to_thread {
             self.thread_wake.signal();
         }
     }
 
-    /// The connection thread: drives the connection while calls are in flight, sleeps
-    /// while nobody needs it or a caller drives it; returns once every handle is gone and
-    /// every call is settled.
+    /// The connection thread lets go of the sockets (idle, asked to, or exiting).
+    fn let_go(&self, st: &mut State, in_flight: bool) {
+        st.owner = Owner::Nobody;
+        st.want = false;
+        st.parked = in_flight;
+        st.touched += 1;
+        self.released.notify_all();
+    }
+
+    /// The connection thread: drives the connection while calls are in flight and no
+    /// caller does, sleeps otherwise; returns once every handle is gone and every call
+    /// is settled.
     pub fn run(&self) {
+        let mut seen = None;
         loop {
-            if self.claim_for_thread() {
+            if self.claim_for_thread(&mut seen) {
                 let mut conn = lock(&self.conn);
                 if !self.serve(&mut conn) {
                     conn.close();
+                    drop(conn);
+                    self.let_go(&mut lock(&self.state), false);
                     return;
                 }
             }
@@ -189,26 +316,36 @@ impl Driver {
         }
     }
 
-    /// The thread takes the sockets unless a caller holds them. It takes them even with
-    /// nothing queued, for one round that reads monitor events and late answers.
-    fn claim_for_thread(&self) -> bool {
+    /// The thread takes the sockets unless a caller holds them, or parked calls were
+    /// touched by a caller since its last look (`seen`). It takes them even with nothing
+    /// in flight, for one round that reads monitor events and late answers.
+    fn claim_for_thread(&self, seen: &mut Option<u64>) -> bool {
         let mut st = lock(&self.state);
         match st.owner {
-            Owner::Caller => false,
+            Owner::Caller => {
+                *seen = Some(st.touched);
+                false
+            }
             Owner::Thread => true,
+            Owner::Nobody if st.parked && self.calls.is_empty() && *seen != Some(st.touched) => {
+                *seen = Some(st.touched);
+                false
+            }
             Owner::Nobody => {
                 st.owner = Owner::Thread;
+                st.parked = false;
                 true
             }
         }
     }
 
-    /// Rounds until nothing is in flight or queued, then gives the sockets to nobody;
-    /// false once every handle is gone (or polling failed) and nothing is in flight.
+    /// Rounds until nothing is in flight or queued, or a caller asks for the sockets,
+    /// then gives them to nobody; false once every handle is gone (or polling failed)
+    /// and nothing is in flight.
     fn serve(&self, conn: &mut Connection) -> bool {
         loop {
             let cap = if conn.is_idle() && self.calls.is_empty() {
-                std::time::Duration::ZERO
+                Duration::ZERO
             } else {
                 MAX_POLL
             };
@@ -220,29 +357,32 @@ impl Driver {
                 Round::Closed if conn.is_idle() => return false,
                 _ => {}
             }
-            if conn.is_idle() {
-                let mut st = lock(&self.state);
-                if self.calls.is_empty() {
-                    st.owner = Owner::Nobody;
-                    return true;
-                }
+            let mut st = lock(&self.state);
+            let idle = conn.is_idle() && self.calls.is_empty();
+            if idle || st.want {
+                self.let_go(&mut st, !conn.is_idle());
+                return true;
             }
         }
     }
 
-    /// Waits (at most [`MAX_POLL`]) for a wake-up byte, unless work is already visible.
+    /// Waits for a wake-up byte, unless work is already visible: at most [`PARK_GRACE`]
+    /// while calls are parked, else [`MAX_POLL`].
     fn sleep(&self) {
         self.sleeping.store(true, Ordering::SeqCst);
-        let work = {
+        let (work, watch) = {
             let st = lock(&self.state);
-            st.owner == Owner::Thread || (st.owner == Owner::Nobody && !self.calls.is_empty())
+            let work =
+                st.owner == Owner::Thread || (st.owner == Owner::Nobody && !self.calls.is_empty());
+            (work, st.parked)
         };
         if !work {
             let mut item = [zmq::PollItem::from_fd(
                 std::os::unix::io::AsRawFd::as_raw_fd(&self.thread_wake.rx),
                 zmq::POLLIN,
             )];
-            let _ = zmq::poll(&mut item, MAX_POLL.as_millis() as i64);
+            let wait = if watch { PARK_GRACE } else { MAX_POLL };
+            let _ = zmq::poll(&mut item, wait.as_millis() as i64);
         }
         self.sleeping.store(false, Ordering::SeqCst);
         drain(&self.thread_wake.rx);

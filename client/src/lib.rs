@@ -177,22 +177,26 @@ pub struct ClientStats {
     pub switches: u64,
     /// The endpoint requests go to now.
     pub endpoint: String,
-    /// Calls sent and answered on their caller's own thread ([`Client::call`] while no
-    /// other call was in flight), without a hand-off to the connection thread.
+    /// Calls answered on their caller's own thread: it drove the connection until its
+    /// answer came ([`Client::call`], or [`PendingCall::wait`] for an answer not in yet,
+    /// while no other thread drove it), without a hand-off to the connection thread.
     pub direct_calls: u64,
 }
 
 /// A call in flight; [`PendingCall::wait`] blocks for its answer.
 pub struct PendingCall {
     rx: Receiver<Result<Reply, ClientError>>,
+    driver: Arc<Driver>,
     /// The request id the call was sent with.
     pub id: RequestId,
 }
 
 impl PendingCall {
-    /// Blocks until the answer (the connection thread enforces the timeout).
+    /// Blocks until the answer (the timeout is enforced whoever drives the connection).
+    /// While nobody else drives it, this thread does: a pipeline waited on from one
+    /// thread costs no thread hand-off.
     pub fn wait(self) -> Result<Reply, ClientError> {
-        self.rx.recv().unwrap_or(Err(ClientError::Closed))
+        self.driver.wait(&self.rx)
     }
 }
 
@@ -272,10 +276,10 @@ impl Client {
         }
     }
 
-    /// Calls `service` and blocks for the answer. With no other call in flight on this
-    /// client the call is sent and answered on this thread (no hand-off to the connection
-    /// thread: two thread wake-ups fewer); otherwise it goes through the connection thread
-    /// like [`Client::send`]. Timeouts, re-sends and failover are the same either way.
+    /// Calls `service` and blocks for the answer. While no other thread drives this
+    /// client's connection the call is sent and answered on this thread (no hand-off to
+    /// the connection thread: two thread wake-ups fewer); otherwise it goes to whoever
+    /// drives it. Timeouts, re-sends and failover are the same either way.
     pub fn call(
         &self,
         service: &str,
@@ -286,7 +290,9 @@ impl Client {
         self.inner.driver.call(&self.inner.calls, call, &rx)
     }
 
-    /// Sends a call without waiting: pipeline many, then `wait` each.
+    /// Sends a call without waiting: pipeline many, then `wait` each. Sent from this
+    /// thread while no other thread drives the connection, else queued (in order) for
+    /// whoever does.
     pub fn send(
         &self,
         service: &str,
@@ -295,8 +301,12 @@ impl Client {
     ) -> Result<PendingCall, ClientError> {
         let (call, rx) = self.prepare(service, body, opts)?;
         let id = call.header.id;
-        self.inner.driver.enqueue(&self.inner.calls, call)?;
-        Ok(PendingCall { rx, id })
+        self.inner.driver.send(&self.inner.calls, call)?;
+        Ok(PendingCall {
+            rx,
+            driver: self.inner.driver.clone(),
+            id,
+        })
     }
 
     /// Checks and builds a call, with the channel its answer comes on.
