@@ -754,3 +754,32 @@ fn a_call_made_before_the_broker_starts_is_sent_when_it_is_up() {
         rmp_serde::from_slice(&reply.body).expect("a status reply");
     assert!(status.workers.is_empty(), "{status:?}");
 }
+
+/// A call sent and not waited on is still driven: with nobody waiting, the connection
+/// thread takes the parked call over and retries it until the broker is up, before
+/// anybody asks for its answer.
+#[test]
+fn a_parked_call_is_sent_in_the_background_while_nobody_waits() {
+    use tradeplex_client::{Client, ClientOptions};
+    let port = free_port();
+    let ep = format!("tcp://127.0.0.1:{port}");
+    let opts = ClientOptions::default().timeout(Duration::from_secs(20));
+    let client = Client::connect(&ep, opts).unwrap();
+    let pending = client
+        .send(
+            tradeplex_proto::mgmt::STATUS_SERVICE,
+            Vec::new(),
+            CallOptions::command(),
+        )
+        .unwrap();
+    let any = "tcp://127.0.0.1:*";
+    let broker = Broker::start_on(&ep, any, any, any, "127.0.0.1:0", &[]);
+    let answered = || {
+        // The broker's own services are counted under one label.
+        scrape(&broker.http).sum("tradeplex_requests_answered_total", &[("service", "tpx")])
+    };
+    wait_until(Duration::from_secs(10), "the parked call answered", || {
+        answered() >= 1.0
+    });
+    pending.wait().expect("its answer, read in the background");
+}
