@@ -5,13 +5,13 @@
 //! (`driver.rs`) — runs the same [`Connection::round`]; it sends to one broker at a time
 //! and follows the active one as `failover.rs` decides.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use rustc_hash::FxHashMap;
 use tradeplex_proto::client::{self as cp, RequestHeader};
 use tradeplex_proto::{ErrorCode, RequestId};
 
@@ -98,8 +98,12 @@ pub(crate) struct Connection {
     /// loop does not walk every pending call on every message.
     next_due: Option<Instant>,
     last_scan: Instant,
-    pending: HashMap<RequestId, Pending>,
+    /// Keyed by our own request ids (no untrusted keys), so a fast unkeyed hash.
+    pending: FxHashMap<RequestId, Pending>,
     max_body: usize,
+    /// Reused per message: the head frame of each request sent, the frames of each reply.
+    head: Vec<u8>,
+    frames: Frames,
 }
 
 impl Connection {
@@ -117,8 +121,10 @@ impl Connection {
             calls,
             next_due: None,
             last_scan: Instant::now(),
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
             max_body,
+            head: Vec::with_capacity(128),
+            frames: Frames::default(),
         }
     }
 
@@ -215,12 +221,13 @@ impl Connection {
     }
 
     /// Sends without blocking and schedules the next attempt.
-    fn try_send(&self, p: &mut Pending, now: Instant) {
+    fn try_send(&mut self, p: &mut Pending, now: Instant) {
         let at = self.failover.current();
+        let head = &mut self.head;
         let sent = self
             .links
             .get(at)
-            .is_some_and(|l| send_request(&l.dealer, &p.call));
+            .is_some_and(|l| send_request(&l.dealer, &p.call, head));
         if sent {
             p.sent = true;
             p.at = at;
@@ -332,21 +339,29 @@ impl Connection {
             let Some(link) = self.links.get(i) else {
                 return;
             };
-            let frames = match link.dealer.recv_multipart(zmq::DONTWAIT) {
-                Ok(f) => f,
+            match self.frames.recv(&link.dealer) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("message from broker with too many frames dropped");
+                    continue;
+                }
                 Err(_) => return,
-            };
-            match cp::decode(&frames) {
+            }
+            match cp::decode(self.frames.get()) {
                 Ok(cp::Message::Reply(h)) => {
-                    let body = frames.into_iter().nth(1).unwrap_or_default();
-                    let result = if body.len() > self.max_body {
+                    let body = self.frames.get().get(1).map_or(0, |b| b.len());
+                    let result = if body > self.max_body {
                         Err(ClientError::Decode(format!(
-                            "reply body {} bytes over limit",
-                            body.len()
+                            "reply body {body} bytes over limit"
                         )))
                     } else {
                         Ok(Reply {
-                            body,
+                            body: self
+                                .frames
+                                .get()
+                                .get(1)
+                                .map(|b| b.to_vec())
+                                .unwrap_or_default(),
                             worker: h.worker,
                         })
                     };
@@ -506,13 +521,14 @@ fn items(l: &Link) -> [zmq::PollItem<'_>; 2] {
     ]
 }
 
-/// Sends a request without blocking; false when the socket would block (no broker
-/// connection, or its queue is full). The connection thread must never block.
-fn send_request(dealer: &zmq::Socket, call: &Call) -> bool {
-    let head = cp::encode(cp::Command::Request, &call.header);
+/// Sends a request without blocking (its head encoded into `head`); false when the
+/// socket would block (no broker connection, or its queue is full). Whoever drives the
+/// connection must never block.
+fn send_request(dealer: &zmq::Socket, call: &Call, head: &mut Vec<u8>) -> bool {
+    cp::encode_into(head, cp::Command::Request, &call.header);
     // Only the first frame can refuse (EAGAIN); a multipart message is then queued whole.
     let r = dealer
-        .send(head, zmq::SNDMORE | zmq::DONTWAIT)
+        .send(&head[..], zmq::SNDMORE | zmq::DONTWAIT)
         .and_then(|_| dealer.send(&call.body[..], zmq::DONTWAIT));
     match r {
         Ok(()) => true,
@@ -521,5 +537,73 @@ fn send_request(dealer: &zmq::Socket, call: &Call) -> bool {
             tracing::warn!(error = %e, id = %call.header.id, "request not sent");
             false
         }
+    }
+}
+
+/// The frames of one received message, in ZeroMQ messages reused from one message to the
+/// next (no allocation of ours per reply). A message of more frames than any command has
+/// is read to its end and dropped.
+#[derive(Default)]
+struct Frames {
+    msgs: Vec<zmq::Message>,
+    len: usize,
+}
+
+impl Frames {
+    /// The most frames kept of one message (a client-protocol message has two; a third
+    /// is kept so the decoder names the error).
+    const MAX: usize = 3;
+
+    /// Receives the next message without blocking: Ok(false) if it had too many frames,
+    /// Err when none is waiting (or the socket failed).
+    fn recv(&mut self, socket: &zmq::Socket) -> zmq::Result<bool> {
+        self.len = 0;
+        loop {
+            if self.msgs.len() <= self.len.min(Self::MAX) {
+                self.msgs.push(zmq::Message::new());
+            }
+            let slot = self.len.min(Self::MAX);
+            let Some(msg) = self.msgs.get_mut(slot) else {
+                return Err(zmq::Error::EFAULT);
+            };
+            socket.recv(msg, zmq::DONTWAIT)?;
+            self.len += 1;
+            if !msg.get_more() {
+                return Ok(self.len <= Self::MAX);
+            }
+        }
+    }
+
+    /// The frames received last.
+    fn get(&self) -> &[zmq::Message] {
+        self.msgs.get(..self.len).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Frames;
+
+    #[test]
+    fn frames_are_reused_and_an_overlong_message_is_read_to_its_end_and_refused() {
+        let ctx = zmq::Context::new();
+        let (a, b) = (
+            ctx.socket(zmq::PAIR).unwrap(),
+            ctx.socket(zmq::PAIR).unwrap(),
+        );
+        a.bind("inproc://frames").unwrap();
+        b.connect("inproc://frames").unwrap();
+        let mut frames = Frames::default();
+        a.send_multipart(["1", "2", "3", "4", "5"], 0).unwrap();
+        a.send_multipart(["head", "body"], 0).unwrap();
+        a.send("alone", 0).unwrap();
+        assert_eq!(frames.recv(&b), Ok(false));
+        assert_eq!(frames.recv(&b), Ok(true));
+        let got: Vec<&[u8]> = frames.get().iter().map(|m| &m[..]).collect();
+        assert_eq!(got, [&b"head"[..], b"body"]);
+        assert_eq!(frames.recv(&b), Ok(true));
+        assert_eq!(frames.get().len(), 1);
+        assert_eq!(frames.recv(&b), Err(zmq::Error::EAGAIN));
+        assert!(frames.msgs.len() <= Frames::MAX + 1);
     }
 }

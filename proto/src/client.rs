@@ -233,6 +233,12 @@ pub fn encode<T: Serialize>(cmd: Command, header: &T) -> Vec<u8> {
     PROTOCOL.encode_head(cmd as u8, header)
 }
 
+/// [`encode`] into `buf` (cleared first): a sender that keeps one buffer allocates nothing
+/// per message.
+pub fn encode_into<T: Serialize>(buf: &mut Vec<u8>, cmd: Command, header: &T) {
+    PROTOCOL.encode_head_into(buf, cmd as u8, header)
+}
+
 /// An ERROR in the version-01 layout (`["TPXC01"][0x03][header][empty body]`): the answer
 /// to a message of that version, so an old client reads why it was refused.
 pub fn encode_v1_error(h: &ErrorHeader) -> [Vec<u8>; 4] {
