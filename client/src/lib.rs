@@ -1,7 +1,8 @@
 //! The Tradeplex client library for strategies: a cloneable [`Client`] handle over a
-//! background connection thread (a blocking [`Client::call`] made while nothing else is in
-//! flight is sent and answered on the caller's own thread instead: no hand-off, two thread
-//! wake-ups fewer per call). Many calls may be in flight at once from many threads;
+//! connection driven by whichever thread needs it — a caller sending ([`Client::send`]) or
+//! waiting for its answer ([`Client::call`], [`PendingCall::wait`]) while no other thread
+//! drives it does the work itself (no hand-off: two thread wake-ups fewer per call), a
+//! background connection thread the rest. Many calls may be in flight at once from many threads;
 //! each has a timeout; idempotent calls are re-sent when no answer comes (a broker
 //! restart loses what it held); the connection re-establishes itself (ZeroMQ reconnects).
 //! Given both endpoints of a broker pair (`tcp://h1:5555,tcp://h2:5555`) it follows the

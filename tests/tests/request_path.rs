@@ -731,7 +731,9 @@ fn a_call_to_an_unreachable_broker_is_unavailable_not_timeout() {
 }
 
 /// A call made before the broker is up is sent once it is (the send is retried until
-/// the deadline), and answered.
+/// the deadline), and answered. Nobody waits for it meanwhile, so the connection thread
+/// takes the parked call over and sends it in the background: the broker answers it
+/// before anybody asks for the answer.
 #[test]
 fn a_call_made_before_the_broker_starts_is_sent_when_it_is_up() {
     use tradeplex_client::{Client, ClientOptions};
@@ -748,31 +750,6 @@ fn a_call_made_before_the_broker_starts_is_sent_when_it_is_up() {
         )
         .unwrap();
     let any = "tcp://127.0.0.1:*";
-    let _broker = Broker::start_on(&ep, any, any, any, "127.0.0.1:0", &[]);
-    let reply = pending.wait().expect("answered once the broker is up");
-    let status: tradeplex_proto::mgmt::StatusReply =
-        rmp_serde::from_slice(&reply.body).expect("a status reply");
-    assert!(status.workers.is_empty(), "{status:?}");
-}
-
-/// A call sent and not waited on is still driven: with nobody waiting, the connection
-/// thread takes the parked call over and retries it until the broker is up, before
-/// anybody asks for its answer.
-#[test]
-fn a_parked_call_is_sent_in_the_background_while_nobody_waits() {
-    use tradeplex_client::{Client, ClientOptions};
-    let port = free_port();
-    let ep = format!("tcp://127.0.0.1:{port}");
-    let opts = ClientOptions::default().timeout(Duration::from_secs(20));
-    let client = Client::connect(&ep, opts).unwrap();
-    let pending = client
-        .send(
-            tradeplex_proto::mgmt::STATUS_SERVICE,
-            Vec::new(),
-            CallOptions::command(),
-        )
-        .unwrap();
-    let any = "tcp://127.0.0.1:*";
     let broker = Broker::start_on(&ep, any, any, any, "127.0.0.1:0", &[]);
     let answered = || {
         // The broker's own services are counted under one label.
@@ -781,5 +758,8 @@ fn a_parked_call_is_sent_in_the_background_while_nobody_waits() {
     wait_until(Duration::from_secs(10), "the parked call answered", || {
         answered() >= 1.0
     });
-    pending.wait().expect("its answer, read in the background");
+    let reply = pending.wait().expect("answered once the broker is up");
+    let status: tradeplex_proto::mgmt::StatusReply =
+        rmp_serde::from_slice(&reply.body).expect("a status reply");
+    assert!(status.workers.is_empty(), "{status:?}");
 }
