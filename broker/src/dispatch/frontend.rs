@@ -10,7 +10,7 @@ use tradeplex_proto::mgmt::{
 use tradeplex_proto::{ErrorCode, RequestId};
 
 use super::jobs::Job;
-use super::{Body, Clock, Dispatcher, Identity};
+use super::{Body, Clock, Dispatcher, Identity, Phase};
 use crate::risk;
 
 /// Most services tracked at once (registered ones plus ones waiting out a grace period).
@@ -132,7 +132,7 @@ impl Dispatcher {
 
     /// Why a request is refused before it is queued, if it is.
     fn admission_error(&self, clock: Clock, h: &RequestHeader) -> Option<(ErrorCode, String)> {
-        if self.shutting_down {
+        if self.phase != Phase::Serving {
             return Some((ErrorCode::Unavailable, "broker is shutting down".into()));
         }
         if h.deadline_ms <= clock.unix_ms {

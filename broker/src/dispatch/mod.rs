@@ -151,6 +151,18 @@ impl DispatchConfig {
     }
 }
 
+/// Where the broker is in its life: a shutdown refuses new requests first, then settles
+/// what is in flight and tells the workers to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Shutting down: new requests are refused `unavailable`.
+    Draining,
+    /// Everything in flight settled and workers told to go: a worker registering again
+    /// (in the broker's farewell) is told to go too.
+    Stopped,
+}
+
 /// The broker's dispatch state.
 pub struct Dispatcher {
     cfg: DispatchConfig,
@@ -166,10 +178,7 @@ pub struct Dispatcher {
     next_job: u64,
     use_counter: u64,
     next_heartbeat: Instant,
-    shutting_down: bool,
-    /// Set once the shutdown has settled everything in flight and told workers to go:
-    /// a worker registering again (in the broker's farewell) is told to go too.
-    stopped: bool,
+    phase: Phase,
     metrics: Arc<Metrics>,
     /// Per-request metric updates since the socket loop last flushed them.
     batch: MetricsBatch,
@@ -206,8 +215,7 @@ impl Dispatcher {
             clients: HashMap::default(),
             next_job: 1,
             use_counter: 0,
-            shutting_down: false,
-            stopped: false,
+            phase: Phase::Serving,
             metrics,
             batch,
             unknown_metrics,

@@ -9,7 +9,7 @@ use tradeplex_proto::worker::{self, ReadyHeader};
 use tradeplex_proto::{ErrorCode, JobId, ServiceName, WorkerId};
 
 use super::queue::ServiceQueue;
-use super::{Clock, Dispatcher, Identity, Out};
+use super::{Clock, Dispatcher, Identity, Out, Phase};
 use crate::metrics::ServiceMetrics;
 
 /// Why a worker leaves the registry.
@@ -73,7 +73,7 @@ pub(super) fn new_service(metrics: Rc<ServiceMetrics>) -> Service {
 
 impl Dispatcher {
     pub(super) fn on_ready(&mut self, clock: Clock, from: Identity, h: ReadyHeader) {
-        if self.stopped {
+        if self.phase == Phase::Stopped {
             self.disconnect(from, worker::REASON_SHUTTING_DOWN.into());
             return;
         }

@@ -4,12 +4,12 @@
 use tradeplex_proto::worker;
 use tradeplex_proto::{ErrorCode, JobId, WorkerId};
 
-use super::{Dispatcher, Identity};
+use super::{Dispatcher, Identity, Phase};
 
 impl Dispatcher {
     /// Stops accepting requests and answers every queued one `unavailable`.
     pub(crate) fn begin_shutdown(&mut self) {
-        self.shutting_down = true;
+        self.phase = Phase::Draining;
         let queued: Vec<JobId> = self
             .jobs
             .iter()
@@ -41,7 +41,7 @@ impl Dispatcher {
             let msg = "broker shut down with the request in flight: outcome unknown".to_string();
             self.finish(job_id, Err((ErrorCode::WorkerLost, msg)), worker);
         }
-        self.stopped = true;
+        self.phase = Phase::Stopped;
         let identities: Vec<Identity> = self.workers.keys().cloned().collect();
         for identity in identities {
             self.disconnect(identity, worker::REASON_SHUTTING_DOWN.into());
