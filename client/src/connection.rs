@@ -349,19 +349,15 @@ impl Connection {
             }
             match cp::decode(self.frames.get()) {
                 Ok(cp::Message::Reply(h)) => {
-                    let body = self.frames.get().get(1).map_or(0, |b| b.len());
-                    let result = if body > self.max_body {
+                    let body = self.frames.get().get(1).map_or(&[][..], |b| &b[..]);
+                    let result = if body.len() > self.max_body {
                         Err(ClientError::Decode(format!(
-                            "reply body {body} bytes over limit"
+                            "reply body {} bytes over limit",
+                            body.len()
                         )))
                     } else {
                         Ok(Reply {
-                            body: self
-                                .frames
-                                .get()
-                                .get(1)
-                                .map(|b| b.to_vec())
-                                .unwrap_or_default(),
+                            body: body.to_vec(),
                             worker: h.worker,
                         })
                     };
