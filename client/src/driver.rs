@@ -16,7 +16,8 @@
 //! microseconds to send or wait again, and takes the sockets without a wake-up. The
 //! connection thread looks at least every [`MAX_POLL`] (every [`PARK_GRACE`] while calls
 //! are parked) and takes parked calls over when no caller has touched the sockets since
-//! its last look, so their timeouts, re-sends and failover run at most that much late.
+//! its last look, so their timeouts, re-sends and failover run at most about
+//! [`MAX_POLL`] + [`PARK_GRACE`] late.
 //!
 //! The sockets (inside [`Connection`]) are only ever used by their owner of the moment,
 //! recorded in [`Owner`] under a mutex; the hand-over of a ZeroMQ socket between threads
@@ -106,6 +107,15 @@ pub(crate) struct Driver {
     pub direct_calls: AtomicU64,
 }
 
+/// The answer if it is in (`closed` if it never can be), without blocking.
+fn answered(answer: &Answer) -> Option<Result<Reply, ClientError>> {
+    match answer.try_recv() {
+        Ok(r) => Some(r),
+        Err(TryRecvError::Disconnected) => Some(Err(ClientError::Closed)),
+        Err(TryRecvError::Empty) => None,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -167,10 +177,8 @@ impl Driver {
     /// else does.
     pub fn wait(&self, answer: &Answer) -> Result<Reply, ClientError> {
         loop {
-            match answer.try_recv() {
-                Ok(r) => return r,
-                Err(TryRecvError::Disconnected) => return Err(ClientError::Closed),
-                Err(TryRecvError::Empty) => {}
+            if let Some(r) = answered(answer) {
+                return r;
             }
             let mut st = lock(&self.state);
             match st.owner {
@@ -229,10 +237,8 @@ impl Driver {
         answer: &Answer,
     ) -> Result<Reply, ClientError> {
         let result = loop {
-            match answer.try_recv() {
-                Ok(r) => break r,
-                Err(TryRecvError::Disconnected) => break Err(ClientError::Closed),
-                Err(TryRecvError::Empty) => {}
+            if let Some(r) = answered(answer) {
+                break r;
             }
             let rearm = || lock(&self.state).signalled = false;
             if conn.round(&self.caller_wake.rx, MAX_POLL, rearm) == Round::Failed {
