@@ -44,6 +44,24 @@ fn bad_json_is_refused() {
 }
 
 /// `--flag` words in `text`.
+/// z85 keys may start with `-` (about one in 85 does): such a key is a value, not a flag.
+#[test]
+fn a_curve_key_starting_with_a_hyphen_is_taken_as_the_key() {
+    let key = format!("-{}", "a".repeat(39));
+    let out = tradeplex(&[
+        "--curve-server-key",
+        &key,
+        "--curve-key-file",
+        "/nonexistent",
+        "call",
+        "echo",
+        "{}",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot read key file"), "{stderr}");
+}
+
 fn flags(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let mut rest = text;

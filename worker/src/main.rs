@@ -55,7 +55,8 @@ struct Args {
     #[arg(long)]
     journal_keep: Option<u32>,
     /// The broker's CURVE public key (z85); enables CURVE (with --curve-key-file).
-    #[arg(long, env = "TRADEPLEX_CURVE_SERVER_KEY")]
+    /// z85 keys may start with `-`, so such a value is taken as the key, not a flag.
+    #[arg(long, env = "TRADEPLEX_CURVE_SERVER_KEY", allow_hyphen_values = true)]
     curve_server_key: Option<String>,
     /// This worker's CURVE key file (from `tradeplex keygen`).
     #[arg(long, env = "TRADEPLEX_CURVE_KEY_FILE")]

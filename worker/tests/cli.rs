@@ -43,3 +43,22 @@ fn help_describes_each_flag_under_its_own_name() {
     assert!(log_level.contains("Log filter"), "{log_level}");
     assert!(log_level.contains("[default: info]"), "{log_level}");
 }
+
+/// z85 keys may start with `-` (about one in 85 does): such a key is a value, not a flag.
+#[test]
+fn a_curve_key_starting_with_a_hyphen_is_taken_as_the_key() {
+    let key = format!("-{}", "a".repeat(39));
+    let out = Command::new(env!("CARGO_BIN_EXE_tradeplex-worker"))
+        .args([
+            "--curve-server-key",
+            &key,
+            "--curve-key-file",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot read key file"), "{stderr}");
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
+}

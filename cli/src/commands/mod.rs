@@ -36,8 +36,14 @@ pub struct Args {
         global = true
     )]
     pub events: String,
-    /// The broker's CURVE public key (z85); enables CURVE.
-    #[arg(long, env = "TRADEPLEX_CURVE_SERVER_KEY", global = true)]
+    /// The broker's CURVE public key (z85); enables CURVE. z85 keys may start with `-`,
+    /// so such a value is taken as the key, not a flag.
+    #[arg(
+        long,
+        env = "TRADEPLEX_CURVE_SERVER_KEY",
+        global = true,
+        allow_hyphen_values = true
+    )]
     pub curve_server_key: Option<String>,
     /// Our CURVE key file (from `tradeplex keygen`), needed with --curve-server-key.
     #[arg(long, env = "TRADEPLEX_CURVE_KEY_FILE", global = true)]
