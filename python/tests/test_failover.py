@@ -12,7 +12,15 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import LIVENESS, PAIR_WINDOW_MS, BrokerPair, Cluster, pair_state, wait_for
+from conftest import (
+    HEARTBEAT_MS,
+    LIVENESS,
+    PAIR_WINDOW_MS,
+    BrokerPair,
+    Cluster,
+    pair_state,
+    wait_for,
+)
 from test_failures import _journal_ids
 
 import tradeplex
@@ -131,7 +139,10 @@ def test_kill9_of_the_active_broker_mid_order(cluster: Cluster) -> None:
         f"\nfailover (python client): kill -9 of the active broker -> first order placed "
         f"at the backup in {took * 1000:.0f} ms (pair window {PAIR_WINDOW_MS} ms)"
     )
-    assert took >= PAIR_WINDOW_MS / 1000  # the backup never takes over inside the window
+    # The backup never takes over inside the window, which runs from the last state
+    # message it heard: up to one heartbeat (plus a poll turn) before the kill — seen
+    # 1438 ms at a 1500 ms window (tests/tests/pair.rs allows the same).
+    assert took >= (PAIR_WINDOW_MS - 2 * HEARTBEAT_MS) / 1000
     assert query.result(10) == {"sleep_ms": 200, "mark": "query"}
     assert c.current_broker == pair.backup.frontend and c.stats["switches"] >= 1
     assert pair_state(pair.backup) == "active"
