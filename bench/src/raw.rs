@@ -52,8 +52,7 @@ impl Pipe for RawClientPipe {
         };
         self.next_id += 1;
         self.socket
-            .send(cp::encode(cp::Command::Request, &header), zmq::SNDMORE)?;
-        self.socket.send(body, 0)?;
+            .send(cp::encode(cp::Command::Request, &header, body), 0)?;
         Ok(())
     }
 
@@ -62,10 +61,14 @@ impl Pipe for RawClientPipe {
             .socket
             .recv_multipart(0)
             .map_err(|e| anyhow!("raw client reply: {e}"))?;
-        match cp::decode(&frames)? {
-            cp::Message::Reply(_) => Ok(frames.into_iter().nth(1).unwrap_or_default()),
-            cp::Message::Error(e) => bail!("{}: {}", e.name, e.message),
-            cp::Message::Request(_) => bail!("broker sent a request to a client"),
+        match cp::decode_answer(&frames)? {
+            (cp::Message::Reply(_), at) => Ok(frames
+                .first()
+                .and_then(|f| f.get(at..))
+                .unwrap_or_default()
+                .to_vec()),
+            (cp::Message::Error(e), _) => bail!("{}: {}", e.name, e.message),
+            (cp::Message::Request(_), _) => bail!("broker sent a request to a client"),
         }
     }
 }
@@ -99,10 +102,9 @@ fn send<T: serde::Serialize>(
     s: &zmq::Socket,
     cmd: wp::Command,
     header: &T,
-    body: zmq::Message,
+    body: &[u8],
 ) -> zmq::Result<()> {
-    s.send(wp::encode(cmd, header), zmq::SNDMORE)?;
-    s.send(body, 0)
+    s.send(wp::encode(cmd, header, body), 0)
 }
 
 /// READY, then echo every REQUEST inline, heartbeat every second, DISCONNECT at the end.
@@ -119,42 +121,31 @@ fn raw_worker(backend: &str, capacity: u32, stop: &AtomicBool) -> anyhow::Result
         capacity,
         session: 0,
     };
-    send(&s, wp::Command::Ready, &ready, zmq::Message::new())?;
+    send(&s, wp::Command::Ready, &ready, &[])?;
     let mut next_heartbeat = Instant::now() + HEARTBEAT;
-    let mut frames: Vec<zmq::Message> = (0..wp::FRAMES).map(|_| zmq::Message::new()).collect();
+    // One message received and one encoded, both reused: the bench's worker costs little.
+    let mut msg = zmq::Message::new();
+    let mut out = Vec::with_capacity(256);
     while !stop.load(Ordering::Relaxed) {
-        while s.recv(&mut frames[0], zmq::DONTWAIT).is_ok() {
-            let mut n = 1;
-            while frames[n - 1].get_more() {
-                if n == wp::FRAMES {
-                    bail!("raw worker: message of more than {} frames", wp::FRAMES);
-                }
-                s.recv(&mut frames[n], 0)?;
-                n += 1;
+        while s.recv(&mut msg, zmq::DONTWAIT).is_ok() {
+            if msg.get_more() {
+                bail!("raw worker: message of more than {} frame", wp::FRAMES);
             }
-            match wp::decode(&frames[..n])? {
-                wp::Message::Request(h) => {
-                    let body = std::mem::replace(&mut frames[1], zmq::Message::new());
-                    send(
-                        &s,
-                        wp::Command::Reply,
-                        &wp::ReplyHeader { job: h.job },
-                        body,
-                    )?;
+            match wp::decode(&[&msg[..]])? {
+                (wp::Message::Request(h), at) => {
+                    let body = msg.get(at..).unwrap_or_default();
+                    let reply = wp::ReplyHeader { job: h.job };
+                    wp::encode_into(&mut out, wp::Command::Reply, &reply, body);
+                    s.send(&out[..], 0)?;
                 }
-                wp::Message::Disconnect(_) => {
-                    send(&s, wp::Command::Ready, &ready, zmq::Message::new())?;
+                (wp::Message::Disconnect(_), _) => {
+                    send(&s, wp::Command::Ready, &ready, &[])?;
                 }
                 _ => {}
             }
         }
         if Instant::now() >= next_heartbeat {
-            send(
-                &s,
-                wp::Command::Heartbeat,
-                &HeartbeatHeader {},
-                zmq::Message::new(),
-            )?;
+            send(&s, wp::Command::Heartbeat, &HeartbeatHeader {}, &[])?;
             next_heartbeat = Instant::now() + HEARTBEAT;
         }
         s.poll(zmq::POLLIN, 50)?;
@@ -162,6 +153,6 @@ fn raw_worker(backend: &str, capacity: u32, stop: &AtomicBool) -> anyhow::Result
     let bye = DisconnectHeader {
         reason: "bench run over".into(),
     };
-    send(&s, wp::Command::Disconnect, &bye, zmq::Message::new())?;
+    send(&s, wp::Command::Disconnect, &bye, &[])?;
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! Frames held by reference count: a received frame can be delivered to a worker and still
-//! be kept for a re-dispatch (a refusal, an unreachable worker, a retry) without copying
-//! its bytes. The `zmq` crate's `Message` hides its `zmq_msg_t`, so `zmq_msg_copy` — which
+//! Frames held by reference count: a received message's body can be kept for a delivery
+//! and a re-dispatch (a refusal, an unreachable worker, a retry) without copying its bytes.
+//! A body is the tail of the frame it came in (after the protocol's head), so a `Body`
+//! is a frame and where in it the bytes it stands for start. The `zmq` crate's `Message` hides its `zmq_msg_t`, so `zmq_msg_copy` — which
 //! shares the buffer of a large message instead of copying it — is reached through
 //! `zmq-sys` here, in one small audited place.
 
@@ -8,9 +9,11 @@ use std::ops::Deref;
 
 use zmq_sys::zmq_msg_t;
 
-/// One message frame owned by the broker.
+/// One message frame owned by the broker, or its tail from `start` on.
 pub struct Body {
     msg: zmq_msg_t,
+    /// Where the bytes this body stands for start in `msg` (0: the whole frame).
+    start: usize,
 }
 
 // SAFETY: a `zmq_msg_t` is plain bytes plus, for large messages, a pointer to a buffer whose
@@ -29,27 +32,48 @@ impl Body {
         let mut msg = zmq_msg_t::default();
         // SAFETY: `msg` is fresh storage; zmq_msg_init cannot fail.
         unsafe { zmq_sys::zmq_msg_init(&mut msg) };
-        Body { msg }
+        Body { msg, start: 0 }
     }
 
     /// A frame holding a copy of `bytes` (for replies the broker builds itself).
     pub fn from_slice(bytes: &[u8]) -> Body {
+        Body::joined(bytes, &[])
+    }
+
+    /// A frame holding a copy of `head` followed by `tail`: one message built with one
+    /// allocation, handed to libzmq without another copy.
+    pub fn joined(head: &[u8], tail: &[u8]) -> Body {
+        let len = head.len() + tail.len();
         let mut msg = zmq_msg_t::default();
-        // SAFETY: `msg` is fresh storage; on success it owns `bytes.len()` writable bytes.
+        // SAFETY: `msg` is fresh storage; on success it owns `len` writable bytes, which
+        // the two copies fill exactly.
         unsafe {
-            if zmq_sys::zmq_msg_init_size(&mut msg, bytes.len()) != 0 {
+            if zmq_sys::zmq_msg_init_size(&mut msg, len) != 0 {
                 // Only ENOMEM fails here: the same outcome as a failed Vec allocation.
                 std::alloc::handle_alloc_error(
-                    std::alloc::Layout::array::<u8>(bytes.len())
-                        .unwrap_or(std::alloc::Layout::new::<u8>()),
+                    std::alloc::Layout::array::<u8>(len).unwrap_or(std::alloc::Layout::new::<u8>()),
                 );
             }
-            if !bytes.is_empty() {
+            if len > 0 {
                 let data = zmq_sys::zmq_msg_data(&mut msg) as *mut u8;
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
+                std::ptr::copy_nonoverlapping(head.as_ptr(), data, head.len());
+                std::ptr::copy_nonoverlapping(tail.as_ptr(), data.add(head.len()), tail.len());
             }
         }
-        Body { msg }
+        Body { msg, start: 0 }
+    }
+
+    /// This frame from byte `start` on (a message's body after its head); a `start` past
+    /// the end leaves an empty body.
+    pub fn tail_from(mut self, start: usize) -> Body {
+        self.start = start.min(self.frame_len());
+        self
+    }
+
+    /// The whole frame's length, `start` ignored.
+    fn frame_len(&self) -> usize {
+        // SAFETY: `msg` is initialised; zmq_msg_size only reads it.
+        unsafe { zmq_sys::zmq_msg_size(&self.msg) }
     }
 
     /// Another handle on the same bytes: libzmq bumps a reference count for a large
@@ -59,6 +83,7 @@ impl Body {
         // SAFETY: both messages are initialised; zmq_msg_copy only fails (EFAULT) for an
         // invalid message, which a `Body` never holds.
         unsafe { zmq_sys::zmq_msg_copy(&mut copy.msg, &mut self.msg) };
+        copy.start = self.start;
         copy
     }
 
@@ -66,6 +91,7 @@ impl Body {
     pub fn recv(&mut self, socket: &mut zmq::Socket, flags: i32) -> zmq::Result<()> {
         // SAFETY: the socket pointer is live for the borrow; `msg` is initialised.
         let rc = unsafe { zmq_sys::zmq_msg_recv(&mut self.msg, socket.as_mut_ptr(), flags) };
+        self.start = 0;
         if rc == -1 {
             return Err(last_error());
         }
@@ -92,8 +118,12 @@ impl Body {
         unsafe { std::ffi::CStr::from_ptr(p) }.to_str().ok()
     }
 
-    /// Sends this frame on `socket` (consumed whether or not the send succeeds).
+    /// Sends this frame on `socket` (consumed whether or not the send succeeds); a tail
+    /// is sent as a copy of its bytes.
     pub fn send(mut self, socket: &mut zmq::Socket, flags: i32) -> zmq::Result<()> {
+        if self.start > 0 {
+            return Body::from_slice(&self).send(socket, flags);
+        }
         // SAFETY: on success libzmq takes the content and leaves `msg` empty, which Drop
         // then closes; on failure `msg` is unchanged and Drop releases it.
         let rc = unsafe { zmq_sys::zmq_msg_send(&mut self.msg, socket.as_mut_ptr(), flags) };
@@ -123,13 +153,14 @@ impl Deref for Body {
     fn deref(&self) -> &[u8] {
         // SAFETY: `msg` is initialised; zmq_msg_size/zmq_msg_data only read it. An empty
         // message may have a null data pointer, which a slice must not be built from.
+        // `start` is at most the frame's length (`tail_from`, `recv` keep it so).
         unsafe {
             let len = zmq_sys::zmq_msg_size(&self.msg);
-            if len == 0 {
+            if len <= self.start {
                 return &[];
             }
             let data = zmq_sys::zmq_msg_data(&self.msg as *const zmq_msg_t as *mut zmq_msg_t);
-            std::slice::from_raw_parts(data as *const u8, len)
+            std::slice::from_raw_parts((data as *const u8).add(self.start), len - self.start)
         }
     }
 }
@@ -178,6 +209,27 @@ mod tests {
             got.recv(&mut b, 0).unwrap();
             assert_eq!(&got[..], &bytes[..]);
         }
+    }
+
+    #[test]
+    fn a_tail_is_the_bytes_after_its_start_and_sent_alone() {
+        let ctx = zmq::Context::new();
+        let mut a = ctx.socket(zmq::PAIR).unwrap();
+        let mut b = ctx.socket(zmq::PAIR).unwrap();
+        a.bind("inproc://body-tail-test").unwrap();
+        b.connect("inproc://body-tail-test").unwrap();
+        let frame: Vec<u8> = (0..100u8).collect();
+        let mut tail = Body::from_slice(&frame).tail_from(60);
+        assert_eq!(&tail[..], &frame[60..]);
+        let shared = tail.share();
+        assert_eq!(&shared[..], &frame[60..]);
+        shared.send(&mut a, 0).unwrap();
+        let mut got = Body::new();
+        got.recv(&mut b, 0).unwrap();
+        assert_eq!(&got[..], &frame[60..]);
+        assert!(Body::from_slice(&frame).tail_from(500).is_empty());
+        let joined = Body::joined(b"head", b"-tail");
+        assert_eq!(&joined[..], b"head-tail");
     }
 
     #[test]

@@ -611,21 +611,24 @@ impl Loop {
         } else {
             client::decode(rest)
         };
-        if let Ok(client::Message::Request(h)) = &decoded {
+        if let Ok((client::Message::Request(h), _)) = &decoded {
             if self.pair_refuses_request(&identity, h) {
                 return;
             }
         }
         match decoded {
-            Ok(client::Message::Request(h)) => {
-                let body = self.frames.take(2);
+            Ok((client::Message::Request(h), body_start)) => {
+                // Who the caller is before the frame is taken: it carries the connection's
+                // properties.
+                let caller = self.caller(&h);
+                let body = self.frames.take(1).tail_from(body_start);
                 if body.len() > self.max_body {
                     let msg = format!("body is {} bytes, limit {}", body.len(), self.max_body);
                     self.bad_input("frontend", "too_large", &msg);
                     self.dispatcher
                         .reject_client(identity, h.id, ErrorCode::TooLarge, msg);
                 } else {
-                    match self.caller(&h) {
+                    match caller {
                         Ok(caller) => self
                             .dispatcher
                             .on_request_from(clock, identity, &caller, h, body),
@@ -642,8 +645,8 @@ impl Loop {
             }
             Err(e) => {
                 self.bad_input("frontend", e.reason(), &e.to_string());
-                if self.is_v1(client::V1_FRAME) {
-                    self.answer_v1_client(&identity);
+                if let Some(old) = self.old_layout(client::V1_FRAME, client::V2_ID) {
+                    self.answer_old_client(&identity, old);
                     return;
                 }
                 let id = self.salvage_id();
@@ -690,33 +693,57 @@ impl Loop {
             .reject_client(identity, id, ErrorCode::Forbidden, r.message);
     }
 
-    /// The request id of a message that failed to decode, if its head frame has one.
+    /// The request id of a message that failed to decode, if it has one.
     fn salvage_id(&self) -> tradeplex_proto::RequestId {
-        // Frame 0 is the ROUTER identity, so the head is frame 1.
-        let head = self.frames.as_slice().get(1).map_or(&[][..], |f| &f[..]);
-        client::salvage_id(head)
+        // Frame 0 is the ROUTER identity, so the message is frame 1.
+        let message = self.frames.as_slice().get(1).map_or(&[][..], |f| &f[..]);
+        client::salvage_id(message)
     }
 
-    /// Whether the message read is in the version-01 layout (its frame after the routing
-    /// id is exactly that version's protocol id).
-    fn is_v1(&self, v1: &[u8]) -> bool {
-        self.frames.as_slice().get(1).is_some_and(|f| &f[..] == v1)
+    /// The older version's layout the message read is in, if any: its frame after the
+    /// routing id is exactly version 01's id, or starts with version 02's.
+    fn old_layout(&self, v1: &[u8], v2: &[u8]) -> Option<OldLayout> {
+        let first = self.frames.as_slice().get(1)?;
+        if &first[..] == v1 {
+            Some(OldLayout::V1)
+        } else if first.starts_with(v2) {
+            Some(OldLayout::V2)
+        } else {
+            None
+        }
     }
 
-    /// Answers a version-01 client in its own layout, so it reads `unsupported_version`
-    /// (and its request's id) instead of a message it cannot decode.
-    fn answer_v1_client(&mut self, to: &[u8]) {
-        // Version 01 carried the header in frame 2 (frame 3 after the routing id).
-        let header = self.frames.as_slice().get(3).map_or(&[][..], |f| &f[..]);
-        let id = client::salvage_id_from_header(header);
+    /// The header of a message in an old layout: version 01 carried it in frame 2 (frame
+    /// 3 after the routing id), version 02 in its head frame after id and command.
+    fn old_header(&self, old: OldLayout) -> &[u8] {
+        let frames = self.frames.as_slice();
+        let (frame, from) = match old {
+            OldLayout::V1 => (frames.get(3), 0),
+            OldLayout::V2 => (frames.get(1), client::V2_ID.len() + 1),
+        };
+        frame.and_then(|f| f.get(from..)).unwrap_or(&[])
+    }
+
+    /// Answers an old client in its own layout, so it reads `unsupported_version` (and its
+    /// request's id) instead of a message it cannot decode.
+    fn answer_old_client(&mut self, to: &[u8], old: OldLayout) {
+        let id = client::salvage_id_from_header(self.old_header(old));
         let message = format!(
-            "this broker speaks {}; the client speaks TPXC01: upgrade it",
-            std::str::from_utf8(client::PROTOCOL.frame).unwrap_or("TPXC02")
+            "this broker speaks {}; the client speaks {}: upgrade it",
+            std::str::from_utf8(client::PROTOCOL.frame).unwrap_or("TPXC03"),
+            old.version("TPXC")
         );
         let h = client::ErrorHeader::new(id, ErrorCode::UnsupportedVersion, message);
-        let frames = client::encode_v1_error(&h);
-        if let Err(e) = wire::send_frames(&mut self.frontend, to, &frames) {
-            tracing::debug!(error = %e, "answer to a version-01 client not sent");
+        let sent = match old {
+            OldLayout::V1 => {
+                wire::send_frames(&mut self.frontend, to, &client::encode_v1_error(&h))
+            }
+            OldLayout::V2 => {
+                wire::send_frames(&mut self.frontend, to, &client::encode_v2_error(&h))
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "answer to an old client not sent");
         }
     }
 
@@ -735,8 +762,8 @@ impl Loop {
             worker::decode(rest)
         };
         match decoded {
-            Ok(worker::Message::Reply(h)) => {
-                let body = self.frames.take(2);
+            Ok((worker::Message::Reply(h), body_start)) => {
+                let body = self.frames.take(1).tail_from(body_start);
                 if body.len() > self.max_body {
                     let msg = format!(
                         "reply body is {} bytes, limit {}",
@@ -756,7 +783,7 @@ impl Loop {
                         .on_worker(clock, identity, worker::Message::Reply(h), body);
                 }
             }
-            Ok(msg) => {
+            Ok((msg, _)) => {
                 if !(matches!(msg, worker::Message::Ready(_)) && self.pair_refuses_ready(&identity))
                 {
                     self.dispatcher
@@ -774,8 +801,8 @@ impl Loop {
                 // Answer the sender too (rate-limited: a peer that resends whatever it is
                 // refused must not turn the backend into a ping-pong).
                 if self.backend_refusals.allow().is_some() {
-                    if self.is_v1(worker::V1_FRAME) {
-                        self.answer_v1_worker(&identity);
+                    if let Some(old) = self.old_layout(worker::V1_FRAME, worker::V2_ID) {
+                        self.answer_old_worker(&identity, old);
                     } else {
                         self.dispatcher
                             .refuse_worker_message(identity, e.code(), &detail);
@@ -785,17 +812,26 @@ impl Loop {
         }
     }
 
-    /// Refuses a version-01 worker's message with a DISCONNECT in its own layout: it
-    /// reads a refusal (`unsupported_version: …`) and logs it.
-    fn answer_v1_worker(&mut self, to: &[u8]) {
+    /// Refuses an old worker's message with a DISCONNECT in its own layout: it reads a
+    /// refusal (`unsupported_version: …`) and logs it.
+    fn answer_old_worker(&mut self, to: &[u8], old: OldLayout) {
         let reason = format!(
-            "{}: this broker speaks {}; the worker speaks TPXW01: upgrade it",
+            "{}: this broker speaks {}; the worker speaks {}: upgrade it",
             ErrorCode::UnsupportedVersion.name(),
-            std::str::from_utf8(worker::PROTOCOL.frame).unwrap_or("TPXW02")
+            std::str::from_utf8(worker::PROTOCOL.frame).unwrap_or("TPXW03"),
+            old.version("TPXW")
         );
-        let frames = worker::encode_v1_disconnect(&worker::DisconnectHeader { reason });
-        if let Err(e) = wire::send_frames(&mut self.backend, to, &frames) {
-            tracing::debug!(error = %e, "answer to a version-01 worker not sent");
+        let h = worker::DisconnectHeader { reason };
+        let sent = match old {
+            OldLayout::V1 => {
+                wire::send_frames(&mut self.backend, to, &worker::encode_v1_disconnect(&h))
+            }
+            OldLayout::V2 => {
+                wire::send_frames(&mut self.backend, to, &worker::encode_v2_disconnect(&h))
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "answer to an old worker not sent");
         }
     }
 
@@ -914,7 +950,7 @@ impl Loop {
         body: Body,
     ) {
         client::PROTOCOL.encode_head_into(&mut self.head, cmd as u8, header);
-        if let Err(e) = wire::send_routed(&mut self.frontend, to, &self.head, body) {
+        if let Err(e) = wire::send_routed(&mut self.frontend, to, &self.head, &body) {
             // The client is gone or not reading; its reply is dropped.
             tracing::debug!(error = %e, "reply to client not sent");
         }
@@ -928,7 +964,26 @@ impl Loop {
         body: Body,
     ) -> zmq::Result<()> {
         worker::PROTOCOL.encode_head_into(&mut self.head, cmd as u8, header);
-        wire::send_routed(&mut self.backend, to, &self.head, body)
+        wire::send_routed(&mut self.backend, to, &self.head, &body)
+    }
+}
+
+/// An older protocol version's layout, answered in kind (`unsupported_version`).
+#[derive(Debug, Clone, Copy)]
+enum OldLayout {
+    /// Version 01: id, command, header and body in four frames.
+    V1,
+    /// Version 02: a head frame (id, command, header) and a body frame.
+    V2,
+}
+
+impl OldLayout {
+    /// The old protocol id, e.g. `TPXC01`, for the refusal's message.
+    fn version(self, name: &str) -> String {
+        match self {
+            OldLayout::V1 => format!("{name}01"),
+            OldLayout::V2 => format!("{name}02"),
+        }
     }
 }
 

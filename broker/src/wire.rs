@@ -70,17 +70,17 @@ impl Frames {
     }
 }
 
-/// Sends `[to][head][body]` on a ROUTER without blocking (the request protocols' layout:
-/// the head frame holds protocol id, command byte and header).
+/// Sends `[to][head body]` on a ROUTER without blocking: the request protocols' one-frame
+/// layout, the head (protocol id, command byte, header length, header) and the body
+/// copied into one message.
 pub fn send_routed(
     socket: &mut zmq::Socket,
     to: &[u8],
     head: &[u8],
-    body: Body,
+    body: &[u8],
 ) -> zmq::Result<()> {
     socket.send(to, zmq::SNDMORE | zmq::DONTWAIT)?;
-    socket.send(head, zmq::SNDMORE | zmq::DONTWAIT)?;
-    body.send(socket, zmq::DONTWAIT)
+    Body::joined(head, body).send(socket, zmq::DONTWAIT)
 }
 
 /// Sends `[to]` and then `frames` on a ROUTER without blocking (the version-01 answers).

@@ -101,7 +101,7 @@ pub(crate) struct Connection {
     /// Keyed by our own request ids (no untrusted keys), so a fast unkeyed hash.
     pending: FxHashMap<RequestId, Pending>,
     max_body: usize,
-    /// Reused per message: the head frame of each request sent, the frames of each reply.
+    /// Reused per message: each request as it is sent, the frames of each reply.
     head: Vec<u8>,
     frames: Frames,
 }
@@ -347,9 +347,10 @@ impl Connection {
                 }
                 Err(_) => return,
             }
-            match cp::decode(self.frames.get()) {
-                Ok(cp::Message::Reply(h)) => {
-                    let body = self.frames.get().get(1).map_or(&[][..], |b| &b[..]);
+            match cp::decode_answer(self.frames.get()) {
+                Ok((cp::Message::Reply(h), body_start)) => {
+                    let frame = self.frames.get().first().map_or(&[][..], |f| &f[..]);
+                    let body = frame.get(body_start..).unwrap_or(&[]);
                     let result = if body.len() > self.max_body {
                         Err(ClientError::Decode(format!(
                             "reply body {} bytes over limit",
@@ -363,13 +364,13 @@ impl Connection {
                     };
                     self.answer(h.id, result);
                 }
-                Ok(cp::Message::Error(h))
+                Ok((cp::Message::Error(h), _))
                     if self.failover.is_pair()
                         && failover::is_passive_refusal(h.code, &h.message) =>
                 {
                     self.on_passive_refusal(i, h.id);
                 }
-                Ok(cp::Message::Error(h)) => {
+                Ok((cp::Message::Error(h), _)) => {
                     let err = ClientError::Remote {
                         code: ErrorCode::from_u16(h.code),
                         name: h.name,
@@ -378,7 +379,9 @@ impl Connection {
                     };
                     self.answer(h.id, Err(err));
                 }
-                Ok(cp::Message::Request(_)) => tracing::warn!("broker sent a REQUEST to a client"),
+                Ok((cp::Message::Request(_), _)) => {
+                    tracing::warn!("broker sent a REQUEST to a client")
+                }
                 Err(e) => tracing::warn!(error = %e, "bad message from broker"),
             }
         }
@@ -517,16 +520,12 @@ fn items(l: &Link) -> [zmq::PollItem<'_>; 2] {
     ]
 }
 
-/// Sends a request without blocking (its head encoded into `head`); false when the
-/// socket would block (no broker connection, or its queue is full). Whoever drives the
-/// connection must never block.
-fn send_request(dealer: &zmq::Socket, call: &Call, head: &mut Vec<u8>) -> bool {
-    cp::encode_into(head, cp::Command::Request, &call.header);
-    // Only the first frame can refuse (EAGAIN); a multipart message is then queued whole.
-    let r = dealer
-        .send(&head[..], zmq::SNDMORE | zmq::DONTWAIT)
-        .and_then(|_| dealer.send(&call.body[..], zmq::DONTWAIT));
-    match r {
+/// Sends a request without blocking (the whole message encoded into `buf`); false when
+/// the socket would block (no broker connection, or its queue is full). Whoever drives
+/// the connection must never block.
+fn send_request(dealer: &zmq::Socket, call: &Call, buf: &mut Vec<u8>) -> bool {
+    cp::encode_into(buf, cp::Command::Request, &call.header, &call.body);
+    match dealer.send(&buf[..], zmq::DONTWAIT) {
         Ok(()) => true,
         Err(zmq::Error::EAGAIN) => false,
         Err(e) => {
@@ -546,8 +545,8 @@ struct Frames {
 }
 
 impl Frames {
-    /// The most frames kept of one message (a client-protocol message has two; a third
-    /// is kept so the decoder names the error).
+    /// The most frames kept of one message (a client-protocol message has one, an old
+    /// broker's refusal two; a third is kept so the decoder names the error).
     const MAX: usize = 3;
 
     /// Receives the next message without blocking: Ok(false) if it had too many frames,

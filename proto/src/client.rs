@@ -1,30 +1,34 @@
-//! Client <-> broker messages on the frontend socket (protocol `TPXC02`).
+//! Client <-> broker messages on the frontend socket (protocol `TPXC03`).
 //!
-//! Two frames, as the client's DEALER sends and receives them (the broker's ROUTER adds
-//! and strips one identity frame in front):
-//! `["TPXC02" command:1 byte header:MessagePack map][body]` — the head frame carries the
-//! protocol id, the command and the header, so a message costs two frames, not four.
-//! Version 01 sent the same three fields as three frames; the broker answers it with an
-//! `unsupported_version` ERROR in the old layout ([`encode_v1_error`]), which an old client
-//! can read.
+//! One frame per message, as the client's DEALER sends and receives it (the broker's
+//! ROUTER adds and strips one identity frame in front):
+//! `"TPXC03" command:1 byte header length:2 bytes big-endian header:MessagePack map body`.
+//! One frame, not two, because CURVE encrypts every frame on its own and libzmq's I/O
+//! threads pay per frame (docs/performance.md). The broker answers the older versions
+//! with an `unsupported_version` ERROR in their own layout ([`encode_v1_error`],
+//! [`encode_v2_error`]), which an old client can read; [`decode_answer`] reads such an
+//! answer from an old broker.
 
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, Protocol};
 use crate::{ErrorCode, ProtoError, RequestId, ServiceName, WorkerId};
 
-/// The protocol id that starts every client message's head frame.
+/// The protocol id that starts every client message.
 pub const PROTOCOL: Protocol = Protocol {
     name: "TPXC",
-    version: "02",
-    frame: b"TPXC02",
+    version: "03",
+    frame: b"TPXC03",
 };
 
-/// Frames in every client message: head, body.
-pub const FRAMES: usize = 2;
+/// Frames in every client message.
+pub const FRAMES: usize = 1;
 
 /// Frame 0 of a version-01 message, answered with [`encode_v1_error`].
 pub const V1_FRAME: &[u8] = b"TPXC01";
+
+/// The first 6 bytes of a version-02 message, answered with [`encode_v2_error`].
+pub const V2_ID: &[u8] = b"TPXC02";
 
 /// Longest affinity key accepted, in bytes.
 pub const MAX_AFFINITY: usize = 128;
@@ -40,7 +44,7 @@ pub fn valid_client_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// The command byte (the head frame's byte 6).
+/// The command byte (byte 6 of a message).
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -151,7 +155,7 @@ impl ErrorHeader {
     }
 }
 
-/// A decoded client message; its body is frame 1 of the same message.
+/// A decoded client message; its body is the rest of the frame (see [`decode`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// A request.
@@ -162,22 +166,44 @@ pub enum Message {
     Error(ErrorHeader),
 }
 
-/// Decodes a client message's head (frames after the ROUTER identity: head, body).
-pub fn decode<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<Message, ProtoError> {
-    let (cmd, header) = PROTOCOL.split_head(frame::frame(frames, 0, FRAMES)?)?;
+/// Decodes a client message (the frames after the ROUTER identity): the message and
+/// where its body starts in frame 0. The protocol id is checked before the frame count,
+/// so an old version's message is `unsupported_version` whatever its layout.
+pub fn decode<F: std::ops::Deref<Target = [u8]>>(
+    frames: &[F],
+) -> Result<(Message, usize), ProtoError> {
+    let first = frame::frame(frames, 0, FRAMES)?;
+    PROTOCOL.check_id(first)?;
     frame::expect_frames(frames, FRAMES)?;
-    let cmd = Command::from_byte(cmd)?;
-    match cmd {
+    let parts = PROTOCOL.split(first)?;
+    let header = parts.header;
+    let message = match Command::from_byte(parts.command)? {
         Command::Request => {
             let h = frame::decode_header_quick(header, crate::quick::client_request)?;
             validate_request(&h)?;
-            Ok(Message::Request(h))
+            Message::Request(h)
         }
-        Command::Reply => Ok(Message::Reply(frame::decode_header_quick(
+        Command::Reply => Message::Reply(frame::decode_header_quick(
             header,
             crate::quick::client_reply,
-        )?)),
-        Command::Error => Ok(Message::Error(frame::decode_header(header)?)),
+        )?),
+        Command::Error => Message::Error(frame::decode_header(header)?),
+    };
+    Ok((message, parts.body_start))
+}
+
+/// [`decode`] for a client reading the broker's answer: an older broker answers this
+/// version with an `unsupported_version` ERROR in its own layout (version 02: two frames,
+/// `["TPXC02" 0x03 header][]`), read here as that error so the call fails with it.
+pub fn decode_answer<F: std::ops::Deref<Target = [u8]>>(
+    frames: &[F],
+) -> Result<(Message, usize), ProtoError> {
+    match frames {
+        [head, _] if head.starts_with(V2_ID) && head.get(V2_ID.len()) == Some(&3) => {
+            let header = head.get(V2_ID.len() + 1..).unwrap_or(&[]);
+            Ok((Message::Error(frame::decode_header(header)?), 0))
+        }
+        _ => decode(frames),
     }
 }
 
@@ -207,13 +233,18 @@ fn validate_request(h: &RequestHeader) -> Result<(), ProtoError> {
     Ok(())
 }
 
-/// Best-effort read of a request id from a head frame that failed to decode, so the error
-/// reply can still name the request.
-pub fn salvage_id(head: &[u8]) -> RequestId {
-    salvage_id_from_header(head.get(frame::HEAD_PREFIX..).unwrap_or(&[]))
+/// Best-effort read of a request id from a message that failed to decode (read in this
+/// version's layout), so the error reply can still name the request.
+pub fn salvage_id(message: &[u8]) -> RequestId {
+    // Whatever the id's version says: a future version is likely to keep this layout.
+    match frame::split_layout(message) {
+        Ok(parts) => salvage_id_from_header(parts.header),
+        Err(_) => RequestId(0),
+    }
 }
 
-/// [`salvage_id`] from a bare header map (a version-01 message's frame 2).
+/// [`salvage_id`] from a bare header map (a version-01 message's frame 2, a version-02
+/// head's bytes from 7 on).
 pub fn salvage_id_from_header(header: &[u8]) -> RequestId {
     #[derive(Deserialize)]
     struct IdOnly {
@@ -228,15 +259,15 @@ pub fn salvage_id_from_header(header: &[u8]) -> RequestId {
         .map_or(RequestId(0), RequestId)
 }
 
-/// Encodes the head frame of a client message; the caller sends the body as frame 1.
-pub fn encode<T: Serialize>(cmd: Command, header: &T) -> Vec<u8> {
-    PROTOCOL.encode_head(cmd as u8, header)
+/// Encodes a whole client message: head, then `body`.
+pub fn encode<T: Serialize>(cmd: Command, header: &T, body: &[u8]) -> Vec<u8> {
+    PROTOCOL.encode(cmd as u8, header, body)
 }
 
 /// [`encode`] into `buf` (cleared first): a sender that keeps one buffer allocates nothing
 /// per message.
-pub fn encode_into<T: Serialize>(buf: &mut Vec<u8>, cmd: Command, header: &T) {
-    PROTOCOL.encode_head_into(buf, cmd as u8, header)
+pub fn encode_into<T: Serialize>(buf: &mut Vec<u8>, cmd: Command, header: &T, body: &[u8]) {
+    PROTOCOL.encode_into(buf, cmd as u8, header, body)
 }
 
 /// An ERROR in the version-01 layout (`["TPXC01"][0x03][header][empty body]`): the answer
@@ -248,6 +279,13 @@ pub fn encode_v1_error(h: &ErrorHeader) -> [Vec<u8>; 4] {
         frame::encode_header(h),
         Vec::new(),
     ]
+}
+
+/// An ERROR in the version-02 layout (`["TPXC02" 0x03 header][empty body]`): the answer to
+/// a message of that version, so an old client reads why it was refused.
+pub fn encode_v2_error(h: &ErrorHeader) -> [Vec<u8>; 2] {
+    let head = [V2_ID, &[Command::Error as u8][..], &frame::encode_header(h)].concat();
+    [head, Vec::new()]
 }
 
 #[cfg(test)]
@@ -267,19 +305,19 @@ mod tests {
         }
     }
 
-    fn with_body(head: Vec<u8>, body: &[u8]) -> Vec<Vec<u8>> {
-        vec![head, body.to_vec()]
-    }
-
-    fn head(cmd: u8, header: &[u8]) -> Vec<u8> {
-        [PROTOCOL.frame, &[cmd][..], header].concat()
+    /// A message built by hand: id, command, header length, header, body.
+    fn message(cmd: u8, header: &[u8], body: &[u8]) -> Vec<Vec<u8>> {
+        let len = (header.len() as u16).to_be_bytes();
+        vec![[PROTOCOL.frame, &[cmd][..], &len[..], header, body].concat()]
     }
 
     #[test]
-    fn request_round_trips() {
+    fn request_round_trips_with_its_body() {
         let h = request();
-        let frames = with_body(encode(Command::Request, &h), b"body");
-        assert_eq!(decode(&frames).unwrap(), Message::Request(h));
+        let frames = vec![encode(Command::Request, &h, b"body")];
+        let (m, at) = decode(&frames).unwrap();
+        assert_eq!(m, Message::Request(h));
+        assert_eq!(&frames[0][at..], b"body");
     }
 
     #[test]
@@ -288,11 +326,14 @@ mod tests {
             id: RequestId(1),
             worker: WorkerId::random(),
         };
-        let frames = with_body(encode(Command::Reply, &r), b"");
-        assert_eq!(decode(&frames).unwrap(), Message::Reply(r));
+        let frames = vec![encode(Command::Reply, &r, b"")];
+        assert_eq!(
+            decode(&frames).unwrap(),
+            (Message::Reply(r), frames[0].len())
+        );
         let e = ErrorHeader::new(RequestId(2), ErrorCode::TooLarge, "big");
-        let frames = with_body(encode(Command::Error, &e), b"");
-        assert_eq!(decode(&frames).unwrap(), Message::Error(e));
+        let frames = vec![encode(Command::Error, &e, b"")];
+        assert_eq!(decode(&frames).unwrap().0, Message::Error(e));
     }
 
     #[test]
@@ -310,68 +351,120 @@ mod tests {
     }
 
     #[test]
-    fn head_is_id_command_then_named_map() {
+    fn layout_is_id_command_length_header_body() {
         let r = ReplyHeader {
             id: RequestId(1),
             worker: WorkerId::random(),
         };
-        let head = encode(Command::Reply, &r);
-        assert_eq!(&head[..7], b"TPXC02\x02");
-        assert_eq!(&head[7..], &frame::encode_header(&r)[..]);
+        let m = encode(Command::Reply, &r, b"xyz");
+        let header = frame::encode_header(&r);
+        assert_eq!(&m[..7], b"TPXC03\x02");
+        assert_eq!(&m[7..9], &(header.len() as u16).to_be_bytes());
+        assert_eq!(&m[9..9 + header.len()], &header[..]);
+        assert_eq!(&m[9 + header.len()..], b"xyz");
     }
 
     #[test]
-    fn wrong_version_is_reported() {
+    fn older_versions_are_unsupported_whatever_their_layout() {
         let h = frame::encode_header(&request());
         // A version-01 request: four frames, frame 0 exactly `TPXC01`.
         let v1 = vec![b"TPXC01".to_vec(), vec![1], h.clone(), vec![]];
         let err = decode(&v1).unwrap_err();
         assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
         assert!(err.to_string().contains("01"), "{err}");
-        let v3 = with_body([&b"TPXC03\x01"[..], &h].concat(), b"");
+        assert_eq!(salvage_id_from_header(&v1[2]), RequestId(7));
+        // A version-02 request: two frames, the head `TPXC02` 0x01 header.
+        let v2 = vec![[V2_ID, &[1][..], &h].concat(), vec![]];
         assert_eq!(
-            decode(&v3).unwrap_err().code(),
+            decode(&v2).unwrap_err().code(),
             ErrorCode::UnsupportedVersion
         );
-        let http = with_body(b"HTTP/1.1".to_vec(), b"");
+        let v4 = vec![[&b"TPXC04\x01\x00\x01"[..], &[0x80][..]].concat()];
+        assert_eq!(
+            decode(&v4).unwrap_err().code(),
+            ErrorCode::UnsupportedVersion
+        );
+        let http = vec![b"HTTP/1.1".to_vec()];
         assert_eq!(decode(&http).unwrap_err().code(), ErrorCode::BadRequest);
-        assert_eq!(salvage_id_from_header(&v1[2]), RequestId(7));
+        let worker = vec![b"TPXW03\x01\x00\x01\x80".to_vec()];
+        assert_eq!(decode(&worker).unwrap_err().code(), ErrorCode::BadRequest);
     }
 
     #[test]
-    fn v1_error_is_readable_by_a_v1_client() {
-        let e = ErrorHeader::new(RequestId(7), ErrorCode::UnsupportedVersion, "speak 02");
+    fn old_layout_errors_are_readable_by_their_clients() {
+        let e = ErrorHeader::new(RequestId(7), ErrorCode::UnsupportedVersion, "speak 03");
         let frames = encode_v1_error(&e);
         assert_eq!(frames[0], b"TPXC01");
         assert_eq!(frames[1], [3]);
         let back: ErrorHeader = frame::decode_header(&frames[2]).unwrap();
         assert_eq!(back, e);
         assert!(frames[3].is_empty());
+        let frames = encode_v2_error(&e);
+        assert_eq!(&frames[0][..7], b"TPXC02\x03");
+        let back: ErrorHeader = frame::decode_header(&frames[0][7..]).unwrap();
+        assert_eq!(back, e);
+        assert!(frames[1].is_empty());
     }
 
     #[test]
-    fn bad_fields_are_rejected() {
+    fn a_v2_brokers_refusal_is_read_as_its_error() {
+        let e = ErrorHeader::new(RequestId(7), ErrorCode::UnsupportedVersion, "speak 02");
+        let frames = encode_v2_error(&e);
+        assert_eq!(decode_answer(&frames).unwrap().0, Message::Error(e));
+        // The broker's own decode does not take it for a message of this version.
+        assert_eq!(
+            decode(&frames).unwrap_err().code(),
+            ErrorCode::UnsupportedVersion
+        );
+        // Any other v02 message is still unsupported.
+        let reply = vec![b"TPXC02\x02\x80".to_vec(), vec![]];
+        assert_eq!(
+            decode_answer(&reply).unwrap_err().code(),
+            ErrorCode::UnsupportedVersion
+        );
+    }
+
+    #[test]
+    fn bad_layouts_are_rejected() {
+        let header = frame::encode_header(&request());
         let mut h = request();
         h.deadline_ms = 0;
-        let frames = with_body(encode(Command::Request, &h), b"");
+        let frames = vec![encode(Command::Request, &h, b"")];
         assert!(matches!(decode(&frames), Err(ProtoError::BadField { .. })));
-        let header = frame::encode_header(&request());
-        let frames = with_body(head(42, &header), b"");
         assert!(matches!(
-            decode(&frames),
+            decode(&message(42, &header, b"")),
             Err(ProtoError::UnknownCommand(_))
         ));
-        let frames = with_body(PROTOCOL.frame.to_vec(), b"");
+        let bare_id = vec![PROTOCOL.frame.to_vec()];
         assert!(matches!(
-            decode(&frames),
+            decode(&bare_id),
             Err(ProtoError::UnknownCommand(_))
         ));
-        let mut frames = with_body(head(1, &header), b"");
-        frames.pop();
-        assert!(matches!(
-            decode(&frames),
-            Err(ProtoError::FrameCount { .. })
-        ));
+        // A command byte and half a length.
+        let short = vec![b"TPXC03\x01\x00".to_vec()];
+        assert!(matches!(decode(&short), Err(ProtoError::BadHeader(_))));
+        // A length running past the end.
+        let mut cut = message(1, &header, b"");
+        let cut_len = cut[0].len() - 1;
+        cut[0].truncate(cut_len);
+        let err = decode(&cut).unwrap_err();
+        assert!(err.to_string().contains("past the end"), "{err}");
+        // A length over the limit, whatever follows.
+        let huge = vec![b"TPXC03\x01\x10\x01".to_vec()];
+        assert!(matches!(decode(&huge), Err(ProtoError::TooLarge { .. })));
+        // Two frames.
+        let mut two = message(1, &header, b"");
+        two.push(Vec::new());
+        let err = decode(&two).unwrap_err();
+        assert_eq!(
+            err,
+            ProtoError::FrameCount {
+                expected: 1,
+                got: 2
+            }
+        );
+        assert_eq!(err.to_string(), "expected 1 frame, got 2");
+        assert!(decode(&Vec::<Vec<u8>>::new()).is_err());
     }
 
     #[test]
@@ -398,8 +491,7 @@ mod tests {
             }),
         ];
         for header in cases {
-            let frames = vec![head(1, &header), vec![]];
-            let err = decode(&frames).unwrap_err();
+            let err = decode(&message(1, &header, b"")).unwrap_err();
             assert_eq!(err.code(), ErrorCode::BadRequest);
             let text = err.to_string();
             assert!(text.contains("bad field target"), "{text}");
@@ -412,8 +504,7 @@ mod tests {
             deadline_ms: 1,
             target: None::<String>,
         });
-        let frames = vec![head(1, &nil), vec![]];
-        match decode(&frames).unwrap() {
+        match decode(&message(1, &nil, b"")).unwrap().0 {
             Message::Request(h) => assert_eq!(h.target, None),
             other => panic!("{other:?}"),
         }
@@ -427,31 +518,41 @@ mod tests {
             service: u32,
         }
         let bytes = frame::encode_header(&Partial { id: 99, service: 3 });
-        assert_eq!(salvage_id(&head(1, &bytes)), RequestId(99));
+        assert_eq!(salvage_id(&message(1, &bytes, b"")[0]), RequestId(99));
         assert_eq!(salvage_id_from_header(&bytes), RequestId(99));
         assert_eq!(salvage_id(b"\xff\x00"), RequestId(0));
-        assert_eq!(salvage_id(&head(1, b"\xff\x00")), RequestId(0));
+        assert_eq!(salvage_id(&message(1, b"\xff\x00", b"")[0]), RequestId(0));
     }
 
     proptest! {
         #[test]
         fn random_frames_never_panic(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..6)) {
             let _ = decode(&frames);
+            let _ = decode_answer(&frames);
         }
 
         #[test]
         fn random_headers_never_panic(header in proptest::collection::vec(any::<u8>(), 0..256), cmd in 0u8..5) {
-            let frames = vec![head(cmd, &header), vec![]];
+            let frames = message(cmd, &header, b"");
             let _ = decode(&frames);
             let _ = salvage_id(&frames[0]);
             let _ = salvage_id_from_header(&header);
         }
 
         #[test]
-        fn requests_round_trip(id in any::<u64>(), deadline in 1u64.., idem in any::<bool>(), svc in "[A-Za-z0-9_.-]{1,64}", aff in proptest::option::of("[a-z]{1,128}")) {
+        fn random_messages_after_the_id_never_panic(rest in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let frames = vec![[PROTOCOL.frame, &rest[..]].concat()];
+            let _ = decode(&frames);
+            let _ = salvage_id(&frames[0]);
+        }
+
+        #[test]
+        fn requests_round_trip(id in any::<u64>(), deadline in 1u64.., idem in any::<bool>(), svc in "[A-Za-z0-9_.-]{1,64}", aff in proptest::option::of("[a-z]{1,128}"), body in proptest::collection::vec(any::<u8>(), 0..64)) {
             let h = RequestHeader { id: RequestId(id), service: ServiceName::new(svc).unwrap(), deadline_ms: deadline, idempotent: idem, target: None, affinity: aff, client: None };
-            let frames = with_body(encode(Command::Request, &h), b"x");
-            prop_assert_eq!(decode(&frames).unwrap(), Message::Request(h));
+            let frames = vec![encode(Command::Request, &h, &body)];
+            let (m, at) = decode(&frames).unwrap();
+            prop_assert_eq!(m, Message::Request(h));
+            prop_assert_eq!(&frames[0][at..], &body[..]);
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::ErrorCode;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtoError {
     /// Wrong number of frames for the protocol.
-    #[error("expected {expected} frames, got {got}")]
+    #[error("expected {expected} frame{}, got {got}", if *expected == 1 { "" } else { "s" })]
     FrameCount {
         /// Frames the command needs.
         expected: usize,

@@ -1,6 +1,6 @@
-//! Shared frame handling: protocol ids (`TPXC02`, `TPXW02`, `TPXE01`), the head frame of
-//! the request protocols (id + command byte + MessagePack header in one frame) and the
-//! size-checked header. Used by the client, worker and event codecs.
+//! Shared frame handling: protocol ids (`TPXC03`, `TPXW03`, `TPXE01`), the one-frame
+//! layout of the request protocols (id, command byte, header length, MessagePack header,
+//! body) and the size-checked header. Used by the client, worker and event codecs.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -36,47 +36,115 @@ impl Protocol {
     }
 }
 
-/// Bytes of a head frame before its header: the 6-byte protocol id and the command byte.
-pub const HEAD_PREFIX: usize = 7;
+/// Bytes of a message before its header: the 6-byte protocol id, the command byte and
+/// the header's length (2 bytes, big-endian).
+pub const HEAD_PREFIX: usize = 9;
+
+/// A request-protocol message split into its parts (protocol id checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts<'a> {
+    /// The command byte.
+    pub command: u8,
+    /// The MessagePack header, exactly its declared length.
+    pub header: &'a [u8],
+    /// Where the body starts in the frame (it runs to the frame's end).
+    pub body_start: usize,
+}
 
 impl Protocol {
-    /// Splits a head frame (`id`, command byte, header) after checking its protocol id:
-    /// returns the command byte and the header bytes. A frame that starts with our name
-    /// in another version (e.g. a whole `TPXC01` frame) is `unsupported_version`.
-    pub fn split_head<'a>(&self, head: &'a [u8]) -> Result<(u8, &'a [u8]), ProtoError> {
+    /// Checks the first 6 bytes of a message: our id, or `unsupported_version` for our
+    /// name in another version (e.g. a `TPXC02` message), or `bad_request`.
+    pub fn check_id(&self, frame: &[u8]) -> Result<(), ProtoError> {
         let id = self.frame.len();
-        match head.get(..id) {
-            Some(p) if p == self.frame => match head.get(id) {
-                Some(cmd) => Ok((*cmd, head.get(id + 1..).unwrap_or(&[]))),
-                None => Err(ProtoError::UnknownCommand(Vec::new())),
-            },
+        match frame.get(..id) {
+            Some(p) if p == self.frame => Ok(()),
             // Only the id's bytes are checked, so a wrong version names itself briefly.
-            _ => Err(match self.check(head.get(..id).unwrap_or(head)) {
-                Err(e) => e,
-                Ok(()) => ProtoError::BadProtocol {
+            _ => match self.check(frame.get(..id).unwrap_or(frame)) {
+                Err(e) => Err(e),
+                Ok(()) => Err(ProtoError::BadProtocol {
                     expected: self.name,
-                },
-            }),
+                }),
+            },
         }
     }
 
-    /// Encodes a head frame into `buf` (cleared first), reusing its allocation.
+    /// Splits a message (`id`, command byte, header length, header, body) after checking
+    /// its protocol id and that the declared header fits in the frame.
+    pub fn split<'a>(&self, frame: &'a [u8]) -> Result<Parts<'a>, ProtoError> {
+        self.check_id(frame)?;
+        split_layout(frame)
+    }
+}
+
+/// Splits a message in this version's layout whatever its 6-byte id says (for reading
+/// what can be read of a message that is refused, e.g. its request id).
+pub fn split_layout(frame: &[u8]) -> Result<Parts<'_>, ProtoError> {
+    let id = HEAD_PREFIX - 3;
+    let command = *frame
+        .get(id)
+        .ok_or_else(|| ProtoError::UnknownCommand(Vec::new()))?;
+    let len = frame
+        .get(id + 1..HEAD_PREFIX)
+        .and_then(|b| <[u8; 2]>::try_from(b).ok())
+        .map(|b| usize::from(u16::from_be_bytes(b)))
+        .ok_or_else(|| ProtoError::BadHeader("no header length (bytes 7-8)".into()))?;
+    if len > MAX_HEADER_BYTES {
+        return Err(ProtoError::TooLarge {
+            what: "header",
+            size: len,
+            limit: MAX_HEADER_BYTES,
+        });
+    }
+    let body_start = HEAD_PREFIX + len;
+    let header = frame.get(HEAD_PREFIX..body_start).ok_or_else(|| {
+        ProtoError::BadHeader(format!(
+            "header length {len} runs past the end of the {}-byte message",
+            frame.len()
+        ))
+    })?;
+    Ok(Parts {
+        command,
+        header,
+        body_start,
+    })
+}
+
+impl Protocol {
+    /// Encodes a message's head (`id`, command byte, header length, header) into `buf`
+    /// (cleared first, its allocation reused); the body goes right after it.
     pub fn encode_head_into<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T) {
         buf.clear();
         buf.extend_from_slice(self.frame);
         buf.push(cmd);
-        if rmp_serde::encode::write_named(buf, header).is_err() {
-            // Our plain header structs cannot fail to serialise; stay safe if one does.
-            buf.truncate(HEAD_PREFIX);
-            buf.push(0x80);
+        buf.extend_from_slice(&[0, 0]);
+        let written = rmp_serde::encode::write_named(buf, header).is_ok();
+        let len = buf.len() - HEAD_PREFIX;
+        match u16::try_from(len) {
+            Ok(n) if written && len <= MAX_HEADER_BYTES => {
+                if let Some(b) = buf.get_mut(HEAD_PREFIX - 2..HEAD_PREFIX) {
+                    b.copy_from_slice(&n.to_be_bytes());
+                }
+            }
+            // Our plain header structs cannot fail to serialise, and none comes near
+            // the limit; stay safe if one does: an empty map.
+            _ => {
+                buf.truncate(HEAD_PREFIX - 2);
+                buf.extend_from_slice(&[0, 1, 0x80]);
+            }
         }
     }
 
-    /// A head frame: `id`, command byte, header.
-    pub fn encode_head<T: Serialize>(&self, cmd: u8, header: &T) -> Vec<u8> {
+    /// Encodes a whole message into `buf` (cleared first): head, then `body`.
+    pub fn encode_into<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T, body: &[u8]) {
+        self.encode_head_into(buf, cmd, header);
+        buf.extend_from_slice(body);
+    }
+
+    /// A whole message: `id`, command byte, header length, header, body.
+    pub fn encode<T: Serialize>(&self, cmd: u8, header: &T, body: &[u8]) -> Vec<u8> {
         // Our headers are small maps: one allocation of this size avoids regrowing.
-        let mut buf = Vec::with_capacity(128);
-        self.encode_head_into(&mut buf, cmd, header);
+        let mut buf = Vec::with_capacity(128 + body.len());
+        self.encode_into(&mut buf, cmd, header, body);
         buf
     }
 }

@@ -1,9 +1,9 @@
 //! Tradeplex wire protocol: the frame layout of every message on every socket,
 //! the commands, the stable error codes and the trading data model. No sockets here.
 //!
-//! Every request/reply message is four ZeroMQ frames:
-//! `[protocol+version][command byte][MessagePack header map][body]`.
-//! The broker reads the first three and forwards the body untouched.
+//! Every request/reply message is one ZeroMQ frame:
+//! `protocol+version | command byte | header length | MessagePack header map | body`
+//! (docs/protocol.md). The broker reads the header and forwards the body's bytes as they are.
 #![deny(missing_docs)]
 
 pub mod client;

@@ -1,27 +1,32 @@
-//! Worker <-> broker messages on the backend socket (protocol `TPXW02`).
+//! Worker <-> broker messages on the backend socket (protocol `TPXW03`).
 //!
-//! Frames, as the worker's DEALER sends and receives them:
-//! `["TPXW02" command:1 byte header:MessagePack map][body]` — always two frames; commands
-//! without a body send an empty frame 1. Version 01 (the same fields as four frames) is
-//! answered with a DISCONNECT in its own layout ([`encode_v1_disconnect`]).
+//! One frame per message, as the worker's DEALER sends and receives it:
+//! `"TPXW03" command:1 byte header length:2 bytes big-endian header:MessagePack map body`
+//! — commands without a body end after the header. Versions 01 (four frames) and 02 (two)
+//! are answered with a DISCONNECT in their own layout ([`encode_v1_disconnect`],
+//! [`encode_v2_disconnect`]); [`decode_from_broker`] reads such a refusal from an old
+//! broker.
 
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, Protocol};
 use crate::{ErrorCode, JobId, ProtoError, RequestId, ServiceName, WorkerId};
 
-/// The protocol id that starts every worker message's head frame.
+/// The protocol id that starts every worker message.
 pub const PROTOCOL: Protocol = Protocol {
     name: "TPXW",
-    version: "02",
-    frame: b"TPXW02",
+    version: "03",
+    frame: b"TPXW03",
 };
 
-/// Frames in every worker message: head, body.
-pub const FRAMES: usize = 2;
+/// Frames in every worker message.
+pub const FRAMES: usize = 1;
 
 /// Frame 0 of a version-01 message, answered with [`encode_v1_disconnect`].
 pub const V1_FRAME: &[u8] = b"TPXW01";
+
+/// The first 6 bytes of a version-02 message, answered with [`encode_v2_disconnect`].
+pub const V2_ID: &[u8] = b"TPXW02";
 
 /// Largest capacity a worker may announce.
 pub const MAX_CAPACITY: u32 = 10_000;
@@ -29,7 +34,7 @@ pub const MAX_CAPACITY: u32 = 10_000;
 /// Most services one worker may offer.
 pub const MAX_SERVICES: usize = 64;
 
-/// The command byte (the head frame's byte 6).
+/// The command byte (byte 6 of a message).
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -154,7 +159,7 @@ pub struct DisconnectHeader {
     pub reason: String,
 }
 
-/// A decoded worker-protocol message; the body (if any) is frame 1.
+/// A decoded worker-protocol message; the body (if any) is the rest of the frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// READY.
@@ -171,12 +176,18 @@ pub enum Message {
     Disconnect(DisconnectHeader),
 }
 
-/// Decodes a worker-protocol message (frames after any ROUTER identity).
-pub fn decode<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<Message, ProtoError> {
-    let (cmd, header) = PROTOCOL.split_head(frame::frame(frames, 0, FRAMES)?)?;
+/// Decodes a worker-protocol message (the frames after any ROUTER identity): the message
+/// and where its body starts in frame 0. The protocol id is checked before the frame
+/// count, so an old version's message is `unsupported_version` whatever its layout.
+pub fn decode<F: std::ops::Deref<Target = [u8]>>(
+    frames: &[F],
+) -> Result<(Message, usize), ProtoError> {
+    let first = frame::frame(frames, 0, FRAMES)?;
+    PROTOCOL.check_id(first)?;
     frame::expect_frames(frames, FRAMES)?;
-    let cmd = Command::from_byte(cmd)?;
-    Ok(match cmd {
+    let parts = PROTOCOL.split(first)?;
+    let header = parts.header;
+    let message = match Command::from_byte(parts.command)? {
         Command::Ready => {
             let h: ReadyHeader = frame::decode_header(header)?;
             validate_ready(&h)?;
@@ -193,7 +204,23 @@ pub fn decode<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<Message
         Command::Error => Message::Error(frame::decode_header(header)?),
         Command::Heartbeat => Message::Heartbeat,
         Command::Disconnect => Message::Disconnect(frame::decode_header(header)?),
-    })
+    };
+    Ok((message, parts.body_start))
+}
+
+/// [`decode`] for a worker reading the broker: an older broker refuses this version with
+/// a DISCONNECT in its own layout (version 02: two frames, `["TPXW02" 0x06 header][]`),
+/// read here as that DISCONNECT so the worker logs the refusal.
+pub fn decode_from_broker<F: std::ops::Deref<Target = [u8]>>(
+    frames: &[F],
+) -> Result<(Message, usize), ProtoError> {
+    match frames {
+        [head, _] if head.starts_with(V2_ID) && head.get(V2_ID.len()) == Some(&6) => {
+            let header = head.get(V2_ID.len() + 1..).unwrap_or(&[]);
+            Ok((Message::Disconnect(frame::decode_header(header)?), 0))
+        }
+        _ => decode(frames),
+    }
 }
 
 fn validate_ready(h: &ReadyHeader) -> Result<(), ProtoError> {
@@ -220,29 +247,32 @@ fn validate_ready(h: &ReadyHeader) -> Result<(), ProtoError> {
 
 /// Best-effort read of the job a malformed REPLY or ERROR answers (frames after any ROUTER
 /// identity), so the broker can still answer that job's client and free the worker's slot.
-/// `None` unless the head frame is this protocol, its command REPLY or ERROR and its header
+/// `None` unless the message is this protocol, its command REPLY or ERROR and its header
 /// a map with an unsigned `job`.
 pub fn salvage_job<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Option<JobId> {
     #[derive(Deserialize)]
     struct JobOnly {
         job: Option<u64>,
     }
-    let (cmd, header) = PROTOCOL.split_head(frames.first()?).ok()?;
-    if cmd != Command::Reply as u8 && cmd != Command::Error as u8 {
+    let parts = PROTOCOL.split(frames.first()?).ok()?;
+    if parts.command != Command::Reply as u8 && parts.command != Command::Error as u8 {
         return None;
     }
-    if header.len() > crate::MAX_HEADER_BYTES {
-        return None;
-    }
-    rmp_serde::from_slice::<JobOnly>(header)
+    rmp_serde::from_slice::<JobOnly>(parts.header)
         .ok()
         .and_then(|h| h.job)
         .map(JobId)
 }
 
-/// Encodes the head frame of a worker message; the caller sends the body as frame 1.
-pub fn encode<T: Serialize>(cmd: Command, header: &T) -> Vec<u8> {
-    PROTOCOL.encode_head(cmd as u8, header)
+/// Encodes a whole worker message: head, then `body`.
+pub fn encode<T: Serialize>(cmd: Command, header: &T, body: &[u8]) -> Vec<u8> {
+    PROTOCOL.encode(cmd as u8, header, body)
+}
+
+/// [`encode`] into `buf` (cleared first): a sender that keeps one buffer allocates nothing
+/// per message.
+pub fn encode_into<T: Serialize>(buf: &mut Vec<u8>, cmd: Command, header: &T, body: &[u8]) {
+    PROTOCOL.encode_into(buf, cmd as u8, header, body)
 }
 
 /// A DISCONNECT in the version-01 layout (`["TPXW01"][0x06][header][empty body]`): the
@@ -254,6 +284,18 @@ pub fn encode_v1_disconnect(h: &DisconnectHeader) -> [Vec<u8>; 4] {
         frame::encode_header(h),
         Vec::new(),
     ]
+}
+
+/// A DISCONNECT in the version-02 layout (`["TPXW02" 0x06 header][empty body]`): the
+/// answer to a message of that version, so an old worker logs why it was refused.
+pub fn encode_v2_disconnect(h: &DisconnectHeader) -> [Vec<u8>; 2] {
+    let head = [
+        V2_ID,
+        &[Command::Disconnect as u8][..],
+        &frame::encode_header(h),
+    ]
+    .concat();
+    [head, Vec::new()]
 }
 
 #[cfg(test)]
@@ -274,22 +316,25 @@ mod tests {
             code: 70_000,
             message: "x",
         });
-        let frames: Vec<Vec<u8>> = vec![head(Command::Error as u8, &header), Vec::new()];
+        let frames: Vec<Vec<u8>> = vec![head(Command::Error as u8, &header)];
         assert!(decode(&frames).is_err());
         assert_eq!(salvage_job(&frames), Some(JobId(42)));
         // Only answers (REPLY, ERROR) name a job to salvage.
-        let ready = vec![head(Command::Ready as u8, &header), Vec::new()];
+        let ready = vec![head(Command::Ready as u8, &header)];
         assert_eq!(salvage_job(&ready), None);
-        let other = vec![[&b"TPXW99\x04"[..], &header].concat(), Vec::new()];
+        let other = vec![[&b"TPXW99\x04"[..], &header].concat()];
         assert_eq!(salvage_job(&other), None);
     }
 
-    fn full(head: Vec<u8>) -> Vec<Vec<u8>> {
-        vec![head, Vec::new()]
+    /// A one-frame message of `m`, decoded back to its message.
+    fn round(m: Vec<u8>) -> Result<Message, ProtoError> {
+        decode(&[m]).map(|(m, _)| m)
     }
 
+    /// A message built by hand: id, command, header length, header (no body).
     fn head(cmd: u8, header: &[u8]) -> Vec<u8> {
-        [PROTOCOL.frame, &[cmd][..], header].concat()
+        let len = (header.len() as u16).to_be_bytes();
+        [PROTOCOL.frame, &[cmd][..], &len[..], header].concat()
     }
 
     #[test]
@@ -301,7 +346,7 @@ mod tests {
             ErrorCode::UnsupportedVersion
         );
         let d = DisconnectHeader {
-            reason: "unsupported_version: speak TPXW02".into(),
+            reason: "unsupported_version: speak TPXW03".into(),
         };
         let frames = encode_v1_disconnect(&d);
         assert_eq!(
@@ -311,6 +356,49 @@ mod tests {
         assert_eq!(
             frame::decode_header::<DisconnectHeader>(&frames[2]).unwrap(),
             d
+        );
+    }
+
+    #[test]
+    fn version_02_is_unsupported_and_a_v2_refusal_is_read() {
+        let hb = frame::encode_header(&HeartbeatHeader {});
+        let v2 = vec![[V2_ID, &[5][..], &hb].concat(), Vec::new()];
+        assert_eq!(
+            decode(&v2).unwrap_err().code(),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(
+            decode_from_broker(&v2).unwrap_err().code(),
+            ErrorCode::UnsupportedVersion
+        );
+        let d = DisconnectHeader {
+            reason: "unsupported_version: speak TPXW02".into(),
+        };
+        let frames = encode_v2_disconnect(&d);
+        assert_eq!(&frames[0][..7], b"TPXW02\x06");
+        assert_eq!(
+            decode_from_broker(&frames).unwrap().0,
+            Message::Disconnect(d)
+        );
+        assert_eq!(
+            decode(&frames).unwrap_err().code(),
+            ErrorCode::UnsupportedVersion
+        );
+    }
+
+    #[test]
+    fn a_body_follows_the_header() {
+        let rep = ReplyHeader { job: JobId(3) };
+        let m = encode(Command::Reply, &rep, b"answer");
+        let (back, at) = decode(&[&m[..]]).unwrap();
+        assert_eq!(back, Message::Reply(rep));
+        assert_eq!(&m[at..], b"answer");
+        assert_eq!(
+            decode(&[m.clone(), Vec::new()]).unwrap_err(),
+            ProtoError::FrameCount {
+                expected: 1,
+                got: 2
+            }
         );
     }
 
@@ -330,32 +418,32 @@ mod tests {
             idempotent: false,
         };
         assert_eq!(
-            decode(&full(encode(Command::Ready, &ready))).unwrap(),
+            round(encode(Command::Ready, &ready, b"")).unwrap(),
             Message::Ready(ready)
         );
         assert_eq!(
-            decode(&full(encode(Command::Request, &req))).unwrap(),
+            round(encode(Command::Request, &req, b"")).unwrap(),
             Message::Request(req)
         );
         let rep = ReplyHeader { job: JobId(3) };
         assert_eq!(
-            decode(&full(encode(Command::Reply, &rep))).unwrap(),
+            round(encode(Command::Reply, &rep, b"")).unwrap(),
             Message::Reply(rep)
         );
         let err = ErrorHeader::new(JobId(4), ErrorCode::WorkerError, "boom");
         assert_eq!(
-            decode(&full(encode(Command::Error, &err))).unwrap(),
+            round(encode(Command::Error, &err, b"")).unwrap(),
             Message::Error(err)
         );
         assert_eq!(
-            decode(&full(encode(Command::Heartbeat, &HeartbeatHeader {}))).unwrap(),
+            round(encode(Command::Heartbeat, &HeartbeatHeader {}, b"")).unwrap(),
             Message::Heartbeat
         );
         let d = DisconnectHeader {
             reason: "bye".into(),
         };
         assert_eq!(
-            decode(&full(encode(Command::Disconnect, &d))).unwrap(),
+            round(encode(Command::Disconnect, &d, b"")).unwrap(),
             Message::Disconnect(d)
         );
     }
@@ -368,24 +456,26 @@ mod tests {
             capacity: 1,
             session: 0,
         };
-        assert!(decode(&full(encode(Command::Ready, &ready))).is_err());
+        assert!(round(encode(Command::Ready, &ready, b"")).is_err());
         ready.services = vec![ServiceName::new("echo").unwrap()];
         ready.capacity = 0;
-        assert!(decode(&full(encode(Command::Ready, &ready))).is_err());
+        assert!(round(encode(Command::Ready, &ready, b"")).is_err());
         ready.services.clear();
-        assert!(decode(&full(encode(Command::Ready, &ready))).is_ok());
+        assert!(round(encode(Command::Ready, &ready, b"")).is_ok());
     }
 
     proptest! {
         #[test]
         fn random_frames_never_panic(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..6)) {
             let _ = decode(&frames);
+            let _ = decode_from_broker(&frames);
         }
 
         #[test]
         fn random_headers_never_panic(header in proptest::collection::vec(any::<u8>(), 0..256), cmd in 0u8..8) {
-            let _ = decode(&[head(cmd, &header), vec![]]);
-            let _ = salvage_job(&[head(cmd, &header), vec![]]);
+            let _ = decode(&[head(cmd, &header)]);
+            let _ = salvage_job(&[head(cmd, &header)]);
+            let _ = decode_from_broker(&[head(cmd, &header)]);
         }
     }
 }

@@ -14,6 +14,11 @@ from tradeplex.curve import KeyPair
 from tradeplex.model import Order, OrderId
 
 
+def msg(id: bytes, cmd: int, header: bytes, body: bytes = b"") -> bytes:
+    """A one-frame message built by hand: id, command, header length, header, body."""
+    return id + bytes([cmd]) + len(header).to_bytes(2, "big") + header + body
+
+
 def test_random_frames_only_ever_raise_protocol_errors() -> None:
     rng = random.Random(7)
     decoders = [wire.decode_client_answer, wire.decode_worker_message, wire.decode_event]
@@ -23,7 +28,11 @@ def test_random_frames_only_ever_raise_protocol_errors() -> None:
         wire.EVENT_PROTOCOL,
         b"TPXC01",
         b"TPXC02\x02",
-        b"TPXW02\x02",
+        b"TPXC02\x03",
+        b"TPXW02\x06",
+        b"TPXC03\x02",
+        b"TPXW03\x02",
+        b"TPXC03\x02\x00",
         b"",
     ]
     for _ in range(3000):
@@ -34,7 +43,8 @@ def test_random_frames_only_ever_raise_protocol_errors() -> None:
             frames[2] = wire.pack({"id": rng.choice([1, -1, "x", None, 1.5, 2**64 - 1]), "job": 1})
         if frames and rng.random() < 0.3:
             h = wire.pack({"id": rng.choice([1, -1, "x", None, 2**64 - 1]), "job": 1})
-            frames[0] = rng.choice(prefixes) + h
+            n = rng.choice([len(h), len(h) + 1, 0, 5000, 65535])
+            frames[0] = rng.choice(prefixes)[:7] + n.to_bytes(2, "big") + h
         for decode in decoders:
             with contextlib.suppress(ProtocolError):
                 decode(frames)
@@ -43,33 +53,70 @@ def test_random_frames_only_ever_raise_protocol_errors() -> None:
 
 
 def test_request_frames_match_the_documented_example() -> None:
-    head = wire.encode_request(7, "echo", 1, True, None, None)
-    assert head[:7] == b"TPXC02\x01"
-    assert head[7:].startswith(bytes.fromhex("84a2696407a7736572766963"))
-    assert wire.pack({"hi": 1}) == bytes.fromhex("81a2686901")
+    m = wire.encode_request(7, "echo", 1, True, None, None, body=wire.pack({"hi": 1}))
+    assert m[:7] == b"TPXC03\x01"
+    n = int.from_bytes(m[7:9], "big")
+    assert m[9:].startswith(bytes.fromhex("84a2696407a7736572766963"))
+    assert m[9 + n :] == bytes.fromhex("81a2686901")
 
 
 def test_reply_and_error_decode() -> None:
-    ok = wire.decode_client_answer([b"TPXC02\x02" + wire.pack({"id": 3, "worker": "w"}), b"\x01"])
+    reply = msg(b"TPXC03", 2, wire.pack({"id": 3, "worker": "w"}), b"\x01")
+    ok = wire.decode_client_answer([reply])
     assert ok.ok and ok.id == 3 and ok.body == b"\x01"
-    err = wire.decode_client_answer(
-        [
-            b"TPXC02\x03" + wire.pack({"id": 4, "code": 4, "name": "worker_lost", "message": "m"}),
-            b"",
-        ]
-    )
+    h = wire.pack({"id": 4, "code": 4, "name": "worker_lost", "message": "m"})
+    err = wire.decode_client_answer([msg(b"TPXC03", 3, h)])
     assert not err.ok and err.code == 4
     with pytest.raises(ProtocolError, match="version"):
-        wire.decode_client_answer([b"TPXC01\x02" + wire.pack({"id": 1}), b""])
+        wire.decode_client_answer([msg(b"TPXC04", 2, wire.pack({"id": 1}))])
     with pytest.raises(ProtocolError, match="version"):
         # A version-01 answer: four frames, the first exactly `TPXC01`.
         wire.decode_client_answer([b"TPXC01", b"\x02", wire.pack({"id": 1}), b""])
+    with pytest.raises(ProtocolError, match="version"):
+        # A version-02 REPLY (two frames): not a refusal, so unsupported.
+        wire.decode_client_answer([b"TPXC02\x02" + wire.pack({"id": 1}), b""])
+    with pytest.raises(ProtocolError, match="not TPXC03"):
+        wire.decode_client_answer([msg(b"TPXW03", 2, wire.pack({"id": 1}))])
     with pytest.raises(ProtocolError, match="command"):
-        wire.decode_client_answer([b"TPXC02", b""])
-    with pytest.raises(ProtocolError):
-        wire.decode_client_answer([b"TPXC02\x02" + b"\x00" * 5000, b""])
-    with pytest.raises(ProtocolError, match="2 frames"):
-        wire.decode_client_answer([b"TPXC02\x02" + wire.pack({"id": 1}), b"", b""])
+        wire.decode_client_answer([b"TPXC03"])
+    with pytest.raises(ProtocolError, match="header length"):
+        wire.decode_client_answer([b"TPXC03\x02\x00"])
+    with pytest.raises(ProtocolError, match="over 4096"):
+        wire.decode_client_answer([b"TPXC03\x02\x13\x88" + b"\x00" * 5000])
+    with pytest.raises(ProtocolError, match="past the end"):
+        wire.decode_client_answer([msg(b"TPXC03", 2, wire.pack({"id": 1}))[:-1]])
+    with pytest.raises(ProtocolError, match="1 frame"):
+        wire.decode_client_answer([msg(b"TPXC03", 2, wire.pack({"id": 1})), b""])
+
+
+def test_an_old_brokers_refusal_is_read_as_its_error() -> None:
+    h = {"id": 5, "code": 6, "name": "unsupported_version", "message": "speak TPXC02"}
+    ans = wire.decode_client_answer([b"TPXC02\x03" + wire.pack(h), b""])
+    assert (ans.ok, ans.id, ans.code, ans.name) == (False, 5, 6, "unsupported_version")
+    from tradeplex.client import parse_answer
+
+    _, _, _, e = parse_answer([b"TPXC02\x03" + wire.pack(h), b""])
+    assert e is not None and e.code == "unsupported_version"
+    d = wire.decode_worker_message(
+        [b"TPXW02\x06" + wire.pack({"reason": "unsupported_version: speak TPXW02"}), b""]
+    )
+    assert d.command == wire.WorkerCommand.DISCONNECT
+    assert wire.is_refusal(d.reason)
+    with pytest.raises(ProtocolError, match="version"):
+        wire.decode_worker_message([b"TPXW02\x05\x80", b""])
+
+
+def test_worker_messages_are_one_frame() -> None:
+    [ready] = wire.encode_worker(wire.WorkerCommand.HEARTBEAT, {})
+    assert ready == bytes.fromhex("54505857303305000180")
+    h = {"job": 1, "id": 2, "service": "SIM", "deadline_ms": 3, "idempotent": False}
+    req = wire.decode_worker_message([msg(b"TPXW03", 2, wire.pack(h), b"body")])
+    assert req.request is not None and req.request.body == b"body"
+    assert req.request.job == 1
+    with pytest.raises(ProtocolError, match="1 frame"):
+        wire.decode_worker_message([msg(b"TPXW03", 2, wire.pack(h)), b"body"])
+    with pytest.raises(ProtocolError, match="past the end"):
+        wire.decode_worker_message([b"TPXW03\x02\x00\x09\x80"])
 
 
 def test_error_codes_are_stable() -> None:
@@ -166,27 +213,28 @@ def test_pre_encoded_request_header_is_the_wire_header(args: tuple) -> None:  # 
     from tradeplex.client import request_header
 
     fast = msgpack.unpackb(request_header(*args), raw=False)
-    assert fast == msgpack.unpackb(wire.encode_request(*args)[7:], raw=False)
+    assert fast == msgpack.unpackb(wire.encode_request(*args)[9:], raw=False)
 
 
 def test_answer_fast_path_agrees_with_the_decoder() -> None:
     from tradeplex.client import parse_answer
 
     worker = "00000000-0000-4000-8000-000000000001"
-    reply, error = wire.CLIENT_PROTOCOL + b"\x02", wire.CLIENT_PROTOCOL + b"\x03"
-    ok = [reply + wire.pack({"id": 9, "worker": worker}), b"\x01"]
+    p = wire.CLIENT_PROTOCOL
+    ok = [msg(p, 2, wire.pack({"id": 9, "worker": worker}), b"\x01")]
     assert parse_answer(ok) == (9, worker, b"\x01", None)
-    err = [error + wire.pack({"id": 4, "code": 2, "message": "m"}), b""]
+    err = [msg(p, 3, wire.pack({"id": 4, "code": 2, "message": "m"}))]
     id, _, _, e = parse_answer(err)
     assert id == 4 and e is not None and e.code == "unknown_service"
     for bad in (
-        [reply + wire.pack({"id": -1}), b""],
-        [reply + wire.pack({"id": 1, "worker": 5}), b""],
-        [reply + wire.pack([1]), b""],
-        [reply + b"\xc1", b""],
-        [b"TPXC01\x02" + wire.pack({"id": 1}), b""],
-        [reply + wire.pack({"id": 1})],
-        [reply + wire.pack({"id": 1}), b"", b""],
+        [msg(p, 2, wire.pack({"id": -1}))],
+        [msg(p, 2, wire.pack({"id": 1, "worker": 5}))],
+        [msg(p, 2, wire.pack([1]))],
+        [msg(p, 2, b"\xc1")],
+        [msg(b"TPXC01", 2, wire.pack({"id": 1}))],
+        [msg(p, 2, wire.pack({"id": 1}))[:-1]],
+        [b"TPXC03\x02\x00"],
+        [msg(p, 2, wire.pack({"id": 1})), b""],
     ):
         with pytest.raises(ProtocolError):
             parse_answer(bad)

@@ -71,24 +71,23 @@ _SEND, _EXPIRE = 0, 1
 # closed once the I/O thread has closed it.
 _IDLE, _IO, _DIRECT, _CLOSED = 0, 1, 2, 3
 
-_REPLY_HEAD = wire.head(wire.CLIENT_PROTOCOL, wire.ClientCommand.REPLY, b"")
-_REQUEST_HEAD = wire.head(wire.CLIENT_PROTOCOL, wire.ClientCommand.REQUEST, b"")
+# The first 7 bytes of a REPLY and of a REQUEST: protocol id and command byte.
+_REPLY_ID = wire.CLIENT_PROTOCOL + bytes([wire.ClientCommand.REPLY])
+_REQUEST_ID = wire.CLIENT_PROTOCOL + bytes([wire.ClientCommand.REQUEST])
+_ID = len(_REPLY_ID)
 _HEAD = wire.HEAD_PREFIX
 _unpackb = msgpack.unpackb
 # Plain ints: pyzmq's flag enums cost an enum operation per frame when or-ed.
 _NOBLOCK = int(zmq.NOBLOCK)
-_MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
 #: Frames kept of one message; a longer one is drained and then rejected as malformed.
 _MAX_FRAMES = 8
 
 
-def _send_request(dealer: zmq.Socket[bytes], frames: list[bytes]) -> None:
-    """Sends a request's two frames (head, body) without waiting (raises `zmq.Again` if
-    the socket will not take it; once the first frame is taken, the rest is)."""
-    send = dealer.send
-    send(frames[0], _MORE_NOBLOCK)
-    send(frames[1], _NOBLOCK)
+def _send_request(dealer: zmq.Socket[bytes], message: bytes) -> None:
+    """Sends a request (one frame) without waiting (raises `zmq.Again` if the socket
+    will not take it)."""
+    dealer.send(message, _NOBLOCK)
 
 
 def _recv_message(dealer: zmq.Socket[bytes]) -> list[bytes]:
@@ -129,8 +128,8 @@ def request_header(
     affinity: str | None = None,
     client: str | None = None,
 ) -> bytes:
-    """The header of a client REQUEST (its head frame after the 7-byte prefix): the same
-    MessagePack map as `wire.encode_request`.
+    """The header of a client REQUEST (its message's bytes after the 9-byte prefix, up
+    to the body): the same MessagePack map as `wire.encode_request`.
 
     The common case (no target, no affinity) joins a cached prefix with the two numbers
     as fixed-width uint 64 (valid MessagePack; every decoder takes any integer width),
@@ -174,9 +173,11 @@ def parse_answer(frames: list[bytes]) -> tuple[int, str | None, bytes, CallError
     A well-formed REPLY is checked here directly (the hot path); anything else goes
     through `wire.decode_client_answer`, which raises `ProtocolError` on bad input.
     """
-    if len(frames) == 2 and frames[0][:_HEAD] == _REPLY_HEAD:
-        header = frames[0][_HEAD:]
-        if len(header) <= wire.MAX_HEADER_BYTES:
+    if len(frames) == 1 and frames[0][:_ID] == _REPLY_ID:
+        message = frames[0]
+        end = _HEAD + int.from_bytes(message[_ID:_HEAD], "big")
+        if len(message) >= _HEAD and end - _HEAD <= wire.MAX_HEADER_BYTES and end <= len(message):
+            header = message[_HEAD:end]
             try:
                 h = _unpackb(header, raw=False, strict_map_key=False)
             except Exception:
@@ -189,7 +190,7 @@ def parse_answer(frames: list[bytes]) -> tuple[int, str | None, bytes, CallError
                     and 0 <= id < 1 << 64
                     and (worker is None or type(worker) is str)
                 ):
-                    return id, worker, frames[1], None
+                    return id, worker, message[end:], None
     ans = wire.decode_client_answer(frames)
     if ans.ok:
         return ans.id, ans.worker, ans.body, None
@@ -202,10 +203,10 @@ class _Pending:
     __slots__ = (
         "at",
         "deadline",
-        "frames",
         "full",
         "future",
         "id",
+        "message",
         "raw",
         "refusal",
         "retry_every",
@@ -217,7 +218,7 @@ class _Pending:
     def __init__(
         self,
         id: int,
-        frames: list[bytes],
+        message: bytes,
         deadline: float,
         retry_every: float | None,
         future: Future[Any] | None,
@@ -226,7 +227,8 @@ class _Pending:
         timeout_ms: int,
     ) -> None:
         self.id = id
-        self.frames = frames
+        #: The whole REQUEST, one frame, as it is (re-)sent.
+        self.message = message
         self.deadline = deadline
         self.retry_every = retry_every
         #: None while a direct caller waits for it itself.
@@ -364,7 +366,7 @@ class _Connection:
                     owned = False
                     return self._hand_over(p, now)
             try:
-                _send_request(dealer, p.frames)
+                _send_request(dealer, p.message)
             except zmq.ZMQError as e:
                 if not isinstance(e, zmq.Again):
                     log.warning("request %d not sent: %s", p.id, e)
@@ -590,7 +592,7 @@ class _Connection:
 
     def _send(self, p: _Pending, now: float) -> None:
         try:
-            _send_request(self.dealer, p.frames)
+            _send_request(self.dealer, p.message)
         except zmq.Again:
             # No broker connection (or its queue is full): try again shortly.
             self._push_timer((now + UNSENT_RETRY_S, p.id, _SEND))
@@ -1023,9 +1025,9 @@ class Client(TradingMixin):
         header = request_header(
             id, service, wire.now_ms() + ttl, idempotent, target, affinity, self.client_name
         )
-        frames = [_REQUEST_HEAD + header, data]
+        message = _REQUEST_ID + len(header).to_bytes(2, "big") + header + data
         retry = max(ttl / 3000, 0.5) if idempotent else None
-        return _Pending(id, frames, time.monotonic() + ttl / 1000, retry, None, raw, full, ttl)
+        return _Pending(id, message, time.monotonic() + ttl / 1000, retry, None, raw, full, ttl)
 
     # --- management (the broker's own tpx.* services) --------------------------------
 

@@ -18,11 +18,17 @@ import msgpack
 
 from .errors import ProtocolError
 
-CLIENT_PROTOCOL = b"TPXC02"
-WORKER_PROTOCOL = b"TPXW02"
+CLIENT_PROTOCOL = b"TPXC03"
+WORKER_PROTOCOL = b"TPXW03"
 EVENT_PROTOCOL = b"TPXE01"
-#: Bytes of a head frame before its header: the protocol id and the command byte.
-HEAD_PREFIX = 7
+#: Bytes of a message before its header: the protocol id, the command byte and the
+#: header's length (2 bytes, big-endian).
+HEAD_PREFIX = 9
+#: The first bytes of an older broker's refusal in the version-02 layout (two frames:
+#: protocol id, command byte and header; an empty body): an ERROR to a client, a
+#: DISCONNECT to a worker. Read as the refusal it is (docs/protocol.md, protocol ids).
+V2_CLIENT_ERROR = b"TPXC02\x03"
+V2_WORKER_DISCONNECT = b"TPXW02\x06"
 
 #: Header frames are at most this long (docs/protocol.md, Conventions).
 MAX_HEADER_BYTES = 4096
@@ -179,18 +185,40 @@ def _str(h: dict[str, Any], name: str, default: str | None = None) -> str:
     return v
 
 
-def split_head(head: bytes, expected: bytes) -> tuple[int, bytes]:
-    """The command byte and header bytes of a head frame (protocol id `expected`, command
-    byte, MessagePack header); raises `ProtocolError` on another protocol or version."""
-    check_protocol(head[: len(expected)], expected)
-    if len(head) < HEAD_PREFIX:
-        raise ProtocolError("head frame without a command byte")
-    return head[HEAD_PREFIX - 1], head[HEAD_PREFIX:]
+def split_message(message: bytes, expected: bytes) -> tuple[int, bytes, bytes]:
+    """The command byte, header and body of a one-frame message (protocol id `expected`,
+    command byte, header length, MessagePack header, body); raises `ProtocolError` on
+    another protocol or version, or a header length that does not fit."""
+    check_protocol(message[: len(expected)], expected)
+    if len(message) < HEAD_PREFIX - 2:
+        raise ProtocolError("message without a command byte")
+    if len(message) < HEAD_PREFIX:
+        raise ProtocolError("no header length (bytes 7-8)")
+    n = int.from_bytes(message[HEAD_PREFIX - 2 : HEAD_PREFIX], "big")
+    if n > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {n} bytes over {MAX_HEADER_BYTES}")
+    end = HEAD_PREFIX + n
+    if end > len(message):
+        raise ProtocolError(
+            f"header length {n} runs past the end of the {len(message)}-byte message"
+        )
+    return message[HEAD_PREFIX - 3], message[HEAD_PREFIX:end], message[end:]
 
 
 def head(protocol: bytes, command: int, header: bytes) -> bytes:
-    """A head frame: protocol id, command byte, encoded header."""
-    return protocol + bytes([command]) + header
+    """A message's head: protocol id, command byte, header length, encoded header (the
+    body follows it in the same frame)."""
+    if len(header) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(header)} bytes over {MAX_HEADER_BYTES}")
+    return protocol + bytes([command]) + len(header).to_bytes(2, "big") + header
+
+
+def _old_refusal(frames: list[bytes], prefix: bytes) -> dict[str, Any] | None:
+    """The header of an older broker's version-02 refusal (`prefix` + header, then an
+    empty frame), or None if `frames` is not one."""
+    if len(frames) == 2 and frames[0][: len(prefix)] == prefix:
+        return decode_header(frames[0][len(prefix) :])
+    return None
 
 
 # --- client protocol ---------------------------------------------------------------
@@ -204,8 +232,9 @@ def encode_request(
     target: str | None,
     affinity: str | None,
     client: str | None = None,
+    body: bytes = b"",
 ) -> bytes:
-    """The head frame of a client REQUEST (the body is frame 1); `client` is the declared
+    """A whole client REQUEST, one frame (head, then `body`); `client` is the declared
     client name (docs/protocol.md)."""
     h: dict[str, Any] = {
         "id": id,
@@ -219,7 +248,7 @@ def encode_request(
         h["affinity"] = affinity
     if client is not None:
         h["client"] = client
-    return head(CLIENT_PROTOCOL, ClientCommand.REQUEST, pack(h))
+    return head(CLIENT_PROTOCOL, ClientCommand.REQUEST, pack(h)) + body
 
 
 @dataclass(frozen=True)
@@ -236,20 +265,28 @@ class ClientAnswer:
 
 
 def decode_client_answer(frames: list[bytes]) -> ClientAnswer:
-    """Decodes a REPLY or ERROR as the client's DEALER receives it: [head][body]."""
+    """Decodes a REPLY or ERROR as the client's DEALER receives it: one frame (or an
+    older broker's version-02 refusal, read as the error it carries)."""
     if not frames:
-        raise ProtocolError("expected 2 frames, got 0")
-    # The protocol first: a version-01 message (four frames) is told as such.
-    cmd, header = split_head(frames[0], CLIENT_PROTOCOL)
-    if len(frames) != 2:
-        raise ProtocolError(f"expected 2 frames, got {len(frames)}")
-    h = decode_header(header)
+        raise ProtocolError("expected 1 frame, got 0")
+    old = _old_refusal(frames, V2_CLIENT_ERROR)
+    if old is not None:
+        return _client_answer(ClientCommand.ERROR, old, b"")
+    # The protocol first: an older version's message (more frames) is told as such.
+    check_protocol(frames[0][: len(CLIENT_PROTOCOL)], CLIENT_PROTOCOL)
+    if len(frames) != 1:
+        raise ProtocolError(f"expected 1 frame, got {len(frames)}")
+    cmd, header, body = split_message(frames[0], CLIENT_PROTOCOL)
+    return _client_answer(cmd, decode_header(header), body)
+
+
+def _client_answer(cmd: int, h: dict[str, Any], body: bytes) -> ClientAnswer:
     id = _u64(h, "id")
     worker = h.get("worker")
     if worker is not None and not isinstance(worker, str):
         raise ProtocolError("field 'worker' is not a string")
     if cmd == ClientCommand.REPLY:
-        return ClientAnswer(id=id, ok=True, worker=worker, body=frames[1])
+        return ClientAnswer(id=id, ok=True, worker=worker, body=body)
     if cmd == ClientCommand.ERROR:
         code = h.get("code", 0)
         if not isinstance(code, int):
@@ -270,8 +307,8 @@ def decode_client_answer(frames: list[bytes]) -> ClientAnswer:
 
 
 def encode_worker(command: WorkerCommand, header: dict[str, Any], body: bytes = b"") -> list[bytes]:
-    """Both frames of a worker-protocol message: [head][body]."""
-    return [head(WORKER_PROTOCOL, command, pack(header)), body]
+    """A worker-protocol message as the frames to send: one frame, head then body."""
+    return [head(WORKER_PROTOCOL, command, pack(header)) + body]
 
 
 @dataclass(frozen=True)
@@ -296,13 +333,18 @@ class WorkerMessage:
 
 
 def decode_worker_message(frames: list[bytes]) -> WorkerMessage:
-    """Decodes what a worker's DEALER receives from the broker: [head][body]."""
+    """Decodes what a worker's DEALER receives from the broker: one frame (or an older
+    broker's version-02 DISCONNECT, read as the refusal it carries)."""
     if not frames:
-        raise ProtocolError("expected 2 frames, got 0")
-    # The protocol first: a version-01 message (four frames) is told as such.
-    cmd, header = split_head(frames[0], WORKER_PROTOCOL)
-    if len(frames) != 2:
-        raise ProtocolError(f"expected 2 frames, got {len(frames)}")
+        raise ProtocolError("expected 1 frame, got 0")
+    old = _old_refusal(frames, V2_WORKER_DISCONNECT)
+    if old is not None:
+        return WorkerMessage(WorkerCommand.DISCONNECT, reason=str(old.get("reason", "")))
+    # The protocol first: an older version's message (more frames) is told as such.
+    check_protocol(frames[0][: len(WORKER_PROTOCOL)], WORKER_PROTOCOL)
+    if len(frames) != 1:
+        raise ProtocolError(f"expected 1 frame, got {len(frames)}")
+    cmd, header, body = split_message(frames[0], WORKER_PROTOCOL)
     h = decode_header(header)
     if cmd == WorkerCommand.REQUEST:
         idem = h.get("idempotent", False)
@@ -312,7 +354,7 @@ def decode_worker_message(frames: list[bytes]) -> WorkerMessage:
             service=_str(h, "service"),
             deadline_ms=_u64(h, "deadline_ms"),
             idempotent=bool(idem),
-            body=frames[1],
+            body=body,
         )
         return WorkerMessage(WorkerCommand.REQUEST, request=req)
     if cmd == WorkerCommand.HEARTBEAT:

@@ -560,10 +560,11 @@ class Worker:
 
 def _outcome(frames: list[bytes]) -> str:
     """``"ok"`` for a REPLY, else the ERROR's code name (frames we encoded ourselves)."""
-    if frames[0][wire.HEAD_PREFIX - 1] == WorkerCommand.REPLY:
-        return "ok"
     try:
-        code = wire.decode_header(frames[0][wire.HEAD_PREFIX :]).get("code")
+        cmd, header, _ = wire.split_message(frames[0], wire.WORKER_PROTOCOL)
+        if cmd == WorkerCommand.REPLY:
+            return "ok"
+        code = wire.decode_header(header).get("code")
     except ProtocolError:  # a header over the limit (a long message)
         code = None
     known = ErrorCode.from_number(code) if isinstance(code, int) else None

@@ -389,19 +389,17 @@ impl Drop for Refuser {
 }
 
 fn refuse_loop(dealer: &zmq::Socket, id: WorkerId, stop: &AtomicBool) -> Vec<Offer> {
-    let send = |cmd: wp::Command, header: Vec<u8>| {
-        let head = [wp::PROTOCOL.frame, &[cmd as u8][..], &header].concat();
-        let frames = [head, Vec::new()];
-        let _ = dealer.send_multipart(frames, zmq::DONTWAIT);
+    let send = |message: Vec<u8>| {
+        let _ = dealer.send(message, zmq::DONTWAIT);
     };
     let ready = || {
-        let header = tradeplex_proto::frame::encode_header(&ReadyHeader {
+        let header = ReadyHeader {
             worker: id,
             services: vec![ServiceName::new("echo").expect("service name")],
             capacity: REFUSER_CAPACITY,
             session: 1,
-        });
-        send(wp::Command::Ready, header);
+        };
+        send(wp::encode(wp::Command::Ready, &header, &[]));
     };
     // The broker's view of a refusal's cost: a gateway check that takes a few ms, which
     // also bounds how fast a request can bounce between the broker and this worker.
@@ -413,10 +411,7 @@ fn refuse_loop(dealer: &zmq::Socket, id: WorkerId, stop: &AtomicBool) -> Vec<Off
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         if now >= next_heartbeat {
-            send(
-                wp::Command::Heartbeat,
-                tradeplex_proto::frame::encode_header(&HeartbeatHeader {}),
-            );
+            send(wp::encode(wp::Command::Heartbeat, &HeartbeatHeader {}, &[]));
             next_heartbeat = now + Duration::from_millis(TEST_HEARTBEAT_MS);
         }
         due.retain(|(at, job)| {
@@ -424,10 +419,7 @@ fn refuse_loop(dealer: &zmq::Socket, id: WorkerId, stop: &AtomicBool) -> Vec<Off
                 return true;
             }
             let header = ErrorHeader::new(*job, ErrorCode::Unavailable, "refuser: gateway down");
-            send(
-                wp::Command::Error,
-                tradeplex_proto::frame::encode_header(&header),
-            );
+            send(wp::encode(wp::Command::Error, &header, &[]));
             false
         });
         if dealer.poll(zmq::POLLIN, 5).unwrap_or(0) == 0 {
@@ -435,11 +427,12 @@ fn refuse_loop(dealer: &zmq::Socket, id: WorkerId, stop: &AtomicBool) -> Vec<Off
         }
         while let Ok(frames) = dealer.recv_multipart(zmq::DONTWAIT) {
             match wp::decode(&frames) {
-                Ok(wp::Message::Request(h)) => {
+                Ok((wp::Message::Request(h), at)) => {
+                    let body = frames.first().and_then(|f| f.get(at..));
                     offers.push(Offer {
                         id: h.id.0,
                         idempotent: h.idempotent,
-                        body: frames.get(1).cloned().unwrap_or_default(),
+                        body: body.unwrap_or_default().to_vec(),
                     });
                     due.push((
                         Instant::now() + Duration::from_millis(rng.gen_range(1..10)),
@@ -447,7 +440,7 @@ fn refuse_loop(dealer: &zmq::Socket, id: WorkerId, stop: &AtomicBool) -> Vec<Off
                     ));
                 }
                 // The broker does not know us (it restarted): register again.
-                Ok(wp::Message::Disconnect(_)) => ready(),
+                Ok((wp::Message::Disconnect(_), _)) => ready(),
                 _ => {}
             }
         }

@@ -252,20 +252,27 @@ fn raw_dealer(endpoint: &str) -> zmq::Socket {
 
 fn error_reply(s: &zmq::Socket) -> tradeplex_proto::client::ErrorHeader {
     let frames = s.recv_multipart(0).expect("an error reply");
-    match tradeplex_proto::client::decode(&frames).expect("a well-formed reply") {
-        tradeplex_proto::client::Message::Error(e) => e,
+    match tradeplex_proto::client::decode_answer(&frames).expect("a well-formed reply") {
+        (tradeplex_proto::client::Message::Error(e), _) => e,
         other => panic!("expected ERROR, got {other:?}"),
     }
 }
 
-/// A client head frame: protocol id, command byte, header.
-fn head(cmd: u8, header: &[u8]) -> Vec<u8> {
-    [tradeplex_proto::client::PROTOCOL.frame, &[cmd][..], header].concat()
+/// A message built by hand: the 6-byte id, command byte, header length (2 bytes,
+/// big-endian), header, body.
+fn message(id: &[u8], cmd: u8, header: &[u8], body: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(header.len()).unwrap().to_be_bytes();
+    [id, &[cmd][..], &len[..], header, body].concat()
 }
 
-/// A worker head frame.
+/// A client message without a body.
+fn head(cmd: u8, header: &[u8]) -> Vec<u8> {
+    message(tradeplex_proto::client::PROTOCOL.frame, cmd, header, b"")
+}
+
+/// A worker message without a body.
 fn worker_head(cmd: u8, header: &[u8]) -> Vec<u8> {
-    [tradeplex_proto::worker::PROTOCOL.frame, &[cmd][..], header].concat()
+    message(tradeplex_proto::worker::PROTOCOL.frame, cmd, header, b"")
 }
 
 fn request_header(id: u64, service: &str) -> Vec<u8> {
@@ -299,20 +306,18 @@ fn bad_input_gets_its_error_and_the_broker_keeps_serving() {
     assert_eq!(error_reply(&raw).name, "bad_request");
 
     // Wrong protocol version, with a readable id.
-    let v99 = [&b"TPXC99\x01"[..], &request_header(7, "echo")].concat();
-    raw.send_multipart([v99, Vec::new()], 0).unwrap();
+    let v99 = message(b"TPXC99", 1, &request_header(7, "echo"), b"");
+    raw.send(v99, 0).unwrap();
     let e = error_reply(&raw);
     assert_eq!((e.name.as_str(), e.id.0), ("unsupported_version", 7));
 
     // Unknown command byte.
-    raw.send_multipart([head(42, &request_header(8, "echo")), Vec::new()], 0)
-        .unwrap();
+    raw.send(head(42, &request_header(8, "echo")), 0).unwrap();
     let e = error_reply(&raw);
     assert_eq!((e.name.as_str(), e.id.0), ("bad_request", 8));
 
     // Header that is not MessagePack.
-    raw.send_multipart([head(1, b"\xc1\xc1"), Vec::new()], 0)
-        .unwrap();
+    raw.send(head(1, b"\xc1\xc1"), 0).unwrap();
     assert_eq!(error_reply(&raw).name, "bad_request");
 
     // Too many frames.
@@ -321,8 +326,13 @@ fn bad_input_gets_its_error_and_the_broker_keeps_serving() {
     assert_eq!(error_reply(&raw).name, "bad_request");
 
     // Oversized body.
-    raw.send_multipart([head(1, &request_header(9, "echo")), vec![0u8; 4096]], 0)
-        .unwrap();
+    let big = message(
+        tradeplex_proto::client::PROTOCOL.frame,
+        1,
+        &request_header(9, "echo"),
+        &[0u8; 4096],
+    );
+    raw.send(big, 0).unwrap();
     let e = error_reply(&raw);
     assert_eq!((e.name.as_str(), e.id.0), ("too_large", 9));
 
@@ -331,9 +341,7 @@ fn bad_input_gets_its_error_and_the_broker_keeps_serving() {
     let fake_worker = ctx.socket(zmq::DEALER).unwrap();
     fake_worker.set_linger(0).unwrap();
     fake_worker.connect(&broker.backend).unwrap();
-    fake_worker
-        .send_multipart([worker_head(99, b"junk"), Vec::new()], 0)
-        .unwrap();
+    fake_worker.send(worker_head(99, b"junk"), 0).unwrap();
     fake_worker.send(&b"noise"[..], 0).unwrap();
 
     // The broker still serves everyone.
@@ -452,9 +460,7 @@ impl RawWorker {
     }
 
     fn send(&self, cmd: u8, header: &[u8]) {
-        self.socket
-            .send_multipart([worker_head(cmd, header), Vec::new()], 0)
-            .unwrap();
+        self.socket.send(worker_head(cmd, header), 0).unwrap();
     }
 
     fn register(&self, service: &str, capacity: u32) {
@@ -472,11 +478,11 @@ impl RawWorker {
         loop {
             let frames = self.socket.recv_multipart(0).expect("a broker message");
             match tradeplex_proto::worker::decode(&frames).expect("a well-formed message") {
-                tradeplex_proto::worker::Message::Heartbeat => self.send(
+                (tradeplex_proto::worker::Message::Heartbeat, _) => self.send(
                     5,
                     &tradeplex_proto::frame::encode_header(&serde_json::json!({})),
                 ),
-                other => return other,
+                (other, _) => return other,
             }
         }
     }
@@ -499,8 +505,13 @@ fn raw_request(raw: &zmq::Socket, id: u64, service: &str, ttl_ms: u64) {
         affinity: None,
         client: None,
     });
-    raw.send_multipart([head(1, &header), b"order".to_vec()], 0)
-        .unwrap();
+    let request = message(
+        tradeplex_proto::client::PROTOCOL.frame,
+        1,
+        &header,
+        b"order",
+    );
+    raw.send(request, 0).unwrap();
 }
 
 #[test]
@@ -552,7 +563,7 @@ fn hostile_worker_answers_still_reach_the_client_and_bad_input_is_answered_on_th
     // Another protocol version on the backend gets an answer naming the broker's.
     worker
         .socket
-        .send_multipart([b"TPXW09\x05\x80".to_vec(), Vec::new()], 0)
+        .send(message(b"TPXW09", 5, b"\x80", b""), 0)
         .unwrap();
     match worker.next() {
         tradeplex_proto::worker::Message::Disconnect(d) => {
@@ -579,10 +590,35 @@ fn hostile_worker_answers_still_reach_the_client_and_bad_input_is_answered_on_th
     let d: tradeplex_proto::worker::DisconnectHeader =
         tradeplex_proto::frame::decode_header(&frames[2]).unwrap();
     assert!(
-        d.reason.starts_with("unsupported_version: ") && d.reason.contains("TPXW02"),
+        d.reason.starts_with("unsupported_version: ") && d.reason.contains("TPXW03"),
         "{}",
         d.reason
     );
+    // A version-02 worker (two frames, `TPXW02` head) gets a DISCONNECT in its layout.
+    worker
+        .socket
+        .send_multipart([&b"TPXW02\x05\x80"[..], b""], 0)
+        .unwrap();
+    let frames = loop {
+        let frames = worker.socket.recv_multipart(0).expect("a broker message");
+        if frames.first().is_some_and(|f| f.starts_with(b"TPXW02")) {
+            break frames;
+        }
+    };
+    assert_eq!((frames.len(), &frames[0][..7]), (2, &b"TPXW02\x06"[..]));
+    match tradeplex_proto::worker::decode_from_broker(&frames)
+        .unwrap()
+        .0
+    {
+        tradeplex_proto::worker::Message::Disconnect(d) => assert!(
+            d.reason.starts_with("unsupported_version: ")
+                && d.reason.contains("TPXW03")
+                && d.reason.contains("TPXW02"),
+            "{}",
+            d.reason
+        ),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
     // A READY with bad fields too.
     let bad = tradeplex_proto::worker::ReadyHeader {
         worker: tradeplex_proto::WorkerId::random(),
@@ -613,16 +649,28 @@ fn frontend_answers_each_malformed_shape_as_documented() {
     let raw = raw_dealer(&broker.frontend);
     let header = request_header(11, "echo");
 
-    // Any frame count other than 2 behind a good head frame is bad_request: 1, 3 and 7
+    // Any frame count other than 1 behind a good first frame is bad_request: 2 and 7
     // frames (within the broker's read limit) and 9 (over it).
-    for n in [1usize, 3, 7, 9] {
-        let mut frames = vec![head(1, &header), Vec::new()];
+    for n in [2usize, 7, 9] {
+        let mut frames = vec![head(1, &header)];
         frames.resize(n, Vec::new());
         raw.send_multipart(frames, 0).unwrap();
         let e = error_reply(&raw);
         assert_eq!(e.name, "bad_request", "{n} frames: {}", e.message);
-        assert!(e.message.contains("expected 2 frames"), "{}", e.message);
+        assert!(e.message.contains("expected 1 frame,"), "{}", e.message);
     }
+
+    // A message cut before its header length, or whose header length runs past its end.
+    raw.send(&b"TPXC03\x01\x00"[..], 0).unwrap();
+    let e = error_reply(&raw);
+    assert_eq!(e.name, "bad_request");
+    assert!(e.message.contains("no header length"), "{}", e.message);
+    let mut cut = head(1, &header);
+    cut.pop();
+    raw.send(cut, 0).unwrap();
+    let e = error_reply(&raw);
+    assert_eq!((e.name.as_str(), e.id.0), ("bad_request", 0));
+    assert!(e.message.contains("past the end"), "{}", e.message);
 
     // A header over 4096 bytes is too_large, with id 0 (the broker does not read it).
     #[derive(serde::Serialize)]
@@ -638,24 +686,32 @@ fn frontend_answers_each_malformed_shape_as_documented() {
         deadline_ms: tradeplex_proto::now_unix_ms() + 5000,
         pad: "x".repeat(5000),
     });
-    raw.send_multipart([head(1, &big), Vec::new()], 0).unwrap();
+    raw.send(head(1, &big), 0).unwrap();
     let e = error_reply(&raw);
     assert_eq!((e.name.as_str(), e.id.0), ("too_large", 0), "{}", e.message);
 
     // Another protocol's id is bad_request; our protocol in another version is
     // unsupported_version, answered in the broker's own version.
-    raw.send_multipart([worker_head(1, &header), Vec::new()], 0)
-        .unwrap();
+    raw.send(worker_head(1, &header), 0).unwrap();
     assert_eq!(error_reply(&raw).name, "bad_request");
-    let v3 = [&b"TPXC03\x01"[..], &header].concat();
-    raw.send_multipart([v3, Vec::new()], 0).unwrap();
+    raw.send(message(b"TPXC04", 1, &header, b""), 0).unwrap();
     let frames = raw.recv_multipart(0).unwrap();
-    assert_eq!(&frames[0][..7], b"TPXC02\x03");
+    assert_eq!(&frames[0][..7], b"TPXC03\x03");
     let e = match tradeplex_proto::client::decode(&frames).unwrap() {
-        tradeplex_proto::client::Message::Error(e) => e,
+        (tradeplex_proto::client::Message::Error(e), _) => e,
         other => panic!("expected ERROR, got {other:?}"),
     };
     assert_eq!((e.name.as_str(), e.id.0), ("unsupported_version", 11));
+
+    // A version-02 client (two frames, `TPXC02` head) is answered in its own layout.
+    raw.send_multipart([&[&b"TPXC02\x01"[..], &header].concat()[..], b""], 0)
+        .unwrap();
+    let frames = raw.recv_multipart(0).unwrap();
+    assert_eq!((frames.len(), &frames[0][..7]), (2, &b"TPXC02\x03"[..]));
+    let e: tradeplex_proto::client::ErrorHeader =
+        tradeplex_proto::frame::decode_header(&frames[0][7..]).unwrap();
+    assert_eq!((e.name.as_str(), e.id.0), ("unsupported_version", 11));
+    assert!(e.message.contains("TPXC03"), "{}", e.message);
 
     // A version-01 client (four frames, `TPXC01`) is answered in its own layout, so it
     // reads the refusal and its request's id.
@@ -670,7 +726,7 @@ fn frontend_answers_each_malformed_shape_as_documented() {
     let e: tradeplex_proto::client::ErrorHeader =
         tradeplex_proto::frame::decode_header(&frames[2]).unwrap();
     assert_eq!((e.name.as_str(), e.id.0), ("unsupported_version", 11));
-    assert!(e.message.contains("TPXC02"), "{}", e.message);
+    assert!(e.message.contains("TPXC03"), "{}", e.message);
 
     // A bad target is reported under its own name.
     #[derive(serde::Serialize)]
@@ -686,8 +742,7 @@ fn frontend_answers_each_malformed_shape_as_documented() {
         deadline_ms: tradeplex_proto::now_unix_ms() + 5000,
         target: "not-a-uuid",
     });
-    raw.send_multipart([head(1, &targeted), Vec::new()], 0)
-        .unwrap();
+    raw.send(head(1, &targeted), 0).unwrap();
     let e = error_reply(&raw);
     assert_eq!((e.name.as_str(), e.id.0), ("bad_request", 13));
     assert!(e.message.contains("bad field target"), "{}", e.message);

@@ -13,9 +13,9 @@ use crate::handler::{Handler, HandlerError, Request};
 use crate::journal::Journal;
 use crate::metrics::{RequestStats, WorkerMetrics};
 
-/// A finished job, as the session thread reads it from the results socket: the REPLY or
-/// ERROR head frame and the body, ready to send to the broker as they are.
-pub type Finished = (Vec<u8>, Vec<u8>);
+/// A finished job, as the session thread reads it from the results socket: the whole
+/// REPLY or ERROR message (head and body), ready to send to the broker as it is.
+pub type Finished = Vec<u8>;
 
 /// Shared by the executor threads.
 pub struct Shared {
@@ -96,11 +96,8 @@ impl Drop for Executor {
 fn execute_loop(rx: Receiver<Request>, push: zmq::Socket, shared: Arc<Shared>) {
     let mut stats = RequestStats::new(shared.metrics.clone());
     while let Ok(req) = rx.recv() {
-        let (head, body) = execute(&shared, &req, &mut stats);
-        let sent = push
-            .send(head, zmq::SNDMORE)
-            .and_then(|_| push.send(body, 0));
-        if let Err(e) = sent {
+        let message = execute(&shared, &req, &mut stats);
+        if let Err(e) = push.send(message, 0) {
             tracing::error!(error = %e, job = %req.job, "cannot hand result to session");
         }
     }
@@ -116,13 +113,10 @@ pub fn execute(shared: &Shared, req: &Request, stats: &mut RequestStats) -> Fini
     };
     stats.observe(&req.service, outcome, started.elapsed().as_secs_f64());
     match result {
-        Ok(body) => {
-            let head = wp::encode(wp::Command::Reply, &wp::ReplyHeader { job: req.job });
-            (head, body)
-        }
+        Ok(body) => wp::encode(wp::Command::Reply, &wp::ReplyHeader { job: req.job }, &body),
         Err(e) => {
             let h = wp::ErrorHeader::new(req.job, e.code, e.message);
-            (wp::encode(wp::Command::Error, &h), Vec::new())
+            wp::encode(wp::Command::Error, &h, &[])
         }
     }
 }

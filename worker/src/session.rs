@@ -355,38 +355,39 @@ impl<'a> Session<'a> {
                 Err(e) => return Err(e.into()),
             };
             heard = true;
-            match wp::decode(&frames) {
-                Ok(wp::Message::Request(h)) => {
+            match wp::decode_from_broker(&frames) {
+                Ok((wp::Message::Request(h), body_start)) => {
                     if !draining && !self.registered {
                         self.set_registered(true);
                     }
-                    let body = frames.into_iter().nth(1).unwrap_or_default();
+                    let message = frames.first().map_or(&[][..], |f| &f[..]);
+                    let body = message.get(body_start..).unwrap_or(&[]).to_vec();
                     self.on_request(dealer, h, body, draining);
                 }
-                Ok(wp::Message::Heartbeat) => {
+                Ok((wp::Message::Heartbeat, _)) => {
                     // The broker only heartbeats workers it has registered.
                     if !draining && !self.registered {
                         self.set_registered(true);
                     }
                 }
-                Ok(wp::Message::Disconnect(d))
+                Ok((wp::Message::Disconnect(d), _))
                     if self.pair && crate::brokers::is_passive_refusal(&d.reason) =>
                 {
                     tracing::info!(reason = %d.reason, "broker is passive");
                     self.refused_passive = true;
                 }
-                Ok(wp::Message::Disconnect(d)) if wp::is_refusal(&d.reason) => {
+                Ok((wp::Message::Disconnect(d), _)) if wp::is_refusal(&d.reason) => {
                     // One of our messages was refused; re-sending READY would not fix it.
                     tracing::error!(reason = %d.reason, "broker refused a message from this worker");
                 }
-                Ok(wp::Message::Disconnect(d)) => {
+                Ok((wp::Message::Disconnect(d), _)) => {
                     tracing::info!(reason = %d.reason, "broker asked us to register again");
                     self.set_registered(false);
                     if !draining {
                         self.send_ready(dealer, false);
                     }
                 }
-                Ok(other) => tracing::warn!(?other, "unexpected message from broker"),
+                Ok((other, _)) => tracing::warn!(?other, "unexpected message from broker"),
                 Err(e) => tracing::warn!(error = %e, "bad message from broker"),
             }
         }
@@ -424,8 +425,8 @@ impl<'a> Session<'a> {
                 .get(&req.service)
                 .is_some_and(|handler| handler.runs_inline(&req));
         if inline {
-            let (head, body) = crate::executor::execute(&self.shared, &req, &mut self.stats);
-            send_result(dealer, &head, &body);
+            let message = crate::executor::execute(&self.shared, &req, &mut self.stats);
+            send_result(dealer, &message);
             return;
         }
         self.in_flight += 1;
@@ -435,26 +436,22 @@ impl<'a> Session<'a> {
 
     fn forward_results(&mut self, dealer: &zmq::Socket) -> Result<(), WorkerError> {
         loop {
-            let parts = match self.results.recv_multipart(zmq::DONTWAIT) {
-                Ok(p) => p,
+            // One frame per result: the executor sends the whole message (executor.rs).
+            let message = match self.results.recv_bytes(zmq::DONTWAIT) {
+                Ok(m) => m,
                 Err(zmq::Error::EAGAIN) => return Ok(()),
                 Err(e) => return Err(e.into()),
             };
             self.in_flight = self.in_flight.saturating_sub(1);
             self.shared.metrics.in_flight.set(self.in_flight as i64);
-            let [head, body] = <[Vec<u8>; 2]>::try_from(parts)
-                .map_err(|_| WorkerError::Internal("bad result frame"))?;
-            send_result(dealer, &head, &body);
+            send_result(dealer, &message);
         }
     }
 }
 
 /// Sends a finished job's REPLY or ERROR to the broker without blocking.
-fn send_result(dealer: &zmq::Socket, head: &[u8], body: &[u8]) {
-    let sent = dealer
-        .send(head, zmq::SNDMORE | zmq::DONTWAIT)
-        .and_then(|_| dealer.send(body, zmq::DONTWAIT));
-    if let Err(e) = sent {
+fn send_result(dealer: &zmq::Socket, message: &[u8]) {
+    if let Err(e) = dealer.send(message, zmq::DONTWAIT) {
         tracing::warn!(error = %e, "result not sent: broker unreachable");
     }
 }
@@ -483,10 +480,7 @@ impl Drop for SilenceMonitor<'_> {
 }
 
 fn send<T: serde::Serialize>(dealer: &zmq::Socket, cmd: wp::Command, header: &T, body: &[u8]) {
-    let r = dealer
-        .send(wp::encode(cmd, header), zmq::SNDMORE | zmq::DONTWAIT)
-        .and_then(|_| dealer.send(body, zmq::DONTWAIT));
-    if let Err(e) = r {
+    if let Err(e) = dealer.send(wp::encode(cmd, header, body), zmq::DONTWAIT) {
         tracing::debug!(error = %e, ?cmd, "message to broker not sent");
     }
 }
