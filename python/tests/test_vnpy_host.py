@@ -396,6 +396,9 @@ def test_worker_host_flags_are_validated_by_name(cluster: Cluster) -> None:
         (["--broker", "localhost:1"], "broker"),
         (["--down-pattern", "("], "connection"),
         (["--curve-server-key", "short", "--curve-key-file", "/nonexistent"], "curve"),
+        # A z85 key may start with "-": taken as the key (then the missing file is the
+        # error), not as an unknown flag.
+        (["--curve-server-key", "-" + "a" * 39, "--curve-key-file", "/nonexistent"], "curve"),
     ):
         out = subprocess.run(
             [sys.executable, "-m", "tradeplex.vnpy.worker", "--gateway", "x:Y", *flags],
@@ -407,6 +410,7 @@ def test_worker_host_flags_are_validated_by_name(cluster: Cluster) -> None:
         )
         assert out.returncode == 2, (flags, out.stderr)
         assert out.stderr.startswith("error: ") and field in out.stderr, (flags, out.stderr)
+        assert "expected one argument" not in out.stderr, (flags, out.stderr)
     toml = cluster.tmp / "host.toml"
     toml.write_text('capacity = 3\nhttp = "off"\njournal = "x"\n')
     out = subprocess.run(

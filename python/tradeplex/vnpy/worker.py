@@ -247,9 +247,33 @@ def _setting(path: str | None) -> dict[str, Any]:
     return data
 
 
+#: Flags whose value may start with ``-`` (a z85 key does, about one in 85), which
+#: argparse would take for a flag; such a value is joined to its flag before parsing.
+_KEY_FLAGS = ("--curve-server-key",)
+_Z85_KEY_LEN = 40
+
+
+def join_key_values(argv: list[str]) -> list[str]:
+    """``argv`` with ``--curve-server-key -KEY`` as ``--curve-server-key=-KEY`` (a 40
+    character value starting with ``-``), so argparse reads the key as the flag's value,
+    as the Rust binaries do."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg in _KEY_FLAGS and nxt.startswith("-") and len(nxt) == _Z85_KEY_LEN:
+            out.append(f"{arg}={nxt}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
 def build(argv: list[str] | None = None) -> GatewayHost:
     """The host the command line describes (not started)."""
-    a = _parser().parse_args(argv)
+    a = _parser().parse_args(join_key_values(sys.argv[1:] if argv is None else argv))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonLogFormatter()
