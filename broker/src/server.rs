@@ -728,22 +728,23 @@ impl Loop {
     /// request's id) instead of a message it cannot decode.
     fn answer_old_client(&mut self, to: &[u8], old: OldLayout) {
         let id = client::salvage_id_from_header(self.old_header(old));
-        let message = format!(
-            "this broker speaks {}; the client speaks {}: upgrade it",
-            std::str::from_utf8(client::PROTOCOL.frame).unwrap_or("TPXC03"),
-            old.version("TPXC")
-        );
+        let message = old.refusal(&client::PROTOCOL, "client");
         let h = client::ErrorHeader::new(id, ErrorCode::UnsupportedVersion, message);
-        let sent = match old {
-            OldLayout::V1 => {
-                wire::send_frames(&mut self.frontend, to, &client::encode_v1_error(&h))
-            }
-            OldLayout::V2 => {
-                wire::send_frames(&mut self.frontend, to, &client::encode_v2_error(&h))
-            }
+        let frames = match old {
+            OldLayout::V1 => client::encode_v1_error(&h).to_vec(),
+            OldLayout::V2 => client::encode_v2_error(&h).to_vec(),
         };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "answer to an old client not sent");
+        self.send_old(Side::Frontend, to, &frames);
+    }
+
+    /// Sends a refusal in an old layout (rare: no buffer reuse).
+    fn send_old(&mut self, side: Side, to: &[u8], frames: &[Vec<u8>]) {
+        let socket = match side {
+            Side::Frontend => &mut self.frontend,
+            Side::Backend => &mut self.backend,
+        };
+        if let Err(e) = wire::send_frames(socket, to, frames) {
+            tracing::debug!(error = %e, "answer to a peer of an old version not sent");
         }
     }
 
@@ -816,23 +817,16 @@ impl Loop {
     /// refusal (`unsupported_version: …`) and logs it.
     fn answer_old_worker(&mut self, to: &[u8], old: OldLayout) {
         let reason = format!(
-            "{}: this broker speaks {}; the worker speaks {}: upgrade it",
+            "{}: {}",
             ErrorCode::UnsupportedVersion.name(),
-            std::str::from_utf8(worker::PROTOCOL.frame).unwrap_or("TPXW03"),
-            old.version("TPXW")
+            old.refusal(&worker::PROTOCOL, "worker")
         );
         let h = worker::DisconnectHeader { reason };
-        let sent = match old {
-            OldLayout::V1 => {
-                wire::send_frames(&mut self.backend, to, &worker::encode_v1_disconnect(&h))
-            }
-            OldLayout::V2 => {
-                wire::send_frames(&mut self.backend, to, &worker::encode_v2_disconnect(&h))
-            }
+        let frames = match old {
+            OldLayout::V1 => worker::encode_v1_disconnect(&h).to_vec(),
+            OldLayout::V2 => worker::encode_v2_disconnect(&h).to_vec(),
         };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "answer to an old worker not sent");
-        }
+        self.send_old(Side::Backend, to, &frames);
     }
 
     /// Reads the peer's state, sends ours when due, and shows the pair in `tpx.status`.
@@ -978,12 +972,18 @@ enum OldLayout {
 }
 
 impl OldLayout {
-    /// The old protocol id, e.g. `TPXC01`, for the refusal's message.
-    fn version(self, name: &str) -> String {
-        match self {
-            OldLayout::V1 => format!("{name}01"),
-            OldLayout::V2 => format!("{name}02"),
-        }
+    /// What the refusal says, e.g. `this broker speaks TPXC03; the client speaks TPXC01:
+    /// upgrade it`.
+    fn refusal(self, ours: &tradeplex_proto::frame::Protocol, who: &str) -> String {
+        let version = match self {
+            OldLayout::V1 => "01",
+            OldLayout::V2 => "02",
+        };
+        let speaks = std::str::from_utf8(ours.frame).unwrap_or(ours.version);
+        format!(
+            "this broker speaks {speaks}; the {who} speaks {}{version}: upgrade it",
+            ours.name
+        )
     }
 }
 

@@ -198,12 +198,9 @@ pub fn decode<F: std::ops::Deref<Target = [u8]>>(
 pub fn decode_answer<F: std::ops::Deref<Target = [u8]>>(
     frames: &[F],
 ) -> Result<(Message, usize), ProtoError> {
-    match frames {
-        [head, _] if head.starts_with(V2_ID) && head.get(V2_ID.len()) == Some(&3) => {
-            let header = head.get(V2_ID.len() + 1..).unwrap_or(&[]);
-            Ok((Message::Error(frame::decode_header(header)?), 0))
-        }
-        _ => decode(frames),
+    match frame::v2_refusal(frames, V2_ID, Command::Error as u8) {
+        Some(header) => Ok((Message::Error(frame::decode_header(header)?), 0)),
+        None => decode(frames),
     }
 }
 

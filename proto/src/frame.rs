@@ -109,6 +109,23 @@ pub fn split_layout(frame: &[u8]) -> Result<Parts<'_>, ProtoError> {
     })
 }
 
+/// The header of an older peer's refusal in the version-02 layout: two frames, the
+/// first `v2_id` (e.g. `TPXC02`), `command` and the header, the second empty by
+/// convention. `None` for anything else. What a version-03 client or worker reads from a
+/// version-02 broker that refuses its version.
+pub fn v2_refusal<'a, F: std::ops::Deref<Target = [u8]>>(
+    frames: &'a [F],
+    v2_id: &[u8],
+    command: u8,
+) -> Option<&'a [u8]> {
+    match frames {
+        [head, _] => head
+            .strip_prefix(v2_id)
+            .and_then(|rest| rest.strip_prefix(&[command])),
+        _ => None,
+    }
+}
+
 impl Protocol {
     /// Encodes a message's head (`id`, command byte, header length, header) into `buf`
     /// (cleared first, its allocation reused); the body goes right after it.

@@ -214,12 +214,9 @@ pub fn decode<F: std::ops::Deref<Target = [u8]>>(
 pub fn decode_from_broker<F: std::ops::Deref<Target = [u8]>>(
     frames: &[F],
 ) -> Result<(Message, usize), ProtoError> {
-    match frames {
-        [head, _] if head.starts_with(V2_ID) && head.get(V2_ID.len()) == Some(&6) => {
-            let header = head.get(V2_ID.len() + 1..).unwrap_or(&[]);
-            Ok((Message::Disconnect(frame::decode_header(header)?), 0))
-        }
-        _ => decode(frames),
+    match frame::v2_refusal(frames, V2_ID, Command::Disconnect as u8) {
+        Some(header) => Ok((Message::Disconnect(frame::decode_header(header)?), 0)),
+        None => decode(frames),
     }
 }
 
