@@ -370,6 +370,14 @@ impl Connection {
                 {
                     self.on_passive_refusal(i, h.id);
                 }
+                Ok((cp::Message::Error(h), _))
+                    if h.code == ErrorCode::UnsupportedVersion.as_u16()
+                        && !self.pending.contains_key(&h.id) =>
+                {
+                    // An older (version-02) broker cannot read a request's id, so its
+                    // refusal names id 0 and no call: the calls time out; say why here.
+                    tracing::error!(message = %h.message, "broker refused this client's protocol version");
+                }
                 Ok((cp::Message::Error(h), _)) => {
                     let err = ClientError::Remote {
                         code: ErrorCode::from_u16(h.code),

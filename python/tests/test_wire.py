@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 
 import msgpack
 import pytest
@@ -81,7 +82,7 @@ def test_reply_and_error_decode() -> None:
         wire.decode_client_answer([b"TPXC03"])
     with pytest.raises(ProtocolError, match="header length"):
         wire.decode_client_answer([b"TPXC03\x02\x00"])
-    with pytest.raises(ProtocolError, match="over 4096"):
+    with pytest.raises(ProtocolError, match="limit 4096"):
         wire.decode_client_answer([b"TPXC03\x02\x13\x88" + b"\x00" * 5000])
     with pytest.raises(ProtocolError, match="past the end"):
         wire.decode_client_answer([msg(b"TPXC03", 2, wire.pack({"id": 1}))[:-1]])
@@ -117,6 +118,183 @@ def test_worker_messages_are_one_frame() -> None:
         wire.decode_worker_message([msg(b"TPXW03", 2, wire.pack(h)), b"body"])
     with pytest.raises(ProtocolError, match="past the end"):
         wire.decode_worker_message([b"TPXW03\x02\x00\x09\x80"])
+
+
+def test_a_request_round_trips_in_one_frame() -> None:
+    target = "00000000-0000-4000-8000-000000000000"
+    body = wire.pack({"symbol": "IF2412", "volume": 1.0})
+    m = wire.encode_request(9, "SIM", 1_764_633_600_000, False, target, "acct.x", "ops", body)
+    assert isinstance(m, bytes)
+    cmd, header, rest = wire.split_message(m, wire.CLIENT_PROTOCOL)
+    assert cmd == wire.ClientCommand.REQUEST and rest == body
+    assert int.from_bytes(m[7:9], "big") == len(header)
+    assert wire.decode_header(header) == {
+        "id": 9,
+        "service": "SIM",
+        "deadline_ms": 1_764_633_600_000,
+        "idempotent": False,
+        "target": target,
+        "affinity": "acct.x",
+        "client": "ops",
+    }
+    # Without a body the frame ends with the header ("no value").
+    bare = wire.encode_request(9, "SIM", 1, True, None, None)
+    assert wire.split_message(bare, wire.CLIENT_PROTOCOL)[2] == b""
+    assert bare[:7] == b"TPXC03\x01" and len(bare) == 9 + int.from_bytes(bare[7:9], "big")
+
+
+def test_answers_round_trip_in_one_frame() -> None:
+    worker = "00000000-0000-4000-8000-000000000001"
+    p, reply, error = wire.CLIENT_PROTOCOL, wire.ClientCommand.REPLY, wire.ClientCommand.ERROR
+    body = wire.pack([1, "two", b"3"])
+    ans = wire.decode_client_answer(
+        [wire.head(p, reply, wire.pack({"id": 3, "worker": worker})) + body]
+    )
+    assert (ans.ok, ans.id, ans.worker, ans.body) == (True, 3, worker, body)
+    assert wire.unpack_body(ans.body) == [1, "two", b"3"]
+    empty = wire.decode_client_answer([wire.head(p, reply, wire.pack({"id": 4}))])
+    assert empty.ok and empty.body == b"" and wire.unpack_body(empty.body) is None
+    h = {"id": 5, "code": 3, "name": "deadline_exceeded", "message": "late", "worker": worker}
+    err = wire.decode_client_answer([wire.head(p, error, wire.pack(h))])
+    assert (err.ok, err.id, err.code, err.name, err.message, err.worker) == (
+        False,
+        5,
+        3,
+        "deadline_exceeded",
+        "late",
+        worker,
+    )
+    # A header of exactly 4096 bytes is allowed.
+    big = {"id": 6, "pad": ""}
+    big["pad"] = "x" * (4096 - len(wire.pack(big)) - 2)
+    assert len(wire.pack(big)) == 4096
+    assert (
+        wire.decode_client_answer([wire.head(p, reply, wire.pack(big)) + b"\x01"]).body == b"\x01"
+    )
+
+
+def test_worker_messages_round_trip_in_one_frame() -> None:
+    cases: list[tuple[wire.WorkerCommand, dict[str, object], bytes]] = [
+        (wire.WorkerCommand.READY, {"worker": "w", "services": ["SIM"], "capacity": 2}, b""),
+        (wire.WorkerCommand.REPLY, {"job": 7}, wire.pack({"ok": True})),
+        (wire.WorkerCommand.ERROR, {"job": 7, "code": 5, "message": "boom"}, b""),
+        (wire.WorkerCommand.HEARTBEAT, {}, b""),
+        (wire.WorkerCommand.DISCONNECT, {"reason": "worker shutting down"}, b""),
+    ]
+    for cmd, header, body in cases:
+        frames = wire.encode_worker(cmd, header, body)
+        assert len(frames) == 1
+        got_cmd, got_header, got_body = wire.split_message(frames[0], wire.WORKER_PROTOCOL)
+        assert (got_cmd, wire.decode_header(got_header), got_body) == (cmd, header, body)
+    h = {"job": 1, "id": 2, "service": "SIM", "deadline_ms": 3, "idempotent": True}
+    p = wire.WORKER_PROTOCOL
+    req = wire.decode_worker_message([wire.head(p, wire.WorkerCommand.REQUEST, wire.pack(h))])
+    assert req.command == wire.WorkerCommand.REQUEST and req.request is not None
+    assert (req.request.id, req.request.service, req.request.idempotent) == (2, "SIM", True)
+    assert req.request.body == b""
+    hb = wire.decode_worker_message(wire.encode_worker(wire.WorkerCommand.HEARTBEAT, {}))
+    assert hb.command == wire.WorkerCommand.HEARTBEAT
+    d = wire.decode_worker_message(
+        wire.encode_worker(wire.WorkerCommand.DISCONNECT, {"reason": "unknown worker"})
+    )
+    assert (d.command, d.reason) == (wire.WorkerCommand.DISCONNECT, "unknown worker")
+    assert not wire.is_refusal(d.reason)
+    with pytest.raises(ProtocolError, match="unexpected command"):
+        wire.decode_worker_message(wire.encode_worker(wire.WorkerCommand.READY, {}))
+
+
+_C = wire.CLIENT_PROTOCOL
+_W = wire.WORKER_PROTOCOL
+_GOOD = {"id": 1, "job": 1, "service": "SIM", "deadline_ms": 1}
+
+
+@pytest.mark.parametrize("p", [_C, _W], ids=["client", "worker"])
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: [], "expected 1 frame, got 0"),
+        (lambda p: [p], "unknown command"),
+        (lambda p: [p + b"\x02"], "no header length"),
+        (lambda p: [p + b"\x02\x00"], "no header length"),
+        (lambda p: [p + b"\x02\x10\x01" + b"\x80" * 4097], "header is 4097 bytes, limit 4096"),
+        (lambda p: [p + b"\x02\xff\xff"], "header is 65535 bytes, limit 4096"),
+        (
+            lambda p: [p + b"\x02\x00\x05\x80"],
+            "header length 5 runs past the end of the 10-byte message",
+        ),
+        (lambda p: [p + b"\x02\x00\x00"], "not a map|not MessagePack"),
+        (lambda p: [msg(p, 2, b"\x91\x01")], "not a map"),
+        (lambda p: [msg(p, 2, b"\xc1")], "not MessagePack"),
+        (lambda p: [msg(p, 2, wire.pack(_GOOD)), b""], "expected 1 frame, got 2"),
+        (lambda p: [msg(p, 2, wire.pack(_GOOD)), b"", b""], "expected 1 frame, got 3"),
+        # The frame count is checked before the layout of the first frame.
+        (lambda p: [p, b"x"], "expected 1 frame, got 2"),
+        (lambda p: [msg(p[:4] + b"04", 2, wire.pack(_GOOD))], "unsupported protocol version"),
+        # The protocol id is checked before the frame count.
+        (lambda p: [p[:4] + b"04", b"", b""], "unsupported protocol version"),
+        (lambda p: [p[:4] + b"02\x02" + wire.pack(_GOOD), b""], "unsupported protocol version"),
+        (lambda p: [msg(b"ZMTP03", 2, wire.pack(_GOOD))], "not TPX"),
+        (lambda p: [b""], "not TPX"),
+        (lambda p: [msg(p, 0x7F, wire.pack(_GOOD))], "unexpected command"),
+    ],
+)
+def test_each_malformed_message_is_a_protocol_error(
+    p: bytes, make: Callable[[bytes], list[bytes]], match: str
+) -> None:
+    decode = wire.decode_client_answer if p == _C else wire.decode_worker_message
+    with pytest.raises(ProtocolError, match=match):
+        decode(make(p))
+
+
+def test_the_other_protocol_is_not_ours() -> None:
+    with pytest.raises(ProtocolError, match="not TPXC03"):
+        wire.decode_client_answer([msg(b"TPXW03", 2, wire.pack({"id": 1}))])
+    with pytest.raises(ProtocolError, match="not TPXC03"):
+        wire.decode_client_answer(wire.encode_worker(wire.WorkerCommand.REPLY, {"job": 1}))
+    with pytest.raises(ProtocolError, match="not TPXW03"):
+        wire.decode_worker_message([wire.encode_request(1, "SIM", 1, True, None, None)])
+    with pytest.raises(ProtocolError, match="not TPXC03"):
+        wire.decode_client_answer(wire.encode_event("log.x", "s", 1, 1, b""))
+
+
+def test_only_an_old_brokers_refusal_is_read_in_the_old_layout() -> None:
+    h = {"id": 0, "code": 6, "name": "unsupported_version", "message": "speak TPXC02"}
+    v2_error = wire.V2_CLIENT_ERROR + wire.pack(h)
+    ans = wire.decode_client_answer([v2_error, b""])
+    assert (ans.ok, ans.id, ans.code, ans.name, ans.message, ans.body) == (
+        False,
+        0,
+        6,
+        "unsupported_version",
+        "speak TPXC02",
+        b"",
+    )
+    reason = 'unsupported_version: unsupported protocol version "03" (this peer speaks 02)'
+    v2_disconnect = wire.V2_WORKER_DISCONNECT + wire.pack({"reason": reason})
+    d = wire.decode_worker_message([v2_disconnect, b""])
+    assert (d.command, d.reason, d.request) == (wire.WorkerCommand.DISCONNECT, reason, None)
+    assert wire.is_refusal(d.reason)
+    # Anything else in version 02 is still an unsupported version: one frame, three
+    # frames, another command, or a refusal sent to the other side.
+    for frames, decode in [
+        ([v2_error], wire.decode_client_answer),
+        ([v2_error, b"", b""], wire.decode_client_answer),
+        ([b"TPXC02\x02" + wire.pack({"id": 1}), b""], wire.decode_client_answer),
+        ([v2_disconnect], wire.decode_worker_message),
+        ([b"TPXW02\x02" + wire.pack({"job": 1}), b""], wire.decode_worker_message),
+        ([b"TPXW02\x03" + wire.pack(h), b""], wire.decode_worker_message),
+    ]:
+        with pytest.raises(ProtocolError, match="unsupported protocol version"):
+            decode(frames)
+    with pytest.raises(ProtocolError, match="not TPXC03"):
+        wire.decode_client_answer([v2_disconnect, b""])
+    with pytest.raises(ProtocolError, match="not TPXW03"):
+        wire.decode_worker_message([v2_error, b""])
+    # A refusal whose header is garbage is a protocol error too, not a crash.
+    with pytest.raises(ProtocolError):
+        wire.decode_client_answer([wire.V2_CLIENT_ERROR + b"\xc1", b""])
+    with pytest.raises(ProtocolError):
+        wire.decode_client_answer([wire.V2_CLIENT_ERROR + wire.pack({"id": -1}), b""])
 
 
 def test_error_codes_are_stable() -> None:

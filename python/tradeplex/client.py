@@ -1,4 +1,4 @@
-"""`Client`: calls services through the broker's frontend (``TPXC02``).
+"""`Client`: calls services through the broker's frontend (``TPXC03``, one frame a message).
 
 ZeroMQ sockets are not thread-safe, so exactly one thread at a time owns the DEALER; the
 owner changes only under a lock (whose acquire/release is the full memory barrier libzmq
@@ -298,6 +298,8 @@ class _Connection:
         self.timers: list[tuple[float, int, int]] = []
         self.bad_frames = 0
         self.late_answers = 0
+        #: Answers refusing our protocol version that matched no call (an old broker).
+        self.refused_versions = 0
         self.resends = 0
         self.direct_calls = 0
         self.handovers = 0
@@ -403,7 +405,7 @@ class _Connection:
                         self._bad_frame(str(e))
                         continue
                     if id != p.id:
-                        self.late_answers += 1  # a duplicate, or an answer after a timeout
+                        self._unmatched(err)  # a duplicate, or an answer after a timeout
                         continue
                     owned = False
                     if (
@@ -654,7 +656,7 @@ class _Connection:
             p = pending.pop(id, None)
             if p is None:
                 # A second answer to a re-sent idempotent call, or one after its timeout.
-                self.late_answers += 1
+                self._unmatched(err)
                 continue
             future = p.future
             if future is None:  # cannot happen: only handed-over calls are pending
@@ -774,6 +776,17 @@ class _Connection:
     def _fail(self, p: _Pending, error: CallError) -> None:
         if p.future is not None:
             _settle(p.future, error=error)
+
+    def _unmatched(self, err: CallError | None) -> None:
+        """An answer matching no call in flight. An older (version-02) broker refuses our
+        requests with ``unsupported_version`` and request id 0 (it cannot read the id
+        from a version-03 message), so no call gets that error: say so in the log."""
+        self.late_answers += 1
+        if err is not None and err.code == "unsupported_version":
+            self.refused_versions += 1
+            n = self.refused_versions
+            if n <= 10 or n % 1000 == 0:
+                log.error("broker refused this client's protocol (%d so far): %s", n, err.message)
 
     def _bad_frame(self, why: str) -> None:
         self.bad_frames += 1
@@ -1069,13 +1082,15 @@ class Client(TradingMixin):
     def stats(self) -> dict[str, int]:
         """Counters: bad frames dropped, late (duplicate) answers, re-sends, calls in
         flight through the I/O thread, calls answered on the caller's thread (`direct`),
-        direct calls handed to the I/O thread (`handovers`) and moves to another broker
-        of a pair (`switches`)."""
+        direct calls handed to the I/O thread (`handovers`), moves to another broker
+        of a pair (`switches`) and an older broker's refusals of our protocol version
+        (`refused_versions`)."""
         c = self._conn
         return {
             "switches": c.switches,
             "bad_frames": c.bad_frames,
             "late_answers": c.late_answers,
+            "refused_versions": c.refused_versions,
             "resends": c.resends,
             "in_flight": len(c.pending),
             "direct": c.direct_calls,

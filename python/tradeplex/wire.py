@@ -1,5 +1,10 @@
 """Frames, commands and error codes of docs/protocol.md, with checked decoders.
 
+Protocol version 03: every client (``TPXC03``) and worker (``TPXW03``) message is one
+frame: bytes 0-5 the protocol id, byte 6 the command, bytes 7-8 the header length H
+(big-endian), bytes 9 .. 9+H the MessagePack header map, the rest of the frame the body
+(empty = no value). Events (``TPXE01``) keep their four frames.
+
 Everything here is pure (no sockets). Decoders take frames straight from the network and
 raise `ProtocolError` on anything malformed, never another exception, so the I/O threads
 can count and drop bad input without crashing.
@@ -30,7 +35,7 @@ HEAD_PREFIX = 9
 V2_CLIENT_ERROR = b"TPXC02\x03"
 V2_WORKER_DISCONNECT = b"TPXW02\x06"
 
-#: Header frames are at most this long (docs/protocol.md, Conventions).
+#: Headers are at most this long (docs/protocol.md, Conventions).
 MAX_HEADER_BYTES = 4096
 MAX_TOPIC_BYTES = 256
 MAX_AFFINITY_BYTES = 128
@@ -48,7 +53,7 @@ _SERVICE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class ClientCommand(IntEnum):
-    """Command byte of the client protocol (``TPXC02``, byte 6 of the head frame)."""
+    """Command byte of the client protocol (``TPXC03``, byte 6 of a message)."""
 
     REQUEST = 0x01
     REPLY = 0x02
@@ -56,7 +61,7 @@ class ClientCommand(IntEnum):
 
 
 class WorkerCommand(IntEnum):
-    """Command byte of the worker protocol (``TPXW02``, byte 6 of the head frame)."""
+    """Command byte of the worker protocol (``TPXW03``, byte 6 of a message)."""
 
     READY = 0x01
     REQUEST = 0x02
@@ -150,9 +155,10 @@ def unpack_body(data: bytes) -> Any:
 
 
 def decode_header(frame: bytes) -> dict[str, Any]:
-    """Decodes a header frame: a MessagePack map with string keys, at most 4096 bytes."""
+    """Decodes a header (a message's bytes 9 .. 9+H, or an event's frame 2): a MessagePack
+    map with string keys, at most 4096 bytes."""
     if len(frame) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {len(frame)} bytes over {MAX_HEADER_BYTES}")
+        raise ProtocolError(f"header is {len(frame)} bytes, limit {MAX_HEADER_BYTES}")
     try:
         h = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as e:
@@ -163,7 +169,8 @@ def decode_header(frame: bytes) -> dict[str, Any]:
 
 
 def check_protocol(frame0: bytes, expected: bytes) -> None:
-    """Raises `ProtocolError` unless `frame0` is the protocol id `expected`."""
+    """Raises `ProtocolError` unless `frame0` is the protocol id `expected`: ``unsupported
+    protocol version`` for our protocol's name with another version, ``not <id>`` else."""
     if frame0 == expected:
         return
     if frame0[:4] == expected[:4]:
@@ -188,15 +195,17 @@ def _str(h: dict[str, Any], name: str, default: str | None = None) -> str:
 def split_message(message: bytes, expected: bytes) -> tuple[int, bytes, bytes]:
     """The command byte, header and body of a one-frame message (protocol id `expected`,
     command byte, header length, MessagePack header, body); raises `ProtocolError` on
-    another protocol or version, or a header length that does not fit."""
+    another protocol or version, a frame too short for the command byte or the header
+    length, a header length over 4096, or one running past the end of the frame. The
+    header is returned undecoded; the body is the rest of the frame (may be empty)."""
     check_protocol(message[: len(expected)], expected)
     if len(message) < HEAD_PREFIX - 2:
-        raise ProtocolError("message without a command byte")
+        raise ProtocolError("unknown command (no byte 6)")
     if len(message) < HEAD_PREFIX:
         raise ProtocolError("no header length (bytes 7-8)")
     n = int.from_bytes(message[HEAD_PREFIX - 2 : HEAD_PREFIX], "big")
     if n > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {n} bytes over {MAX_HEADER_BYTES}")
+        raise ProtocolError(f"header is {n} bytes, limit {MAX_HEADER_BYTES}")
     end = HEAD_PREFIX + n
     if end > len(message):
         raise ProtocolError(
@@ -214,8 +223,8 @@ def head(protocol: bytes, command: int, header: bytes) -> bytes:
 
 
 def _old_refusal(frames: list[bytes], prefix: bytes) -> dict[str, Any] | None:
-    """The header of an older broker's version-02 refusal (`prefix` + header, then an
-    empty frame), or None if `frames` is not one."""
+    """The header of an older broker's version-02 refusal (two frames: `prefix` + the
+    MessagePack header, then the empty body), or None if `frames` is not one."""
     if len(frames) == 2 and frames[0][: len(prefix)] == prefix:
         return decode_header(frames[0][len(prefix) :])
     return None

@@ -1,4 +1,4 @@
-"""`Worker`: serves services to the broker's backend (``TPXW02``) and publishes events.
+"""`Worker`: serves services to the broker's backend (``TPXW03``) and publishes events.
 
 Three kinds of thread, because ZeroMQ sockets are not thread-safe: the session thread owns
 the DEALER (register, heartbeats both ways, reconnect with backoff, drain); a pool of
