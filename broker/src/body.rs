@@ -1,9 +1,9 @@
 //! Frames held by reference count: a received message's body can be kept for a delivery
 //! and a re-dispatch (a refusal, an unreachable worker, a retry) without copying its bytes.
-//! A body is the tail of the frame it came in (after the protocol's head), so a `Body`
-//! is a frame and where in it the bytes it stands for start. The `zmq` crate's `Message` hides its `zmq_msg_t`, so `zmq_msg_copy` — which
-//! shares the buffer of a large message instead of copying it — is reached through
-//! `zmq-sys` here, in one small audited place.
+//! A body is the tail of the frame it came in (after the protocol's head), so a `Body` is
+//! a frame and where in it the bytes it stands for start. The `zmq` crate's `Message`
+//! hides its `zmq_msg_t`, so `zmq_msg_copy` — which shares the buffer of a large message
+//! instead of copying it — is reached through `zmq-sys` here, in one small audited place.
 
 use std::ops::Deref;
 

@@ -55,17 +55,8 @@ impl Protocol {
     /// Checks the first 6 bytes of a message: our id, or `unsupported_version` for our
     /// name in another version (e.g. a `TPXC02` message), or `bad_request`.
     pub fn check_id(&self, frame: &[u8]) -> Result<(), ProtoError> {
-        let id = self.frame.len();
-        match frame.get(..id) {
-            Some(p) if p == self.frame => Ok(()),
-            // Only the id's bytes are checked, so a wrong version names itself briefly.
-            _ => match self.check(frame.get(..id).unwrap_or(frame)) {
-                Err(e) => Err(e),
-                Ok(()) => Err(ProtoError::BadProtocol {
-                    expected: self.name,
-                }),
-            },
-        }
+        // Only the id's bytes are checked, so a wrong version names itself briefly.
+        self.check(frame.get(..self.frame.len()).unwrap_or(frame))
     }
 
     /// Splits a message (`id`, command byte, header length, header, body) after checking
@@ -74,17 +65,56 @@ impl Protocol {
         self.check_id(frame)?;
         split_layout(frame)
     }
+
+    /// Encodes a message's head (`id`, command byte, header length, header) into `buf`
+    /// (cleared first, its allocation reused); the body goes right after it.
+    pub fn encode_head_into<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T) {
+        buf.clear();
+        buf.extend_from_slice(self.frame);
+        buf.push(cmd);
+        buf.extend_from_slice(&[0, 0]);
+        let written = rmp_serde::encode::write_named(buf, header).is_ok();
+        let len = buf.len() - HEAD_PREFIX;
+        match u16::try_from(len) {
+            Ok(n) if written && len <= MAX_HEADER_BYTES => {
+                if let Some(b) = buf.get_mut(HEAD_PREFIX - 2..HEAD_PREFIX) {
+                    b.copy_from_slice(&n.to_be_bytes());
+                }
+            }
+            // Our plain header structs cannot fail to serialise, and none comes near
+            // the limit; stay safe if one does: an empty map.
+            _ => {
+                buf.truncate(HEAD_PREFIX - 2);
+                buf.extend_from_slice(&[0, 1, 0x80]);
+            }
+        }
+    }
+
+    /// Encodes a whole message into `buf` (cleared first): head, then `body`.
+    pub fn encode_into<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T, body: &[u8]) {
+        self.encode_head_into(buf, cmd, header);
+        buf.extend_from_slice(body);
+    }
+
+    /// A whole message: `id`, command byte, header length, header, body.
+    pub fn encode<T: Serialize>(&self, cmd: u8, header: &T, body: &[u8]) -> Vec<u8> {
+        // Our headers are small maps: one allocation of this size avoids regrowing.
+        let mut buf = Vec::with_capacity(128 + body.len());
+        self.encode_into(&mut buf, cmd, header, body);
+        buf
+    }
 }
 
 /// Splits a message in this version's layout whatever its 6-byte id says (for reading
 /// what can be read of a message that is refused, e.g. its request id).
 pub fn split_layout(frame: &[u8]) -> Result<Parts<'_>, ProtoError> {
-    let id = HEAD_PREFIX - 3;
+    // Byte 6 the command, bytes 7-8 the header length.
+    let command_at = HEAD_PREFIX - 3;
     let command = *frame
-        .get(id)
+        .get(command_at)
         .ok_or_else(|| ProtoError::UnknownCommand(Vec::new()))?;
     let len = frame
-        .get(id + 1..HEAD_PREFIX)
+        .get(command_at + 1..HEAD_PREFIX)
         .and_then(|b| <[u8; 2]>::try_from(b).ok())
         .map(|b| usize::from(u16::from_be_bytes(b)))
         .ok_or_else(|| ProtoError::BadHeader("no header length (bytes 7-8)".into()))?;
@@ -123,46 +153,6 @@ pub fn v2_refusal<'a, F: std::ops::Deref<Target = [u8]>>(
             .strip_prefix(v2_id)
             .and_then(|rest| rest.strip_prefix(&[command])),
         _ => None,
-    }
-}
-
-impl Protocol {
-    /// Encodes a message's head (`id`, command byte, header length, header) into `buf`
-    /// (cleared first, its allocation reused); the body goes right after it.
-    pub fn encode_head_into<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T) {
-        buf.clear();
-        buf.extend_from_slice(self.frame);
-        buf.push(cmd);
-        buf.extend_from_slice(&[0, 0]);
-        let written = rmp_serde::encode::write_named(buf, header).is_ok();
-        let len = buf.len() - HEAD_PREFIX;
-        match u16::try_from(len) {
-            Ok(n) if written && len <= MAX_HEADER_BYTES => {
-                if let Some(b) = buf.get_mut(HEAD_PREFIX - 2..HEAD_PREFIX) {
-                    b.copy_from_slice(&n.to_be_bytes());
-                }
-            }
-            // Our plain header structs cannot fail to serialise, and none comes near
-            // the limit; stay safe if one does: an empty map.
-            _ => {
-                buf.truncate(HEAD_PREFIX - 2);
-                buf.extend_from_slice(&[0, 1, 0x80]);
-            }
-        }
-    }
-
-    /// Encodes a whole message into `buf` (cleared first): head, then `body`.
-    pub fn encode_into<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T, body: &[u8]) {
-        self.encode_head_into(buf, cmd, header);
-        buf.extend_from_slice(body);
-    }
-
-    /// A whole message: `id`, command byte, header length, header, body.
-    pub fn encode<T: Serialize>(&self, cmd: u8, header: &T, body: &[u8]) -> Vec<u8> {
-        // Our headers are small maps: one allocation of this size avoids regrowing.
-        let mut buf = Vec::with_capacity(128 + body.len());
-        self.encode_into(&mut buf, cmd, header, body);
-        buf
     }
 }
 
