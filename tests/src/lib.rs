@@ -194,6 +194,23 @@ pub fn subscribe_ticks_at(client: &Client, worker: tradeplex_proto::WorkerId, sy
 
 // ----- orders -----------------------------------------------------------------------------
 
+/// The message of a `risk_rejected` refusal; panics (naming what came instead) on anything
+/// else, so a test of the risk stage fails clearly when an order got through.
+pub fn risk_message<T: std::fmt::Debug>(r: Result<T, tradeplex_client::ClientError>) -> String {
+    match r {
+        Err(tradeplex_client::ClientError::Remote {
+            code: Some(tradeplex_proto::ErrorCode::RiskRejected),
+            name,
+            message,
+            ..
+        }) => {
+            assert_eq!(name, "risk_rejected");
+            message
+        }
+        other => panic!("expected risk_rejected, got {other:?}"),
+    }
+}
+
 /// An AAPL order for the SIM gateway, from [`aapl_order`]: one share bid at 100.0 unless a
 /// method below says otherwise; [`AaplOrder::build`] gives the request.
 pub struct AaplOrder(OrderRequest);

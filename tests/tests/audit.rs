@@ -4,20 +4,7 @@
 
 use std::time::Duration;
 
-use tradeplex_client::ClientError;
-use tradeplex_proto::ErrorCode;
 use tradeplex_tests::*;
-
-fn risk_message<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
-    match r {
-        Err(ClientError::Remote {
-            code: Some(ErrorCode::RiskRejected),
-            message,
-            ..
-        }) => message,
-        other => panic!("expected risk_rejected, got {other:?}"),
-    }
-}
 
 #[test]
 fn a_daily_cap_and_a_halt_survive_a_broker_restart_and_audit_shows_the_order() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tradeplex_client::{CallOptions, Client, ClientError};
-use tradeplex_proto::model::{Order, Status};
+use tradeplex_proto::model::Status;
 use tradeplex_proto::ErrorCode;
 use tradeplex_tests::*;
 
@@ -33,17 +33,6 @@ fn journal_has(journal: &Path, reference: &str) -> bool {
     journal_lines(journal)
         .iter()
         .any(|l| l["event"] == "request" && l["order"]["reference"] == reference)
-}
-
-fn risk_message(r: Result<Order, ClientError>) -> String {
-    match r {
-        Err(ClientError::Remote {
-            code: Some(ErrorCode::RiskRejected),
-            message,
-            ..
-        }) => message,
-        other => panic!("expected risk_rejected, got {other:?}"),
-    }
 }
 
 fn wait_active(member: &PairMember, client: &Client) {

@@ -31,21 +31,6 @@ fn market_order(symbol: &str, volume: f64) -> OrderRequest {
     }
 }
 
-fn risk_message(r: Result<Order, ClientError>) -> String {
-    match r {
-        Err(ClientError::Remote {
-            code: Some(ErrorCode::RiskRejected),
-            name,
-            message,
-            ..
-        }) => {
-            assert_eq!(name, "risk_rejected");
-            message
-        }
-        other => panic!("expected risk_rejected, got {other:?}"),
-    }
-}
-
 #[test]
 fn order_size_limit_rejects_above_its_limit_with_risk_rejected_and_counts_it() {
     let broker =
