@@ -340,7 +340,10 @@ impl RelayLoop {
             return;
         };
         if let Some(slot) = self.last_ticks.get_mut(&t[..]) {
-            *slot = [t.to_vec(), p.to_vec(), h.to_vec(), b.to_vec()];
+            // Every tick passes here: refill the slot's buffers rather than allocate four.
+            for (buf, frame) in slot.iter_mut().zip([t, p, h, b]) {
+                refill(buf, frame);
+            }
         } else if self.last_ticks.len() < MAX_CACHED_TOPICS {
             self.last_ticks
                 .insert(t.to_vec(), [t.to_vec(), p.to_vec(), h.to_vec(), b.to_vec()]);
@@ -501,6 +504,17 @@ impl RelayLoop {
     }
 }
 
+/// Makes `buf` a copy of `bytes`, in its own allocation when that fits without holding
+/// much more than `bytes` needs (what is kept is counted by its length), else in a new one.
+fn refill(buf: &mut Vec<u8>, bytes: &[u8]) {
+    if buf.capacity() >= bytes.len() && buf.capacity() <= 2 * bytes.len() + 64 {
+        buf.clear();
+        buf.extend_from_slice(bytes);
+    } else {
+        *buf = bytes.to_vec();
+    }
+}
+
 fn send_all(socket: &zmq::Socket, frames: &[Vec<u8>]) -> zmq::Result<()> {
     let n = frames.len();
     for (i, f) in frames.iter().enumerate() {
@@ -529,5 +543,26 @@ fn set_xpub_verboser(socket: &mut zmq::Socket) -> zmq::Result<()> {
     } else {
         // SAFETY: zmq_errno has no preconditions.
         Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refill;
+
+    #[test]
+    fn refill_reuses_a_fitting_buffer_and_replaces_an_oversized_one() {
+        let mut buf = Vec::with_capacity(300);
+        let kept = buf.as_ptr();
+        refill(&mut buf, &[1; 200]);
+        assert_eq!((buf.as_slice(), buf.as_ptr()), (&[1u8; 200][..], kept));
+        refill(&mut buf, &[2; 10]);
+        assert_eq!(buf, [2; 10]);
+        assert!(
+            buf.capacity() <= 2 * 10 + 64,
+            "a 300-byte buffer kept for 10 bytes"
+        );
+        refill(&mut buf, &[3; 1000]);
+        assert_eq!(buf, [3; 1000]);
     }
 }

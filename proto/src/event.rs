@@ -74,8 +74,14 @@ pub fn decode<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<Event, 
         })?
         .to_string();
     PROTOCOL.check(frame::frame(frames, 1, FRAMES)?)?;
-    let header = frame::decode_header(frame::frame(frames, 2, FRAMES)?)?;
+    let header = decode_header(frame::frame(frames, 2, FRAMES)?)?;
     Ok(Event { topic, header })
+}
+
+/// Decodes an event's header (frame 2) alone: what the broker's gap-recovery store reads
+/// of every event, on the relay thread.
+pub fn decode_header(frame: &[u8]) -> Result<EventHeader, ProtoError> {
+    frame::decode_header_quick(frame, crate::quick::event_header)
 }
 
 /// Checks an event's framing cheaply (what the broker relay does per message).

@@ -1,13 +1,13 @@
 //! Hand-written decoders for the headers on every request's path (a client's REQUEST at
 //! the broker, the REQUEST at the worker, the worker's REPLY at the broker, the REPLY at
-//! the client). They read the MessagePack map with field names — in any order — that any
+//! the client) and on every event's (the broker's gap-recovery store, each subscriber). They read the MessagePack map with field names — in any order — that any
 //! encoder of the protocol produces, without serde's generic machinery. They only ever
 //! accept: a header they do not recognise in every detail (an unknown or repeated key, an
 //! unusual integer encoding, a value that does not validate, trailing bytes) gives `None`
 //! and the caller decodes it with serde, which then accepts it or says exactly why not.
 //! The wire is unchanged; the tests check these against serde on generated headers.
 
-use crate::{client, worker, JobId, RequestId, ServiceName, WorkerId};
+use crate::{client, event, worker, JobId, RequestId, ServiceName, WorkerId};
 
 /// A cursor over a header's bytes.
 struct Reader<'a> {
@@ -213,6 +213,28 @@ pub(crate) fn worker_reply(header: &[u8]) -> Option<worker::ReplyHeader> {
     Some(worker::ReplyHeader { job: JobId(job?) })
 }
 
+/// An event's header.
+pub(crate) fn event_header(header: &[u8]) -> Option<event::EventHeader> {
+    let mut r = Reader { bytes: header };
+    let (mut source, mut seq, mut ts_ns, mut kind) = (None, None, None, None);
+    for _ in 0..r.map_len()? {
+        match r.key()? {
+            b"source" => once(&mut source, worker_id(r.str()?)?)?,
+            b"seq" => once(&mut seq, r.uint()?)?,
+            b"ts_ns" => once(&mut ts_ns, r.uint()?)?,
+            b"kind" => once(&mut kind, r.str()?)?,
+            _ => return None,
+        }
+    }
+    r.end()?;
+    Some(event::EventHeader {
+        source: source?,
+        seq: seq?,
+        ts_ns: ts_ns?,
+        kind: kind?.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +325,15 @@ mod tests {
             prop_assert_eq!(worker_reply(&bytes), Some(h));
         }
 
+        #[test]
+        fn event_headers_read_as_serde_reads_them(
+            w in any::<u128>(), seq in any::<u64>(), ts_ns in any::<u64>(), kind in "[a-z]{0,12}",
+        ) {
+            let h = event::EventHeader { source: uuid_from(w), seq, ts_ns, kind };
+            let bytes = crate::frame::encode_header(&h);
+            prop_assert_eq!(event_header(&bytes), Some(h));
+        }
+
         /// Damaged headers: whatever the fast path still accepts, serde reads the same.
         #[test]
         fn damaged_headers_are_never_read_differently(
@@ -326,6 +357,23 @@ mod tests {
             }
         }
 
+        /// Damaged event headers: the same.
+        #[test]
+        fn damaged_event_headers_are_never_read_differently(
+            w in any::<u128>(), seq in any::<u64>(),
+            at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>(),
+        ) {
+            let h = event::EventHeader { source: uuid_from(w), seq, ts_ns: seq / 3, kind: "tick".into() };
+            let mut bytes = crate::frame::encode_header(&h);
+            let i = at.index(bytes.len());
+            if cut {
+                bytes.truncate(i);
+            } else {
+                bytes[i] = byte;
+            }
+            agrees(&bytes, event_header(&bytes));
+        }
+
         /// Arbitrary bytes: the same.
         #[test]
         fn arbitrary_bytes_are_never_read_differently(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
@@ -333,6 +381,7 @@ mod tests {
             agrees(&bytes, worker_request(&bytes));
             agrees(&bytes, client_reply(&bytes));
             agrees(&bytes, worker_reply(&bytes));
+            agrees(&bytes, event_header(&bytes));
         }
     }
 

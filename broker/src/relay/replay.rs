@@ -10,8 +10,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tradeplex_proto::event::EventHeader;
-use tradeplex_proto::frame;
+use rustc_hash::FxHashMap;
+use tradeplex_proto::event;
 use tradeplex_proto::mgmt::{ReplayReply, ReplayRequest, ReplayedEvent, MAX_REPLAY_SPAN};
 use tradeplex_proto::{ErrorCode, WorkerId};
 
@@ -62,7 +62,7 @@ impl Replay {
         else {
             return;
         };
-        let Ok(h) = frame::decode_header::<EventHeader>(header) else {
+        let Ok(h) = event::decode_header(header) else {
             return;
         };
         let mut store = self.lock();
@@ -132,11 +132,22 @@ struct Stream {
 
 /// The store. Streams have ids so the global eviction order holds 16 bytes per event
 /// rather than a copy of each topic.
+///
+/// Every forwarded event passes through [`ReplayStore::push`] on the relay thread, so its
+/// common case avoids the allocator and the keyed hash: a run of events of one stream
+/// finds it through `last` (one comparison), and a stream at its limit reuses the buffer of
+/// the event it evicts (`spare`).
 pub struct ReplayStore {
     limits: ReplayLimits,
-    /// source → topic → stream id. Nested so a lookup borrows the topic bytes.
+    /// source → topic → stream id. Nested so a lookup borrows the topic bytes. Keyed by
+    /// what publishers send, so it keeps std's keyed hasher.
     index: HashMap<WorkerId, HashMap<Vec<u8>, u64>>,
-    streams: HashMap<u64, Stream>,
+    /// Our own sequential ids: an unkeyed hasher is safe here.
+    streams: FxHashMap<u64, Stream>,
+    /// The stream pushed to last.
+    last: Option<u64>,
+    /// An evicted event's body buffer, reused by the next push of a similar size.
+    spare: Option<Vec<u8>>,
     /// (stream id, seq) in arrival order, oldest first. Entries whose event already went
     /// (evicted by its stream's own limit) are skipped, and compacted away in bulk.
     order: VecDeque<(u64, u64)>,
@@ -151,7 +162,9 @@ impl ReplayStore {
         ReplayStore {
             limits,
             index: HashMap::new(),
-            streams: HashMap::new(),
+            streams: FxHashMap::default(),
+            last: None,
+            spare: None,
             order: VecDeque::new(),
             next_id: 0,
             bytes: 0,
@@ -185,25 +198,26 @@ impl ReplayStore {
         ts_ns: u64,
         body: &[u8],
     ) -> Pushed {
-        let event = Stored {
-            seq,
-            ts_ns,
-            body: body.to_vec(),
-        };
+        let cost = body.len() + EVENT_OVERHEAD;
         if body.len() + REPLY_EVENT_OVERHEAD > self.limits.reply_bytes
-            || event.cost() > self.limits.stream_bytes
-            || event.cost() > self.limits.total_bytes
+            || cost > self.limits.stream_bytes
+            || cost > self.limits.total_bytes
         {
             return Pushed::TooLarge;
         }
         let Some(id) = self.stream_for(source, topic, seq) else {
             return Pushed::TooManyStreams;
         };
-        let mut evicted = self.trim_stream(id, event.cost());
-        self.bytes += event.cost();
+        let mut evicted = self.trim_stream(id, cost);
+        let event = Stored {
+            seq,
+            ts_ns,
+            body: self.buffer_for(body),
+        };
+        self.bytes += cost;
         self.events += 1;
         if let Some(s) = self.streams.get_mut(&id) {
-            s.bytes += event.cost();
+            s.bytes += cost;
             s.events.push_back(event);
         }
         self.order.push_back((id, seq));
@@ -256,9 +270,25 @@ impl ReplayStore {
         })
     }
 
+    /// A copy of `body`, in the spare buffer when its size suits (a stream's events are
+    /// mostly alike). The spare is at most one body, outside the limits' count.
+    fn buffer_for(&mut self, body: &[u8]) -> Vec<u8> {
+        let mut buf = self.spare.take().unwrap_or_default();
+        super::refill(&mut buf, body);
+        buf
+    }
+
     /// The stream id for (source, topic), made if new (or made anew if `seq` went back).
     fn stream_for(&mut self, source: WorkerId, topic: &[u8], seq: u64) -> Option<u64> {
-        let existing = self.index.get(&source).and_then(|t| t.get(topic)).copied();
+        let existing = self
+            .last
+            .filter(|id| {
+                self.streams
+                    .get(id)
+                    .is_some_and(|s| s.source == source && s.topic == topic)
+            })
+            .or_else(|| self.index.get(&source).and_then(|t| t.get(topic)).copied());
+        self.last = existing;
         if let Some(id) = existing {
             let restarted = self
                 .streams
@@ -288,6 +318,7 @@ impl ReplayStore {
             .entry(source)
             .or_default()
             .insert(topic.to_vec(), id);
+        self.last = Some(id);
         Some(id)
     }
 
@@ -305,6 +336,7 @@ impl ReplayStore {
             self.bytes -= old.cost();
             self.events -= 1;
             evicted += 1;
+            self.spare = Some(old.body);
         }
         evicted
     }
@@ -327,6 +359,7 @@ impl ReplayStore {
                 self.bytes -= old.cost();
                 self.events -= 1;
                 evicted += 1;
+                self.spare = Some(old.body);
             }
             if s.events.is_empty() {
                 self.drop_stream(id);
@@ -461,6 +494,42 @@ mod tests {
         assert_eq!(seqs(&ask(&s, src, "t.a", 1, 9)), vec![2]);
         assert_eq!(seqs(&ask(&s, src, "t.b", 1, 9)), vec![1, 2]);
         assert!(s.bytes() <= 4 * per);
+    }
+
+    #[test]
+    fn reused_buffers_hold_each_event_s_own_body() {
+        // A stream at its limit reuses the evicted event's buffer: bodies of varying size
+        // must come back exactly, whichever buffer they landed in.
+        let mut s = ReplayStore::new(limits(1 << 20, 3 * (40 + EVENT_OVERHEAD)));
+        let src = WorkerId::random();
+        let body = |seq: u64| vec![seq as u8; 10 + (seq as usize * 7) % 30];
+        for seq in 1..=50 {
+            s.push(src, b"t.a", seq, seq, &body(seq));
+        }
+        let r = ask(&s, src, "t.a", 1, 50);
+        assert!(r.events.len() >= 3);
+        for e in &r.events {
+            assert_eq!(e.body, body(e.seq), "seq {}", e.seq);
+        }
+        assert_eq!(r.held_to, 50);
+    }
+
+    #[test]
+    fn interleaved_streams_and_sources_stay_apart() {
+        // The last-stream shortcut must not mix a topic of two sources, or two topics.
+        let mut s = ReplayStore::new(limits(1 << 20, 1 << 20));
+        let (a, b) = (WorkerId::random(), WorkerId::random());
+        for seq in 1..=4 {
+            s.push(a, b"t.x", seq, 0, b"ax");
+            s.push(b, b"t.x", seq, 0, b"bx");
+            s.push(a, b"t.y", seq, 0, b"ay");
+        }
+        for (src, topic, want) in [(a, "t.x", b"ax"), (b, "t.x", b"bx"), (a, "t.y", b"ay")] {
+            let r = ask(&s, src, topic, 1, 9);
+            assert_eq!(seqs(&r), vec![1, 2, 3, 4], "{topic}");
+            assert!(r.events.iter().all(|e| e.body == want), "{topic}");
+        }
+        assert!(ask(&s, b, "t.y", 1, 9).events.is_empty());
     }
 
     #[test]
