@@ -1,7 +1,8 @@
 //! Hand-written decoders for the headers on every request's path (a client's REQUEST at
 //! the broker, the REQUEST at the worker, the worker's REPLY at the broker, the REPLY at
-//! the client) and on every event's (the broker's gap-recovery store, each subscriber). They read the MessagePack map with field names — in any order — that any
-//! encoder of the protocol produces, without serde's generic machinery. They only ever
+//! the client) and on every event's (the broker's gap-recovery store, each subscriber).
+//! They read the MessagePack map with field names — in any order — that any encoder of
+//! the protocol produces, without serde's generic machinery. They only ever
 //! accept: a header they do not recognise in every detail (an unknown or repeated key, an
 //! unusual integer encoding, a value that does not validate, trailing bytes) gives `None`
 //! and the caller decodes it with serde, which then accepts it or says exactly why not.
