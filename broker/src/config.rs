@@ -62,6 +62,9 @@ pub struct Config {
     /// Recent events kept per (source, topic) stream, bytes (in effect at most
     /// `replay_bytes`).
     pub replay_stream_bytes: usize,
+    /// The last tick of each topic kept for late subscribers, all topics together, bytes
+    /// (frames plus 128 per topic); 0 = no last values.
+    pub tick_cache_bytes: usize,
     /// CURVE encryption and key allow-lists; absent = plaintext, which may bind only
     /// loopback addresses (or ipc://) unless `insecure` is set.
     pub curve: Option<CurveConfig>,
@@ -131,6 +134,7 @@ impl Default for Config {
             max_subscriptions: 100_000,
             replay_bytes: 64 << 20,
             replay_stream_bytes: 4 << 20,
+            tick_cache_bytes: 64 << 20,
             curve: None,
             insecure: false,
             idle_spin_us: 0,
@@ -277,6 +281,11 @@ impl Config {
         field(
             "replay_bytes",
             self.replay_bytes <= 64 << 30,
+            "must be 0-68719476736",
+        )?;
+        field(
+            "tick_cache_bytes",
+            self.tick_cache_bytes <= 64 << 30,
             "must be 0-68719476736",
         )?;
         field(

@@ -63,6 +63,9 @@ struct Args {
     /// Bytes of recent events kept for gap recovery (tpx.replay); 0 = off.
     #[arg(long)]
     replay_bytes: Option<usize>,
+    /// Bytes of last ticks kept for late subscribers; 0 = no last values.
+    #[arg(long)]
+    tick_cache_bytes: Option<usize>,
     /// Idle strategy: spin this many µs checking the sockets before blocking (0 = block).
     #[arg(long)]
     idle_spin_us: Option<u64>,
@@ -100,7 +103,8 @@ impl Args {
              in_flight_grace_ms <- in_flight_grace_ms, max_services <- max_services,
              max_body_bytes <- max_body_bytes, idle_spin_us <- idle_spin_us,
              max_subscriptions_per_subscriber <- max_subscriptions_per_subscriber,
-             max_subscriptions <- max_subscriptions, replay_bytes <- replay_bytes);
+             max_subscriptions <- max_subscriptions, replay_bytes <- replay_bytes,
+             tick_cache_bytes <- tick_cache_bytes);
         if let Some(key_file) = self.curve_key_file {
             c.curve.get_or_insert_with(Default::default).key_file = key_file;
         }

@@ -73,6 +73,46 @@ pub struct Metrics {
     pub worker_states: IntGaugeVec,
     /// The gap-recovery store (`relay::replay`).
     pub replay: ReplayMetrics,
+    /// The relay's last-tick cache (`relay::last_ticks`).
+    pub last_ticks: LastTickMetrics,
+}
+
+/// Metrics of the last-tick cache: what it holds and what did not fit.
+#[derive(Clone)]
+pub struct LastTickMetrics {
+    /// Bytes held (frames, keys and the per-topic overhead), set once per heartbeat.
+    pub bytes: IntGauge,
+    /// Topics held, set once per heartbeat.
+    pub topics: IntGauge,
+    /// Ticks not cached: over the topic limit.
+    pub too_many_topics: IntCounter,
+    /// Ticks not cached: over `tick_cache_bytes`.
+    pub too_large: IntCounter,
+}
+
+impl LastTickMetrics {
+    fn new(r: &Registry) -> LastTickMetrics {
+        let not_stored = counter_vec(
+            r,
+            "tradeplex_tick_cache_not_stored_total",
+            "Ticks the last-value cache did not keep, by reason",
+            &["reason"],
+        );
+        LastTickMetrics {
+            bytes: gauge(
+                r,
+                "tradeplex_tick_cache_bytes",
+                "Bytes of last ticks held for late subscribers",
+            ),
+            topics: gauge(
+                r,
+                "tradeplex_tick_cache_topics",
+                "Tick topics whose last tick is held for late subscribers",
+            ),
+            too_many_topics: not_stored.with_label_values(&["too_many_topics"]),
+            too_large: not_stored.with_label_values(&["too_large"]),
+        }
+    }
 }
 
 /// Metrics of the gap-recovery store: what it holds, what it let go, what it served.
@@ -451,6 +491,7 @@ impl Metrics {
                 g
             },
             replay: ReplayMetrics::new(&r),
+            last_ticks: LastTickMetrics::new(&r),
             registry: r,
         }
     }

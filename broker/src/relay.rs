@@ -8,12 +8,13 @@
 //! heap back. Each loop turn handles a bounded amount of events and of subscription
 //! traffic, so a storm on one side never stalls the other.
 
+mod last_ticks;
 mod memory;
 pub mod peers;
 pub mod replay;
 pub mod subscriptions;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,13 +26,12 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::BrokerError;
 use crate::wire::{self, Frames, LogLimiter};
+use last_ticks::LastTicks;
 use memory::Trimmer;
 use peers::Departures;
 use subscriptions::{Limits, Outcome, Peer, Subscriptions};
 use tradeplex_ops::Shutdown;
 
-/// Most tick topics whose last value is kept for late subscribers.
-const MAX_CACHED_TOPICS: usize = 100_000;
 /// Events read per wake-up before checking the subscription side and the clock.
 const BATCH: usize = 4096;
 /// Subscription work per loop turn (messages read plus last values re-sent) before the
@@ -54,6 +54,8 @@ pub struct Relay {
     monitor_off: String,
     heartbeat: Duration,
     limits: Limits,
+    /// `tick_cache_bytes`: the bound of the last-tick cache.
+    tick_cache_bytes: usize,
     metrics: Arc<Metrics>,
     /// The risk stage's event side (with `[risk]`): fed the kinds it reads.
     risk: Option<crate::risk::Feed>,
@@ -143,6 +145,7 @@ impl Relay {
                 per_subscriber: config.max_subscriptions_per_subscriber,
                 total: config.max_subscriptions,
             },
+            tick_cache_bytes: config.tick_cache_bytes,
             metrics,
             risk: None,
             replay: None,
@@ -177,8 +180,7 @@ struct RelayLoop {
     broker: WorkerId,
     seq: u64,
     next_heartbeat: Instant,
-    /// Ordered, so the topics matching a new prefix are one range scan.
-    last_ticks: BTreeMap<Vec<u8>, [Vec<u8>; 4]>,
+    last_ticks: LastTicks,
     subscriptions: Subscriptions,
     departures: Departures,
     trimmer: Trimmer,
@@ -195,12 +197,13 @@ impl RelayLoop {
             .map(|k| (k, r.metrics.events_relayed.with_label_values(&[k])))
             .collect();
         let subscriptions = Subscriptions::new(r.limits);
+        let last_ticks = LastTicks::new(r.tick_cache_bytes, r.metrics.last_ticks.clone());
         RelayLoop {
             r,
             broker,
             seq: 0,
             next_heartbeat: Instant::now(),
-            last_ticks: BTreeMap::new(),
+            last_ticks,
             subscriptions,
             departures: Departures::default(),
             trimmer: Trimmer::new(Instant::now()),
@@ -336,17 +339,8 @@ impl RelayLoop {
 
     fn cache_tick(&mut self) {
         let f = self.frames.as_slice();
-        let (Some(t), Some(p), Some(h), Some(b)) = (f.first(), f.get(1), f.get(2), f.get(3)) else {
-            return;
-        };
-        if let Some(slot) = self.last_ticks.get_mut(&t[..]) {
-            // Every tick passes here: refill the slot's buffers rather than allocate four.
-            for (buf, frame) in slot.iter_mut().zip([t, p, h, b]) {
-                refill(buf, frame);
-            }
-        } else if self.last_ticks.len() < MAX_CACHED_TOPICS {
-            self.last_ticks
-                .insert(t.to_vec(), [t.to_vec(), p.to_vec(), h.to_vec(), b.to_vec()]);
+        if let (Some(t), Some(p), Some(h), Some(b)) = (f.first(), f.get(1), f.get(2), f.get(3)) {
+            self.last_ticks.record([t, p, h, b]);
         }
     }
 
@@ -476,10 +470,7 @@ impl RelayLoop {
     /// number; the client library drops such repeats.
     fn send_last_values(&self, prefix: &[u8]) -> usize {
         let mut sent = 0;
-        for (topic, frames) in self.last_ticks.range(prefix.to_vec()..) {
-            if !topic.starts_with(prefix) {
-                break;
-            }
+        for frames in self.last_ticks.matching(prefix) {
             let _ = send_all(&self.r.xpub, frames);
             sent += 1;
         }
@@ -487,6 +478,7 @@ impl RelayLoop {
     }
 
     fn publish_heartbeat(&mut self) {
+        self.last_ticks.update_gauges();
         self.seq += 1;
         self.next_heartbeat = Instant::now() + self.r.heartbeat;
         let header = EventHeader {

@@ -139,6 +139,53 @@ fn late_subscriber_gets_the_last_tick_at_once() {
 }
 
 #[test]
+fn the_last_tick_cache_stays_within_its_bytes_and_serves_what_it_holds() {
+    let broker = Broker::start(&["--tick-cache-bytes", "20000"]);
+    let mut publisher = Publisher::connect(&broker.xsub);
+    let early = Subscriber::connect(&broker.xpub, &["tick."], options()).unwrap();
+    prime(&mut publisher, &early, "tick.SIM.P");
+    // 200 topics of ~1 kB ticks: about 18 fit in 20,000 bytes.
+    let body = serde_json::json!({"pad": "x".repeat(1000)});
+    for i in 0..200 {
+        publisher.publish(&format!("tick.SIM.T{i:03}"), body.clone(), 0);
+    }
+    for _ in 0..200 {
+        early.recv_timeout(Duration::from_secs(5)).expect("tick");
+    }
+    let not_stored = |b: &Broker| {
+        scrape(&b.http).sum(
+            "tradeplex_tick_cache_not_stored_total",
+            &[("reason", "too_large")],
+        )
+    };
+    wait_until(Duration::from_secs(10), "refusals counted", || {
+        not_stored(&broker) > 0.0
+    });
+    // The gauges are set once per heartbeat: wait for one after the last tick.
+    wait_until(Duration::from_secs(10), "gauges of the full cache", || {
+        gauge(&broker, "tradeplex_tick_cache_topics") + not_stored(&broker) == 201.0
+    });
+    let held = gauge(&broker, "tradeplex_tick_cache_bytes");
+    let topics = gauge(&broker, "tradeplex_tick_cache_topics") as usize;
+    assert!(
+        held <= 20_000.0 && held > 10_000.0,
+        "cache holds {held} bytes"
+    );
+    assert!((10..30).contains(&topics), "{topics} topics cached");
+    // A late subscriber gets the last tick of exactly the topics held, and no more.
+    let late = Subscriber::connect(&broker.xpub, &["tick.SIM."], options()).unwrap();
+    let mut got = std::collections::BTreeSet::new();
+    for _ in 0..topics {
+        let e = late
+            .recv_timeout(Duration::from_secs(5))
+            .expect("last value");
+        got.insert(e.topic);
+    }
+    assert_eq!(got.len(), topics);
+    assert!(late.recv_timeout(Duration::from_millis(200)).is_none());
+}
+
+#[test]
 fn gaps_are_reported() {
     let broker = Broker::start(&[]);
     let mut publisher = Publisher::connect(&broker.xsub);
