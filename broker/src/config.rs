@@ -350,6 +350,78 @@ impl Config {
     pub fn liveness_window(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.heartbeat_ms * u64::from(self.liveness))
     }
+
+    /// The top-level settings that differ in `new` and that only a restart puts in force
+    /// (everything but `[risk]` and the `[curve]` lists, which a reload applies), so a
+    /// reload can say which of its changes it did not apply.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        // Destructured without `..`: a field added to Config must be placed here.
+        let Config {
+            frontend,
+            backend,
+            xsub,
+            xpub,
+            http,
+            http_auth,
+            heartbeat_ms,
+            liveness,
+            unknown_service_grace_ms,
+            max_queue,
+            max_body_bytes,
+            shutdown_grace_ms,
+            shutdown_farewell_ms,
+            in_flight_grace_ms,
+            max_services,
+            service_retention_s,
+            event_hwm,
+            max_subscriptions_per_subscriber,
+            max_subscriptions,
+            replay_bytes,
+            replay_stream_bytes,
+            tick_cache_bytes,
+            curve: _,
+            insecure,
+            idle_spin_us,
+            risk: _,
+            pair,
+        } = self;
+        let mut changed = Vec::new();
+        macro_rules! compare {
+            ($($field:ident),*) => {
+                $(if *$field != new.$field {
+                    changed.push(stringify!($field));
+                })*
+            };
+        }
+        compare!(
+            frontend,
+            backend,
+            xsub,
+            xpub,
+            http,
+            http_auth,
+            heartbeat_ms,
+            liveness,
+            unknown_service_grace_ms,
+            max_queue,
+            max_body_bytes,
+            shutdown_grace_ms,
+            shutdown_farewell_ms,
+            in_flight_grace_ms,
+            max_services,
+            service_retention_s,
+            event_hwm,
+            max_subscriptions_per_subscriber,
+            max_subscriptions,
+            replay_bytes,
+            replay_stream_bytes,
+            tick_cache_bytes,
+            insecure,
+            idle_spin_us,
+            pair
+        );
+        changed
+    }
 }
 
 /// True for `ipc://`, `inproc://` and `tcp://` on a loopback address (`127.0.0.0/8`,
@@ -524,5 +596,19 @@ mod tests {
     fn ipc_endpoints_are_accepted() {
         let c = Config::from_toml("frontend = \"ipc:///tmp/tpx-fe\"").unwrap();
         assert_eq!(c.frontend, "ipc:///tmp/tpx-fe");
+    }
+
+    #[test]
+    fn a_reload_names_the_top_level_settings_only_a_restart_changes() {
+        let old = Config::default();
+        let new = Config::from_toml(
+            "max_queue = 5\nheartbeat_ms = 500\n[risk]\n[[risk.account]]\nname = \"a\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            old.restart_only_changes(&new),
+            ["heartbeat_ms", "max_queue"]
+        );
+        assert!(old.restart_only_changes(&old.clone()).is_empty());
     }
 }

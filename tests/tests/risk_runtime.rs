@@ -266,6 +266,66 @@ fn sighup_puts_a_changed_limit_in_force_on_open_connections_and_a_bad_file_keeps
     assert_eq!(changes[0]["after"]["order_size_limit"], 5.0);
 }
 
+#[test]
+fn sighup_names_each_changed_setting_it_cannot_apply_without_a_restart() {
+    let config = write_config("runtime-hup-restart.toml", "max_queue = 100\n");
+    let log = temp_path("runtime-hup-restart.log");
+    let any = "tcp://127.0.0.1:*";
+    let args: Vec<String> = [
+        "--config",
+        config.to_str().unwrap(),
+        "--frontend",
+        any,
+        "--backend",
+        any,
+        "--xsub",
+        any,
+        "--xpub",
+        any,
+        "--http",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (proc, line) = tradeplex_test_support::Proc::spawn(
+        &tradeplex_test_support::bin("tradeplex-broker"),
+        &args,
+        tradeplex_test_support::Stderr::File(log.clone()),
+    )
+    .unwrap();
+    let http = tradeplex_test_support::ready_field(&line, "http")
+        .unwrap()
+        .to_string();
+    let reloads = |result: &str| {
+        scrape(&http)
+            .value("tradeplex_config_reloads_total", &[("result", result)])
+            .unwrap_or(0.0)
+    };
+    // Unchanged: nothing to warn about.
+    assert!(proc.signal("HUP"));
+    wait_until(Duration::from_secs(10), "the first reload", || {
+        reloads("ok") == 1.0
+    });
+    assert!(
+        !proc.log_tail(50).contains("needs a restart"),
+        "{}",
+        proc.log_tail(50)
+    );
+    std::fs::write(&config, "max_queue = 7\ntick_cache_bytes = 1000\n").unwrap();
+    assert!(proc.signal("HUP"));
+    wait_until(Duration::from_secs(10), "the second reload", || {
+        reloads("ok") == 2.0
+    });
+    let logged = proc.log_tail(50);
+    let warned: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("needs a restart"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{logged}");
+    assert!(warned[0].contains("setting=max_queue"), "{logged}");
+    assert!(warned[1].contains("setting=tick_cache_bytes"), "{logged}");
+}
+
 fn curve_client(broker: &Broker, server: &Keys, own: &Keys) -> Client {
     let opts = ClientOptions::default().curve(own.client_curve(server));
     Client::connect(&broker.frontend, opts).unwrap()

@@ -468,6 +468,8 @@ pub struct Reloader {
     stage: Stage,
     identities: Identities,
     key_file: Option<std::path::PathBuf>,
+    /// The config the broker started with: what the restart-only settings still are.
+    started: std::sync::Arc<Config>,
 }
 
 impl Reloader {
@@ -477,6 +479,7 @@ impl Reloader {
             stage,
             identities,
             key_file: config.curve.as_ref().map(|c| c.key_file.clone()),
+            started: std::sync::Arc::new(config.clone()),
         }
     }
 
@@ -516,8 +519,10 @@ impl Reloader {
             .stage
             .reload(now_ms, c.risk.as_ref())
             .map_err(|e| e.to_string())?;
-        for setting in &kept {
-            tracing::warn!(setting = %format!("risk.{setting}"), "changed in the file; needs a restart (the running value is kept)");
+        let top_level = self.started.restart_only_changes(c);
+        let kept = kept.iter().map(|s| format!("risk.{s}"));
+        for setting in kept.chain(top_level.iter().map(|s| s.to_string())) {
+            tracing::warn!(%setting, "changed in the file; needs a restart (the running value is kept)");
         }
         let changes = self.identities.replace(table);
         self.stage.journal_identities(now_ms, &changes);
