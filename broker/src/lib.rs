@@ -16,5 +16,6 @@ mod server;
 mod wire;
 
 pub use config::Config;
+pub use relay::set_heap_release;
 pub use server::{run, Broker, BrokerError, Endpoints};
 pub use tradeplex_ops::Shutdown;

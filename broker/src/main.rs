@@ -9,6 +9,18 @@ use std::io::Write;
 use std::path::PathBuf;
 use tradeplex_broker::{Broker, Config, Shutdown};
 
+/// mimalloc for Rust's allocations and, through its malloc override, libzmq's: glibc's
+/// arenas contend between the loop thread, which allocates every outgoing message, and
+/// libzmq's I/O thread, which frees it (docs/performance.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Gives mimalloc's free pages back to the OS (the relay's trims after subscription storms).
+fn release_free_heap() {
+    // SAFETY: mi_collect has no preconditions; it may be called from any thread.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// The Tradeplex broker.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tradeplex-broker", version, about)]
@@ -119,6 +131,7 @@ impl Args {
 
 /// Errors (a bad config, a port taken) end the process with one line on stderr and exit 1.
 fn main() {
+    tradeplex_broker::set_heap_release(release_free_heap);
     if let Err(e) = run(Args::parse()) {
         eprintln!("error: {}", tradeplex_ops::logging::error_line(e.chain()));
         std::process::exit(1);

@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::server::BrokerError;
 use crate::wire::{self, Frames, LogLimiter};
 use last_ticks::LastTicks;
+pub use memory::set_heap_release;
 use memory::Trimmer;
 use peers::Departures;
 use subscriptions::{Limits, Outcome, Peer, Subscriptions};

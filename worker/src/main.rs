@@ -12,6 +12,12 @@ use tradeplex_worker::config::Config;
 use tradeplex_worker::gateway::sim::{self, SimGateway};
 use tradeplex_worker::{echo::Echo, Worker, WorkerOptions};
 
+/// mimalloc for Rust's allocations and, through its malloc override, libzmq's: the
+/// session thread allocates every message its I/O thread frees, which glibc's arenas
+/// serialise (docs/performance.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A Tradeplex worker.
 #[derive(Parser, Debug)]
 #[command(name = "tradeplex-worker", version, about)]

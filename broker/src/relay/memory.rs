@@ -2,8 +2,9 @@
 //!
 //! Subscriptions live in libzmq's prefix trie and in the relay's tables; when a
 //! subscriber with thousands of prefixes leaves, or a storm of garbage has been queued
-//! and drained, glibc keeps the freed pages in its arenas, so the broker's RSS stays at
-//! its peak. `malloc_trim` returns them. It walks every arena (a few ms on a large
+//! and drained, the allocator keeps the freed pages, so the broker's RSS stays at its
+//! peak. `malloc_trim` returns glibc's (`mi_collect` mimalloc's, in the broker binary:
+//! [`set_heap_release`]). It walks every arena (a few ms on a large
 //! heap), so it runs only after much subscription work, or after a subscriber left
 //! (libzmq frees its prefixes then), and only once the XPUB has been quiet for a while.
 
@@ -59,8 +60,25 @@ impl Trimmer {
     }
 }
 
-#[cfg(target_env = "gnu")]
+/// How the heap is given back, when the binary's allocator is not glibc's: set once, at
+/// start, by the binary that chose the allocator (the broker's `main`).
+static RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Makes trims call `release` instead of glibc's `malloc_trim` (for a binary whose global
+/// allocator, and libzmq's, is another one). The first call wins; later ones are ignored.
+pub fn set_heap_release(release: fn()) {
+    let _ = RELEASE.set(release);
+}
+
 fn release_free_heap() {
+    match RELEASE.get() {
+        Some(release) => release(),
+        None => malloc_trim(),
+    }
+}
+
+#[cfg(target_env = "gnu")]
+fn malloc_trim() {
     // SAFETY: malloc_trim only touches the allocator's own free lists; it is thread-safe
     // and has no preconditions.
     unsafe {
@@ -69,7 +87,7 @@ fn release_free_heap() {
 }
 
 #[cfg(not(target_env = "gnu"))]
-fn release_free_heap() {}
+fn malloc_trim() {}
 
 #[cfg(test)]
 mod tests {
