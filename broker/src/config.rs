@@ -355,45 +355,19 @@ impl Config {
     /// (everything but `[risk]` and the `[curve]` lists, which a reload applies), so a
     /// reload can say which of its changes it did not apply.
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
-        // Destructured without `..`: a field added to Config must be placed here.
-        let Config {
-            frontend,
-            backend,
-            xsub,
-            xpub,
-            http,
-            http_auth,
-            heartbeat_ms,
-            liveness,
-            unknown_service_grace_ms,
-            max_queue,
-            max_body_bytes,
-            shutdown_grace_ms,
-            shutdown_farewell_ms,
-            in_flight_grace_ms,
-            max_services,
-            service_retention_s,
-            event_hwm,
-            max_subscriptions_per_subscriber,
-            max_subscriptions,
-            replay_bytes,
-            replay_stream_bytes,
-            tick_cache_bytes,
-            curve: _,
-            insecure,
-            idle_spin_us,
-            risk: _,
-            pair,
-        } = self;
-        let mut changed = Vec::new();
-        macro_rules! compare {
-            ($($field:ident),*) => {
+        // The fields are destructured without `..`: a field added to Config does not
+        // compile until it is listed here (or, like `curve` and `risk`, left out on purpose).
+        macro_rules! changed {
+            ($($field:ident),*) => {{
+                let Config { $($field,)* curve: _, risk: _ } = self;
+                let mut changed = Vec::new();
                 $(if *$field != new.$field {
                     changed.push(stringify!($field));
                 })*
-            };
+                changed
+            }};
         }
-        compare!(
+        changed!(
             frontend,
             backend,
             xsub,
@@ -419,8 +393,7 @@ impl Config {
             insecure,
             idle_spin_us,
             pair
-        );
-        changed
+        )
     }
 }
 

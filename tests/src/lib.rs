@@ -14,6 +14,26 @@ pub use tradeplex_test_support::{
     wait_until, Exited, HttpResponse, Proc, Sample, Scrape,
 };
 
+/// The flags that put a broker on OS-chosen loopback ports with its HTTP port on, for
+/// tests that start the process themselves (to read its log, or with a config file).
+pub fn loopback_broker_flags() -> Vec<String> {
+    let any = "tcp://127.0.0.1:*";
+    [
+        "--frontend",
+        any,
+        "--backend",
+        any,
+        "--xsub",
+        any,
+        "--xpub",
+        any,
+        "--http",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A broker process and its endpoints.
 pub struct Broker {
     /// The process.

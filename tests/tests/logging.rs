@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tradeplex_tests::bin;
+use tradeplex_tests::{bin, loopback_broker_flags};
 
 /// A process whose stdout and stderr lines arrive on channels; killed when dropped.
 struct Piped {
@@ -79,22 +79,14 @@ impl Drop for Piped {
 /// printed up to the worker's registration (broker: `worker registered`, worker:
 /// `registered with broker`).
 fn registration_logs(extra: &[&str]) -> (Vec<String>, Vec<String>) {
-    let any = "tcp://127.0.0.1:*";
-    let mut args = vec![
-        "--frontend",
-        any,
-        "--backend",
-        any,
-        "--xsub",
-        any,
-        "--xpub",
-        any,
-        "--http",
-        "127.0.0.1:0",
-        "--log-level",
-        "info",
-    ];
-    args.extend_from_slice(extra);
+    let mut args = loopback_broker_flags();
+    args.extend(
+        ["--log-level", "info"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let broker = Piped::start("tradeplex-broker", &args);
     let ready = broker
         .stdout

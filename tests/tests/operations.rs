@@ -433,27 +433,11 @@ fn every_config_in_deploy_is_accepted_by_the_binaries() {
         ("deploy/worker.toml", repo_file("deploy/worker.toml")),
         ("configmap worker.toml", embedded("worker.toml")),
     ];
-    let any = "tcp://127.0.0.1:*";
     for (name, text) in broker_files {
         let path = temp_path("deploy-broker.toml");
         std::fs::write(&path, text).unwrap();
-        let args: Vec<String> = [
-            "--config",
-            path.to_str().unwrap(),
-            "--frontend",
-            any,
-            "--backend",
-            any,
-            "--xsub",
-            any,
-            "--xpub",
-            any,
-            "--http",
-            "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = vec!["--config".to_string(), path.to_str().unwrap().to_string()];
+        args.extend(loopback_broker_flags());
         let (mut broker, line) = Proc::start("tradeplex-broker", &args);
         assert!(line.starts_with("ready "), "{name}: {line}");
         let f = fields(&line);

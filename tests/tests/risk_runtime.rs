@@ -270,23 +270,8 @@ fn sighup_puts_a_changed_limit_in_force_on_open_connections_and_a_bad_file_keeps
 fn sighup_names_each_changed_setting_it_cannot_apply_without_a_restart() {
     let config = write_config("runtime-hup-restart.toml", "max_queue = 100\n");
     let log = temp_path("runtime-hup-restart.log");
-    let any = "tcp://127.0.0.1:*";
-    let args: Vec<String> = [
-        "--config",
-        config.to_str().unwrap(),
-        "--frontend",
-        any,
-        "--backend",
-        any,
-        "--xsub",
-        any,
-        "--xpub",
-        any,
-        "--http",
-        "127.0.0.1:0",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = vec!["--config".to_string(), config.to_str().unwrap().to_string()];
+    args.extend(loopback_broker_flags());
     let (proc, line) = tradeplex_test_support::Proc::spawn(
         &tradeplex_test_support::bin("tradeplex-broker"),
         &args,
