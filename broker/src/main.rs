@@ -11,7 +11,7 @@ use tradeplex_broker::{Broker, Config, Shutdown};
 
 /// mimalloc for Rust's allocations and, through its malloc override, libzmq's: glibc's
 /// arenas contend between the loop thread, which allocates every outgoing message, and
-/// libzmq's I/O thread, which frees it (docs/performance.md, "The allocator").
+/// libzmq's I/O thread, which frees it (docs/performance.md, lever 11).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

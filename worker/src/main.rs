@@ -14,7 +14,7 @@ use tradeplex_worker::{echo::Echo, Worker, WorkerOptions};
 
 /// mimalloc for Rust's allocations and, through its malloc override, libzmq's: the
 /// session thread allocates every message its I/O thread frees, which glibc's arenas
-/// serialise (docs/performance.md, "The allocator").
+/// serialise (docs/performance.md, lever 11).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
