@@ -272,15 +272,13 @@ fn sighup_names_each_changed_setting_it_cannot_apply_without_a_restart() {
     let log = temp_path("runtime-hup-restart.log");
     let mut args = vec!["--config".to_string(), config.to_str().unwrap().to_string()];
     args.extend(loopback_broker_flags());
-    let (proc, line) = tradeplex_test_support::Proc::spawn(
-        &tradeplex_test_support::bin("tradeplex-broker"),
+    let (proc, line) = Proc::spawn(
+        &bin("tradeplex-broker"),
         &args,
         tradeplex_test_support::Stderr::File(log.clone()),
     )
     .unwrap();
-    let http = tradeplex_test_support::ready_field(&line, "http")
-        .unwrap()
-        .to_string();
+    let http = ready_field(&line, "http").unwrap().to_string();
     let reloads = |result: &str| {
         scrape(&http)
             .value("tradeplex_config_reloads_total", &[("result", result)])

@@ -467,7 +467,6 @@ fn opt(v: &Option<serde_json::Value>) -> String {
 pub struct Reloader {
     stage: Stage,
     identities: Identities,
-    key_file: Option<std::path::PathBuf>,
     /// The config the broker started with: what the restart-only settings still are.
     started: std::sync::Arc<Config>,
 }
@@ -478,7 +477,6 @@ impl Reloader {
         Reloader {
             stage,
             identities,
-            key_file: config.curve.as_ref().map(|c| c.key_file.clone()),
             started: std::sync::Arc::new(config.clone()),
         }
     }
@@ -509,7 +507,8 @@ impl Reloader {
         if let Some(r) = &c.risk {
             r.validate().map_err(|e| e.to_string())?;
         }
-        if c.curve.as_ref().map(|k| &k.key_file) != self.key_file.as_ref() {
+        let key_file = |c: &Config| c.curve.as_ref().map(|k| k.key_file.clone());
+        if key_file(c) != key_file(&self.started) {
             tracing::warn!(
                 "curve.key_file changed: the broker's own key changes only at a restart"
             );
