@@ -49,6 +49,8 @@ impl Pipe for RawClientPipe {
             target: None,
             affinity: None,
             client: None,
+            // One answer per message: the raw client reads no BATCH.
+            batch: false,
         };
         self.next_id += 1;
         self.socket
@@ -69,6 +71,7 @@ impl Pipe for RawClientPipe {
                 .to_vec()),
             (cp::Message::Error(e), _) => bail!("{}: {}", e.name, e.message),
             (cp::Message::Request(_), _) => bail!("broker sent a request to a client"),
+            (cp::Message::Batch(_), _) => bail!("broker sent a batch to a client that reads none"),
         }
     }
 }
@@ -120,6 +123,8 @@ fn raw_worker(backend: &str, capacity: u32, stop: &AtomicBool) -> anyhow::Result
         services: vec![ServiceName::new(SERVICE)?],
         capacity,
         session: 0,
+        // One REQUEST per message: the bench's raw worker reads no BATCH.
+        batch: false,
     };
     send(&s, wp::Command::Ready, &ready, &[])?;
     let mut next_heartbeat = Instant::now() + HEARTBEAT;

@@ -9,12 +9,17 @@ use std::ops::Deref;
 
 use zmq_sys::zmq_msg_t;
 
-/// One message frame owned by the broker, or its tail from `start` on.
+/// One message frame owned by the broker, or the part of it from `start` to `end`.
 pub struct Body {
     msg: zmq_msg_t,
     /// Where the bytes this body stands for start in `msg` (0: the whole frame).
     start: usize,
+    /// Where they end ([`WHOLE`]: at the frame's end).
+    end: usize,
 }
+
+/// `end` of a body that runs to its frame's end.
+const WHOLE: usize = usize::MAX;
 
 // SAFETY: a `zmq_msg_t` is plain bytes plus, for large messages, a pointer to a buffer whose
 // reference count libzmq updates atomically, so a frame may move to and be dropped on
@@ -32,7 +37,11 @@ impl Body {
         let mut msg = zmq_msg_t::default();
         // SAFETY: `msg` is fresh storage; zmq_msg_init cannot fail.
         unsafe { zmq_sys::zmq_msg_init(&mut msg) };
-        Body { msg, start: 0 }
+        Body {
+            msg,
+            start: 0,
+            end: WHOLE,
+        }
     }
 
     /// A frame holding a copy of `bytes` (for replies the broker builds itself).
@@ -60,13 +69,26 @@ impl Body {
                 std::ptr::copy_nonoverlapping(tail.as_ptr(), data.add(head.len()), tail.len());
             }
         }
-        Body { msg, start: 0 }
+        Body {
+            msg,
+            start: 0,
+            end: WHOLE,
+        }
     }
 
     /// This frame from byte `start` on (a message's body after its head); a `start` past
     /// the end leaves an empty body.
     pub fn tail_from(mut self, start: usize) -> Body {
         self.start = start.min(self.frame_len());
+        self
+    }
+
+    /// Bytes `range` of this frame (one message of a BATCH); a range past the end is
+    /// cut at the end.
+    pub fn range(mut self, range: std::ops::Range<usize>) -> Body {
+        let len = self.frame_len();
+        self.end = range.end.min(len);
+        self.start = range.start.min(self.end);
         self
     }
 
@@ -84,6 +106,7 @@ impl Body {
         // invalid message, which a `Body` never holds.
         unsafe { zmq_sys::zmq_msg_copy(&mut copy.msg, &mut self.msg) };
         copy.start = self.start;
+        copy.end = self.end;
         copy
     }
 
@@ -92,6 +115,7 @@ impl Body {
         // SAFETY: the socket pointer is live for the borrow; `msg` is initialised.
         let rc = unsafe { zmq_sys::zmq_msg_recv(&mut self.msg, socket.as_mut_ptr(), flags) };
         self.start = 0;
+        self.end = WHOLE;
         if rc == -1 {
             return Err(last_error());
         }
@@ -121,7 +145,7 @@ impl Body {
     /// Sends this frame on `socket` (consumed whether or not the send succeeds); a tail
     /// is sent as a copy of its bytes.
     pub fn send(mut self, socket: &mut zmq::Socket, flags: i32) -> zmq::Result<()> {
-        if self.start > 0 {
+        if self.start > 0 || self.end != WHOLE {
             return Body::from_slice(&self).send(socket, flags);
         }
         // SAFETY: on success libzmq takes the content and leaves `msg` empty, which Drop
@@ -153,9 +177,9 @@ impl Deref for Body {
     fn deref(&self) -> &[u8] {
         // SAFETY: `msg` is initialised; zmq_msg_size/zmq_msg_data only read it. An empty
         // message may have a null data pointer, which a slice must not be built from.
-        // `start` is at most the frame's length (`tail_from`, `recv` keep it so).
+        // The slice is cut to the frame's length whatever `start` and `end` say.
         unsafe {
-            let len = zmq_sys::zmq_msg_size(&self.msg);
+            let len = zmq_sys::zmq_msg_size(&self.msg).min(self.end);
             if len <= self.start {
                 return &[];
             }
@@ -228,6 +252,14 @@ mod tests {
         got.recv(&mut b, 0).unwrap();
         assert_eq!(&got[..], &frame[60..]);
         assert!(Body::from_slice(&frame).tail_from(500).is_empty());
+        let mut part = Body::from_slice(&frame).range(10..20);
+        assert_eq!(&part[..], &frame[10..20]);
+        assert_eq!(&part.share()[..], &frame[10..20]);
+        part.share().send(&mut a, 0).unwrap();
+        got.recv(&mut b, 0).unwrap();
+        assert_eq!(&got[..], &frame[10..20]);
+        assert_eq!(&Body::from_slice(&frame).range(90..500)[..], &frame[90..]);
+        assert!(Body::from_slice(&frame).range(300..500).is_empty());
         let joined = Body::joined(b"head", b"-tail");
         assert_eq!(&joined[..], b"head-tail");
     }

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 mod auth;
+mod batches;
 mod body;
 pub mod config;
 mod console;

@@ -49,6 +49,10 @@ pub struct Metrics {
     bad_frames: IntCounterVec,
     /// Replies from workers for jobs the broker no longer tracks.
     pub late_replies: IntCounter,
+    /// BATCH messages, by direction (`to_workers`, `from_workers`, `to_clients`).
+    pub batches: IntCounterVec,
+    /// Messages carried in those BATCHes, by direction.
+    pub batched_messages: IntCounterVec,
     /// Delivered requests answered `worker_lost` because their worker, though alive,
     /// had not answered by their deadline plus the in-flight grace.
     pub requests_abandoned: IntCounter,
@@ -371,6 +375,22 @@ impl Metrics {
         for reason in crate::relay::subscriptions::REFUSAL_REASONS {
             subscriptions_refused.with_label_values(&[reason]);
         }
+        let batches = counter_vec(
+            &r,
+            "tradeplex_batches_total",
+            "BATCH messages, by direction (to_workers, from_workers, to_clients)",
+            &["direction"],
+        );
+        let batched_messages = counter_vec(
+            &r,
+            "tradeplex_batched_messages_total",
+            "Messages carried in BATCH messages, by direction",
+            &["direction"],
+        );
+        for direction in ["to_workers", "from_workers", "to_clients"] {
+            batches.with_label_values(&[direction]);
+            batched_messages.with_label_values(&[direction]);
+        }
         Metrics {
             requests_received: counter_vec(
                 &r,
@@ -439,6 +459,8 @@ impl Metrics {
                 "tradeplex_late_replies_total",
                 "Worker replies for jobs no longer tracked",
             ),
+            batches,
+            batched_messages,
             requests_abandoned: counter(
                 &r,
                 "tradeplex_requests_abandoned_total",

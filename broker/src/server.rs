@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tradeplex_proto::client::{self, ReplyHeader};
 use tradeplex_proto::{worker, ErrorCode, ProtoError};
 
+use crate::batches::{Batch, Batches, Item};
 use crate::body::Body;
 
 use crate::config::Config;
@@ -315,6 +316,8 @@ impl Broker {
             bad_log: LogLimiter::new(10),
             backend_refusals: LogLimiter::new(100),
             spare: Vec::new(),
+            to_workers: Batches::new(config.max_body_bytes),
+            to_clients: Batches::new(config.max_body_bytes),
             idle_spin: Duration::from_micros(config.idle_spin_us),
             console: console.as_ref().map(|c| c.feed.publisher()),
             identities,
@@ -455,6 +458,10 @@ struct Loop {
     backend_refusals: LogLimiter,
     /// The outbox's twin, swapped in on each flush so neither reallocates.
     spare: Vec<Out>,
+    /// A flush's deliveries to workers that read BATCH, gathered per worker.
+    to_workers: Batches,
+    /// A flush's answers to clients that read BATCH, gathered per client.
+    to_clients: Batches,
     /// How long to spin before blocking when idle.
     idle_spin: Duration,
     /// Hands the console a dispatcher snapshot (with HTTP on).
@@ -765,24 +772,11 @@ impl Loop {
         match decoded {
             Ok((worker::Message::Reply(h), body_start)) => {
                 let body = self.frames.take(1).tail_from(body_start);
-                if body.len() > self.max_body {
-                    let msg = format!(
-                        "reply body is {} bytes, limit {}",
-                        body.len(),
-                        self.max_body
-                    );
-                    self.bad_input("backend", "too_large", &msg);
-                    let err = worker::ErrorHeader::new(h.job, ErrorCode::TooLarge, msg);
-                    self.dispatcher.on_worker(
-                        clock,
-                        identity,
-                        worker::Message::Error(err),
-                        crate::body::Body::new(),
-                    );
-                } else {
-                    self.dispatcher
-                        .on_worker(clock, identity, worker::Message::Reply(h), body);
-                }
+                self.on_worker_reply(clock, identity, h, body);
+            }
+            Ok((worker::Message::Batch(h), body_start)) => {
+                let frame = self.frames.take(1);
+                self.on_worker_batch(clock, identity, h, frame, body_start);
             }
             Ok((msg, _)) => {
                 if !(matches!(msg, worker::Message::Ready(_)) && self.pair_refuses_ready(&identity))
@@ -792,24 +786,107 @@ impl Loop {
                 }
             }
             Err(e) => {
-                let job = worker::salvage_job(rest);
-                let detail = e.to_string();
-                self.bad_input("backend", e.reason(), &detail);
-                if let Some(job) = job {
-                    self.dispatcher
-                        .on_garbled_answer(clock, identity.clone(), job, &detail);
-                }
-                // Answer the sender too (rate-limited: a peer that resends whatever it is
-                // refused must not turn the backend into a ping-pong).
-                if self.backend_refusals.allow().is_some() {
-                    if let Some(old) = self.old_layout(worker::V1_FRAME, worker::V2_ID) {
+                let message = rest.first().map_or(Vec::new(), |f| f.to_vec());
+                if let Some(old) = self.old_layout(worker::V1_FRAME, worker::V2_ID) {
+                    self.bad_input("backend", e.reason(), &e.to_string());
+                    if self.backend_refusals.allow().is_some() {
                         self.answer_old_worker(&identity, old);
-                    } else {
-                        self.dispatcher
-                            .refuse_worker_message(identity, e.code(), &detail);
                     }
+                    return;
+                }
+                self.refuse_worker(clock, identity, &message, &e);
+            }
+        }
+    }
+
+    /// A REPLY, its body checked against the size limit (too large: the job's client is
+    /// answered `too_large`).
+    fn on_worker_reply(
+        &mut self,
+        clock: Clock,
+        identity: Vec<u8>,
+        h: worker::ReplyHeader,
+        body: Body,
+    ) {
+        if body.len() > self.max_body {
+            let msg = format!(
+                "reply body is {} bytes, limit {}",
+                body.len(),
+                self.max_body
+            );
+            self.bad_input("backend", "too_large", &msg);
+            let err = worker::ErrorHeader::new(h.job, ErrorCode::TooLarge, msg);
+            self.dispatcher
+                .on_worker(clock, identity, worker::Message::Error(err), Body::new());
+        } else {
+            self.dispatcher
+                .on_worker(clock, identity, worker::Message::Reply(h), body);
+        }
+    }
+
+    /// A worker's BATCH: each of its REPLYs and ERRORs handled as if it had come alone.
+    /// The messages before a break in the batch's layout are handled; the break is refused.
+    fn on_worker_batch(
+        &mut self,
+        clock: Clock,
+        identity: Vec<u8>,
+        h: tradeplex_proto::batch::BatchHeader,
+        mut frame: Body,
+        body_start: usize,
+    ) {
+        let items: Vec<_> =
+            tradeplex_proto::batch::items(frame.get(body_start..).unwrap_or(&[]), h.count)
+                .collect();
+        let from = ["from_workers"];
+        self.metrics.batches.with_label_values(&from).inc();
+        for item in items {
+            let range = match item {
+                Ok(r) => body_start + r.start..body_start + r.end,
+                Err(e) => {
+                    self.refuse_worker(clock, identity.clone(), &[], &e);
+                    continue;
+                }
+            };
+            self.metrics.batched_messages.with_label_values(&from).inc();
+            let message = frame.get(range.clone()).unwrap_or(&[]);
+            match worker::decode(&[message]) {
+                Ok((worker::Message::Reply(h), at)) => {
+                    let body = frame.share().range(range.start + at..range.end);
+                    self.on_worker_reply(clock, identity.clone(), h, body);
+                }
+                Ok((msg @ worker::Message::Error(_), _)) => {
+                    self.dispatcher
+                        .on_worker(clock, identity.clone(), msg, Body::new());
+                }
+                Ok(_) => {
+                    let e = ProtoError::BadField {
+                        field: "count",
+                        reason: "a worker's BATCH carries only REPLY and ERROR".into(),
+                    };
+                    self.refuse_worker(clock, identity.clone(), &[], &e);
+                }
+                Err(e) => {
+                    let message = message.to_vec();
+                    self.refuse_worker(clock, identity.clone(), &message, &e);
                 }
             }
+        }
+    }
+
+    /// A worker message that could not be read (`message`, when known): logged and
+    /// counted; the job it names, if any can be read, is answered `worker_error`; the
+    /// sender is told (rate-limited: a peer that resends whatever it is refused must not
+    /// turn the backend into a ping-pong).
+    fn refuse_worker(&mut self, clock: Clock, identity: Vec<u8>, message: &[u8], e: &ProtoError) {
+        let detail = e.to_string();
+        self.bad_input("backend", e.reason(), &detail);
+        if let Some(job) = worker::salvage_job(&[message]) {
+            self.dispatcher
+                .on_garbled_answer(clock, identity.clone(), job, &detail);
+        }
+        if self.backend_refusals.allow().is_some() {
+            self.dispatcher
+                .refuse_worker_message(identity, e.code(), &detail);
         }
     }
 
@@ -888,13 +965,95 @@ impl Loop {
                 self.send(out);
             }
             self.spare = batch;
+            self.send_batches();
         }
     }
 
-    /// Encodes one decision and sends it.
+    /// Sends the messages gathered by [`Loop::send`]: one per worker and one per client
+    /// (a lone message as itself).
+    fn send_batches(&mut self) {
+        for side in [Side::Backend, Side::Frontend] {
+            let mut round = self.batches_to(side).take();
+            for b in round.drain(..) {
+                self.send_batch(side, b);
+            }
+            self.batches_to(side).restore(round);
+        }
+    }
+
+    fn batches_to(&mut self, side: Side) -> &mut Batches {
+        match side {
+            Side::Backend => &mut self.to_workers,
+            Side::Frontend => &mut self.to_clients,
+        }
+    }
+
+    fn send_batch(&mut self, side: Side, b: Batch) {
+        let (socket, protocol, cmd, label) = match side {
+            Side::Backend => (
+                &mut self.backend,
+                &worker::PROTOCOL,
+                worker::Command::Batch as u8,
+                "to_workers",
+            ),
+            Side::Frontend => (
+                &mut self.frontend,
+                &client::PROTOCOL,
+                client::Command::Batch as u8,
+                "to_clients",
+            ),
+        };
+        let sent = match b.messages.single() {
+            Some(message) => wire::send_routed(socket, &b.to, message, &[]),
+            None => {
+                // Counted before the send, so a peer holding the batch finds it counted.
+                let count = u64::from(b.messages.count());
+                self.metrics.batches.with_label_values(&[label]).inc();
+                let carried = self.metrics.batched_messages.with_label_values(&[label]);
+                carried.inc_by(count);
+                b.messages.head_into(protocol, cmd, &mut self.head);
+                wire::send_routed(socket, &b.to, &self.head, b.messages.body())
+            }
+        };
+        match sent {
+            Err(e) if b.jobs.is_empty() => {
+                // The client is gone or not reading; its answers are dropped.
+                tracing::debug!(error = %e, "answers to client not sent");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = b.jobs.len(), "requests could not be sent to their worker; requeued");
+                for job in &b.jobs {
+                    self.dispatcher.on_send_failed(Clock::real(), *job);
+                }
+            }
+            Ok(()) => {}
+        }
+        self.batches_to(side).recycle(b);
+    }
+
+    /// Encodes one decision and sends it, or adds it to its peer's batch.
     fn send(&mut self, out: Out) {
         match out {
-            Out::Deliver { to, header, body } => {
+            Out::Deliver {
+                to,
+                header,
+                body,
+                batch: true,
+            } => {
+                let item = Item {
+                    protocol: &worker::PROTOCOL,
+                    cmd: worker::Command::Request as u8,
+                    header: &header,
+                    body: &body,
+                    job: Some(header.job),
+                };
+                if let Some(full) = self.to_workers.add(&to, item) {
+                    self.send_batch(Side::Backend, full);
+                }
+            }
+            Out::Deliver {
+                to, header, body, ..
+            } => {
                 let job = header.job;
                 if let Err(e) = self.send_to_worker(&to, worker::Command::Request, &header, body) {
                     tracing::warn!(error = %e, %job, "request could not be sent to its worker; requeued");
@@ -906,22 +1065,22 @@ impl Loop {
                 id,
                 worker,
                 body,
-            } => self.send_to_client(
-                &to,
-                client::Command::Reply,
-                &ReplyHeader { id, worker },
-                body,
-            ),
+                batch,
+            } => {
+                let h = ReplyHeader { id, worker };
+                self.answer(&to, batch, client::Command::Reply, &h, body);
+            }
             Out::Error {
                 to,
                 id,
                 code,
                 message,
                 worker,
+                batch,
             } => {
                 let mut h = client::ErrorHeader::new(id, code, message);
                 h.worker = worker;
-                self.send_to_client(&to, client::Command::Error, &h, Body::new());
+                self.answer(&to, batch, client::Command::Error, &h, Body::new());
             }
             // A worker that cannot be reached is found by its silence (liveness), or by
             // the next request sent to it.
@@ -933,6 +1092,31 @@ impl Loop {
                 let h = worker::DisconnectHeader { reason };
                 let _ = self.send_to_worker(&to, worker::Command::Disconnect, &h, Body::new());
             }
+        }
+    }
+
+    /// A REPLY or ERROR to a client: into its batch if it reads them (`batch`), else sent.
+    fn answer<T: serde::Serialize>(
+        &mut self,
+        to: &[u8],
+        batch: bool,
+        cmd: client::Command,
+        header: &T,
+        body: Body,
+    ) {
+        if !batch {
+            self.send_to_client(to, cmd, header, body);
+            return;
+        }
+        let item = Item {
+            protocol: &client::PROTOCOL,
+            cmd: cmd as u8,
+            header,
+            body: &body,
+            job: None,
+        };
+        if let Some(full) = self.to_clients.add(to, item) {
+            self.send_batch(Side::Frontend, full);
         }
     }
 

@@ -347,51 +347,84 @@ impl Connection {
                 }
                 Err(_) => return,
             }
-            match cp::decode_answer(self.frames.get()) {
-                Ok((cp::Message::Reply(h), body_start)) => {
-                    let frame = self.frames.get().first().map_or(&[][..], |f| &f[..]);
-                    let body = frame.get(body_start..).unwrap_or(&[]);
-                    let result = if body.len() > self.max_body {
-                        Err(ClientError::Decode(format!(
-                            "reply body {} bytes over limit",
-                            body.len()
-                        )))
-                    } else {
-                        Ok(Reply {
-                            body: body.to_vec(),
-                            worker: h.worker,
-                        })
-                    };
-                    self.answer(h.id, result);
+            // Taken out while its answers are handled (that needs `self`), then put back:
+            // its messages are reused for the next read.
+            let frames = std::mem::take(&mut self.frames);
+            let first = frames.get().first().map_or(&[][..], |f| &f[..]);
+            match cp::decode_answer(frames.get()) {
+                Ok((cp::Message::Batch(h), body_start)) => {
+                    self.on_batch(i, h, first.get(body_start..).unwrap_or(&[]))
                 }
-                Ok((cp::Message::Error(h), _))
-                    if self.failover.is_pair()
-                        && failover::is_passive_refusal(h.code, &h.message) =>
-                {
-                    self.on_passive_refusal(i, h.id);
-                }
-                Ok((cp::Message::Error(h), _))
-                    if h.code == ErrorCode::UnsupportedVersion.as_u16()
-                        && !self.pending.contains_key(&h.id) =>
-                {
-                    // An older (version-02) broker cannot read a request's id, so its
-                    // refusal names id 0 and no call: the calls time out; say why here.
-                    tracing::error!(message = %h.message, "broker refused this client's protocol version");
-                }
-                Ok((cp::Message::Error(h), _)) => {
-                    let err = ClientError::Remote {
-                        code: ErrorCode::from_u16(h.code),
-                        name: h.name,
-                        message: h.message,
-                        worker: h.worker,
-                    };
-                    self.answer(h.id, Err(err));
-                }
-                Ok((cp::Message::Request(_), _)) => {
-                    tracing::warn!("broker sent a REQUEST to a client")
+                Ok((msg, body_start)) => {
+                    self.on_answer(i, msg, first.get(body_start..).unwrap_or(&[]))
                 }
                 Err(e) => tracing::warn!(error = %e, "bad message from broker"),
             }
+            self.frames = frames;
+        }
+    }
+
+    /// A BATCH of answers: each handled as if it had come alone.
+    fn on_batch(&mut self, i: usize, h: tradeplex_proto::batch::BatchHeader, body: &[u8]) {
+        for item in tradeplex_proto::batch::items(body, h.count) {
+            let message = match item {
+                Ok(range) => body.get(range).unwrap_or(&[]),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad batch from broker");
+                    return;
+                }
+            };
+            match cp::decode(&[message]) {
+                Ok((cp::Message::Batch(_), _)) => {
+                    tracing::warn!("a batch inside a batch from broker")
+                }
+                Ok((msg, at)) => self.on_answer(i, msg, message.get(at..).unwrap_or(&[])),
+                Err(e) => tracing::warn!(error = %e, "bad message in a batch from broker"),
+            }
+        }
+    }
+
+    /// A REPLY or ERROR from the broker on link `i`, with its body.
+    fn on_answer(&mut self, i: usize, msg: cp::Message, body: &[u8]) {
+        match msg {
+            cp::Message::Reply(h) => {
+                let result = if body.len() > self.max_body {
+                    Err(ClientError::Decode(format!(
+                        "reply body {} bytes over limit",
+                        body.len()
+                    )))
+                } else {
+                    Ok(Reply {
+                        body: body.to_vec(),
+                        worker: h.worker,
+                    })
+                };
+                self.answer(h.id, result);
+            }
+            cp::Message::Error(h)
+                if self.failover.is_pair() && failover::is_passive_refusal(h.code, &h.message) =>
+            {
+                self.on_passive_refusal(i, h.id);
+            }
+            cp::Message::Error(h)
+                if h.code == ErrorCode::UnsupportedVersion.as_u16()
+                    && !self.pending.contains_key(&h.id) =>
+            {
+                // An older (version-02) broker cannot read a request's id, so its
+                // refusal names id 0 and no call: the calls time out; say why here.
+                tracing::error!(message = %h.message, "broker refused this client's protocol version");
+            }
+            cp::Message::Error(h) => {
+                let err = ClientError::Remote {
+                    code: ErrorCode::from_u16(h.code),
+                    name: h.name,
+                    message: h.message,
+                    worker: h.worker,
+                };
+                self.answer(h.id, Err(err));
+            }
+            cp::Message::Request(_) => tracing::warn!("broker sent a REQUEST to a client"),
+            cp::Message::Batch(_) => tracing::warn!("unexpected batch from broker"),
         }
     }
 

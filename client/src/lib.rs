@@ -334,6 +334,8 @@ impl Client {
             target: opts.target,
             affinity: opts.affinity,
             client: self.inner.options.name.clone(),
+            // This library reads BATCH: a pipeline's answers may come several at once.
+            batch: true,
         };
         let retry_every = opts.idempotent.then(|| {
             opts.retry_every

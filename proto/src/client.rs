@@ -54,6 +54,9 @@ pub enum Command {
     Reply = 2,
     /// Broker -> client: a request failed, or a message was rejected.
     Error = 3,
+    /// Broker -> client: several REPLYs and ERRORs in one message ([`crate::batch`]),
+    /// sent only to a client whose requests say it reads them (`batch`).
+    Batch = 4,
 }
 
 impl Command {
@@ -62,6 +65,7 @@ impl Command {
             1 => Ok(Command::Request),
             2 => Ok(Command::Reply),
             3 => Ok(Command::Error),
+            4 => Ok(Command::Batch),
             other => Err(ProtoError::UnknownCommand(vec![other])),
         }
     }
@@ -95,6 +99,10 @@ pub struct RequestHeader {
     /// the client and a different declared name is refused `forbidden`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// The client reads BATCH: the broker may send this request's answer together with
+    /// other answers to the same client in one message. Sent only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 /// Reads `target` so that a bad value is reported under its own name (a [`WorkerId`]
@@ -164,6 +172,8 @@ pub enum Message {
     Reply(ReplyHeader),
     /// An error.
     Error(ErrorHeader),
+    /// A BATCH of answers: read them from the body with [`crate::batch::items`].
+    Batch(crate::batch::BatchHeader),
 }
 
 /// Decodes a client message (the frames after the ROUTER identity): the message and
@@ -188,6 +198,11 @@ pub fn decode<F: std::ops::Deref<Target = [u8]>>(
             crate::quick::client_reply,
         )?),
         Command::Error => Message::Error(frame::decode_header(header)?),
+        Command::Batch => {
+            let h = frame::decode_header(header)?;
+            crate::batch::validate(&h)?;
+            Message::Batch(h)
+        }
     };
     Ok((message, parts.body_start))
 }
@@ -299,6 +314,7 @@ mod tests {
             target: Some(WorkerId::random()),
             affinity: Some("acct-1".into()),
             client: Some("alpha".into()),
+            batch: true,
         }
     }
 
@@ -529,7 +545,7 @@ mod tests {
         }
 
         #[test]
-        fn random_headers_never_panic(header in proptest::collection::vec(any::<u8>(), 0..256), cmd in 0u8..5) {
+        fn random_headers_never_panic(header in proptest::collection::vec(any::<u8>(), 0..256), cmd in 0u8..6) {
             let frames = message(cmd, &header, b"");
             let _ = decode(&frames);
             let _ = salvage_id(&frames[0]);
@@ -545,7 +561,7 @@ mod tests {
 
         #[test]
         fn requests_round_trip(id in any::<u64>(), deadline in 1u64.., idem in any::<bool>(), svc in "[A-Za-z0-9_.-]{1,64}", aff in proptest::option::of("[a-z]{1,128}"), body in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let h = RequestHeader { id: RequestId(id), service: ServiceName::new(svc).unwrap(), deadline_ms: deadline, idempotent: idem, target: None, affinity: aff, client: None };
+            let h = RequestHeader { id: RequestId(id), service: ServiceName::new(svc).unwrap(), deadline_ms: deadline, idempotent: idem, target: None, affinity: aff, client: None, batch: idem };
             let frames = vec![encode(Command::Request, &h, &body)];
             let (m, at) = decode(&frames).unwrap();
             prop_assert_eq!(m, Message::Request(h));

@@ -6,6 +6,7 @@
 //! (docs/protocol.md). The broker reads the header and forwards the body's bytes as they are.
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod client;
 pub mod codes;
 pub mod error;

@@ -126,7 +126,7 @@ fn worker_id(s: &str) -> Option<WorkerId> {
 pub(crate) fn client_request(header: &[u8]) -> Option<client::RequestHeader> {
     let mut r = Reader { bytes: header };
     let (mut id, mut service, mut deadline, mut idempotent) = (None, None, None, None);
-    let (mut target, mut affinity, mut name) = (None, None, None);
+    let (mut target, mut affinity, mut name, mut batch) = (None, None, None, None);
     for _ in 0..r.map_len()? {
         match r.key()? {
             b"id" => once(&mut id, r.uint()?)?,
@@ -142,6 +142,7 @@ pub(crate) fn client_request(header: &[u8]) -> Option<client::RequestHeader> {
             }
             b"affinity" => once(&mut affinity, r.opt_str()?.map(str::to_string))?,
             b"client" => once(&mut name, r.opt_str()?.map(str::to_string))?,
+            b"batch" => once(&mut batch, r.bool()?)?,
             _ => return None,
         }
     }
@@ -154,6 +155,7 @@ pub(crate) fn client_request(header: &[u8]) -> Option<client::RequestHeader> {
         target: target.flatten(),
         affinity: affinity.flatten(),
         client: name.flatten(),
+        batch: batch.unwrap_or(false),
     })
 }
 
@@ -268,9 +270,10 @@ mod tests {
             proptest::option::of(any::<u128>()),
             proptest::option::of("[a-z]{1,20}"),
             proptest::option::of("[A-Za-z0-9_.-]{1,32}"),
+            any::<bool>(),
         )
             .prop_map(
-                |(id, service, deadline_ms, idempotent, target, affinity, client)| {
+                |(id, service, deadline_ms, idempotent, target, affinity, client, batch)| {
                     client::RequestHeader {
                         id: RequestId(id),
                         service,
@@ -279,6 +282,7 @@ mod tests {
                         target: target.map(uuid_from),
                         affinity,
                         client,
+                        batch,
                     }
                 },
             )

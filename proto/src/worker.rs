@@ -50,6 +50,9 @@ pub enum Command {
     Heartbeat = 5,
     /// Both ways: I am going away (worker) / re-register or go away (broker).
     Disconnect = 6,
+    /// Broker -> worker: several REQUESTs; worker -> broker: several REPLYs and ERRORs
+    /// ([`crate::batch`]). Sent only to a peer known to read it (docs/protocol.md).
+    Batch = 7,
 }
 
 impl Command {
@@ -61,6 +64,7 @@ impl Command {
             4 => Command::Error,
             5 => Command::Heartbeat,
             6 => Command::Disconnect,
+            7 => Command::Batch,
             other => return Err(ProtoError::UnknownCommand(vec![other])),
         })
     }
@@ -82,6 +86,10 @@ pub struct ReadyHeader {
     /// broker then trusts the latest READY).
     #[serde(default)]
     pub session: u64,
+    /// The worker reads BATCH messages: the broker may send it several requests in one.
+    /// Optional: absent reads as false (one REQUEST per message).
+    #[serde(default)]
+    pub batch: bool,
 }
 
 /// Header of a REQUEST sent to a worker.
@@ -174,6 +182,8 @@ pub enum Message {
     Heartbeat,
     /// DISCONNECT.
     Disconnect(DisconnectHeader),
+    /// BATCH: its messages are read from the body with [`crate::batch::items`].
+    Batch(crate::batch::BatchHeader),
 }
 
 /// Decodes a worker-protocol message (the frames after any ROUTER identity): the message
@@ -204,6 +214,11 @@ pub fn decode<F: std::ops::Deref<Target = [u8]>>(
         Command::Error => Message::Error(frame::decode_header(header)?),
         Command::Heartbeat => Message::Heartbeat,
         Command::Disconnect => Message::Disconnect(frame::decode_header(header)?),
+        Command::Batch => {
+            let h = frame::decode_header(header)?;
+            crate::batch::validate(&h)?;
+            Message::Batch(h)
+        }
     };
     Ok((message, parts.body_start))
 }
@@ -406,6 +421,7 @@ mod tests {
             services: vec![ServiceName::new("echo").unwrap()],
             capacity: 4,
             session: 0,
+            batch: true,
         };
         let req = RequestHeader {
             job: JobId(1),
@@ -443,6 +459,13 @@ mod tests {
             round(encode(Command::Disconnect, &d, b"")).unwrap(),
             Message::Disconnect(d)
         );
+        let b = crate::batch::BatchHeader { count: 2 };
+        assert_eq!(
+            round(encode(Command::Batch, &b, b"")).unwrap(),
+            Message::Batch(b)
+        );
+        let lone = crate::batch::BatchHeader { count: 1 };
+        assert!(round(encode(Command::Batch, &lone, b"")).is_err());
     }
 
     #[test]
@@ -452,6 +475,7 @@ mod tests {
             services: vec![ServiceName::new("tpx.status").unwrap()],
             capacity: 1,
             session: 0,
+            batch: false,
         };
         assert!(round(encode(Command::Ready, &ready, b"")).is_err());
         ready.services = vec![ServiceName::new("echo").unwrap()];

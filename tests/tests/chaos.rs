@@ -398,6 +398,7 @@ fn refuse_loop(dealer: &zmq::Socket, id: WorkerId, stop: &AtomicBool) -> Vec<Off
             services: vec![ServiceName::new("echo").expect("service name")],
             capacity: REFUSER_CAPACITY,
             session: 1,
+            batch: false,
         };
         send(wp::encode(wp::Command::Ready, &header, &[]));
     };

@@ -284,6 +284,7 @@ fn request_header(id: u64, service: &str) -> Vec<u8> {
         target: None,
         affinity: None,
         client: None,
+        batch: false,
     })
 }
 
@@ -464,25 +465,35 @@ impl RawWorker {
     }
 
     fn register(&self, service: &str, capacity: u32) {
+        self.register_reading_batches(service, capacity, false);
+    }
+
+    fn register_reading_batches(&self, service: &str, capacity: u32, batch: bool) {
         let ready = tradeplex_proto::worker::ReadyHeader {
             worker: tradeplex_proto::WorkerId::random(),
             services: vec![tradeplex_proto::ServiceName::new(service).unwrap()],
             capacity,
             session: 1,
+            batch,
         };
         self.send(1, &tradeplex_proto::frame::encode_header(&ready));
     }
 
     /// The next message from the broker that is not a heartbeat.
     fn next(&self) -> tradeplex_proto::worker::Message {
+        self.next_with_frame().0
+    }
+
+    /// [`RawWorker::next`], with the message's frame and where its body starts.
+    fn next_with_frame(&self) -> (tradeplex_proto::worker::Message, Vec<u8>, usize) {
         loop {
-            let frames = self.socket.recv_multipart(0).expect("a broker message");
+            let mut frames = self.socket.recv_multipart(0).expect("a broker message");
             match tradeplex_proto::worker::decode(&frames).expect("a well-formed message") {
                 (tradeplex_proto::worker::Message::Heartbeat, _) => self.send(
                     5,
                     &tradeplex_proto::frame::encode_header(&serde_json::json!({})),
                 ),
-                (other, _) => return other,
+                (other, at) => return (other, frames.remove(0), at),
             }
         }
     }
@@ -504,6 +515,7 @@ fn raw_request(raw: &zmq::Socket, id: u64, service: &str, ttl_ms: u64) {
         target: None,
         affinity: None,
         client: None,
+        batch: false,
     });
     let request = message(
         tradeplex_proto::client::PROTOCOL.frame,
@@ -625,6 +637,7 @@ fn hostile_worker_answers_still_reach_the_client_and_bad_input_is_answered_on_th
         services: vec![tradeplex_proto::ServiceName::new("raw").unwrap()],
         capacity: 0,
         session: 1,
+        batch: false,
     };
     let other = RawWorker::connect(&broker.backend);
     other.send(1, &tradeplex_proto::frame::encode_header(&bad));
@@ -817,4 +830,97 @@ fn a_call_made_before_the_broker_starts_is_sent_when_it_is_up() {
     let status: tradeplex_proto::mgmt::StatusReply =
         rmp_serde::from_slice(&reply.body).expect("a status reply");
     assert!(status.workers.is_empty(), "{status:?}");
+}
+
+#[test]
+fn a_worker_reading_batches_gets_a_rounds_requests_in_one_message_and_may_answer_in_one() {
+    use tradeplex_proto::batch::{self, BatchBuilder};
+    use tradeplex_proto::worker::{self as wp, Message};
+    let broker = Broker::start(&["--grace-ms", "10000"]);
+    let client = broker.client();
+    // Queued before any worker offers the service: READY releases them in one round.
+    let pending: Vec<_> = (0..5u8)
+        .map(|i| {
+            let opts = CallOptions::default().timeout(Duration::from_secs(10));
+            client.send("raw.batch", vec![i], opts).unwrap()
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "5 requests queued", || {
+        scrape(&broker.http).sum("tradeplex_queue_depth", &[]) == 5.0
+    });
+    let worker = RawWorker::connect(&broker.backend);
+    worker.register_reading_batches("raw.batch", 8, true);
+    let (msg, frame, at) = worker.next_with_frame();
+    let Message::Batch(h) = msg else {
+        panic!("expected BATCH, got {msg:?}")
+    };
+    assert_eq!(h.count, 5);
+    let body = &frame[at..];
+    let mut answers = BatchBuilder::default();
+    for item in batch::items(body, h.count) {
+        let request = &body[item.expect("a well-formed batch")];
+        let (Message::Request(r), start) = wp::decode(&[request]).unwrap() else {
+            panic!("a batch from the broker carries REQUESTs")
+        };
+        let reply = wp::ReplyHeader { job: r.job };
+        let echoed = [&b"re:"[..], &request[start..]].concat();
+        answers.push(&wp::PROTOCOL, wp::Command::Reply as u8, &reply, &echoed);
+    }
+    // A sixth message that is not one: refused, the five before it still count.
+    answers.push_encoded(b"TPXW03\x03");
+    let mut out = Vec::new();
+    answers.head_into(&wp::PROTOCOL, wp::Command::Batch as u8, &mut out);
+    out.extend_from_slice(answers.body());
+    worker.socket.send(out, 0).unwrap();
+    for (i, p) in pending.into_iter().enumerate() {
+        assert_eq!(p.wait().unwrap().body, [&b"re:"[..], &[i as u8]].concat());
+    }
+    match worker.next() {
+        Message::Disconnect(d) => assert!(d.reason.starts_with("bad_request: "), "{}", d.reason),
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    let page = scrape(&broker.http);
+    let dir = |d| [("direction", d)];
+    assert_eq!(page.sum("tradeplex_batches_total", &dir("to_workers")), 1.0);
+    assert_eq!(
+        page.sum("tradeplex_batches_total", &dir("from_workers")),
+        1.0
+    );
+    let carried = page.sum("tradeplex_batched_messages_total", &dir("from_workers"));
+    assert_eq!(carried, 6.0);
+    // The five answers reached the broker in one message, and left for the client (it
+    // reads BATCH) in one.
+    assert_eq!(page.sum("tradeplex_batches_total", &dir("to_clients")), 1.0);
+    let to_client = page.sum("tradeplex_batched_messages_total", &dir("to_clients"));
+    assert_eq!(to_client, 5.0);
+    assert!(page.sum("tradeplex_bad_frames_total", &[("socket", "backend")]) >= 1.0);
+    client.status().expect("the broker keeps serving");
+}
+
+#[test]
+fn a_pipelined_client_through_a_worker_process_rides_batches_both_ways() {
+    let broker = Broker::start(&["--grace-ms", "10000"]);
+    let client = broker.client();
+    // Queued before the worker starts: its first delivery is a batch, and it answers the
+    // batch's results in batches (a broker that sent one reads them).
+    let pending: Vec<_> = (0..50u32)
+        .map(|i| {
+            client
+                .send("echo", body(json!({ "n": i })), CallOptions::query())
+                .unwrap()
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "50 requests queued", || {
+        scrape(&broker.http).sum("tradeplex_queue_depth", &[]) == 50.0
+    });
+    let _w = broker.worker(&[]);
+    for (i, p) in pending.into_iter().enumerate() {
+        let reply: serde_json::Value = rmp_serde::from_slice(&p.wait().unwrap().body).unwrap();
+        assert_eq!(reply["n"], i as u64);
+    }
+    let page = scrape(&broker.http);
+    let dir = |d| [("direction", d)];
+    assert!(page.sum("tradeplex_batches_total", &dir("to_workers")) >= 1.0);
+    assert!(page.sum("tradeplex_batches_total", &dir("from_workers")) >= 1.0);
+    assert_eq!(page.sum("tradeplex_bad_frames_total", &[]), 0.0);
 }

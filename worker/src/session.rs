@@ -12,6 +12,8 @@ use tradeplex_ops::Shutdown;
 use tradeplex_proto::worker::{self as wp, DisconnectHeader, HeartbeatHeader, ReadyHeader};
 use tradeplex_proto::ServiceName;
 
+use tradeplex_proto::batch::BatchBuilder;
+
 use crate::backoff::Backoff;
 use crate::brokers::{Brokers, Why};
 use crate::executor::{Executor, Shared};
@@ -53,6 +55,13 @@ pub struct Session<'a> {
     refused_passive: bool,
     /// Serving one of a pair (set per connection from [`Brokers::is_pair`]).
     pair: bool,
+    /// The broker has sent a BATCH on this connection, so it reads ours: results that
+    /// are ready together go back in one message.
+    broker_batches: bool,
+    /// Results gathered while reading a round of requests or of finished jobs.
+    results_out: BatchBuilder,
+    /// The BATCH being sent, reused.
+    batch_msg: Vec<u8>,
 }
 
 impl<'a> Session<'a> {
@@ -77,6 +86,9 @@ impl<'a> Session<'a> {
             connection: 0,
             refused_passive: false,
             pair: false,
+            broker_batches: false,
+            results_out: BatchBuilder::default(),
+            batch_msg: Vec::new(),
         }
     }
 
@@ -177,6 +189,8 @@ impl<'a> Session<'a> {
             ),
         });
         self.refused_passive = false;
+        self.broker_batches = false;
+        self.results_out.clear();
         self.pair = brokers.is_pair();
         self.set_registered(false);
         self.offered = self.available_services();
@@ -321,6 +335,7 @@ impl<'a> Session<'a> {
             },
             capacity: if draining { 0 } else { self.opts.capacity },
             session: self.connection,
+            batch: true,
         };
         if !draining {
             self.shared.metrics.registrations.inc();
@@ -351,18 +366,23 @@ impl<'a> Session<'a> {
         loop {
             let frames = match dealer.recv_multipart(zmq::DONTWAIT) {
                 Ok(f) => f,
-                Err(zmq::Error::EAGAIN) => return Ok(heard),
+                Err(zmq::Error::EAGAIN) => {
+                    // The round's inline results leave together.
+                    self.flush_results(dealer);
+                    return Ok(heard);
+                }
                 Err(e) => return Err(e.into()),
             };
             heard = true;
             match wp::decode_from_broker(&frames) {
                 Ok((wp::Message::Request(h), body_start)) => {
-                    if !draining && !self.registered {
-                        self.set_registered(true);
-                    }
                     let message = frames.first().map_or(&[][..], |f| &f[..]);
-                    let body = message.get(body_start..).unwrap_or(&[]).to_vec();
-                    self.on_request(dealer, h, body, draining);
+                    self.on_delivery(dealer, h, message, body_start, draining);
+                }
+                Ok((wp::Message::Batch(h), body_start)) => {
+                    self.broker_batches = true;
+                    let message = frames.first().map_or(&[][..], |f| &f[..]);
+                    self.on_batch(dealer, h, message, body_start, draining);
                 }
                 Ok((wp::Message::Heartbeat, _)) => {
                     // The broker only heartbeats workers it has registered.
@@ -393,6 +413,52 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// A REQUEST, alone or out of a BATCH (`message` is the whole REQUEST).
+    fn on_delivery(
+        &mut self,
+        dealer: &zmq::Socket,
+        h: wp::RequestHeader,
+        message: &[u8],
+        body_start: usize,
+        draining: bool,
+    ) {
+        if !draining && !self.registered {
+            self.set_registered(true);
+        }
+        let body = message.get(body_start..).unwrap_or(&[]).to_vec();
+        self.on_request(dealer, h, body, draining);
+    }
+
+    /// The broker's BATCH: each REQUEST in it handled as if it had come alone.
+    fn on_batch(
+        &mut self,
+        dealer: &zmq::Socket,
+        h: tradeplex_proto::batch::BatchHeader,
+        frame: &[u8],
+        body_start: usize,
+        draining: bool,
+    ) {
+        let body = frame.get(body_start..).unwrap_or(&[]);
+        for item in tradeplex_proto::batch::items(body, h.count) {
+            let message = match item {
+                Ok(range) => body.get(range).unwrap_or(&[]),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad batch from broker");
+                    break;
+                }
+            };
+            match wp::decode(&[message]) {
+                Ok((wp::Message::Request(h), at)) => {
+                    self.on_delivery(dealer, h, message, at, draining)
+                }
+                Ok((other, _)) => {
+                    tracing::warn!(?other, "unexpected message in a batch from broker")
+                }
+                Err(e) => tracing::warn!(error = %e, "bad message in a batch from broker"),
+            }
+        }
+    }
+
     fn on_request(
         &mut self,
         dealer: &zmq::Socket,
@@ -402,12 +468,9 @@ impl<'a> Session<'a> {
     ) {
         if draining {
             let e = HandlerError::unavailable("worker is draining");
-            send(
-                dealer,
-                wp::Command::Error,
-                &wp::ErrorHeader::new(h.job, e.code, e.message),
-                &[],
-            );
+            let h = wp::ErrorHeader::new(h.job, e.code, e.message);
+            let message = wp::encode(wp::Command::Error, &h, &[]);
+            self.send_result(dealer, &message);
             return;
         }
         let req = Request {
@@ -426,7 +489,7 @@ impl<'a> Session<'a> {
                 .is_some_and(|handler| handler.runs_inline(&req));
         if inline {
             let message = crate::executor::execute(&self.shared, &req, &mut self.stats);
-            send_result(dealer, &message);
+            self.send_result(dealer, &message);
             return;
         }
         self.in_flight += 1;
@@ -439,17 +502,50 @@ impl<'a> Session<'a> {
             // One frame per result: the executor sends the whole message (executor.rs).
             let message = match self.results.recv_bytes(zmq::DONTWAIT) {
                 Ok(m) => m,
-                Err(zmq::Error::EAGAIN) => return Ok(()),
+                Err(zmq::Error::EAGAIN) => {
+                    self.flush_results(dealer);
+                    return Ok(());
+                }
                 Err(e) => return Err(e.into()),
             };
             self.in_flight = self.in_flight.saturating_sub(1);
             self.shared.metrics.in_flight.set(self.in_flight as i64);
-            send_result(dealer, &message);
+            self.send_result(dealer, &message);
         }
+    }
+
+    /// A finished job's REPLY or ERROR: gathered for one BATCH when the broker reads
+    /// them, else sent at once.
+    fn send_result(&mut self, dealer: &zmq::Socket, message: &[u8]) {
+        if !self.broker_batches {
+            send_result(dealer, message);
+            return;
+        }
+        let full = !self.results_out.has_room()
+            || self.results_out.body_len() + message.len() >= self.opts.max_body_bytes;
+        if full {
+            self.flush_results(dealer);
+        }
+        self.results_out.push_encoded(message);
+    }
+
+    /// Sends the gathered results: one BATCH, or a lone result as itself.
+    fn flush_results(&mut self, dealer: &zmq::Socket) {
+        if let Some(message) = self.results_out.single() {
+            send_result(dealer, message);
+        } else if self.results_out.count() > 1 {
+            let cmd = wp::Command::Batch as u8;
+            self.results_out
+                .head_into(&wp::PROTOCOL, cmd, &mut self.batch_msg);
+            self.batch_msg.extend_from_slice(self.results_out.body());
+            send_result(dealer, &self.batch_msg);
+        }
+        self.results_out.clear();
     }
 }
 
-/// Sends a finished job's REPLY or ERROR to the broker without blocking.
+/// Sends a finished job's REPLY or ERROR (or a BATCH of them) to the broker without
+/// blocking.
 fn send_result(dealer: &zmq::Socket, message: &[u8]) {
     if let Err(e) = dealer.send(message, zmq::DONTWAIT) {
         tracing::warn!(error = %e, "result not sent: broker unreachable");

@@ -41,7 +41,8 @@ impl Dispatcher {
             worker::Message::Disconnect(_) => {
                 self.remove_worker(clock, &from, Departure::Disconnected)
             }
-            worker::Message::Request(_) | worker::Message::Ready(_) => {
+            // A BATCH is opened by the socket loop; one reaching here is misplaced.
+            worker::Message::Request(_) | worker::Message::Ready(_) | worker::Message::Batch(_) => {
                 self.metrics.bad_frame("backend", "unexpected_command");
             }
         }

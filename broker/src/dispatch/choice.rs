@@ -223,14 +223,21 @@ impl Dispatcher {
         };
         let service = job.service.clone();
         self.use_counter += 1;
+        let mut batch = false;
         if let Some(w) = self.workers.get_mut(&to) {
             w.in_flight.insert(job_id);
             w.last_used = self.use_counter;
+            batch = w.batch;
         }
         if let Some(s) = self.services.get_mut(&service) {
             s.in_flight += 1;
             s.metrics.executing(1);
         }
-        self.out.push(Out::Deliver { to, header, body });
+        self.out.push(Out::Deliver {
+            to,
+            header,
+            body,
+            batch,
+        });
     }
 }

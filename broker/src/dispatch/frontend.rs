@@ -92,6 +92,7 @@ impl Dispatcher {
             risk_ticket,
             halt_cancel: None,
             audit_rid,
+            batch: h.batch,
         };
         self.enqueue(job_id, job, timer_ms);
     }

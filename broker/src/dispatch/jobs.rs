@@ -37,6 +37,8 @@ pub(super) struct Job {
     pub(super) halt_cancel: Option<String>,
     /// The audit id of a journaled order or cancel: its outcome is journaled too.
     pub(super) audit_rid: Option<String>,
+    /// Its client reads BATCH: the answer may go with others to it in one message.
+    pub(super) batch: bool,
 }
 
 impl Job {
@@ -118,19 +120,15 @@ impl Dispatcher {
             self.timers.remove(&(at, job_id));
         }
         self.settle_risk(&mut job, &result, worker);
+        // Whether the service is kept does not depend on the answer (it is no longer
+        // in flight), and the answer's metrics go to `_unknown` for an unregistered one
+        // either way.
+        self.forget_empty_service(&job.service);
         if let Some(order) = &job.halt_cancel {
             self.halt_cancel_answered(order, &result, worker);
         } else {
-            self.answer_client(
-                job.client,
-                job.id,
-                &job.service,
-                job.received,
-                result,
-                worker,
-            );
+            self.answer_client(job, result, worker);
         }
-        self.forget_empty_service(&job.service);
     }
 
     /// The risk stage's side of an answer: an admitted order stops counting as in flight,
@@ -187,15 +185,13 @@ impl Dispatcher {
     /// The REPLY or ERROR a client gets for its request, counted with its latency.
     fn answer_client(
         &mut self,
-        to: Identity,
-        id: RequestId,
-        service: &ServiceName,
-        received: Instant,
+        job: Job,
         result: Result<Body, (ErrorCode, String)>,
         worker: Option<WorkerId>,
     ) {
-        let elapsed = received.elapsed().as_secs_f64();
-        let metrics = self.service_metrics(service);
+        let elapsed = job.received.elapsed().as_secs_f64();
+        let metrics = self.service_metrics(&job.service);
+        let (to, id, batch) = (job.client, job.id, job.batch);
         match result {
             Ok(body) => {
                 metrics.answered(None, elapsed);
@@ -205,6 +201,7 @@ impl Dispatcher {
                     id,
                     worker,
                     body,
+                    batch,
                 });
             }
             Err((code, message)) => {
@@ -215,6 +212,7 @@ impl Dispatcher {
                     code,
                     message,
                     worker,
+                    batch,
                 });
             }
         }

@@ -65,6 +65,7 @@ impl Dispatcher {
             id: h.id,
             worker: self.broker_id,
             body: Body::from(body),
+            batch: false,
         });
     }
 
@@ -182,6 +183,7 @@ impl Dispatcher {
             risk_ticket: None,
             halt_cancel: Some(b.order_id.clone()),
             audit_rid: None,
+            batch: false,
         };
         stage.count_halt_cancel("sent");
         tracing::info!(order = %b.order_id, worker = %target, "halt: cancel sent");

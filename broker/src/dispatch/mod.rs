@@ -87,6 +87,9 @@ pub(crate) enum Out {
         header: worker::RequestHeader,
         /// The client's body, shared with the job (not copied).
         body: Body,
+        /// The worker reads BATCH: the socket loop may send this with the round's other
+        /// deliveries to it in one message.
+        batch: bool,
     },
     /// REPLY to a client.
     Reply {
@@ -98,6 +101,8 @@ pub(crate) enum Out {
         worker: WorkerId,
         /// The worker's reply body.
         body: Body,
+        /// The client reads BATCH (its request said so).
+        batch: bool,
     },
     /// ERROR to a client: a failed request or a message that could not be read.
     Error {
@@ -111,6 +116,8 @@ pub(crate) enum Out {
         message: String,
         /// The worker involved, if any.
         worker: Option<WorkerId>,
+        /// The client reads BATCH (its request said so).
+        batch: bool,
     },
     /// HEARTBEAT to a worker (also the acknowledgement of its first READY).
     Heartbeat {
@@ -301,6 +308,7 @@ impl Dispatcher {
             code,
             message,
             worker: None,
+            batch: false,
         });
     }
 

@@ -37,6 +37,8 @@ pub(super) struct Worker {
     pub(super) session: u64,
     /// Rotates which of its services gets a freed slot first.
     pub(super) next_pump: usize,
+    /// It reads BATCH (its READY said so): deliveries of one round go in one message.
+    pub(super) batch: bool,
 }
 
 impl Worker {
@@ -92,6 +94,7 @@ impl Dispatcher {
                 w.last_seen = clock.now;
                 w.capacity = h.capacity;
                 w.session = h.session;
+                w.batch = h.batch;
                 std::mem::replace(&mut w.services, h.services.clone())
             }
             None => {
@@ -161,6 +164,7 @@ impl Dispatcher {
                 served: 0,
                 session: h.session,
                 next_pump: 0,
+                batch: h.batch,
             },
         );
         // Acknowledge at once: a heartbeat tells the worker it is registered.

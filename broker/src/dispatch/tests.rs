@@ -66,6 +66,7 @@ impl Harness {
             services: services.iter().map(|s| svc(s)).collect(),
             capacity,
             session,
+            batch: false,
         };
         self.d.on_worker(
             self.clock,
@@ -97,6 +98,7 @@ impl Harness {
             target,
             affinity: affinity.map(String::from),
             client: None,
+            batch: false,
         };
         self.d.on_request(
             self.clock,
@@ -134,7 +136,9 @@ impl Harness {
         let mut errors = Vec::new();
         for out in std::mem::take(&mut self.d.out) {
             match out {
-                Out::Deliver { to, header, body } => to_workers.push((
+                Out::Deliver {
+                    to, header, body, ..
+                } => to_workers.push((
                     to,
                     worker::Command::Request,
                     worker::Message::Request(header),
@@ -258,6 +262,7 @@ fn expired_deadline_on_arrival_is_refused() {
         target: None,
         affinity: None,
         client: None,
+        batch: false,
     };
     h.d.on_request(h.clock, b"c".to_vec(), hdr, Body::new());
     let (msgs, _, errors) = h.drain();
@@ -812,6 +817,7 @@ impl Harness {
             target: None,
             affinity: None,
             client: None,
+            batch: false,
         };
         let body = Body::from(&b"payload"[..]);
         self.d.on_request(self.clock, client.to_vec(), h, body);
@@ -958,6 +964,7 @@ impl Harness {
             target: None,
             affinity: None,
             client: None,
+            batch: false,
         };
         self.d
             .on_request(self.clock, b"client".to_vec(), h, Body::from(body));

@@ -1,0 +1,173 @@
+//! One round's messages gathered per peer, for peers that read BATCH: the socket loop
+//! sends each worker the requests of a round, and each client its answers, in one message
+//! instead of one each (libzmq's cost, and CURVE's, is per message). A lone message still
+//! goes alone, so a request at window 1 waits for nothing.
+
+use serde::Serialize;
+use tradeplex_proto::batch::BatchBuilder;
+use tradeplex_proto::frame::Protocol;
+use tradeplex_proto::JobId;
+
+/// One peer's messages, ready to send.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// The peer's routing id.
+    pub(crate) to: Vec<u8>,
+    /// The jobs delivered in it (to a worker), to requeue should the send fail.
+    pub(crate) jobs: Vec<JobId>,
+    /// The messages.
+    pub(crate) messages: BatchBuilder,
+}
+
+/// One message for a batch: a command of `protocol` with its header and body.
+pub(crate) struct Item<'a, T> {
+    pub(crate) protocol: &'a Protocol,
+    pub(crate) cmd: u8,
+    pub(crate) header: &'a T,
+    pub(crate) body: &'a [u8],
+    /// The job it delivers, if it is a delivery.
+    pub(crate) job: Option<JobId>,
+}
+
+/// The open batches of a round, at most one per peer sent to.
+pub(crate) struct Batches {
+    open: Vec<Batch>,
+    /// Sent batches kept for their buffers.
+    free: Vec<Batch>,
+    /// Most body bytes in one batch: a peer's message limit is twice its body limit.
+    max_bytes: usize,
+}
+
+impl Batches {
+    /// Batches of at most `max_bytes` (a larger message goes alone).
+    pub(crate) fn new(max_bytes: usize) -> Batches {
+        Batches {
+            open: Vec::new(),
+            free: Vec::new(),
+            max_bytes,
+        }
+    }
+
+    /// Adds a message to its peer's batch. A batch with no room left for it is returned,
+    /// to be sent now (before it), and a new one started.
+    pub(crate) fn add<T: Serialize>(&mut self, to: &[u8], item: Item<'_, T>) -> Option<Batch> {
+        let body = item.body;
+        let i = match self.open.iter().position(|b| b.to == to) {
+            Some(i) => i,
+            None => {
+                let b = self.fresh(to);
+                self.open.push(b);
+                self.open.len() - 1
+            }
+        };
+        let fits = |b: &Batch, max: usize| {
+            b.messages.count() == 0
+                || (b.messages.has_room() && b.messages.body_len() + body.len() < max)
+        };
+        let mut full = None;
+        if self.open.get(i).is_some_and(|b| !fits(b, self.max_bytes)) {
+            let fresh = self.fresh(to);
+            full = self.open.get_mut(i).map(|b| std::mem::replace(b, fresh));
+        }
+        if let Some(b) = self.open.get_mut(i) {
+            b.jobs.extend(item.job);
+            b.messages.push(item.protocol, item.cmd, item.header, body);
+        }
+        full
+    }
+
+    /// The round's batches, to send; each goes back with [`Batches::recycle`].
+    pub(crate) fn take(&mut self) -> Vec<Batch> {
+        std::mem::take(&mut self.open)
+    }
+
+    /// Keeps a sent batch's buffers for the next round (as many as there were workers
+    /// in one round, so bounded by the registry).
+    pub(crate) fn recycle(&mut self, mut b: Batch) {
+        b.jobs.clear();
+        b.messages.clear();
+        self.free.push(b);
+    }
+
+    /// Gives back the (emptied) list [`Batches::take`] returned, keeping its capacity.
+    pub(crate) fn restore(&mut self, list: Vec<Batch>) {
+        if self.open.is_empty() {
+            self.open = list;
+        }
+    }
+
+    fn fresh(&mut self, to: &[u8]) -> Batch {
+        let mut b = self.free.pop().unwrap_or_default();
+        b.to.clear();
+        b.to.extend_from_slice(to);
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tradeplex_proto::batch::MAX_BATCH;
+    use tradeplex_proto::{worker, RequestId, ServiceName};
+
+    fn header(job: u64) -> worker::RequestHeader {
+        worker::RequestHeader {
+            job: JobId(job),
+            id: RequestId(job),
+            service: ServiceName::new("echo").unwrap(),
+            deadline_ms: 1,
+            idempotent: false,
+        }
+    }
+
+    fn delivery<'a>(
+        h: &'a worker::RequestHeader,
+        body: &'a [u8],
+    ) -> Item<'a, worker::RequestHeader> {
+        Item {
+            protocol: &worker::PROTOCOL,
+            cmd: worker::Command::Request as u8,
+            header: h,
+            body,
+            job: Some(h.job),
+        }
+    }
+
+    #[test]
+    fn deliveries_are_gathered_per_worker_in_order() {
+        let mut b = Batches::new(1 << 20);
+        for job in 1..=5 {
+            let to: &[u8] = if job % 2 == 0 { b"even" } else { b"odd" };
+            assert!(b.add(to, delivery(&header(job), b"x")).is_none());
+        }
+        let round = b.take();
+        let got: Vec<(&[u8], Vec<u64>)> = round
+            .iter()
+            .map(|b| (&b.to[..], b.jobs.iter().map(|j| j.0).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            [(&b"odd"[..], vec![1, 3, 5]), (&b"even"[..], vec![2, 4])]
+        );
+        assert_eq!(round[0].messages.count(), 3);
+    }
+
+    #[test]
+    fn a_full_batch_is_handed_back_and_a_new_one_started() {
+        let mut b = Batches::new(100);
+        assert!(b.add(b"w", delivery(&header(1), &[0; 60])).is_none());
+        // 60 + 60 bytes would pass the limit: the first batch is full.
+        let full = b.add(b"w", delivery(&header(2), &[0; 60])).expect("full");
+        assert_eq!(full.jobs, [JobId(1)]);
+        let mut b = Batches::new(usize::MAX);
+        let mut sent = 0;
+        for job in 0..=u64::from(MAX_BATCH) {
+            if let Some(full) = b.add(b"w", delivery(&header(job), b"")) {
+                assert_eq!(full.messages.count(), MAX_BATCH);
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 1);
+        assert_eq!(b.take()[0].jobs, [JobId(u64::from(MAX_BATCH))]);
+    }
+}
