@@ -1,15 +1,20 @@
 //! The broker's socket loop: one thread owns the frontend and backend ROUTER sockets,
 //! drains every ready message per wake-up, feeds the [`Dispatcher`] and sends what it
 //! returns. Bad input is answered where possible, counted and logged (rate-limited).
+//!
+//! Here: binding, the loop, the frontend's input. [`backend`]: the workers' input;
+//! [`outbox`]: what is sent, a round's messages to one BATCH-reading peer gathered.
+
+mod backend;
+mod outbox;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tradeplex_proto::client::{self, ReplyHeader};
+use tradeplex_proto::client;
 use tradeplex_proto::{worker, ErrorCode, ProtoError};
 
-use crate::batches::{Batch, Batches, Item};
-use crate::body::Body;
+use crate::batches::Batches;
 
 use crate::config::Config;
 use crate::dispatch::{Clock, DispatchConfig, Dispatcher, Out};
@@ -172,7 +177,7 @@ impl Broker {
         configure(&backend, &config.backend, |s| {
             wire::common_options(s, hard_limit)?;
             // Capacity bounds what we queue to one worker; leave room for heartbeats.
-            s.set_sndhwm(2 * tradeplex_proto::worker::MAX_CAPACITY as i32 + 1000)?;
+            s.set_sndhwm(2 * worker::MAX_CAPACITY as i32 + 1000)?;
             s.set_rcvhwm(100_000)?;
             // Report sends to a vanished worker instead of dropping them silently, so the
             // request can be requeued rather than lost.
@@ -755,157 +760,6 @@ impl Loop {
         }
     }
 
-    fn on_backend(&mut self, clock: Clock) {
-        let frames = self.frames.as_slice();
-        let Some((identity, rest)) = frames.split_first() else {
-            return;
-        };
-        let identity = identity.to_vec();
-        let decoded = if self.frames.overflow {
-            Err(ProtoError::FrameCount {
-                expected: worker::FRAMES,
-                got: wire::MAX_FRAMES,
-            })
-        } else {
-            worker::decode(rest)
-        };
-        match decoded {
-            Ok((worker::Message::Reply(h), body_start)) => {
-                let body = self.frames.take(1).tail_from(body_start);
-                self.on_worker_reply(clock, identity, h, body);
-            }
-            Ok((worker::Message::Batch(h), body_start)) => {
-                let frame = self.frames.take(1);
-                self.on_worker_batch(clock, identity, h, frame, body_start);
-            }
-            Ok((msg, _)) => {
-                if !(matches!(msg, worker::Message::Ready(_)) && self.pair_refuses_ready(&identity))
-                {
-                    self.dispatcher
-                        .on_worker(clock, identity, msg, crate::body::Body::new())
-                }
-            }
-            Err(e) => {
-                let message = rest.first().map_or(Vec::new(), |f| f.to_vec());
-                if let Some(old) = self.old_layout(worker::V1_FRAME, worker::V2_ID) {
-                    self.bad_input("backend", e.reason(), &e.to_string());
-                    if self.backend_refusals.allow().is_some() {
-                        self.answer_old_worker(&identity, old);
-                    }
-                    return;
-                }
-                self.refuse_worker(clock, identity, &message, &e);
-            }
-        }
-    }
-
-    /// A REPLY, its body checked against the size limit (too large: the job's client is
-    /// answered `too_large`).
-    fn on_worker_reply(
-        &mut self,
-        clock: Clock,
-        identity: Vec<u8>,
-        h: worker::ReplyHeader,
-        body: Body,
-    ) {
-        if body.len() > self.max_body {
-            let msg = format!(
-                "reply body is {} bytes, limit {}",
-                body.len(),
-                self.max_body
-            );
-            self.bad_input("backend", "too_large", &msg);
-            let err = worker::ErrorHeader::new(h.job, ErrorCode::TooLarge, msg);
-            self.dispatcher
-                .on_worker(clock, identity, worker::Message::Error(err), Body::new());
-        } else {
-            self.dispatcher
-                .on_worker(clock, identity, worker::Message::Reply(h), body);
-        }
-    }
-
-    /// A worker's BATCH: each of its REPLYs and ERRORs handled as if it had come alone.
-    /// The messages before a break in the batch's layout are handled; the break is refused.
-    fn on_worker_batch(
-        &mut self,
-        clock: Clock,
-        identity: Vec<u8>,
-        h: tradeplex_proto::batch::BatchHeader,
-        mut frame: Body,
-        body_start: usize,
-    ) {
-        let items: Vec<_> =
-            tradeplex_proto::batch::items(frame.get(body_start..).unwrap_or(&[]), h.count)
-                .collect();
-        let from = ["from_workers"];
-        self.metrics.batches.with_label_values(&from).inc();
-        for item in items {
-            let range = match item {
-                Ok(r) => body_start + r.start..body_start + r.end,
-                Err(e) => {
-                    self.refuse_worker(clock, identity.clone(), &[], &e);
-                    continue;
-                }
-            };
-            self.metrics.batched_messages.with_label_values(&from).inc();
-            let message = frame.get(range.clone()).unwrap_or(&[]);
-            match worker::decode(&[message]) {
-                Ok((worker::Message::Reply(h), at)) => {
-                    let body = frame.share().range(range.start + at..range.end);
-                    self.on_worker_reply(clock, identity.clone(), h, body);
-                }
-                Ok((msg @ worker::Message::Error(_), _)) => {
-                    self.dispatcher
-                        .on_worker(clock, identity.clone(), msg, Body::new());
-                }
-                Ok(_) => {
-                    let e = ProtoError::BadField {
-                        field: "count",
-                        reason: "a worker's BATCH carries only REPLY and ERROR".into(),
-                    };
-                    self.refuse_worker(clock, identity.clone(), &[], &e);
-                }
-                Err(e) => {
-                    let message = message.to_vec();
-                    self.refuse_worker(clock, identity.clone(), &message, &e);
-                }
-            }
-        }
-    }
-
-    /// A worker message that could not be read (`message`, when known): logged and
-    /// counted; the job it names, if any can be read, is answered `worker_error`; the
-    /// sender is told (rate-limited: a peer that resends whatever it is refused must not
-    /// turn the backend into a ping-pong).
-    fn refuse_worker(&mut self, clock: Clock, identity: Vec<u8>, message: &[u8], e: &ProtoError) {
-        let detail = e.to_string();
-        self.bad_input("backend", e.reason(), &detail);
-        if let Some(job) = worker::salvage_job(&[message]) {
-            self.dispatcher
-                .on_garbled_answer(clock, identity.clone(), job, &detail);
-        }
-        if self.backend_refusals.allow().is_some() {
-            self.dispatcher
-                .refuse_worker_message(identity, e.code(), &detail);
-        }
-    }
-
-    /// Refuses an old worker's message with a DISCONNECT in its own layout: it reads a
-    /// refusal (`unsupported_version: …`) and logs it.
-    fn answer_old_worker(&mut self, to: &[u8], old: OldLayout) {
-        let reason = format!(
-            "{}: {}",
-            ErrorCode::UnsupportedVersion.name(),
-            old.refusal(&worker::PROTOCOL, "worker")
-        );
-        let h = worker::DisconnectHeader { reason };
-        let frames = match old {
-            OldLayout::V1 => worker::encode_v1_disconnect(&h).to_vec(),
-            OldLayout::V2 => worker::encode_v2_disconnect(&h).to_vec(),
-        };
-        self.send_old(Side::Backend, to, &frames);
-    }
-
     /// Reads the peer's state, sends ours when due, and shows the pair in `tpx.status`.
     fn pair_tick(&mut self) {
         if let Some(p) = &mut self.pair {
@@ -951,198 +805,6 @@ impl Loop {
         if let Some(suppressed) = self.bad_log.allow() {
             tracing::warn!(socket, reason, suppressed, "bad message: {detail}");
         }
-    }
-
-    fn flush(&mut self) {
-        // Once per drained round, not per request, and before the answers leave: a client
-        // holding its reply finds it counted in /metrics.
-        self.dispatcher.flush_metrics();
-        while !self.dispatcher.out.is_empty() {
-            // Swap in the spare buffer so both keep their capacity across flushes.
-            std::mem::swap(&mut self.spare, &mut self.dispatcher.out);
-            let mut batch = std::mem::take(&mut self.spare);
-            for out in batch.drain(..) {
-                self.send(out);
-            }
-            self.spare = batch;
-            self.send_batches();
-        }
-    }
-
-    /// Sends the messages gathered by [`Loop::send`]: one per worker and one per client
-    /// (a lone message as itself).
-    fn send_batches(&mut self) {
-        for side in [Side::Backend, Side::Frontend] {
-            let mut round = self.batches_to(side).take();
-            for b in round.drain(..) {
-                self.send_batch(side, b);
-            }
-            self.batches_to(side).restore(round);
-        }
-    }
-
-    fn batches_to(&mut self, side: Side) -> &mut Batches {
-        match side {
-            Side::Backend => &mut self.to_workers,
-            Side::Frontend => &mut self.to_clients,
-        }
-    }
-
-    fn send_batch(&mut self, side: Side, b: Batch) {
-        let (socket, protocol, cmd, label) = match side {
-            Side::Backend => (
-                &mut self.backend,
-                &worker::PROTOCOL,
-                worker::Command::Batch as u8,
-                "to_workers",
-            ),
-            Side::Frontend => (
-                &mut self.frontend,
-                &client::PROTOCOL,
-                client::Command::Batch as u8,
-                "to_clients",
-            ),
-        };
-        let sent = match b.messages.single() {
-            Some(message) => wire::send_routed(socket, &b.to, message, &[]),
-            None => {
-                // Counted before the send, so a peer holding the batch finds it counted.
-                let count = u64::from(b.messages.count());
-                self.metrics.batches.with_label_values(&[label]).inc();
-                let carried = self.metrics.batched_messages.with_label_values(&[label]);
-                carried.inc_by(count);
-                b.messages.head_into(protocol, cmd, &mut self.head);
-                wire::send_routed(socket, &b.to, &self.head, b.messages.body())
-            }
-        };
-        match sent {
-            Err(e) if b.jobs.is_empty() => {
-                // The client is gone or not reading; its answers are dropped.
-                tracing::debug!(error = %e, "answers to client not sent");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, jobs = b.jobs.len(), "requests could not be sent to their worker; requeued");
-                for job in &b.jobs {
-                    self.dispatcher.on_send_failed(Clock::real(), *job);
-                }
-            }
-            Ok(()) => {}
-        }
-        self.batches_to(side).recycle(b);
-    }
-
-    /// Encodes one decision and sends it, or adds it to its peer's batch.
-    fn send(&mut self, out: Out) {
-        match out {
-            Out::Deliver {
-                to,
-                header,
-                body,
-                batch: true,
-            } => {
-                let item = Item {
-                    protocol: &worker::PROTOCOL,
-                    cmd: worker::Command::Request as u8,
-                    header: &header,
-                    body: &body,
-                    job: Some(header.job),
-                };
-                if let Some(full) = self.to_workers.add(&to, item) {
-                    self.send_batch(Side::Backend, full);
-                }
-            }
-            Out::Deliver {
-                to, header, body, ..
-            } => {
-                let job = header.job;
-                if let Err(e) = self.send_to_worker(&to, worker::Command::Request, &header, body) {
-                    tracing::warn!(error = %e, %job, "request could not be sent to its worker; requeued");
-                    self.dispatcher.on_send_failed(Clock::real(), job);
-                }
-            }
-            Out::Reply {
-                to,
-                id,
-                worker,
-                body,
-                batch,
-            } => {
-                let h = ReplyHeader { id, worker };
-                self.answer(&to, batch, client::Command::Reply, &h, body);
-            }
-            Out::Error {
-                to,
-                id,
-                code,
-                message,
-                worker,
-                batch,
-            } => {
-                let mut h = client::ErrorHeader::new(id, code, message);
-                h.worker = worker;
-                self.answer(&to, batch, client::Command::Error, &h, Body::new());
-            }
-            // A worker that cannot be reached is found by its silence (liveness), or by
-            // the next request sent to it.
-            Out::Heartbeat { to } => {
-                let h = worker::HeartbeatHeader {};
-                let _ = self.send_to_worker(&to, worker::Command::Heartbeat, &h, Body::new());
-            }
-            Out::Disconnect { to, reason } => {
-                let h = worker::DisconnectHeader { reason };
-                let _ = self.send_to_worker(&to, worker::Command::Disconnect, &h, Body::new());
-            }
-        }
-    }
-
-    /// A REPLY or ERROR to a client: into its batch if it reads them (`batch`), else sent.
-    fn answer<T: serde::Serialize>(
-        &mut self,
-        to: &[u8],
-        batch: bool,
-        cmd: client::Command,
-        header: &T,
-        body: Body,
-    ) {
-        if !batch {
-            self.send_to_client(to, cmd, header, body);
-            return;
-        }
-        let item = Item {
-            protocol: &client::PROTOCOL,
-            cmd: cmd as u8,
-            header,
-            body: &body,
-            job: None,
-        };
-        if let Some(full) = self.to_clients.add(to, item) {
-            self.send_batch(Side::Frontend, full);
-        }
-    }
-
-    fn send_to_client<T: serde::Serialize>(
-        &mut self,
-        to: &[u8],
-        cmd: client::Command,
-        header: &T,
-        body: Body,
-    ) {
-        client::PROTOCOL.encode_head_into(&mut self.head, cmd as u8, header);
-        if let Err(e) = wire::send_routed(&mut self.frontend, to, &self.head, &body) {
-            // The client is gone or not reading; its reply is dropped.
-            tracing::debug!(error = %e, "reply to client not sent");
-        }
-    }
-
-    fn send_to_worker<T: serde::Serialize>(
-        &mut self,
-        to: &[u8],
-        cmd: worker::Command,
-        header: &T,
-        body: Body,
-    ) -> zmq::Result<()> {
-        worker::PROTOCOL.encode_head_into(&mut self.head, cmd as u8, header);
-        wire::send_routed(&mut self.backend, to, &self.head, &body)
     }
 }
 
