@@ -7,7 +7,7 @@ import time
 from concurrent.futures import Future
 
 import pytest
-from conftest import Shared, wait_for
+from conftest import Cluster, Shared, wait_for
 
 import tradeplex
 
@@ -224,3 +224,21 @@ def test_close_ends_a_direct_call_promptly(shared: Shared) -> None:
     assert got[0].code == "closed"
     # Let the worker finish the abandoned call before the next test counts in-flight calls.
     wait_for(lambda: _in_flight(shared) == 0, 5, "worker idle")
+
+
+def test_a_pipelines_answers_may_come_in_one_batch_and_each_settles_its_call(
+    cluster: Cluster,
+) -> None:
+    broker = cluster.broker(None, "--grace-ms", "10000", http=True)
+    client = broker.client()
+    try:
+        # Queued before any worker serves echo: its first delivery is a batch, it answers
+        # in batches, and the broker passes them on to this client (it reads BATCH).
+        futs = [client.call_async("echo", {"i": i}) for i in range(40)]
+        wait_for(lambda: broker.metric("tradeplex_queue_depth") == 40, what="40 queued")
+        cluster.worker(broker)
+        assert [f.result(10) for f in futs] == [{"i": i} for i in range(40)]
+        assert broker.metric('tradeplex_batches_total{direction="to_clients"}') >= 1
+        assert broker.metric("tradeplex_bad_frames_total") == 0
+    finally:
+        client.close()

@@ -387,11 +387,47 @@ def test_key_files_round_trip(tmp_path: object) -> None:
         (5, "SIM", 7, True, "00000000-0000-4000-8000-000000000000", None),
     ],
 )
-def test_pre_encoded_request_header_is_the_wire_header(args: tuple) -> None:  # type: ignore[type-arg]
+@pytest.mark.parametrize("batch", [False, True])
+def test_pre_encoded_request_header_is_the_wire_header(args: tuple, batch: bool) -> None:  # type: ignore[type-arg]
     from tradeplex.client import request_header
 
-    fast = msgpack.unpackb(request_header(*args), raw=False)
-    assert fast == msgpack.unpackb(wire.encode_request(*args)[9:], raw=False)
+    fast = msgpack.unpackb(request_header(*args, batch=batch), raw=False)
+    assert fast == msgpack.unpackb(wire.encode_request(*args, batch=batch)[9:], raw=False)
+    assert fast.get("batch", False) is batch
+
+
+def _batch(messages: list[bytes], count: int | None = None) -> bytes:
+    body = b"".join(len(m).to_bytes(4, "big") + m for m in messages)
+    n = len(messages) if count is None else count
+    return msg(wire.CLIENT_PROTOCOL, wire.ClientCommand.BATCH, wire.pack({"count": n}), body)
+
+
+def test_a_batch_of_answers_is_read_as_if_each_came_alone() -> None:
+    from tradeplex.client import parse_answers
+
+    worker = "00000000-0000-4000-8000-000000000001"
+    p = wire.CLIENT_PROTOCOL
+    ok = msg(p, 2, wire.pack({"id": 9, "worker": worker}), b"\x01")
+    err = msg(p, 3, wire.pack({"id": 4, "code": 2, "message": "m"}))
+    answers, bad = parse_answers([_batch([ok, err])])
+    assert bad is None
+    assert answers[0] == (9, worker, b"\x01", None)
+    assert answers[1][0] == 4 and answers[1][3] is not None
+    assert answers[1][3].code == "unknown_service"
+    # A lone answer is itself.
+    assert parse_answers([ok]) == ([(9, worker, b"\x01", None)], None)
+    # A break: what comes before it counts, the break is reported.
+    for broken in (
+        _batch([ok, err], count=3),  # fewer messages than announced
+        _batch([ok, err]) + b"\x00",  # bytes after the last one
+        _batch([ok, err])[:-1],  # the last one runs past the end
+        _batch([ok, _batch([ok, err])]),  # a batch inside a batch
+        _batch([ok, b"TPXC03\x02"]),  # a message that is not one
+    ):
+        answers, bad = parse_answers([broken])
+        assert answers[0] == (9, worker, b"\x01", None) and isinstance(bad, ProtocolError)
+    answers, bad = parse_answers([_batch([ok], count=1)])
+    assert answers == [] and bad is not None and "count" in str(bad)
 
 
 def test_answer_fast_path_agrees_with_the_decoder() -> None:

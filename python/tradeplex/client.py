@@ -74,6 +74,7 @@ _IDLE, _IO, _DIRECT, _CLOSED = 0, 1, 2, 3
 # The first 7 bytes of a REPLY and of a REQUEST: protocol id and command byte.
 _REPLY_ID = wire.CLIENT_PROTOCOL + bytes([wire.ClientCommand.REPLY])
 _REQUEST_ID = wire.CLIENT_PROTOCOL + bytes([wire.ClientCommand.REQUEST])
+_BATCH_ID = wire.CLIENT_PROTOCOL + bytes([wire.ClientCommand.BATCH])
 _ID = len(_REPLY_ID)
 _HEAD = wire.HEAD_PREFIX
 _unpackb = msgpack.unpackb
@@ -113,7 +114,7 @@ class Reply:
 
 #: Cached header prefixes (service, idempotent) → bytes; cleared when it reaches this size.
 _PREFIX_CACHE_MAX = 256
-_prefixes: dict[tuple[str, bool], bytes] = {}
+_prefixes: dict[tuple[str, bool, bool], bytes] = {}
 _ID_KEY = wire.pack("id") + b"\xcf"  # "id": uint 64
 _DEADLINE_KEY = wire.pack("deadline_ms") + b"\xcf"  # "deadline_ms": uint 64
 _valid_services: set[str] = set()
@@ -127,6 +128,7 @@ def request_header(
     target: str | None = None,
     affinity: str | None = None,
     client: str | None = None,
+    batch: bool = False,
 ) -> bytes:
     """The header of a client REQUEST (its message's bytes after the 9-byte prefix, up
     to the body): the same MessagePack map as `wire.encode_request`.
@@ -136,21 +138,24 @@ def request_header(
     instead of building and packing a dict per call.
     """
     if target is not None or affinity is not None or client is not None:
-        head = wire.encode_request(id, service, deadline_ms, idempotent, target, affinity, client)
+        head = wire.encode_request(
+            id, service, deadline_ms, idempotent, target, affinity, client, batch=batch
+        )
         return head[wire.HEAD_PREFIX :]
-    prefix = _prefixes.get((service, idempotent))
+    prefix = _prefixes.get((service, idempotent, batch))
     if prefix is None:
         prefix = (
-            b"\x84"  # fixmap, 4 entries
+            (b"\x85" if batch else b"\x84")  # fixmap, 5 or 4 entries
             + wire.pack("service")
             + wire.pack(service)
             + wire.pack("idempotent")
             + wire.pack(idempotent)
+            + (wire.pack("batch") + wire.pack(True) if batch else b"")
             + _ID_KEY
         )
         if len(_prefixes) >= _PREFIX_CACHE_MAX:
             _prefixes.clear()
-        _prefixes[(service, idempotent)] = prefix
+        _prefixes[(service, idempotent, batch)] = prefix
     return prefix + id.to_bytes(8, "big") + _DEADLINE_KEY + deadline_ms.to_bytes(8, "big")
 
 
@@ -197,6 +202,29 @@ def parse_answer(frames: list[bytes]) -> tuple[int, str | None, bytes, CallError
     code = wire.ErrorCode.from_number(ans.code)
     name = code.wire_name if code else (ans.name or f"error_{ans.code}")
     return ans.id, ans.worker, b"", CallError(name, ans.message, ans.worker, ans.code)
+
+
+def parse_answers(
+    frames: list[bytes],
+) -> tuple[list[tuple[int, str | None, bytes, CallError | None]], ProtocolError | None]:
+    """The answers in a message (several in a BATCH, else one, see `parse_answer`), and
+    what was wrong with the rest of it, if anything: the answers before a break in a
+    BATCH, or a bad message inside one, still count."""
+    if len(frames) != 1 or frames[0][:_ID] != _BATCH_ID:
+        return [parse_answer(frames)], None
+    _, header, body = wire.split_message(frames[0], wire.CLIENT_PROTOCOL)
+    messages, broken = wire.batch_messages(wire.decode_header(header), body)
+    answers = []
+    bad = ProtocolError(broken) if broken is not None else None
+    for m in messages:
+        if m[:_ID] == _BATCH_ID:
+            bad = ProtocolError("a batch inside a batch")
+            continue
+        try:
+            answers.append(parse_answer([m]))
+        except ProtocolError as e:
+            bad = e
+    return answers, bad
 
 
 class _Pending:
@@ -400,13 +428,21 @@ class _Connection:
                     except zmq.Again:
                         break
                     try:
-                        id, worker, body, err = parse_answer(frames)
+                        answers, bad = parse_answers(frames)
                     except ProtocolError as e:
                         self._bad_frame(str(e))
                         continue
-                    if id != p.id:
-                        self._unmatched(err)  # a duplicate, or an answer after a timeout
+                    if bad is not None:
+                        self._bad_frame(str(bad))
+                    mine = None
+                    for answer in answers:
+                        if answer[0] != p.id:
+                            self._unmatched(answer[3])  # a duplicate, or one after a timeout
+                        else:
+                            mine = answer
+                    if mine is None:
                         continue
+                    _, worker, body, err = mine
                     owned = False
                     if (
                         watch is not None
@@ -641,42 +677,50 @@ class _Connection:
                 self._send(p, now)
 
     def _read_answers(self, dealer: zmq.Socket[bytes], at: int) -> None:
-        pending = self.pending
-        fo = self.failover
         while True:
             try:
                 frames = _recv_message(dealer)
             except zmq.Again:
                 return
             try:
-                id, worker, body, err = parse_answer(frames)
+                answers, bad = parse_answers(frames)
             except ProtocolError as e:
                 self._bad_frame(str(e))
                 continue
-            p = pending.pop(id, None)
-            if p is None:
-                # A second answer to a re-sent idempotent call, or one after its timeout.
-                self._unmatched(err)
-                continue
-            future = p.future
-            if future is None:  # cannot happen: only handed-over calls are pending
-                continue
-            if fo is not None:
-                if err is not None and is_passive_refusal(err.code, err.message):
-                    pending[id] = p
-                    send_at = self._refused(p, at, time.monotonic(), err)
-                    self._push_timer((send_at, p.id, _SEND))
-                    continue
-                self._served()
-            if err is not None:
-                _settle(future, error=err)
-                continue
-            try:
-                result = self._result(p, worker, body)
-            except CallError as e:
-                _settle(future, error=e)
-                continue
-            _settle(future, result)
+            if bad is not None:
+                self._bad_frame(str(bad))
+            for id, worker, body, err in answers:
+                self._on_answer(at, id, worker, body, err)
+
+    def _on_answer(
+        self, at: int, id: int, worker: str | None, body: bytes, err: CallError | None
+    ) -> None:
+        """One answer read by the I/O thread from endpoint `at`: settles its call."""
+        pending = self.pending
+        p = pending.pop(id, None)
+        if p is None:
+            # A second answer to a re-sent idempotent call, or one after its timeout.
+            self._unmatched(err)
+            return
+        future = p.future
+        if future is None:  # cannot happen: only handed-over calls are pending
+            return
+        if self.failover is not None:
+            if err is not None and is_passive_refusal(err.code, err.message):
+                pending[id] = p
+                send_at = self._refused(p, at, time.monotonic(), err)
+                self._push_timer((send_at, p.id, _SEND))
+                return
+            self._served()
+        if err is not None:
+            _settle(future, error=err)
+            return
+        try:
+            result = self._result(p, worker, body)
+        except CallError as e:
+            _settle(future, error=e)
+            return
+        _settle(future, result)
 
     # --- following the active broker of a pair (several endpoints only) ---------------
 
@@ -1035,8 +1079,16 @@ class Client(TradingMixin):
         if ttl <= 0:
             raise ValueError("timeout_ms must be positive")
         id = next(self._ids)
+        # This client reads BATCH: a pipeline's answers may come several in one message.
         header = request_header(
-            id, service, wire.now_ms() + ttl, idempotent, target, affinity, self.client_name
+            id,
+            service,
+            wire.now_ms() + ttl,
+            idempotent,
+            target,
+            affinity,
+            self.client_name,
+            batch=True,
         )
         message = _REQUEST_ID + len(header).to_bytes(2, "big") + header + data
         retry = max(ttl / 3000, 0.5) if idempotent else None

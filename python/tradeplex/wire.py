@@ -58,6 +58,9 @@ class ClientCommand(IntEnum):
     REQUEST = 0x01
     REPLY = 0x02
     ERROR = 0x03
+    #: Broker -> client: several answers in one message (to a client whose requests say
+    #: ``batch``), see `batch_messages`.
+    BATCH = 0x04
 
 
 class WorkerCommand(IntEnum):
@@ -69,6 +72,35 @@ class WorkerCommand(IntEnum):
     ERROR = 0x04
     HEARTBEAT = 0x05
     DISCONNECT = 0x06
+    #: Several whole messages in one (docs/protocol.md, BATCH); this package's worker
+    #: does not declare it, so the broker never sends it one.
+    BATCH = 0x07
+
+
+#: Most messages in one BATCH.
+MAX_BATCH = 256
+
+
+def batch_messages(header: dict[str, Any], body: bytes) -> tuple[list[bytes], str | None]:
+    """The whole messages in a BATCH's body (each a u32 big-endian length and that many
+    bytes), and what is wrong with the rest if its layout breaks (the messages before the
+    break are returned; docs/protocol.md)."""
+    count = header.get("count")
+    if type(count) is not int or not 2 <= count <= MAX_BATCH:
+        return [], f"bad field count: must be 2-{MAX_BATCH}"
+    out: list[bytes] = []
+    at = 0
+    for _ in range(count):
+        if at + 4 > len(body):
+            return out, f"bad field count: {count - len(out)} more messages announced than sent"
+        n = int.from_bytes(body[at : at + 4], "big")
+        start, at = at + 4, at + 4 + n
+        if at > len(body):
+            return out, f"bad field count: a {n}-byte message runs past the end of the batch"
+        out.append(body[start:at])
+    if at != len(body):
+        return out, f"bad field count: {len(body) - at} bytes after the last message"
+    return out, None
 
 
 def is_refusal(reason: str) -> bool:
@@ -242,9 +274,10 @@ def encode_request(
     affinity: str | None,
     client: str | None = None,
     body: bytes = b"",
+    batch: bool = False,
 ) -> bytes:
     """A whole client REQUEST, one frame (head, then `body`); `client` is the declared
-    client name (docs/protocol.md)."""
+    client name, `batch` says the client reads BATCH answers (docs/protocol.md)."""
     h: dict[str, Any] = {
         "id": id,
         "service": service,
@@ -257,6 +290,8 @@ def encode_request(
         h["affinity"] = affinity
     if client is not None:
         h["client"] = client
+    if batch:
+        h["batch"] = True
     return head(CLIENT_PROTOCOL, ClientCommand.REQUEST, pack(h)) + body
 
 
