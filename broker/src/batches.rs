@@ -3,6 +3,7 @@
 //! instead of one each (libzmq's cost, and CURVE's, is per message). A lone message still
 //! goes alone, so a request at window 1 waits for nothing.
 
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 use tradeplex_proto::batch::BatchBuilder;
 use tradeplex_proto::frame::Protocol;
@@ -29,10 +30,17 @@ pub(crate) struct Item<'a, T> {
     pub(crate) job: Option<JobId>,
 }
 
+/// Sent batches kept for their buffers, at most.
+const MAX_FREE: usize = 64;
+/// Bytes of buffer a kept batch holds on to, at most.
+const KEEP_BYTES: usize = 256 * 1024;
+
 /// The open batches of a round, at most one per peer sent to.
 pub(crate) struct Batches {
     open: Vec<Batch>,
-    /// Sent batches kept for their buffers.
+    /// Where each peer's open batch is in `open` (a round may answer many clients).
+    index: HashMap<Vec<u8>, usize>,
+    /// Sent batches kept for their buffers (bounded: [`MAX_FREE`], [`KEEP_BYTES`]).
     free: Vec<Batch>,
     /// Most body bytes in one batch: a peer's message limit is twice its body limit.
     max_bytes: usize,
@@ -43,6 +51,7 @@ impl Batches {
     pub(crate) fn new(max_bytes: usize) -> Batches {
         Batches {
             open: Vec::new(),
+            index: HashMap::default(),
             free: Vec::new(),
             max_bytes,
         }
@@ -52,11 +61,12 @@ impl Batches {
     /// to be sent now (before it), and a new one started.
     pub(crate) fn add<T: Serialize>(&mut self, to: &[u8], item: Item<'_, T>) -> Option<Batch> {
         let body = item.body;
-        let i = match self.open.iter().position(|b| b.to == to) {
-            Some(i) => i,
+        let i = match self.index.get(to) {
+            Some(&i) => i,
             None => {
                 let b = self.fresh(to);
                 self.open.push(b);
+                self.index.insert(to.to_vec(), self.open.len() - 1);
                 self.open.len() - 1
             }
         };
@@ -78,14 +88,18 @@ impl Batches {
 
     /// The round's batches, to send; each goes back with [`Batches::recycle`].
     pub(crate) fn take(&mut self) -> Vec<Batch> {
+        self.index.clear();
         std::mem::take(&mut self.open)
     }
 
-    /// Keeps a sent batch's buffers for the next round (as many as there were workers
-    /// in one round, so bounded by the registry).
+    /// Keeps a sent batch's buffers for the next round, within bounds.
     pub(crate) fn recycle(&mut self, mut b: Batch) {
+        if self.free.len() >= MAX_FREE {
+            return;
+        }
         b.jobs.clear();
         b.messages.clear();
+        b.messages.shrink_to(KEEP_BYTES);
         self.free.push(b);
     }
 
@@ -150,6 +164,29 @@ mod tests {
             [(&b"odd"[..], vec![1, 3, 5]), (&b"even"[..], vec![2, 4])]
         );
         assert_eq!(round[0].messages.count(), 3);
+    }
+
+    #[test]
+    fn many_peers_in_a_round_each_get_one_batch_and_few_buffers_are_kept() {
+        let mut b = Batches::new(1 << 20);
+        for round in 0..2 {
+            for peer in 0..100u64 {
+                let to = peer.to_be_bytes();
+                for job in 0..3 {
+                    assert!(b
+                        .add(&to, delivery(&header(peer * 10 + job), &[0; 1000]))
+                        .is_none());
+                }
+            }
+            let mut sent = b.take();
+            assert_eq!(sent.len(), 100, "round {round}");
+            assert!(sent.iter().all(|s| s.jobs.len() == 3));
+            for s in sent.drain(..) {
+                b.recycle(s);
+            }
+            b.restore(sent);
+            assert_eq!(b.free.len(), MAX_FREE);
+        }
     }
 
     #[test]

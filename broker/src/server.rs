@@ -15,6 +15,7 @@ use tradeplex_proto::client;
 use tradeplex_proto::{worker, ErrorCode, ProtoError};
 
 use crate::batches::Batches;
+use crate::body::Body;
 
 use crate::config::Config;
 use crate::dispatch::{Clock, DispatchConfig, Dispatcher, Out};
@@ -609,19 +610,28 @@ impl Loop {
         Ok(read)
     }
 
-    fn on_frontend(&mut self, clock: Clock) {
-        let frames = self.frames.as_slice();
-        let Some((identity, rest)) = frames.split_first() else {
-            return;
-        };
-        let identity = identity.to_vec();
+    /// The message just read: its sender's routing id, and its other frames decoded by
+    /// `decode` (`expected` frames; one over the read limit is a frame-count error).
+    fn read_routed<M>(
+        &self,
+        expected: usize,
+        decode: impl FnOnce(&[Body]) -> Result<M, ProtoError>,
+    ) -> Option<(Vec<u8>, Result<M, ProtoError>)> {
+        let (identity, rest) = self.frames.as_slice().split_first()?;
         let decoded = if self.frames.overflow {
             Err(ProtoError::FrameCount {
-                expected: client::FRAMES,
+                expected,
                 got: wire::MAX_FRAMES,
             })
         } else {
-            client::decode(rest)
+            decode(rest)
+        };
+        Some((identity.to_vec(), decoded))
+    }
+
+    fn on_frontend(&mut self, clock: Clock) {
+        let Some((identity, decoded)) = self.read_routed(client::FRAMES, client::decode) else {
+            return;
         };
         if let Ok((client::Message::Request(h), _)) = &decoded {
             if self.pair_refuses_request(&identity, h) {

@@ -69,6 +69,11 @@ impl BatchBuilder {
         self.last = 0;
     }
 
+    /// Gives back the buffer's memory beyond `bytes` (after a large batch).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        self.items.shrink_to(bytes);
+    }
+
     /// Appends a message encoded in `protocol` (`cmd`, `header`, `body`).
     pub fn push<T: Serialize>(&mut self, protocol: &Protocol, cmd: u8, header: &T, body: &[u8]) {
         let at = self.begin();

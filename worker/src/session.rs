@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tradeplex_ops::Shutdown;
+use tradeplex_proto::batch::BatchBuilder;
 use tradeplex_proto::worker::{self as wp, DisconnectHeader, HeartbeatHeader, ReadyHeader};
 use tradeplex_proto::ServiceName;
-
-use tradeplex_proto::batch::BatchBuilder;
 
 use crate::backoff::Backoff;
 use crate::brokers::{Brokers, Why};

@@ -6,22 +6,11 @@ use tradeplex_proto::{worker, ErrorCode, ProtoError};
 use super::{Loop, OldLayout, Side};
 use crate::body::Body;
 use crate::dispatch::Clock;
-use crate::wire;
 
 impl Loop {
     pub(super) fn on_backend(&mut self, clock: Clock) {
-        let frames = self.frames.as_slice();
-        let Some((identity, rest)) = frames.split_first() else {
+        let Some((identity, decoded)) = self.read_routed(worker::FRAMES, worker::decode) else {
             return;
-        };
-        let identity = identity.to_vec();
-        let decoded = if self.frames.overflow {
-            Err(ProtoError::FrameCount {
-                expected: worker::FRAMES,
-                got: wire::MAX_FRAMES,
-            })
-        } else {
-            worker::decode(rest)
         };
         match decoded {
             Ok((worker::Message::Reply(h), body_start)) => {
@@ -40,7 +29,11 @@ impl Loop {
                 }
             }
             Err(e) => {
-                let message = rest.first().map_or(Vec::new(), |f| f.to_vec());
+                let message = self
+                    .frames
+                    .as_slice()
+                    .get(1)
+                    .map_or(Vec::new(), |f| f.to_vec());
                 if let Some(old) = self.old_layout(worker::V1_FRAME, worker::V2_ID) {
                     self.bad_input("backend", e.reason(), &e.to_string());
                     if self.backend_refusals.allow().is_some() {
