@@ -1,13 +1,16 @@
 //! One round's messages gathered per peer, for peers that read BATCH: the socket loop
 //! sends each worker the requests of a round, and each client its answers, in one message
 //! instead of one each (libzmq's cost, and CURVE's, is per message). A lone message still
-//! goes alone, so a request at window 1 waits for nothing.
+//! goes alone, as it would without BATCH (its body not copied twice), so a request at
+//! window 1 waits for nothing and costs nothing more.
 
 use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
-use tradeplex_proto::batch::BatchBuilder;
+use tradeplex_proto::batch::{BatchBuilder, MAX_BATCH, MAX_BATCH_BYTES};
 use tradeplex_proto::frame::Protocol;
 use tradeplex_proto::JobId;
+
+use crate::body::Body;
 
 /// One peer's messages, ready to send.
 #[derive(Default)]
@@ -16,8 +19,51 @@ pub(crate) struct Batch {
     pub(crate) to: Vec<u8>,
     /// The jobs delivered in it (to a worker), to requeue should the send fail.
     pub(crate) jobs: Vec<JobId>,
-    /// The messages.
-    pub(crate) messages: BatchBuilder,
+    /// While it holds one message: that message's head (its body is `lone_body`).
+    lone_head: Vec<u8>,
+    lone_body: Option<Body>,
+    /// Its messages once there are two or more.
+    messages: BatchBuilder,
+}
+
+impl Batch {
+    /// Messages in it.
+    fn count(&self) -> u32 {
+        self.messages.count() + u32::from(self.lone_body.is_some())
+    }
+
+    /// Bytes of its BATCH body so far.
+    fn size(&self) -> usize {
+        let lone = (self.lone_body.as_ref()).map_or(0, |b| PREFIX + self.lone_head.len() + b.len());
+        self.messages.body_len() + lone
+    }
+
+    /// The message's head and body when it holds exactly one (sent as itself).
+    pub(crate) fn lone(&self) -> Option<(&[u8], &[u8])> {
+        self.lone_body
+            .as_ref()
+            .map(|b| (&self.lone_head[..], &b[..]))
+    }
+
+    /// Its messages, when it holds two or more.
+    pub(crate) fn messages(&self) -> &BatchBuilder {
+        &self.messages
+    }
+
+    /// Adds a message (its encoded `head` and its `body`).
+    fn push(&mut self, head: &[u8], body: Body, job: Option<JobId>) {
+        self.jobs.extend(job);
+        if self.count() == 0 {
+            self.lone_head.clear();
+            self.lone_head.extend_from_slice(head);
+            self.lone_body = Some(body);
+            return;
+        }
+        if let Some(first) = self.lone_body.take() {
+            self.messages.push_encoded_parts(&self.lone_head, &first);
+        }
+        self.messages.push_encoded_parts(head, &body);
+    }
 }
 
 /// One message for a batch: a command of `protocol` with its header and body.
@@ -25,10 +71,13 @@ pub(crate) struct Item<'a, T> {
     pub(crate) protocol: &'a Protocol,
     pub(crate) cmd: u8,
     pub(crate) header: &'a T,
-    pub(crate) body: &'a [u8],
+    pub(crate) body: Body,
     /// The job it delivers, if it is a delivery.
     pub(crate) job: Option<JobId>,
 }
+
+/// Bytes of a message's length prefix in a BATCH body.
+const PREFIX: usize = 4;
 
 /// Sent batches kept for their buffers, at most.
 const MAX_FREE: usize = 64;
@@ -42,25 +91,26 @@ pub(crate) struct Batches {
     index: HashMap<Vec<u8>, usize>,
     /// Sent batches kept for their buffers (bounded: [`MAX_FREE`], [`KEEP_BYTES`]).
     free: Vec<Batch>,
-    /// Most body bytes in one batch: a peer's message limit is twice its body limit.
-    max_bytes: usize,
+    /// The head of the message being added, reused.
+    head: Vec<u8>,
 }
 
 impl Batches {
-    /// Batches of at most `max_bytes` (a larger message goes alone).
-    pub(crate) fn new(max_bytes: usize) -> Batches {
+    /// No batches yet.
+    pub(crate) fn new() -> Batches {
         Batches {
             open: Vec::new(),
             index: HashMap::default(),
             free: Vec::new(),
-            max_bytes,
+            head: Vec::new(),
         }
     }
 
     /// Adds a message to its peer's batch. A batch with no room left for it is returned,
     /// to be sent now (before it), and a new one started.
     pub(crate) fn add<T: Serialize>(&mut self, to: &[u8], item: Item<'_, T>) -> Option<Batch> {
-        let body = item.body;
+        (item.protocol).encode_head_into(&mut self.head, item.cmd, item.header);
+        let size = PREFIX + self.head.len() + item.body.len();
         let i = match self.index.get(to) {
             Some(&i) => i,
             None => {
@@ -70,18 +120,16 @@ impl Batches {
                 self.open.len() - 1
             }
         };
-        let fits = |b: &Batch, max: usize| {
-            b.messages.count() == 0
-                || (b.messages.has_room() && b.messages.body_len() + body.len() < max)
+        let fits = |b: &Batch| {
+            b.count() == 0 || (b.count() < MAX_BATCH && b.size() + size <= MAX_BATCH_BYTES)
         };
         let mut full = None;
-        if self.open.get(i).is_some_and(|b| !fits(b, self.max_bytes)) {
+        if self.open.get(i).is_some_and(|b| !fits(b)) {
             let fresh = self.fresh(to);
             full = self.open.get_mut(i).map(|b| std::mem::replace(b, fresh));
         }
         if let Some(b) = self.open.get_mut(i) {
-            b.jobs.extend(item.job);
-            b.messages.push(item.protocol, item.cmd, item.header, body);
+            b.push(&self.head, item.body, item.job);
         }
         full
     }
@@ -98,6 +146,7 @@ impl Batches {
             return;
         }
         b.jobs.clear();
+        b.lone_body = None;
         b.messages.clear();
         b.messages.shrink_to(KEEP_BYTES);
         self.free.push(b);
@@ -121,7 +170,6 @@ impl Batches {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tradeplex_proto::batch::MAX_BATCH;
     use tradeplex_proto::{worker, RequestId, ServiceName};
 
     fn header(job: u64) -> worker::RequestHeader {
@@ -134,22 +182,19 @@ mod tests {
         }
     }
 
-    fn delivery<'a>(
-        h: &'a worker::RequestHeader,
-        body: &'a [u8],
-    ) -> Item<'a, worker::RequestHeader> {
+    fn delivery<'a>(h: &'a worker::RequestHeader, body: &[u8]) -> Item<'a, worker::RequestHeader> {
         Item {
             protocol: &worker::PROTOCOL,
             cmd: worker::Command::Request as u8,
             header: h,
-            body,
+            body: Body::from_slice(body),
             job: Some(h.job),
         }
     }
 
     #[test]
     fn deliveries_are_gathered_per_worker_in_order() {
-        let mut b = Batches::new(1 << 20);
+        let mut b = Batches::new();
         for job in 1..=5 {
             let to: &[u8] = if job % 2 == 0 { b"even" } else { b"odd" };
             assert!(b.add(to, delivery(&header(job), b"x")).is_none());
@@ -163,12 +208,13 @@ mod tests {
             got,
             [(&b"odd"[..], vec![1, 3, 5]), (&b"even"[..], vec![2, 4])]
         );
-        assert_eq!(round[0].messages.count(), 3);
+        assert_eq!(round[0].messages().count(), 3);
+        assert!(round[0].lone().is_none());
     }
 
     #[test]
     fn many_peers_in_a_round_each_get_one_batch_and_few_buffers_are_kept() {
-        let mut b = Batches::new(1 << 20);
+        let mut b = Batches::new();
         for round in 0..2 {
             for peer in 0..100u64 {
                 let to = peer.to_be_bytes();
@@ -191,16 +237,23 @@ mod tests {
 
     #[test]
     fn a_full_batch_is_handed_back_and_a_new_one_started() {
-        let mut b = Batches::new(100);
-        assert!(b.add(b"w", delivery(&header(1), &[0; 60])).is_none());
-        // 60 + 60 bytes would pass the limit: the first batch is full.
-        let full = b.add(b"w", delivery(&header(2), &[0; 60])).expect("full");
+        let mut b = Batches::new();
+        assert!(b.add(b"w", delivery(&header(1), &[0; 40_000])).is_none());
+        // 40,000 + 40,000 bytes would pass the limit: the first batch is full.
+        let full = b
+            .add(b"w", delivery(&header(2), &[0; 40_000]))
+            .expect("full");
         assert_eq!(full.jobs, [JobId(1)]);
-        let mut b = Batches::new(usize::MAX);
+        assert!(full.lone().is_some_and(|(_, body)| body.len() == 40_000));
+        // A message over the limit alone is a batch of one.
+        let mut b = Batches::new();
+        assert!(b.add(b"w", delivery(&header(3), &[0; 100_000])).is_none());
+        assert!(b.add(b"w", delivery(&header(4), b"")).is_some());
+        let mut b = Batches::new();
         let mut sent = 0;
         for job in 0..=u64::from(MAX_BATCH) {
             if let Some(full) = b.add(b"w", delivery(&header(job), b"")) {
-                assert_eq!(full.messages.count(), MAX_BATCH);
+                assert_eq!(full.count(), MAX_BATCH);
                 sent += 1;
             }
         }

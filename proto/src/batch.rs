@@ -14,6 +14,11 @@ use crate::ProtoError;
 /// Most messages in one BATCH.
 pub const MAX_BATCH: u32 = 256;
 
+/// Most bytes a sender puts in one BATCH body, unless one message alone is larger: every
+/// peer accepts messages of 64 KiB beyond twice its body limit, so a BATCH of messages
+/// each within the limit never passes the receiver's.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+
 /// Bytes of the length prefix before each message in a BATCH body.
 const LEN_PREFIX: usize = 4;
 
@@ -83,8 +88,14 @@ impl BatchBuilder {
 
     /// Appends an already-encoded message.
     pub fn push_encoded(&mut self, message: &[u8]) {
+        self.push_encoded_parts(message, &[]);
+    }
+
+    /// Appends an already-encoded message given as its head and its body.
+    pub fn push_encoded_parts(&mut self, head: &[u8], body: &[u8]) {
         let at = self.begin();
-        self.items.extend_from_slice(message);
+        self.items.extend_from_slice(head);
+        self.items.extend_from_slice(body);
         self.end(at);
     }
 

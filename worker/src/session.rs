@@ -521,7 +521,8 @@ impl<'a> Session<'a> {
             return;
         }
         let full = !self.results_out.has_room()
-            || self.results_out.body_len() + message.len() >= self.opts.max_body_bytes;
+            || self.results_out.body_len() + message.len()
+                > tradeplex_proto::batch::MAX_BATCH_BYTES;
         if full {
             self.flush_results(dealer);
         }

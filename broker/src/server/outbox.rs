@@ -61,16 +61,17 @@ impl Loop {
                 "to_clients",
             ),
         };
-        let sent = match b.messages.single() {
-            Some(message) => wire::send_routed(socket, &b.to, message, &[]),
+        let sent = match b.lone() {
+            Some((head, body)) => wire::send_routed(socket, &b.to, head, body),
             None => {
+                let messages = b.messages();
                 // Counted before the send, so a peer holding the batch finds it counted.
-                let count = u64::from(b.messages.count());
+                let count = u64::from(messages.count());
                 self.metrics.batches.with_label_values(&[label]).inc();
                 let carried = self.metrics.batched_messages.with_label_values(&[label]);
                 carried.inc_by(count);
-                b.messages.head_into(protocol, cmd, &mut self.head);
-                wire::send_routed(socket, &b.to, &self.head, b.messages.body())
+                messages.head_into(protocol, cmd, &mut self.head);
+                wire::send_routed(socket, &b.to, &self.head, messages.body())
             }
         };
         match sent {
@@ -102,7 +103,7 @@ impl Loop {
                     protocol: &worker::PROTOCOL,
                     cmd: worker::Command::Request as u8,
                     header: &header,
-                    body: &body,
+                    body,
                     job: Some(header.job),
                 };
                 if let Some(full) = self.to_workers.add(&to, item) {
@@ -170,7 +171,7 @@ impl Loop {
             protocol: &client::PROTOCOL,
             cmd: cmd as u8,
             header,
-            body: &body,
+            body,
             job: None,
         };
         if let Some(full) = self.to_clients.add(to, item) {
