@@ -79,13 +79,6 @@ impl BatchBuilder {
         self.items.shrink_to(bytes);
     }
 
-    /// Appends a message encoded in `protocol` (`cmd`, `header`, `body`).
-    pub fn push<T: Serialize>(&mut self, protocol: &Protocol, cmd: u8, header: &T, body: &[u8]) {
-        let at = self.begin();
-        protocol.append(&mut self.items, cmd, header, body);
-        self.end(at);
-    }
-
     /// Appends an already-encoded message.
     pub fn push_encoded(&mut self, message: &[u8]) {
         self.push_encoded_parts(message, &[]);
@@ -221,12 +214,7 @@ mod tests {
         let mut b = BatchBuilder::default();
         let replies: Vec<ReplyHeader> = (1..=3).map(|j| ReplyHeader { job: JobId(j) }).collect();
         for (i, r) in replies.iter().enumerate() {
-            b.push(
-                &worker::PROTOCOL,
-                Command::Reply as u8,
-                r,
-                &vec![i as u8; i * 40],
-            );
+            b.push_encoded(&worker::encode(Command::Reply, r, &vec![i as u8; i * 40]));
         }
         let lone = worker::encode(Command::Heartbeat, &worker::HeartbeatHeader {}, b"");
         b.push_encoded(&lone);

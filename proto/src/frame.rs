@@ -70,33 +70,21 @@ impl Protocol {
     /// (cleared first, its allocation reused); the body goes right after it.
     pub fn encode_head_into<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T) {
         buf.clear();
-        self.append_head(buf, cmd, header);
-    }
-
-    /// Appends a whole message to `buf` (what it holds already stays): head, then `body`.
-    pub fn append<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T, body: &[u8]) {
-        self.append_head(buf, cmd, header);
-        buf.extend_from_slice(body);
-    }
-
-    fn append_head<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T) {
-        let start = buf.len();
         buf.extend_from_slice(self.frame);
         buf.push(cmd);
         buf.extend_from_slice(&[0, 0]);
         let written = rmp_serde::encode::write_named(buf, header).is_ok();
-        let len = buf.len() - start - HEAD_PREFIX;
-        let len_at = start + HEAD_PREFIX - 2;
+        let len = buf.len() - HEAD_PREFIX;
         match u16::try_from(len) {
             Ok(n) if written && len <= MAX_HEADER_BYTES => {
-                if let Some(b) = buf.get_mut(len_at..len_at + 2) {
+                if let Some(b) = buf.get_mut(HEAD_PREFIX - 2..HEAD_PREFIX) {
                     b.copy_from_slice(&n.to_be_bytes());
                 }
             }
             // Our plain header structs cannot fail to serialise, and none comes near
             // the limit; stay safe if one does: an empty map.
             _ => {
-                buf.truncate(len_at);
+                buf.truncate(HEAD_PREFIX - 2);
                 buf.extend_from_slice(&[0, 1, 0x80]);
             }
         }

@@ -864,7 +864,7 @@ fn a_worker_reading_batches_gets_a_rounds_requests_in_one_message_and_may_answer
         };
         let reply = wp::ReplyHeader { job: r.job };
         let echoed = [&b"re:"[..], &request[start..]].concat();
-        answers.push(&wp::PROTOCOL, wp::Command::Reply as u8, &reply, &echoed);
+        answers.push_encoded(&wp::encode(wp::Command::Reply, &reply, &echoed));
     }
     // A sixth message that is not one: refused, the five before it still count.
     answers.push_encoded(b"TPXW03\x03");

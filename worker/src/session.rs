@@ -469,7 +469,7 @@ impl<'a> Session<'a> {
             let e = HandlerError::unavailable("worker is draining");
             let h = wp::ErrorHeader::new(h.job, e.code, e.message);
             let message = wp::encode(wp::Command::Error, &h, &[]);
-            self.send_result(dealer, &message);
+            self.return_result(dealer, &message);
             return;
         }
         let req = Request {
@@ -488,7 +488,7 @@ impl<'a> Session<'a> {
                 .is_some_and(|handler| handler.runs_inline(&req));
         if inline {
             let message = crate::executor::execute(&self.shared, &req, &mut self.stats);
-            self.send_result(dealer, &message);
+            self.return_result(dealer, &message);
             return;
         }
         self.in_flight += 1;
@@ -509,13 +509,13 @@ impl<'a> Session<'a> {
             };
             self.in_flight = self.in_flight.saturating_sub(1);
             self.shared.metrics.in_flight.set(self.in_flight as i64);
-            self.send_result(dealer, &message);
+            self.return_result(dealer, &message);
         }
     }
 
     /// A finished job's REPLY or ERROR: gathered for one BATCH when the broker reads
     /// them, else sent at once.
-    fn send_result(&mut self, dealer: &zmq::Socket, message: &[u8]) {
+    fn return_result(&mut self, dealer: &zmq::Socket, message: &[u8]) {
         if !self.broker_batches {
             send_result(dealer, message);
             return;

@@ -84,8 +84,13 @@ impl Loop {
         let items: Vec<_> =
             tradeplex_proto::batch::items(frame.get(body_start..).unwrap_or(&[]), h.count)
                 .collect();
+        // Counted once per batch (the label lookup is not per message): the messages it
+        // carries, a break in its layout not among them.
         let from = ["from_workers"];
+        let carried = items.iter().filter(|i| i.is_ok()).count() as u64;
         self.metrics.batches.with_label_values(&from).inc();
+        let counter = self.metrics.batched_messages.with_label_values(&from);
+        counter.inc_by(carried);
         for item in items {
             let range = match item {
                 Ok(r) => body_start + r.start..body_start + r.end,
@@ -94,7 +99,6 @@ impl Loop {
                     continue;
                 }
             };
-            self.metrics.batched_messages.with_label_values(&from).inc();
             let message = frame.get(range.clone()).unwrap_or(&[]);
             match worker::decode(&[message]) {
                 Ok((worker::Message::Reply(h), at)) => {
