@@ -64,10 +64,20 @@ impl Authenticator {
                 continue;
             };
             let reply = self.answer(&request);
-            if let Err(e) = self.socket.send_multipart(reply, 0) {
+            if let Err(e) = self.send_reply(&reply) {
                 tracing::error!(error = %e, "cannot answer ZAP request");
             }
         }
+    }
+
+    /// Sends the reply frame by frame, each again if a signal interrupted it (sending the
+    /// whole reply again after a part went out would glue the parts onto the next one).
+    fn send_reply(&self, reply: &[Vec<u8>]) -> zmq::Result<()> {
+        let last = reply.len().saturating_sub(1);
+        reply.iter().enumerate().try_for_each(|(i, frame)| {
+            let more = if i < last { zmq::SNDMORE } else { 0 };
+            tradeplex_ops::uninterrupted(|| self.socket.send(&frame[..], more))
+        })
     }
 
     /// Builds the reply to one ZAP request: `[version][request id][status][text][user][metadata]`.

@@ -112,14 +112,16 @@ impl Body {
 
     /// Receives one frame from `socket` into this one (its old content is released).
     pub fn recv(&mut self, socket: &mut zmq::Socket, flags: i32) -> zmq::Result<()> {
-        // SAFETY: the socket pointer is live for the borrow; `msg` is initialised.
-        let rc = unsafe { zmq_sys::zmq_msg_recv(&mut self.msg, socket.as_mut_ptr(), flags) };
         self.start = 0;
         self.end = WHOLE;
-        if rc == -1 {
-            return Err(last_error());
-        }
-        Ok(())
+        tradeplex_ops::uninterrupted(|| {
+            // SAFETY: the socket pointer is live for the borrow; `msg` is initialised.
+            let rc = unsafe { zmq_sys::zmq_msg_recv(&mut self.msg, socket.as_mut_ptr(), flags) };
+            if rc == -1 {
+                return Err(last_error());
+            }
+            Ok(())
+        })
     }
 
     /// Whether more frames of the same message follow this one.
@@ -148,13 +150,16 @@ impl Body {
         if self.start > 0 || self.end != WHOLE {
             return Body::from_slice(&self).send(socket, flags);
         }
-        // SAFETY: on success libzmq takes the content and leaves `msg` empty, which Drop
-        // then closes; on failure `msg` is unchanged and Drop releases it.
-        let rc = unsafe { zmq_sys::zmq_msg_send(&mut self.msg, socket.as_mut_ptr(), flags) };
-        if rc == -1 {
-            return Err(last_error());
-        }
-        Ok(())
+        tradeplex_ops::uninterrupted(|| {
+            // SAFETY: on success libzmq takes the content and leaves `msg` empty, which
+            // Drop then closes; on failure `msg` is unchanged (sent again if interrupted)
+            // and Drop releases it.
+            let rc = unsafe { zmq_sys::zmq_msg_send(&mut self.msg, socket.as_mut_ptr(), flags) };
+            if rc == -1 {
+                return Err(last_error());
+            }
+            Ok(())
+        })
     }
 }
 

@@ -419,7 +419,8 @@ impl Pair {
     /// Reads what the peer sent and sends our state when due. Call every loop turn.
     pub fn tick(&mut self, now: Instant) {
         for _ in 0..MAX_READ {
-            match self.subscriber.recv_bytes(zmq::DONTWAIT) {
+            let subscriber = &self.subscriber;
+            match tradeplex_ops::uninterrupted(|| subscriber.recv_bytes(zmq::DONTWAIT)) {
                 Ok(bytes) => self.on_message(&bytes, now),
                 Err(zmq::Error::EAGAIN) => break,
                 Err(e) => {
@@ -593,7 +594,10 @@ impl Pair {
             broker: self.me,
         };
         // A full queue (peer gone) drops the message: only the latest state matters.
-        if let Err(e) = self.publisher.send(&msg.encode()[..], zmq::DONTWAIT) {
+        let encoded = msg.encode();
+        let publisher = &self.publisher;
+        if let Err(e) = tradeplex_ops::uninterrupted(|| publisher.send(&encoded[..], zmq::DONTWAIT))
+        {
             if e != zmq::Error::EAGAIN {
                 tracing::warn!(error = %e, "broker pair: state not sent");
             }

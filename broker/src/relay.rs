@@ -352,7 +352,8 @@ impl RelayLoop {
         let mut spent = 0;
         let mut drained = false;
         while spent < SUB_BUDGET {
-            if self.r.xpub.recv(&mut msg, zmq::DONTWAIT).is_err() {
+            let xpub = &self.r.xpub;
+            if tradeplex_ops::uninterrupted(|| xpub.recv(&mut msg, zmq::DONTWAIT)).is_err() {
                 drained = true;
                 break;
             }
@@ -417,7 +418,10 @@ impl RelayLoop {
 
     fn drain_monitor(&mut self) {
         let now = Instant::now();
-        while let Ok(frames) = self.r.monitor.recv_multipart(zmq::DONTWAIT) {
+        let monitor = &self.r.monitor;
+        while let Ok(frames) =
+            tradeplex_ops::uninterrupted(|| monitor.recv_multipart(zmq::DONTWAIT))
+        {
             if let Some(event) = frames.first().and_then(|f| peers::parse_event(f)) {
                 self.departures.on_event(event, now);
             }
@@ -512,7 +516,7 @@ fn send_all(socket: &zmq::Socket, frames: &[Vec<u8>]) -> zmq::Result<()> {
     let n = frames.len();
     for (i, f) in frames.iter().enumerate() {
         let flags = if i + 1 < n { zmq::SNDMORE } else { 0 };
-        socket.send(&f[..], flags | zmq::DONTWAIT)?;
+        tradeplex_ops::uninterrupted(|| socket.send(&f[..], flags | zmq::DONTWAIT))?;
     }
     Ok(())
 }

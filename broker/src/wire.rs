@@ -79,19 +79,24 @@ pub fn send_routed(
     head: &[u8],
     body: &[u8],
 ) -> zmq::Result<()> {
-    socket.send(to, zmq::SNDMORE | zmq::DONTWAIT)?;
+    send_part(socket, to, zmq::SNDMORE)?;
     Body::joined(head, body).send(socket, zmq::DONTWAIT)
 }
 
 /// Sends `[to]` and then `frames` on a ROUTER without blocking (the version-01 answers).
 pub fn send_frames(socket: &mut zmq::Socket, to: &[u8], frames: &[Vec<u8>]) -> zmq::Result<()> {
-    socket.send(to, zmq::SNDMORE | zmq::DONTWAIT)?;
+    send_part(socket, to, zmq::SNDMORE)?;
     let last = frames.len().saturating_sub(1);
     for (i, f) in frames.iter().enumerate() {
         let more = if i < last { zmq::SNDMORE } else { 0 };
-        socket.send(&f[..], more | zmq::DONTWAIT)?;
+        send_part(socket, f, more)?;
     }
     Ok(())
+}
+
+/// Sends one frame without blocking, again if a signal interrupted it.
+fn send_part(socket: &mut zmq::Socket, frame: &[u8], flags: i32) -> zmq::Result<()> {
+    tradeplex_ops::uninterrupted(|| socket.send(frame, flags | zmq::DONTWAIT))
 }
 
 /// Logs at most `per_second` lines a second; the lines held back are counted into the next.

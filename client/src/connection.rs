@@ -566,12 +566,25 @@ fn items(l: &Link) -> [zmq::PollItem<'_>; 2] {
 /// the connection must never block.
 fn send_request(dealer: &zmq::Socket, call: &Call, buf: &mut Vec<u8>) -> bool {
     cp::encode_into(buf, cp::Command::Request, &call.header, &call.body);
-    match dealer.send(&buf[..], zmq::DONTWAIT) {
+    match uninterrupted(|| dealer.send(&buf[..], zmq::DONTWAIT)) {
         Ok(()) => true,
         Err(zmq::Error::EAGAIN) => false,
         Err(e) => {
             tracing::warn!(error = %e, id = %call.header.id, "request not sent");
             false
+        }
+    }
+}
+
+/// Runs a libzmq call again while a signal interrupts it (EINTR): a strategy's own signal
+/// handler (SIGINT to stop, say) can land inside any socket call, and an interrupted call
+/// did nothing, so running it again is exact. (The processes' loops use
+/// `tradeplex_ops::uninterrupted`, which a client library does not pull in.)
+fn uninterrupted<T>(mut call: impl FnMut() -> zmq::Result<T>) -> zmq::Result<T> {
+    loop {
+        match call() {
+            Err(zmq::Error::EINTR) => continue,
+            done => return done,
         }
     }
 }
@@ -602,7 +615,7 @@ impl Frames {
             let Some(msg) = self.msgs.get_mut(slot) else {
                 return Err(zmq::Error::EFAULT);
             };
-            socket.recv(msg, zmq::DONTWAIT)?;
+            uninterrupted(|| socket.recv(msg, zmq::DONTWAIT))?;
             self.len += 1;
             if !msg.get_more() {
                 return Ok(self.len <= Self::MAX);

@@ -15,4 +15,4 @@ pub mod shutdown;
 
 pub use http::{HttpOptions, HttpServer, Page};
 pub use http_auth::HttpAuth;
-pub use shutdown::Shutdown;
+pub use shutdown::{uninterrupted, Shutdown};

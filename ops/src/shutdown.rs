@@ -1,4 +1,5 @@
-//! A shutdown flag shared by the signal handlers, the main loops and tests.
+//! A shutdown flag shared by the signal handlers, the main loops and tests, and the
+//! retry that keeps those signals from failing a socket call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,5 +30,44 @@ impl Shutdown {
             signal_hook::flag::register(sig, self.0.clone())?;
         }
         Ok(())
+    }
+}
+
+/// Runs a libzmq call again while a signal interrupts it (EINTR).
+///
+/// Any signal the process handles (SIGHUP's reload, a second SIGTERM while draining) can
+/// land inside a socket call, a non-blocking one too: libzmq polls its command pipe on
+/// every send and receive, and that poll is never restarted by the kernel. An interrupted
+/// call did nothing (no frame taken or queued; a message to send is still the caller's),
+/// so running it again is exact. The loops read the shutdown flag after the call returns.
+pub fn uninterrupted<T>(mut call: impl FnMut() -> zmq::Result<T>) -> zmq::Result<T> {
+    loop {
+        match call() {
+            Err(zmq::Error::EINTR) => continue,
+            done => return done,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_call_runs_again_and_other_errors_pass_through() {
+        let mut calls = 0;
+        let r = uninterrupted(|| {
+            calls += 1;
+            if calls < 3 {
+                Err(zmq::Error::EINTR)
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(r, Ok(3));
+        assert_eq!(
+            uninterrupted(|| Err::<(), _>(zmq::Error::EAGAIN)),
+            Err(zmq::Error::EAGAIN)
+        );
     }
 }

@@ -97,7 +97,7 @@ fn execute_loop(rx: Receiver<Request>, push: zmq::Socket, shared: Arc<Shared>) {
     let mut stats = RequestStats::new(shared.metrics.clone());
     while let Ok(req) = rx.recv() {
         let message = execute(&shared, &req, &mut stats);
-        if let Err(e) = push.send(message, 0) {
+        if let Err(e) = tradeplex_ops::uninterrupted(|| push.send(&message[..], 0)) {
             tracing::error!(error = %e, job = %req.job, "cannot hand result to session");
         }
     }

@@ -236,12 +236,14 @@ impl PublishThread {
         };
         let [topic, proto, header] = event::encode(&ev.topic, &header);
         // PUB never blocks: at the high-water mark ZeroMQ drops the message itself.
-        let sent = self
-            .socket
-            .send(topic, zmq::SNDMORE | zmq::DONTWAIT)
-            .and_then(|_| self.socket.send(proto, zmq::SNDMORE | zmq::DONTWAIT))
-            .and_then(|_| self.socket.send(header, zmq::SNDMORE | zmq::DONTWAIT))
-            .and_then(|_| self.socket.send(ev.body, zmq::DONTWAIT));
+        // Frame by frame, each again if a signal interrupted it: sending a whole message
+        // again after a part of it went out would glue the parts onto the next one.
+        let parts: [&[u8]; 4] = [&topic, &proto, &header, &ev.body];
+        let last = parts.len() - 1;
+        let sent = parts.iter().enumerate().try_for_each(|(i, part)| {
+            let more = if i < last { zmq::SNDMORE } else { 0 };
+            tradeplex_ops::uninterrupted(|| self.socket.send(*part, more | zmq::DONTWAIT))
+        });
         match sent {
             Ok(()) => self
                 .metrics

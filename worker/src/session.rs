@@ -363,7 +363,9 @@ impl<'a> Session<'a> {
     fn read_broker(&mut self, dealer: &zmq::Socket, draining: bool) -> Result<bool, WorkerError> {
         let mut heard = false;
         loop {
-            let frames = match dealer.recv_multipart(zmq::DONTWAIT) {
+            // One frame per worker-protocol message, so a retried read never splits one.
+            let frames = match tradeplex_ops::uninterrupted(|| dealer.recv_multipart(zmq::DONTWAIT))
+            {
                 Ok(f) => f,
                 Err(zmq::Error::EAGAIN) => {
                     // The round's inline results leave together.
@@ -499,7 +501,8 @@ impl<'a> Session<'a> {
     fn forward_results(&mut self, dealer: &zmq::Socket) -> Result<(), WorkerError> {
         loop {
             // One frame per result: the executor sends the whole message (executor.rs).
-            let message = match self.results.recv_bytes(zmq::DONTWAIT) {
+            let results = &self.results;
+            let message = match tradeplex_ops::uninterrupted(|| results.recv_bytes(zmq::DONTWAIT)) {
                 Ok(m) => m,
                 Err(zmq::Error::EAGAIN) => {
                     self.flush_results(dealer);
@@ -547,7 +550,7 @@ impl<'a> Session<'a> {
 /// Sends a finished job's REPLY or ERROR (or a BATCH of them) to the broker without
 /// blocking.
 fn send_result(dealer: &zmq::Socket, message: &[u8]) {
-    if let Err(e) = dealer.send(message, zmq::DONTWAIT) {
+    if let Err(e) = tradeplex_ops::uninterrupted(|| dealer.send(message, zmq::DONTWAIT)) {
         tracing::warn!(error = %e, "result not sent: broker unreachable");
     }
 }
@@ -576,7 +579,8 @@ impl Drop for SilenceMonitor<'_> {
 }
 
 fn send<T: serde::Serialize>(dealer: &zmq::Socket, cmd: wp::Command, header: &T, body: &[u8]) {
-    if let Err(e) = dealer.send(wp::encode(cmd, header, body), zmq::DONTWAIT) {
+    let message = wp::encode(cmd, header, body);
+    if let Err(e) = tradeplex_ops::uninterrupted(|| dealer.send(&message[..], zmq::DONTWAIT)) {
         tracing::debug!(error = %e, ?cmd, "message to broker not sent");
     }
 }

@@ -447,7 +447,8 @@ impl Replication {
         self.send_lines(now, socket);
         if self.position_dirty || now >= self.next_ack {
             // A full queue (peer gone) drops it: the next heartbeat sends it again.
-            let _ = socket.send(&self.position.encode()[..], zmq::DONTWAIT);
+            let position = self.position.encode();
+            let _ = tradeplex_ops::uninterrupted(|| socket.send(&position[..], zmq::DONTWAIT));
             self.next_ack = now + self.heartbeat;
         }
         if self.position_dirty {
@@ -493,7 +494,8 @@ impl Replication {
                 first,
                 json: &json,
             };
-            if socket.send(msg.encode(), zmq::DONTWAIT).is_err() {
+            let encoded = msg.encode();
+            if tradeplex_ops::uninterrupted(|| socket.send(&encoded[..], zmq::DONTWAIT)).is_err() {
                 break;
             }
             self.next += 1;
