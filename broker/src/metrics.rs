@@ -378,7 +378,7 @@ impl Metrics {
         let batches = counter_vec(
             &r,
             "tradeplex_batches_total",
-            "BATCH messages, by direction (to_workers, from_workers, to_clients)",
+            "BATCH messages, by direction (to_workers, from_workers, to_clients, from_clients)",
             &["direction"],
         );
         let batched_messages = counter_vec(
@@ -387,7 +387,7 @@ impl Metrics {
             "Messages carried in BATCH messages, by direction",
             &["direction"],
         );
-        for direction in ["to_workers", "from_workers", "to_clients"] {
+        for direction in ["to_workers", "from_workers", "to_clients", "from_clients"] {
             batches.with_label_values(&[direction]);
             batched_messages.with_label_values(&[direction]);
         }

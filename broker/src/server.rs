@@ -2,10 +2,12 @@
 //! drains every ready message per wake-up, feeds the [`Dispatcher`] and sends what it
 //! returns. Bad input is answered where possible, counted and logged (rate-limited).
 //!
-//! Here: binding, the loop, the frontend's input. [`backend`]: the workers' input;
-//! [`outbox`]: what is sent, a round's messages to one BATCH-reading peer gathered.
+//! Here: binding, the loop, reading a message off either socket. [`frontend`]: the
+//! clients' input; [`backend`]: the workers' input; [`outbox`]: what is sent, a round's
+//! messages to one BATCH-reading peer gathered.
 
 mod backend;
+mod frontend;
 mod outbox;
 
 use std::sync::Arc;
@@ -629,99 +631,6 @@ impl Loop {
         Some((identity.to_vec(), decoded))
     }
 
-    fn on_frontend(&mut self, clock: Clock) {
-        let Some((identity, decoded)) = self.read_routed(client::FRAMES, client::decode) else {
-            return;
-        };
-        if let Ok((client::Message::Request(h), _)) = &decoded {
-            if self.pair_refuses_request(&identity, h) {
-                return;
-            }
-        }
-        match decoded {
-            Ok((client::Message::Request(h), body_start)) => {
-                // Who the caller is before the frame is taken: it carries the connection's
-                // properties.
-                let caller = self.caller(&h);
-                let body = self.frames.take(1).tail_from(body_start);
-                if body.len() > self.max_body {
-                    let msg = format!("body is {} bytes, limit {}", body.len(), self.max_body);
-                    self.bad_input("frontend", "too_large", &msg);
-                    self.dispatcher
-                        .reject_client(identity, h.id, ErrorCode::TooLarge, msg);
-                } else {
-                    match caller {
-                        Ok(caller) => self
-                            .dispatcher
-                            .on_request_from(clock, identity, &caller, h, body),
-                        Err(r) => self.forbid(identity, h.id, r),
-                    }
-                }
-            }
-            Ok(_) => {
-                let msg = "clients may only send REQUEST".to_string();
-                self.bad_input("frontend", "unexpected_command", &msg);
-                let id = self.salvage_id();
-                self.dispatcher
-                    .reject_client(identity, id, ErrorCode::BadRequest, msg);
-            }
-            Err(e) => {
-                self.bad_input("frontend", e.reason(), &e.to_string());
-                if let Some(old) = self.old_layout(client::V1_FRAME, client::V2_ID) {
-                    self.answer_old_client(&identity, old);
-                    return;
-                }
-                let id = self.salvage_id();
-                self.dispatcher
-                    .reject_client(identity, id, e.code(), e.to_string());
-            }
-        }
-    }
-
-    /// Who sent the request just read (frames' `User-Id` / `Peer-Address`, the header's
-    /// declared `client`).
-    fn caller(
-        &self,
-        h: &client::RequestHeader,
-    ) -> Result<crate::risk::Caller, crate::risk::identity::Refusal> {
-        let ids = &self.identities;
-        if !ids.curve() && h.client.is_none() {
-            return Ok(ids.anonymous());
-        }
-        // Frame 1 came off the wire (frame 0 is the ROUTER's routing id), so it carries the
-        // connection's properties.
-        let frame = self.frames.as_slice().get(1);
-        let user_id = frame.and_then(|f| f.property(c"User-Id"));
-        let peer = frame.and_then(|f| f.property(c"Peer-Address"));
-        ids.resolve(user_id, peer, h.client.as_deref())
-    }
-
-    fn forbid(
-        &mut self,
-        identity: Vec<u8>,
-        id: tradeplex_proto::RequestId,
-        r: crate::risk::identity::Refusal,
-    ) {
-        self.identities.count_forbidden(r.reason);
-        if let Some(suppressed) = self.forbidden_log.allow() {
-            tracing::warn!(
-                reason = r.reason,
-                suppressed,
-                "request refused: {}",
-                r.message
-            );
-        }
-        self.dispatcher
-            .reject_client(identity, id, ErrorCode::Forbidden, r.message);
-    }
-
-    /// The request id of a message that failed to decode, if it has one.
-    fn salvage_id(&self) -> tradeplex_proto::RequestId {
-        // Frame 0 is the ROUTER identity, so the message is frame 1.
-        let message = self.frames.as_slice().get(1).map_or(&[][..], |f| &f[..]);
-        client::salvage_id(message)
-    }
-
     /// The older version's layout the message read is in, if any: its frame after the
     /// routing id is exactly version 01's id, or starts with version 02's.
     fn old_layout(&self, v1: &[u8], v2: &[u8]) -> Option<OldLayout> {
@@ -746,19 +655,6 @@ impl Loop {
         frame.and_then(|f| f.get(from..)).unwrap_or(&[])
     }
 
-    /// Answers an old client in its own layout, so it reads `unsupported_version` (and its
-    /// request's id) instead of a message it cannot decode.
-    fn answer_old_client(&mut self, to: &[u8], old: OldLayout) {
-        let id = client::salvage_id_from_header(self.old_header(old));
-        let message = old.refusal(&client::PROTOCOL, "client");
-        let h = client::ErrorHeader::new(id, ErrorCode::UnsupportedVersion, message);
-        let frames = match old {
-            OldLayout::V1 => client::encode_v1_error(&h).to_vec(),
-            OldLayout::V2 => client::encode_v2_error(&h).to_vec(),
-        };
-        self.send_old(Side::Frontend, to, &frames);
-    }
-
     /// Sends a refusal in an old layout (rare: no buffer reuse).
     fn send_old(&mut self, side: Side, to: &[u8], frames: &[Vec<u8>]) {
         let socket = match side {
@@ -776,24 +672,6 @@ impl Loop {
             p.tick(Instant::now());
             self.dispatcher.set_pair(p.view());
         }
-    }
-
-    /// True (and the client answered `unavailable`) when this broker may not serve a
-    /// REQUEST now: it is not the pair's active broker. `tpx.status` is always answered
-    /// (operators ask each broker where it stands) and is no vote for a takeover.
-    fn pair_refuses_request(&mut self, identity: &[u8], h: &client::RequestHeader) -> bool {
-        let Some(p) = &mut self.pair else {
-            return false;
-        };
-        if h.service.as_str() == tradeplex_proto::mgmt::STATUS_SERVICE {
-            return false;
-        }
-        let Err(message) = p.admit(Instant::now(), false) else {
-            return false;
-        };
-        self.dispatcher
-            .reject_client(identity.to_vec(), h.id, ErrorCode::Unavailable, message);
-        true
     }
 
     /// True (and the worker told `unavailable: passive broker…`) when a READY may not

@@ -924,3 +924,67 @@ fn a_pipelined_client_through_a_worker_process_rides_batches_both_ways() {
     assert!(page.sum("tradeplex_batches_total", &dir("from_workers")) >= 1.0);
     assert_eq!(page.sum("tradeplex_bad_frames_total", &[]), 0.0);
 }
+
+#[test]
+fn a_clients_batch_of_requests_is_served_request_by_request_and_what_cannot_be_read_is_refused() {
+    use tradeplex_proto::batch::BatchBuilder;
+    use tradeplex_proto::client::{self as cp, Message};
+    let broker = Broker::start(&[]);
+    let _w = broker.worker(&[]);
+    broker.wait_for_workers(&broker.client(), "echo", 1);
+    let raw = raw_dealer(&broker.frontend);
+    let echo = |id: u64, n: u64| {
+        let b = body(json!({ "n": n }));
+        message(cp::PROTOCOL.frame, 1, &request_header(id, "echo"), &b)
+    };
+    let mut batch = BatchBuilder::default();
+    batch.push_encoded(&echo(11, 1));
+    batch.push_encoded(&echo(12, 2));
+    // A REPLY has no place in a client's batch: refused with its id, the rest served.
+    let reply = tradeplex_proto::frame::encode_header(&cp::ReplyHeader {
+        id: tradeplex_proto::RequestId(13),
+        worker: tradeplex_proto::WorkerId::random(),
+    });
+    batch.push_encoded(&head(2, &reply));
+    batch.push_encoded(&echo(14, 4));
+    let mut out = Vec::new();
+    batch.head_into(&cp::PROTOCOL, cp::Command::Batch as u8, &mut out);
+    out.extend_from_slice(batch.body());
+    // The last message's length runs past the end: a break, refused after the others.
+    out.truncate(out.len() - 3);
+    raw.send(out, 0).unwrap();
+
+    let mut replies = HashMap::new();
+    let mut errors = HashMap::new();
+    while replies.len() + errors.len() < 4 {
+        let frames = raw.recv_multipart(0).expect("an answer");
+        let mut on = |m: &[u8]| match cp::decode_answer(&[m]).expect("a well-formed answer") {
+            (Message::Reply(h), at) => {
+                let v: serde_json::Value = rmp_serde::from_slice(&m[at..]).unwrap();
+                replies.insert(h.id.0, v["n"].as_u64().unwrap());
+            }
+            (Message::Error(e), _) => {
+                errors.insert(e.id.0, (e.code, e.message));
+            }
+            (other, _) => panic!("unexpected {other:?}"),
+        };
+        on(&frames[0]);
+    }
+    assert_eq!(replies, HashMap::from([(11, 1), (12, 2)]));
+    let (code, msg) = &errors[&13];
+    assert_eq!(*code, tradeplex_proto::ErrorCode::BadRequest as u16);
+    assert!(msg.contains("only REQUEST"), "{msg}");
+    let (code, msg) = &errors[&0];
+    assert_eq!(*code, tradeplex_proto::ErrorCode::BadRequest as u16);
+    assert!(msg.contains("runs past the end"), "{msg}");
+
+    let page = scrape(&broker.http);
+    let from = [("direction", "from_clients")];
+    assert_eq!(page.sum("tradeplex_batches_total", &from), 1.0);
+    assert_eq!(page.sum("tradeplex_batched_messages_total", &from), 3.0);
+    assert_eq!(
+        page.sum("tradeplex_bad_frames_total", &[("socket", "frontend")]),
+        2.0
+    );
+    assert!(broker_is_alive(&broker));
+}
