@@ -57,6 +57,11 @@ pub trait Pipe {
     fn send(&mut self, body: &[u8]) -> anyhow::Result<()>;
     /// Blocks for one reply body.
     fn recv(&mut self) -> anyhow::Result<Vec<u8>>;
+    /// A reply body already in, without waiting (the peers' pipes: none, they are read
+    /// one `recv` at a time).
+    fn recv_ready(&mut self) -> Option<anyhow::Result<Vec<u8>>> {
+        None
+    }
 }
 
 /// The Tradeplex side: one [`Client`] (its own connection thread), replies in call order.
@@ -65,8 +70,11 @@ pub struct TradeplexPipe {
     in_flight: VecDeque<PendingCall>,
     /// A body sent while nothing was in flight, not handed to the client yet: if it is
     /// still alone at `recv` it goes out as a blocking `call` (what a strategy calling one
-    /// at a time does); a second `send` first hands it over with `Client::send`.
+    /// at a time does); a second `send` first hands it over.
     alone: Option<Vec<u8>>,
+    /// Bodies sent since the last `recv`, handed over there with one `Client::send_many`
+    /// (what a strategy refilling its pipeline with everything answered does).
+    outbox: Vec<Vec<u8>>,
     options: CallOptions,
 }
 
@@ -91,6 +99,7 @@ impl TradeplexPipe {
             client: Client::connect(frontend, client.timeout(CALL_TIMEOUT))?,
             in_flight: VecDeque::new(),
             alone: None,
+            outbox: Vec::new(),
             options,
         })
     }
@@ -98,32 +107,47 @@ impl TradeplexPipe {
 
 impl Pipe for TradeplexPipe {
     fn send(&mut self, body: &[u8]) -> anyhow::Result<()> {
-        if self.in_flight.is_empty() && self.alone.is_none() {
+        if self.in_flight.is_empty() && self.alone.is_none() && self.outbox.is_empty() {
             self.alone = Some(body.to_vec());
             return Ok(());
         }
         if let Some(first) = self.alone.take() {
-            self.send_now(first)?;
+            self.outbox.push(first);
         }
-        self.send_now(body.to_vec())
+        self.outbox.push(body.to_vec());
+        Ok(())
     }
 
     fn recv(&mut self) -> anyhow::Result<Vec<u8>> {
         if let Some(body) = self.alone.take() {
             return Ok(self.client.call("echo", body, self.options.clone())?.body);
         }
+        self.flush()?;
         let call = self
             .in_flight
             .pop_front()
             .ok_or_else(|| anyhow!("recv with nothing in flight"))?;
         Ok(call.wait()?.body)
     }
+
+    fn recv_ready(&mut self) -> Option<anyhow::Result<Vec<u8>>> {
+        if !self.in_flight.front()?.is_ready() {
+            return None;
+        }
+        let call = self.in_flight.pop_front()?;
+        Some(call.wait().map(|r| r.body).map_err(Into::into))
+    }
 }
 
 impl TradeplexPipe {
-    fn send_now(&mut self, body: Vec<u8>) -> anyhow::Result<()> {
-        let call = self.client.send("echo", body, self.options.clone())?;
-        self.in_flight.push_back(call);
+    /// Sends what `send` collected, together.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let opts = &self.options;
+        let calls = self.outbox.drain(..).map(|b| ("echo", b, opts.clone()));
+        self.in_flight.extend(self.client.send_many(calls)?);
         Ok(())
     }
 }
@@ -216,13 +240,22 @@ fn pump(
         if in_flight == 0 {
             return Ok(done);
         }
-        let reply = pipe.recv()?;
-        let ns = latency_ns(epoch, &reply)?;
-        if let Some(h) = hist.as_deref_mut() {
-            h.saturating_record(ns);
+        // The reply waited for, then every other one already in: the window is refilled
+        // with all of them at once (a pipe that can send them together does).
+        let mut reply = Some(pipe.recv());
+        while let Some(r) = reply {
+            let ns = latency_ns(epoch, &r?)?;
+            if let Some(h) = hist.as_deref_mut() {
+                h.saturating_record(ns);
+            }
+            in_flight -= 1;
+            done += 1;
+            reply = if in_flight > 0 {
+                pipe.recv_ready()
+            } else {
+                None
+            };
         }
-        in_flight -= 1;
-        done += 1;
     }
 }
 

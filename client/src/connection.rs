@@ -40,6 +40,33 @@ struct Pending {
     timeout_ms: u64,
 }
 
+impl Pending {
+    fn new(call: Call) -> Pending {
+        let timeout_ms = call
+            .header
+            .deadline_ms
+            .saturating_sub(tradeplex_proto::now_unix_ms());
+        Pending {
+            call,
+            next_send: None,
+            sent: false,
+            at: 0,
+            timeout_ms,
+        }
+    }
+
+    /// Notes a send to link `at` (or its failure) and schedules the next attempt.
+    fn mark(&mut self, sent: bool, at: usize, now: Instant) {
+        if sent {
+            self.sent = true;
+            self.at = at;
+            self.next_send = self.call.retry_every.map(|d| now + d);
+        } else {
+            self.next_send = Some(now + UNSENT_RETRY);
+        }
+    }
+}
+
 /// How soon a call the socket would not take (no connection to the broker) is tried again.
 const UNSENT_RETRY: Duration = Duration::from_millis(20);
 
@@ -61,6 +88,10 @@ pub(crate) struct Link {
     pub monitor: zmq::Socket,
     /// A fresh inproc endpoint the monitor is re-pointed at, with no events, on drop.
     pub monitor_off: String,
+    /// The broker has sent a BATCH on this connection, so it reads them: calls sent
+    /// together may go in one. Forgotten when the connection drops (the next broker on
+    /// the endpoint may be an older one, which would refuse a BATCH whole).
+    pub reads_batches: bool,
 }
 
 impl Drop for Link {
@@ -104,6 +135,8 @@ pub(crate) struct Connection {
     /// Reused per message: each request as it is sent, the frames of each reply.
     head: Vec<u8>,
     frames: Frames,
+    /// Reused per batch of calls sent together.
+    batch: tradeplex_proto::batch::BatchBuilder,
 }
 
 impl Connection {
@@ -125,6 +158,7 @@ impl Connection {
             max_body,
             head: Vec::with_capacity(128),
             frames: Frames::default(),
+            batch: Default::default(),
         }
     }
 
@@ -185,39 +219,99 @@ impl Connection {
         }
     }
 
-    /// Sends every queued call; false once every handle is gone.
+    /// Sends every queued call (those queued together in BATCHes, to a broker that reads
+    /// them); false once every handle is gone.
     fn take_calls(&mut self) -> bool {
-        loop {
+        let mut queued = Vec::new();
+        let open = loop {
             match self.calls.try_recv() {
-                Ok(call) => self.start(call),
-                Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return false,
+                Ok(call) => queued.push(call),
+                Err(TryRecvError::Empty) => break true,
+                Err(TryRecvError::Disconnected) => break false,
             }
-        }
+        };
+        self.start_many(queued);
+        open
     }
 
     /// Sends `call` (or schedules its first attempt) and keeps it until it is answered.
     pub fn start(&mut self, call: Call) {
-        let id = call.header.id;
-        let timeout_ms = call
-            .header
-            .deadline_ms
-            .saturating_sub(tradeplex_proto::now_unix_ms());
-        let mut p = Pending {
-            call,
-            next_send: None,
-            sent: false,
-            at: 0,
-            timeout_ms,
-        };
         self.failover.ensure_usable();
+        let mut p = Pending::new(call);
         self.try_send(&mut p, Instant::now());
+        self.keep(p);
+    }
+
+    /// [`Connection::start`] for several calls at once, in order: to a broker that reads
+    /// BATCH they leave in as few messages as the batch limits allow (each message is
+    /// taken by the socket whole or not at all, so a call is sent once or retried alone).
+    pub fn start_many(&mut self, calls: Vec<Call>) {
+        self.failover.ensure_usable();
+        let at = self.failover.current();
+        let batching = self.links.get(at).is_some_and(|l| l.reads_batches);
+        if calls.len() < 2 || !batching {
+            calls.into_iter().for_each(|c| self.start(c));
+            return;
+        }
+        let now = Instant::now();
+        let mut group = Vec::new();
+        for call in calls {
+            let p = Pending::new(call);
+            self.head.clear();
+            cp::PROTOCOL.encode_head_into(
+                &mut self.head,
+                cp::Command::Request as u8,
+                &p.call.header,
+            );
+            let size = 4 + self.head.len() + p.call.body.len();
+            let full = !self.batch.has_room()
+                || self.batch.body_len() + size > tradeplex_proto::batch::MAX_BATCH_BYTES;
+            if full && !group.is_empty() {
+                self.send_group(&mut group, at, now);
+            }
+            self.batch.push_encoded_parts(&self.head, &p.call.body);
+            group.push(p);
+        }
+        self.send_group(&mut group, at, now);
+    }
+
+    /// Sends the calls collected in `self.batch` (their [`Pending`]s in `group`) to link
+    /// `at` as one BATCH (one alone as itself), and keeps them.
+    fn send_group(&mut self, group: &mut Vec<Pending>, at: usize, now: Instant) {
+        if group.len() == 1 {
+            self.batch.clear();
+            group.drain(..).for_each(|mut p| {
+                self.try_send(&mut p, now);
+                self.keep(p);
+            });
+            return;
+        }
+        self.head.clear();
+        self.batch
+            .head_into(&cp::PROTOCOL, cp::Command::Batch as u8, &mut self.head);
+        self.head.extend_from_slice(self.batch.body());
+        self.batch.clear();
+        self.batch
+            .shrink_to(tradeplex_proto::batch::MAX_BATCH_BYTES);
+        let sent = self
+            .links
+            .get(at)
+            .is_some_and(|l| send_message(&l.dealer, &self.head, || group.len().to_string()));
+        for mut p in group.drain(..) {
+            p.mark(sent, at, now);
+            self.keep(p);
+        }
+    }
+
+    /// Keeps a call just sent (or not) until it is answered; a call that could not be
+    /// sent while every broker refuses connections ends at once with `fail_fast`.
+    fn keep(&mut self, p: Pending) {
         if !p.sent && self.fail_fast && self.failover.all_refused() {
             let _ = p.call.done.send(Err(ClientError::Refused));
             return;
         }
         self.note_due(&p);
-        self.pending.insert(id, p);
+        self.pending.insert(p.call.header.id, p);
     }
 
     /// Sends without blocking and schedules the next attempt.
@@ -228,13 +322,7 @@ impl Connection {
             .links
             .get(at)
             .is_some_and(|l| send_request(&l.dealer, &p.call, head));
-        if sent {
-            p.sent = true;
-            p.at = at;
-            p.next_send = p.call.retry_every.map(|d| now + d);
-        } else {
-            p.next_send = Some(now + UNSENT_RETRY);
-        }
+        p.mark(sent, at, now);
     }
 
     /// Follows link `i`'s connection state. A pair's link in use that drops settles what
@@ -245,6 +333,7 @@ impl Connection {
             return;
         };
         let mut lost = false;
+        let mut dropped = false;
         while let Ok(frames) = link.monitor.recv_multipart(zmq::DONTWAIT) {
             let event = frames
                 .first()
@@ -255,6 +344,7 @@ impl Connection {
                 Some(e) if e == zmq::SocketEvent::CONNECT_RETRIED.to_raw() => Health::Refused,
                 Some(e) if e == zmq::SocketEvent::CONNECTED.to_raw() => Health::Up,
                 Some(e) if e == zmq::SocketEvent::DISCONNECTED.to_raw() => {
+                    dropped = true;
                     // One endpoint: a drop changes nothing until a reconnect is refused
                     // (a restarting broker), as it always has.
                     if !self.failover.is_pair() {
@@ -265,6 +355,11 @@ impl Connection {
                 _ => continue,
             };
             lost |= self.failover.set_health(i, health);
+        }
+        if dropped {
+            if let Some(link) = self.links.get_mut(i) {
+                link.reads_batches = false;
+            }
         }
         // One endpoint: a refused reconnect (a broker exiting after its drain) leaves calls
         // in flight to their replies or deadlines, as it always has; only a pair moves on.
@@ -366,6 +461,9 @@ impl Connection {
 
     /// A BATCH of answers: each handled as if it had come alone.
     fn on_batch(&mut self, i: usize, h: tradeplex_proto::batch::BatchHeader, body: &[u8]) {
+        if let Some(link) = self.links.get_mut(i) {
+            link.reads_batches = true;
+        }
         for item in tradeplex_proto::batch::items(body, h.count) {
             let message = match item {
                 Ok(range) => body.get(range).unwrap_or(&[]),
@@ -566,11 +664,17 @@ fn items(l: &Link) -> [zmq::PollItem<'_>; 2] {
 /// the connection must never block.
 fn send_request(dealer: &zmq::Socket, call: &Call, buf: &mut Vec<u8>) -> bool {
     cp::encode_into(buf, cp::Command::Request, &call.header, &call.body);
-    match uninterrupted(|| dealer.send(&buf[..], zmq::DONTWAIT)) {
+    send_message(dealer, buf, || call.header.id.to_string())
+}
+
+/// Sends one encoded message without blocking; false when the socket would not take it
+/// (logged unless it would block; `what` names it in the log line).
+fn send_message(dealer: &zmq::Socket, message: &[u8], what: impl Fn() -> String) -> bool {
+    match uninterrupted(|| dealer.send(message, zmq::DONTWAIT)) {
         Ok(()) => true,
         Err(zmq::Error::EAGAIN) => false,
         Err(e) => {
-            tracing::warn!(error = %e, id = %call.header.id, "request not sent");
+            tracing::warn!(error = %e, request = what(), "request not sent");
             false
         }
     }

@@ -154,6 +154,20 @@ impl Driver {
         }
     }
 
+    /// [`Driver::send`] for several calls, in order: sent together (in BATCHes, to a
+    /// broker that reads them) from this thread, or queued together for whoever drives
+    /// (which sends what it finds queued together too).
+    pub fn send_many(&self, queue: &Sender<Call>, calls: Vec<Call>) -> Result<(), ClientError> {
+        match self.take(false) {
+            Some(mut conn) => {
+                conn.start_many(calls);
+                self.release(conn);
+                Ok(())
+            }
+            None => calls.into_iter().try_for_each(|c| self.enqueue(queue, c)),
+        }
+    }
+
     /// Sends `call` and waits for its answer (see [`Driver::wait`]).
     pub fn call(
         &self,

@@ -199,6 +199,13 @@ impl PendingCall {
     pub fn wait(self) -> Result<Reply, ClientError> {
         self.driver.wait(&self.rx)
     }
+
+    /// Whether the answer is already in, so [`PendingCall::wait`] returns at once. It
+    /// does not drive the connection: answers arrive while some thread drives it (a
+    /// `wait` reads every answer that came with the one it waited for, a BATCH's worth).
+    pub fn is_ready(&self) -> bool {
+        !self.rx.is_empty()
+    }
 }
 
 struct Inner {
@@ -308,6 +315,32 @@ impl Client {
             driver: self.inner.driver.clone(),
             id,
         })
+    }
+
+    /// Sends several calls at once, in order, without waiting — a basket of orders, a
+    /// burst of queries: to a broker that reads them they leave in as few BATCH messages
+    /// as the protocol's limits allow (256 calls, 64 KiB), one system call and, with
+    /// CURVE, one encryption per message instead of per call. Each call is answered,
+    /// timed out and (if idempotent) re-sent on its own, exactly as if sent by
+    /// [`Client::send`]. Every call is checked before any is sent: one that cannot be
+    /// built (bad service name, body over the limit) fails the whole basket, nothing sent.
+    pub fn send_many<'a>(
+        &self,
+        calls: impl IntoIterator<Item = (&'a str, Vec<u8>, CallOptions)>,
+    ) -> Result<Vec<PendingCall>, ClientError> {
+        let mut prepared = Vec::new();
+        let mut handles = Vec::new();
+        for (service, body, opts) in calls {
+            let (call, rx) = self.prepare(service, body, opts)?;
+            handles.push(PendingCall {
+                rx,
+                driver: self.inner.driver.clone(),
+                id: call.header.id,
+            });
+            prepared.push(call);
+        }
+        self.inner.driver.send_many(&self.inner.calls, prepared)?;
+        Ok(handles)
     }
 
     /// Checks and builds a call, with the channel its answer comes on.
@@ -479,5 +512,6 @@ fn open_link(
         dealer,
         monitor,
         monitor_off: format!("{monitor_ep}-off"),
+        reads_batches: false,
     })
 }

@@ -988,3 +988,46 @@ fn a_clients_batch_of_requests_is_served_request_by_request_and_what_cannot_be_r
     );
     assert!(broker_is_alive(&broker));
 }
+
+#[test]
+fn a_basket_sent_together_rides_one_batch_and_each_order_runs_once() {
+    let broker = Broker::start(&["--grace-ms", "10000"]);
+    let client = broker.client();
+    let basket = |from: u32, n: u32| -> Vec<(&str, Vec<u8>, CallOptions)> {
+        (from..from + n)
+            .map(|i| ("echo", body(json!({ "n": i })), CallOptions::command()))
+            .collect()
+    };
+    // Before this connection has seen a BATCH from the broker, a basket goes call by call.
+    let first = client.send_many(basket(0, 40)).unwrap();
+    wait_until(Duration::from_secs(10), "40 requests queued", || {
+        scrape(&broker.http).sum("tradeplex_queue_depth", &[]) == 40.0
+    });
+    let from = [("direction", "from_clients")];
+    assert_eq!(
+        scrape(&broker.http).sum("tradeplex_batches_total", &from),
+        0.0
+    );
+    let journal = temp_path("basket");
+    let _w = broker.worker(&["--journal", journal.to_str().unwrap()]);
+    for (i, p) in first.into_iter().enumerate() {
+        let reply: serde_json::Value = rmp_serde::from_slice(&p.wait().unwrap().body).unwrap();
+        assert_eq!(reply["n"], i as u64);
+    }
+    // The queued backlog's answers came back in BATCHes: now the basket rides one.
+    let to = [("direction", "to_clients")];
+    assert!(scrape(&broker.http).sum("tradeplex_batches_total", &to) >= 1.0);
+    let second = client.send_many(basket(40, 100)).unwrap();
+    for (i, p) in second.into_iter().enumerate() {
+        let reply: serde_json::Value = rmp_serde::from_slice(&p.wait().unwrap().body).unwrap();
+        assert_eq!(reply["n"], 40 + i as u64);
+    }
+    let page = scrape(&broker.http);
+    assert!(page.sum("tradeplex_batches_total", &from) >= 1.0);
+    assert_eq!(page.sum("tradeplex_batched_messages_total", &from), 100.0);
+    assert_eq!(page.sum("tradeplex_bad_frames_total", &[]), 0.0);
+    // Orders (not idempotent): each of the 140 executed exactly once.
+    let runs = journal_executions(&journal);
+    let jobs: HashSet<String> = runs.iter().map(|l| l["job"].to_string()).collect();
+    assert_eq!((runs.len(), jobs.len()), (140, 140));
+}
