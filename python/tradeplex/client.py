@@ -29,6 +29,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,6 +311,10 @@ class _Connection:
             self.watches = [ConnectionWatch(d) for d in dealers]
             self.watch = self.watches[0]
         self.max_body = max_body
+        #: Per DEALER: the broker there has sent a BATCH, so it reads them; calls queued
+        #: together then leave together (docs/protocol.md, BATCH). Forgotten when the
+        #: connection drops or a broker refuses a BATCH (an older one).
+        self.reads_batches = [False] * len(dealers)
         self.mu = threading.Lock()
         self.mode = _IDLE
         self.stopping = False
@@ -346,12 +351,12 @@ class _Connection:
 
     # --- submitting ---------------------------------------------------------------------
 
-    def enqueue(self, p: _Pending) -> bool:
-        """Queues `p` for the I/O thread; False if the client is closing."""
+    def enqueue(self, *ps: _Pending) -> bool:
+        """Queues `ps` for the I/O thread, together; False if the client is closing."""
         with self.mu:
             if self.stopping:
                 return False
-            self.calls.append(p)
+            self.calls.extend(ps)
             mode = self.mode
             signal = mode == _DIRECT and not self.direct_signalled
             if signal:
@@ -427,11 +432,7 @@ class _Connection:
                         frames = _recv_message(dealer)
                     except zmq.Again:
                         break
-                    try:
-                        answers, bad = parse_answers(frames)
-                    except ProtocolError as e:
-                        self._bad_frame(str(e))
-                        continue
+                    answers, bad = self._parse(frames, self.index)
                     if bad is not None:
                         self._bad_frame(str(bad))
                     mine = None
@@ -607,6 +608,8 @@ class _Connection:
         calls = self.calls
         if calls:
             now = time.monotonic()
+            if len(calls) > 1 and self.reads_batches[self.index]:
+                self._start_batched(now)
             while calls:
                 self._start(calls.popleft(), now)
         if dealer_ready:
@@ -614,9 +617,51 @@ class _Connection:
         self._fire_timers()
 
     def _start(self, p: _Pending, now: float) -> None:
+        self._keep(p)
+        self._send(p, now)
+
+    def _keep(self, p: _Pending) -> None:
         self.pending[p.id] = p
         self._push_timer((p.deadline + ANSWER_SLACK_S, p.id, _EXPIRE))
-        self._send(p, now)
+
+    def _start_batched(self, now: float) -> None:
+        """Starts every queued call, in order, in as few BATCHes as the limits allow (the
+        current broker reads them). A message is taken by the socket whole or not at
+        all, so each call is sent once, or retried alone by its timer."""
+        calls = self.calls
+        group: list[_Pending] = []
+        size = 0
+        while calls:
+            p = calls.popleft()
+            self._keep(p)
+            n = 4 + len(p.message)
+            if group and (len(group) == wire.MAX_BATCH or size + n > wire.MAX_BATCH_BYTES):
+                self._send_group(group, now)
+                group, size = [], 0
+            group.append(p)
+            size += n
+        if group:
+            self._send_group(group, now)
+
+    def _send_group(self, group: list[_Pending], now: float) -> None:
+        if len(group) == 1:
+            self._send(group[0], now)
+            return
+        message = wire.encode_batch(
+            wire.CLIENT_PROTOCOL, wire.ClientCommand.BATCH, [p.message for p in group]
+        )
+        try:
+            _send_request(self.dealer, message)
+        except zmq.ZMQError as e:
+            if not isinstance(e, zmq.Again):
+                log.warning("%d requests not sent: %s", len(group), e)
+            for p in group:
+                self._push_timer((now + UNSENT_RETRY_S, p.id, _SEND))
+            if isinstance(e, zmq.Again) and self.failover is not None:
+                self._check_connecting(now)
+            return
+        for p in group:
+            self._sent(p, now)
 
     def _push_timer(self, timer: tuple[float, int, int]) -> None:
         timers = self.timers
@@ -641,6 +686,10 @@ class _Connection:
             log.warning("request %d not sent: %s", p.id, e)
             self._push_timer((now + UNSENT_RETRY_S, p.id, _SEND))
             return
+        self._sent(p, now)
+
+    def _sent(self, p: _Pending, now: float) -> None:
+        """`p` reached the socket: note where, and when to send it again if idempotent."""
         if p.sent:
             self.resends += 1
         p.sent = True
@@ -682,15 +731,24 @@ class _Connection:
                 frames = _recv_message(dealer)
             except zmq.Again:
                 return
-            try:
-                answers, bad = parse_answers(frames)
-            except ProtocolError as e:
-                self._bad_frame(str(e))
-                continue
+            answers, bad = self._parse(frames, at)
             if bad is not None:
                 self._bad_frame(str(bad))
             for id, worker, body, err in answers:
                 self._on_answer(at, id, worker, body, err)
+
+    def _parse(
+        self, frames: list[bytes], at: int
+    ) -> tuple[list[tuple[int, str | None, bytes, CallError | None]], Exception | None]:
+        """`parse_answers`, noting that the broker at DEALER `at` sends (so reads) BATCH
+        and that a message which cannot be read at all is bad."""
+        try:
+            answers, bad = parse_answers(frames)
+        except ProtocolError as e:
+            return [], e
+        if frames[0][:_ID] == _BATCH_ID:
+            self.reads_batches[at] = True
+        return answers, bad
 
     def _on_answer(
         self, at: int, id: int, worker: str | None, body: bytes, err: CallError | None
@@ -766,6 +824,7 @@ class _Connection:
             if w.dropped:
                 w.dropped = False
                 w.down_since = now
+                self.reads_batches[i] = False
                 self._gone(i, now, "connection dropped")
 
     def _check_connecting(self, now: float) -> None:
@@ -826,6 +885,10 @@ class _Connection:
         requests with ``unsupported_version`` and request id 0 (it cannot read the id
         from a version-03 message), so no call gets that error: say so in the log."""
         self.late_answers += 1
+        if err is not None and err.message.startswith("clients may only send REQUEST"):
+            # A broker older than the client's BATCH (restarted in place): none of the
+            # batch's requests were served; send one at a time from now on.
+            self.reads_batches = [False] * len(self.dealers)
         if err is not None and err.code == "unsupported_version":
             self.refused_versions += 1
             n = self.refused_versions
@@ -975,6 +1038,39 @@ class Client(TradingMixin):
         The future's callbacks run on the client's I/O thread: keep them short.
         """
         return self._submit(service, body, idempotent, timeout_ms, target, affinity, raw, False)
+
+    def call_many_async(
+        self,
+        service: str,
+        bodies: Iterable[Any],
+        *,
+        idempotent: bool = False,
+        timeout_ms: int | None = None,
+        target: str | None = None,
+        affinity: str | None = None,
+        raw: bool = False,
+    ) -> list[Future[Any]]:
+        """A basket: one call to `service` per body, sent at once, a future each.
+
+        To a broker that reads them (it has sent this client a BATCH) the calls leave in
+        as few BATCH messages as the protocol allows (256 calls, 64 KiB); each is still
+        answered, timed out and (if idempotent) re-sent on its own, and an order in a
+        basket is executed once like any other. Every call is checked before any is
+        sent: a basket that cannot be built raises (`ValueError` for a bad service name,
+        `CallError` ``too_large`` for a body over the limit) and nothing is sent.
+        """
+        ps: list[_Pending] = []
+        futures: list[Future[Any]] = []
+        for body in bodies:
+            p = self._prepare(service, body, idempotent, timeout_ms, target, affinity, raw, False)
+            future: Future[Any] = Future()
+            p.future = future
+            ps.append(p)
+            futures.append(future)
+        if ps and not self._conn.enqueue(*ps):
+            for future in futures:
+                _settle(future, error=CallError(CLOSED, "client closed"))
+        return futures
 
     async def acall(
         self,

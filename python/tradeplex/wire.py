@@ -79,6 +79,20 @@ class WorkerCommand(IntEnum):
 
 #: Most messages in one BATCH.
 MAX_BATCH = 256
+#: Most bytes in a BATCH's body that a sender puts in one (any peer accepts that much).
+MAX_BATCH_BYTES = 64 * 1024
+
+
+def encode_batch(protocol: bytes, command: int, messages: list[bytes]) -> bytes:
+    """One BATCH carrying `messages` (2 to `MAX_BATCH` whole encoded messages, each
+    prefixed with its u32 big-endian length)."""
+    if not 2 <= len(messages) <= MAX_BATCH:
+        raise ValueError(f"a BATCH carries 2-{MAX_BATCH} messages, not {len(messages)}")
+    parts = [head(protocol, command, pack({"count": len(messages)}))]
+    for m in messages:
+        parts.append(len(m).to_bytes(4, "big"))
+        parts.append(m)
+    return b"".join(parts)
 
 
 def batch_messages(header: dict[str, Any], body: bytes) -> tuple[list[bytes], str | None]:
