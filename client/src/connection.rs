@@ -512,6 +512,18 @@ impl Connection {
                 // refusal names id 0 and no call: the calls time out; say why here.
                 tracing::error!(message = %h.message, "broker refused this client's protocol version");
             }
+            cp::Message::Error(h)
+                if h.id == RequestId(0)
+                    && h.message.starts_with("clients may only send REQUEST") =>
+            {
+                // A broker older than the client's BATCH (restarted in place on the
+                // endpoint) refused one whole: none of its calls were served, they time
+                // out; send one at a time from now on.
+                tracing::error!(message = %h.message, "broker refused a BATCH of requests");
+                if let Some(link) = self.links.get_mut(i) {
+                    link.reads_batches = false;
+                }
+            }
             cp::Message::Error(h) => {
                 let err = ClientError::Remote {
                     code: ErrorCode::from_u16(h.code),
