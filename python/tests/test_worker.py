@@ -152,3 +152,58 @@ def test_reregisters_after_a_broker_restart(cluster: Cluster) -> None:
     cluster.wait_registered(b2, w.id)
     with b2.client() as c:
         assert c.call("svc", 5) == 5
+
+
+def test_reads_the_brokers_batches_and_answers_each_request(cluster: Cluster) -> None:
+    b = cluster.broker(None, "--grace-ms", "10000", http=True)
+    client = b.client()
+    try:
+        # Queued before the worker registers: READY releases them in one round, which
+        # reaches a worker that declared BATCH in one message.
+        futs = [client.call_async("py.upper", {"n": i, "s": f"x{i}"}) for i in range(30)]
+        wait_for(lambda: b.metric("tradeplex_queue_depth") == 30, what="30 queued")
+        w = tradeplex.Worker(b.backend, b.xsub, services={"py.upper": upper}, capacity=32)
+        w.start()
+        cluster.closers.append(w.stop)
+        got = [f.result(10) for f in futs]
+        assert got == [{"n": i, "s": f"X{i}", "deadline": True} for i in range(30)]
+        assert b.metric('tradeplex_batches_total{direction="to_workers"}') >= 1
+        assert w.bad_frames == 0 and b.metric("tradeplex_bad_frames_total") == 0
+    finally:
+        client.close()
+
+
+def test_results_ready_together_leave_in_one_batch_once_the_broker_sent_one() -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    w = tradeplex.Worker(f"tcp://127.0.0.1:{port}", "tcp://127.0.0.1:1", services={})
+    try:
+        replies = [
+            tradeplex.wire.encode_worker(tradeplex.wire.WorkerCommand.REPLY, {"job": j}, b"r")
+            for j in range(3)
+        ]
+        # No BATCH from the broker yet: one message per result.
+        w._results.extend(replies[:2])
+        w._forward_results(dealer)
+        assert [router.recv_multipart()[1] for _ in range(2)] == [r[0] for r in replies[:2]]
+        w._broker_batches = True
+        w._results.extend(replies)
+        w._forward_results(dealer)
+        _, frame = router.recv_multipart()
+        cmd, header, body = tradeplex.wire.split_message(frame, tradeplex.wire.WORKER_PROTOCOL)
+        assert cmd == tradeplex.wire.WorkerCommand.BATCH
+        messages, broken = tradeplex.wire.batch_messages(tradeplex.wire.decode_header(header), body)
+        assert broken is None and messages == [r[0] for r in replies]
+        # Nothing else was sent before the next message.
+        w._send(dealer, [b"next"])
+        assert router.recv_multipart()[1] == b"next"
+    finally:
+        w.stop()
+        dealer.close(0)
+        router.close(0)
+        ctx.term()

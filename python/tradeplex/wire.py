@@ -72,8 +72,8 @@ class WorkerCommand(IntEnum):
     ERROR = 0x04
     HEARTBEAT = 0x05
     DISCONNECT = 0x06
-    #: Several whole messages in one (docs/protocol.md, BATCH); this package's worker
-    #: does not declare it, so the broker never sends it one.
+    #: Several whole messages in one (docs/protocol.md, BATCH): this package's worker
+    #: declares it in READY, reads the broker's and answers in them once it has one.
     BATCH = 0x07
 
 

@@ -47,6 +47,8 @@ Handler = Callable[[Any], Any]
 
 _MAX_POLL_MS = 50
 _PUBLISH_QUEUE = 65_536
+#: How a BATCH from the broker starts (docs/protocol.md, BATCH).
+_BATCH_ID = wire.WORKER_PROTOCOL + bytes([WorkerCommand.BATCH])
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,9 @@ class Worker:
         self._ctx = zmq.Context()
         self._wakeup = Wakeup()
         self._results: collections.deque[list[bytes]] = collections.deque()
+        #: The broker has sent a BATCH on this connection (so it reads them): results
+        #: ready together leave together. Reset at each connection.
+        self._broker_batches = False
         self._pool = ThreadPoolExecutor(capacity, thread_name_prefix="tpx-handler")
         self._in_flight = 0
         self._stop = threading.Event()
@@ -347,6 +352,8 @@ class Worker:
             "services": services,
             "capacity": capacity,
             "session": self._connections,
+            # This worker reads BATCH: a round's requests may come in one message.
+            "batch": True,
         }
         self._send(dealer, wire.encode_worker(WorkerCommand.READY, header))
         self.ready_sent += 1
@@ -363,6 +370,7 @@ class Worker:
         self._event_target = self.event_endpoints[index % len(self.event_endpoints)]
         dealer.connect(self.endpoints[index])
         self._connections += 1
+        self._broker_batches = False
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(self._wakeup, zmq.POLLIN)
@@ -421,8 +429,32 @@ class Worker:
             dealer.close()
 
     def _forward_results(self, dealer: zmq.Socket[bytes]) -> None:
-        while self._results:
-            self._send(dealer, self._results.popleft())
+        results = self._results
+        if len(results) < 2 or not self._broker_batches:
+            while results:
+                self._send(dealer, results.popleft())
+            return
+        # Several ready: in BATCHes within the protocol's limits (docs/protocol.md).
+        group: list[bytes] = []
+        size = 0
+        while results:
+            (message,) = results.popleft()  # one frame per worker-protocol message
+            if group and (
+                len(group) == wire.MAX_BATCH or size + 4 + len(message) > wire.MAX_BATCH_BYTES
+            ):
+                self._send_group(dealer, group)
+                group, size = [], 0
+            group.append(message)
+            size += 4 + len(message)
+        self._send_group(dealer, group)
+
+    def _send_group(self, dealer: zmq.Socket[bytes], group: list[bytes]) -> None:
+        if len(group) == 1:
+            self._send(dealer, group)
+        else:
+            self._send(
+                dealer, [wire.encode_batch(wire.WORKER_PROTOCOL, WorkerCommand.BATCH, group)]
+            )
 
     def _read_broker(self, dealer: zmq.Socket[bytes], offered: list[str], draining: bool) -> bool:
         heard = False
@@ -432,42 +464,75 @@ class Worker:
             except zmq.Again:
                 return heard
             heard = True
-            try:
-                msg = wire.decode_worker_message(frames)
-            except ProtocolError as e:
-                self.bad_frames += 1
-                if self.bad_frames <= 10 or self.bad_frames % 1000 == 0:
-                    log.warning("bad message from broker (%d so far): %s", self.bad_frames, e)
-                continue
-            if msg.command == WorkerCommand.HEARTBEAT:
-                if not draining:
-                    self._registered.set()  # the broker heartbeats only workers it knows
-                    if self._failover is not None:
-                        self._failover.on_served()
-                        self._failover.on_connected(self._failover.index)
-            elif (
-                msg.command == WorkerCommand.DISCONNECT
-                and self._failover is not None
-                and is_passive_disconnect(msg.reason)
-            ):
-                self._registered.clear()
-                if not draining:
-                    self._on_passive(msg.reason)
-                    if self._move is not None:
-                        return heard
-            elif msg.command == WorkerCommand.DISCONNECT and wire.is_refusal(msg.reason):
-                # One of our messages was refused; sending READY again would not fix it.
-                log.error("broker refused a message from this worker: %s", msg.reason)
-            elif msg.command == WorkerCommand.DISCONNECT:
-                # "I do not know you" (it restarted) or "I am shutting down": register again.
-                log.info("broker asked us to register again: %s", msg.reason)
-                self._registered.clear()
-                if not draining:
-                    self._ready(dealer, offered, self.capacity)
-            elif msg.request is not None:
-                if not draining:
-                    self._registered.set()
-                self._on_request(dealer, msg.request, draining)
+            if len(frames) == 1 and frames[0][: len(_BATCH_ID)] == _BATCH_ID:
+                self._broker_batches = True
+                messages = self._open_batch(frames[0])
+            else:
+                messages = [frames]
+            for m in messages:
+                try:
+                    msg = wire.decode_worker_message(m)
+                except ProtocolError as e:
+                    self._bad_frame(e)
+                    continue
+                self._on_message(dealer, msg, offered, draining)
+                if self._move is not None:
+                    return heard
+
+    def _open_batch(self, frame: bytes) -> list[list[bytes]]:
+        """The messages of a broker's BATCH, each read as if it had come alone; a break
+        in its layout is a bad frame (the messages before it still count)."""
+        try:
+            _, header, body = wire.split_message(frame, wire.WORKER_PROTOCOL)
+            messages, broken = wire.batch_messages(wire.decode_header(header), body)
+        except ProtocolError as e:
+            self._bad_frame(e)
+            return []
+        if broken is not None:
+            self._bad_frame(ProtocolError(broken))
+        nested = [m for m in messages if m[: len(_BATCH_ID)] == _BATCH_ID]
+        if nested:
+            self._bad_frame(ProtocolError("a batch inside a batch"))
+        return [[m] for m in messages if m[: len(_BATCH_ID)] != _BATCH_ID]
+
+    def _bad_frame(self, e: ProtocolError) -> None:
+        self.bad_frames += 1
+        if self.bad_frames <= 10 or self.bad_frames % 1000 == 0:
+            log.warning("bad message from broker (%d so far): %s", self.bad_frames, e)
+
+    def _on_message(
+        self, dealer: zmq.Socket[bytes], msg: wire.WorkerMessage, offered: list[str], draining: bool
+    ) -> None:
+        """One message from the broker (alone, or out of a BATCH)."""
+        if msg.command == WorkerCommand.HEARTBEAT:
+            if not draining:
+                self._registered.set()  # the broker heartbeats only workers it knows
+                if self._failover is not None:
+                    self._failover.on_served()
+                    self._failover.on_connected(self._failover.index)
+        elif (
+            msg.command == WorkerCommand.DISCONNECT
+            and self._failover is not None
+            and is_passive_disconnect(msg.reason)
+        ):
+            self._registered.clear()
+            if not draining:
+                self._on_passive(msg.reason)
+                if self._move is not None:
+                    return
+        elif msg.command == WorkerCommand.DISCONNECT and wire.is_refusal(msg.reason):
+            # One of our messages was refused; sending READY again would not fix it.
+            log.error("broker refused a message from this worker: %s", msg.reason)
+        elif msg.command == WorkerCommand.DISCONNECT:
+            # "I do not know you" (it restarted) or "I am shutting down": register again.
+            log.info("broker asked us to register again: %s", msg.reason)
+            self._registered.clear()
+            if not draining:
+                self._ready(dealer, offered, self.capacity)
+        elif msg.request is not None:
+            if not draining:
+                self._registered.set()
+            self._on_request(dealer, msg.request, draining)
 
     def _on_passive(self, reason: str) -> None:
         """Our READY was refused by a passive broker: move to the other one, or (if that
