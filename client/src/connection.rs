@@ -257,22 +257,26 @@ impl Connection {
         let mut group = Vec::new();
         for call in calls {
             let p = Pending::new(call);
-            self.head.clear();
-            cp::PROTOCOL.encode_head_into(
-                &mut self.head,
-                cp::Command::Request as u8,
-                &p.call.header,
-            );
+            self.encode_head(&p);
             let size = 4 + self.head.len() + p.call.body.len();
             let full = !self.batch.has_room()
                 || self.batch.body_len() + size > tradeplex_proto::batch::MAX_BATCH_BYTES;
             if full && !group.is_empty() {
                 self.send_group(&mut group, at, now);
+                // Sending used `self.head`: this call's head again.
+                self.encode_head(&p);
             }
             self.batch.push_encoded_parts(&self.head, &p.call.body);
             group.push(p);
         }
         self.send_group(&mut group, at, now);
+    }
+
+    /// `p`'s REQUEST head (protocol id, command, header) into `self.head`.
+    fn encode_head(&mut self, p: &Pending) {
+        self.head.clear();
+        let request = cp::Command::Request as u8;
+        cp::PROTOCOL.encode_head_into(&mut self.head, request, &p.call.header);
     }
 
     /// Sends the calls collected in `self.batch` (their [`Pending`]s in `group`) to link

@@ -245,7 +245,7 @@ def test_a_pipelines_answers_may_come_in_one_batch_and_each_settles_its_call(
         client.close()
 
 
-def test_a_basket_rides_one_batch_once_the_broker_has_sent_one_and_each_order_runs_once(
+def test_a_basket_rides_batches_once_the_broker_has_sent_one_and_each_order_runs_once(
     cluster: Cluster,
 ) -> None:
     broker = cluster.broker(None, "--grace-ms", "10000", http=True)
@@ -259,26 +259,26 @@ def test_a_basket_rides_one_batch_once_the_broker_has_sent_one_and_each_order_ru
         w = cluster.worker(broker, capacity=64, journal=True)
         assert [f.result(10) for f in first] == [{"n": i} for i in range(40)]
         assert broker.metric('tradeplex_batches_total{direction="to_clients"}') >= 1
-        # Now it has: the next basket leaves in one message.
-        second = client.call_many_async("echo", [{"n": i} for i in range(40, 140)])
-        assert [f.result(10) for f in second] == [{"n": i} for i in range(40, 140)]
-        assert broker.metric('tradeplex_batches_total{direction="from_clients"}') >= 1
-        assert broker.metric(sent) == 100
+        # Now it has: the next basket leaves in BATCHes (300 calls: at least two).
+        second = client.call_many_async("echo", [{"n": i} for i in range(40, 340)])
+        assert [f.result(10) for f in second] == [{"n": i} for i in range(40, 340)]
+        assert broker.metric('tradeplex_batches_total{direction="from_clients"}') >= 2
+        assert broker.metric(sent) == 300
         assert broker.metric("tradeplex_bad_frames_total") == 0
-        # Orders (not idempotent): each of the 140 executed exactly once.
+        # Orders (not idempotent): each of the 340 executed exactly once.
         assert w.journal is not None
         starts = [
             json.loads(line)
             for line in w.journal.read_text().splitlines()
             if json.loads(line)["event"] == "start"
         ]
-        assert len(starts) == 140 and len({s["job"] for s in starts}) == 140
+        assert len(starts) == 340 and len({s["job"] for s in starts}) == 340
         # A basket that cannot be built is refused whole, nothing sent.
         with pytest.raises(ValueError):
             client.call_many_async("bad service!", [{}, {}])
         with pytest.raises(tradeplex.CallError) as e:
             client.call_many_async("echo", [b"x", b"y" * (2 << 20)], raw=True)
         assert e.value.code == "too_large"
-        assert broker.metric(sent) == 100
+        assert broker.metric(sent) == 300
     finally:
         client.close()

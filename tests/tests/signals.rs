@@ -13,7 +13,10 @@ const SIGNALS: usize = 150;
 
 #[test]
 fn sighups_during_pipelined_traffic_cost_no_call_and_the_broker_stays_up() {
-    let mut broker = Broker::start(&[]);
+    // A config file to reload (empty: every default), so each SIGHUP does a real reload.
+    let config = temp_path("signals-config.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut broker = Broker::start(&["--config", config.to_str().unwrap()]);
     let _w = broker.worker(&["--capacity", "64"]);
     let client = broker.client();
     broker.wait_for_workers(&client, "echo", 1);
@@ -52,6 +55,12 @@ fn sighups_during_pipelined_traffic_cost_no_call_and_the_broker_stays_up() {
     });
     assert_eq!(answered, 40 * 250);
     assert!(broker.proc.signal("0"), "the broker survived the SIGHUPs");
+    let reloads =
+        |result| scrape(&broker.http).sum("tradeplex_config_reloads_total", &[("result", result)]);
+    wait_until(Duration::from_secs(5), "the reloads", || {
+        reloads("ok") >= 1.0
+    });
+    assert_eq!(reloads("error"), 0.0);
     assert_eq!(
         broker.proc.terminate(Duration::from_secs(10)),
         Some(0),
