@@ -631,6 +631,31 @@ impl Loop {
         Some((identity.to_vec(), decoded))
     }
 
+    /// The messages of a BATCH read from either socket, as byte ranges of `frame` (its
+    /// body starts at `body_start`): each `Ok` until a break in the layout (one `Err`).
+    /// Counted once per batch in `direction` (no label lookup per message): the messages
+    /// it carries, the break not among them.
+    fn open_batch(
+        &self,
+        direction: &str,
+        frame: &Body,
+        body_start: usize,
+        h: &tradeplex_proto::batch::BatchHeader,
+    ) -> Vec<Result<std::ops::Range<usize>, ProtoError>> {
+        let body = frame.get(body_start..).unwrap_or(&[]);
+        let items: Vec<_> = tradeplex_proto::batch::items(body, h.count)
+            .map(|r| r.map(|r| body_start + r.start..body_start + r.end))
+            .collect();
+        let carried = items.iter().filter(|i| i.is_ok()).count() as u64;
+        self.metrics.batches.with_label_values(&[direction]).inc();
+        let counter = self
+            .metrics
+            .batched_messages
+            .with_label_values(&[direction]);
+        counter.inc_by(carried);
+        items
+    }
+
     /// The older version's layout the message read is in, if any: its frame after the
     /// routing id is exactly version 01's id, or starts with version 02's.
     fn old_layout(&self, v1: &[u8], v2: &[u8]) -> Option<OldLayout> {

@@ -89,17 +89,9 @@ impl Loop {
         mut frame: Body,
         body_start: usize,
     ) {
-        let items: Vec<_> =
-            tradeplex_proto::batch::items(frame.get(body_start..).unwrap_or(&[]), h.count)
-                .collect();
-        let from = ["from_clients"];
-        let carried = items.iter().filter(|i| i.is_ok()).count() as u64;
-        self.metrics.batches.with_label_values(&from).inc();
-        let counter = self.metrics.batched_messages.with_label_values(&from);
-        counter.inc_by(carried);
-        for item in items {
+        for item in self.open_batch("from_clients", &frame, body_start, &h) {
             let range = match item {
-                Ok(r) => body_start + r.start..body_start + r.end,
+                Ok(r) => r,
                 Err(e) => {
                     self.refuse_client(identity.clone(), RequestId(0), &e);
                     continue;
