@@ -138,3 +138,29 @@ def test_vnpy_exchanges_price_limits_and_the_one_object_queries(shared: Shared) 
     trades = [t for t in c.query_trades("SIM") if t.order_id == up.order_id]
     assert trades and all(isinstance(t, tradeplex.Trade) and t.exchange == "CFFEX" for t in trades)
     assert sum(t.volume for t in trades) == 1
+
+
+def test_a_basket_of_orders_gives_each_its_own_answer(shared: Shared) -> None:
+    c = shared.client
+    c.subscribe("SIM", "rb2501")
+    tick = c.query_tick("SIM", "rb2501")
+    resting = [
+        tradeplex.OrderRequest(
+            symbol="rb2501", direction=Direction.LONG, volume=1 + i, price=tick.limit_down
+        )
+        for i in range(4)
+    ]
+    unknown = tradeplex.OrderRequest(symbol="NOPE", direction=Direction.LONG, volume=1, price=1)
+    futures = c.send_orders_async("SIM", [*resting, unknown])
+    orders = [f.result(10) for f in futures]
+    assert [o.volume for o in orders[:4]] == [1, 2, 3, 4]
+    assert all(o.status in (Status.SUBMITTING, Status.NOT_TRADED) for o in orders[:4])
+    assert orders[4].status == Status.REJECTED and orders[4].reason
+    ids = {o.order_id for o in orders[:4]}
+    assert len(ids) == 4 and ids <= {o.order_id for o in c.query_orders("SIM")}
+    # Each request got its reference, and each is found by it.
+    for req in resting:
+        found = c.find_order("SIM", req.reference)
+        assert found is not None and found.order_id in ids
+    for order_id in ids:
+        assert c.cancel_order(order_id).status == Status.CANCELLED

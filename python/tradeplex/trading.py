@@ -8,7 +8,10 @@ id, market-data subscriptions keep one worker per symbol (``md.<symbol>``).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterable
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from .errors import CallError, OrderOutcomeUnknown, ProtocolError
@@ -41,6 +44,34 @@ def _typed(result: Any, convert: Any) -> Any:
         raise CallError("bad_reply", str(e)) from None
 
 
+def _order_future(call: Future[Any], gateway: str, req: OrderRequest) -> Future[Order]:
+    """The order `call` places, typed as `send_order` types it."""
+    order: Future[Order] = Future()
+
+    def done(f: Future[Any]) -> None:
+        error: BaseException | None = None
+        try:
+            result = _typed(f.result(), Order.from_wire)
+        except CallError as e:
+            outcome_unknown = e.outcome_unknown
+            error = (
+                OrderOutcomeUnknown(e, gateway, req.account, req.reference)
+                if outcome_unknown
+                else e
+            )
+        except BaseException as e:  # closed, cancelled: never leave the order pending
+            error = e
+        # The caller may have cancelled `order`: that must not break the I/O thread.
+        with contextlib.suppress(InvalidStateError):
+            if error is None:
+                order.set_result(result)
+            else:
+                order.set_exception(error)
+
+    call.add_done_callback(done)
+    return order
+
+
 class TradingMixin:
     """The trading ops of docs/protocol.md; needs a `call` method (see `Client`)."""
 
@@ -55,6 +86,19 @@ class TradingMixin:
         affinity: str | None = None,
         raw: bool = False,
     ) -> Any:
+        raise NotImplementedError
+
+    def call_many_async(
+        self,
+        service: str,
+        bodies: Iterable[Any],
+        *,
+        idempotent: bool = False,
+        timeout_ms: int | None = None,
+        target: str | None = None,
+        affinity: str | None = None,
+        raw: bool = False,
+    ) -> list[Future[Any]]:
         raise NotImplementedError
 
     def subscribe(self, gateway: str, symbol: str, exchange: str = "") -> Contract:
@@ -107,6 +151,34 @@ class TradingMixin:
                 raise OrderOutcomeUnknown(e, gateway, req.account, req.reference) from e
             raise
         return _typed(r, Order.from_wire)  # type: ignore[no-any-return]
+
+    def send_orders_async(
+        self, gateway: str, reqs: Iterable[OrderRequest], *, timeout_ms: int | None = None
+    ) -> list[Future[Order]]:
+        """A basket of orders sent at once: a future per request, in order, each giving
+        the order's first state or raising as `send_order` would (`OrderOutcomeUnknown`
+        with the request's reference, filled in here when empty, or `CallError`).
+
+        Each account's orders leave together, in as few BATCH messages as the protocol
+        allows (`Client.call_many_async`), with that account's affinity; each order is
+        still answered, refused by risk or timed out on its own, and never re-sent.
+        Callbacks on the futures run on the client's I/O thread: keep them short.
+        """
+        reqs = list(reqs)
+        by_account: dict[str, list[int]] = {}
+        for i, req in enumerate(reqs):
+            if not req.reference:
+                req.reference = f"tpx-{uuid.uuid4().hex[:20]}"
+            by_account.setdefault(req.account, []).append(i)
+        out: dict[int, Future[Order]] = {}
+        for account, indices in by_account.items():
+            bodies = [{"op": "send_order", **reqs[i].to_wire()} for i in indices]
+            calls = self.call_many_async(
+                gateway, bodies, affinity=account_key(account), timeout_ms=timeout_ms
+            )
+            for i, call in zip(indices, calls, strict=True):
+                out[i] = _order_future(call, gateway, reqs[i])
+        return [out[i] for i in range(len(reqs))]
 
     def cancel_order(self, order_id: str, *, symbol: str = "", exchange: str = "") -> Order:
         """Cancels an order at the worker that placed it (never re-sent)."""
