@@ -58,6 +58,33 @@ impl Client {
         )
     }
 
+    /// A basket of orders sent at once ([`Client::send_many`]: in as few BATCH messages
+    /// as the protocol allows, each with its account's affinity), then each answer waited
+    /// for: one result per request, in order, each as [`Client::send_order`] would give
+    /// it (an order is never re-sent; a `timeout` or `worker_lost` is settled by a query).
+    /// The outer error: the basket could not be built or sent, and nothing was.
+    pub fn send_orders(
+        &self,
+        gateway: &str,
+        reqs: Vec<OrderRequest>,
+    ) -> Result<Vec<Result<Order, ClientError>>, ClientError> {
+        let mut calls = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let opts = CallOptions::default().affinity(account_key(&req.account));
+            let body = rmp_serde::to_vec_named(&GatewayRequest::SendOrder(req))
+                .map_err(|e| ClientError::Encode(e.to_string()))?;
+            calls.push((gateway, body, opts));
+        }
+        let pending = self.send_many(calls)?;
+        Ok(pending
+            .into_iter()
+            .map(|p| {
+                let reply = p.wait()?;
+                rmp_serde::from_slice(&reply.body).map_err(|e| ClientError::Decode(e.to_string()))
+            })
+            .collect())
+    }
+
     /// Cancels an order at the worker that placed it.
     pub fn cancel_order(&self, order_id: &OrderId) -> Result<Order, ClientError> {
         let (gateway, opts) = target_of(order_id)?;

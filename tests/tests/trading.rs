@@ -368,3 +368,25 @@ fn cli_order_reference_matches_its_journal_start_and_outcome_lines() {
     assert_eq!(done["status"], "not_traded");
     assert_eq!(done["id"], start["id"]);
 }
+
+#[test]
+fn a_basket_of_orders_gets_each_its_own_answer_in_order() {
+    let (_broker, _w, client) = sim_cluster(1, 500);
+    let basket = vec![
+        order("NOPE", Direction::Long, OrderType::Limit, 1.0, 10.0),
+        order("IF2412", Direction::Long, OrderType::Limit, 1.0, 3900.0),
+        order("IF2412", Direction::Long, OrderType::Limit, 0.0, 3900.0),
+        order("IF2412", Direction::Long, OrderType::Market, 10.0, 0.0),
+    ];
+    let answers = client.send_orders("SIM", basket).unwrap();
+    assert_eq!(answers.len(), 4);
+    let orders: Vec<_> = answers.into_iter().map(|a| a.unwrap()).collect();
+    let reason = |o: &tradeplex_proto::model::Order| o.reason.clone().unwrap_or_default();
+    assert!(reason(&orders[0]).starts_with("unknown symbol"));
+    assert_ne!(orders[1].status, Status::Rejected, "{:?}", orders[1]);
+    assert_eq!(orders[1].volume, 1.0);
+    assert!(reason(&orders[2]).starts_with("bad volume"));
+    assert!(reason(&orders[3]).starts_with("insufficient funds"));
+    let ids: HashSet<_> = orders.iter().map(|o| o.order_id.to_string()).collect();
+    assert_eq!(ids.len(), 4, "each order its own id");
+}
