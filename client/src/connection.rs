@@ -283,7 +283,7 @@ impl Connection {
     /// `at` as one BATCH (one alone as itself), and keeps them.
     fn send_group(&mut self, group: &mut Vec<Pending>, at: usize, now: Instant) {
         if group.len() == 1 {
-            self.batch.clear();
+            self.reset_batch();
             group.drain(..).for_each(|mut p| {
                 self.try_send(&mut p, now);
                 self.keep(p);
@@ -294,9 +294,7 @@ impl Connection {
         self.batch
             .head_into(&cp::PROTOCOL, cp::Command::Batch as u8, &mut self.head);
         self.head.extend_from_slice(self.batch.body());
-        self.batch.clear();
-        self.batch
-            .shrink_to(tradeplex_proto::batch::MAX_BATCH_BYTES);
+        self.reset_batch();
         let sent = self
             .links
             .get(at)
@@ -305,6 +303,14 @@ impl Connection {
             p.mark(sent, at, now);
             self.keep(p);
         }
+    }
+
+    /// Empties the batch buffer, keeping at most a batch's worth of memory (whatever was
+    /// collected: one large call alone, say).
+    fn reset_batch(&mut self) {
+        self.batch.clear();
+        self.batch
+            .shrink_to(tradeplex_proto::batch::MAX_BATCH_BYTES);
     }
 
     /// Keeps a call just sent (or not) until it is answered; a call that could not be

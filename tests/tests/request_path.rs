@@ -1023,12 +1023,29 @@ fn a_basket_sent_together_rides_batches_and_each_order_runs_once() {
         let reply: serde_json::Value = rmp_serde::from_slice(&p.wait().unwrap().body).unwrap();
         assert_eq!(reply["n"], 40 + i as u64);
     }
+    // A call over a BATCH's 64 KiB goes alone, the calls beside it too (no batch left
+    // with two in it), each answered.
+    let big = "x".repeat(100 * 1024);
+    let mixed = vec![
+        ("echo", body(json!({ "n": "a" })), CallOptions::command()),
+        ("echo", body(json!({ "n": big })), CallOptions::command()),
+        ("echo", body(json!({ "n": "b" })), CallOptions::command()),
+    ];
+    let answers: Vec<serde_json::Value> = client
+        .send_many(mixed)
+        .unwrap()
+        .into_iter()
+        .map(|p| rmp_serde::from_slice(&p.wait().unwrap().body).unwrap())
+        .collect();
+    assert_eq!(answers[0]["n"], "a");
+    assert_eq!(answers[1]["n"].as_str().map(str::len), Some(100 * 1024));
+    assert_eq!(answers[2]["n"], "b");
     let page = scrape(&broker.http);
     assert!(page.sum("tradeplex_batches_total", &from) >= 3.0);
     assert_eq!(page.sum("tradeplex_batched_messages_total", &from), 600.0);
     assert_eq!(page.sum("tradeplex_bad_frames_total", &[]), 0.0);
-    // Orders (not idempotent): each of the 640 executed exactly once.
+    // Orders (not idempotent): each of the 643 executed exactly once.
     let runs = journal_executions(&journal);
     let jobs: HashSet<String> = runs.iter().map(|l| l["job"].to_string()).collect();
-    assert_eq!((runs.len(), jobs.len()), (640, 640));
+    assert_eq!((runs.len(), jobs.len()), (643, 643));
 }
