@@ -452,3 +452,14 @@ def test_answer_fast_path_agrees_with_the_decoder() -> None:
     ):
         with pytest.raises(ProtocolError):
             parse_answer(bad)
+
+
+def test_batch_groups_keep_order_and_the_limits() -> None:
+    sizes = [len(g) for g in wire.batch_groups([b"x"] * 600, len)]
+    assert sizes == [256, 256, 88]
+    big = b"y" * (wire.MAX_BATCH_BYTES + 1)
+    groups = list(wire.batch_groups([b"a", big, b"b", b"c"], len))
+    assert groups == [[b"a"], [big], [b"b", b"c"]]
+    # 4 bytes of length prefix count: 16 items of 4,092 bytes fill 64 KiB exactly.
+    exact = [b"z" * 4092] * 17
+    assert [len(g) for g in wire.batch_groups(exact, len)] == [16, 1]

@@ -610,8 +610,9 @@ class _Connection:
             now = time.monotonic()
             if len(calls) > 1 and self.reads_batches[self.index]:
                 self._start_batched(now)
-            while calls:
-                self._start(calls.popleft(), now)
+            else:
+                while calls:
+                    self._start(calls.popleft(), now)
         if dealer_ready:
             self._read_answers(self.dealer, 0)
         self._fire_timers()
@@ -628,19 +629,13 @@ class _Connection:
         """Starts every queued call, in order, in as few BATCHes as the limits allow (the
         current broker reads them). A message is taken by the socket whole or not at
         all, so each call is sent once, or retried alone by its timer."""
+        # Popped one by one: other threads may append meanwhile (they are started in the
+        # next round).
         calls = self.calls
-        group: list[_Pending] = []
-        size = 0
-        while calls:
-            p = calls.popleft()
+        queued = [calls.popleft() for _ in range(len(calls))]
+        for p in queued:
             self._keep(p)
-            n = 4 + len(p.message)
-            if group and (len(group) == wire.MAX_BATCH or size + n > wire.MAX_BATCH_BYTES):
-                self._send_group(group, now)
-                group, size = [], 0
-            group.append(p)
-            size += n
-        if group:
+        for group in wire.batch_groups(queued, lambda p: len(p.message)):
             self._send_group(group, now)
 
     def _send_group(self, group: list[_Pending], now: float) -> None:

@@ -15,13 +15,16 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
 from .errors import ProtocolError
+
+T = TypeVar("T")
 
 CLIENT_PROTOCOL = b"TPXC03"
 WORKER_PROTOCOL = b"TPXW03"
@@ -81,6 +84,23 @@ class WorkerCommand(IntEnum):
 MAX_BATCH = 256
 #: Most bytes in a BATCH's body that a sender puts in one (any peer accepts that much).
 MAX_BATCH_BYTES = 64 * 1024
+
+
+def batch_groups(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
+    """`items` in order, in groups one BATCH may carry: at most `MAX_BATCH` each, and
+    `MAX_BATCH_BYTES` of body (an item `size` bytes long takes 4 more); an item over the
+    limit by itself is a group of its own (sent alone, as itself)."""
+    group: list[T] = []
+    used = 0
+    for item in items:
+        n = 4 + size(item)
+        if group and (len(group) == MAX_BATCH or used + n > MAX_BATCH_BYTES):
+            yield group
+            group, used = [], 0
+        group.append(item)
+        used += n
+    if group:
+        yield group
 
 
 def encode_batch(protocol: bytes, command: int, messages: list[bytes]) -> bytes:

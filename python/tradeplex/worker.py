@@ -434,19 +434,11 @@ class Worker:
             while results:
                 self._send(dealer, results.popleft())
             return
-        # Several ready: in BATCHes within the protocol's limits (docs/protocol.md).
-        group: list[bytes] = []
-        size = 0
-        while results:
-            (message,) = results.popleft()  # one frame per worker-protocol message
-            if group and (
-                len(group) == wire.MAX_BATCH or size + 4 + len(message) > wire.MAX_BATCH_BYTES
-            ):
-                self._send_group(dealer, group)
-                group, size = [], 0
-            group.append(message)
-            size += 4 + len(message)
-        self._send_group(dealer, group)
+        # Several ready: in BATCHes within the protocol's limits (docs/protocol.md); one
+        # frame per worker-protocol message.
+        ready = [results.popleft()[0] for _ in range(len(results))]
+        for group in wire.batch_groups(ready, len):
+            self._send_group(dealer, group)
 
     def _send_group(self, dealer: zmq.Socket[bytes], group: list[bytes]) -> None:
         if len(group) == 1:
