@@ -171,6 +171,18 @@ pub struct Reply {
     pub worker: WorkerId,
 }
 
+impl Reply {
+    /// The body decoded from MessagePack.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, ClientError> {
+        rmp_serde::from_slice(&self.body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+/// A serde value as a request body (a MessagePack map, field names kept).
+fn encode_body<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
+    rmp_serde::to_vec_named(value).map_err(|e| ClientError::Encode(e.to_string()))
+}
+
 /// What a client has done about a broker pair ([`Client::stats`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientStats {
@@ -308,13 +320,9 @@ impl Client {
         opts: CallOptions,
     ) -> Result<PendingCall, ClientError> {
         let (call, rx) = self.prepare(service, body, opts)?;
-        let id = call.header.id;
+        let pending = self.pending(&call, rx);
         self.inner.driver.send(&self.inner.calls, call)?;
-        Ok(PendingCall {
-            rx,
-            driver: self.inner.driver.clone(),
-            id,
-        })
+        Ok(pending)
     }
 
     /// Sends several calls at once, in order, without waiting — a basket of orders, a
@@ -332,15 +340,20 @@ impl Client {
         let mut handles = Vec::new();
         for (service, body, opts) in calls {
             let (call, rx) = self.prepare(service, body, opts)?;
-            handles.push(PendingCall {
-                rx,
-                driver: self.inner.driver.clone(),
-                id: call.header.id,
-            });
+            handles.push(self.pending(&call, rx));
             prepared.push(call);
         }
         self.inner.driver.send_many(&self.inner.calls, prepared)?;
         Ok(handles)
+    }
+
+    /// The handle of `call`, its answer to come on `rx`.
+    fn pending(&self, call: &Call, rx: Receiver<Result<Reply, ClientError>>) -> PendingCall {
+        PendingCall {
+            rx,
+            driver: self.inner.driver.clone(),
+            id: call.header.id,
+        }
     }
 
     /// Checks and builds a call, with the channel its answer comes on.
@@ -392,9 +405,7 @@ impl Client {
         req: &Req,
         opts: CallOptions,
     ) -> Result<Rep, ClientError> {
-        let body = rmp_serde::to_vec_named(req).map_err(|e| ClientError::Encode(e.to_string()))?;
-        let reply = self.call(service, body, opts)?;
-        rmp_serde::from_slice(&reply.body).map_err(|e| ClientError::Decode(e.to_string()))
+        self.call(service, encode_body(req)?, opts)?.decode()
     }
 
     /// Halts `account` (None = every account): the broker refuses its new orders
@@ -452,7 +463,7 @@ impl Client {
             Vec::new(),
             CallOptions::query(),
         )?;
-        rmp_serde::from_slice(&reply.body).map_err(|e| ClientError::Decode(e.to_string()))
+        reply.decode()
     }
 }
 

@@ -71,18 +71,11 @@ impl Client {
         let mut calls = Vec::with_capacity(reqs.len());
         for req in reqs {
             let opts = CallOptions::default().affinity(account_key(&req.account));
-            let body = rmp_serde::to_vec_named(&GatewayRequest::SendOrder(req))
-                .map_err(|e| ClientError::Encode(e.to_string()))?;
+            let body = crate::encode_body(&GatewayRequest::SendOrder(req))?;
             calls.push((gateway, body, opts));
         }
         let pending = self.send_many(calls)?;
-        Ok(pending
-            .into_iter()
-            .map(|p| {
-                let reply = p.wait()?;
-                rmp_serde::from_slice(&reply.body).map_err(|e| ClientError::Decode(e.to_string()))
-            })
-            .collect())
+        Ok(pending.into_iter().map(|p| p.wait()?.decode()).collect())
     }
 
     /// Cancels an order at the worker that placed it.
