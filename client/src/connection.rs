@@ -10,11 +10,12 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use rustc_hash::FxHashMap;
 use tradeplex_proto::client::{self as cp, RequestHeader};
 use tradeplex_proto::{ErrorCode, RequestId};
 
+use crate::answer::Done;
 use crate::failover::{self, Failover, Health, Why};
 use crate::{ClientError, Reply};
 
@@ -23,8 +24,10 @@ pub(crate) struct Call {
     pub header: RequestHeader,
     pub body: Vec<u8>,
     pub deadline: Instant,
+    /// The call's time to live (for the error that says it ran out).
+    pub timeout: Duration,
     pub retry_every: Option<Duration>,
-    pub done: Sender<Result<Reply, ClientError>>,
+    pub done: Done,
 }
 
 struct Pending {
@@ -37,21 +40,15 @@ struct Pending {
     sent: bool,
     /// The endpoint (link) the latest copy went to.
     at: usize,
-    timeout_ms: u64,
 }
 
 impl Pending {
     fn new(call: Call) -> Pending {
-        let timeout_ms = call
-            .header
-            .deadline_ms
-            .saturating_sub(tradeplex_proto::now_unix_ms());
         Pending {
             call,
             next_send: None,
             sent: false,
             at: 0,
-            timeout_ms,
         }
     }
 
@@ -215,7 +212,7 @@ impl Connection {
     /// Ends every call in flight `closed` (the client is shutting down or cannot poll).
     pub fn close(&mut self) {
         for (_, p) in self.pending.drain() {
-            let _ = p.call.done.send(Err(ClientError::Closed));
+            p.call.done.send(Err(ClientError::Closed));
         }
     }
 
@@ -317,7 +314,7 @@ impl Connection {
     /// sent while every broker refuses connections ends at once with `fail_fast`.
     fn keep(&mut self, p: Pending) {
         if !p.sent && self.fail_fast && self.failover.all_refused() {
-            let _ = p.call.done.send(Err(ClientError::Refused));
+            p.call.done.send(Err(ClientError::Refused));
             return;
         }
         self.note_due(&p);
@@ -385,7 +382,7 @@ impl Connection {
                 .collect();
             for id in unsent {
                 if let Some(p) = self.pending.remove(&id) {
-                    let _ = p.call.done.send(Err(ClientError::Refused));
+                    p.call.done.send(Err(ClientError::Refused));
                 }
             }
         }
@@ -413,7 +410,7 @@ impl Connection {
                 self.pending.insert(id, p);
             } else {
                 let broker = self.failover.endpoint(i).to_string();
-                let _ = p.call.done.send(Err(ClientError::BrokerLost(broker)));
+                p.call.done.send(Err(ClientError::BrokerLost(broker)));
             }
         }
         self.next_due = self.pending.values().map(Self::due).min();
@@ -551,7 +548,7 @@ impl Connection {
     /// Delivers an answer; repeats (a retried call answered twice) are dropped.
     fn answer(&mut self, id: RequestId, result: Result<Reply, ClientError>) {
         if let Some(p) = self.pending.remove(&id) {
-            let _ = p.call.done.send(result);
+            p.call.done.send(result);
         }
     }
 
@@ -594,11 +591,11 @@ impl Connection {
         for id in expired {
             if let Some(p) = self.pending.remove(&id) {
                 let err = if p.sent {
-                    ClientError::Timeout(p.timeout_ms)
+                    ClientError::Timeout(p.call.timeout.as_millis() as u64)
                 } else {
-                    ClientError::NotSent(p.timeout_ms)
+                    ClientError::NotSent(p.call.timeout.as_millis() as u64)
                 };
-                let _ = p.call.done.send(Err(err));
+                p.call.done.send(Err(err));
             }
         }
         self.next_due = self.pending.values().map(Self::due).min();

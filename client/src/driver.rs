@@ -29,16 +29,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 
+use crate::answer::Answer;
 use crate::connection::{drain, Call, Connection, Round, MAX_POLL};
 use crate::{ClientError, Reply};
 
 /// How long parked calls may go undriven before the connection thread takes them.
 const PARK_GRACE: Duration = Duration::from_millis(5);
-
-/// Where a call's answer arrives.
-pub(crate) type Answer = Receiver<Result<Reply, ClientError>>;
 
 /// Who uses the sockets (and the calls in flight) now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,15 +103,6 @@ pub(crate) struct Driver {
     caller_wake: Wake,
     /// Calls whose caller drove the connection until their answer came.
     pub direct_calls: AtomicU64,
-}
-
-/// The answer if it is in (`closed` if it never can be), without blocking.
-fn answered(answer: &Answer) -> Option<Result<Reply, ClientError>> {
-    match answer.try_recv() {
-        Ok(r) => Some(r),
-        Err(TryRecvError::Disconnected) => Some(Err(ClientError::Closed)),
-        Err(TryRecvError::Empty) => None,
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -191,7 +180,7 @@ impl Driver {
     /// else does.
     pub fn wait(&self, answer: &Answer) -> Result<Reply, ClientError> {
         loop {
-            if let Some(r) = answered(answer) {
+            if let Some(r) = answer.try_take() {
                 return r;
             }
             let mut st = lock(&self.state);
@@ -216,7 +205,7 @@ impl Driver {
                     // (seeing us wait) before it stops.
                     st.waiting += 1;
                     drop(st);
-                    let r = answer.recv().unwrap_or(Err(ClientError::Closed));
+                    let r = answer.wait();
                     lock(&self.state).waiting -= 1;
                     return r;
                 }
@@ -251,7 +240,7 @@ impl Driver {
         answer: &Answer,
     ) -> Result<Reply, ClientError> {
         let result = loop {
-            if let Some(r) = answered(answer) {
+            if let Some(r) = answer.try_take() {
                 break r;
             }
             let rearm = || lock(&self.state).signalled = false;

@@ -15,6 +15,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod answer;
 mod connection;
 pub mod curve;
 mod driver;
@@ -28,11 +29,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 pub use error::ClientError;
 use tradeplex_proto::client::RequestHeader;
 use tradeplex_proto::{RequestId, ServiceName, WorkerId};
 
+use crate::answer::Answer;
 use crate::connection::{Call, Connection, Link};
 use crate::driver::Driver;
 use crate::failover::Failover;
@@ -178,6 +180,22 @@ impl Reply {
     }
 }
 
+/// The moment calls are built at, on both clocks: the wall clock for the deadline the
+/// broker enforces, the monotonic one for the client's own timer.
+struct Clock {
+    now: Instant,
+    unix_ms: u64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            now: Instant::now(),
+            unix_ms: tradeplex_proto::now_unix_ms(),
+        }
+    }
+}
+
 /// A serde value as a request body (a MessagePack map, field names kept).
 fn encode_body<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
     rmp_serde::to_vec_named(value).map_err(|e| ClientError::Encode(e.to_string()))
@@ -198,7 +216,7 @@ pub struct ClientStats {
 
 /// A call in flight; [`PendingCall::wait`] blocks for its answer.
 pub struct PendingCall {
-    rx: Receiver<Result<Reply, ClientError>>,
+    answer: Answer,
     driver: Arc<Driver>,
     /// The request id the call was sent with.
     pub id: RequestId,
@@ -209,14 +227,14 @@ impl PendingCall {
     /// While nobody else drives it, this thread does: a pipeline waited on from one
     /// thread costs no thread hand-off.
     pub fn wait(self) -> Result<Reply, ClientError> {
-        self.driver.wait(&self.rx)
+        self.driver.wait(&self.answer)
     }
 
     /// Whether the answer is already in, so [`PendingCall::wait`] returns at once. It
     /// does not drive the connection: answers arrive while some thread drives it (a
     /// `wait` reads every answer that came with the one it waited for, a BATCH's worth).
     pub fn is_ready(&self) -> bool {
-        !self.rx.is_empty()
+        self.answer.is_ready()
     }
 }
 
@@ -306,8 +324,8 @@ impl Client {
         body: Vec<u8>,
         opts: CallOptions,
     ) -> Result<Reply, ClientError> {
-        let (call, rx) = self.prepare(service, body, opts)?;
-        self.inner.driver.call(&self.inner.calls, call, &rx)
+        let (call, answer) = self.prepare(service, body, opts, &Clock::now())?;
+        self.inner.driver.call(&self.inner.calls, call, &answer)
     }
 
     /// Sends a call without waiting: pipeline many, then `wait` each. Sent from this
@@ -319,8 +337,8 @@ impl Client {
         body: Vec<u8>,
         opts: CallOptions,
     ) -> Result<PendingCall, ClientError> {
-        let (call, rx) = self.prepare(service, body, opts)?;
-        let pending = self.pending(&call, rx);
+        let (call, answer) = self.prepare(service, body, opts, &Clock::now())?;
+        let pending = self.pending(&call, answer);
         self.inner.driver.send(&self.inner.calls, call)?;
         Ok(pending)
     }
@@ -338,31 +356,36 @@ impl Client {
     ) -> Result<Vec<PendingCall>, ClientError> {
         let mut prepared = Vec::new();
         let mut handles = Vec::new();
+        // One reading of the clocks for the basket: its calls are built within
+        // microseconds, and two clock reads a call were a twentieth of a pipeline's thread.
+        let clock = Clock::now();
         for (service, body, opts) in calls {
-            let (call, rx) = self.prepare(service, body, opts)?;
-            handles.push(self.pending(&call, rx));
+            let (call, answer) = self.prepare(service, body, opts, &clock)?;
+            handles.push(self.pending(&call, answer));
             prepared.push(call);
         }
         self.inner.driver.send_many(&self.inner.calls, prepared)?;
         Ok(handles)
     }
 
-    /// The handle of `call`, its answer to come on `rx`.
-    fn pending(&self, call: &Call, rx: Receiver<Result<Reply, ClientError>>) -> PendingCall {
+    /// The handle of `call`, its answer to come in `answer`.
+    fn pending(&self, call: &Call, answer: Answer) -> PendingCall {
         PendingCall {
-            rx,
+            answer,
             driver: self.inner.driver.clone(),
             id: call.header.id,
         }
     }
 
-    /// Checks and builds a call, with the channel its answer comes on.
+    /// Checks and builds a call, with the slot its answer comes in; its deadline counts
+    /// from `clock`.
     fn prepare(
         &self,
         service: &str,
         body: Vec<u8>,
         opts: CallOptions,
-    ) -> Result<(Call, Receiver<Result<Reply, ClientError>>), ClientError> {
+        clock: &Clock,
+    ) -> Result<(Call, Answer), ClientError> {
         let service = ServiceName::new(service).map_err(|e| ClientError::Encode(e.to_string()))?;
         if body.len() > self.inner.options.max_body_bytes {
             return Err(ClientError::TooLarge {
@@ -375,7 +398,7 @@ impl Client {
         let header = RequestHeader {
             id,
             service,
-            deadline_ms: tradeplex_proto::now_unix_ms() + timeout.as_millis() as u64,
+            deadline_ms: clock.unix_ms + timeout.as_millis() as u64,
             idempotent: opts.idempotent,
             target: opts.target,
             affinity: opts.affinity,
@@ -387,15 +410,16 @@ impl Client {
             opts.retry_every
                 .unwrap_or((timeout / 3).max(Duration::from_millis(500)))
         });
-        let (done, rx) = crossbeam_channel::bounded(1);
+        let (done, answer) = answer::slot();
         let call = Call {
             header,
             body,
-            deadline: Instant::now() + timeout,
+            deadline: clock.now + timeout,
+            timeout,
             retry_every,
             done,
         };
-        Ok((call, rx))
+        Ok((call, answer))
     }
 
     /// Calls with a serde body (MessagePack map) and decodes the reply.
