@@ -590,10 +590,11 @@ impl Connection {
         }
         for id in expired {
             if let Some(p) = self.pending.remove(&id) {
+                let ms = p.call.timeout.as_millis() as u64;
                 let err = if p.sent {
-                    ClientError::Timeout(p.call.timeout.as_millis() as u64)
+                    ClientError::Timeout(ms)
                 } else {
-                    ClientError::NotSent(p.call.timeout.as_millis() as u64)
+                    ClientError::NotSent(ms)
                 };
                 p.call.done.send(Err(err));
             }
