@@ -386,7 +386,7 @@ impl Client {
         opts: CallOptions,
         clock: &Clock,
     ) -> Result<(Call, Answer), ClientError> {
-        let service = ServiceName::new(service).map_err(|e| ClientError::Encode(e.to_string()))?;
+        let service = service_name(service)?;
         if body.len() > self.inner.options.max_body_bytes {
             return Err(ClientError::TooLarge {
                 size: body.len(),
@@ -549,4 +549,38 @@ fn open_link(
         monitor_off: format!("{monitor_ep}-off"),
         reads_batches: false,
     })
+}
+
+/// `service` checked and shared: a strategy's thread calls the same service call after
+/// call, so the last name each thread used is kept and cloned (a reference count) instead
+/// of being validated and allocated again.
+fn service_name(service: &str) -> Result<ServiceName, ClientError> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<ServiceName>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(name) = last.as_ref().filter(|n| n.as_str() == service) {
+            return Ok(name.clone());
+        }
+        let name = ServiceName::new(service).map_err(|e| ClientError::Encode(e.to_string()))?;
+        *last = Some(name.clone());
+        Ok(name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_name;
+
+    #[test]
+    fn the_kept_service_name_is_the_one_asked_for_and_a_bad_one_is_still_refused() {
+        assert_eq!(service_name("echo").unwrap().as_str(), "echo");
+        assert_eq!(service_name("echo").unwrap().as_str(), "echo");
+        assert_eq!(service_name("SIM").unwrap().as_str(), "SIM");
+        assert!(service_name("not a name").is_err());
+        assert_eq!(service_name("SIM").unwrap().as_str(), "SIM");
+        assert!(service_name("").is_err());
+        assert_eq!(service_name("echo").unwrap().as_str(), "echo");
+    }
 }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::ProtoError;
 
@@ -83,17 +84,26 @@ impl fmt::Display for JobId {
 }
 
 /// A service name: 1–64 bytes of `[A-Za-z0-9_.-]` (e.g. `SIM`, `CTP`, `echo`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct ServiceName(String);
+///
+/// Shared, not owned: the broker keeps a request's service in its job, its queue, its
+/// metrics and affinity keys, and a client sends the same name call after call, so a
+/// clone is a reference count, not an allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName(Arc<str>);
+
+impl Serialize for ServiceName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 /// Longest service name accepted.
 pub const MAX_SERVICE_NAME: usize = 64;
 
 impl ServiceName {
     /// Validates and wraps a service name.
-    pub fn new(s: impl Into<String>) -> Result<ServiceName, ProtoError> {
-        let s = s.into();
+    pub fn new(s: impl AsRef<str>) -> Result<ServiceName, ProtoError> {
+        let s = s.as_ref();
         // Bytes, not chars: every allowed character is ASCII, so any byte of a multi-byte
         // character fails the same test (and no UTF-8 decoding per request).
         let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
@@ -103,7 +113,7 @@ impl ServiceName {
                 reason: format!("{s:?} is not 1-{MAX_SERVICE_NAME} chars of [A-Za-z0-9_.-]"),
             });
         }
-        Ok(ServiceName(s))
+        Ok(ServiceName(Arc::from(s)))
     }
 
     /// The name as a string.
