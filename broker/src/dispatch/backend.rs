@@ -91,10 +91,10 @@ impl Dispatcher {
         w.in_flight.remove(&job_id);
         w.served += 1;
         let worker_id = w.id;
-        let Some(service) = self.jobs.get(&job_id).map(|j| j.service.clone()) else {
+        let Some(service) = self.jobs.get(&job_id).map(|j| j.entry) else {
             return;
         };
-        if let Some(s) = self.services.get_mut(&service) {
+        if let Some(s) = self.services.get_mut(service) {
             s.in_flight = s.in_flight.saturating_sub(1);
             s.metrics.executing(-1);
         }
@@ -108,7 +108,9 @@ impl Dispatcher {
                 }
                 self.metrics.requests_retried.inc();
                 self.requeue_front(job_id);
-                self.pump(&service);
+                if let Some(key) = self.jobs.get(&job_id).map(|j| j.entry) {
+                    self.pump(key);
+                }
             }
             other => self.finish(job_id, other, Some(worker_id)),
         }
@@ -127,8 +129,7 @@ impl Dispatcher {
         if let Some(job) = self.jobs.get_mut(&job_id) {
             job.worker = None;
             job.undelivered = true;
-            let service = job.service.clone();
-            if let Some(s) = self.services.get_mut(&service) {
+            if let Some(s) = self.services.get_mut(job.entry) {
                 s.in_flight = s.in_flight.saturating_sub(1);
                 s.metrics.executing(-1);
             }

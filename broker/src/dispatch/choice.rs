@@ -4,6 +4,7 @@
 use tradeplex_proto::{worker, ErrorCode, JobId, ServiceName, WorkerId};
 
 use super::jobs::Job;
+use super::services::ServiceKey;
 use super::{Dispatcher, Identity, Out};
 
 /// Most affinity bindings kept; beyond it, bindings of dead workers are swept first.
@@ -27,7 +28,7 @@ enum Choice {
 impl Dispatcher {
     /// Delivers what `service`'s queue can deliver now: one job per client per round, the
     /// clients in turn, until a round delivers nothing or no worker has room.
-    pub(super) fn pump(&mut self, service: &ServiceName) {
+    pub(super) fn pump(&mut self, service: ServiceKey) {
         loop {
             let clients = self.services.get(service).map_or(0, |s| s.queue.clients());
             let mut delivered = false;
@@ -46,7 +47,7 @@ impl Dispatcher {
 
     /// Gives the next client of `service` its turn: its first job some worker can take
     /// now is delivered (jobs bound to a busy worker are looked past).
-    fn serve_next_client(&mut self, service: &ServiceName) -> Turn {
+    fn serve_next_client(&mut self, service: ServiceKey) -> Turn {
         if !self
             .services
             .get_mut(service)
@@ -88,35 +89,43 @@ impl Dispatcher {
         w.next_pump = (w.next_pump + 1) % n.max(1);
         let start = w.next_pump;
         let services = &self.services;
-        // Only services with a backlog are cloned: nothing is allocated when none has one.
-        let waiting: Vec<ServiceName> = (0..n)
+        // Only services with a backlog are collected: nothing is allocated when none has one.
+        let waiting: Vec<ServiceKey> = (0..n)
             .filter_map(|k| w.services.get((start + k) % n))
-            .filter(|s| services.get(*s).is_some_and(|q| !q.queue.is_empty()))
-            .cloned()
+            .filter_map(|s| services.key(s))
+            .filter(|k| services.get(*k).is_some_and(|q| !q.queue.is_empty()))
             .collect();
-        for s in &waiting {
+        for s in waiting {
             self.pump(s);
         }
     }
 
-    fn choose(&mut self, service: &ServiceName, job_id: JobId) -> Choice {
+    /// [`Self::pump`] for a service known by name (a READY's).
+    pub(super) fn pump_named(&mut self, service: &ServiceName) {
+        if let Some(key) = self.services.key(service) {
+            self.pump(key);
+        }
+    }
+
+    fn choose(&mut self, key: ServiceKey, job_id: JobId) -> Choice {
         let Some(job) = self.jobs.get(&job_id) else {
             return Choice::Wait;
         };
+        let service = &job.service;
         if let Some(target) = job.target {
             return self.choose_target(service, job, target);
         }
-        if !job.refused_by.is_empty() && self.refused_by_all(service, job) {
+        if !job.refused_by.is_empty() && self.refused_by_all(key, job) {
             let n = job.refused_by.len();
             return Choice::Fail(
                 ErrorCode::Unavailable,
                 format!("refused by every worker of {service} ({n}); not executed"),
             );
         }
-        if let Some(key) = &job.affinity {
+        if let Some(affinity) = &job.affinity {
             let bound = self
                 .affinity
-                .get(&(service.clone(), key.clone()))
+                .get(&(service.clone(), affinity.clone()))
                 .and_then(|id| {
                     let i = self.by_id.get(id)?;
                     self.workers
@@ -128,10 +137,10 @@ impl Dispatcher {
                 Some((i, true)) => Choice::Deliver(i),
                 Some((_, false)) => Choice::Wait,
                 // Unbound, or bound to a worker that refused it: bind the key afresh.
-                None => match self.least_loaded(service, &job.refused_by) {
+                None => match self.least_loaded(key, &job.refused_by) {
                     Some(i) => {
-                        let key = key.clone();
-                        self.bind_affinity(service.clone(), key, &i);
+                        let binding = (service.clone(), affinity.clone());
+                        self.bind_affinity(binding, &i);
                         Choice::Deliver(i)
                     }
                     None => Choice::Wait,
@@ -139,7 +148,7 @@ impl Dispatcher {
             };
         }
         let refused = !job.refused_by.is_empty();
-        match self.least_loaded(service, &job.refused_by) {
+        match self.least_loaded(key, &job.refused_by) {
             Some(i) => Choice::Deliver(i),
             // Other jobs may still go to the workers this one refused.
             None if refused => Choice::Wait,
@@ -174,7 +183,7 @@ impl Dispatcher {
     }
 
     /// Whether every worker now offering `service` has refused `job`.
-    fn refused_by_all(&self, service: &ServiceName, job: &Job) -> bool {
+    fn refused_by_all(&self, service: ServiceKey, job: &Job) -> bool {
         self.services.get(service).is_some_and(|s| {
             s.workers
                 .iter()
@@ -183,7 +192,7 @@ impl Dispatcher {
         })
     }
 
-    fn bind_affinity(&mut self, service: ServiceName, key: String, worker: &Identity) {
+    fn bind_affinity(&mut self, binding: (ServiceName, String), worker: &Identity) {
         let Some(id) = self.workers.get(worker).map(|w| w.id) else {
             return;
         };
@@ -192,13 +201,13 @@ impl Dispatcher {
             self.affinity.retain(|_, w| live.contains_key(w));
         }
         if self.affinity.len() < MAX_AFFINITY {
-            self.affinity.insert((service, key), id);
+            self.affinity.insert(binding, id);
         }
     }
 
     /// The worker of `service` with the fewest requests in flight and room for one more,
     /// ties to the least recently used, leaving out those in `refused`.
-    fn least_loaded(&self, service: &ServiceName, refused: &[WorkerId]) -> Option<Identity> {
+    fn least_loaded(&self, service: ServiceKey, refused: &[WorkerId]) -> Option<Identity> {
         let s = self.services.get(service)?;
         s.workers
             .iter()
@@ -221,7 +230,7 @@ impl Dispatcher {
             deadline_ms: job.deadline_ms,
             idempotent: job.idempotent,
         };
-        let service = job.service.clone();
+        let service = job.entry;
         self.use_counter += 1;
         let mut batch = false;
         if let Some(w) = self.workers.get_mut(&to) {
@@ -229,7 +238,7 @@ impl Dispatcher {
             w.last_used = self.use_counter;
             batch = w.batch;
         }
-        if let Some(s) = self.services.get_mut(&service) {
+        if let Some(s) = self.services.get_mut(service) {
             s.in_flight += 1;
             s.metrics.executing(1);
         }

@@ -80,14 +80,14 @@ impl Dispatcher {
         let Some(job) = self.jobs.get(&job_id) else {
             return;
         };
-        let service = job.service.clone();
+        let service = job.entry;
         let identity = job.worker.clone();
         let worker = job.worker.as_ref().and_then(|i| self.workers.get_mut(i));
         let worker_id = worker.map(|w| {
             w.in_flight.remove(&job_id);
             w.id
         });
-        if let Some(s) = self.services.get_mut(&service) {
+        if let Some(s) = self.services.get_mut(service) {
             s.in_flight = s.in_flight.saturating_sub(1);
             s.metrics.executing(-1);
         }
@@ -99,7 +99,7 @@ impl Dispatcher {
         self.finish(job_id, Err((ErrorCode::WorkerLost, msg)), worker_id);
         match identity {
             Some(i) => self.pump_worker(&i),
-            None => self.pump(&service),
+            None => self.pump(service),
         }
     }
 
@@ -137,13 +137,13 @@ impl Dispatcher {
                 continue;
             };
             job.timer_ms = None;
-            let (deadline, service, undelivered) =
-                (job.deadline_ms, job.service.clone(), job.undelivered);
+            let (deadline, entry, undelivered) = (job.deadline_ms, job.entry, job.undelivered);
+            let service = job.service.clone();
             if clock.unix_ms >= deadline {
                 self.unqueue(job_id);
                 let answer = self.expired_answer(job_id);
                 self.finish(job_id, Err(answer), None);
-            } else if !self.has_workers(&service) && !undelivered {
+            } else if !self.has_workers(entry) && !undelivered {
                 self.unqueue(job_id);
                 let msg = format!("no worker offers {service}");
                 self.finish(job_id, Err((ErrorCode::UnknownService, msg)), None);

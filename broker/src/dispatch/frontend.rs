@@ -10,6 +10,7 @@ use tradeplex_proto::mgmt::{
 use tradeplex_proto::{ErrorCode, RequestId};
 
 use super::jobs::Job;
+use super::services::ServiceKey;
 use super::{Body, Clock, Dispatcher, Identity, Phase};
 use crate::risk;
 
@@ -45,13 +46,15 @@ impl Dispatcher {
         body: Body,
     ) {
         self.note_client(&client, clock.now);
-        let metrics = if h.service.is_mgmt() {
-            self.mgmt_metrics.clone()
-        } else {
-            self.service_metrics(&h.service)
+        // Looked up by name once; from here on the request's service is its key.
+        let entry = self.services.key(&h.service);
+        let metrics = match entry {
+            _ if h.service.is_mgmt() => self.mgmt_metrics.clone(),
+            Some(key) => self.service_metrics(key),
+            None => self.unknown_metrics.clone(),
         };
         metrics.received();
-        if let Some((code, message)) = self.admission_error(clock, &h) {
+        if let Some((code, message)) = self.admission_error(clock, &h, entry) {
             metrics.answered(Some(code), 0.0);
             self.send_error(client, h.id, code, message);
             return;
@@ -68,7 +71,7 @@ impl Dispatcher {
                 return;
             }
         };
-        let has_workers = self.has_workers(&h.service);
+        let has_workers = entry.is_some_and(|key| self.has_workers(key));
         let job_id = self.new_job_id();
         let timer_ms = if has_workers {
             h.deadline_ms
@@ -79,6 +82,7 @@ impl Dispatcher {
             client,
             id: h.id,
             service: h.service,
+            entry: entry.unwrap_or_default(),
             deadline_ms: h.deadline_ms,
             idempotent: h.idempotent,
             target: h.target,
@@ -132,7 +136,12 @@ impl Dispatcher {
     }
 
     /// Why a request is refused before it is queued, if it is.
-    fn admission_error(&self, clock: Clock, h: &RequestHeader) -> Option<(ErrorCode, String)> {
+    fn admission_error(
+        &self,
+        clock: Clock,
+        h: &RequestHeader,
+        entry: Option<ServiceKey>,
+    ) -> Option<(ErrorCode, String)> {
         if self.phase != Phase::Serving {
             return Some((ErrorCode::Unavailable, "broker is shutting down".into()));
         }
@@ -160,8 +169,8 @@ impl Dispatcher {
                 )
             });
         }
-        let service = self.services.get(&h.service);
-        if !self.has_workers(&h.service) && self.cfg.grace_ms == 0 {
+        let service = entry.and_then(|key| self.services.get(key));
+        if !entry.is_some_and(|key| self.has_workers(key)) && self.cfg.grace_ms == 0 {
             return Some((
                 ErrorCode::UnknownService,
                 format!("no worker offers {}", h.service),

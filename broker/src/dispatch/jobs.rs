@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tradeplex_proto::{ErrorCode, JobId, RequestId, ServiceName, WorkerId};
 
+use super::services::ServiceKey;
 use super::{Body, Dispatcher, Identity, Out};
 use crate::risk;
 
@@ -12,6 +13,8 @@ pub(super) struct Job {
     pub(super) client: Identity,
     pub(super) id: RequestId,
     pub(super) service: ServiceName,
+    /// Its service's entry, set when it is queued (the default key finds nothing).
+    pub(super) entry: ServiceKey,
     pub(super) deadline_ms: u64,
     pub(super) idempotent: bool,
     pub(super) target: Option<WorkerId>,
@@ -58,13 +61,20 @@ impl Dispatcher {
     /// Queues a new job at the back of its client's lane and delivers what can go now.
     /// Only a job still queued afterwards gets its timer (at `timer_ms`): most requests are
     /// delivered at once and need none.
-    pub(super) fn enqueue(&mut self, job_id: JobId, job: Job, timer_ms: u64) {
-        let service = job.service.clone();
-        let entry = self.service_entry(&service);
-        entry.queue.push_back(&job.client, job_id);
-        entry.metrics.queued(1);
+    pub(super) fn enqueue(&mut self, job_id: JobId, mut job: Job, timer_ms: u64) {
+        // The admission looked the service up already: its key is kept unless the entry
+        // has to be made now.
+        let key = match self.services.get(job.entry) {
+            Some(_) => job.entry,
+            None => self.service_entry(&job.service),
+        };
+        job.entry = key;
+        if let Some(entry) = self.services.get_mut(key) {
+            entry.queue.push_back(&job.client, job_id);
+            entry.metrics.queued(1);
+        }
         self.jobs.insert(job_id, job);
-        self.pump(&service);
+        self.pump(key);
         if self.jobs.get(&job_id).is_some_and(|j| j.worker.is_none()) {
             self.set_timer(job_id, timer_ms);
         }
@@ -75,9 +85,16 @@ impl Dispatcher {
             return;
         };
         let (service, client, at) = (job.service.clone(), job.client.clone(), job.deadline_ms);
-        let entry = self.service_entry(&service);
-        entry.queue.push_front(&client, job_id);
-        entry.metrics.queued(1);
+        // Looked up by name: the entry the job was queued in is normally still there, but
+        // a requeue is rare enough not to rely on it.
+        let key = self.service_entry(&service);
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            job.entry = key;
+        }
+        if let Some(entry) = self.services.get_mut(key) {
+            entry.queue.push_front(&client, job_id);
+            entry.metrics.queued(1);
+        }
         self.set_timer(job_id, at);
     }
 
@@ -86,7 +103,7 @@ impl Dispatcher {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
-        let Some(s) = self.services.get_mut(&job.service) else {
+        let Some(s) = self.services.get_mut(job.entry) else {
             return;
         };
         if s.queue.remove(&job.client, job_id) {
@@ -123,7 +140,7 @@ impl Dispatcher {
         // Whether the service is kept does not depend on the answer (it is no longer
         // in flight), and the answer's metrics go to `_unknown` for an unregistered one
         // either way.
-        self.forget_empty_service(&job.service);
+        self.forget_empty_service(job.entry);
         if let Some(order) = &job.halt_cancel {
             self.halt_cancel_answered(order, &result, worker);
         } else {
@@ -190,7 +207,7 @@ impl Dispatcher {
         worker: Option<WorkerId>,
     ) {
         let elapsed = job.received.elapsed().as_secs_f64();
-        let metrics = self.service_metrics(&job.service);
+        let metrics = self.service_metrics(job.entry);
         let (to, id, batch) = (job.client, job.id, job.batch);
         match result {
             Ok(body) => {
@@ -218,7 +235,7 @@ impl Dispatcher {
         }
     }
 
-    fn forget_empty_service(&mut self, service: &ServiceName) {
+    fn forget_empty_service(&mut self, service: ServiceKey) {
         if self
             .services
             .get(service)

@@ -168,6 +168,7 @@ impl Dispatcher {
             client: BROKER_ORIGIN.to_vec(),
             id: RequestId(job_id.0),
             service,
+            entry: Default::default(),
             deadline_ms,
             // A cancel is not retried on another worker, nor re-sent when its outcome is
             // unknown: it is answered `worker_lost` like any non-idempotent request.
@@ -209,10 +210,10 @@ impl Dispatcher {
         workers.sort_by_key(|w| w.worker);
         let mut services: Vec<ServiceStatus> = self
             .services
-            .iter()
-            .filter(|(_, s)| s.registered)
-            .map(|(name, s)| ServiceStatus {
-                service: name.clone(),
+            .values()
+            .filter(|s| s.registered)
+            .map(|s| ServiceStatus {
+                service: s.name.clone(),
                 workers: s.workers.len() as u32,
                 queued: s.queue.len() as u32,
                 in_flight: s.in_flight as u32,

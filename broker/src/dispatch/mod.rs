@@ -11,6 +11,7 @@
 //! - [`jobs`]: a request's record and its end (answered, forgotten);
 //! - [`deadlines`]: heartbeats, expiry, timers, abandoned requests;
 //! - [`shutdown`]: the two-step drain;
+//! - [`services`]: the service table, by name and by key;
 //! - [`queue`]: one service's per-client queue lanes.
 
 mod backend;
@@ -21,6 +22,7 @@ mod jobs;
 mod management;
 mod queue;
 mod registry;
+mod services;
 mod shutdown;
 #[cfg(test)]
 mod tests;
@@ -40,7 +42,8 @@ use crate::metrics::{
 };
 use crate::risk;
 use jobs::Job;
-use registry::{new_service, Service, Worker};
+use registry::{new_service, Worker};
+use services::{ServiceKey, Services};
 
 /// A ROUTER routing id (the peer's connection identity).
 pub type Identity = Vec<u8>;
@@ -177,7 +180,7 @@ pub struct Dispatcher {
     started: Instant,
     workers: HashMap<Identity, Worker>,
     by_id: HashMap<WorkerId, Identity>,
-    services: HashMap<ServiceName, Service>,
+    services: Services,
     jobs: HashMap<JobId, Job>,
     timers: BTreeSet<(u64, JobId)>,
     affinity: HashMap<(ServiceName, String), WorkerId>,
@@ -215,7 +218,7 @@ impl Dispatcher {
             started: now,
             workers: HashMap::default(),
             by_id: HashMap::default(),
-            services: HashMap::default(),
+            services: Services::default(),
             jobs: HashMap::default(),
             timers: BTreeSet::new(),
             affinity: HashMap::default(),
@@ -281,24 +284,25 @@ impl Dispatcher {
         timer.map_or(self.next_heartbeat, |t| t.min(self.next_heartbeat))
     }
 
-    fn has_workers(&self, service: &ServiceName) -> bool {
+    fn has_workers(&self, service: ServiceKey) -> bool {
         self.services
             .get(service)
             .is_some_and(|s| !s.workers.is_empty())
     }
 
-    fn service_metrics(&self, service: &ServiceName) -> Rc<ServiceMetrics> {
+    fn service_metrics(&self, service: ServiceKey) -> Rc<ServiceMetrics> {
         self.services
             .get(service)
             .filter(|s| s.registered)
             .map_or_else(|| self.unknown_metrics.clone(), |s| s.metrics.clone())
     }
 
-    fn service_entry(&mut self, service: &ServiceName) -> &mut Service {
+    /// The key of `service`'s entry, made (counted under `_unknown` until a worker
+    /// offers it) if there is none.
+    fn service_entry(&mut self, service: &ServiceName) -> ServiceKey {
         let unknown = &self.unknown_metrics;
         self.services
-            .entry(service.clone())
-            .or_insert_with(|| new_service(unknown.clone()))
+            .entry(service, || new_service(service.clone(), unknown.clone()))
     }
 
     fn send_error(&mut self, to: Identity, id: RequestId, code: ErrorCode, message: String) {

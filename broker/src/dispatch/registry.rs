@@ -9,6 +9,7 @@ use tradeplex_proto::worker::{self, ReadyHeader};
 use tradeplex_proto::{ErrorCode, JobId, ServiceName, WorkerId};
 
 use super::queue::ServiceQueue;
+use super::services::ServiceKey;
 use super::{Clock, Dispatcher, Identity, Out, Phase};
 use crate::metrics::ServiceMetrics;
 
@@ -52,6 +53,7 @@ impl Worker {
 }
 
 pub(super) struct Service {
+    pub(super) name: ServiceName,
     pub(super) workers: Vec<Identity>,
     pub(super) queue: ServiceQueue,
     pub(super) in_flight: usize,
@@ -62,8 +64,9 @@ pub(super) struct Service {
     pub(super) metrics: Rc<ServiceMetrics>,
 }
 
-pub(super) fn new_service(metrics: Rc<ServiceMetrics>) -> Service {
+pub(super) fn new_service(name: ServiceName, metrics: Rc<ServiceMetrics>) -> Service {
     Service {
+        name,
         workers: Vec::new(),
         queue: ServiceQueue::default(),
         in_flight: 0,
@@ -109,7 +112,7 @@ impl Dispatcher {
             self.attach(added, &from);
         }
         for s in &h.services {
-            self.pump(s);
+            self.pump_named(s);
         }
         if let Some(old) = replaced {
             self.remove_worker(clock, &old, Departure::Replaced);
@@ -173,10 +176,15 @@ impl Dispatcher {
 
     fn attach(&mut self, service: &ServiceName, worker: &Identity) {
         let (metrics, batch) = (&self.metrics, &self.batch);
-        let entry = self
-            .services
-            .entry(service.clone())
-            .or_insert_with(|| new_service(Rc::new(metrics.service(service.as_str(), batch))));
+        let key = self.services.entry(service, || {
+            new_service(
+                service.clone(),
+                Rc::new(metrics.service(service.as_str(), batch)),
+            )
+        });
+        let Some(entry) = self.services.get_mut(key) else {
+            return;
+        };
         if !entry.registered {
             // Move the queued count off the `_unknown` gauge onto the service's own.
             entry.metrics.queued(-(entry.queue.len() as i64));
@@ -192,7 +200,7 @@ impl Dispatcher {
     }
 
     fn detach(&mut self, clock: Clock, service: &ServiceName, worker: &Identity) {
-        if let Some(entry) = self.services.get_mut(service) {
+        if let Some(entry) = self.services.named_mut(service) {
             entry.workers.retain(|w| w != worker);
             entry.metrics.workers.set(entry.workers.len() as i64);
             if entry.workers.is_empty() {
@@ -205,7 +213,7 @@ impl Dispatcher {
     fn too_many_services(&self, offered: &[ServiceName]) -> bool {
         let new = offered
             .iter()
-            .filter(|s| !self.services.get(*s).is_some_and(|e| e.registered))
+            .filter(|s| !self.services.named(s).is_some_and(|e| e.registered))
             .count();
         if new == 0 {
             return false;
@@ -218,7 +226,7 @@ impl Dispatcher {
     /// the retention period, and their metric series.
     pub(super) fn forget_orphaned_services(&mut self, clock: Clock) {
         let retention = self.cfg.service_retention;
-        let gone: Vec<ServiceName> = self
+        let gone: Vec<ServiceKey> = self
             .services
             .iter()
             .filter(|(_, s)| {
@@ -227,10 +235,12 @@ impl Dispatcher {
                     && s.orphaned_since
                         .is_some_and(|t| clock.now.saturating_duration_since(t) >= retention)
             })
-            .map(|(name, _)| name.clone())
+            .map(|(key, _)| key)
             .collect();
-        for name in gone {
-            self.services.remove(&name);
+        for key in gone {
+            let Some(Service { name, .. }) = self.services.remove(key) else {
+                continue;
+            };
             self.metrics.forget_service(name.as_str());
             self.affinity.retain(|(s, _), _| *s != name);
             tracing::info!(service = %name, "service forgotten after its retention period without workers");
@@ -261,8 +271,10 @@ impl Dispatcher {
             self.fail_in_flight(job_id, &w.id);
         }
         for s in &w.services {
-            self.pump(s);
-            self.fail_unserved(clock, s);
+            if let Some(key) = self.services.key(s) {
+                self.pump(key);
+                self.fail_unserved(clock, key);
+            }
         }
     }
 
@@ -270,8 +282,7 @@ impl Dispatcher {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
-        let service = job.service.clone();
-        if let Some(s) = self.services.get_mut(&service) {
+        if let Some(s) = self.services.get_mut(job.entry) {
             s.in_flight = s.in_flight.saturating_sub(1);
             s.metrics.executing(-1);
         }
@@ -287,15 +298,16 @@ impl Dispatcher {
 
     /// Queued jobs of a service left with no worker at all are answered at once (or when
     /// their grace period ends), never left to hang.
-    fn fail_unserved(&mut self, clock: Clock, service: &ServiceName) {
+    fn fail_unserved(&mut self, clock: Clock, service: ServiceKey) {
         if self.has_workers(service) {
             return;
         }
-        let queued: Vec<JobId> = self
-            .services
-            .get(service)
-            .map(|s| s.queue.jobs().collect())
-            .unwrap_or_default();
+        let Some((name, queued)) = self.services.get(service).map(|s| {
+            let queued: Vec<JobId> = s.queue.jobs().collect();
+            (s.name.clone(), queued)
+        }) else {
+            return;
+        };
         let grace_end = clock.unix_ms + self.cfg.grace_ms;
         for job_id in queued {
             if self.jobs.get(&job_id).is_some_and(|j| j.undelivered) {
@@ -303,7 +315,7 @@ impl Dispatcher {
             }
             if self.cfg.grace_ms == 0 {
                 self.unqueue(job_id);
-                let msg = format!("no worker offers {service}");
+                let msg = format!("no worker offers {name}");
                 self.finish(job_id, Err((ErrorCode::UnknownService, msg)), None);
             } else if let Some(job) = self.jobs.get(&job_id) {
                 let at = job.deadline_ms.min(grace_end);
