@@ -5,6 +5,7 @@ use tradeplex_proto::worker;
 use tradeplex_proto::{ErrorCode, JobId};
 
 use super::registry::Departure;
+use super::workers::WorkerKey;
 use super::{Body, Clock, Dispatcher, Identity};
 
 impl Dispatcher {
@@ -20,7 +21,9 @@ impl Dispatcher {
             self.on_ready(clock, from, h);
             return;
         }
-        let Some(w) = self.workers.get_mut(&from) else {
+        let Some((key, w)) =
+            (self.workers.key(&from)).and_then(|k| Some((k, self.workers.get_mut(k)?)))
+        else {
             if !matches!(msg, worker::Message::Disconnect(_)) {
                 // A worker we do not know (e.g. we restarted): ask it to register again.
                 self.disconnect(from, worker::REASON_NOT_REGISTERED.into());
@@ -29,17 +32,17 @@ impl Dispatcher {
         };
         w.last_seen = clock.now;
         match msg {
-            worker::Message::Reply(h) => self.complete(&from, h.job, Ok(body)),
+            worker::Message::Reply(h) => self.complete(key, h.job, Ok(body)),
             worker::Message::Error(h) => {
                 // `risk_rejected` is the broker's own answer: a worker cannot claim it.
                 let code = ErrorCode::from_u16(h.code)
                     .filter(|c| *c != ErrorCode::RiskRejected)
                     .unwrap_or(ErrorCode::WorkerError);
-                self.complete(&from, h.job, Err((code, h.message)))
+                self.complete(key, h.job, Err((code, h.message)))
             }
             worker::Message::Heartbeat => {}
             worker::Message::Disconnect(_) => {
-                self.remove_worker(clock, &from, Departure::Disconnected)
+                self.remove_worker(clock, key, Departure::Disconnected)
             }
             // A BATCH is opened by the socket loop; one reaching here is misplaced.
             worker::Message::Request(_) | worker::Message::Ready(_) | worker::Message::Batch(_) => {
@@ -58,13 +61,15 @@ impl Dispatcher {
         job: JobId,
         detail: &str,
     ) {
-        let Some(w) = self.workers.get_mut(&from) else {
+        let Some((key, w)) =
+            (self.workers.key(&from)).and_then(|k| Some((k, self.workers.get_mut(k)?)))
+        else {
             self.metrics.late_replies.inc();
             return;
         };
         w.last_seen = clock.now;
         let msg = format!("worker sent a malformed answer ({detail}); outcome unknown");
-        self.complete(&from, job, Err((ErrorCode::WorkerError, msg)));
+        self.complete(key, job, Err((ErrorCode::WorkerError, msg)));
     }
 
     /// Tells a worker that one of its messages was refused (`reason` is
@@ -76,14 +81,14 @@ impl Dispatcher {
 
     fn complete(
         &mut self,
-        from: &Identity,
+        from: WorkerKey,
         job_id: JobId,
         result: Result<Body, (ErrorCode, String)>,
     ) {
         let owned = self
             .jobs
             .get(&job_id)
-            .is_some_and(|j| j.worker.as_ref() == Some(from));
+            .is_some_and(|j| j.worker == Some(from));
         let Some(w) = self.workers.get_mut(from).filter(|_| owned) else {
             self.metrics.late_replies.inc();
             return;
@@ -120,10 +125,10 @@ impl Dispatcher {
     /// Undoes a delivery the socket could not make (the worker is gone): the request was
     /// not delivered, so it is requeued whatever its kind, and the worker dropped.
     pub(crate) fn on_send_failed(&mut self, clock: Clock, job_id: JobId) {
-        let Some(identity) = self.jobs.get(&job_id).and_then(|j| j.worker.clone()) else {
+        let Some(key) = self.jobs.get(&job_id).and_then(|j| j.worker) else {
             return;
         };
-        if let Some(w) = self.workers.get_mut(&identity) {
+        if let Some(w) = self.workers.get_mut(key) {
             w.in_flight.remove(&job_id);
         }
         if let Some(job) = self.jobs.get_mut(&job_id) {
@@ -138,6 +143,6 @@ impl Dispatcher {
         // another worker or this worker's next registration.
         self.metrics.requests_retried.inc();
         self.requeue_front(job_id);
-        self.remove_worker(clock, &identity, Departure::Unreachable);
+        self.remove_worker(clock, key, Departure::Unreachable);
     }
 }

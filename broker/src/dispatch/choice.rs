@@ -5,7 +5,8 @@ use tradeplex_proto::{worker, ErrorCode, JobId, ServiceName, WorkerId};
 
 use super::jobs::Job;
 use super::services::ServiceKey;
-use super::{Dispatcher, Identity, Out};
+use super::workers::WorkerKey;
+use super::{Dispatcher, Out};
 
 /// Most affinity bindings kept; beyond it, bindings of dead workers are swept first.
 const MAX_AFFINITY: usize = 100_000;
@@ -19,7 +20,7 @@ enum Turn {
 
 /// Where one queued job can go now.
 enum Choice {
-    Deliver(Identity),
+    Deliver(WorkerKey),
     Wait,
     NoRoom,
     Fail(ErrorCode, String),
@@ -81,7 +82,7 @@ impl Dispatcher {
     /// A slot freed on `worker`: each service it offers with queued work gets the chance in
     /// turn (starting one further each time), so one service's backlog cannot starve
     /// another's queued requests on a shared worker.
-    pub(super) fn pump_worker(&mut self, worker: &Identity) {
+    pub(super) fn pump_worker(&mut self, worker: WorkerKey) {
         let Some(w) = self.workers.get_mut(worker) else {
             return;
         };
@@ -127,11 +128,11 @@ impl Dispatcher {
                 .affinity
                 .get(&(service.clone(), affinity.clone()))
                 .and_then(|id| {
-                    let i = self.by_id.get(id)?;
+                    let k = self.workers.key_of_id(id)?;
                     self.workers
-                        .get(i)
+                        .get(k)
                         .filter(|w| w.offers(service) && !job.refused(&w.id))
-                        .map(|w| (i.clone(), w.has_room()))
+                        .map(|w| (k, w.has_room()))
                 });
             return match bound {
                 Some((i, true)) => Choice::Deliver(i),
@@ -140,7 +141,7 @@ impl Dispatcher {
                 None => match self.least_loaded(key, &job.refused_by) {
                     Some(i) => {
                         let binding = (service.clone(), affinity.clone());
-                        self.bind_affinity(binding, &i);
+                        self.bind_affinity(binding, i);
                         Choice::Deliver(i)
                     }
                     None => Choice::Wait,
@@ -163,14 +164,10 @@ impl Dispatcher {
                 format!("target worker {target} refused it; not executed"),
             );
         }
-        match self
-            .by_id
-            .get(&target)
-            .and_then(|i| self.workers.get(i).map(|w| (i, w)))
-        {
-            Some((i, w)) if w.offers(service) => {
+        match (self.workers.key_of_id(&target)).and_then(|k| Some((k, self.workers.get(k)?))) {
+            Some((k, w)) if w.offers(service) => {
                 if w.has_room() {
-                    Choice::Deliver(i.clone())
+                    Choice::Deliver(k)
                 } else {
                     Choice::Wait
                 }
@@ -187,18 +184,18 @@ impl Dispatcher {
         self.services.get(service).is_some_and(|s| {
             s.workers
                 .iter()
-                .filter_map(|i| self.workers.get(i))
+                .filter_map(|k| self.workers.get(*k))
                 .all(|w| job.refused(&w.id))
         })
     }
 
-    fn bind_affinity(&mut self, binding: (ServiceName, String), worker: &Identity) {
+    fn bind_affinity(&mut self, binding: (ServiceName, String), worker: WorkerKey) {
         let Some(id) = self.workers.get(worker).map(|w| w.id) else {
             return;
         };
         if self.affinity.len() >= MAX_AFFINITY {
-            let live = &self.by_id;
-            self.affinity.retain(|_, w| live.contains_key(w));
+            let live = &self.workers;
+            self.affinity.retain(|_, w| live.has_id(w));
         }
         if self.affinity.len() < MAX_AFFINITY {
             self.affinity.insert(binding, id);
@@ -207,22 +204,27 @@ impl Dispatcher {
 
     /// The worker of `service` with the fewest requests in flight and room for one more,
     /// ties to the least recently used, leaving out those in `refused`.
-    fn least_loaded(&self, service: ServiceKey, refused: &[WorkerId]) -> Option<Identity> {
+    fn least_loaded(&self, service: ServiceKey, refused: &[WorkerId]) -> Option<WorkerKey> {
         let s = self.services.get(service)?;
         s.workers
             .iter()
-            .filter_map(|i| self.workers.get(i).map(|w| (i, w)))
+            .filter_map(|k| self.workers.get(*k).map(|w| (*k, w)))
             .filter(|(_, w)| w.has_room() && !refused.contains(&w.id))
             .min_by_key(|(_, w)| (w.in_flight.len(), w.last_used))
-            .map(|(i, _)| i.clone())
+            .map(|(k, _)| k)
     }
 
-    fn deliver(&mut self, job_id: JobId, to: Identity) {
-        let Some(job) = self.jobs.get_mut(&job_id) else {
+    fn deliver(&mut self, job_id: JobId, to: WorkerKey) {
+        self.use_counter += 1;
+        let (Some(w), Some(job)) = (self.workers.get_mut(to), self.jobs.get_mut(&job_id)) else {
+            // Not reached: `choose` has just found the worker. Were it gone, the job goes
+            // back to the front of its queue rather than being dropped.
+            self.requeue_front(job_id);
             return;
         };
-        let body = job.body.share();
-        job.worker = Some(to.clone());
+        w.in_flight.insert(job_id);
+        w.last_used = self.use_counter;
+        job.worker = Some(to);
         let header = worker::RequestHeader {
             job: job_id,
             id: job.id,
@@ -230,23 +232,15 @@ impl Dispatcher {
             deadline_ms: job.deadline_ms,
             idempotent: job.idempotent,
         };
-        let service = job.entry;
-        self.use_counter += 1;
-        let mut batch = false;
-        if let Some(w) = self.workers.get_mut(&to) {
-            w.in_flight.insert(job_id);
-            w.last_used = self.use_counter;
-            batch = w.batch;
-        }
-        if let Some(s) = self.services.get_mut(service) {
+        if let Some(s) = self.services.get_mut(job.entry) {
             s.in_flight += 1;
             s.metrics.executing(1);
         }
         self.out.push(Out::Deliver {
-            to,
+            to: w.identity.clone(),
             header,
-            body,
-            batch,
+            body: job.body.share(),
+            batch: w.batch,
         });
     }
 }

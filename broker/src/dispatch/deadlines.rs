@@ -4,7 +4,8 @@
 use tradeplex_proto::{ErrorCode, JobId};
 
 use super::registry::Departure;
-use super::{Clock, Dispatcher, Identity, Out};
+use super::workers::WorkerKey;
+use super::{Clock, Dispatcher, Out};
 use crate::metrics::WORKER_STATES;
 
 impl Dispatcher {
@@ -20,14 +21,14 @@ impl Dispatcher {
 
     fn expire_workers(&mut self, clock: Clock) {
         let window = self.cfg.liveness_window();
-        let dead: Vec<Identity> = self
+        let dead: Vec<WorkerKey> = self
             .workers
             .iter()
             .filter(|(_, w)| clock.now.saturating_duration_since(w.last_seen) > window)
-            .map(|(i, _)| i.clone())
+            .map(|(k, _)| k)
             .collect();
-        for identity in dead {
-            self.remove_worker(clock, &identity, Departure::Expired);
+        for key in dead {
+            self.remove_worker(clock, key, Departure::Expired);
         }
     }
 
@@ -46,9 +47,10 @@ impl Dispatcher {
             .filter(|w| clock.now.saturating_duration_since(w.last_seen) > interval + interval / 2)
             .count();
         self.metrics.heartbeats_missed.inc_by(missed as u64);
-        let identities: Vec<Identity> = self.workers.keys().cloned().collect();
-        for identity in identities {
-            self.out.push(Out::Heartbeat { to: identity });
+        for w in self.workers.values() {
+            self.out.push(Out::Heartbeat {
+                to: w.identity.clone(),
+            });
         }
         let window = self.cfg.liveness_window();
         self.clients
@@ -81,8 +83,8 @@ impl Dispatcher {
             return;
         };
         let service = job.entry;
-        let identity = job.worker.clone();
-        let worker = job.worker.as_ref().and_then(|i| self.workers.get_mut(i));
+        let key = job.worker;
+        let worker = key.and_then(|k| self.workers.get_mut(k));
         let worker_id = worker.map(|w| {
             w.in_flight.remove(&job_id);
             w.id
@@ -97,8 +99,8 @@ impl Dispatcher {
         );
         tracing::warn!(%job_id, worker = ?worker_id, "in-flight request abandoned");
         self.finish(job_id, Err((ErrorCode::WorkerLost, msg)), worker_id);
-        match identity {
-            Some(i) => self.pump_worker(&i),
+        match key {
+            Some(k) => self.pump_worker(k),
             None => self.pump(service),
         }
     }

@@ -184,9 +184,8 @@ impl Dispatcher {
         }
         if let Some(target) = h.target {
             let offered = self
-                .by_id
-                .get(&target)
-                .and_then(|i| self.workers.get(i))
+                .workers
+                .with_id(&target)
                 .is_some_and(|w| w.offers(&h.service));
             if !offered {
                 return Some((

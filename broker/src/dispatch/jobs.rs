@@ -6,6 +6,7 @@ use std::time::Instant;
 use tradeplex_proto::{ErrorCode, JobId, RequestId, ServiceName, WorkerId};
 
 use super::services::ServiceKey;
+use super::workers::WorkerKey;
 use super::{Body, Dispatcher, Identity, Out};
 use crate::risk;
 
@@ -30,7 +31,7 @@ pub(super) struct Job {
     pub(super) undelivered: bool,
     pub(super) received: Instant,
     /// The worker executing it, once delivered.
-    pub(super) worker: Option<Identity>,
+    pub(super) worker: Option<WorkerKey>,
     /// The wall-clock ms at which the timer set looks at this job while queued.
     pub(super) timer_ms: Option<u64>,
     /// An order the risk stage admitted: counted as in flight until the job is answered.

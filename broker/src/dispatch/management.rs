@@ -145,9 +145,8 @@ impl Dispatcher {
             return false;
         };
         let offered = self
-            .by_id
-            .get(&target)
-            .and_then(|i| self.workers.get(i))
+            .workers
+            .with_id(&target)
             .is_some_and(|w| w.offers(&service));
         if !offered {
             stage.count_halt_cancel(ErrorCode::UnknownWorker.name());

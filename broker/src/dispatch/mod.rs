@@ -12,6 +12,7 @@
 //! - [`deadlines`]: heartbeats, expiry, timers, abandoned requests;
 //! - [`shutdown`]: the two-step drain;
 //! - [`services`]: the service table, by name and by key;
+//! - [`workers`]: the worker table, by connection, by worker id and by key;
 //! - [`queue`]: one service's per-client queue lanes.
 
 mod backend;
@@ -26,6 +27,7 @@ mod services;
 mod shutdown;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -42,8 +44,9 @@ use crate::metrics::{
 };
 use crate::risk;
 use jobs::Job;
-use registry::{new_service, Worker};
+use registry::new_service;
 use services::{ServiceKey, Services};
+use workers::Workers;
 
 /// A ROUTER routing id (the peer's connection identity).
 pub type Identity = Vec<u8>;
@@ -178,8 +181,7 @@ pub struct Dispatcher {
     cfg: DispatchConfig,
     broker_id: WorkerId,
     started: Instant,
-    workers: HashMap<Identity, Worker>,
-    by_id: HashMap<WorkerId, Identity>,
+    workers: Workers,
     services: Services,
     jobs: HashMap<JobId, Job>,
     timers: BTreeSet<(u64, JobId)>,
@@ -216,8 +218,7 @@ impl Dispatcher {
             cfg,
             broker_id: WorkerId::random(),
             started: now,
-            workers: HashMap::default(),
-            by_id: HashMap::default(),
+            workers: Workers::default(),
             services: Services::default(),
             jobs: HashMap::default(),
             timers: BTreeSet::new(),

@@ -10,6 +10,7 @@ use tradeplex_proto::{ErrorCode, JobId, ServiceName, WorkerId};
 
 use super::queue::ServiceQueue;
 use super::services::ServiceKey;
+use super::workers::WorkerKey;
 use super::{Clock, Dispatcher, Identity, Out, Phase};
 use crate::metrics::ServiceMetrics;
 
@@ -27,6 +28,8 @@ pub enum Departure {
 }
 
 pub(super) struct Worker {
+    /// Its connection's routing id.
+    pub(super) identity: Identity,
     pub(super) id: WorkerId,
     pub(super) services: Vec<ServiceName>,
     pub(super) capacity: u32,
@@ -54,7 +57,7 @@ impl Worker {
 
 pub(super) struct Service {
     pub(super) name: ServiceName,
-    pub(super) workers: Vec<Identity>,
+    pub(super) workers: Vec<WorkerKey>,
     pub(super) queue: ServiceQueue,
     pub(super) in_flight: usize,
     /// Set once a worker has offered the service; until then metrics go to `_unknown`.
@@ -85,38 +88,45 @@ impl Dispatcher {
         // The worker may have reconnected on a new socket before we noticed it had gone;
         // the old registration is dropped once the new one is in place, so its jobs can
         // move straight to the new socket.
-        let replaced = self.by_id.get(&h.worker).filter(|i| **i != from).cloned();
-        if !self.ready_acceptable(&from, &h, replaced.as_ref()) {
+        let replaced = (self.workers.key_of_id(&h.worker))
+            .filter(|k| self.workers.get(*k).is_some_and(|w| w.identity != from));
+        if !self.ready_acceptable(&from, &h, replaced) {
             return;
         }
-        if self.workers.get(&from).is_some_and(|w| w.id != h.worker) {
-            self.remove_worker(clock, &from, Departure::Replaced);
+        if let Some(other) = self.workers.key(&from) {
+            if self.workers.get(other).is_some_and(|w| w.id != h.worker) {
+                self.remove_worker(clock, other, Departure::Replaced);
+            }
         }
-        let previous = match self.workers.get_mut(&from) {
-            Some(w) => {
-                w.last_seen = clock.now;
-                w.capacity = h.capacity;
-                w.session = h.session;
-                w.batch = h.batch;
-                std::mem::replace(&mut w.services, h.services.clone())
-            }
-            None => {
-                self.register(clock, &from, &h);
-                Vec::new()
-            }
+        let (key, previous) = match self.workers.key(&from) {
+            Some(key) => (key, self.update(clock, key, &h)),
+            None => (self.register(clock, &from, &h), Vec::new()),
         };
         for gone in previous.iter().filter(|s| !h.services.contains(s)) {
-            self.detach(clock, gone, &from);
+            self.detach(clock, gone, key);
         }
         for added in h.services.iter().filter(|s| !previous.contains(s)) {
-            self.attach(added, &from);
+            self.attach(added, key);
         }
         for s in &h.services {
             self.pump_named(s);
         }
         if let Some(old) = replaced {
-            self.remove_worker(clock, &old, Departure::Replaced);
+            self.remove_worker(clock, old, Departure::Replaced);
         }
+    }
+
+    /// A READY from a registered worker: it may change its capacity and services; the
+    /// services it offered before are returned.
+    fn update(&mut self, clock: Clock, key: WorkerKey, h: &ReadyHeader) -> Vec<ServiceName> {
+        let Some(w) = self.workers.get_mut(key) else {
+            return Vec::new();
+        };
+        w.last_seen = clock.now;
+        w.capacity = h.capacity;
+        w.session = h.session;
+        w.batch = h.batch;
+        std::mem::replace(&mut w.services, h.services.clone())
     }
 
     /// Whether a READY may change the registry: refused (and answered) past the service
@@ -125,7 +135,7 @@ impl Dispatcher {
         &mut self,
         from: &Identity,
         h: &ReadyHeader,
-        replaced: Option<&Identity>,
+        replaced: Option<WorkerKey>,
     ) -> bool {
         if self.too_many_services(&h.services) {
             self.metrics.bad_frame("backend", "too_many_services");
@@ -137,7 +147,7 @@ impl Dispatcher {
             return false;
         }
         let current_session = replaced
-            .and_then(|i| self.workers.get(i))
+            .and_then(|k| self.workers.get(k))
             .map(|w| w.session);
         if current_session.is_some_and(|s| h.session < s) {
             // Sent on a connection the worker has since abandoned (it arrived late, e.g.
@@ -151,30 +161,28 @@ impl Dispatcher {
     }
 
     /// A worker's first READY on this connection: it enters the registry.
-    fn register(&mut self, clock: Clock, from: &Identity, h: &ReadyHeader) {
+    fn register(&mut self, clock: Clock, from: &Identity, h: &ReadyHeader) -> WorkerKey {
         self.metrics.worker_registrations.inc();
         tracing::info!(worker = %h.worker, services = %tradeplex_ops::logging::list(&h.services), capacity = h.capacity, "worker registered");
-        self.by_id.insert(h.worker, from.clone());
-        self.workers.insert(
-            from.clone(),
-            Worker {
-                id: h.worker,
-                services: h.services.clone(),
-                capacity: h.capacity,
-                in_flight: HashSet::default(),
-                last_seen: clock.now,
-                last_used: 0,
-                served: 0,
-                session: h.session,
-                next_pump: 0,
-                batch: h.batch,
-            },
-        );
+        let key = self.workers.insert(Worker {
+            identity: from.clone(),
+            id: h.worker,
+            services: h.services.clone(),
+            capacity: h.capacity,
+            in_flight: HashSet::default(),
+            last_seen: clock.now,
+            last_used: 0,
+            served: 0,
+            session: h.session,
+            next_pump: 0,
+            batch: h.batch,
+        });
         // Acknowledge at once: a heartbeat tells the worker it is registered.
         self.out.push(Out::Heartbeat { to: from.clone() });
+        key
     }
 
-    fn attach(&mut self, service: &ServiceName, worker: &Identity) {
+    fn attach(&mut self, service: &ServiceName, worker: WorkerKey) {
         let (metrics, batch) = (&self.metrics, &self.batch);
         let key = self.services.entry(service, || {
             new_service(
@@ -193,15 +201,15 @@ impl Dispatcher {
             entry.metrics.set_queued(entry.queue.len() as i64);
         }
         entry.orphaned_since = None;
-        if !entry.workers.contains(worker) {
-            entry.workers.push(worker.clone());
+        if !entry.workers.contains(&worker) {
+            entry.workers.push(worker);
             entry.metrics.workers.set(entry.workers.len() as i64);
         }
     }
 
-    fn detach(&mut self, clock: Clock, service: &ServiceName, worker: &Identity) {
+    fn detach(&mut self, clock: Clock, service: &ServiceName, worker: WorkerKey) {
         if let Some(entry) = self.services.named_mut(service) {
-            entry.workers.retain(|w| w != worker);
+            entry.workers.retain(|w| *w != worker);
             entry.metrics.workers.set(entry.workers.len() as i64);
             if entry.workers.is_empty() {
                 entry.orphaned_since = Some(clock.now);
@@ -249,13 +257,10 @@ impl Dispatcher {
 
     /// Drops a worker: its idempotent in-flight jobs go back to the front of their queue,
     /// the others are answered `worker_lost` (they may have executed).
-    pub(crate) fn remove_worker(&mut self, clock: Clock, identity: &Identity, why: Departure) {
-        let Some(w) = self.workers.remove(identity) else {
+    pub(super) fn remove_worker(&mut self, clock: Clock, key: WorkerKey, why: Departure) {
+        let Some(w) = self.workers.remove(key) else {
             return;
         };
-        if self.by_id.get(&w.id) == Some(identity) {
-            self.by_id.remove(&w.id);
-        }
         match why {
             Departure::Expired => self.metrics.workers_expired.inc(),
             Departure::Disconnected => self.metrics.worker_disconnects.inc(),
@@ -263,7 +268,7 @@ impl Dispatcher {
         }
         tracing::warn!(worker = %w.id, reason = ?why, in_flight = w.in_flight.len(), "worker removed");
         for s in &w.services {
-            self.detach(clock, s, identity);
+            self.detach(clock, s, key);
         }
         let mut jobs: Vec<JobId> = w.in_flight.into_iter().collect();
         jobs.sort();

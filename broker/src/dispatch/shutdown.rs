@@ -29,11 +29,7 @@ impl Dispatcher {
             .jobs
             .iter()
             .map(|(id, j)| {
-                let w = j
-                    .worker
-                    .as_ref()
-                    .and_then(|i| self.workers.get(i))
-                    .map(|w| w.id);
+                let w = j.worker.and_then(|k| self.workers.get(k)).map(|w| w.id);
                 (*id, w)
             })
             .collect();
@@ -42,7 +38,7 @@ impl Dispatcher {
             self.finish(job_id, Err((ErrorCode::WorkerLost, msg)), worker);
         }
         self.phase = Phase::Stopped;
-        let identities: Vec<Identity> = self.workers.keys().cloned().collect();
+        let identities: Vec<Identity> = self.workers.values().map(|w| w.identity.clone()).collect();
         for identity in identities {
             self.disconnect(identity, worker::REASON_SHUTTING_DOWN.into());
         }

@@ -355,7 +355,8 @@ fn retried_body_is_the_original() {
     h.request("echo", true);
     h.deliveries();
     h.ready(b"B", &["echo"], 1);
-    h.d.remove_worker(h.clock, &b"A".to_vec(), Departure::Disconnected);
+    let a_key = h.d.workers.key(&b"A".to_vec()).unwrap();
+    h.d.remove_worker(h.clock, a_key, Departure::Disconnected);
     let (msgs, _, _) = h.drain();
     let req = msgs
         .iter()
@@ -918,7 +919,8 @@ fn a_service_without_workers_is_forgotten_with_its_series_after_retention() {
             .count()
     };
     assert!(series(&h) > 0);
-    h.d.remove_worker(h.clock, &b"A".to_vec(), Departure::Disconnected);
+    let a_key = h.d.workers.key(&b"A".to_vec()).unwrap();
+    h.d.remove_worker(h.clock, a_key, Departure::Disconnected);
     h.advance(Duration::from_millis(200));
     assert!(series(&h) > 0, "kept during the retention period");
     h.advance(Duration::from_millis(400));
@@ -1081,7 +1083,8 @@ fn halt_refuses_the_accounts_orders_and_cancels_its_working_orders_on_each_worke
 
     // The cancels' answers are the broker's: none reaches a client.
     h.reply(b"A", cancels[0].2);
-    h.d.remove_worker(h.clock, &b"B".to_vec(), Departure::Expired);
+    let b_key = h.d.workers.key(&b"B".to_vec()).unwrap();
+    h.d.remove_worker(h.clock, b_key, Departure::Expired);
     let (_, replies, errors) = h.drain();
     assert!(
         replies.is_empty() && errors.is_empty(),
