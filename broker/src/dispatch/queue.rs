@@ -37,39 +37,41 @@ impl ServiceQueue {
 
     /// Queues `job` last in its client's lane.
     pub(super) fn push_back(&mut self, client: &Identity, job: JobId) {
-        self.take_turn(client, false);
-        match self.lanes.get_mut(client) {
-            Some(lane) => lane.push_back(job),
-            None => {
-                self.lanes.insert(client.clone(), VecDeque::from([job]));
-            }
-        }
-        self.len += 1;
+        self.push(client, job, false);
     }
 
     /// Queues `job` first in its client's lane, and that client first in turn (a job
     /// coming back from a worker has already waited its turn once).
     pub(super) fn push_front(&mut self, client: &Identity, job: JobId) {
-        self.take_turn(client, true);
-        match self.lanes.get_mut(client) {
-            Some(lane) => lane.push_front(job),
+        self.push(client, job, true);
+    }
+
+    /// Queues `job` in its client's lane (one map lookup when the lane exists); a client
+    /// that had nothing queued enters the turn order, first or last.
+    fn push(&mut self, client: &Identity, job: JobId, first: bool) {
+        let was_idle = match self.lanes.get_mut(client) {
+            Some(lane) => {
+                let idle = lane.is_empty();
+                if first {
+                    lane.push_front(job);
+                } else {
+                    lane.push_back(job);
+                }
+                idle
+            }
             None => {
                 self.lanes.insert(client.clone(), VecDeque::from([job]));
+                true
+            }
+        };
+        if was_idle {
+            if first {
+                self.turns.push_front(client.clone());
+            } else {
+                self.turns.push_back(client.clone());
             }
         }
         self.len += 1;
-    }
-
-    /// Puts a client that had nothing queued into the turn order (first or last).
-    fn take_turn(&mut self, client: &Identity, first: bool) {
-        if self.lanes.get(client).is_some_and(|l| !l.is_empty()) {
-            return;
-        }
-        if first {
-            self.turns.push_front(client.clone());
-        } else {
-            self.turns.push_back(client.clone());
-        }
     }
 
     /// Gives the next client its turn (it moves to the back); false when none is queued.
