@@ -89,15 +89,15 @@ impl Dispatcher {
         let n = w.services.len();
         w.next_pump = (w.next_pump + 1) % n.max(1);
         let start = w.next_pump;
-        let services = &self.services;
-        // Only services with a backlog are collected: nothing is allocated when none has one.
-        let waiting: Vec<ServiceKey> = (0..n)
-            .filter_map(|k| w.services.get((start + k) % n))
-            .filter_map(|s| services.key(s))
-            .filter(|k| services.get(*k).is_some_and(|q| !q.queue.is_empty()))
-            .collect();
-        for s in waiting {
-            self.pump(s);
+        // Looked up one at a time (a slot index each), so a reply allocates nothing.
+        for k in 0..n {
+            let backlog = (self.workers.get(worker))
+                .and_then(|w| w.services.get((start + k) % n))
+                .and_then(|s| self.services.key(s))
+                .filter(|key| self.services.get(*key).is_some_and(|q| !q.queue.is_empty()));
+            if let Some(key) = backlog {
+                self.pump(key);
+            }
         }
     }
 
