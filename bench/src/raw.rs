@@ -101,7 +101,7 @@ impl RawWorkers {
     }
 }
 
-fn send<T: serde::Serialize>(
+fn send<T: tradeplex_proto::frame::Header>(
     s: &zmq::Socket,
     cmd: wp::Command,
     header: &T,

@@ -5,8 +5,8 @@
 //! window 1 waits for nothing and costs nothing more.
 
 use rustc_hash::FxHashMap as HashMap;
-use serde::Serialize;
 use tradeplex_proto::batch::{BatchBuilder, MAX_BATCH, MAX_BATCH_BYTES};
+use tradeplex_proto::frame::Header;
 use tradeplex_proto::frame::Protocol;
 use tradeplex_proto::JobId;
 
@@ -108,7 +108,7 @@ impl Batches {
 
     /// Adds a message to its peer's batch. A batch with no room left for it is returned,
     /// to be sent now (before it), and a new one started.
-    pub(crate) fn add<T: Serialize>(&mut self, to: &[u8], item: Item<'_, T>) -> Option<Batch> {
+    pub(crate) fn add<T: Header>(&mut self, to: &[u8], item: Item<'_, T>) -> Option<Batch> {
         (item.protocol).encode_head_into(&mut self.head, item.cmd, item.header);
         let size = PREFIX + self.head.len() + item.body.len();
         let i = match self.index.get(to) {

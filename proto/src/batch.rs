@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::Protocol;
+use crate::frame::{Header, Protocol};
 use crate::ProtoError;
 
 /// Most messages in one BATCH.
@@ -28,6 +28,8 @@ pub struct BatchHeader {
     /// Messages in the body, 2 to [`MAX_BATCH`] (a single message is sent alone).
     pub count: u32,
 }
+
+impl Header for BatchHeader {}
 
 /// Checks a BATCH header's count.
 pub(crate) fn validate(h: &BatchHeader) -> Result<(), ProtoError> {

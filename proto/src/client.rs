@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{self, Protocol};
+use crate::frame::{self, Header, Protocol};
 use crate::{ErrorCode, ProtoError, RequestId, ServiceName, WorkerId};
 
 /// The protocol id that starts every client message.
@@ -150,6 +150,8 @@ pub struct ErrorHeader {
     pub worker: Option<WorkerId>,
 }
 
+impl Header for ErrorHeader {}
+
 impl ErrorHeader {
     /// Builds an error header for `code`.
     pub fn new(id: RequestId, code: ErrorCode, message: impl Into<String>) -> ErrorHeader {
@@ -272,13 +274,13 @@ pub fn salvage_id_from_header(header: &[u8]) -> RequestId {
 }
 
 /// Encodes a whole client message: head, then `body`.
-pub fn encode<T: Serialize>(cmd: Command, header: &T, body: &[u8]) -> Vec<u8> {
+pub fn encode<T: Header>(cmd: Command, header: &T, body: &[u8]) -> Vec<u8> {
     PROTOCOL.encode(cmd as u8, header, body)
 }
 
 /// [`encode`] into `buf` (cleared first): a sender that keeps one buffer allocates nothing
 /// per message.
-pub fn encode_into<T: Serialize>(buf: &mut Vec<u8>, cmd: Command, header: &T, body: &[u8]) {
+pub fn encode_into<T: Header>(buf: &mut Vec<u8>, cmd: Command, header: &T, body: &[u8]) {
     PROTOCOL.encode_into(buf, cmd as u8, header, body)
 }
 

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{self, Protocol};
+use crate::frame::{self, Header, Protocol};
 use crate::{ProtoError, WorkerId};
 
 /// Frame 1 of every event.
@@ -41,6 +41,8 @@ pub struct EventHeader {
     /// The event kind (first topic segment), e.g. `tick`.
     pub kind: String,
 }
+
+impl Header for EventHeader {}
 
 /// A decoded event; its body is frame 3.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -68,12 +68,12 @@ impl Protocol {
 
     /// Encodes a message's head (`id`, command byte, header length, header) into `buf`
     /// (cleared first, its allocation reused); the body goes right after it.
-    pub fn encode_head_into<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T) {
+    pub fn encode_head_into<T: Header>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T) {
         buf.clear();
         buf.extend_from_slice(self.frame);
         buf.push(cmd);
         buf.extend_from_slice(&[0, 0]);
-        let written = rmp_serde::encode::write_named(buf, header).is_ok();
+        let written = header.write_to(buf);
         let len = buf.len() - HEAD_PREFIX;
         match u16::try_from(len) {
             Ok(n) if written && len <= MAX_HEADER_BYTES => {
@@ -91,17 +91,28 @@ impl Protocol {
     }
 
     /// Encodes a whole message into `buf` (cleared first): head, then `body`.
-    pub fn encode_into<T: Serialize>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T, body: &[u8]) {
+    pub fn encode_into<T: Header>(&self, buf: &mut Vec<u8>, cmd: u8, header: &T, body: &[u8]) {
         self.encode_head_into(buf, cmd, header);
         buf.extend_from_slice(body);
     }
 
     /// A whole message: `id`, command byte, header length, header, body.
-    pub fn encode<T: Serialize>(&self, cmd: u8, header: &T, body: &[u8]) -> Vec<u8> {
+    pub fn encode<T: Header>(&self, cmd: u8, header: &T, body: &[u8]) -> Vec<u8> {
         // Our headers are small maps: one allocation of this size avoids regrowing.
         let mut buf = Vec::with_capacity(128 + body.len());
         self.encode_into(&mut buf, cmd, header, body);
         buf
+    }
+}
+
+/// A header struct as it goes on the wire: a MessagePack map with field names. The four
+/// on every request's path (a client's REQUEST, the REQUEST to a worker, the worker's
+/// REPLY, the REPLY to a client) write themselves by hand, byte for byte what serde
+/// writes (`quick.rs`, tested against serde); the others go through serde.
+pub trait Header: Serialize {
+    /// Appends the header's map to `buf`; false if it could not be encoded.
+    fn write_to(&self, buf: &mut Vec<u8>) -> bool {
+        rmp_serde::encode::write_named(buf, self).is_ok()
     }
 }
 

@@ -1,13 +1,20 @@
-//! Hand-written decoders for the headers on every request's path (a client's REQUEST at
-//! the broker, the REQUEST at the worker, the worker's REPLY at the broker, the REPLY at
-//! the client) and on every event's (the broker's gap-recovery store, each subscriber).
-//! They read the MessagePack map with field names — in any order — that any encoder of
-//! the protocol produces, without serde's generic machinery. They only ever
+//! Hand-written decoders and encoders for the headers on every request's path (a
+//! client's REQUEST at the broker, the REQUEST at the worker, the worker's REPLY at the
+//! broker, the REPLY at the client) and decoders for every event's (the broker's
+//! gap-recovery store, each subscriber).
+//!
+//! The decoders read the MessagePack map with field names — in any order — that any
+//! encoder of the protocol produces, without serde's generic machinery. They only ever
 //! accept: a header they do not recognise in every detail (an unknown or repeated key, an
 //! unusual integer encoding, a value that does not validate, trailing bytes) gives `None`
 //! and the caller decodes it with serde, which then accepts it or says exactly why not.
-//! The wire is unchanged; the tests check these against serde on generated headers.
+//! The encoders write exactly the bytes serde writes (the fields in declaration order,
+//! each integer in its shortest form, optional fields left out as serde leaves them out).
+//! The wire is unchanged; the tests check both against serde on generated headers.
 
+use rmp::encode as mp;
+
+use crate::frame::Header;
 use crate::{client, event, worker, JobId, RequestId, ServiceName, WorkerId};
 
 /// A cursor over a header's bytes.
@@ -238,6 +245,104 @@ pub(crate) fn event_header(header: &[u8]) -> Option<event::EventHeader> {
     })
 }
 
+/// Appends MessagePack to a header buffer. Writing to a `Vec` cannot fail; the first
+/// error there would be is kept, so the caller can still refuse the header.
+struct Writer<'a> {
+    buf: &'a mut Vec<u8>,
+    ok: bool,
+}
+
+impl Writer<'_> {
+    fn map(buf: &mut Vec<u8>, fields: u32) -> Writer<'_> {
+        let ok = mp::write_map_len(buf, fields).is_ok();
+        Writer { buf, ok }
+    }
+
+    fn key(&mut self, key: &str) -> &mut Self {
+        self.ok &= mp::write_str(self.buf, key).is_ok();
+        self
+    }
+
+    fn uint(&mut self, v: u64) -> &mut Self {
+        self.ok &= mp::write_uint(self.buf, v).is_ok();
+        self
+    }
+
+    fn str(&mut self, v: &str) -> &mut Self {
+        self.ok &= mp::write_str(self.buf, v).is_ok();
+        self
+    }
+
+    fn bool(&mut self, v: bool) -> &mut Self {
+        self.ok &= mp::write_bool(self.buf, v).is_ok();
+        self
+    }
+
+    fn worker(&mut self, w: &WorkerId) -> &mut Self {
+        let mut text = uuid::Uuid::encode_buffer();
+        self.str(w.0.hyphenated().encode_lower(&mut text))
+    }
+}
+
+impl Header for client::RequestHeader {
+    fn write_to(&self, buf: &mut Vec<u8>) -> bool {
+        let optional = [
+            self.target.is_some(),
+            self.affinity.is_some(),
+            self.client.is_some(),
+            self.batch,
+        ];
+        let fields = 4 + optional.iter().filter(|f| **f).count() as u32;
+        let mut w = Writer::map(buf, fields);
+        w.key("id").uint(self.id.0);
+        w.key("service").str(self.service.as_str());
+        w.key("deadline_ms").uint(self.deadline_ms);
+        w.key("idempotent").bool(self.idempotent);
+        if let Some(target) = &self.target {
+            w.key("target").worker(target);
+        }
+        if let Some(affinity) = &self.affinity {
+            w.key("affinity").str(affinity);
+        }
+        if let Some(name) = &self.client {
+            w.key("client").str(name);
+        }
+        if self.batch {
+            w.key("batch").bool(true);
+        }
+        w.ok
+    }
+}
+
+impl Header for client::ReplyHeader {
+    fn write_to(&self, buf: &mut Vec<u8>) -> bool {
+        let mut w = Writer::map(buf, 2);
+        w.key("id").uint(self.id.0);
+        w.key("worker").worker(&self.worker);
+        w.ok
+    }
+}
+
+impl Header for worker::RequestHeader {
+    fn write_to(&self, buf: &mut Vec<u8>) -> bool {
+        let mut w = Writer::map(buf, 5);
+        w.key("job").uint(self.job.0);
+        w.key("id").uint(self.id.0);
+        w.key("service").str(self.service.as_str());
+        w.key("deadline_ms").uint(self.deadline_ms);
+        w.key("idempotent").bool(self.idempotent);
+        w.ok
+    }
+}
+
+impl Header for worker::ReplyHeader {
+    fn write_to(&self, buf: &mut Vec<u8>) -> bool {
+        let mut w = Writer::map(buf, 1);
+        w.key("job").uint(self.job.0);
+        w.ok
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,7 +412,34 @@ mod tests {
             })
     }
 
+    /// What a hand-written encoder writes is byte for byte what serde writes.
+    fn writes_as_serde<T: Header>(h: &T) -> Result<(), TestCaseError> {
+        let mut quick = Vec::new();
+        prop_assert!(h.write_to(&mut quick));
+        prop_assert_eq!(quick, crate::frame::encode_header(h));
+        Ok(())
+    }
+
     proptest! {
+        #[test]
+        fn headers_on_the_request_path_are_written_as_serde_writes_them(
+            c in client_request_header(),
+            w in worker_request_header(),
+            id in any::<u64>(),
+            worker in any::<u128>(),
+            long in proptest::option::of(prop_oneof![
+                Just(31usize), Just(32), Just(255), Just(256), Just(65_535), Just(65_536),
+                0usize..70_000,
+            ].prop_map(|n| "a".repeat(n))),
+        ) {
+            writes_as_serde(&c)?;
+            // Strings past the short forms (str8, str16, str32) in an optional field.
+            writes_as_serde(&client::RequestHeader { affinity: long, ..c })?;
+            writes_as_serde(&w)?;
+            writes_as_serde(&client::ReplyHeader { id: RequestId(id), worker: uuid_from(worker) })?;
+            writes_as_serde(&worker::ReplyHeader { job: JobId(id) })?;
+        }
+
         #[test]
         fn client_requests_read_as_serde_reads_them(h in client_request_header()) {
             let bytes = crate::frame::encode_header(&h);

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{self, Protocol};
+use crate::frame::{self, Header, Protocol};
 use crate::{ErrorCode, JobId, ProtoError, RequestId, ServiceName, WorkerId};
 
 /// The protocol id that starts every worker message.
@@ -92,6 +92,8 @@ pub struct ReadyHeader {
     pub batch: bool,
 }
 
+impl Header for ReadyHeader {}
+
 /// Header of a REQUEST sent to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestHeader {
@@ -126,6 +128,8 @@ pub struct ErrorHeader {
     pub message: String,
 }
 
+impl Header for ErrorHeader {}
+
 impl ErrorHeader {
     /// Builds a worker error header.
     pub fn new(job: JobId, code: ErrorCode, message: impl Into<String>) -> ErrorHeader {
@@ -140,6 +144,8 @@ impl ErrorHeader {
 /// Header of HEARTBEAT (no fields yet; an empty map).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatHeader {}
+
+impl Header for HeartbeatHeader {}
 
 /// DISCONNECT reason: the broker does not know this worker (it restarted, or expired the
 /// worker); the worker registers again with READY.
@@ -166,6 +172,8 @@ pub struct DisconnectHeader {
     #[serde(default)]
     pub reason: String,
 }
+
+impl Header for DisconnectHeader {}
 
 /// A decoded worker-protocol message; the body (if any) is the rest of the frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,13 +285,13 @@ pub fn salvage_job<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Option<Jo
 }
 
 /// Encodes a whole worker message: head, then `body`.
-pub fn encode<T: Serialize>(cmd: Command, header: &T, body: &[u8]) -> Vec<u8> {
+pub fn encode<T: Header>(cmd: Command, header: &T, body: &[u8]) -> Vec<u8> {
     PROTOCOL.encode(cmd as u8, header, body)
 }
 
 /// [`encode`] into `buf` (cleared first): a sender that keeps one buffer allocates nothing
 /// per message.
-pub fn encode_into<T: Serialize>(buf: &mut Vec<u8>, cmd: Command, header: &T, body: &[u8]) {
+pub fn encode_into<T: Header>(buf: &mut Vec<u8>, cmd: Command, header: &T, body: &[u8]) {
     PROTOCOL.encode_into(buf, cmd as u8, header, body)
 }
 

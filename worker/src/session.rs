@@ -578,7 +578,12 @@ impl Drop for SilenceMonitor<'_> {
     }
 }
 
-fn send<T: serde::Serialize>(dealer: &zmq::Socket, cmd: wp::Command, header: &T, body: &[u8]) {
+fn send<T: tradeplex_proto::frame::Header>(
+    dealer: &zmq::Socket,
+    cmd: wp::Command,
+    header: &T,
+    body: &[u8],
+) {
     let message = wp::encode(cmd, header, body);
     if let Err(e) = tradeplex_ops::uninterrupted(|| dealer.send(&message[..], zmq::DONTWAIT)) {
         tracing::debug!(error = %e, ?cmd, "message to broker not sent");

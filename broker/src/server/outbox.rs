@@ -2,6 +2,7 @@
 //! peer that reads BATCH gathered into one.
 
 use tradeplex_proto::client::{self, ReplyHeader};
+use tradeplex_proto::frame::Header;
 use tradeplex_proto::worker;
 
 use super::{Loop, Side};
@@ -155,7 +156,7 @@ impl Loop {
     }
 
     /// A REPLY or ERROR to a client: into its batch if it reads them (`batch`), else sent.
-    fn answer<T: serde::Serialize>(
+    fn answer<T: Header>(
         &mut self,
         to: &[u8],
         batch: bool,
@@ -179,7 +180,7 @@ impl Loop {
         }
     }
 
-    fn send_to_client<T: serde::Serialize>(
+    fn send_to_client<T: Header>(
         &mut self,
         to: &[u8],
         cmd: client::Command,
@@ -193,7 +194,7 @@ impl Loop {
         }
     }
 
-    fn send_to_worker<T: serde::Serialize>(
+    fn send_to_worker<T: Header>(
         &mut self,
         to: &[u8],
         cmd: worker::Command,
