@@ -12,6 +12,8 @@
 //! each integer in its shortest form, optional fields left out as serde leaves them out).
 //! The wire is unchanged; the tests check both against serde on generated headers.
 
+use std::cell::Cell;
+
 use rmp::encode as mp;
 
 use crate::frame::Header;
@@ -125,8 +127,24 @@ fn once<T>(slot: &mut Option<T>, v: T) -> Option<()> {
     }
 }
 
+/// A worker id from its text. The same few ids come back on every reply and event (one
+/// per worker), so the last one this thread parsed is kept: a repeat costs a compare of
+/// its 36 bytes instead of a parse.
 fn worker_id(s: &str) -> Option<WorkerId> {
-    uuid::Uuid::parse_str(s).ok().map(WorkerId)
+    thread_local! {
+        static LAST: Cell<Option<([u8; 36], WorkerId)>> = const { Cell::new(None) };
+    }
+    let text = <[u8; 36]>::try_from(s.as_bytes()).ok();
+    if let (Some(text), Some((last, id))) = (text, LAST.get()) {
+        if text == last {
+            return Some(id);
+        }
+    }
+    let id = uuid::Uuid::parse_str(s).ok().map(WorkerId)?;
+    if let Some(text) = text {
+        LAST.set(Some((text, id)));
+    }
+    Some(id)
 }
 
 /// A client's REQUEST header (before [`client::decode`] validates it).
@@ -410,6 +428,32 @@ mod tests {
                     idempotent,
                 }
             })
+    }
+
+    #[test]
+    fn a_kept_worker_id_is_only_reused_for_the_same_text() {
+        let (a, b) = (uuid_from(1), uuid_from(2));
+        let (ta, tb) = (a.to_string(), b.to_string());
+        assert_eq!(worker_id(&ta), Some(a));
+        assert_eq!(worker_id(&ta), Some(a), "kept");
+        assert_eq!(
+            worker_id(&tb),
+            Some(b),
+            "another id is parsed, not the kept one"
+        );
+        assert_eq!(
+            worker_id(&ta.to_uppercase()),
+            Some(a),
+            "any spelling uuid accepts"
+        );
+        let mut bad = ta.clone().into_bytes();
+        bad[0] = b'z';
+        assert_eq!(worker_id(std::str::from_utf8(&bad).unwrap()), None);
+        assert_eq!(
+            worker_id(&a.0.simple().to_string()),
+            Some(a),
+            "32 hex digits too"
+        );
     }
 
     /// What a hand-written encoder writes is byte for byte what serde writes.
