@@ -21,9 +21,7 @@ impl Dispatcher {
             self.on_ready(clock, from, h);
             return;
         }
-        let Some((key, w)) =
-            (self.workers.key(&from)).and_then(|k| Some((k, self.workers.get_mut(k)?)))
-        else {
+        let Some((key, w)) = self.workers.on_mut(&from) else {
             if !matches!(msg, worker::Message::Disconnect(_)) {
                 // A worker we do not know (e.g. we restarted): ask it to register again.
                 self.disconnect(from, worker::REASON_NOT_REGISTERED.into());
@@ -61,9 +59,7 @@ impl Dispatcher {
         job: JobId,
         detail: &str,
     ) {
-        let Some((key, w)) =
-            (self.workers.key(&from)).and_then(|k| Some((k, self.workers.get_mut(k)?)))
-        else {
+        let Some((key, w)) = self.workers.on_mut(&from) else {
             self.metrics.late_replies.inc();
             return;
         };

@@ -50,6 +50,12 @@ impl Workers {
         self.slots.get_mut(key)
     }
 
+    /// The worker registered on connection `identity`, with its key.
+    pub(super) fn on_mut(&mut self, identity: &Identity) -> Option<(WorkerKey, &mut Worker)> {
+        let key = self.key(identity)?;
+        self.slots.get_mut(key).map(|w| (key, w))
+    }
+
     /// Worker `id`'s live registration.
     pub(super) fn with_id(&self, id: &WorkerId) -> Option<&Worker> {
         self.key_of_id(id).and_then(|k| self.slots.get(k))
