@@ -13,18 +13,18 @@ impl Dispatcher {
     pub(crate) fn on_worker(
         &mut self,
         clock: Clock,
-        from: Identity,
+        from: &[u8],
         msg: worker::Message,
         body: Body,
     ) {
         if let worker::Message::Ready(h) = msg {
-            self.on_ready(clock, from, h);
+            self.on_ready(clock, from.to_vec(), h);
             return;
         }
-        let Some((key, w)) = self.workers.on_mut(&from) else {
+        let Some((key, w)) = self.workers.on_mut(from) else {
             if !matches!(msg, worker::Message::Disconnect(_)) {
                 // A worker we do not know (e.g. we restarted): ask it to register again.
-                self.disconnect(from, worker::REASON_NOT_REGISTERED.into());
+                self.disconnect(from.to_vec(), worker::REASON_NOT_REGISTERED.into());
             }
             return;
         };
@@ -55,11 +55,11 @@ impl Dispatcher {
     pub(crate) fn on_garbled_answer(
         &mut self,
         clock: Clock,
-        from: Identity,
+        from: &[u8],
         job: JobId,
         detail: &str,
     ) {
-        let Some((key, w)) = self.workers.on_mut(&from) else {
+        let Some((key, w)) = self.workers.on_mut(from) else {
             self.metrics.late_replies.inc();
             return;
         };

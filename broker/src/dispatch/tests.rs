@@ -68,12 +68,8 @@ impl Harness {
             session,
             batch: false,
         };
-        self.d.on_worker(
-            self.clock,
-            identity.to_vec(),
-            worker::Message::Ready(h),
-            Body::new(),
-        );
+        self.d
+            .on_worker(self.clock, identity, worker::Message::Ready(h), Body::new());
     }
 
     fn request(&mut self, service: &str, idempotent: bool) -> RequestId {
@@ -178,7 +174,7 @@ impl Harness {
     fn reply(&mut self, identity: &[u8], job: JobId) {
         let msg = worker::Message::Reply(worker::ReplyHeader { job });
         self.d
-            .on_worker(self.clock, identity.to_vec(), msg, Body::from(&b"done"[..]));
+            .on_worker(self.clock, identity, msg, Body::from(&b"done"[..]));
     }
 
     fn advance(&mut self, d: Duration) {
@@ -323,12 +319,7 @@ fn dead_worker_retries_idempotent_and_loses_the_rest() {
     // B keeps heartbeating, A stays silent past 3 intervals.
     for _ in 0..4 {
         h.clock = h.clock.advance(HB);
-        h.d.on_worker(
-            h.clock,
-            b"B".to_vec(),
-            worker::Message::Heartbeat,
-            Body::new(),
-        );
+        h.d.on_worker(h.clock, &b"B"[..], worker::Message::Heartbeat, Body::new());
         h.d.tick(h.clock);
     }
     let (msgs, _, errors) = h.drain();
@@ -355,7 +346,7 @@ fn retried_body_is_the_original() {
     h.request("echo", true);
     h.deliveries();
     h.ready(b"B", &["echo"], 1);
-    let a_key = h.d.workers.key(&b"A".to_vec()).unwrap();
+    let a_key = h.d.workers.key(b"A").unwrap();
     h.d.remove_worker(h.clock, a_key, Departure::Disconnected);
     let (msgs, _, _) = h.drain();
     let req = msgs
@@ -402,12 +393,7 @@ fn unavailable_from_worker_is_redelivered_even_for_orders() {
     let job = h.deliveries()[0].1;
     h.ready(b"B", &["SIM"], 1);
     let err = worker::ErrorHeader::new(job, ErrorCode::Unavailable, "gateway down");
-    h.d.on_worker(
-        h.clock,
-        b"A".to_vec(),
-        worker::Message::Error(err),
-        Body::new(),
-    );
+    h.d.on_worker(h.clock, &b"A"[..], worker::Message::Error(err), Body::new());
     let got = h.deliveries();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, b"B");
@@ -423,12 +409,7 @@ fn worker_error_reaches_client_with_worker_id() {
     h.request("SIM", false);
     let job = h.deliveries()[0].1;
     let err = worker::ErrorHeader::new(job, ErrorCode::WorkerError, "rejected");
-    h.d.on_worker(
-        h.clock,
-        b"A".to_vec(),
-        worker::Message::Error(err),
-        Body::new(),
-    );
+    h.d.on_worker(h.clock, &b"A"[..], worker::Message::Error(err), Body::new());
     let (_, _, errors) = h.drain();
     assert_eq!(errors[0].name, "worker_error");
     assert_eq!(errors[0].worker, Some(a));
@@ -441,12 +422,7 @@ fn a_worker_cannot_answer_risk_rejected() {
     h.request("SIM", false);
     let job = h.deliveries()[0].1;
     let err = worker::ErrorHeader::new(job, ErrorCode::RiskRejected, "order_size_limit: forged");
-    h.d.on_worker(
-        h.clock,
-        b"A".to_vec(),
-        worker::Message::Error(err),
-        Body::new(),
-    );
+    h.d.on_worker(h.clock, &b"A"[..], worker::Message::Error(err), Body::new());
     let (_, _, errors) = h.drain();
     assert_eq!(errors[0].name, "worker_error");
 }
@@ -454,12 +430,7 @@ fn a_worker_cannot_answer_risk_rejected() {
 #[test]
 fn unknown_worker_is_told_to_reregister() {
     let mut h = Harness::new();
-    h.d.on_worker(
-        h.clock,
-        b"X".to_vec(),
-        worker::Message::Heartbeat,
-        Body::new(),
-    );
+    h.d.on_worker(h.clock, &b"X"[..], worker::Message::Heartbeat, Body::new());
     let (msgs, _, _) = h.drain();
     assert_eq!(msgs[0].1, worker::Command::Disconnect);
 }
@@ -583,7 +554,7 @@ fn status_lists_workers_and_services() {
 fn refuse(h: &mut Harness, identity: &[u8], job: JobId) {
     let err = worker::ErrorHeader::new(job, ErrorCode::Unavailable, "gateway down");
     let msg = worker::Message::Error(err);
-    h.d.on_worker(h.clock, identity.to_vec(), msg, Body::new());
+    h.d.on_worker(h.clock, identity, msg, Body::new());
 }
 
 /// The header of a REQUEST decision.
@@ -739,7 +710,7 @@ fn garbled_worker_error_still_answers_the_client_and_frees_the_slot() {
     let order = h.request("SIM", false);
     let queued = h.request("SIM", false);
     let job = h.deliveries()[0].1;
-    h.d.on_garbled_answer(h.clock, b"A".to_vec(), job, "bad header: code 70000");
+    h.d.on_garbled_answer(h.clock, b"A", job, "bad header: code 70000");
     let (msgs, _, errors) = h.drain();
     assert_eq!(errors.len(), 1);
     assert_eq!(
@@ -765,12 +736,7 @@ fn silent_in_flight_request_is_lost_after_deadline_plus_grace() {
     let job = h.deliveries()[0].1;
     // The worker keeps heartbeating; past deadline (100 ms) + grace (200 ms) it is given up.
     for _ in 0..4 {
-        h.d.on_worker(
-            h.clock,
-            b"A".to_vec(),
-            worker::Message::Heartbeat,
-            Body::new(),
-        );
+        h.d.on_worker(h.clock, &b"A"[..], worker::Message::Heartbeat, Body::new());
         h.advance(Duration::from_millis(100));
     }
     let (_, _, errors) = h.drain();
@@ -919,7 +885,7 @@ fn a_service_without_workers_is_forgotten_with_its_series_after_retention() {
             .count()
     };
     assert!(series(&h) > 0);
-    let a_key = h.d.workers.key(&b"A".to_vec()).unwrap();
+    let a_key = h.d.workers.key(b"A").unwrap();
     h.d.remove_worker(h.clock, a_key, Departure::Disconnected);
     h.advance(Duration::from_millis(200));
     assert!(series(&h) > 0, "kept during the retention period");
@@ -1083,7 +1049,7 @@ fn halt_refuses_the_accounts_orders_and_cancels_its_working_orders_on_each_worke
 
     // The cancels' answers are the broker's: none reaches a client.
     h.reply(b"A", cancels[0].2);
-    let b_key = h.d.workers.key(&b"B".to_vec()).unwrap();
+    let b_key = h.d.workers.key(b"B").unwrap();
     h.d.remove_worker(h.clock, b_key, Departure::Expired);
     let (_, replies, errors) = h.drain();
     assert!(

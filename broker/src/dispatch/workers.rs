@@ -33,7 +33,7 @@ impl Workers {
     }
 
     /// The key of the worker registered on connection `identity`.
-    pub(super) fn key(&self, identity: &Identity) -> Option<WorkerKey> {
+    pub(super) fn key(&self, identity: &[u8]) -> Option<WorkerKey> {
         self.by_identity.get(identity).copied()
     }
 
@@ -51,7 +51,7 @@ impl Workers {
     }
 
     /// The worker registered on connection `identity`, with its key.
-    pub(super) fn on_mut(&mut self, identity: &Identity) -> Option<(WorkerKey, &mut Worker)> {
+    pub(super) fn on_mut(&mut self, identity: &[u8]) -> Option<(WorkerKey, &mut Worker)> {
         let key = self.key(identity)?;
         self.slots.get_mut(key).map(|w| (key, w))
     }
@@ -131,8 +131,8 @@ mod tests {
             Some(new),
             "the newer registration stays live"
         );
-        assert_eq!(table.key(&b"old".to_vec()), None);
-        assert_eq!(table.key(&b"new".to_vec()), Some(new));
+        assert_eq!(table.key(b"old"), None);
+        assert_eq!(table.key(b"new"), Some(new));
         assert!(table.has_id(&id));
     }
 

@@ -15,7 +15,7 @@ impl Loop {
         match decoded {
             Ok((worker::Message::Reply(h), body_start)) => {
                 let body = self.frames.take(1).tail_from(body_start);
-                self.on_worker_reply(clock, identity, h, body);
+                self.on_worker_reply(clock, &identity, h, body);
             }
             Ok((worker::Message::Batch(h), body_start)) => {
                 let frame = self.frames.take(1);
@@ -25,7 +25,7 @@ impl Loop {
                 if !(matches!(msg, worker::Message::Ready(_)) && self.pair_refuses_ready(&identity))
                 {
                     self.dispatcher
-                        .on_worker(clock, identity, msg, crate::body::Body::new())
+                        .on_worker(clock, &identity, msg, crate::body::Body::new())
                 }
             }
             Err(e) => {
@@ -51,7 +51,7 @@ impl Loop {
     fn on_worker_reply(
         &mut self,
         clock: Clock,
-        identity: Vec<u8>,
+        identity: &[u8],
         h: worker::ReplyHeader,
         body: Body,
     ) {
@@ -93,11 +93,11 @@ impl Loop {
             match worker::decode(&[message]) {
                 Ok((worker::Message::Reply(h), at)) => {
                     let body = frame.share().range(range.start + at..range.end);
-                    self.on_worker_reply(clock, identity.clone(), h, body);
+                    self.on_worker_reply(clock, &identity, h, body);
                 }
                 Ok((msg @ worker::Message::Error(_), _)) => {
                     self.dispatcher
-                        .on_worker(clock, identity.clone(), msg, Body::new());
+                        .on_worker(clock, &identity, msg, Body::new());
                 }
                 Ok(_) => {
                     let e = ProtoError::BadField {
@@ -123,7 +123,7 @@ impl Loop {
         self.bad_input("backend", e.reason(), &detail);
         if let Some(job) = worker::salvage_job(&[message]) {
             self.dispatcher
-                .on_garbled_answer(clock, identity.clone(), job, &detail);
+                .on_garbled_answer(clock, &identity, job, &detail);
         }
         if self.backend_refusals.allow().is_some() {
             self.dispatcher
