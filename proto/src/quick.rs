@@ -276,9 +276,9 @@ impl Writer<'_> {
         Writer { buf, ok }
     }
 
+    /// A field name (written as any string is).
     fn key(&mut self, key: &str) -> &mut Self {
-        self.ok &= mp::write_str(self.buf, key).is_ok();
-        self
+        self.str(key)
     }
 
     fn uint(&mut self, v: u64) -> &mut Self {
